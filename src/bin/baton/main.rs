@@ -1,0 +1,53 @@
+//! `baton`: the command line over the baton library.
+//!
+//! `baton replay` replays the compaction and rotation policy over recorded agent traces.
+
+mod replay;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Keep fleets of LLM agent sessions inside their context windows.
+///
+/// baton watches each session's usage (used / window). At 80% it compacts the session (its
+/// history is replaced by a summary); at 95%, or when a compaction freed too little, it rotates
+/// the session into a fresh agent of the same type that continues the work from a handoff.
+#[derive(Parser)]
+#[command(name = "baton", version, about, long_about)]
+struct Cli {
+    /// More log output on stderr (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Replay(replay::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Replay(args) => replay::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! `baton replay`: the policy replayed over recorded traces.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay};
+use baton::{Policy, trace};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+/// Replay the policy over recorded agent traces: when would baton have compacted and rotated?
+///
+/// Each call's context is prompt_tokens + completion_tokens. A compaction or rotation at call k
+/// leaves base + S tokens (base: the first call's prompt_tokens; S: --summary-tokens); later
+/// calls grow from there by what the trace recorded. See the README for the exact model.
+///
+/// Formats (detected from the content): mini-swe-agent trajectories (*.traj.json), and plain
+/// series as JSON Lines or CSV with prompt_tokens and completion_tokens per call.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Trace files to replay, one report each.
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
+    /// Context window in tokens; required when a trace does not record its own.
+    #[arg(long, value_name = "TOKENS")]
+    window: Option<u64>,
+    /// Usage ratio at which a session compacts.
+    #[arg(long, default_value_t = 0.80, value_name = "RATIO")]
+    compact_at: f64,
+    /// Usage ratio at which a session rotates.
+    #[arg(long, default_value_t = 0.95, value_name = "RATIO")]
+    rotate_at: f64,
+    /// Smallest share of the context a compaction must free to be sufficient.
+    #[arg(long, default_value_t = 0.20, value_name = "RATIO")]
+    min_reduction: f64,
+    /// Compactions a session may do before it rotates instead.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    max_compactions: u32,
+    /// Size of a compaction summary or a rotation handoff, in tokens (S).
+    #[arg(long, default_value_t = ReplayOptions::DEFAULT_SUMMARY_TOKENS, value_name = "TOKENS")]
+    summary_tokens: u64,
+    /// Print one JSON object per trace instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let policy = Policy::builder()
+        .compact_at(args.compact_at)
+        .rotate_at(args.rotate_at)
+        .min_reduction(args.min_reduction)
+        .max_compactions(args.max_compactions)
+        .build()
+        .context("invalid policy")?;
+    if args.window == Some(0) {
+        anyhow::bail!("--window must be at least 1 token");
+    }
+    let opts = ReplayOptions {
+        policy: Arc::new(policy),
+        window: args.window,
+        summary_tokens: args.summary_tokens,
+    };
+    let mut out = std::io::stdout().lock();
+    for path in &args.traces {
+        for t in trace::read_path(path)? {
+            let report =
+                replay(&t, &opts).with_context(|| format!("replaying {}", path.display()))?;
+            if args.json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                write_table(&mut out, &report)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_table(out: &mut impl Write, r: &ReplayReport) -> Result<()> {
+    let pct = |tokens: u64| format!("{tokens} ({:.1}%)", tokens as f64 * 100.0 / r.window as f64);
+    writeln!(
+        out,
+        "{}: {} calls, window {} tokens",
+        r.trace, r.calls, r.window
+    )?;
+    if r.events.is_empty() {
+        writeln!(
+            out,
+            "  no compaction or rotation: peak {}",
+            pct(r.totals.peak_used)
+        )?;
+    } else {
+        let mut table = Table::new();
+        table.load_style(UTF8_FULL_CONDENSED);
+        table.set_header([
+            "call",
+            "event",
+            "session",
+            "before",
+            "after",
+            "reduction / reason",
+        ]);
+        for e in &r.events {
+            let (kind, detail) = match e.kind {
+                ReplayEventKind::Compaction => (
+                    "compaction",
+                    format!("{:.1}%", e.reduction.unwrap_or_default() * 100.0),
+                ),
+                ReplayEventKind::Rotation => (
+                    "rotation",
+                    format!(
+                        "{} -> session {}",
+                        e.reason.map(|r| r.as_str()).unwrap_or("?"),
+                        e.successor.unwrap_or_default()
+                    ),
+                ),
+            };
+            table.add_row([
+                e.call.to_string(),
+                kind.to_string(),
+                e.session.to_string(),
+                pct(e.before),
+                pct(e.after),
+                detail,
+            ]);
+        }
+        writeln!(out, "{table}")?;
+    }
+    let t = &r.totals;
+    let mean = t
+        .mean_reduction
+        .map(|m| format!(", mean reduction {:.1}%", m * 100.0))
+        .unwrap_or_default();
+    let reasons = t
+        .rotations_by_reason
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    writeln!(
+        out,
+        "  sessions {}, compactions {} ({} in target band{mean}), rotations {}{}; peak {}\n",
+        t.sessions,
+        t.compactions,
+        t.compactions_in_target,
+        t.rotations,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reasons})")
+        },
+        pct(t.peak_used),
+    )?;
+    Ok(())
+}

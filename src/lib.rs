@@ -1,0 +1,36 @@
+//! baton keeps fleets of LLM agent sessions inside their context windows.
+//!
+//! Each session's usage (`used / window`) is watched. At 80% the session **compacts**: its
+//! history is replaced by a summary and the reduction is measured. At 95%, or when a compaction
+//! did not free enough, it **rotates**: a successor of the same agent type takes over the work
+//! item with a handoff summary, and the rotation is recorded.
+//!
+//! # Crate map
+//!
+//! | module | what it is for |
+//! | --- | --- |
+//! | [`usage`] | [`Usage`]: one validated reading of a session's context, and where it came from |
+//! | [`policy`] | [`Policy`]: thresholds and limits, validated; [`Policy::decide`], the pure decision |
+//! | [`machine`] | the statig state machine (Normal, Compacting, Rotating, Closed) and its records |
+//! | [`trace`] | readers of recorded agent traces: per-call token usage |
+//! | [`replay`] | the policy replayed over a trace, driving the real machine |
+//!
+//! The guarantees are stated precisely in `docs/semantics.md`.
+
+pub mod machine;
+pub mod policy;
+pub mod replay;
+pub mod trace;
+pub mod usage;
+
+pub use machine::{
+    CompactionMeasure, Effect, Event, EventKind, MachineError, Phase, Session, SessionId,
+    SessionMachine, Step, TransitionRecord,
+};
+pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
+pub use usage::{Usage, UsageError, UsageSource};
+
+/// The README's Rust examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,642 @@
+//! The session state machine: Normal, Compacting, Rotating and Closed, driven by events.
+//!
+//! ```text
+//!             usage >= compact_at                     Compacted, sufficient
+//!   Normal ----------------------------> Compacting ---------------------------> Normal
+//!     |  usage >= rotate_at, or               |  insufficient, failed, timed out,
+//!     |  compaction budget spent              |  or usage >= rotate_at meanwhile
+//!     v                                       v
+//!   Rotating <--------------------------------+
+//!     |  HandedOver(successor) or RotationFailed
+//!     v
+//!   Closed   (terminal; Close from any live state also lands here)
+//! ```
+//!
+//! The machine is a blocking [statig] machine and does no I/O. Handlers only record what should
+//! happen next in a [`Step`] (the statig context): [`Effect`]s for the owner to carry out, a
+//! [`TransitionRecord`] per state change (written from `after_transition`, because statig
+//! 0.4.1's blocking `before_transition` passes its arguments swapped), and the measurement of a
+//! finished compaction. The owner (an actor, the replay, a test) carries the effects out and feeds
+//! their results back as events. The same input sequence therefore always yields the same log.
+//!
+//! [`SessionMachine`] wraps the statig machine: it validates each event first (bad input is a
+//! typed [`MachineError`], logged, and changes nothing) and logs transitions and ignored events.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use statig::prelude::*;
+use thiserror::Error;
+
+use crate::policy::{Action, Policy, RotationReason, reduction};
+use crate::usage::{Usage, UsageError, UsageSource};
+
+/// Identifies one agent session for its whole life; a successor gets a new id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// The four states, as plain data for records, snapshots and listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    /// Working; usage below `compact_at` (or above it with the compaction not yet asked for).
+    Normal,
+    /// A compaction has been asked for and its result is awaited.
+    Compacting,
+    /// A rotation has been asked for; the supervisor is preparing the successor.
+    Rotating,
+    /// Terminal: handed over, failed to rotate, or closed on request.
+    Closed,
+}
+
+/// What drives the machine. Usage comes from the provider or an estimate; the rest are results
+/// of effects the owner carried out, or requests from outside.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// A new reading of the session's context.
+    Usage(Usage),
+    /// The compaction asked for finished: the context is now `after` tokens, of which the
+    /// summary is `summary_tokens`.
+    Compacted {
+        /// Tokens in use after the history was replaced.
+        after: u64,
+        /// Tokens of the summary that replaced it.
+        summary_tokens: u64,
+    },
+    /// The compaction asked for failed or timed out.
+    CompactionFailed {
+        /// What went wrong, for the record.
+        error: String,
+    },
+    /// Rotate now, whatever the usage (an operator, or a context-overflow error).
+    Rotate,
+    /// The successor holds the work item; this session is done.
+    HandedOver {
+        /// The session that took over.
+        successor: SessionId,
+    },
+    /// The rotation could not be completed; the session closes and the supervisor decides
+    /// where the work item goes.
+    RotationFailed {
+        /// What went wrong, for the record.
+        error: String,
+    },
+    /// Close the session (work done, shutdown).
+    Close,
+}
+
+/// The kind of an [`Event`], without its data: what caused a transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// [`Event::Usage`].
+    Usage,
+    /// [`Event::Compacted`].
+    Compacted,
+    /// [`Event::CompactionFailed`].
+    CompactionFailed,
+    /// [`Event::Rotate`].
+    Rotate,
+    /// [`Event::HandedOver`].
+    HandedOver,
+    /// [`Event::RotationFailed`].
+    RotationFailed,
+    /// [`Event::Close`].
+    Close,
+}
+
+impl Event {
+    /// The event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::Usage(_) => EventKind::Usage,
+            Event::Compacted { .. } => EventKind::Compacted,
+            Event::CompactionFailed { .. } => EventKind::CompactionFailed,
+            Event::Rotate => EventKind::Rotate,
+            Event::HandedOver { .. } => EventKind::HandedOver,
+            Event::RotationFailed { .. } => EventKind::RotationFailed,
+            Event::Close => EventKind::Close,
+        }
+    }
+}
+
+/// Work the machine asks its owner to do. The owner reports the outcome back as an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Summarise the history and replace it; answer [`Event::Compacted`] or
+    /// [`Event::CompactionFailed`].
+    Compact {
+        /// The reading that triggered the compaction.
+        before: Usage,
+    },
+    /// Start a successor of the same agent type with the work item; answer
+    /// [`Event::HandedOver`] or [`Event::RotationFailed`].
+    RequestRotation {
+        /// Why.
+        reason: RotationReason,
+        /// The latest reading (absent for a manual rotation before any usage arrived).
+        before: Option<Usage>,
+    },
+    /// The session is closed: stop the actor and release the agent.
+    Stop,
+}
+
+/// One state change, numbered per session. Exactly one is written per change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionRecord {
+    /// 1 for the session's first transition, then 2, 3, ...: gaps would mean a lost record.
+    pub seq: u64,
+    /// The session that changed state.
+    pub session: SessionId,
+    /// State before.
+    pub from: Phase,
+    /// State after.
+    pub to: Phase,
+    /// The kind of event that caused the change.
+    pub cause: EventKind,
+    /// The session's latest reading when it changed state.
+    pub usage: Option<Usage>,
+    /// For a change into Rotating, why.
+    pub reason: Option<RotationReason>,
+}
+
+/// What a finished compaction achieved, measured by the machine when `Compacted` arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CompactionMeasure {
+    /// The reading that triggered the compaction.
+    pub before: Usage,
+    /// The size after the history was replaced.
+    pub after: Usage,
+    /// Tokens of the summary.
+    pub summary_tokens: u64,
+    /// `1 - after/before`.
+    pub reduction: f64,
+    /// Whether the session could stay (enough freed and below `compact_at`).
+    pub sufficient: bool,
+    /// Whether the reduction fell in the policy's target band.
+    pub within_target: bool,
+}
+
+/// Everything one event produced: the statig context, returned to the caller after dispatch.
+/// Empty (and allocation-free) on the common path, a usage reading that changes nothing.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Step {
+    /// Work for the owner, in order.
+    pub effects: Vec<Effect>,
+    /// State changes, in order.
+    pub transitions: Vec<TransitionRecord>,
+    /// Set when the event finished a compaction.
+    pub compaction: Option<CompactionMeasure>,
+    /// True when the event did not apply to the state the session was in (a late result, or
+    /// anything sent to a closed session) and was dropped.
+    pub ignored: bool,
+    /// The kind of event being handled, stamped on transition records.
+    #[serde(skip)]
+    cause: Option<EventKind>,
+}
+
+impl Step {
+    fn for_event(kind: EventKind) -> Self {
+        Self {
+            cause: Some(kind),
+            ..Self::default()
+        }
+    }
+}
+
+/// Bad input to the machine: refused before dispatch, so the state does not change.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum MachineError {
+    /// A token figure in an event is not a sane count.
+    #[error("bad figure in {event:?}: {source}")]
+    BadFigure {
+        /// The event that carried it.
+        event: EventKind,
+        /// What is wrong with the figure.
+        source: UsageError,
+    },
+    /// A session cannot hand over to itself.
+    #[error("session {0} cannot be its own successor")]
+    SelfSuccessor(SessionId),
+}
+
+/// A compact usage reading kept in the bounded history (the window fits in 32 bits, see
+/// [`Usage::MAX_TOKENS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reading {
+    used: u32,
+    window: u32,
+    source: UsageSource,
+}
+
+impl Reading {
+    fn from_usage(u: &Usage) -> Self {
+        // Both figures are at most Usage::MAX_TOKENS == u32::MAX by construction.
+        Self {
+            used: u.used() as u32,
+            window: u.window() as u32,
+            source: u.source(),
+        }
+    }
+
+    fn to_usage(self) -> Usage {
+        Usage::new(self.used.into(), self.window.into(), self.source)
+            .expect("a stored reading was valid when stored")
+    }
+}
+
+/// The machine's shared storage: what one session knows about itself.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// Stamped on every record and log line.
+    id: SessionId,
+    /// Thresholds for this session's agent type; shared by all sessions of the type.
+    policy: Arc<Policy>,
+    /// Sufficient compactions done; checked against `max_compactions`.
+    compactions: u32,
+    /// The latest readings, oldest first, at most `policy.history_len()`.
+    history: VecDeque<Reading>,
+    /// Transitions so far; the next record's `seq` is this plus one.
+    transitions: u64,
+    /// The reading a running compaction started from.
+    compacting_from: Option<Usage>,
+    /// Why the session is rotating, once it is.
+    rotation_reason: Option<RotationReason>,
+    /// Who took over, once someone did.
+    successor: Option<SessionId>,
+}
+
+impl Session {
+    /// A fresh session in Normal with no readings.
+    pub fn new(id: SessionId, policy: Arc<Policy>) -> Self {
+        Self {
+            id,
+            policy,
+            compactions: 0,
+            history: VecDeque::new(),
+            transitions: 0,
+            compacting_from: None,
+            rotation_reason: None,
+            successor: None,
+        }
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+    /// Sufficient compactions done so far.
+    pub fn compactions(&self) -> u32 {
+        self.compactions
+    }
+    /// The latest reading, if any arrived.
+    pub fn last_usage(&self) -> Option<Usage> {
+        self.history.back().map(|r| r.to_usage())
+    }
+    /// The kept readings, oldest first.
+    pub fn history(&self) -> impl Iterator<Item = Usage> + '_ {
+        self.history.iter().map(|r| r.to_usage())
+    }
+    /// How many transitions the session has made.
+    pub fn transitions(&self) -> u64 {
+        self.transitions
+    }
+    /// Why the session rotated or is rotating.
+    pub fn rotation_reason(&self) -> Option<RotationReason> {
+        self.rotation_reason
+    }
+    /// The successor, after a hand-over.
+    pub fn successor(&self) -> Option<SessionId> {
+        self.successor
+    }
+
+    fn record(&mut self, usage: &Usage) {
+        if self.history.len() >= self.policy.history_len() {
+            self.history.pop_front();
+        }
+        self.history.push_back(Reading::from_usage(usage));
+    }
+
+    fn rotate(&mut self, reason: RotationReason) -> Outcome<State> {
+        self.rotation_reason = Some(reason);
+        Transition(State::rotating())
+    }
+}
+
+#[state_machine(
+    // Every session starts working.
+    initial = "State::normal()",
+    state(derive(Debug, Clone, Copy, PartialEq, Eq)),
+    superstate(derive(Debug)),
+    // The only hook: statig 0.4.1's blocking before_transition swaps source and target.
+    after_transition = "Self::after_transition"
+)]
+impl Session {
+    /// Owns what every live state does alike: Close, manual rotation, and dropping results
+    /// that arrive for a state the session has left.
+    #[superstate]
+    fn live(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Close => Transition(State::closed()),
+            Event::Rotate => self.rotate(RotationReason::Manual),
+            _ => {
+                context.ignored = true;
+                Handled
+            }
+        }
+    }
+
+    #[state(superstate = "live")]
+    fn normal(&mut self, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Usage(usage) => {
+                self.record(usage);
+                match self.policy.decide(usage, self.compactions) {
+                    Action::Continue => Handled,
+                    Action::Compact => Transition(State::compacting()),
+                    Action::Rotate(reason) => self.rotate(reason),
+                }
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live", entry_action = "enter_compacting")]
+    fn compacting(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+        match event {
+            Event::Usage(usage) => {
+                self.record(usage);
+                if usage.ratio() >= self.policy.rotate_at() {
+                    self.rotate(RotationReason::Threshold)
+                } else {
+                    Handled
+                }
+            }
+            Event::Compacted {
+                after,
+                summary_tokens,
+            } => self.finish_compaction(context, *after, *summary_tokens),
+            Event::CompactionFailed { .. } => self.rotate(RotationReason::CompactionFailed),
+            _ => Super,
+        }
+    }
+
+    #[state(superstate = "live", entry_action = "enter_rotating")]
+    fn rotating(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+        match event {
+            // Still recorded (the record shows the context it rotated from); no state change.
+            Event::Usage(usage) => {
+                self.record(usage);
+                Handled
+            }
+            Event::HandedOver { successor } => {
+                self.successor = Some(*successor);
+                Transition(State::closed())
+            }
+            Event::RotationFailed { .. } => Transition(State::closed()),
+            // Already rotating: a second request changes nothing.
+            Event::Rotate => {
+                context.ignored = true;
+                Handled
+            }
+            _ => Super,
+        }
+    }
+
+    #[state(entry_action = "enter_closed")]
+    fn closed(context: &mut Step, event: &Event) -> Outcome<State> {
+        let _ = event;
+        context.ignored = true;
+        Handled
+    }
+
+    #[action]
+    fn enter_compacting(&mut self, context: &mut Step) {
+        let before = self
+            .last_usage()
+            .expect("Normal enters Compacting only on a usage reading");
+        self.compacting_from = Some(before);
+        context.effects.push(Effect::Compact { before });
+    }
+
+    #[action]
+    fn enter_rotating(&mut self, context: &mut Step) {
+        self.compacting_from = None;
+        context.effects.push(Effect::RequestRotation {
+            reason: self.rotation_reason.unwrap_or(RotationReason::Manual),
+            before: self.last_usage(),
+        });
+    }
+
+    #[action]
+    fn enter_closed(&mut self, context: &mut Step) {
+        self.compacting_from = None;
+        context.effects.push(Effect::Stop);
+    }
+}
+
+impl Session {
+    fn finish_compaction(
+        &mut self,
+        context: &mut Step,
+        after: u64,
+        summary_tokens: u64,
+    ) -> Outcome<State> {
+        let before = self
+            .compacting_from
+            .take()
+            .expect("Compacting always has the reading it started from");
+        let after_usage = before
+            .with_used(after, UsageSource::Estimated)
+            .expect("figures are validated before dispatch");
+        let red = reduction(before.used(), after);
+        let sufficient = self
+            .policy
+            .is_sufficient(before.used(), after, before.window());
+        context.compaction = Some(CompactionMeasure {
+            before,
+            after: after_usage,
+            summary_tokens,
+            reduction: red,
+            sufficient,
+            within_target: self.policy.within_target(red),
+        });
+        self.compactions += 1;
+        self.record(&after_usage);
+        if sufficient {
+            Transition(State::normal())
+        } else {
+            self.rotate(RotationReason::InsufficientCompaction)
+        }
+    }
+
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
+        self.transitions += 1;
+        let (from, to) = (phase(source), phase(target));
+        let reason = (to == Phase::Rotating)
+            .then_some(self.rotation_reason)
+            .flatten();
+        let usage = self.last_usage();
+        tracing::info!(
+            session = %self.id,
+            seq = self.transitions,
+            ?from,
+            ?to,
+            reason = reason.map(|r| r.as_str()),
+            used = usage.map(|u| u.used()),
+            window = usage.map(|u| u.window()),
+            "session transition"
+        );
+        context.transitions.push(TransitionRecord {
+            seq: self.transitions,
+            session: self.id,
+            from,
+            to,
+            cause: context.cause.unwrap_or(EventKind::Usage),
+            usage,
+            reason,
+        });
+    }
+}
+
+fn phase(state: &State) -> Phase {
+    match state {
+        State::Normal {} => Phase::Normal,
+        State::Compacting {} => Phase::Compacting,
+        State::Rotating {} => Phase::Rotating,
+        State::Closed {} => Phase::Closed,
+    }
+}
+
+/// One session's machine with input validation and logging around it: the type owners use.
+pub struct SessionMachine {
+    /// The statig machine; initialised on the first event.
+    inner: statig::blocking::StateMachine<Session>,
+}
+
+impl fmt::Debug for SessionMachine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionMachine")
+            .field("phase", &self.phase())
+            .field("session", self.session())
+            .finish()
+    }
+}
+
+impl SessionMachine {
+    /// A machine for a new session, in Normal.
+    pub fn new(id: SessionId, policy: Arc<Policy>) -> Self {
+        Self {
+            inner: Session::new(id, policy).state_machine(),
+        }
+    }
+
+    /// The current state.
+    pub fn phase(&self) -> Phase {
+        phase(self.inner.state())
+    }
+
+    /// What the session knows about itself.
+    pub fn session(&self) -> &Session {
+        &self.inner
+    }
+
+    /// The session's id.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// Builds a reading from raw figures and handles it: the entry point for figures that come
+    /// from outside (a provider response, a parsed file). A zero window or an absurd figure is
+    /// refused with [`MachineError::BadFigure`], logged, and changes nothing.
+    pub fn report_usage(
+        &mut self,
+        used: u64,
+        window: u64,
+        source: UsageSource,
+    ) -> Result<Step, MachineError> {
+        match Usage::new(used, window, source) {
+            Ok(usage) => self.handle(&Event::Usage(usage)),
+            Err(source) => {
+                let e = MachineError::BadFigure {
+                    event: EventKind::Usage,
+                    source,
+                };
+                tracing::warn!(session = %self.id(), error = %e, "rejected input");
+                Err(e)
+            }
+        }
+    }
+
+    /// Validates `event`, dispatches it, and returns what it produced. Bad input is refused
+    /// with a typed error and a warning, and changes nothing.
+    pub fn handle(&mut self, event: &Event) -> Result<Step, MachineError> {
+        if let Err(e) = self.validate(event) {
+            tracing::warn!(session = %self.id(), error = %e, "rejected input");
+            return Err(e);
+        }
+        if let Event::Usage(u) = event
+            && u.is_over_window()
+        {
+            tracing::warn!(
+                session = %self.id(),
+                used = u.used(),
+                window = u.window(),
+                "usage exceeds the window; the window is probably misconfigured"
+            );
+        }
+        let mut step = Step::for_event(event.kind());
+        self.inner.handle_with_context(event, &mut step);
+        if step.ignored {
+            tracing::info!(
+                session = %self.id(),
+                event = ?event.kind(),
+                phase = ?self.phase(),
+                "event does not apply to the session's state; ignored"
+            );
+        }
+        Ok(step)
+    }
+
+    fn validate(&self, event: &Event) -> Result<(), MachineError> {
+        let bad = |source| MachineError::BadFigure {
+            event: event.kind(),
+            source,
+        };
+        match event {
+            Event::Compacted {
+                after,
+                summary_tokens,
+            } => {
+                for (field, v) in [("after", *after), ("summary_tokens", *summary_tokens)] {
+                    if v > Usage::MAX_TOKENS {
+                        return Err(bad(UsageError::Oversized {
+                            field,
+                            value: v,
+                            max: Usage::MAX_TOKENS,
+                        }));
+                    }
+                }
+                Ok(())
+            }
+            Event::HandedOver { successor } if *successor == self.id() => {
+                Err(MachineError::SelfSuccessor(*successor))
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The policy replayed over a recorded trace: when would baton have compacted and rotated?
+//!
+//! The replay drives the real [`SessionMachine`], not a second implementation. Its model of what
+//! compaction and rotation would have done is part of baton's interface:
+//!
+//! * call *i*'s context is `used_i = prompt_tokens_i + completion_tokens_i`; `base` is the first
+//!   call's `prompt_tokens` (the system prompt and the task);
+//! * when the machine asks to compact at call *k*, the replay answers `Compacted` with
+//!   `after = base + S` (S is [`ReplayOptions::summary_tokens`]); when it asks to rotate at call
+//!   *k*, the successor starts at `after = base + S` (the handoff) and the session number goes up
+//!   by one (sessions are numbered from 1);
+//! * after the last compaction or rotation, at call *k* with result `after`, every later call *i*
+//!   is modelled as `used_i - used_k + after` (never below zero); before any, as `used_i`;
+//! * each modelled figure is fed to the machine as a usage message, in call order, so an
+//!   insufficient compaction yields a compaction event and a rotation event at the same call.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::machine::{Effect, Event, MachineError, SessionId, SessionMachine};
+use crate::policy::{Policy, RotationReason};
+use crate::trace::Trace;
+use crate::usage::{Usage, UsageError, UsageSource};
+
+/// How to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// The policy under test.
+    pub policy: Arc<Policy>,
+    /// The window; overrides the trace's own, and is required when the trace has none.
+    pub window: Option<u64>,
+    /// S: the size of a compaction summary or rotation handoff, in tokens.
+    pub summary_tokens: u64,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        Self {
+            policy: Arc::new(Policy::default()),
+            window: None,
+            summary_tokens: Self::DEFAULT_SUMMARY_TOKENS,
+        }
+    }
+}
+
+impl ReplayOptions {
+    /// The default S, 2,000 tokens.
+    pub const DEFAULT_SUMMARY_TOKENS: u64 = 2000;
+}
+
+/// Why a replay could not run.
+#[derive(Debug, Error)]
+pub enum ReplayError {
+    /// Neither the trace nor the options give a window.
+    #[error("trace {trace} does not record its context window: pass one (--window N)")]
+    NoWindow {
+        /// The trace.
+        trace: String,
+    },
+    /// A modelled figure is not a valid usage (zero window, absurd size).
+    #[error("trace {trace}, call {call}: {source}")]
+    Usage {
+        /// The trace.
+        trace: String,
+        /// The 1-based call.
+        call: usize,
+        /// What is wrong.
+        source: UsageError,
+    },
+    /// The machine refused an event (a bug in the replay if it happens).
+    #[error("trace {trace}, call {call}: {source}")]
+    Machine {
+        /// The trace.
+        trace: String,
+        /// The 1-based call.
+        call: usize,
+        /// What the machine said.
+        source: MachineError,
+    },
+}
+
+/// What happened at one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayEventKind {
+    /// The session compacted.
+    Compaction,
+    /// The session rotated into a successor.
+    Rotation,
+}
+
+/// One compaction or rotation the policy would have made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayEvent {
+    /// The 1-based call at which it happened.
+    pub call: usize,
+    /// Compaction or rotation.
+    pub kind: ReplayEventKind,
+    /// The session (numbered from 1) that compacted or rotated.
+    pub session: u32,
+    /// Tokens in use before.
+    pub before: u64,
+    /// Tokens in use after (the summary or the handoff, plus the base).
+    pub after: u64,
+    /// For a compaction: `1 - after/before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reduction: Option<f64>,
+    /// For a rotation: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RotationReason>,
+    /// For a rotation: the successor's session number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub successor: Option<u32>,
+}
+
+/// Sums over a replay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Sessions used (1 plus the rotations).
+    pub sessions: u32,
+    /// Compactions made.
+    pub compactions: usize,
+    /// Compactions whose reduction fell in the policy's target band.
+    pub compactions_in_target: usize,
+    /// Mean reduction of the compactions (absent when there were none).
+    pub mean_reduction: Option<f64>,
+    /// Rotations made.
+    pub rotations: usize,
+    /// Rotations by reason.
+    pub rotations_by_reason: BTreeMap<RotationReason, usize>,
+    /// The largest modelled context fed to a machine.
+    pub peak_used: u64,
+    /// `peak_used` as a percent of the window.
+    pub peak_percent: f64,
+}
+
+/// The result of replaying one trace; also the `--json` output, one object per trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    /// The trace's name.
+    pub trace: String,
+    /// Calls in the trace.
+    pub calls: usize,
+    /// The window used.
+    pub window: u64,
+    /// Compactions and rotations, in call order.
+    pub events: Vec<ReplayEvent>,
+    /// Sums.
+    pub totals: Totals,
+}
+
+/// Replays `trace` under `opts`.
+pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    let window = opts
+        .window
+        .or(trace.window)
+        .ok_or_else(|| ReplayError::NoWindow {
+            trace: trace.name.clone(),
+        })?;
+    let mut run = Run {
+        trace,
+        opts,
+        window,
+        session_no: 1,
+        machine: SessionMachine::new(SessionId(1), opts.policy.clone()),
+        anchor: None,
+        events: Vec::new(),
+        peak: 0,
+        reductions: Vec::new(),
+        in_target: 0,
+    };
+    for (i, call) in trace.calls.iter().enumerate() {
+        run.call(i + 1, call.context())?;
+    }
+    Ok(run.report())
+}
+
+/// The state of one replay.
+struct Run<'a> {
+    trace: &'a Trace,
+    opts: &'a ReplayOptions,
+    window: u64,
+    /// The live session's number.
+    session_no: u32,
+    /// The live session's machine.
+    machine: SessionMachine,
+    /// `(used_k, after)` of the last compaction or rotation.
+    anchor: Option<(u64, u64)>,
+    events: Vec<ReplayEvent>,
+    peak: u64,
+    reductions: Vec<f64>,
+    in_target: usize,
+}
+
+impl Run<'_> {
+    fn base(&self) -> u64 {
+        self.trace.calls.first().map_or(0, |c| c.prompt_tokens)
+    }
+
+    fn call(&mut self, call: usize, used: u64) -> Result<(), ReplayError> {
+        let (modelled, source) = match self.anchor {
+            None => (used, UsageSource::Reported),
+            Some((used_k, after)) => (
+                (used as i128 - used_k as i128 + after as i128).max(0) as u64,
+                UsageSource::Modelled,
+            ),
+        };
+        let usage =
+            Usage::new(modelled, self.window, source).map_err(|source| ReplayError::Usage {
+                trace: self.trace.name.clone(),
+                call,
+                source,
+            })?;
+        self.peak = self.peak.max(modelled);
+        let mut queue = VecDeque::new();
+        self.feed(call, Event::Usage(usage), &mut queue)?;
+        let after = self.base() + self.opts.summary_tokens;
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Compact { before } => {
+                    let step = self.feed(
+                        call,
+                        Event::Compacted {
+                            after,
+                            summary_tokens: self.opts.summary_tokens,
+                        },
+                        &mut queue,
+                    )?;
+                    let measure = step.expect("a compaction request is answered in Compacting");
+                    self.reductions.push(measure.reduction);
+                    self.in_target += usize::from(measure.within_target);
+                    self.events.push(ReplayEvent {
+                        call,
+                        kind: ReplayEventKind::Compaction,
+                        session: self.session_no,
+                        before: before.used(),
+                        after,
+                        reduction: Some(measure.reduction),
+                        reason: None,
+                        successor: None,
+                    });
+                    self.anchor = Some((used, after));
+                }
+                Effect::RequestRotation { reason, before } => {
+                    let successor = self.session_no + 1;
+                    self.feed(
+                        call,
+                        Event::HandedOver {
+                            successor: SessionId(successor.into()),
+                        },
+                        &mut queue,
+                    )?;
+                    self.events.push(ReplayEvent {
+                        call,
+                        kind: ReplayEventKind::Rotation,
+                        session: self.session_no,
+                        before: before.map_or(modelled, |u| u.used()),
+                        after,
+                        reduction: None,
+                        reason: Some(reason),
+                        successor: Some(successor),
+                    });
+                    self.session_no = successor;
+                    self.machine =
+                        SessionMachine::new(SessionId(successor.into()), self.opts.policy.clone());
+                    self.anchor = Some((used, after));
+                }
+                Effect::Stop => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one event, queues its effects, and returns the compaction it measured, if any.
+    fn feed(
+        &mut self,
+        call: usize,
+        event: Event,
+        queue: &mut VecDeque<Effect>,
+    ) -> Result<Option<crate::machine::CompactionMeasure>, ReplayError> {
+        let step = self
+            .machine
+            .handle(&event)
+            .map_err(|source| ReplayError::Machine {
+                trace: self.trace.name.clone(),
+                call,
+                source,
+            })?;
+        queue.extend(step.effects);
+        Ok(step.compaction)
+    }
+
+    fn report(self) -> ReplayReport {
+        let mut by_reason = BTreeMap::new();
+        for e in &self.events {
+            if let Some(r) = e.reason {
+                *by_reason.entry(r).or_insert(0) += 1;
+            }
+        }
+        let compactions = self.reductions.len();
+        ReplayReport {
+            trace: self.trace.name.clone(),
+            calls: self.trace.calls.len(),
+            window: self.window,
+            totals: Totals {
+                sessions: self.session_no,
+                compactions,
+                compactions_in_target: self.in_target,
+                mean_reduction: (compactions > 0)
+                    .then(|| self.reductions.iter().sum::<f64>() / compactions as f64),
+                rotations: by_reason.values().sum(),
+                rotations_by_reason: by_reason,
+                peak_used: self.peak,
+                peak_percent: self.peak as f64 * 100.0 / self.window as f64,
+            },
+            events: self.events,
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Readers of recorded agent traces: each returns the token usage of every model call.
+//!
+//! A trace is the history of one agent session as some tool recorded it. baton only needs, per
+//! model call, the prompt and completion token counts (and the window, where the trace carries
+//! it). The format is detected from the content, not the file name.
+//!
+//! Formats read:
+//!
+//! | format | what it looks like | where the usage is |
+//! | --- | --- | --- |
+//! | [`Format::MiniSweAgent`] | one JSON object `{info, messages[]}` (`*.traj.json`) | `messages[].extra.response.usage` of assistant messages |
+//! | [`Format::SeriesJsonl`] | JSON Lines, one object per call | `prompt_tokens`, `completion_tokens` on each line |
+//! | [`Format::SeriesCsv`] | CSV with a header row | columns `prompt_tokens`, `completion_tokens` |
+//!
+//! A missing, unreadable, empty, broken or unknown file is a [`TraceError`] that names the file,
+//! where it broke, and what was expected.
+
+mod mini_swe;
+mod series;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::usage::UsageError;
+
+/// Token usage of one model call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Call {
+    /// Tokens sent: the whole context at the time of the call.
+    pub prompt_tokens: u64,
+    /// Tokens of the reply, which join the context for the next call.
+    pub completion_tokens: u64,
+}
+
+impl Call {
+    /// The context occupied once the reply has arrived: prompt plus completion.
+    pub fn context(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+}
+
+/// One session's recorded calls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// A name for reports: the file name, or an id the trace carries.
+    pub name: String,
+    /// The format it was read from.
+    pub format: Format,
+    /// The calls, in the order they were made.
+    pub calls: Vec<Call>,
+    /// The context window, when the trace records it.
+    pub window: Option<u64>,
+}
+
+/// The trace formats baton reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// mini-swe-agent trajectory (`*.traj.json`).
+    MiniSweAgent,
+    /// A plain series as JSON Lines.
+    SeriesJsonl,
+    /// A plain series as CSV.
+    SeriesCsv,
+}
+
+impl Format {
+    /// Every format, in the order detection tries them.
+    pub const ALL: [Format; 3] = [Format::MiniSweAgent, Format::SeriesJsonl, Format::SeriesCsv];
+
+    /// What the format looks like, for error messages and `--help`.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Format::MiniSweAgent => {
+                "mini-swe-agent trajectory (JSON object with messages[].extra.response.usage)"
+            }
+            Format::SeriesJsonl => {
+                "usage series as JSON Lines ({\"prompt_tokens\":N,\"completion_tokens\":N} per line)"
+            }
+            Format::SeriesCsv => {
+                "usage series as CSV (header with prompt_tokens,completion_tokens)"
+            }
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Format::MiniSweAgent => "mini-swe-agent",
+            Format::SeriesJsonl => "series-jsonl",
+            Format::SeriesCsv => "series-csv",
+        })
+    }
+}
+
+/// Where in a file something went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    /// A line (1-based) and, where known, a column.
+    Line(usize, Option<usize>),
+    /// The n-th model call (1-based) of a single-document format.
+    Call(usize),
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Line(l, Some(c)) => write!(f, "line {l}, column {c}"),
+            Location::Line(l, None) => write!(f, "line {l}"),
+            Location::Call(n) => write!(f, "call {n}"),
+        }
+    }
+}
+
+/// Why a trace could not be read. Every variant names the file.
+#[derive(Debug, Error)]
+pub enum TraceError {
+    /// The file could not be opened or read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is empty or holds no model calls.
+    #[error("{path}: no model calls found (expected {expected})")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// What a trace of the detected format holds.
+        expected: String,
+    },
+    /// The format was recognised but the content is broken.
+    #[error("{path}: {format} trace broken at {at}: {message}")]
+    Broken {
+        /// The file.
+        path: PathBuf,
+        /// The format it was read as.
+        format: Format,
+        /// Where.
+        at: Location,
+        /// What is wrong.
+        message: String,
+    },
+    /// A token figure is negative, fractional or absurd.
+    #[error("{path}: {format} trace has a bad token figure at {at}: {source}")]
+    BadFigure {
+        /// The file.
+        path: PathBuf,
+        /// The format it was read as.
+        format: Format,
+        /// Where.
+        at: Location,
+        /// What is wrong with the figure.
+        source: UsageError,
+    },
+    /// No known format matched.
+    #[error(
+        "{path}: unknown trace format ({hint}); formats tried: {}",
+        list_formats()
+    )]
+    Unknown {
+        /// The file.
+        path: PathBuf,
+        /// What the content looked like.
+        hint: String,
+    },
+}
+
+fn list_formats() -> String {
+    Format::ALL
+        .iter()
+        .map(|f| f.describe())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Reads every trace in the file at `path` (most formats hold one).
+pub fn read_path(path: &Path) -> Result<Vec<Trace>, TraceError> {
+    let bytes = std::fs::read(path).map_err(|source| TraceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    parse(path, &name, &bytes)
+}
+
+/// Detects the format of `bytes` and reads it. `path` is used in errors, `name` names the
+/// traces.
+pub fn parse(path: &Path, name: &str, bytes: &[u8]) -> Result<Vec<Trace>, TraceError> {
+    let text = std::str::from_utf8(bytes).map_err(|e| TraceError::Unknown {
+        path: path.to_owned(),
+        hint: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.valid_up_to()
+        ),
+    })?;
+    let body = text.trim_start();
+    let ctx = Ctx { path, name };
+    if body.is_empty() {
+        return Err(TraceError::Empty {
+            path: path.to_owned(),
+            expected: "one of the formats below".into(),
+        });
+    }
+    if !looks_like_json(body) {
+        series::read_csv(&ctx, text)
+    } else if series::looks_like_jsonl(body) {
+        series::read_jsonl(&ctx, text)
+    } else {
+        mini_swe::read(&ctx, text)
+    }
+}
+
+/// An object, or an array whose first element starts like a JSON value (so that an INI or TOML
+/// `[section]` header is not taken for broken JSON).
+fn looks_like_json(body: &str) -> bool {
+    let mut bytes = body.bytes().filter(|b| !b.is_ascii_whitespace());
+    match bytes.next() {
+        Some(b'{') => true,
+        Some(b'[') => bytes
+            .next()
+            .is_some_and(|b| b"{[\"-0123456789tfn]".contains(&b)),
+        _ => false,
+    }
+}
+
+/// What every reader needs to name its traces and errors.
+pub(crate) struct Ctx<'a> {
+    /// The file, for errors.
+    path: &'a Path,
+    /// The trace name.
+    name: &'a str,
+}
+
+impl Ctx<'_> {
+    fn broken(&self, format: Format, at: Location, message: impl Into<String>) -> TraceError {
+        TraceError::Broken {
+            path: self.path.to_owned(),
+            format,
+            at,
+            message: message.into(),
+        }
+    }
+
+    fn bad_figure(&self, format: Format, at: Location, source: UsageError) -> TraceError {
+        TraceError::BadFigure {
+            path: self.path.to_owned(),
+            format,
+            at,
+            source,
+        }
+    }
+
+    fn unknown(&self, hint: impl Into<String>) -> TraceError {
+        TraceError::Unknown {
+            path: self.path.to_owned(),
+            hint: hint.into(),
+        }
+    }
+
+    fn trace(
+        &self,
+        format: Format,
+        calls: Vec<Call>,
+        window: Option<u64>,
+    ) -> Result<Trace, TraceError> {
+        if calls.is_empty() {
+            return Err(TraceError::Empty {
+                path: self.path.to_owned(),
+                expected: format.describe().into(),
+            });
+        }
+        Ok(Trace {
+            name: self.name.to_owned(),
+            format,
+            calls,
+            window,
+        })
+    }
+}
+
+/// Turns a JSON number read as `f64` into a token count, or a located error.
+fn count(
+    ctx: &Ctx,
+    format: Format,
+    at: Location,
+    field: &'static str,
+    value: f64,
+) -> Result<u64, TraceError> {
+    crate::usage::count_from_f64(field, value).map_err(|e| ctx.bad_figure(format, at, e))
+}

@@ -1,0 +1,278 @@
+//! `baton::replay` over real and hand-made traces: which calls compact and rotate, and why.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use baton::replay::{ReplayEventKind, ReplayOptions, replay};
+use baton::trace::{self, Call, Format, Trace, TraceError};
+use baton::{Policy, RotationReason};
+
+fn data(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn series(calls: &[(u64, u64)]) -> Trace {
+    Trace {
+        name: "hand-made".into(),
+        format: Format::SeriesJsonl,
+        calls: calls
+            .iter()
+            .map(|&(prompt_tokens, completion_tokens)| Call {
+                prompt_tokens,
+                completion_tokens,
+            })
+            .collect(),
+        window: None,
+    }
+}
+
+fn opts(window: u64) -> ReplayOptions {
+    ReplayOptions {
+        window: Some(window),
+        ..ReplayOptions::default()
+    }
+}
+
+fn kinds(r: &baton::replay::ReplayReport) -> Vec<(usize, ReplayEventKind, Option<RotationReason>)> {
+    r.events
+        .iter()
+        .map(|e| (e.call, e.kind, e.reason))
+        .collect()
+}
+
+/// The committed series is the shared DeepSeek trajectory's per-call usage, number for number.
+#[test]
+fn committed_series_matches_the_shared_trajectory() {
+    let Some(path) =
+        support::shared_file("traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json")
+    else {
+        return;
+    };
+    let shared = trace::read_path(&path).unwrap();
+    let ours = trace::read_path(&data("deepseek-pydicom-901.jsonl")).unwrap();
+    assert_eq!(shared[0].format, Format::MiniSweAgent);
+    assert_eq!(shared[0].name, "pydicom__pydicom-901");
+    assert_eq!(shared[0].calls.len(), 61);
+    assert_eq!(shared[0].calls, ours[0].calls);
+}
+
+/// Replaying the real DeepSeek trace at an 8k window: three compactions, each when the modelled
+/// context first reaches 80%; then the budget is spent, so the fourth crossing rotates; the
+/// successor compacts twice more.
+#[test]
+fn deepseek_trace_at_8k_compacts_then_rotates_on_budget() {
+    let t = &trace::read_path(&data("deepseek-pydicom-901.jsonl")).unwrap()[0];
+    let r = replay(t, &opts(8192)).unwrap();
+    use ReplayEventKind::*;
+    assert_eq!(
+        kinds(&r),
+        vec![
+            (10, Compaction, None),
+            (20, Compaction, None),
+            (30, Compaction, None),
+            (38, Rotation, Some(RotationReason::CompactionBudget)),
+            (50, Compaction, None),
+            (57, Compaction, None),
+        ]
+    );
+    // Call 10's context is 6,501 + 254; call 9's (6,042 + 341 = 77.9%) stayed below 80%.
+    assert_eq!(r.events[0].before, 6755);
+    // Every compaction and rotation leaves base + S = 1,560 + 2,000.
+    assert!(r.events.iter().all(|e| e.after == 3560));
+    assert_eq!(r.events[3].session, 1);
+    assert_eq!(r.events[3].successor, Some(2));
+    assert_eq!(r.events[4].session, 2);
+    assert_eq!(
+        (r.totals.sessions, r.totals.compactions, r.totals.rotations),
+        (2, 5, 1)
+    );
+}
+
+/// An independent check of the modelling rule: every event fires at the first call whose
+/// modelled context crosses a threshold, and no call in between crosses one.
+#[test]
+fn events_fire_exactly_where_the_modelled_context_crosses_a_threshold() {
+    let t = &trace::read_path(&data("deepseek-pydicom-901.jsonl")).unwrap()[0];
+    for window in [6000u64, 8192, 10_000, 12_000, 16_384, 24_000] {
+        let r = replay(t, &opts(window)).unwrap();
+        let after = t.calls[0].prompt_tokens + 2000;
+        let mut anchor: Option<(u64, u64)> = None;
+        let mut events = r.events.iter().peekable();
+        for (i, c) in t.calls.iter().enumerate() {
+            let used = c.context();
+            let modelled = anchor.map_or(used, |(k, a)| (used + a).saturating_sub(k));
+            let crossing = modelled as f64 / window as f64 >= 0.80;
+            let fired = events.peek().is_some_and(|e| e.call == i + 1);
+            assert_eq!(
+                crossing,
+                fired,
+                "window {window}, call {}: modelled {modelled}",
+                i + 1
+            );
+            while events.peek().is_some_and(|e| e.call == i + 1) {
+                events.next();
+                anchor = Some((used, after));
+            }
+        }
+    }
+}
+
+#[test]
+fn rotates_at_95_percent_without_compacting() {
+    let o = ReplayOptions {
+        summary_tokens: 100,
+        ..opts(1000)
+    };
+    let r = replay(&series(&[(100, 10), (500, 10), (955, 10), (980, 5)]), &o).unwrap();
+    assert_eq!(
+        kinds(&r),
+        vec![(
+            3,
+            ReplayEventKind::Rotation,
+            Some(RotationReason::Threshold)
+        )]
+    );
+    assert_eq!((r.events[0].before, r.events[0].after), (965, 200));
+    // The successor starts at base + S = 200 and grows by what the trace recorded (985 - 965).
+    assert_eq!(r.totals.sessions, 2);
+    assert_eq!(r.totals.peak_used, 965);
+}
+
+#[test]
+fn insufficient_compaction_compacts_and_rotates_at_the_same_call() {
+    // base 700 + S 200 = 900 is still above compact_at: the compaction is insufficient.
+    let o = ReplayOptions {
+        summary_tokens: 200,
+        ..opts(1000)
+    };
+    let r = replay(&series(&[(700, 10), (790, 20), (800, 10)]), &o).unwrap();
+    use ReplayEventKind::*;
+    // The successor starts at 900 too, so its first call (810 - 810 + 900) is at 90% again:
+    // a work item whose floor exceeds the window keeps rotating.
+    let insufficient = Some(RotationReason::InsufficientCompaction);
+    assert_eq!(
+        kinds(&r),
+        vec![
+            (2, Compaction, None),
+            (2, Rotation, insufficient),
+            (3, Compaction, None),
+            (3, Rotation, insufficient)
+        ]
+    );
+    assert_eq!(
+        r.events[1].before, 900,
+        "the rotation starts from the compacted size"
+    );
+    assert_eq!(r.totals.sessions, 3);
+}
+
+#[test]
+fn policy_flags_change_the_events() {
+    let t = &trace::read_path(&data("deepseek-pydicom-901.jsonl")).unwrap()[0];
+    let strict = ReplayOptions {
+        policy: Arc::new(
+            Policy::builder()
+                .compact_at(0.5)
+                .rotate_at(0.6)
+                .max_compactions(0)
+                .build()
+                .unwrap(),
+        ),
+        ..opts(8192)
+    };
+    let r = replay(t, &strict).unwrap();
+    assert!(r.totals.compactions == 0 && r.totals.rotations > 0);
+    // With no compactions allowed, a crossing of 50% rotates on budget, or on threshold when a
+    // single call jumps past 60%.
+    let budget = r.totals.rotations_by_reason[&RotationReason::CompactionBudget];
+    let threshold = r
+        .totals
+        .rotations_by_reason
+        .get(&RotationReason::Threshold)
+        .copied()
+        .unwrap_or(0);
+    assert!(budget > 0);
+    assert_eq!(budget + threshold, r.totals.rotations);
+}
+
+#[test]
+fn a_trace_without_a_window_needs_one() {
+    let err = replay(&series(&[(1, 1)]), &ReplayOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("--window"), "{err}");
+}
+
+fn parse(text: &str) -> Result<Vec<Trace>, TraceError> {
+    trace::parse(Path::new("t.txt"), "t", text.as_bytes())
+}
+
+#[test]
+fn reads_series_as_jsonl_and_csv() {
+    let j = parse("{\"prompt_tokens\": 10, \"completion_tokens\": 2, \"window\": 100}\n\n{\"prompt_tokens\": 20, \"completion_tokens\": 3}\n").unwrap();
+    assert_eq!(j[0].format, Format::SeriesJsonl);
+    assert_eq!(j[0].window, Some(100));
+    assert_eq!(j[0].calls[1].context(), 23);
+    let c = parse("step,prompt_tokens,completion_tokens\n1,10,2\n2, 20 ,3\n").unwrap();
+    assert_eq!(c[0].format, Format::SeriesCsv);
+    assert_eq!(c[0].calls, j[0].calls);
+}
+
+#[test]
+fn broken_files_get_errors_that_say_where() {
+    let cases: &[(&str, &str)] = &[
+        ("", "no model calls"),
+        ("   \n", "no model calls"),
+        (
+            "{\"messages\": [{\"role\": \"assistant\", \"extra\": {\"response\": {\"usage\": {\"prompt_tokens\": 5",
+            "line 1",
+        ),
+        (
+            "{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": -4, \"completion_tokens\": 1}\n",
+            "line 2",
+        ),
+        (
+            "{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": 1.5, \"completion_tokens\": 1}\n",
+            "not a whole",
+        ),
+        (
+            "{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": \"many\", \"completion_tokens\": 1}\n",
+            "line 2",
+        ),
+        (
+            "{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": 1}\n",
+            "expected both",
+        ),
+        ("prompt_tokens,completion_tokens\n1,2\nx,3\n", "line 3"),
+        ("prompt_tokens,completion_tokens\n", "no model calls"),
+        ("hello world\n", "unknown trace format"),
+        ("[1, 2, 3]", "unknown trace format"),
+        ("{\"info\": {}}", "without a messages list"),
+        (
+            "{\"messages\": [{\"role\": \"assistant\"}]}",
+            "without extra.response.usage",
+        ),
+        ("{\"messages\": [{\"role\": \"user\"}]}", "no model calls"),
+    ];
+    for (text, want) in cases {
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains(want), "{text:?}: {err}");
+        assert!(err.starts_with("t.txt"), "the error names the file: {err}");
+    }
+    let unknown = parse("hello").unwrap_err().to_string();
+    assert!(
+        unknown.contains("mini-swe-agent") && unknown.contains("CSV"),
+        "lists the formats tried: {unknown}"
+    );
+}
+
+#[test]
+fn missing_and_binary_files_are_errors() {
+    let err = trace::read_path(Path::new("/nonexistent/trace.json")).unwrap_err();
+    assert!(matches!(err, TraceError::Io { .. }));
+    assert!(err.to_string().contains("/nonexistent/trace.json"));
+    let bin = trace::parse(Path::new("b"), "b", &[0xff, 0xfe, 0x00]).unwrap_err();
+    assert!(bin.to_string().contains("not UTF-8"));
+}

@@ -1,0 +1,28 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+/// insta settings for this project: snapshots live in the top-level `snapshots/` folder and
+/// are named after the behaviour alone.
+pub fn snapshot_settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    s.set_prepend_module_to_snapshot(false);
+    s.set_omit_expression(true);
+    s
+}
+
+/// The shared research folder beside the project, when it is there. CI always has it; a
+/// user's clone may not, so tests that read it require it only under `CI`.
+pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else if std::env::var_os("CI").is_some_and(|v| v != "false" && v != "0" && !v.is_empty()) {
+        panic!("CI must have ../shared/{rel}");
+    } else {
+        eprintln!("note: ../shared/{rel} is not here; this check runs in CI");
+        None
+    }
+}
