@@ -14,12 +14,22 @@
 //! | [`machine`] | the statig state machine (Normal, Compacting, Rotating, Closed) and its records |
 //! | [`trace`] | readers of recorded agent traces: per-call token usage |
 //! | [`replay`] | the policy replayed over a trace, driving the real machine |
+//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`] |
+//! | [`session`] | [`SessionActor`]: one session as an actix actor that owns its machine |
+//! | [`supervisor`] | [`Supervisor`]: the registry, the work-item queue, rotations, budgets |
+//! | [`record`] | compaction and rotation records, and the [`FleetEvent`] stream |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
 
+#![warn(missing_docs)]
+
 pub mod machine;
 pub mod policy;
+pub mod record;
 pub mod replay;
+pub mod runtime;
+pub mod session;
+pub mod supervisor;
 pub mod trace;
 pub mod usage;
 
@@ -28,6 +38,15 @@ pub use machine::{
     SessionMachine, Step, TransitionRecord,
 };
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
+pub use record::{
+    CompactionRecord, CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord,
+};
+pub use runtime::memory::MemoryRuntime;
+pub use runtime::{AgentRuntime, AgentType, Handoff, RuntimeError, Summary, WorkItem, WorkItemId};
+pub use session::{SessionActor, SessionInfo};
+pub use supervisor::{
+    Inventory, Place, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
+};
 pub use usage::{Usage, UsageError, UsageSource};
 
 /// The README's Rust examples, compiled and run as doctests so that they stay true.

@@ -330,188 +330,200 @@ impl Session {
         }
         self.history.push_back(Reading::from_usage(usage));
     }
-
-    fn rotate(&mut self, reason: RotationReason) -> Outcome<State> {
-        self.rotation_reason = Some(reason);
-        Transition(State::rotating())
-    }
 }
 
-#[state_machine(
-    // Every session starts working.
-    initial = "State::normal()",
-    state(derive(Debug, Clone, Copy, PartialEq, Eq)),
-    superstate(derive(Debug)),
-    // The only hook: statig 0.4.1's blocking before_transition swaps source and target.
-    after_transition = "Self::after_transition"
-)]
-impl Session {
-    /// Owns what every live state does alike: Close, manual rotation, and dropping results
-    /// that arrive for a state the session has left.
-    #[superstate]
-    fn live(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
-        match event {
-            Event::Close => Transition(State::closed()),
-            Event::Rotate => self.rotate(RotationReason::Manual),
-            _ => {
-                context.ignored = true;
-                Handled
-            }
-        }
-    }
+/// The statig machine itself. Its generated `State` and `Superstate` enums are an
+/// implementation detail (hence undocumented); [`Phase`] is their public view.
+mod states {
+    #![allow(missing_docs)]
 
-    #[state(superstate = "live")]
-    fn normal(&mut self, event: &Event) -> Outcome<State> {
-        match event {
-            Event::Usage(usage) => {
-                self.record(usage);
-                match self.policy.decide(usage, self.compactions) {
-                    Action::Continue => Handled,
-                    Action::Compact => Transition(State::compacting()),
-                    Action::Rotate(reason) => self.rotate(reason),
-                }
-            }
-            _ => Super,
-        }
-    }
+    use super::*;
 
-    #[state(superstate = "live", entry_action = "enter_compacting")]
-    fn compacting(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
-        match event {
-            Event::Usage(usage) => {
-                self.record(usage);
-                if usage.ratio() >= self.policy.rotate_at() {
-                    self.rotate(RotationReason::Threshold)
-                } else {
+    #[state_machine(
+        // Every session starts working.
+        initial = "State::normal()",
+        state(derive(Debug, Clone, Copy, PartialEq, Eq)),
+        superstate(derive(Debug)),
+        // Public inside this private module, so the rest of the file can name the states.
+        visibility = "pub",
+        // The only hook: statig 0.4.1's blocking before_transition swaps source and target.
+        after_transition = "Self::after_transition"
+    )]
+    impl Session {
+        /// Owns what every live state does alike: Close, manual rotation, and dropping results
+        /// that arrive for a state the session has left.
+        #[superstate]
+        fn live(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+            match event {
+                Event::Close => Transition(State::closed()),
+                Event::Rotate => self.rotate(RotationReason::Manual),
+                _ => {
+                    context.ignored = true;
                     Handled
                 }
             }
-            Event::Compacted {
-                after,
+        }
+
+        #[state(superstate = "live")]
+        fn normal(&mut self, event: &Event) -> Outcome<State> {
+            match event {
+                Event::Usage(usage) => {
+                    self.record(usage);
+                    match self.policy.decide(usage, self.compactions) {
+                        Action::Continue => Handled,
+                        Action::Compact => Transition(State::compacting()),
+                        Action::Rotate(reason) => self.rotate(reason),
+                    }
+                }
+                _ => Super,
+            }
+        }
+
+        #[state(superstate = "live", entry_action = "enter_compacting")]
+        fn compacting(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+            match event {
+                Event::Usage(usage) => {
+                    self.record(usage);
+                    if usage.ratio() >= self.policy.rotate_at() {
+                        self.rotate(RotationReason::Threshold)
+                    } else {
+                        Handled
+                    }
+                }
+                Event::Compacted {
+                    after,
+                    summary_tokens,
+                } => self.finish_compaction(context, *after, *summary_tokens),
+                Event::CompactionFailed { .. } => self.rotate(RotationReason::CompactionFailed),
+                _ => Super,
+            }
+        }
+
+        #[state(superstate = "live", entry_action = "enter_rotating")]
+        fn rotating(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+            match event {
+                // Still recorded (the record shows the context it rotated from); no state change.
+                Event::Usage(usage) => {
+                    self.record(usage);
+                    Handled
+                }
+                Event::HandedOver { successor } => {
+                    self.successor = Some(*successor);
+                    Transition(State::closed())
+                }
+                Event::RotationFailed { .. } => Transition(State::closed()),
+                // Already rotating: a second request changes nothing.
+                Event::Rotate => {
+                    context.ignored = true;
+                    Handled
+                }
+                _ => Super,
+            }
+        }
+
+        #[state(entry_action = "enter_closed")]
+        fn closed(context: &mut Step, event: &Event) -> Outcome<State> {
+            let _ = event;
+            context.ignored = true;
+            Handled
+        }
+
+        #[action]
+        fn enter_compacting(&mut self, context: &mut Step) {
+            let before = self
+                .last_usage()
+                .expect("Normal enters Compacting only on a usage reading");
+            self.compacting_from = Some(before);
+            context.effects.push(Effect::Compact { before });
+        }
+
+        #[action]
+        fn enter_rotating(&mut self, context: &mut Step) {
+            self.compacting_from = None;
+            context.effects.push(Effect::RequestRotation {
+                reason: self.rotation_reason.unwrap_or(RotationReason::Manual),
+                before: self.last_usage(),
+            });
+        }
+
+        #[action]
+        fn enter_closed(&mut self, context: &mut Step) {
+            self.compacting_from = None;
+            context.effects.push(Effect::Stop);
+        }
+    }
+
+    impl Session {
+        fn rotate(&mut self, reason: RotationReason) -> Outcome<State> {
+            self.rotation_reason = Some(reason);
+            Transition(State::rotating())
+        }
+
+        fn finish_compaction(
+            &mut self,
+            context: &mut Step,
+            after: u64,
+            summary_tokens: u64,
+        ) -> Outcome<State> {
+            let before = self
+                .compacting_from
+                .take()
+                .expect("Compacting always has the reading it started from");
+            let after_usage = before
+                .with_used(after, UsageSource::Estimated)
+                .expect("figures are validated before dispatch");
+            let red = reduction(before.used(), after);
+            let sufficient = self
+                .policy
+                .is_sufficient(before.used(), after, before.window());
+            context.compaction = Some(CompactionMeasure {
+                before,
+                after: after_usage,
                 summary_tokens,
-            } => self.finish_compaction(context, *after, *summary_tokens),
-            Event::CompactionFailed { .. } => self.rotate(RotationReason::CompactionFailed),
-            _ => Super,
+                reduction: red,
+                sufficient,
+                within_target: self.policy.within_target(red),
+            });
+            self.compactions += 1;
+            self.record(&after_usage);
+            if sufficient {
+                Transition(State::normal())
+            } else {
+                self.rotate(RotationReason::InsufficientCompaction)
+            }
         }
-    }
 
-    #[state(superstate = "live", entry_action = "enter_rotating")]
-    fn rotating(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
-        match event {
-            // Still recorded (the record shows the context it rotated from); no state change.
-            Event::Usage(usage) => {
-                self.record(usage);
-                Handled
-            }
-            Event::HandedOver { successor } => {
-                self.successor = Some(*successor);
-                Transition(State::closed())
-            }
-            Event::RotationFailed { .. } => Transition(State::closed()),
-            // Already rotating: a second request changes nothing.
-            Event::Rotate => {
-                context.ignored = true;
-                Handled
-            }
-            _ => Super,
+        fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
+            self.transitions += 1;
+            let (from, to) = (phase(source), phase(target));
+            let reason = (to == Phase::Rotating)
+                .then_some(self.rotation_reason)
+                .flatten();
+            let usage = self.last_usage();
+            tracing::info!(
+                session = %self.id,
+                seq = self.transitions,
+                ?from,
+                ?to,
+                reason = reason.map(|r| r.as_str()),
+                used = usage.map(|u| u.used()),
+                window = usage.map(|u| u.window()),
+                "session transition"
+            );
+            context.transitions.push(TransitionRecord {
+                seq: self.transitions,
+                session: self.id,
+                from,
+                to,
+                cause: context.cause.unwrap_or(EventKind::Usage),
+                usage,
+                reason,
+            });
         }
-    }
-
-    #[state(entry_action = "enter_closed")]
-    fn closed(context: &mut Step, event: &Event) -> Outcome<State> {
-        let _ = event;
-        context.ignored = true;
-        Handled
-    }
-
-    #[action]
-    fn enter_compacting(&mut self, context: &mut Step) {
-        let before = self
-            .last_usage()
-            .expect("Normal enters Compacting only on a usage reading");
-        self.compacting_from = Some(before);
-        context.effects.push(Effect::Compact { before });
-    }
-
-    #[action]
-    fn enter_rotating(&mut self, context: &mut Step) {
-        self.compacting_from = None;
-        context.effects.push(Effect::RequestRotation {
-            reason: self.rotation_reason.unwrap_or(RotationReason::Manual),
-            before: self.last_usage(),
-        });
-    }
-
-    #[action]
-    fn enter_closed(&mut self, context: &mut Step) {
-        self.compacting_from = None;
-        context.effects.push(Effect::Stop);
     }
 }
 
-impl Session {
-    fn finish_compaction(
-        &mut self,
-        context: &mut Step,
-        after: u64,
-        summary_tokens: u64,
-    ) -> Outcome<State> {
-        let before = self
-            .compacting_from
-            .take()
-            .expect("Compacting always has the reading it started from");
-        let after_usage = before
-            .with_used(after, UsageSource::Estimated)
-            .expect("figures are validated before dispatch");
-        let red = reduction(before.used(), after);
-        let sufficient = self
-            .policy
-            .is_sufficient(before.used(), after, before.window());
-        context.compaction = Some(CompactionMeasure {
-            before,
-            after: after_usage,
-            summary_tokens,
-            reduction: red,
-            sufficient,
-            within_target: self.policy.within_target(red),
-        });
-        self.compactions += 1;
-        self.record(&after_usage);
-        if sufficient {
-            Transition(State::normal())
-        } else {
-            self.rotate(RotationReason::InsufficientCompaction)
-        }
-    }
-
-    fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
-        self.transitions += 1;
-        let (from, to) = (phase(source), phase(target));
-        let reason = (to == Phase::Rotating)
-            .then_some(self.rotation_reason)
-            .flatten();
-        let usage = self.last_usage();
-        tracing::info!(
-            session = %self.id,
-            seq = self.transitions,
-            ?from,
-            ?to,
-            reason = reason.map(|r| r.as_str()),
-            used = usage.map(|u| u.used()),
-            window = usage.map(|u| u.window()),
-            "session transition"
-        );
-        context.transitions.push(TransitionRecord {
-            seq: self.transitions,
-            session: self.id,
-            from,
-            to,
-            cause: context.cause.unwrap_or(EventKind::Usage),
-            usage,
-            reason,
-        });
-    }
-}
+use states::State;
 
 fn phase(state: &State) -> Phase {
     match state {

@@ -26,3 +26,5 @@ pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
         None
     }
 }
+
+pub mod fleet;

@@ -1,0 +1,269 @@
+//! What baton tells the world: records of compactions and rotations, and the event stream.
+//!
+//! Every transition, compaction, rotation, restart and rejected input is published as a
+//! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to (and which
+//! the journal writes down). Each compaction or rotation that took effect is published exactly
+//! once.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::machine::{CompactionMeasure, SessionId, TransitionRecord};
+use crate::policy::RotationReason;
+use crate::runtime::WorkItemId;
+use crate::usage::Usage;
+
+/// Numbers a rotation for its whole life (and keys the successor's spawn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RotationId(pub u64);
+
+/// One compaction: what it freed, how long it took, whether it worked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompactionRecord {
+    /// The session that compacted.
+    pub session: SessionId,
+    /// Its agent type.
+    pub agent_type: Arc<str>,
+    /// The work item it holds.
+    pub work_item: WorkItemId,
+    /// Tokens in use when the compaction started.
+    pub before_tokens: u64,
+    /// The same, in percent of the window.
+    pub before_percent: f64,
+    /// Tokens in use afterwards (equal to before when it failed).
+    pub after_tokens: u64,
+    /// The same, in percent of the window.
+    pub after_percent: f64,
+    /// `before - after` (0 when the context grew or the compaction failed).
+    pub tokens_freed: u64,
+    /// `(1 - after/before) * 100`.
+    pub reduction_percent: f64,
+    /// Whether the reduction fell in the policy's target band (40-50% by default).
+    pub within_target: bool,
+    /// Whether the session could stay: enough freed and below `compact_at`.
+    pub sufficient: bool,
+    /// Tokens of the summary that replaced the history.
+    pub summary_tokens: u64,
+    /// From asking for the compaction to its result (waiting for a slot included).
+    pub duration: Duration,
+    /// Whether the history was replaced.
+    pub success: bool,
+    /// What went wrong, when it failed.
+    pub error: Option<String>,
+}
+
+impl CompactionRecord {
+    /// The record of a compaction that finished, from the machine's measurement.
+    pub fn finished(
+        session: SessionId,
+        agent_type: Arc<str>,
+        work_item: WorkItemId,
+        m: &CompactionMeasure,
+        duration: Duration,
+    ) -> Self {
+        Self {
+            session,
+            agent_type,
+            work_item,
+            before_tokens: m.before.used(),
+            before_percent: m.before.percent(),
+            after_tokens: m.after.used(),
+            after_percent: m.after.percent(),
+            tokens_freed: m.before.used().saturating_sub(m.after.used()),
+            reduction_percent: m.reduction * 100.0,
+            within_target: m.within_target,
+            sufficient: m.sufficient,
+            summary_tokens: m.summary_tokens,
+            duration,
+            success: true,
+            error: None,
+        }
+    }
+
+    /// The record of a compaction that failed or timed out.
+    pub fn failed(
+        session: SessionId,
+        agent_type: Arc<str>,
+        work_item: WorkItemId,
+        before: Usage,
+        duration: Duration,
+        error: String,
+    ) -> Self {
+        Self {
+            session,
+            agent_type,
+            work_item,
+            before_tokens: before.used(),
+            before_percent: before.percent(),
+            after_tokens: before.used(),
+            after_percent: before.percent(),
+            tokens_freed: 0,
+            reduction_percent: 0.0,
+            within_target: false,
+            sufficient: false,
+            summary_tokens: 0,
+            duration,
+            success: false,
+            error: Some(error),
+        }
+    }
+}
+
+/// One rotation: predecessor, successor, work item, reason and metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RotationRecord {
+    /// The rotation's number.
+    pub rotation: RotationId,
+    /// The session that was closed.
+    pub old_session: SessionId,
+    /// The successor (absent when none could be started).
+    pub new_session: Option<SessionId>,
+    /// The agent type of both.
+    pub agent_type: Arc<str>,
+    /// The work item that moved.
+    pub work_item: WorkItemId,
+    /// Why.
+    pub reason: RotationReason,
+    /// Tokens in use by the old session when it rotated.
+    pub before_tokens: u64,
+    /// The same, in percent of the window.
+    pub before_percent: f64,
+    /// Compactions the old session did.
+    pub compactions: u32,
+    /// Tokens of the handoff summary.
+    pub handoff_tokens: u64,
+    /// True when the agent could not summarise and baton built the handoff itself.
+    pub handoff_fallback: bool,
+    /// Spawn and assign attempts made (1 each when nothing failed).
+    pub attempts: u32,
+    /// From the request to the hand-over (or the failure).
+    pub duration: Duration,
+    /// Whether the successor holds the work item.
+    pub success: bool,
+    /// What went wrong, when it failed.
+    pub error: Option<String>,
+}
+
+/// Everything the fleet reports, in the order it happened (per session).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FleetEvent {
+    /// A session started for a work item (first, after a rotation, or after a restart).
+    SessionStarted {
+        /// The new session.
+        session: SessionId,
+        /// Its agent type.
+        agent_type: Arc<str>,
+        /// The work item it holds.
+        work_item: WorkItemId,
+    },
+    /// A session changed state.
+    Transition(TransitionRecord),
+    /// A compaction finished or failed.
+    Compaction(CompactionRecord),
+    /// A rotation finished or failed.
+    Rotation(RotationRecord),
+    /// A session stopped without reaching Closed (a panic): its work item was restarted,
+    /// requeued, or sent to dead letter.
+    Crashed {
+        /// The session that stopped.
+        session: SessionId,
+        /// Its work item.
+        work_item: WorkItemId,
+        /// What happens next to the work item.
+        outcome: CrashOutcome,
+    },
+    /// Input was refused as bad; nothing changed.
+    Rejected {
+        /// The session it was for, if known.
+        session: Option<SessionId>,
+        /// Why it was refused.
+        error: String,
+    },
+    /// A work item finished (its session was closed by the orchestrator).
+    WorkItemDone {
+        /// The work item.
+        work_item: WorkItemId,
+        /// The session that held it last.
+        session: SessionId,
+    },
+    /// A work item went back to the queue.
+    WorkItemRequeued {
+        /// The work item.
+        work_item: WorkItemId,
+        /// Why.
+        reason: String,
+    },
+    /// A work item was given up on.
+    DeadLetter {
+        /// The work item.
+        work_item: WorkItemId,
+        /// Why.
+        reason: String,
+    },
+    /// Sessions of an agent type crashed faster than the restart budget allows: no more are
+    /// started until the supervisor is told otherwise.
+    AgentTypeHalted {
+        /// The agent type.
+        agent_type: Arc<str>,
+        /// The budget that was exceeded: restarts...
+        intensity: u32,
+        /// ...per this period.
+        period: Duration,
+    },
+    /// A runtime call that baton does not depend on failed (for example closing a session
+    /// that was already handed over); logged and reported, not fatal.
+    RuntimeWarning {
+        /// The session.
+        session: SessionId,
+        /// What failed.
+        error: String,
+    },
+}
+
+/// What the supervisor did with the work item of a crashed session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrashOutcome {
+    /// A new session is being started for it, within the restart budget.
+    Restarted,
+    /// The agent type's restart budget is spent: the item waits in the queue.
+    Requeued,
+    /// The item crashed too many times: it went to dead letter.
+    DeadLetter,
+}
+
+/// Fans events out to subscribers. Cheap to clone; every clone publishes to the same
+/// subscribers. A subscriber that dropped its receiver is forgotten.
+#[derive(Debug, Clone, Default)]
+pub struct EventBus {
+    /// One unbounded sender per subscriber: events are never dropped for a slow reader.
+    subscribers: Arc<Mutex<Vec<UnboundedSender<FleetEvent>>>>,
+}
+
+impl EventBus {
+    /// A new stream of every event published from now on.
+    pub fn subscribe(&self) -> UnboundedReceiver<FleetEvent> {
+        let (tx, rx) = unbounded_channel();
+        self.subscribers.lock().expect("lock").push(tx);
+        rx
+    }
+
+    /// Sends `event` to every subscriber.
+    pub fn publish(&self, event: FleetEvent) {
+        let mut subs = self.subscribers.lock().expect("lock");
+        match subs.len() {
+            0 => {}
+            1 => {
+                if subs[0].send(event).is_err() {
+                    subs.clear();
+                }
+            }
+            _ => subs.retain(|s| s.send(event.clone()).is_ok()),
+        }
+    }
+}

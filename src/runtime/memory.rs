@@ -1,0 +1,389 @@
+//! [`MemoryRuntime`]: a complete agent runtime in memory, for tests, examples and simulation.
+//!
+//! Each simulated session has a context size that the caller grows ([`MemoryRuntime::grow`])
+//! as its agent "works". Summaries follow a size model; every operation can be given a
+//! latency; failures can be injected by script ("the 2nd spawn fails") or at random with a
+//! seed. The runtime counts its calls and the peak number of concurrent summarise calls, so
+//! tests can assert on them.
+
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose, WorkItem,
+};
+use crate::machine::SessionId;
+use crate::usage::{Usage, UsageSource};
+
+/// The runtime operations, for latencies, faults and counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// [`AgentRuntime::summarise`].
+    Summarise,
+    /// [`AgentRuntime::replace_history`].
+    ReplaceHistory,
+    /// [`AgentRuntime::close`].
+    Close,
+    /// [`AgentRuntime::spawn`].
+    Spawn,
+    /// [`AgentRuntime::assign`].
+    Assign,
+    /// [`AgentRuntime::usage`].
+    Usage,
+}
+
+impl Op {
+    const ALL: [Op; 6] = [
+        Op::Summarise,
+        Op::ReplaceHistory,
+        Op::Close,
+        Op::Spawn,
+        Op::Assign,
+        Op::Usage,
+    ];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What an injected fault does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    /// The call fails with an error that may pass on retry.
+    Transient,
+    /// The call fails with an error that will not pass on retry.
+    Permanent,
+    /// The call panics (to test that a crashed session is noticed).
+    Panic,
+    /// The call never returns (to test deadlines).
+    Hang,
+}
+
+/// A scripted fault: calls number `calls` (1-based, counted per operation) of `op` fail.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// The operation.
+    pub op: Op,
+    /// Which calls of it, 1-based.
+    pub calls: RangeInclusive<u64>,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// How big a summary is: `clamp(ratio * (used - base), min, max)` tokens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SummaryModel {
+    /// Share of the session's own conversation (above its base) kept in a summary.
+    pub ratio: f64,
+    /// Smallest summary.
+    pub min_tokens: u64,
+    /// Largest summary.
+    pub max_tokens: u64,
+}
+
+impl Default for SummaryModel {
+    fn default() -> Self {
+        Self {
+            ratio: 0.1,
+            min_tokens: 20,
+            max_tokens: 4000,
+        }
+    }
+}
+
+/// Settings of a [`MemoryRuntime`].
+#[derive(Debug, Clone, Default)]
+pub struct MemoryConfig {
+    /// Latency of each operation (zero by default).
+    pub latency: HashMap<Op, Duration>,
+    /// Summary sizes.
+    pub summary: SummaryModel,
+    /// Tokens a fresh session starts with (system prompt), before its work item.
+    pub base_tokens: u64,
+    /// Scripted faults.
+    pub faults: Vec<Fault>,
+    /// Share of calls (any operation) that fail transiently at random, and the seed.
+    pub random_failures: Option<(f64, u64)>,
+}
+
+/// A simulated session, as the runtime sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSession {
+    /// Its agent type's name.
+    pub agent_type: String,
+    /// Its window.
+    pub window: u64,
+    /// Tokens in use now.
+    pub used: u64,
+    /// Tokens it started with (system prompt, work item and handoff).
+    pub base: u64,
+    /// The work item it holds.
+    pub item: Option<WorkItem>,
+    /// The handoff it was given.
+    pub handoff: Option<Handoff>,
+    /// Whether it was closed.
+    pub closed: bool,
+    /// Histories replaced so far.
+    pub compactions: u32,
+}
+
+/// The in-memory runtime. Cheap to share behind an `Arc`; all state is behind short locks
+/// never held across an await.
+#[derive(Debug)]
+pub struct MemoryRuntime {
+    /// Settings.
+    config: MemoryConfig,
+    /// Sessions by id.
+    sessions: Mutex<HashMap<SessionId, SimSession>>,
+    /// Spawns by key, so a repeated key returns the same session.
+    spawned: Mutex<HashMap<SpawnKey, SessionId>>,
+    /// The last id handed out.
+    next_id: AtomicU64,
+    /// Calls per operation, indexed by `Op as usize`.
+    calls: [AtomicU64; 6],
+    /// Summarise calls running now.
+    summarising: AtomicUsize,
+    /// The most summarise calls ever running at once.
+    peak_summarising: AtomicUsize,
+    /// The generator of random failures.
+    rng: Mutex<Option<(f64, fastrand::Rng)>>,
+}
+
+impl Default for MemoryRuntime {
+    fn default() -> Self {
+        Self::new(MemoryConfig::default())
+    }
+}
+
+/// Decrements the in-flight summary count when a summarise call ends (or is cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl MemoryRuntime {
+    /// A runtime with these settings.
+    pub fn new(config: MemoryConfig) -> Self {
+        let rng = config
+            .random_failures
+            .map(|(rate, seed)| (rate, fastrand::Rng::with_seed(seed)));
+        Self {
+            config,
+            sessions: Mutex::default(),
+            spawned: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            calls: Default::default(),
+            summarising: AtomicUsize::new(0),
+            peak_summarising: AtomicUsize::new(0),
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// The agent "works": its context grows by `tokens`. Returns the new usage, to report.
+    pub fn grow(&self, session: SessionId, tokens: u64) -> Result<Usage, RuntimeError> {
+        self.with_session(session, |s| {
+            s.used = s.used.saturating_add(tokens);
+            Usage::new(
+                s.used.min(Usage::MAX_TOKENS),
+                s.window,
+                UsageSource::Reported,
+            )
+            .map_err(|e| RuntimeError::permanent(e.to_string()))
+        })?
+    }
+
+    /// A copy of a session's simulated state.
+    pub fn session(&self, session: SessionId) -> Option<SimSession> {
+        self.sessions.lock().expect("lock").get(&session).cloned()
+    }
+
+    /// Every session ever spawned, closed ones included, by id.
+    pub fn sessions(&self) -> Vec<(SessionId, SimSession)> {
+        let mut all: Vec<_> = self
+            .sessions
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, s)| (*id, s.clone()))
+            .collect();
+        all.sort_by_key(|(id, _)| *id);
+        all
+    }
+
+    /// Ids of the sessions spawned and not closed, in order.
+    pub fn open_sessions(&self) -> Vec<SessionId> {
+        self.sessions()
+            .into_iter()
+            .filter(|(_, s)| !s.closed)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// How many times `op` was called.
+    pub fn calls(&self, op: Op) -> u64 {
+        self.calls[op.index()].load(Ordering::SeqCst)
+    }
+
+    /// Calls per operation, for reports.
+    pub fn all_calls(&self) -> Vec<(Op, u64)> {
+        Op::ALL.iter().map(|op| (*op, self.calls(*op))).collect()
+    }
+
+    /// The most summarise calls that were ever running at the same time.
+    pub fn peak_concurrent_summaries(&self) -> usize {
+        self.peak_summarising.load(Ordering::SeqCst)
+    }
+
+    fn with_session<T>(
+        &self,
+        id: SessionId,
+        f: impl FnOnce(&mut SimSession) -> T,
+    ) -> Result<T, RuntimeError> {
+        let mut sessions = self.sessions.lock().expect("lock");
+        match sessions.get_mut(&id) {
+            Some(s) if !s.closed => Ok(f(s)),
+            _ => Err(RuntimeError::UnknownSession(id)),
+        }
+    }
+
+    /// Counts the call, waits its latency, and applies any fault. Returns `Err` for a failing
+    /// call; panics or hangs when told to.
+    async fn enter(&self, op: Op) -> Result<(), RuntimeError> {
+        let n = self.calls[op.index()].fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(d) = self.config.latency.get(&op).filter(|d| !d.is_zero()) {
+            tokio::time::sleep(*d).await;
+        }
+        let scripted = self
+            .config
+            .faults
+            .iter()
+            .find(|f| f.op == op && f.calls.contains(&n))
+            .map(|f| f.kind);
+        let random = || {
+            let mut rng = self.rng.lock().expect("lock");
+            rng.as_mut().is_some_and(|(rate, rng)| rng.f64() < *rate)
+        };
+        let kind = scripted.or_else(|| random().then_some(FaultKind::Transient));
+        match kind {
+            None => Ok(()),
+            Some(FaultKind::Transient) => Err(RuntimeError::transient(format!(
+                "injected fault: {op:?} call {n}"
+            ))),
+            Some(FaultKind::Permanent) => Err(RuntimeError::permanent(format!(
+                "injected fault: {op:?} call {n}"
+            ))),
+            Some(FaultKind::Panic) => panic!("injected panic: {op:?} call {n}"),
+            Some(FaultKind::Hang) => std::future::pending().await,
+        }
+    }
+}
+
+/// A rough token count for text the runtime makes up (4 characters a token).
+fn tokens_of(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+#[async_trait]
+impl AgentRuntime for MemoryRuntime {
+    async fn summarise(
+        &self,
+        session: SessionId,
+        purpose: SummaryPurpose,
+    ) -> Result<Summary, RuntimeError> {
+        let now = self.summarising.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak_summarising.fetch_max(now, Ordering::SeqCst);
+        let _in_flight = InFlight(&self.summarising);
+        self.enter(Op::Summarise).await?;
+        let m = self.config.summary;
+        self.with_session(session, |s| {
+            let own = s.used.saturating_sub(s.base) as f64;
+            let tokens = ((own * m.ratio) as u64).clamp(m.min_tokens, m.max_tokens.max(m.min_tokens));
+            Summary {
+                text: format!("{purpose:?} summary of {session}: {tokens} tokens of completed work, patterns and decisions"),
+                tokens,
+            }
+        })
+    }
+
+    async fn replace_history(
+        &self,
+        session: SessionId,
+        summary: &Summary,
+    ) -> Result<u64, RuntimeError> {
+        self.enter(Op::ReplaceHistory).await?;
+        self.with_session(session, |s| {
+            s.used = s.base + summary.tokens;
+            s.compactions += 1;
+            s.used
+        })
+    }
+
+    async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
+        self.enter(Op::Close).await?;
+        self.with_session(session, |s| s.closed = true)
+    }
+
+    async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
+        self.enter(Op::Spawn).await?;
+        let mut spawned = self.spawned.lock().expect("lock");
+        if let Some(id) = spawned.get(&key) {
+            return Ok(*id);
+        }
+        let id = SessionId(self.next_id.fetch_add(1, Ordering::SeqCst) + 1);
+        spawned.insert(key, id);
+        let base = self.config.base_tokens;
+        self.sessions.lock().expect("lock").insert(
+            id,
+            SimSession {
+                agent_type: agent.name.to_string(),
+                window: agent.window,
+                used: base,
+                base,
+                item: None,
+                handoff: None,
+                closed: false,
+                compactions: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    async fn assign(
+        &self,
+        session: SessionId,
+        item: &WorkItem,
+        handoff: Option<&Handoff>,
+    ) -> Result<(), RuntimeError> {
+        self.enter(Op::Assign).await?;
+        self.with_session(session, |s| {
+            let added = tokens_of(&item.text) + handoff.map_or(0, |h| h.tokens);
+            s.used += added;
+            s.base += added;
+            s.item = Some(item.clone());
+            s.handoff = handoff.cloned();
+        })
+    }
+
+    async fn usage(&self, session: SessionId) -> Result<Usage, RuntimeError> {
+        self.enter(Op::Usage).await?;
+        self.with_session(session, |s| {
+            Usage::new(
+                s.used.min(Usage::MAX_TOKENS),
+                s.window,
+                UsageSource::Reported,
+            )
+            .map_err(|e| RuntimeError::permanent(e.to_string()))
+        })?
+    }
+}

@@ -1,0 +1,532 @@
+//! [`SessionActor`]: one agent session as an actix actor that owns its state machine.
+//!
+//! A usage message is dispatched to the machine synchronously, in mailbox order. Effects that
+//! need the runtime run as actor futures (`ctx.spawn(fut.into_actor(self).map(..))`) under the
+//! policy's deadlines, so the mailbox keeps flowing while a compaction runs: a 96% reading that
+//! arrives during a slow compaction rotates the session at once, and the compaction is
+//! cancelled. Rotation is the supervisor's job: the actor asks for it and waits for
+//! `HandedOver` or `RotationFailed`.
+//!
+//! A session whose actor stops without reaching Closed (a panic in a handler or in a runtime
+//! future) reports itself as crashed from its destructor, so the supervisor always notices.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::machine::{Effect, Event, Phase, SessionId, SessionMachine, Step};
+use crate::record::{CompactionRecord, EventBus, FleetEvent};
+use crate::runtime::{AgentRuntime, AgentType, RuntimeError, SummaryPurpose, WorkItemId};
+use crate::usage::{Usage, UsageSource};
+
+/// What every session of a fleet shares, behind one `Arc` so that a session stays small.
+pub(crate) struct Fleet {
+    /// Acts on the agents.
+    pub runtime: Arc<dyn AgentRuntime>,
+    /// Where events go.
+    pub bus: EventBus,
+    /// Caps concurrent compactions across the fleet (no summariser bursts).
+    pub compaction_slots: Arc<Semaphore>,
+    /// The supervisor, for rotation requests and the end of a session.
+    pub supervisor: Recipient<SessionNotice>,
+    /// How often to poll the runtime for usage, if at all.
+    pub poll_interval: Option<Duration>,
+}
+
+/// What a session tells its supervisor.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) enum SessionNotice {
+    /// The machine entered Rotating: start a successor.
+    RotationRequested(RotationRequest),
+    /// The session changed state (kept in the registry for listings).
+    PhaseChanged {
+        /// Which session.
+        session: SessionId,
+        /// Its new state.
+        phase: Phase,
+    },
+    /// The session reached Closed and its actor stopped.
+    Ended {
+        /// Which session.
+        session: SessionId,
+    },
+    /// The actor stopped without reaching Closed.
+    Crashed {
+        /// Which session.
+        session: SessionId,
+    },
+}
+
+/// Everything the supervisor needs to rotate a session, including what a fallback handoff is
+/// built from.
+#[derive(Debug)]
+pub(crate) struct RotationRequest {
+    /// The rotating session.
+    pub session: SessionId,
+    /// Why.
+    pub reason: crate::policy::RotationReason,
+    /// Its latest reading.
+    pub before: Option<Usage>,
+    /// Compactions it did.
+    pub compactions: u32,
+    /// Its kept readings, oldest first.
+    pub history: Vec<Usage>,
+    /// The summary of its last compaction, if any.
+    pub last_summary: Option<Arc<str>>,
+}
+
+/// A usage reading for a session, as raw figures: validated by the session, refused (and
+/// reported as [`FleetEvent::Rejected`]) when bad.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct ReportUsage {
+    /// Tokens in use.
+    pub used: u64,
+    /// The window, when the reporter knows it; the agent type's window otherwise.
+    pub window: Option<u64>,
+    /// Who measured it.
+    pub source: UsageSource,
+}
+
+/// Orders for a session from its supervisor.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub(crate) enum Command {
+    /// Close the session.
+    Close,
+    /// Rotate now (manual).
+    Rotate,
+    /// The successor holds the work item.
+    HandedOver(SessionId),
+    /// The rotation failed; close.
+    RotationFailed(String),
+}
+
+/// A session's state, for listings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SessionInfo {
+    /// The session.
+    pub session: SessionId,
+    /// Its agent type.
+    pub agent_type: Arc<str>,
+    /// The work item it holds.
+    pub work_item: WorkItemId,
+    /// Its state.
+    pub phase: Phase,
+    /// Its latest reading.
+    pub usage: Option<Usage>,
+    /// Compactions it did.
+    pub compactions: u32,
+}
+
+/// Asks a session for its [`SessionInfo`].
+#[derive(Debug, Message)]
+#[rtype(result = "SessionInfo")]
+pub(crate) struct Inspect;
+
+/// Usage polling for runtimes that report usage, behind a circuit breaker.
+struct Poller {
+    /// Opens after repeated failures.
+    breaker: CircuitBreaker,
+    /// A poll is running; do not start another.
+    in_flight: bool,
+}
+
+/// One agent session.
+pub struct SessionActor {
+    /// The state machine; the only place the session's state lives.
+    machine: SessionMachine,
+    /// Its agent type (shared).
+    agent: Arc<AgentType>,
+    /// The work item it holds.
+    item: WorkItemId,
+    /// What the fleet shares.
+    fleet: Arc<Fleet>,
+    /// The actor future running the compaction under way, if any; cancelled if the session
+    /// leaves Compacting first.
+    compaction: Option<SpawnHandle>,
+    /// The summary of the last compaction, for a fallback handoff.
+    last_summary: Option<Arc<str>>,
+    /// Polling state, when polling is on.
+    poller: Option<Box<Poller>>,
+    /// Set when the machine reached Closed: the actor stopped on purpose.
+    finished: bool,
+}
+
+impl SessionActor {
+    pub(crate) fn new(
+        id: SessionId,
+        agent: Arc<AgentType>,
+        item: WorkItemId,
+        fleet: Arc<Fleet>,
+    ) -> Self {
+        let poller = fleet.poll_interval.map(|_| {
+            Box::new(Poller {
+                breaker: CircuitBreaker::default(),
+                in_flight: false,
+            })
+        });
+        Self {
+            machine: SessionMachine::new(id, agent.policy.clone()),
+            agent,
+            item,
+            fleet,
+            compaction: None,
+            last_summary: None,
+            poller,
+            finished: false,
+        }
+    }
+
+    fn id(&self) -> SessionId {
+        self.machine.id()
+    }
+
+    /// Dispatches one event and carries out what it produced.
+    fn dispatch(&mut self, event: &Event, ctx: &mut Context<Self>) {
+        match self.machine.handle(event) {
+            Ok(step) => self.apply(step, ctx),
+            Err(e) => self.fleet.bus.publish(FleetEvent::Rejected {
+                session: Some(self.id()),
+                error: e.to_string(),
+            }),
+        }
+    }
+
+    fn apply(&mut self, step: Step, ctx: &mut Context<Self>) {
+        for t in step.transitions {
+            if t.from == Phase::Compacting
+                && let Some(handle) = self.compaction.take()
+            {
+                // Leaving Compacting before the result came back: cancel the call.
+                ctx.cancel_future(handle);
+            }
+            self.fleet.supervisor.do_send(SessionNotice::PhaseChanged {
+                session: t.session,
+                phase: t.to,
+            });
+            self.fleet.bus.publish(FleetEvent::Transition(t));
+        }
+        for effect in step.effects {
+            match effect {
+                Effect::Compact { before } => self.start_compaction(before, ctx),
+                Effect::RequestRotation { reason, before } => {
+                    let s = self.machine.session();
+                    self.fleet
+                        .supervisor
+                        .do_send(SessionNotice::RotationRequested(RotationRequest {
+                            session: self.id(),
+                            reason,
+                            before,
+                            compactions: s.compactions(),
+                            history: s.history().collect(),
+                            last_summary: self.last_summary.clone(),
+                        }));
+                }
+                Effect::Stop => {
+                    self.finished = true;
+                    self.fleet
+                        .supervisor
+                        .do_send(SessionNotice::Ended { session: self.id() });
+                    ctx.stop();
+                }
+            }
+        }
+    }
+
+    fn start_compaction(&mut self, before: Usage, ctx: &mut Context<Self>) {
+        let id = self.id();
+        let runtime = self.fleet.runtime.clone();
+        let slots = self.fleet.compaction_slots.clone();
+        let limit = self.agent.policy.compaction_timeout();
+        let started = Instant::now();
+        let span = tracing::info_span!("compaction", session = %id, before = before.used());
+        let work = async move {
+            // Waiting for a slot counts against the deadline.
+            tokio::time::timeout(limit, async {
+                let _slot = slots
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| RuntimeError::permanent("compaction slots closed"))?;
+                let summary = runtime.summarise(id, SummaryPurpose::Compaction).await?;
+                let after = runtime.replace_history(id, &summary).await?;
+                Ok::<_, RuntimeError>((after, summary))
+            })
+            .await
+            .unwrap_or(Err(RuntimeError::Timeout(limit)))
+        }
+        .instrument(span);
+        let handle = ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            act.compaction = None;
+            let duration = started.elapsed();
+            match result {
+                Ok((after, summary)) => {
+                    let summary_tokens = summary.tokens;
+                    act.last_summary = Some(summary.text.into());
+                    let event = Event::Compacted {
+                        after,
+                        summary_tokens,
+                    };
+                    match act.machine.handle(&event) {
+                        Ok(step) => {
+                            if let Some(m) = &step.compaction {
+                                act.fleet.bus.publish(FleetEvent::Compaction(
+                                    CompactionRecord::finished(
+                                        act.id(),
+                                        act.agent.name.clone(),
+                                        act.item,
+                                        m,
+                                        duration,
+                                    ),
+                                ));
+                            }
+                            act.apply(step, ctx);
+                        }
+                        Err(e) => {
+                            // The runtime reported an absurd size: the compaction cannot be
+                            // trusted, so it counts as failed.
+                            let error = format!("runtime reported a bad size: {e}");
+                            act.compaction_failed(before, duration, error, ctx);
+                        }
+                    }
+                }
+                Err(e) => act.compaction_failed(before, duration, e.to_string(), ctx),
+            }
+        }));
+        self.compaction = Some(handle);
+    }
+
+    fn compaction_failed(
+        &mut self,
+        before: Usage,
+        duration: Duration,
+        error: String,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::warn!(session = %self.id(), %error, "compaction failed");
+        self.fleet
+            .bus
+            .publish(FleetEvent::Compaction(CompactionRecord::failed(
+                self.id(),
+                self.agent.name.clone(),
+                self.item,
+                before,
+                duration,
+                error.clone(),
+            )));
+        self.dispatch(&Event::CompactionFailed { error }, ctx);
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let Some(p) = self.poller.as_mut() else {
+            return;
+        };
+        if p.in_flight || !p.breaker.allow(Instant::now()) {
+            return;
+        }
+        p.in_flight = true;
+        let (id, runtime) = (self.id(), self.fleet.runtime.clone());
+        let limit = self.fleet.poll_interval.unwrap_or(Duration::from_secs(10));
+        let call = async move {
+            tokio::time::timeout(limit, runtime.usage(id))
+                .await
+                .unwrap_or(Err(RuntimeError::Timeout(limit)))
+        };
+        ctx.spawn(call.into_actor(self).map(|result, act, ctx| {
+            let Some(p) = act.poller.as_mut() else { return };
+            p.in_flight = false;
+            match result {
+                Ok(usage) => {
+                    p.breaker.success();
+                    act.dispatch(&Event::Usage(usage), ctx);
+                }
+                Err(RuntimeError::Unsupported(_)) => {
+                    tracing::info!(session = %act.id(), "runtime does not report usage; polling stops");
+                    act.poller = None;
+                }
+                Err(e) => {
+                    p.breaker.failure(Instant::now());
+                    let open = p.breaker.is_open();
+                    tracing::warn!(session = %act.id(), error = %e, open, "usage poll failed");
+                }
+            }
+        }));
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(every) = self.fleet.poll_interval.filter(|_| self.poller.is_some()) {
+            ctx.run_interval(every, |act, ctx| act.poll(ctx));
+        }
+    }
+}
+
+impl Drop for SessionActor {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::error!(session = %self.id(), phase = ?self.machine.phase(), "session stopped without closing");
+            self.fleet
+                .supervisor
+                .do_send(SessionNotice::Crashed { session: self.id() });
+        }
+    }
+}
+
+impl Handler<ReportUsage> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReportUsage, ctx: &mut Self::Context) {
+        let window = msg.window.unwrap_or(self.agent.window);
+        match self.machine.report_usage(msg.used, window, msg.source) {
+            Ok(step) => {
+                if !(step.effects.is_empty() && step.transitions.is_empty()) {
+                    self.apply(step, ctx);
+                }
+            }
+            Err(e) => self.fleet.bus.publish(FleetEvent::Rejected {
+                session: Some(self.id()),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
+
+impl Handler<Command> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Command, ctx: &mut Self::Context) {
+        let event = match msg {
+            Command::Close => Event::Close,
+            Command::Rotate => Event::Rotate,
+            Command::HandedOver(successor) => Event::HandedOver { successor },
+            Command::RotationFailed(error) => Event::RotationFailed { error },
+        };
+        self.dispatch(&event, ctx);
+    }
+}
+
+impl Handler<Inspect> for SessionActor {
+    type Result = MessageResult<Inspect>;
+
+    fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Self::Result {
+        let s = self.machine.session();
+        MessageResult(SessionInfo {
+            session: self.id(),
+            agent_type: self.agent.name.clone(),
+            work_item: self.item,
+            phase: self.machine.phase(),
+            usage: s.last_usage(),
+            compactions: s.compactions(),
+        })
+    }
+}
+
+/// Stops calling a failing dependency for a while: opens after `threshold` consecutive
+/// failures, stays open for `cooldown`, then lets one trial call through (half-open); a success
+/// closes it, a failure opens it again.
+#[derive(Debug, Clone)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker.
+    threshold: u32,
+    /// How long it stays open.
+    cooldown: Duration,
+    /// Consecutive failures so far.
+    failures: u32,
+    /// When open: until when.
+    open_until: Option<Instant>,
+    /// A trial call is out after the cool-down.
+    trial: bool,
+}
+
+impl Default for CircuitBreaker {
+    /// 5 failures, 30 s cool-down, as the seed's coordinator did.
+    fn default() -> Self {
+        Self::new(5, Duration::from_secs(30))
+    }
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(threshold: u32, cooldown: Duration) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            cooldown,
+            failures: 0,
+            open_until: None,
+            trial: false,
+        }
+    }
+
+    /// Whether a call may go out now.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        match self.open_until {
+            None => true,
+            Some(until) if now >= until && !self.trial => {
+                self.trial = true;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// The call succeeded: close.
+    pub fn success(&mut self) {
+        self.failures = 0;
+        self.open_until = None;
+        self.trial = false;
+    }
+
+    /// The call failed: count it, and open (again) at the threshold or after a failed trial.
+    pub fn failure(&mut self, now: Instant) {
+        self.failures += 1;
+        if self.trial || self.failures >= self.threshold {
+            self.open_until = Some(now + self.cooldown);
+            self.trial = false;
+        }
+    }
+
+    /// Whether calls are being held back.
+    pub fn is_open(&self) -> bool {
+        self.open_until.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_five_failures_and_lets_one_trial_through() {
+        let t0 = Instant::now();
+        let mut b = CircuitBreaker::default();
+        for _ in 0..4 {
+            assert!(b.allow(t0));
+            b.failure(t0);
+        }
+        assert!(!b.is_open());
+        b.failure(t0);
+        assert!(b.is_open());
+        assert!(!b.allow(t0 + Duration::from_secs(29)));
+        let later = t0 + Duration::from_secs(30);
+        assert!(b.allow(later), "one trial after the cool-down");
+        assert!(!b.allow(later), "only one");
+        b.failure(later);
+        assert!(
+            !b.allow(later + Duration::from_secs(1)),
+            "a failed trial opens it again"
+        );
+        let again = later + Duration::from_secs(30);
+        assert!(b.allow(again));
+        b.success();
+        assert!(!b.is_open());
+        assert!(b.allow(again) && b.allow(again));
+    }
+}

@@ -1,0 +1,1224 @@
+//! [`Supervisor`]: owns the fleet's sessions and work items, and carries out rotations.
+//!
+//! (Mind the name: `actix::prelude::*` exports an unrelated `Supervisor`; import this one by
+//! name, `use baton::supervisor::Supervisor`, or use [`SupervisorHandle`].)
+//!
+//! The supervisor keeps the registry of live sessions and the queue of work items. It starts a
+//! session for each queued item, up to `max_sessions`. When a session asks to rotate it, in this
+//! order: asks the runtime for a handoff summary (building a deterministic fallback when that
+//! fails), spawns a successor of the **same agent type**, assigns it the work item with the
+//! handoff, closes the old session (a failed close is reported, not fatal), tells the old actor
+//! `HandedOver`, and records a [`RotationRecord`]. Spawn and assign are retried with backoff
+//! within the rotation timeout; past it, the old session closes and the work item goes back to
+//! the queue with its handoff kept.
+//!
+//! Fleet safety: a cap on concurrent compactions (sessions wait their turn, and the wait counts
+//! against their timeout); a rotation budget per work item (too many rotations too fast sends it
+//! to dead letter, so an item whose floor exceeds its window cannot loop forever); an OTP-style
+//! restart budget per agent type for sessions that crash (past it, no more sessions of that
+//! type are started, and an event says so); an attempt limit per work item.
+
+use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use backon::{ExponentialBuilder, Retryable};
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{Semaphore, oneshot};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::machine::{Phase, SessionId};
+use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
+use crate::runtime::{
+    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, SummaryPurpose, WorkItem, WorkItemId,
+};
+use crate::session::{
+    Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo, SessionNotice,
+};
+use crate::usage::UsageSource;
+
+/// At most `count` events per `period`: the shape of the rotation and restart budgets
+/// (OTP's intensity and period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Events allowed in any window of `period`.
+    pub count: u32,
+    /// The window.
+    pub period: Duration,
+}
+
+/// A [`Budget`] being spent: the times of recent events.
+#[derive(Debug, Clone, Default)]
+struct Spent {
+    /// Events inside the current window, oldest first.
+    times: VecDeque<Instant>,
+}
+
+impl Spent {
+    /// Records an event at `now` if the budget allows it.
+    fn try_take(&mut self, budget: Budget, now: Instant) -> bool {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= budget.period)
+        {
+            self.times.pop_front();
+        }
+        if self.times.len() < budget.count as usize {
+            self.times.push_back(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How the supervisor runs the fleet.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    /// Live sessions at most; queued items wait for a free place.
+    pub max_sessions: usize,
+    /// Compactions running at once across the fleet, at most.
+    pub max_concurrent_compactions: usize,
+    /// Rotations allowed per work item (default 5 per 10 minutes); one more sends the item to
+    /// dead letter.
+    pub rotation_budget: Budget,
+    /// Crash restarts allowed per agent type (default 3 per 30 s); one more halts the type.
+    pub restart_budget: Budget,
+    /// Crashes and failed starts a work item may suffer before it goes to dead letter.
+    pub max_attempts: u32,
+    /// Poll each session's usage from the runtime this often (off by default).
+    pub poll_interval: Option<Duration>,
+    /// First delay between retries of a failed spawn or assign.
+    pub retry_min_delay: Duration,
+    /// Longest delay between retries.
+    pub retry_max_delay: Duration,
+    /// How long closing a session at the runtime may take, retries included.
+    pub close_timeout: Duration,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 64,
+            max_concurrent_compactions: 8,
+            rotation_budget: Budget {
+                count: 5,
+                period: Duration::from_secs(600),
+            },
+            restart_budget: Budget {
+                count: 3,
+                period: Duration::from_secs(30),
+            },
+            max_attempts: 3,
+            poll_interval: None,
+            retry_min_delay: Duration::from_millis(50),
+            retry_max_delay: Duration::from_secs(2),
+            close_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a work item is. Every item is in exactly one place at any moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Place {
+    /// Waiting for a session.
+    Queued,
+    /// A session is being spawned and assigned for it.
+    Starting,
+    /// Held by this live session.
+    Live(SessionId),
+    /// Held by this session while its successor is prepared.
+    Rotating(SessionId),
+    /// Finished; the session that held it last.
+    Done(SessionId),
+    /// Given up on, and why.
+    Dead(String),
+}
+
+/// Errors of the supervisor's API.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SupervisorError {
+    /// The work item names an agent type the supervisor does not know.
+    #[error("unknown agent type {0:?}")]
+    UnknownAgentType(String),
+    /// A work item with this id was already submitted.
+    #[error("work item {0} was already submitted")]
+    DuplicateWorkItem(WorkItemId),
+    /// No live session has this id.
+    #[error("no live session {0}")]
+    UnknownSession(SessionId),
+    /// The supervisor is shutting down or has stopped.
+    #[error("the supervisor is shutting down")]
+    ShuttingDown,
+}
+
+struct AgentEntry {
+    /// The type, shared with its sessions.
+    agent: Arc<AgentType>,
+    /// Crash restarts spent.
+    restarts: Spent,
+    /// Past the restart budget: no more sessions of this type are started.
+    halted: bool,
+}
+
+struct ItemEntry {
+    /// The item itself.
+    item: WorkItem,
+    /// Where it is.
+    place: Place,
+    /// Crashes and failed starts so far.
+    attempts: u32,
+    /// Rotations spent.
+    rotations: Spent,
+    /// The handoff from its last rotation, kept when the item goes back to the queue.
+    handoff: Option<Handoff>,
+}
+
+struct SessionEntry {
+    /// The actor.
+    addr: Addr<SessionActor>,
+    /// The work item it holds.
+    item: WorkItemId,
+    /// Its state, as last reported.
+    phase: Phase,
+}
+
+/// The supervisor actor. Start it with [`Supervisor::builder`].
+pub struct Supervisor {
+    config: SupervisorConfig,
+    runtime: Arc<dyn AgentRuntime>,
+    bus: EventBus,
+    compaction_slots: Arc<Semaphore>,
+    agents: HashMap<Arc<str>, AgentEntry>,
+    items: HashMap<WorkItemId, ItemEntry>,
+    queue: VecDeque<WorkItemId>,
+    sessions: HashMap<SessionId, SessionEntry>,
+    /// Sessions being spawned and assigned for queued items: they count against
+    /// `max_sessions`.
+    starting: usize,
+    /// Runtime work under way (starts, rotations, closes): shutdown waits for it.
+    in_flight: usize,
+    /// Shared with every session; made when the actor starts (it needs the actor's address).
+    fleet: Option<Arc<Fleet>>,
+    /// The last spawn key / rotation number handed out.
+    next_key: u64,
+    /// Set by `Shutdown`: no new sessions; waiters are told when the fleet is empty.
+    shutdown: Option<Vec<oneshot::Sender<()>>>,
+}
+
+/// Builds and starts a [`Supervisor`].
+pub struct SupervisorBuilder {
+    runtime: Arc<dyn AgentRuntime>,
+    config: SupervisorConfig,
+    agents: Vec<AgentType>,
+}
+
+impl SupervisorBuilder {
+    /// Replaces the configuration.
+    pub fn config(mut self, config: SupervisorConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Adds an agent type work items may name.
+    pub fn agent_type(mut self, agent: AgentType) -> Self {
+        self.agents.push(agent);
+        self
+    }
+
+    /// Starts the supervisor on the current actix system.
+    pub fn start(self) -> SupervisorHandle {
+        let bus = EventBus::default();
+        let agents = self
+            .agents
+            .into_iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AgentEntry {
+                        agent: Arc::new(a),
+                        restarts: Spent::default(),
+                        halted: false,
+                    },
+                )
+            })
+            .collect();
+        let sup = Supervisor {
+            compaction_slots: Arc::new(Semaphore::new(
+                self.config.max_concurrent_compactions.max(1),
+            )),
+            config: self.config,
+            runtime: self.runtime,
+            bus: bus.clone(),
+            agents,
+            items: HashMap::new(),
+            queue: VecDeque::new(),
+            sessions: HashMap::new(),
+            starting: 0,
+            in_flight: 0,
+            fleet: None,
+            next_key: 0,
+            shutdown: None,
+        };
+        SupervisorHandle {
+            addr: sup.start(),
+            bus,
+        }
+    }
+}
+
+impl Supervisor {
+    /// A builder over `runtime`, with the default configuration and no agent types.
+    pub fn builder(runtime: Arc<dyn AgentRuntime>) -> SupervisorBuilder {
+        SupervisorBuilder {
+            runtime,
+            config: SupervisorConfig::default(),
+            agents: Vec::new(),
+        }
+    }
+
+    fn key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    fn fleet(&self) -> Arc<Fleet> {
+        self.fleet
+            .clone()
+            .expect("the fleet is made when the supervisor starts")
+    }
+
+    fn item(&mut self, id: WorkItemId) -> &mut ItemEntry {
+        self.items
+            .get_mut(&id)
+            .expect("every registered item has an entry")
+    }
+
+    /// Starts sessions for queued items while there is room.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        while self.sessions.len() + self.starting < self.config.max_sessions {
+            let agents = &self.agents;
+            let items = &self.items;
+            let Some(pos) = self
+                .queue
+                .iter()
+                .position(|id| !agents[&items[id].item.agent_type].halted)
+            else {
+                break;
+            };
+            let id = self.queue.remove(pos).expect("position is in range");
+            self.start_item(id, ctx);
+        }
+    }
+
+    /// Spawns and assigns a session for a queued item.
+    fn start_item(&mut self, id: WorkItemId, ctx: &mut Context<Self>) {
+        let key = SpawnKey(self.key());
+        let entry = self.item(id);
+        entry.place = Place::Starting;
+        let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
+        let agent = self.agents[&item.agent_type].agent.clone();
+        self.starting += 1;
+        self.in_flight += 1;
+        let runtime = self.runtime.clone();
+        let retry = self.retry_policy();
+        let limit = agent.policy.rotation_timeout();
+        let spawned = Rc::new(Cell::new(None));
+        let spawned_in = spawned.clone();
+        let attempts = Rc::new(Cell::new(0u32));
+        let attempts_in = attempts.clone();
+        let span = tracing::info_span!("start", work_item = %id, agent_type = %agent.name);
+        let work = async move {
+            tokio::time::timeout(limit, async {
+                let session =
+                    call_with_retry(retry, &attempts_in, || runtime.spawn(&agent, key)).await?;
+                spawned_in.set(Some(session));
+                call_with_retry(retry, &attempts_in, || {
+                    runtime.assign(session, &item, handoff.as_ref())
+                })
+                .await?;
+                Ok::<_, RuntimeError>(session)
+            })
+            .await
+            .unwrap_or(Err(RuntimeError::Timeout(limit)))
+        }
+        .instrument(span);
+        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            act.starting -= 1;
+            act.in_flight -= 1;
+            act.finish_start(id, result, spawned.get(), ctx);
+            act.pump(ctx);
+            act.check_shutdown();
+        }));
+    }
+
+    fn finish_start(
+        &mut self,
+        id: WorkItemId,
+        result: Result<SessionId, RuntimeError>,
+        spawned: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) {
+        match result {
+            Ok(session) if self.shutdown.is_none() => {
+                self.item(id).place = Place::Live(session);
+                self.start_actor(session, id);
+            }
+            Ok(session) => {
+                self.close_at_runtime(session, ctx);
+                self.requeue(id, "shutting down".into());
+            }
+            Err(e) => {
+                tracing::warn!(work_item = %id, error = %e, "could not start a session");
+                if let Some(s) = spawned {
+                    self.close_at_runtime(s, ctx);
+                }
+                self.item(id).attempts += 1;
+                self.requeue_or_bury(id, format!("start failed: {e}"));
+            }
+        }
+    }
+
+    fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
+        let agent_type = self.items[&item].item.agent_type.clone();
+        let agent = self.agents[&agent_type].agent.clone();
+        let addr = SessionActor::new(session, agent, item, self.fleet()).start();
+        self.sessions.insert(
+            session,
+            SessionEntry {
+                addr,
+                item,
+                phase: Phase::Normal,
+            },
+        );
+        self.bus.publish(FleetEvent::SessionStarted {
+            session,
+            agent_type,
+            work_item: item,
+        });
+    }
+
+    /// Back to the queue, or to dead letter past the attempt limit.
+    fn requeue_or_bury(&mut self, id: WorkItemId, reason: String) {
+        if self.items[&id].attempts >= self.config.max_attempts {
+            let reason = format!(
+                "{reason} (attempt {} of {})",
+                self.items[&id].attempts, self.config.max_attempts
+            );
+            self.bury(id, reason);
+        } else {
+            self.requeue(id, reason);
+        }
+    }
+
+    fn requeue(&mut self, id: WorkItemId, reason: String) {
+        self.item(id).place = Place::Queued;
+        self.queue.push_back(id);
+        self.bus.publish(FleetEvent::WorkItemRequeued {
+            work_item: id,
+            reason,
+        });
+    }
+
+    fn bury(&mut self, id: WorkItemId, reason: String) {
+        tracing::warn!(work_item = %id, %reason, "work item sent to dead letter");
+        self.item(id).place = Place::Dead(reason.clone());
+        self.bus.publish(FleetEvent::DeadLetter {
+            work_item: id,
+            reason,
+        });
+    }
+
+    fn retry_policy(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.config.retry_min_delay)
+            .with_max_delay(self.config.retry_max_delay)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    /// Closes a session at the runtime in the background, retrying transient failures within
+    /// the close deadline; a final failure is reported, not fatal.
+    fn close_at_runtime(&mut self, session: SessionId, ctx: &mut Context<Self>) {
+        let runtime = self.runtime.clone();
+        let (retry, limit) = (self.retry_policy(), self.config.close_timeout);
+        self.in_flight += 1;
+        ctx.spawn(
+            async move { close_with_retry(&*runtime, session, retry, limit).await }
+                .into_actor(self)
+                .map(move |result, act, _| {
+                    act.in_flight -= 1;
+                    if let Err(e) = result {
+                        act.runtime_warning(session, format!("close failed: {e}"));
+                    }
+                    act.check_shutdown();
+                }),
+        );
+    }
+
+    fn runtime_warning(&self, session: SessionId, error: String) {
+        tracing::warn!(%session, %error, "runtime call failed (not fatal)");
+        self.bus
+            .publish(FleetEvent::RuntimeWarning { session, error });
+    }
+
+    fn rotate(&mut self, req: RotationRequest, ctx: &mut Context<Self>) {
+        let Some(entry) = self.sessions.get(&req.session) else {
+            tracing::warn!(session = %req.session, "rotation requested by a session not in the registry");
+            return;
+        };
+        let item_id = entry.item;
+        let old_addr = entry.addr.clone();
+        let rotation = RotationId(self.key());
+        let budget = self.config.rotation_budget;
+        let agent_type = self.items[&item_id].item.agent_type.clone();
+        let agent = self.agents[&agent_type].agent.clone();
+        let item = self.item(item_id);
+        if !item.rotations.try_take(budget, Instant::now()) {
+            let error = format!(
+                "rotation budget spent: more than {} rotations in {:?}",
+                budget.count, budget.period
+            );
+            self.bus.publish(FleetEvent::Rotation(rotation_record(
+                rotation,
+                &req,
+                &agent,
+                item_id,
+                None,
+                None,
+                0,
+                Duration::ZERO,
+                Some(error.clone()),
+            )));
+            self.bury(item_id, error.clone());
+            old_addr.do_send(Command::RotationFailed(error));
+            self.close_at_runtime(req.session, ctx);
+            return;
+        }
+        item.place = Place::Rotating(req.session);
+        let work_item = item.item.clone();
+        self.in_flight += 1;
+        let runtime = self.runtime.clone();
+        let retry = self.retry_policy();
+        let span = tracing::info_span!("rotation", rotation = rotation.0, session = %req.session, work_item = %item_id);
+        let spawned = Rc::new(Cell::new(None));
+        let spawned_in = spawned.clone();
+        let attempts = Rc::new(Cell::new(0u32));
+        let attempts_in = attempts.clone();
+        let started = Instant::now();
+        let old = req.session;
+        let summary_limit = agent
+            .policy
+            .compaction_timeout()
+            .min(agent.policy.rotation_timeout() / 2);
+        let deadline = started + agent.policy.rotation_timeout();
+        let history = req.history.clone();
+        let last_summary = req.last_summary.clone();
+        let agent_in = agent.clone();
+        let close_limit = self.config.close_timeout;
+        let work = async move {
+            let handoff = match tokio::time::timeout(
+                summary_limit,
+                runtime.summarise(old, SummaryPurpose::Handoff),
+            )
+            .await
+            {
+                Ok(Ok(s)) => Handoff {
+                    text: s.text,
+                    tokens: s.tokens,
+                    fallback: false,
+                },
+                Ok(Err(e)) => fallback_handoff(
+                    &work_item,
+                    &history,
+                    last_summary.as_deref(),
+                    &e.to_string(),
+                ),
+                Err(_) => fallback_handoff(
+                    &work_item,
+                    &history,
+                    last_summary.as_deref(),
+                    &format!("timed out after {summary_limit:?}"),
+                ),
+            };
+            let result = tokio::time::timeout_at(deadline, async {
+                let new = call_with_retry(retry, &attempts_in, || {
+                    runtime.spawn(&agent_in, SpawnKey(rotation.0))
+                })
+                .await?;
+                spawned_in.set(Some(new));
+                call_with_retry(retry, &attempts_in, || {
+                    runtime.assign(new, &work_item, Some(&handoff))
+                })
+                .await?;
+                Ok::<_, RuntimeError>(new)
+            })
+            .await
+            .unwrap_or_else(|_| Err(RuntimeError::Timeout(agent_in.policy.rotation_timeout())));
+            // Close the old session whatever happened; a failure here is not fatal.
+            let close = close_with_retry(&*runtime, old, retry, close_limit)
+                .await
+                .err();
+            (handoff, result, close)
+        }
+        .instrument(span);
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |(handoff, result, close), act, ctx| {
+                    act.in_flight -= 1;
+                    if let Some(e) = close {
+                        act.runtime_warning(
+                            old,
+                            format!("closing the rotated session failed: {e}"),
+                        );
+                    }
+                    let duration = started.elapsed();
+                    let still_ours =
+                        act.items[&item_id].place == Place::Rotating(old) && act.shutdown.is_none();
+                    let outcome = match result {
+                        Ok(new) if still_ours => Ok(new),
+                        Ok(new) => {
+                            act.close_at_runtime(new, ctx);
+                            Err("the work item left the rotation (closed or shutting down)"
+                                .to_string())
+                        }
+                        Err(e) => {
+                            if let Some(new) = spawned.get() {
+                                act.close_at_runtime(new, ctx);
+                            }
+                            Err(e.to_string())
+                        }
+                    };
+                    let (new_session, error) = match &outcome {
+                        Ok(new) => (Some(*new), None),
+                        Err(e) => (None, Some(e.clone())),
+                    };
+                    let record = rotation_record(
+                        rotation,
+                        &req,
+                        &agent,
+                        item_id,
+                        new_session,
+                        Some(&handoff),
+                        attempts.get(),
+                        duration,
+                        error.clone(),
+                    );
+                    match outcome {
+                        Ok(new) => {
+                            let item = act.item(item_id);
+                            item.place = Place::Live(new);
+                            item.handoff = Some(handoff);
+                            act.start_actor(new, item_id);
+                            old_addr.do_send(Command::HandedOver(new));
+                            act.bus.publish(FleetEvent::Rotation(record));
+                        }
+                        Err(error) => {
+                            tracing::warn!(session = %old, %error, "rotation failed");
+                            old_addr.do_send(Command::RotationFailed(error.clone()));
+                            act.bus.publish(FleetEvent::Rotation(record));
+                            if act.items[&item_id].place == Place::Rotating(old) {
+                                act.item(item_id).handoff = Some(handoff);
+                                act.requeue(item_id, format!("rotation failed: {error}"));
+                            }
+                        }
+                    }
+                    act.pump(ctx);
+                    act.check_shutdown();
+                }),
+        );
+    }
+
+    fn ended(&mut self, session: SessionId, ctx: &mut Context<Self>) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        let id = entry.item;
+        match self.items[&id].place {
+            // Closed by the orchestrator, or by shutdown.
+            Place::Live(s) if s == session => {
+                self.close_at_runtime(session, ctx);
+                if self.shutdown.is_some() {
+                    self.requeue(id, "shutdown".into());
+                } else {
+                    self.item(id).place = Place::Done(session);
+                    self.bus.publish(FleetEvent::WorkItemDone {
+                        work_item: id,
+                        session,
+                    });
+                }
+            }
+            // Closed while its rotation is under way: the rotation closes it at the runtime and
+            // finds the item gone.
+            Place::Rotating(s) if s == session => {
+                if self.shutdown.is_some() {
+                    self.requeue(id, "shutdown".into());
+                } else {
+                    self.item(id).place = Place::Done(session);
+                    self.bus.publish(FleetEvent::WorkItemDone {
+                        work_item: id,
+                        session,
+                    });
+                }
+            }
+            // Handed over, or its rotation failed: the item has already moved.
+            _ => {}
+        }
+        self.pump(ctx);
+        self.check_shutdown();
+    }
+
+    fn crashed(&mut self, session: SessionId, ctx: &mut Context<Self>) {
+        let Some(entry) = self.sessions.remove(&session) else {
+            return;
+        };
+        let id = entry.item;
+        if self.items[&id].place != Place::Live(session) {
+            // A rotation is under way (it finishes without the old actor) or the item moved.
+            self.check_shutdown();
+            return;
+        }
+        self.close_at_runtime(session, ctx);
+        let agent_type = self.items[&id].item.agent_type.clone();
+        self.item(id).attempts += 1;
+        let budget = self.config.restart_budget;
+        let outcome = if self.items[&id].attempts >= self.config.max_attempts {
+            CrashOutcome::DeadLetter
+        } else if self.shutdown.is_none()
+            && self
+                .agents
+                .get_mut(&agent_type)
+                .expect("known agent type")
+                .restarts
+                .try_take(budget, Instant::now())
+        {
+            CrashOutcome::Restarted
+        } else {
+            CrashOutcome::Requeued
+        };
+        self.bus.publish(FleetEvent::Crashed {
+            session,
+            work_item: id,
+            outcome: outcome.clone(),
+        });
+        match outcome {
+            CrashOutcome::DeadLetter => {
+                self.bury(id, format!("crashed {} times", self.items[&id].attempts))
+            }
+            CrashOutcome::Restarted => {
+                self.item(id).place = Place::Queued;
+                self.queue.push_front(id);
+            }
+            CrashOutcome::Requeued => {
+                let agent = self.agents.get_mut(&agent_type).expect("known agent type");
+                if !agent.halted && self.shutdown.is_none() {
+                    agent.halted = true;
+                    tracing::error!(agent_type = %agent_type, "restart budget spent; no more sessions of this type are started");
+                    self.bus.publish(FleetEvent::AgentTypeHalted {
+                        agent_type: agent_type.clone(),
+                        intensity: budget.count,
+                        period: budget.period,
+                    });
+                }
+                self.requeue(id, "restart budget of its agent type spent".into());
+            }
+        }
+        self.pump(ctx);
+        self.check_shutdown();
+    }
+
+    fn check_shutdown(&mut self) {
+        if self.sessions.is_empty()
+            && self.in_flight == 0
+            && let Some(waiters) = self.shutdown.as_mut()
+        {
+            for w in waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
+    }
+}
+
+/// Calls `op` until it succeeds, fails for good, or the caller's deadline drops the future;
+/// counts the attempts.
+async fn call_with_retry<T, Fut>(
+    policy: ExponentialBuilder,
+    attempts: &Cell<u32>,
+    op: impl FnMut() -> Fut,
+) -> Result<T, RuntimeError>
+where
+    Fut: Future<Output = Result<T, RuntimeError>>,
+{
+    let mut op = op;
+    (|| {
+        attempts.set(attempts.get() + 1);
+        op()
+    })
+    .retry(policy)
+    .sleep(tokio::time::sleep)
+    .when(RuntimeError::is_retryable)
+    .notify(|e, delay| tracing::warn!(error = %e, ?delay, "runtime call failed; retrying"))
+    .await
+}
+
+/// Closes `session`, retrying transient failures for at most `limit`.
+async fn close_with_retry(
+    runtime: &dyn AgentRuntime,
+    session: SessionId,
+    retry: ExponentialBuilder,
+    limit: Duration,
+) -> Result<(), RuntimeError> {
+    let attempts = Cell::new(0);
+    tokio::time::timeout(
+        limit,
+        call_with_retry(retry, &attempts, || runtime.close(session)),
+    )
+    .await
+    .unwrap_or(Err(RuntimeError::Timeout(limit)))
+}
+
+/// The handoff baton writes itself when the agent cannot summarise: deterministic, from what
+/// baton knows.
+fn fallback_handoff(
+    item: &WorkItem,
+    history: &[crate::usage::Usage],
+    last_summary: Option<&str>,
+    error: &str,
+) -> Handoff {
+    use std::fmt::Write;
+    let mut text = format!(
+        "Handoff written by baton (the previous session could not summarise: {error}).\nWork item {}: {}\n",
+        item.id, item.text
+    );
+    if let Some(last) = history.last() {
+        let _ = writeln!(
+            text,
+            "The previous session ended at {} of {} tokens ({:.1}%) after {} readings.",
+            last.used(),
+            last.window(),
+            last.percent(),
+            history.len()
+        );
+    }
+    if let Some(summary) = last_summary {
+        let _ = writeln!(text, "Its last compaction summary:\n{summary}");
+    }
+    Handoff {
+        tokens: (text.len() as u64).div_ceil(4),
+        text,
+        fallback: true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rotation_record(
+    rotation: RotationId,
+    req: &RotationRequest,
+    agent: &AgentType,
+    work_item: WorkItemId,
+    new_session: Option<SessionId>,
+    handoff: Option<&Handoff>,
+    attempts: u32,
+    duration: Duration,
+    error: Option<String>,
+) -> RotationRecord {
+    RotationRecord {
+        rotation,
+        old_session: req.session,
+        new_session,
+        agent_type: agent.name.clone(),
+        work_item,
+        reason: req.reason,
+        before_tokens: req.before.map_or(0, |u| u.used()),
+        before_percent: req.before.map_or(0.0, |u| u.percent()),
+        compactions: req.compactions,
+        handoff_tokens: handoff.map_or(0, |h| h.tokens),
+        handoff_fallback: handoff.is_some_and(|h| h.fallback),
+        attempts,
+        duration,
+        success: error.is_none(),
+        error,
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.fleet = Some(Arc::new(Fleet {
+            runtime: self.runtime.clone(),
+            bus: self.bus.clone(),
+            compaction_slots: self.compaction_slots.clone(),
+            supervisor: ctx.address().recipient(),
+            poll_interval: self.config.poll_interval,
+        }));
+    }
+}
+
+impl Handler<SessionNotice> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionNotice, ctx: &mut Self::Context) {
+        match msg {
+            SessionNotice::RotationRequested(req) => self.rotate(req, ctx),
+            SessionNotice::PhaseChanged { session, phase } => {
+                if let Some(e) = self.sessions.get_mut(&session) {
+                    e.phase = phase;
+                }
+            }
+            SessionNotice::Ended { session } => self.ended(session, ctx),
+            SessionNotice::Crashed { session } => self.crashed(session, ctx),
+        }
+    }
+}
+
+// ===== API messages =====
+
+/// Queue a work item.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+struct Submit(WorkItem);
+
+impl Handler<Submit> for Supervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(&mut self, Submit(item): Submit, ctx: &mut Self::Context) -> Self::Result {
+        if self.shutdown.is_some() {
+            return Err(SupervisorError::ShuttingDown);
+        }
+        if !self.agents.contains_key(&item.agent_type) {
+            return Err(SupervisorError::UnknownAgentType(
+                item.agent_type.to_string(),
+            ));
+        }
+        if self.items.contains_key(&item.id) {
+            return Err(SupervisorError::DuplicateWorkItem(item.id));
+        }
+        let id = item.id;
+        self.items.insert(
+            id,
+            ItemEntry {
+                item,
+                place: Place::Queued,
+                attempts: 0,
+                rotations: Spent::default(),
+                handoff: None,
+            },
+        );
+        self.queue.push_back(id);
+        self.pump(ctx);
+        Ok(())
+    }
+}
+
+/// Route a usage reading to a session.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+struct RouteUsage(SessionId, ReportUsage);
+
+impl Handler<RouteUsage> for Supervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(
+        &mut self,
+        RouteUsage(session, usage): RouteUsage,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        match self.sessions.get(&session) {
+            Some(e) => {
+                e.addr.do_send(usage);
+                Ok(())
+            }
+            None => {
+                let error = SupervisorError::UnknownSession(session);
+                self.bus.publish(FleetEvent::Rejected {
+                    session: Some(session),
+                    error: error.to_string(),
+                });
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Send a command to a live session.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), SupervisorError>")]
+struct ToSession(SessionId, Command);
+
+impl Handler<ToSession> for Supervisor {
+    type Result = Result<(), SupervisorError>;
+
+    fn handle(
+        &mut self,
+        ToSession(session, cmd): ToSession,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let e = self
+            .sessions
+            .get(&session)
+            .ok_or(SupervisorError::UnknownSession(session))?;
+        e.addr.do_send(cmd);
+        Ok(())
+    }
+}
+
+/// A live session's address, to report usage to it directly (the hot path bypasses the
+/// supervisor's mailbox).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<SessionHandle>")]
+struct Lookup(SessionId);
+
+impl Handler<Lookup> for Supervisor {
+    type Result = Option<SessionHandle>;
+
+    fn handle(&mut self, Lookup(session): Lookup, _: &mut Self::Context) -> Self::Result {
+        self.sessions.get(&session).map(|e| SessionHandle {
+            session,
+            addr: e.addr.clone(),
+        })
+    }
+}
+
+/// Every live session with its state and usage.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<SessionInfo>")]
+struct ListSessions;
+
+impl Handler<ListSessions> for Supervisor {
+    type Result = ResponseFuture<Vec<SessionInfo>>;
+
+    fn handle(&mut self, _: ListSessions, _: &mut Self::Context) -> Self::Result {
+        let asks: Vec<_> = self
+            .sessions
+            .values()
+            .map(|e| e.addr.send(Inspect))
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(asks.len());
+            for ask in asks {
+                // A session that stopped meanwhile is simply not listed.
+                if let Ok(info) = ask.await {
+                    out.push(info);
+                }
+            }
+            out.sort_by_key(|i| i.session);
+            out
+        })
+    }
+}
+
+/// Where every work item is, and which session holds what.
+#[derive(Debug, Message)]
+#[rtype(result = "Inventory")]
+struct TakeInventory;
+
+/// Where every work item is, for checks and reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inventory {
+    /// Every submitted item and its place, by id.
+    pub items: Vec<(WorkItemId, Place)>,
+    /// Every registered session, its item and last known phase.
+    pub sessions: Vec<(SessionId, WorkItemId, Phase)>,
+    /// Items waiting, in queue order.
+    pub queue: Vec<WorkItemId>,
+    /// Starts and rotations under way.
+    pub in_flight: usize,
+}
+
+impl Handler<TakeInventory> for Supervisor {
+    type Result = MessageResult<TakeInventory>;
+
+    fn handle(&mut self, _: TakeInventory, _: &mut Self::Context) -> Self::Result {
+        let mut items: Vec<_> = self
+            .items
+            .iter()
+            .map(|(id, e)| (*id, e.place.clone()))
+            .collect();
+        items.sort_by_key(|(id, _)| *id);
+        let mut sessions: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|(id, e)| (*id, e.item, e.phase))
+            .collect();
+        sessions.sort_by_key(|(id, _, _)| *id);
+        MessageResult(Inventory {
+            items,
+            sessions,
+            queue: self.queue.iter().copied().collect(),
+            in_flight: self.in_flight,
+        })
+    }
+}
+
+/// Close every session, wait up to the deadline, then stop.
+#[derive(Debug, Message)]
+#[rtype(result = "ShutdownReport")]
+struct Shutdown(Duration);
+
+/// How a shutdown went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShutdownReport {
+    /// Every session closed and every runtime call finished before the deadline.
+    pub clean: bool,
+    /// Sessions still registered when the supervisor stopped.
+    pub remaining: usize,
+}
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseActFuture<Self, ShutdownReport>;
+
+    fn handle(&mut self, Shutdown(deadline): Shutdown, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.shutdown.get_or_insert_with(Vec::new).push(tx);
+        // In id order, so that a shutdown's event log is deterministic.
+        let mut ids: Vec<_> = self.sessions.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            self.sessions[&id].addr.do_send(Command::Close);
+        }
+        self.check_shutdown();
+        Box::pin(
+            async move { tokio::time::timeout(deadline, rx).await.is_ok() }
+                .into_actor(self)
+                .map(|clean, act, ctx| {
+                    let report = ShutdownReport {
+                        clean,
+                        remaining: act.sessions.len(),
+                    };
+                    tracing::info!(clean, remaining = report.remaining, "supervisor stopped");
+                    ctx.stop();
+                    report
+                }),
+        )
+    }
+}
+
+// ===== Handles =====
+
+/// The embedding orchestrator's handle on a running supervisor. Cheap to clone.
+#[derive(Clone)]
+pub struct SupervisorHandle {
+    /// The actor.
+    addr: Addr<Supervisor>,
+    /// Its event stream.
+    bus: EventBus,
+}
+
+/// A direct handle on one live session: usage reported here skips the supervisor's mailbox.
+#[derive(Clone)]
+pub struct SessionHandle {
+    /// The session.
+    pub session: SessionId,
+    /// Its actor.
+    addr: Addr<SessionActor>,
+}
+
+impl SessionHandle {
+    /// Reports a reading to the session (fire and forget; bad figures are published as
+    /// [`FleetEvent::Rejected`]).
+    pub fn report_usage(&self, used: u64, window: Option<u64>, source: UsageSource) {
+        self.addr.do_send(ReportUsage {
+            used,
+            window,
+            source,
+        });
+    }
+
+    /// The session's state, once every message sent to it before has been handled; `None`
+    /// when it has stopped.
+    pub async fn info(&self) -> Option<SessionInfo> {
+        self.addr.send(Inspect).await.ok()
+    }
+}
+
+fn gone<T>(_: MailboxError) -> Result<T, SupervisorError> {
+    Err(SupervisorError::ShuttingDown)
+}
+
+impl SupervisorHandle {
+    /// Every event published from now on.
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
+        self.bus.subscribe()
+    }
+
+    /// Queues a work item; a session starts for it when there is room.
+    pub async fn submit(&self, item: WorkItem) -> Result<(), SupervisorError> {
+        self.addr.send(Submit(item)).await.or_else(gone)?
+    }
+
+    /// Reports a usage reading for a session (the window defaults to its agent type's).
+    pub async fn report_usage(
+        &self,
+        session: SessionId,
+        used: u64,
+        window: Option<u64>,
+        source: UsageSource,
+    ) -> Result<(), SupervisorError> {
+        self.addr
+            .send(RouteUsage(
+                session,
+                ReportUsage {
+                    used,
+                    window,
+                    source,
+                },
+            ))
+            .await
+            .or_else(gone)?
+    }
+
+    /// A direct handle on a live session, for reporting usage without the supervisor.
+    pub async fn session(&self, session: SessionId) -> Option<SessionHandle> {
+        self.addr.send(Lookup(session)).await.ok().flatten()
+    }
+
+    /// Closes a session: its work item is done.
+    pub async fn close(&self, session: SessionId) -> Result<(), SupervisorError> {
+        self.addr
+            .send(ToSession(session, Command::Close))
+            .await
+            .or_else(gone)?
+    }
+
+    /// Rotates a session now (reason `manual`).
+    pub async fn rotate(&self, session: SessionId) -> Result<(), SupervisorError> {
+        self.addr
+            .send(ToSession(session, Command::Rotate))
+            .await
+            .or_else(gone)?
+    }
+
+    /// Every live session with its state and usage, by id.
+    pub async fn sessions(&self) -> Vec<SessionInfo> {
+        self.addr.send(ListSessions).await.unwrap_or_default()
+    }
+
+    /// Where every work item is.
+    pub async fn inventory(&self) -> Result<Inventory, SupervisorError> {
+        self.addr.send(TakeInventory).await.or_else(gone)
+    }
+
+    /// Asks every session to close, waits until all have (or the deadline passes), then stops
+    /// the supervisor. Work items held by sessions go back to the queue (the journal keeps
+    /// them across restarts).
+    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
+        self.addr
+            .send(Shutdown(deadline))
+            .await
+            .unwrap_or(ShutdownReport {
+                clean: false,
+                remaining: 0,
+            })
+    }
+}

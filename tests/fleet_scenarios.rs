@@ -1,0 +1,562 @@
+//! Fleet scenarios on the real supervisor and session actors over a `MemoryRuntime`, each
+//! pinned by an insta snapshot of the event log (durations redacted; session ids are
+//! deterministic, handed out by the runtime from 1).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, Op};
+use baton::{
+    CrashOutcome, EventKind, FleetEvent, Phase, Place, Policy, RotationReason, SupervisorConfig,
+};
+use support::fleet::{Harness, agent, check_invariants, item};
+
+fn pin(name: &str, log: &[FleetEvent]) {
+    pin_redacted(name, log, &[]);
+}
+
+/// Pins the log with durations (and any `extra` selectors, for figures that depend on timing)
+/// redacted.
+fn pin_redacted(name: &str, log: &[FleetEvent], extra: &[&str]) {
+    let mut settings = support::snapshot_settings();
+    settings.add_redaction(".**.duration", "[duration]");
+    for selector in extra {
+        settings.add_redaction(selector, "[timing-dependent]");
+    }
+    settings.bind(|| insta::assert_yaml_snapshot!(name, log));
+}
+
+fn memory() -> MemoryConfig {
+    MemoryConfig {
+        base_tokens: 100,
+        ..MemoryConfig::default()
+    }
+}
+
+fn latency(op: Op, ms: u64) -> MemoryConfig {
+    MemoryConfig {
+        latency: HashMap::from([(op, Duration::from_millis(ms))]),
+        ..memory()
+    }
+}
+
+fn fault(op: Op, calls: std::ops::RangeInclusive<u64>, kind: FaultKind) -> Fault {
+    Fault { op, calls, kind }
+}
+
+fn fast_config() -> SupervisorConfig {
+    SupervisorConfig {
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(5),
+        ..SupervisorConfig::default()
+    }
+}
+
+fn rotation(e: &FleetEvent) -> bool {
+    matches!(e, FleetEvent::Rotation(_))
+}
+
+fn compaction(e: &FleetEvent) -> bool {
+    matches!(e, FleetEvent::Compaction(_))
+}
+
+#[actix::test]
+async fn compacts_at_80_percent_and_returns_to_normal() {
+    let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    h.report(s, 850).await;
+    let FleetEvent::Compaction(c) = h.wait_for("compaction", compaction).await else {
+        unreachable!()
+    };
+    assert!(c.success && c.sufficient);
+    assert!(c.after_tokens < c.before_tokens);
+    h.settle(Duration::from_millis(20)).await;
+    let sessions = h.supervisor.sessions().await;
+    assert_eq!(sessions[0].phase, Phase::Normal);
+    assert_eq!(sessions[0].compactions, 1);
+    assert_eq!(
+        h.runtime.session(s).unwrap().used,
+        c.after_tokens,
+        "the runtime holds the summary only"
+    );
+    pin("fleet_compacts_at_80_percent_and_returns_to_normal", &h.log);
+}
+
+#[actix::test]
+async fn rotates_at_95_percent_into_a_successor_of_the_same_type() {
+    let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet"), agent("glm")]);
+    h.supervisor.submit(item(1, "glm")).await.unwrap();
+    let old = h.started(1).await;
+    h.report(old, 960).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(r.success);
+    assert_eq!(r.reason, RotationReason::Threshold);
+    assert_eq!((r.before_tokens, r.before_percent), (960, 96.0));
+    let new = r.new_session.unwrap();
+    let successor = h.runtime.session(new).unwrap();
+    assert_eq!(successor.agent_type, "glm");
+    assert_eq!(successor.item.as_ref().unwrap().id.0, 1);
+    let handoff = successor.handoff.unwrap();
+    assert!(!handoff.fallback && handoff.tokens == r.handoff_tokens);
+    assert!(h.runtime.session(old).unwrap().closed);
+    h.settle(Duration::from_millis(20)).await;
+    assert_eq!(h.place(1).await, Place::Live(new));
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin(
+        "fleet_rotates_at_95_percent_into_a_successor_of_the_same_type",
+        &h.log,
+    );
+}
+
+#[actix::test]
+async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
+    let mut h = Harness::start(
+        fast_config(),
+        latency(Op::Summarise, 300),
+        vec![agent("sonnet")],
+    );
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    h.report(s, 850).await;
+    h.wait_for(
+        "compacting",
+        |e| matches!(e, FleetEvent::Transition(t) if t.to == Phase::Compacting),
+    )
+    .await;
+    h.report(s, 960).await;
+    // The mailbox kept flowing: the session rotates while the summariser is still busy.
+    h.wait_for(
+        "rotating",
+        |e| matches!(e, FleetEvent::Transition(t) if t.to == Phase::Rotating),
+    )
+    .await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(r.success && r.reason == RotationReason::Threshold);
+    h.settle(Duration::from_millis(400)).await;
+    // The compaction was cancelled: no history was replaced and nothing was recorded.
+    assert_eq!(h.runtime.calls(Op::ReplaceHistory), 0);
+    assert!(!h.log.iter().any(compaction));
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin(
+        "fleet_usage_rise_during_a_slow_compaction_rotates_at_once",
+        &h.log,
+    );
+}
+
+#[actix::test]
+async fn failed_compaction_rotates() {
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Summarise, 1..=1, FaultKind::Permanent)],
+        ..memory()
+    };
+    let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    h.report(s, 850).await;
+    let FleetEvent::Compaction(c) = h.wait_for("compaction", compaction).await else {
+        unreachable!()
+    };
+    assert!(!c.success && c.error.as_deref().unwrap().contains("injected fault"));
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert_eq!(r.reason, RotationReason::CompactionFailed);
+    assert!(
+        r.success && !r.handoff_fallback,
+        "the handoff summary (2nd call) worked"
+    );
+    h.settle(Duration::from_millis(20)).await;
+    pin("fleet_failed_compaction_rotates", &h.log);
+}
+
+#[actix::test]
+async fn failed_summary_gives_a_fallback_handoff() {
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Summarise, 1..=1, FaultKind::Transient)],
+        ..memory()
+    };
+    let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(7, "sonnet")).await.unwrap();
+    let s = h.started(7).await;
+    h.report(s, 400).await;
+    h.report(s, 970).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(r.success && r.handoff_fallback);
+    let handoff = h
+        .runtime
+        .session(r.new_session.unwrap())
+        .unwrap()
+        .handoff
+        .unwrap();
+    assert!(handoff.fallback);
+    assert!(
+        handoff.text.contains("work item 7: fix the flaky test"),
+        "{}",
+        handoff.text
+    );
+    assert!(
+        handoff.text.contains("970 of 1000 tokens"),
+        "{}",
+        handoff.text
+    );
+    h.settle(Duration::from_millis(20)).await;
+    pin("fleet_failed_summary_gives_a_fallback_handoff", &h.log);
+}
+
+#[actix::test]
+async fn failed_spawn_is_retried_and_succeeds() {
+    // Spawn call 1 starts the first session; calls 2 and 3 (the rotation's) fail.
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Spawn, 2..=3, FaultKind::Transient)],
+        ..memory()
+    };
+    let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    h.report(s, 990).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(r.success);
+    assert_eq!(r.attempts, 4, "three spawns and one assign");
+    assert_eq!(h.runtime.calls(Op::Spawn), 4);
+    h.settle(Duration::from_millis(20)).await;
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin("fleet_failed_spawn_is_retried_and_succeeds", &h.log);
+}
+
+#[actix::test]
+async fn spawns_that_keep_failing_send_the_item_back_to_the_queue() {
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Spawn, 2..=u64::MAX, FaultKind::Transient)],
+        ..memory()
+    };
+    let policy = Policy::builder()
+        .rotation_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let config = SupervisorConfig {
+        max_attempts: 1,
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, mem, vec![agent("sonnet").with_policy(policy)]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    h.report(s, 960).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(!r.success && r.new_session.is_none());
+    assert!(
+        r.error.as_deref().unwrap().contains("timed out"),
+        "{:?}",
+        r.error
+    );
+    assert!(
+        r.attempts >= 2,
+        "spawn was retried within the timeout: {}",
+        r.attempts
+    );
+    h.wait_for("requeue", |e| {
+        matches!(e, FleetEvent::WorkItemRequeued { .. })
+    })
+    .await;
+    // The old session closed; the item went back to the queue, then its restart failed too
+    // and, at one attempt, it went to dead letter.
+    h.wait_for("dead letter", |e| {
+        matches!(e, FleetEvent::DeadLetter { .. })
+    })
+    .await;
+    assert!(h.runtime.session(s).unwrap().closed);
+    assert!(matches!(h.place(1).await, Place::Dead(_)));
+    h.settle(Duration::from_millis(20)).await;
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    // How many retries fit in the timeout depends on timing (and jitter).
+    pin_redacted(
+        "fleet_spawns_that_keep_failing_send_the_item_back_to_the_queue",
+        &h.log,
+        &[".**.attempts"],
+    );
+}
+
+#[actix::test]
+async fn failed_close_is_not_fatal() {
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Close, 1..=1, FaultKind::Permanent)],
+        ..memory()
+    };
+    let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    h.report(s, 955).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(r.success);
+    h.settle(Duration::from_millis(20)).await;
+    assert!(
+        h.log
+            .iter()
+            .any(|e| matches!(e, FleetEvent::RuntimeWarning { session, .. } if *session == s))
+    );
+    assert_eq!(h.place(1).await, Place::Live(r.new_session.unwrap()));
+    pin("fleet_failed_close_is_not_fatal", &h.log);
+}
+
+#[actix::test]
+async fn panicking_session_is_restarted_within_budget_then_escalates() {
+    // Every compaction panics inside the session's runtime future.
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Summarise, 1..=u64::MAX, FaultKind::Panic)],
+        ..memory()
+    };
+    let config = SupervisorConfig {
+        restart_budget: baton::supervisor::Budget {
+            count: 1,
+            period: Duration::from_secs(60),
+        },
+        max_attempts: 5,
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let first = h.started(1).await;
+    h.report(first, 850).await;
+    let crash = h
+        .wait_for("first crash", |e| matches!(e, FleetEvent::Crashed { .. }))
+        .await;
+    assert!(matches!(
+        crash,
+        FleetEvent::Crashed {
+            outcome: CrashOutcome::Restarted,
+            ..
+        }
+    ));
+    let second = h.started(1).await;
+    assert_ne!(first, second);
+    h.report(second, 850).await;
+    let crash = h
+        .wait_for("second crash", |e| matches!(e, FleetEvent::Crashed { .. }))
+        .await;
+    assert!(matches!(
+        crash,
+        FleetEvent::Crashed {
+            outcome: CrashOutcome::Requeued,
+            ..
+        }
+    ));
+    h.wait_for("halt", |e| matches!(e, FleetEvent::AgentTypeHalted { .. }))
+        .await;
+    h.settle(Duration::from_millis(50)).await;
+    // No session of the halted type is started: the item waits in the queue.
+    assert_eq!(h.place(1).await, Place::Queued);
+    assert!(h.supervisor.sessions().await.is_empty());
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin(
+        "fleet_panicking_session_is_restarted_within_budget_then_escalates",
+        &h.log,
+    );
+}
+
+#[actix::test]
+async fn compaction_cap_is_never_exceeded() {
+    let config = SupervisorConfig {
+        max_concurrent_compactions: 2,
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, latency(Op::Summarise, 30), vec![agent("sonnet")]);
+    let mut sessions = Vec::new();
+    for i in 1..=10 {
+        h.supervisor.submit(item(i, "sonnet")).await.unwrap();
+        sessions.push(h.started(i).await);
+    }
+    for s in &sessions {
+        h.report(*s, 850).await;
+    }
+    for _ in 0..10 {
+        h.wait_for("compaction", compaction).await;
+    }
+    assert_eq!(
+        h.runtime.peak_concurrent_summaries(),
+        2,
+        "the cap was reached and never exceeded"
+    );
+    assert!(
+        h.log
+            .iter()
+            .all(|e| !matches!(e, FleetEvent::Compaction(c) if !c.success))
+    );
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+}
+
+#[actix::test]
+async fn work_item_that_keeps_rotating_lands_in_dead_letter() {
+    let config = SupervisorConfig {
+        rotation_budget: baton::supervisor::Budget {
+            count: 2,
+            period: Duration::from_secs(600),
+        },
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, memory(), vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    // Each successor is immediately over the window again (its floor exceeds the window).
+    for _ in 0..3 {
+        let s = h.started(1).await;
+        h.report(s, 999).await;
+    }
+    let dead = h
+        .wait_for("dead letter", |e| {
+            matches!(e, FleetEvent::DeadLetter { .. })
+        })
+        .await;
+    let FleetEvent::DeadLetter { reason, .. } = dead else {
+        unreachable!()
+    };
+    assert!(reason.contains("rotation budget"), "{reason}");
+    h.settle(Duration::from_millis(20)).await;
+    assert!(matches!(h.place(1).await, Place::Dead(_)));
+    assert!(h.runtime.open_sessions().is_empty());
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin(
+        "fleet_work_item_that_keeps_rotating_lands_in_dead_letter",
+        &h.log,
+    );
+}
+
+#[actix::test]
+async fn graceful_shutdown_closes_everything() {
+    let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
+    for i in 1..=3 {
+        h.supervisor.submit(item(i, "sonnet")).await.unwrap();
+        h.started(i).await;
+    }
+    let report = h.supervisor.shutdown(Duration::from_secs(5)).await;
+    assert!(report.clean && report.remaining == 0, "{report:?}");
+    h.settle(Duration::from_millis(20)).await;
+    assert!(h.runtime.open_sessions().is_empty());
+    let closed = h
+        .log
+        .iter()
+        .filter(|e| matches!(e, FleetEvent::Transition(t) if t.to == Phase::Closed && t.cause == EventKind::Close))
+        .count();
+    assert_eq!(closed, 3);
+    assert_eq!(
+        h.log
+            .iter()
+            .filter(|e| matches!(e, FleetEvent::WorkItemRequeued { .. }))
+            .count(),
+        3,
+        "work items held at shutdown go back to the queue, not to done"
+    );
+    assert!(h.supervisor.submit(item(9, "sonnet")).await.is_err());
+    pin("fleet_graceful_shutdown_closes_everything", &h.log);
+}
+
+#[actix::test]
+async fn closing_a_session_finishes_its_work_item_and_starts_the_next() {
+    let config = SupervisorConfig {
+        max_sessions: 1,
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, memory(), vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    h.supervisor.submit(item(2, "sonnet")).await.unwrap();
+    let s1 = h.started(1).await;
+    assert_eq!(
+        h.place(2).await,
+        Place::Queued,
+        "max_sessions holds item 2 back"
+    );
+    h.supervisor.close(s1).await.unwrap();
+    h.started(2).await;
+    assert_eq!(h.place(1).await, Place::Done(s1));
+    assert!(h.runtime.session(s1).unwrap().closed);
+}
+
+#[actix::test]
+async fn manual_rotation_and_bad_input() {
+    let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
+    assert!(
+        h.supervisor.submit(item(1, "opus")).await.is_err(),
+        "unknown agent type"
+    );
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    assert!(
+        h.supervisor.submit(item(1, "sonnet")).await.is_err(),
+        "duplicate id"
+    );
+    let s = h.started(1).await;
+    // A zero window is refused and changes nothing.
+    h.supervisor
+        .report_usage(s, 10, Some(0), baton::UsageSource::Reported)
+        .await
+        .unwrap();
+    h.wait_for("rejection", |e| matches!(e, FleetEvent::Rejected { .. }))
+        .await;
+    assert!(
+        h.supervisor
+            .report_usage(
+                baton::SessionId(999),
+                10,
+                None,
+                baton::UsageSource::Reported
+            )
+            .await
+            .is_err()
+    );
+    assert_eq!(h.supervisor.sessions().await[0].phase, Phase::Normal);
+    h.supervisor.rotate(s).await.unwrap();
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert_eq!(r.reason, RotationReason::Manual);
+    let direct = h.supervisor.session(r.new_session.unwrap()).await.unwrap();
+    direct.report_usage(850, None, baton::UsageSource::Estimated);
+    h.wait_for("compaction", compaction).await;
+}
+
+#[actix::test]
+async fn polling_reports_usage_without_the_orchestrator() {
+    let config = SupervisorConfig {
+        poll_interval: Some(Duration::from_millis(10)),
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, memory(), vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    // The agent's context grows; nobody reports it: the session polls the runtime.
+    h.runtime.grow(s, 800).unwrap();
+    let FleetEvent::Compaction(c) = h.wait_for("compaction", compaction).await else {
+        unreachable!()
+    };
+    assert!(c.success && c.before_tokens >= 800);
+}
+
+#[actix::test]
+async fn polling_stops_for_the_cool_down_after_five_failures() {
+    let config = SupervisorConfig {
+        poll_interval: Some(Duration::from_millis(5)),
+        ..fast_config()
+    };
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Usage, 1..=u64::MAX, FaultKind::Transient)],
+        ..memory()
+    };
+    let mut h = Harness::start(config, mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    h.started(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Five failed polls opened the breaker; the next trial comes only after 30 s.
+    assert_eq!(h.runtime.calls(Op::Usage), 5);
+    assert_eq!(h.supervisor.sessions().await[0].phase, Phase::Normal);
+}

@@ -1,0 +1,114 @@
+//! A fleet of 10,000 sessions under a few hundred thousand usage messages with 1% of runtime
+//! calls failing at random: afterwards every work item is in exactly one place, and every
+//! compaction and rotation that took effect has exactly one record.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton::runtime::memory::MemoryConfig;
+use baton::{AgentType, FleetEvent, Place, SessionId, SupervisorConfig, UsageSource, WorkItemId};
+use support::fleet::{Harness, check_invariants, item};
+
+const ITEMS: u64 = 10_000;
+const ROUNDS: usize = 30;
+
+#[actix::test]
+async fn ten_thousand_sessions_keep_every_work_item_and_record() {
+    let config = SupervisorConfig {
+        max_sessions: ITEMS as usize,
+        max_attempts: 1_000,
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(4),
+        ..SupervisorConfig::default()
+    };
+    let memory = MemoryConfig {
+        base_tokens: 300,
+        random_failures: Some((0.01, 42)),
+        ..MemoryConfig::default()
+    };
+    let agents = vec![
+        AgentType::new("small", 8_000),
+        AgentType::new("large", 32_000),
+    ];
+    let mut h = Harness::start(config, memory, agents);
+    for i in 1..=ITEMS {
+        let kind = if i % 3 == 0 { "large" } else { "small" };
+        h.supervisor.submit(item(i, kind)).await.unwrap();
+    }
+
+    // Follow which session holds which item, from the event stream.
+    let mut holder: HashMap<WorkItemId, SessionId> = HashMap::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut sent = 0usize;
+    for round in 0..ROUNDS {
+        h.settle(Duration::from_millis(5)).await;
+        for e in &h.log[..] {
+            if let FleetEvent::SessionStarted {
+                session, work_item, ..
+            } = e
+            {
+                holder.insert(*work_item, *session);
+            }
+        }
+        for (&item, &session) in &holder {
+            // Mostly small steps; now and then a large tool output jumps past 95%.
+            let step = if rng.u32(0..100) < 3 {
+                rng.u64(4_000..9_000)
+            } else {
+                rng.u64(50..900)
+            };
+            let Ok(usage) = h.runtime.grow(session, step) else {
+                continue; // closed meanwhile
+            };
+            // A session that stopped meanwhile answers UnknownSession: that is fine here.
+            let _ = h
+                .supervisor
+                .report_usage(session, usage.used(), None, UsageSource::Reported)
+                .await;
+            sent += 1;
+            let _ = item;
+        }
+        if round == ROUNDS - 5 {
+            // Some work finishes.
+            for (_, &session) in holder.iter().filter(|(i, _)| i.0 % 10 == 0) {
+                let _ = h.supervisor.close(session).await;
+            }
+        }
+    }
+    // Let everything in flight finish.
+    h.settle(Duration::from_millis(300)).await;
+    let inv = h.inventory().await;
+    assert_eq!(inv.in_flight, 0, "runtime work still in flight");
+    assert_eq!(inv.items.len(), ITEMS as usize);
+    check_invariants(&inv, &h.runtime, &h.log);
+
+    let count = |f: fn(&FleetEvent) -> bool| h.log.iter().filter(|e| f(e)).count();
+    let compactions = count(|e| matches!(e, FleetEvent::Compaction(c) if c.success));
+    let failed_compactions = count(|e| matches!(e, FleetEvent::Compaction(c) if !c.success));
+    let rotations = count(|e| matches!(e, FleetEvent::Rotation(r) if r.success));
+    let done = inv
+        .items
+        .iter()
+        .filter(|(_, p)| matches!(p, Place::Done(_)))
+        .count();
+    eprintln!(
+        "stress: {sent} usage messages, {compactions} compactions ({failed_compactions} failed), {rotations} rotations, {done} done, peak summaries {}",
+        h.runtime.peak_concurrent_summaries()
+    );
+    assert!(
+        sent >= 250_000,
+        "a few hundred thousand usage messages ({sent})"
+    );
+    let threshold = count(
+        |e| matches!(e, FleetEvent::Rotation(r) if r.reason == baton::RotationReason::Threshold),
+    );
+    assert!(
+        compactions > 1_000 && threshold > 100 && failed_compactions > 0,
+        "the run exercised every path"
+    );
+    assert!(rotations > threshold);
+    assert!(done >= 900, "closed sessions finished their items ({done})");
+    assert!(h.runtime.peak_concurrent_summaries() <= 8);
+}

@@ -1,0 +1,207 @@
+//! A harness for fleet scenarios: a supervisor over a `MemoryRuntime`, with the event stream
+//! collected and helpers to wait for what a scenario expects.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::{
+    AgentType, FleetEvent, Inventory, Place, SessionId, Supervisor, SupervisorConfig,
+    SupervisorHandle, UsageSource, WorkItem, WorkItemId,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// A running fleet and everything it published so far.
+pub struct Harness {
+    pub runtime: Arc<MemoryRuntime>,
+    pub supervisor: SupervisorHandle,
+    events: UnboundedReceiver<FleetEvent>,
+    pub log: Vec<FleetEvent>,
+}
+
+/// The agent type most scenarios use: a 1,000-token window.
+pub fn agent(name: &str) -> AgentType {
+    AgentType::new(name, 1000)
+}
+
+pub fn item(id: u64, agent_type: &str) -> WorkItem {
+    WorkItem {
+        id: WorkItemId(id),
+        agent_type: agent_type.into(),
+        text: format!("work item {id}: fix the flaky test in module {id}"),
+    }
+}
+
+impl Harness {
+    pub fn start(config: SupervisorConfig, memory: MemoryConfig, agents: Vec<AgentType>) -> Self {
+        let runtime = Arc::new(MemoryRuntime::new(memory));
+        let mut b = Supervisor::builder(runtime.clone()).config(config);
+        for a in agents {
+            b = b.agent_type(a);
+        }
+        let supervisor = b.start();
+        let events = supervisor.subscribe();
+        Self {
+            runtime,
+            supervisor,
+            events,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits (up to 10 s) until an event matching `pred` arrives; returns it. Everything that
+    /// arrived meanwhile is kept in `log`.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&FleetEvent) -> bool) -> FleetEvent {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(e)) => {
+                    self.log.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Ok(None) => panic!(
+                    "event stream closed while waiting for {what}; log: {:#?}",
+                    self.log
+                ),
+                Err(_) => panic!("timed out waiting for {what}; log: {:#?}", self.log),
+            }
+        }
+    }
+
+    /// Collects whatever arrives within `quiet` of the last event.
+    pub async fn settle(&mut self, quiet: Duration) {
+        while let Ok(Some(e)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            self.log.push(e);
+        }
+    }
+
+    /// Waits for the session started for `item` (the next one, if it already had some).
+    pub async fn started(&mut self, item: u64) -> SessionId {
+        match self
+            .wait_for("session start", |e| matches!(e, FleetEvent::SessionStarted { work_item, .. } if work_item.0 == item))
+            .await
+        {
+            FleetEvent::SessionStarted { session, .. } => session,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Grows the session's simulated context to `used` tokens and reports it.
+    pub async fn report(&self, session: SessionId, used: u64) {
+        let now = self.runtime.session(session).expect("session exists").used;
+        self.runtime
+            .grow(session, used.saturating_sub(now))
+            .unwrap();
+        self.supervisor
+            .report_usage(session, used, None, UsageSource::Reported)
+            .await
+            .unwrap();
+    }
+
+    pub async fn inventory(&self) -> Inventory {
+        self.supervisor.inventory().await.unwrap()
+    }
+
+    pub async fn place(&self, item: u64) -> Place {
+        self.inventory()
+            .await
+            .items
+            .into_iter()
+            .find(|(id, _)| id.0 == item)
+            .map(|(_, p)| p)
+            .expect("item is known")
+    }
+}
+
+/// Checks that every work item is in exactly one consistent place and that the registry, the
+/// runtime and the records agree. Call it when the fleet is quiet.
+pub fn check_invariants(inv: &Inventory, runtime: &MemoryRuntime, log: &[FleetEvent]) {
+    use std::collections::{HashMap, HashSet};
+    // The registry and the item places point at each other.
+    let mut holders: HashMap<WorkItemId, SessionId> = HashMap::new();
+    for (session, item, _) in &inv.sessions {
+        assert!(
+            holders.insert(*item, *session).is_none(),
+            "item {item} held by two sessions"
+        );
+        let place = &inv
+            .items
+            .iter()
+            .find(|(id, _)| id == item)
+            .expect("registered item")
+            .1;
+        assert!(
+            matches!(place, Place::Live(s) | Place::Rotating(s) if s == session),
+            "session {session} holds {item} but the item is {place:?}"
+        );
+    }
+    for (id, place) in &inv.items {
+        match place {
+            Place::Live(s) | Place::Rotating(s) => {
+                assert_eq!(
+                    holders.get(id),
+                    Some(s),
+                    "item {id} is {place:?} but the registry disagrees"
+                )
+            }
+            Place::Queued => assert!(
+                inv.queue.contains(id),
+                "item {id} is queued but not in the queue"
+            ),
+            _ => assert!(!holders.contains_key(id)),
+        }
+    }
+    let queued: HashSet<_> = inv.queue.iter().collect();
+    assert_eq!(queued.len(), inv.queue.len(), "an item is queued twice");
+    // The runtime's open sessions are exactly the live ones.
+    let live: Vec<SessionId> = inv.sessions.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        runtime.open_sessions(),
+        live,
+        "runtime sessions and registry differ"
+    );
+    // One record per compaction that took effect, and one per hand-over.
+    let mut compactions: HashMap<SessionId, u32> = HashMap::new();
+    let mut handed_over = HashSet::new();
+    let mut rotated = HashSet::new();
+    for e in log {
+        match e {
+            FleetEvent::Compaction(c) if c.success => {
+                *compactions.entry(c.session).or_default() += 1
+            }
+            FleetEvent::Rotation(r) if r.success => {
+                assert!(
+                    rotated.insert(r.old_session),
+                    "two successful rotations of {}",
+                    r.old_session
+                );
+                let new = r
+                    .new_session
+                    .expect("a successful rotation has a successor");
+                let sim = runtime.session(new).expect("the successor exists");
+                assert_eq!(
+                    sim.item.as_ref().map(|i| i.id),
+                    Some(r.work_item),
+                    "the successor holds the item"
+                );
+            }
+            FleetEvent::Transition(t) if t.cause == baton::EventKind::HandedOver => {
+                assert!(handed_over.insert(t.session));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        rotated, handed_over,
+        "every successful rotation was handed over, and only those"
+    );
+    for (session, sim) in runtime.sessions() {
+        let recorded = compactions.get(&session).copied().unwrap_or(0);
+        assert_eq!(
+            recorded, sim.compactions,
+            "compaction records of {session} vs histories replaced"
+        );
+    }
+}
