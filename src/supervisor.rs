@@ -100,6 +100,10 @@ pub struct SupervisorConfig {
     pub retry_max_delay: Duration,
     /// How long closing a session at the runtime may take, retries included.
     pub close_timeout: Duration,
+    /// Threads (actix Arbiters) to spread session actors over, round-robin; 0 runs them on the
+    /// supervisor's own thread. actix never moves an actor between threads, so one Arbiter per
+    /// core is what lets a fleet use every core.
+    pub shards: usize,
 }
 
 impl Default for SupervisorConfig {
@@ -120,6 +124,7 @@ impl Default for SupervisorConfig {
             retry_min_delay: Duration::from_millis(50),
             retry_max_delay: Duration::from_secs(2),
             close_timeout: Duration::from_secs(30),
+            shards: 0,
         }
     }
 }
@@ -179,6 +184,18 @@ struct ItemEntry {
     rotations: Spent,
     /// The handoff from its last rotation, kept when the item goes back to the queue.
     handoff: Option<Handoff>,
+    /// Sessions spawned for it so far; with its id, names each spawn (see [`spawn_key`]).
+    spawns: u32,
+}
+
+/// The key of a work item's `n`-th spawn: unique per (item, n), and independent of the order in
+/// which the fleet's other items spawn, so a seeded simulation gives the same faults however its
+/// threads interleave.
+fn spawn_key(item: WorkItemId, n: u32) -> SpawnKey {
+    let mut z = item.0 ^ (u64::from(n) << 48) ^ 0x9E37_79B9_7F4A_7C15;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    SpawnKey(z ^ (z >> 31))
 }
 
 struct SessionEntry {
@@ -211,6 +228,10 @@ pub struct Supervisor {
     next_key: u64,
     /// Set by `Shutdown`: no new sessions; waiters are told when the fleet is empty.
     shutdown: Option<Vec<oneshot::Sender<()>>>,
+    /// The threads sessions run on (empty: the supervisor's own).
+    shards: Vec<Arbiter>,
+    /// The shard the next session goes to.
+    next_shard: usize,
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -266,6 +287,8 @@ impl SupervisorBuilder {
             fleet: None,
             next_key: 0,
             shutdown: None,
+            shards: Vec::new(),
+            next_shard: 0,
         };
         SupervisorHandle {
             addr: sup.start(),
@@ -323,9 +346,10 @@ impl Supervisor {
 
     /// Spawns and assigns a session for a queued item.
     fn start_item(&mut self, id: WorkItemId, ctx: &mut Context<Self>) {
-        let key = SpawnKey(self.key());
         let entry = self.item(id);
         entry.place = Place::Starting;
+        entry.spawns += 1;
+        let key = spawn_key(id, entry.spawns);
         let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
         let agent = self.agents[&item.agent_type].agent.clone();
         self.starting += 1;
@@ -392,7 +416,13 @@ impl Supervisor {
     fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
         let agent_type = self.items[&item].item.agent_type.clone();
         let agent = self.agents[&agent_type].agent.clone();
-        let addr = SessionActor::new(session, agent, item, self.fleet()).start();
+        let actor = SessionActor::new(session, agent, item, self.fleet());
+        let addr = if self.shards.is_empty() {
+            actor.start()
+        } else {
+            self.next_shard = (self.next_shard + 1) % self.shards.len();
+            SessionActor::start_in_arbiter(&self.shards[self.next_shard].handle(), |_| actor)
+        };
         self.sessions.insert(
             session,
             SessionEntry {
@@ -506,6 +536,8 @@ impl Supervisor {
             return;
         }
         item.place = Place::Rotating(req.session);
+        item.spawns += 1;
+        let key = spawn_key(item_id, item.spawns);
         let work_item = item.item.clone();
         self.in_flight += 1;
         let runtime = self.runtime.clone();
@@ -552,10 +584,8 @@ impl Supervisor {
                 ),
             };
             let result = tokio::time::timeout_at(deadline, async {
-                let new = call_with_retry(retry, &attempts_in, || {
-                    runtime.spawn(&agent_in, SpawnKey(rotation.0))
-                })
-                .await?;
+                let new =
+                    call_with_retry(retry, &attempts_in, || runtime.spawn(&agent_in, key)).await?;
                 spawned_in.set(Some(new));
                 call_with_retry(retry, &attempts_in, || {
                     runtime.assign(new, &work_item, Some(&handoff))
@@ -855,6 +885,7 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.shards = (0..self.config.shards).map(|_| Arbiter::new()).collect();
         self.fleet = Some(Arc::new(Fleet {
             runtime: self.runtime.clone(),
             bus: self.bus.clone(),
@@ -862,6 +893,14 @@ impl Actor for Supervisor {
             supervisor: ctx.address().recipient(),
             poll_interval: self.config.poll_interval,
         }));
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        for shard in &self.shards {
+            shard.stop();
+        }
     }
 }
 
@@ -913,6 +952,7 @@ impl Handler<Submit> for Supervisor {
                 attempts: 0,
                 rotations: Spent::default(),
                 handoff: None,
+                spawns: 0,
             },
         );
         self.queue.push_back(id);

@@ -19,6 +19,7 @@ async fn ten_thousand_sessions_keep_every_work_item_and_record() {
     let config = SupervisorConfig {
         max_sessions: ITEMS as usize,
         max_attempts: 1_000,
+        shards: 2,
         retry_min_delay: Duration::from_millis(1),
         retry_max_delay: Duration::from_millis(4),
         ..SupervisorConfig::default()

@@ -110,7 +110,8 @@ pub struct MemoryConfig {
     pub base_tokens: u64,
     /// Scripted faults.
     pub faults: Vec<Fault>,
-    /// Share of calls (any operation) that fail transiently at random, and the seed.
+    /// Share of calls (any operation) that fail transiently at random, and the seed. The same
+    /// seed fails the same calls of the same work items, whatever the timing.
     pub random_failures: Option<(f64, u64)>,
 }
 
@@ -153,8 +154,10 @@ pub struct MemoryRuntime {
     summarising: AtomicUsize,
     /// The most summarise calls ever running at once.
     peak_summarising: AtomicUsize,
-    /// The generator of random failures.
-    rng: Mutex<Option<(f64, fastrand::Rng)>>,
+    /// Calls so far per (operation, subject), for seeded random failures: a call fails when
+    /// a hash of (seed, operation, subject, call number) falls below the rate, so the same
+    /// seed fails the same calls however concurrent callers interleave.
+    subject_calls: Mutex<HashMap<(Op, u64), u64>>,
 }
 
 impl Default for MemoryRuntime {
@@ -175,9 +178,6 @@ impl Drop for InFlight<'_> {
 impl MemoryRuntime {
     /// A runtime with these settings.
     pub fn new(config: MemoryConfig) -> Self {
-        let rng = config
-            .random_failures
-            .map(|(rate, seed)| (rate, fastrand::Rng::with_seed(seed)));
         Self {
             config,
             sessions: Mutex::default(),
@@ -186,7 +186,7 @@ impl MemoryRuntime {
             calls: Default::default(),
             summarising: AtomicUsize::new(0),
             peak_summarising: AtomicUsize::new(0),
-            rng: Mutex::new(rng),
+            subject_calls: Mutex::default(),
         }
     }
 
@@ -257,9 +257,37 @@ impl MemoryRuntime {
         }
     }
 
+    /// What random faults are keyed by: the work item a session holds (stable across
+    /// rotations and thread interleavings), else the session id.
+    fn subject(&self, session: SessionId) -> u64 {
+        let sessions = self.sessions.lock().expect("lock");
+        match sessions.get(&session).and_then(|s| s.item.as_ref()) {
+            Some(item) => item.id.0,
+            None => session.0 | 1 << 63,
+        }
+    }
+
+    /// Whether the random-failure model fails this call of `op` on `subject`.
+    fn random_fault(&self, op: Op, subject: u64) -> bool {
+        let Some((rate, seed)) = self.config.random_failures else {
+            return false;
+        };
+        let n = {
+            let mut calls = self.subject_calls.lock().expect("lock");
+            let c = calls.entry((op, subject)).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let mut z = seed ^ subject.rotate_left(17) ^ (n << 8) ^ op as u64;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 / (1u64 << 53) as f64) < rate
+    }
+
     /// Counts the call, waits its latency, and applies any fault. Returns `Err` for a failing
     /// call; panics or hangs when told to.
-    async fn enter(&self, op: Op) -> Result<(), RuntimeError> {
+    async fn enter(&self, op: Op, subject: u64) -> Result<(), RuntimeError> {
         let n = self.calls[op.index()].fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(d) = self.config.latency.get(&op).filter(|d| !d.is_zero()) {
             tokio::time::sleep(*d).await;
@@ -270,11 +298,10 @@ impl MemoryRuntime {
             .iter()
             .find(|f| f.op == op && f.calls.contains(&n))
             .map(|f| f.kind);
-        let random = || {
-            let mut rng = self.rng.lock().expect("lock");
-            rng.as_mut().is_some_and(|(rate, rng)| rng.f64() < *rate)
-        };
-        let kind = scripted.or_else(|| random().then_some(FaultKind::Transient));
+        let kind = scripted.or_else(|| {
+            self.random_fault(op, subject)
+                .then_some(FaultKind::Transient)
+        });
         match kind {
             None => Ok(()),
             Some(FaultKind::Transient) => Err(RuntimeError::transient(format!(
@@ -304,7 +331,7 @@ impl AgentRuntime for MemoryRuntime {
         let now = self.summarising.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_summarising.fetch_max(now, Ordering::SeqCst);
         let _in_flight = InFlight(&self.summarising);
-        self.enter(Op::Summarise).await?;
+        self.enter(Op::Summarise, self.subject(session)).await?;
         let m = self.config.summary;
         self.with_session(session, |s| {
             let own = s.used.saturating_sub(s.base) as f64;
@@ -321,7 +348,8 @@ impl AgentRuntime for MemoryRuntime {
         session: SessionId,
         summary: &Summary,
     ) -> Result<u64, RuntimeError> {
-        self.enter(Op::ReplaceHistory).await?;
+        self.enter(Op::ReplaceHistory, self.subject(session))
+            .await?;
         self.with_session(session, |s| {
             s.used = s.base + summary.tokens;
             s.compactions += 1;
@@ -330,12 +358,12 @@ impl AgentRuntime for MemoryRuntime {
     }
 
     async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
-        self.enter(Op::Close).await?;
+        self.enter(Op::Close, self.subject(session)).await?;
         self.with_session(session, |s| s.closed = true)
     }
 
     async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
-        self.enter(Op::Spawn).await?;
+        self.enter(Op::Spawn, key.0).await?;
         let mut spawned = self.spawned.lock().expect("lock");
         if let Some(id) = spawned.get(&key) {
             return Ok(*id);
@@ -365,7 +393,7 @@ impl AgentRuntime for MemoryRuntime {
         item: &WorkItem,
         handoff: Option<&Handoff>,
     ) -> Result<(), RuntimeError> {
-        self.enter(Op::Assign).await?;
+        self.enter(Op::Assign, self.subject(session)).await?;
         self.with_session(session, |s| {
             let added = tokens_of(&item.text) + handoff.map_or(0, |h| h.tokens);
             s.used += added;
@@ -376,7 +404,7 @@ impl AgentRuntime for MemoryRuntime {
     }
 
     async fn usage(&self, session: SessionId) -> Result<Usage, RuntimeError> {
-        self.enter(Op::Usage).await?;
+        self.enter(Op::Usage, self.subject(session)).await?;
         self.with_session(session, |s| {
             Usage::new(
                 s.used.min(Usage::MAX_TOKENS),
