@@ -1,21 +1,34 @@
-//! Fleet throughput and footprint: the real supervisor and session actors over a zero-latency
-//! `MemoryRuntime`, on one actix system (one thread).
+//! Fleet throughput and footprint: baton (the real supervisor and session actors over a
+//! zero-latency `MemoryRuntime`) against a bare tokio baseline doing the same work (the same
+//! state machine in one tokio task per session, fed by an unbounded channel, on a 2-worker
+//! multi-thread runtime), measured in one run.
 //!
-//! Run: `cargo bench --bench fleet` (sizes: `BATON_BENCH_SIZES=10000,100000` by default).
-//! Prints, per fleet size: session spawn rate, resident bytes per idle session (RSS delta /
-//! sessions), usage messages per second on the Normal path (sent straight to each session), and
-//! rotations per second.
+//! Run: `cargo bench --bench fleet` (sizes: `BATON_BENCH_SIZES=10000,100000,1000000` by
+//! default). Per size and stack it prints: session spawn rate, resident bytes per idle session,
+//! usage messages per second (a burst of 20 per session, Normal path), p50/p99 latency from a
+//! usage report crossing 80% to the runtime's summarise call while usage flows at a paced
+//! 1 M messages per second, and rotations per second; then the ratio baton / baseline.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use baton::runtime::memory::MemoryRuntime;
+use baton::runtime::{AgentRuntime, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose};
 use baton::supervisor::SessionHandle;
 use baton::{
-    AgentType, FleetEvent, Supervisor, SupervisorConfig, UsageSource, WorkItem, WorkItemId,
+    AgentType, Effect, Event, FleetEvent, Policy, SessionId, SessionMachine, Supervisor,
+    SupervisorConfig, Usage, UsageSource, WorkItem, WorkItemId,
 };
+use tokio::sync::mpsc;
 
-const MESSAGES_PER_SESSION: u64 = 20;
+const WINDOW: u64 = 1_000_000;
+const BURST_PER_SESSION: u64 = 20;
+const PACED_RATE: f64 = 1_000_000.0;
+const PACED_SECONDS: f64 = 1.0;
+const SAMPLES: usize = 500;
 
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -27,51 +40,148 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-fn main() {
-    let sizes: Vec<usize> = std::env::var("BATON_BENCH_SIZES")
-        .unwrap_or_else(|_| "10000,100000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    println!(
-        "{:>9} | {:>12} | {:>11} | {:>14} | {:>12}",
-        "sessions", "spawn/s", "bytes/sess", "usage msgs/s", "rotations/s"
-    );
-    for n in sizes {
-        let row = actix::System::new().block_on(run(n));
-        println!(
-            "{:>9} | {:>12.0} | {:>11.0} | {:>14.0} | {:>12.0}",
-            n, row.spawn_rate, row.bytes_per_session, row.usage_rate, row.rotation_rate
-        );
+/// The runtime both stacks call: a `MemoryRuntime` that also notes when each session's
+/// summarise call arrived, to measure report-to-effect latency.
+struct Timed {
+    inner: MemoryRuntime,
+    summarised: Mutex<HashMap<SessionId, Instant>>,
+}
+
+impl Timed {
+    fn new() -> Self {
+        Self {
+            inner: MemoryRuntime::default(),
+            summarised: Mutex::default(),
+        }
     }
 }
 
+#[async_trait]
+impl AgentRuntime for Timed {
+    async fn summarise(
+        &self,
+        session: SessionId,
+        purpose: SummaryPurpose,
+    ) -> Result<Summary, RuntimeError> {
+        self.summarised
+            .lock()
+            .unwrap()
+            .entry(session)
+            .or_insert_with(Instant::now);
+        self.inner.summarise(session, purpose).await
+    }
+    async fn replace_history(
+        &self,
+        session: SessionId,
+        summary: &Summary,
+    ) -> Result<u64, RuntimeError> {
+        self.inner.replace_history(session, summary).await
+    }
+    async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
+        self.inner.close(session).await
+    }
+    async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
+        self.inner.spawn(agent, key).await
+    }
+    async fn assign(
+        &self,
+        session: SessionId,
+        item: &WorkItem,
+        handoff: Option<&Handoff>,
+    ) -> Result<(), RuntimeError> {
+        self.inner.assign(session, item, handoff).await
+    }
+}
+
+#[derive(Default, Clone, Copy)]
 struct Row {
     spawn_rate: f64,
     bytes_per_session: f64,
     usage_rate: f64,
+    p50_us: f64,
+    p99_us: f64,
     rotation_rate: f64,
 }
 
-async fn run(n: usize) -> Row {
-    let runtime = Arc::new(MemoryRuntime::default());
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn latencies(sent: &HashMap<SessionId, Instant>, runtime: &Timed) -> (f64, f64) {
+    let got = runtime.summarised.lock().unwrap();
+    let mut l: Vec<f64> = sent
+        .iter()
+        .filter_map(|(s, t)| got.get(s).map(|g| g.duration_since(*t).as_secs_f64() * 1e6))
+        .collect();
+    l.sort_by(f64::total_cmp);
+    (percentile(&l, 0.50), percentile(&l, 0.99))
+}
+
+/// Sends `PACED_RATE / senders` messages per second for `PACED_SECONDS`, in 1 ms batches over
+/// the sessions round-robin; spread evenly through it, each sample session's report crosses 80%.
+async fn paced(
+    n: usize,
+    senders: f64,
+    mut send: impl FnMut(usize, u64),
+    samples: &[usize],
+    mut mark: impl FnMut(usize),
+) {
+    let rate = PACED_RATE / senders;
+    let total = (rate * PACED_SECONDS) as usize;
+    let per_ms = (rate / 1000.0) as usize;
+    let every = (total / samples.len().max(1)).max(1);
+    let crossing: HashMap<usize, usize> = samples
+        .iter()
+        .enumerate()
+        .map(|(j, s)| (j * every, *s))
+        .collect();
+    let start = Instant::now();
+    let mut i = 0usize;
+    while i < total {
+        for _ in 0..per_ms.min(total - i) {
+            match crossing.get(&i) {
+                Some(&s) => {
+                    mark(s);
+                    send(s, WINDOW * 85 / 100);
+                }
+                None => send(i % n, 2_000 + (i / n) as u64),
+            }
+            i += 1;
+        }
+        let due = start + Duration::from_micros((i as f64 / rate * 1e6) as u64);
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
+fn sample_sessions(n: usize) -> Vec<usize> {
+    let step = (n / SAMPLES).max(1);
+    (0..n).step_by(step).take(SAMPLES).collect()
+}
+
+// ===== baton =====
+
+async fn baton_run(n: usize) -> Row {
+    let runtime = Arc::new(Timed::new());
     let config = SupervisorConfig {
         max_sessions: n,
+        shards: 2,
         ..SupervisorConfig::default()
     };
+    let policy = Policy::builder().max_compactions(u32::MAX).build().unwrap();
     let supervisor = Supervisor::builder(runtime.clone())
         .config(config)
-        .agent_type(AgentType::new("bench", 1_000_000))
+        .agent_type(AgentType::new("b", WINDOW).with_policy(policy))
         .start();
     let mut events = supervisor.subscribe();
     let rss0 = rss_bytes();
-
-    // Spawn.
     let t = Instant::now();
     for i in 0..n as u64 {
         let item = WorkItem {
             id: WorkItemId(i),
-            agent_type: "bench".into(),
+            agent_type: "b".into(),
             text: String::new(),
         };
         supervisor.submit(item).await.unwrap();
@@ -83,29 +193,94 @@ async fn run(n: usize) -> Row {
         }
     }
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
-
-    // Usage on the Normal path, straight to each session.
     let mut handles: Vec<SessionHandle> = Vec::with_capacity(n);
     for id in &ids {
         handles.push(supervisor.session(*id).await.unwrap());
     }
-    let t = Instant::now();
-    for round in 0..MESSAGES_PER_SESSION {
-        for h in &handles {
-            h.report_usage(1_000 + round, None, UsageSource::Reported);
-        }
-    }
-    for h in &handles {
-        h.info().await.unwrap();
-    }
-    let usage_rate = (n as u64 * MESSAGES_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
 
-    // Rotations: every session reports 96% at once.
+    // Burst on the Normal path, sent by one task per shard to that shard's sessions.
+    let shards = supervisor.shards().await;
+    let mut per_shard: Vec<Vec<SessionHandle>> = vec![Vec::new(); shards.len()];
+    for h in &handles {
+        per_shard[h.shard.unwrap_or(0)].push(h.clone());
+    }
+    let t = Instant::now();
+    let mut done = Vec::new();
+    for (arbiter, mine) in shards.iter().zip(per_shard) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        arbiter.spawn(async move {
+            for round in 0..BURST_PER_SESSION {
+                for h in &mine {
+                    h.report_usage(1_000 + round, None, UsageSource::Reported);
+                }
+                // Let the shard's sessions drain between rounds.
+                tokio::task::yield_now().await;
+            }
+            for h in &mine {
+                h.info().await.unwrap();
+            }
+            let _ = tx.send(());
+        });
+        done.push(rx);
+    }
+    for rx in done {
+        rx.await.unwrap();
+    }
+    let usage_rate = (n as u64 * BURST_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
+
+    // Paced load with threshold crossings: one paced sender per shard, each at its share of
+    // the rate, to its own sessions.
+    let samples = sample_sessions(n);
+    let sent = Arc::new(Mutex::new(HashMap::new()));
+    let mut done = Vec::new();
+    let share = shards.len().max(1);
+    for (k, arbiter) in shards.iter().enumerate() {
+        let mine: Vec<SessionHandle> = handles
+            .iter()
+            .filter(|h| h.shard == Some(k))
+            .cloned()
+            .collect();
+        let my_samples: Vec<usize> = samples
+            .iter()
+            .map(|i| i / share)
+            .filter(|i| *i < mine.len())
+            .collect();
+        let sent = sent.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        arbiter.spawn(async move {
+            paced(
+                mine.len(),
+                share as f64,
+                |i, used| mine[i].report_usage(used, None, UsageSource::Reported),
+                &my_samples,
+                |i| {
+                    sent.lock().unwrap().insert(mine[i].session, Instant::now());
+                },
+            )
+            .await;
+            let _ = tx.send(());
+        });
+        done.push(rx);
+    }
+    for rx in done {
+        rx.await.unwrap();
+    }
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    let samples: Vec<SessionId> = sent.keys().copied().collect();
+    while runtime.summarised.lock().unwrap().len() < samples.len() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (p50_us, p99_us) = latencies(&sent, &runtime);
+    // Let the sampled compactions finish.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Rotations: every session reports 96%.
+    while events.try_recv().is_ok() {}
     let t = Instant::now();
     for h in &handles {
-        h.report_usage(960_000, None, UsageSource::Reported);
+        h.report_usage(WINDOW * 96 / 100, None, UsageSource::Reported);
     }
     let mut rotations = 0;
     while rotations < n {
@@ -115,11 +290,279 @@ async fn run(n: usize) -> Row {
         }
     }
     let rotation_rate = n as f64 / t.elapsed().as_secs_f64();
-    supervisor.shutdown(Duration::from_secs(60)).await;
+    supervisor.shutdown(Duration::from_secs(120)).await;
     Row {
         spawn_rate,
         bytes_per_session,
         usage_rate,
+        p50_us,
+        p99_us,
         rotation_rate,
+    }
+}
+
+// ===== bare tokio baseline =====
+
+enum Msg {
+    Usage(u64),
+    HandedOver(SessionId),
+}
+
+/// One session: the same machine, in a plain task; effects run inline (compaction) or go to
+/// the rotation task.
+async fn session_task(
+    id: SessionId,
+    policy: Arc<Policy>,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    runtime: Arc<Timed>,
+    rotations: mpsc::UnboundedSender<SessionId>,
+    processed: Arc<AtomicUsize>,
+) {
+    let mut machine = SessionMachine::new(id, policy);
+    while let Some(msg) = rx.recv().await {
+        let step = match msg {
+            Msg::Usage(used) => {
+                machine.handle(&Event::Usage(Usage::reported(used, WINDOW).unwrap()))
+            }
+            Msg::HandedOver(s) => machine.handle(&Event::HandedOver { successor: s }),
+        };
+        processed.fetch_add(1, Ordering::Relaxed);
+        for effect in step.map(|s| s.effects).unwrap_or_default() {
+            match effect {
+                Effect::Compact { .. } => {
+                    let summary = runtime
+                        .summarise(id, SummaryPurpose::Compaction)
+                        .await
+                        .unwrap();
+                    let after = runtime.replace_history(id, &summary).await.unwrap();
+                    let _ = machine.handle(&Event::Compacted {
+                        after,
+                        summary_tokens: summary.tokens,
+                    });
+                }
+                Effect::RequestRotation { .. } => {
+                    let _ = rotations.send(id);
+                }
+                Effect::Stop => return,
+            }
+        }
+    }
+}
+
+async fn baseline_run(n: usize) -> Row {
+    let runtime = Arc::new(Timed::new());
+    let policy = Arc::new(Policy::builder().max_compactions(u32::MAX).build().unwrap());
+    let agent = AgentType::new("b", WINDOW);
+    let processed = Arc::new(AtomicUsize::new(0));
+    let (rot_tx, mut rot_rx) = mpsc::unbounded_channel::<SessionId>();
+    let rss0 = rss_bytes();
+    let t = Instant::now();
+    let mut senders: HashMap<SessionId, mpsc::UnboundedSender<Msg>> = HashMap::with_capacity(n);
+    let mut ids = Vec::with_capacity(n);
+    let start_session =
+        |id: SessionId, senders: &mut HashMap<SessionId, mpsc::UnboundedSender<Msg>>| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.insert(id, tx);
+            tokio::spawn(session_task(
+                id,
+                policy.clone(),
+                rx,
+                runtime.clone(),
+                rot_tx.clone(),
+                processed.clone(),
+            ));
+        };
+    for i in 0..n as u64 {
+        let id = runtime.spawn(&agent, SpawnKey(i)).await.unwrap();
+        let item = WorkItem {
+            id: WorkItemId(i),
+            agent_type: "b".into(),
+            text: String::new(),
+        };
+        runtime.assign(id, &item, None).await.unwrap();
+        start_session(id, &mut senders);
+        ids.push(id);
+    }
+    let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+
+    let wait_processed = |target: usize| {
+        let processed = processed.clone();
+        async move {
+            while processed.load(Ordering::Relaxed) < target {
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let t = Instant::now();
+    for round in 0..BURST_PER_SESSION {
+        for id in &ids {
+            let _ = senders[id].send(Msg::Usage(1_000 + round));
+        }
+    }
+    wait_processed(n * BURST_PER_SESSION as usize).await;
+    let usage_rate = (n as u64 * BURST_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
+
+    let samples = sample_sessions(n);
+    let mut sent = HashMap::new();
+    paced(
+        n,
+        1.0,
+        |i, used| {
+            let _ = senders[&ids[i]].send(Msg::Usage(used));
+        },
+        &samples,
+        |i| {
+            sent.insert(ids[i], Instant::now());
+        },
+    )
+    .await;
+    while runtime.summarised.lock().unwrap().len() < samples.len() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (p50_us, p99_us) = latencies(&sent, &runtime);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Rotations, as the supervisor does them: handoff, spawn, assign, close, hand over.
+    let t = Instant::now();
+    for id in &ids {
+        let _ = senders[id].send(Msg::Usage(WINDOW * 96 / 100));
+    }
+    let mut done = 0usize;
+    let mut key = n as u64;
+    while done < n {
+        let old = rot_rx.recv().await.unwrap();
+        let summary = runtime
+            .summarise(old, SummaryPurpose::Handoff)
+            .await
+            .unwrap();
+        key += 1;
+        let new = runtime.spawn(&agent, SpawnKey(key)).await.unwrap();
+        let item = WorkItem {
+            id: WorkItemId(key),
+            agent_type: "b".into(),
+            text: String::new(),
+        };
+        let handoff = Handoff {
+            text: summary.text,
+            tokens: summary.tokens,
+            fallback: false,
+        };
+        runtime.assign(new, &item, Some(&handoff)).await.unwrap();
+        runtime.close(old).await.unwrap();
+        start_session(new, &mut senders);
+        let _ = senders[&old].send(Msg::HandedOver(new));
+        done += 1;
+    }
+    let rotation_rate = n as f64 / t.elapsed().as_secs_f64();
+    Row {
+        spawn_rate,
+        bytes_per_session,
+        usage_rate,
+        p50_us,
+        p99_us,
+        rotation_rate,
+    }
+}
+
+fn print(label: &str, n: usize, r: &Row) {
+    println!(
+        "{:>9} | {:<8} | {:>10.0} | {:>10.0} | {:>12.0} | {:>9.0} | {:>9.0} | {:>11.0}",
+        n,
+        label,
+        r.spawn_rate,
+        r.bytes_per_session,
+        r.usage_rate,
+        r.p50_us,
+        r.p99_us,
+        r.rotation_rate
+    );
+}
+
+fn main() {
+    // One (stack, size) per process, so that one run's freed memory does not hide the next
+    // one's footprint: the parent re-runs itself for each.
+    if let Ok(one) = std::env::var("BATON_BENCH_ONE") {
+        let (stack, n) = one.split_once(':').expect("stack:size");
+        let n: usize = n.parse().expect("size");
+        let row = if stack == "baton" {
+            actix::System::new().block_on(baton_run(n))
+        } else {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(baseline_run(n))
+        };
+        println!(
+            "ROW {} {} {} {} {} {}",
+            row.spawn_rate,
+            row.bytes_per_session,
+            row.usage_rate,
+            row.p50_us,
+            row.p99_us,
+            row.rotation_rate
+        );
+        return;
+    }
+    let sizes: Vec<usize> = std::env::var("BATON_BENCH_SIZES")
+        .unwrap_or_else(|_| "10000,100000,1000000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    println!(
+        "{:>9} | {:<8} | {:>10} | {:>10} | {:>12} | {:>9} | {:>9} | {:>11}",
+        "sessions",
+        "stack",
+        "spawn/s",
+        "B/session",
+        "usage msg/s",
+        "p50 µs",
+        "p99 µs",
+        "rotations/s"
+    );
+    let one = |stack: &str, n: usize| -> Row {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("BATON_BENCH_ONE", format!("{stack}:{n}"))
+            .output()
+            .expect("bench child runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ROW "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{stack} at {n} printed no figures: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let f: Vec<f64> = line[4..].split(' ').map(|x| x.parse().unwrap()).collect();
+        Row {
+            spawn_rate: f[0],
+            bytes_per_session: f[1],
+            usage_rate: f[2],
+            p50_us: f[3],
+            p99_us: f[4],
+            rotation_rate: f[5],
+        }
+    };
+    for n in sizes {
+        let b = one("baton", n);
+        print("baton", n, &b);
+        let t = one("tokio", n);
+        print("tokio", n, &t);
+        println!(
+            "{:>9} | {:<8} | {:>10.2} | {:>10.2} | {:>12.2} | {:>9.2} | {:>9.2} | {:>11.2}",
+            n,
+            "ratio",
+            b.spawn_rate / t.spawn_rate,
+            b.bytes_per_session / t.bytes_per_session,
+            b.usage_rate / t.usage_rate,
+            b.p50_us / t.p50_us,
+            b.p99_us / t.p99_us,
+            b.rotation_rate / t.rotation_rate
+        );
     }
 }

@@ -18,6 +18,7 @@
 //! | [`session`] | [`SessionActor`]: one session as an actix actor that owns its machine |
 //! | [`supervisor`] | [`Supervisor`]: the registry, the work-item queue, rotations, budgets |
 //! | [`record`] | compaction and rotation records, and the [`FleetEvent`] stream |
+//! | [`simulate`] | a fleet simulation on the real actors, growing like recorded agents |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
 
@@ -29,6 +30,7 @@ pub mod record;
 pub mod replay;
 pub mod runtime;
 pub mod session;
+pub mod simulate;
 pub mod supervisor;
 pub mod trace;
 pub mod usage;

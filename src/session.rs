@@ -81,9 +81,10 @@ pub(crate) struct RotationRequest {
 }
 
 /// A usage reading for a session, as raw figures: validated by the session, refused (and
-/// reported as [`FleetEvent::Rejected`]) when bad.
+/// reported as [`FleetEvent::Rejected`]) when bad. Answers the session's state once the
+/// reading was handled (every event it caused has been published by then).
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Phase")]
 pub struct ReportUsage {
     /// Tokens in use.
     pub used: u64,
@@ -381,9 +382,9 @@ impl Drop for SessionActor {
 }
 
 impl Handler<ReportUsage> for SessionActor {
-    type Result = ();
+    type Result = MessageResult<ReportUsage>;
 
-    fn handle(&mut self, msg: ReportUsage, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: ReportUsage, ctx: &mut Self::Context) -> Self::Result {
         let window = msg.window.unwrap_or(self.agent.window);
         match self.machine.report_usage(msg.used, window, msg.source) {
             Ok(step) => {
@@ -396,6 +397,7 @@ impl Handler<ReportUsage> for SessionActor {
                 error: e.to_string(),
             }),
         }
+        MessageResult(self.machine.phase())
     }
 }
 

@@ -205,6 +205,8 @@ struct SessionEntry {
     item: WorkItemId,
     /// Its state, as last reported.
     phase: Phase,
+    /// The shard it runs on, if sessions are sharded.
+    shard: Option<usize>,
 }
 
 /// The supervisor actor. Start it with [`Supervisor::builder`].
@@ -417,11 +419,15 @@ impl Supervisor {
         let agent_type = self.items[&item].item.agent_type.clone();
         let agent = self.agents[&agent_type].agent.clone();
         let actor = SessionActor::new(session, agent, item, self.fleet());
-        let addr = if self.shards.is_empty() {
-            actor.start()
+        let (addr, shard) = if self.shards.is_empty() {
+            (actor.start(), None)
         } else {
             self.next_shard = (self.next_shard + 1) % self.shards.len();
-            SessionActor::start_in_arbiter(&self.shards[self.next_shard].handle(), |_| actor)
+            let shard = self.next_shard;
+            (
+                SessionActor::start_in_arbiter(&self.shards[shard].handle(), |_| actor),
+                Some(shard),
+            )
         };
         self.sessions.insert(
             session,
@@ -429,6 +435,7 @@ impl Supervisor {
                 addr,
                 item,
                 phase: Phase::Normal,
+                shard,
             },
         );
         self.bus.publish(FleetEvent::SessionStarted {
@@ -1025,6 +1032,7 @@ impl Handler<Lookup> for Supervisor {
     fn handle(&mut self, Lookup(session): Lookup, _: &mut Self::Context) -> Self::Result {
         self.sessions.get(&session).map(|e| SessionHandle {
             session,
+            shard: e.shard,
             addr: e.addr.clone(),
         })
     }
@@ -1055,6 +1063,19 @@ impl Handler<ListSessions> for Supervisor {
             out.sort_by_key(|i| i.session);
             out
         })
+    }
+}
+
+/// The threads sessions run on.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ArbiterHandle>")]
+struct Shards;
+
+impl Handler<Shards> for Supervisor {
+    type Result = MessageResult<Shards>;
+
+    fn handle(&mut self, _: Shards, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.shards.iter().map(|a| a.handle()).collect())
     }
 }
 
@@ -1160,6 +1181,9 @@ pub struct SupervisorHandle {
 pub struct SessionHandle {
     /// The session.
     pub session: SessionId,
+    /// The shard (see [`SupervisorHandle::shards`]) it runs on; reports sent from a task on
+    /// the same shard avoid waking another thread.
+    pub shard: Option<usize>,
     /// Its actor.
     addr: Addr<SessionActor>,
 }
@@ -1173,6 +1197,25 @@ impl SessionHandle {
             window,
             source,
         });
+    }
+
+    /// Reports a reading and waits until the session handled it; answers its state then
+    /// (`None` when it has stopped). Every event the reading caused has been published by the
+    /// time the answer arrives.
+    pub async fn report_usage_and_wait(
+        &self,
+        used: u64,
+        window: Option<u64>,
+        source: UsageSource,
+    ) -> Option<Phase> {
+        self.addr
+            .send(ReportUsage {
+                used,
+                window,
+                source,
+            })
+            .await
+            .ok()
     }
 
     /// The session's state, once every message sent to it before has been handled; `None`
@@ -1237,6 +1280,12 @@ impl SupervisorHandle {
             .send(ToSession(session, Command::Rotate))
             .await
             .or_else(gone)?
+    }
+
+    /// The threads sessions run on (empty when they run on the supervisor's): an orchestrator
+    /// can run its own per-shard tasks there to report usage without crossing threads.
+    pub async fn shards(&self) -> Vec<ArbiterHandle> {
+        self.addr.send(Shards).await.unwrap_or_default()
     }
 
     /// Every live session with its state and usage, by id.

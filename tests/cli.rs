@@ -116,3 +116,77 @@ fn help_explains_the_replay_model() {
         "{out}"
     );
 }
+
+#[test]
+fn simulate_prints_a_reproducible_report() {
+    let args = [
+        "simulate",
+        "--sessions",
+        "60",
+        "--work-items",
+        "120",
+        "--turns",
+        "10..40",
+        "--json",
+    ];
+    let a = baton(&args);
+    assert!(a.status.success(), "{}", stderr(&a));
+    let r: serde_json::Value = serde_json::from_str(stdout(&a).trim()).unwrap();
+    assert_eq!(r["work_items"], 120);
+    assert_eq!(
+        r["done"].as_u64().unwrap() + r["dead_letters"].as_u64().unwrap(),
+        120
+    );
+    assert!(r["compactions"]["count"].as_u64().unwrap() > 0);
+    let b: serde_json::Value = serde_json::from_str(stdout(&baton(&args)).trim()).unwrap();
+    for key in [
+        "done",
+        "dead_letters",
+        "sessions_started",
+        "compactions",
+        "rotations",
+        "usage_messages",
+    ] {
+        assert_eq!(
+            r[key], b[key],
+            "{key} differs between two runs with the same seed"
+        );
+    }
+    let table = baton(&[
+        "simulate",
+        "--sessions",
+        "20",
+        "--work-items",
+        "20",
+        "--turns",
+        "5..10",
+    ]);
+    assert!(table.status.success());
+    assert!(
+        stdout(&table).contains("work items done"),
+        "{}",
+        stdout(&table)
+    );
+}
+
+#[test]
+fn simulate_rejects_bad_flags() {
+    for (args, want) in [
+        (&["simulate", "--agent-types", "sonnet"][..], "NAME:WINDOW"),
+        (
+            &["simulate", "--agent-types", "sonnet:0"][..],
+            "window of at least 1",
+        ),
+        (&["simulate", "--turns", "9..3"][..], "MIN <= MAX"),
+        (&["simulate", "--failure-rate", "1.5"][..], "failure rate"),
+        (
+            &["simulate", "--compact-at", "0.99"][..],
+            "must be below rotate_at",
+        ),
+        (&["simulate", "--duration", "soon"][..], "soon"),
+    ] {
+        let o = baton(args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -1,8 +1,11 @@
 //! `baton`: the command line over the baton library.
 //!
-//! `baton replay` replays the compaction and rotation policy over recorded agent traces.
+//! `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays the
+//! compaction and rotation policy over recorded agent traces.
 
+mod policy_args;
 mod replay;
+mod simulate;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -24,13 +27,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Simulate(simulate::Args),
     Replay(replay::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A simulation injects failures on purpose and reports them in its table: its warnings
+    // are noise unless asked for.
+    let quiet = if matches!(cli.command, Command::Simulate(_)) {
+        "error"
+    } else {
+        "warn"
+    };
     let level = match cli.verbose {
-        0 => "warn",
+        0 => quiet,
         1 => "info",
         _ => "debug",
     };
@@ -41,6 +52,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
     };
     match result {

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+
+use crate::policy_args::PolicyArgs;
 use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay};
-use baton::{Policy, trace};
+use baton::trace;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 /// Replay the policy over recorded agent traces: when would baton have compacted and rotated?
@@ -26,18 +28,8 @@ pub struct Args {
     /// Context window in tokens; required when a trace does not record its own.
     #[arg(long, value_name = "TOKENS")]
     window: Option<u64>,
-    /// Usage ratio at which a session compacts.
-    #[arg(long, default_value_t = 0.80, value_name = "RATIO")]
-    compact_at: f64,
-    /// Usage ratio at which a session rotates.
-    #[arg(long, default_value_t = 0.95, value_name = "RATIO")]
-    rotate_at: f64,
-    /// Smallest share of the context a compaction must free to be sufficient.
-    #[arg(long, default_value_t = 0.20, value_name = "RATIO")]
-    min_reduction: f64,
-    /// Compactions a session may do before it rotates instead.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    max_compactions: u32,
+    #[command(flatten)]
+    policy: PolicyArgs,
     /// Size of a compaction summary or a rotation handoff, in tokens (S).
     #[arg(long, default_value_t = ReplayOptions::DEFAULT_SUMMARY_TOKENS, value_name = "TOKENS")]
     summary_tokens: u64,
@@ -47,13 +39,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let policy = Policy::builder()
-        .compact_at(args.compact_at)
-        .rotate_at(args.rotate_at)
-        .min_reduction(args.min_reduction)
-        .max_compactions(args.max_compactions)
-        .build()
-        .context("invalid policy")?;
+    let policy = args.policy.policy()?;
     if args.window == Some(0) {
         anyhow::bail!("--window must be at least 1 token");
     }

@@ -1,0 +1,596 @@
+//! A fleet simulation on the real supervisor and session actors, with agents simulated by
+//! [`MemoryRuntime`] whose context grows the way recorded real agents grew.
+//!
+//! Each work item is worked on for a number of turns; each turn adds the tokens one call added
+//! in a recorded trace (see [`PROFILES`]), scaled to the agent type's window. The driver reports
+//! every turn's usage to the item's session and waits for the answer, and an item's agent pauses
+//! while its session compacts or rotates (as a real agent does while its history is replaced),
+//! so a seeded run makes the same decisions however the threads interleave: the same seed gives
+//! the same totals.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::machine::{Phase, SessionId};
+use crate::policy::{Policy, RotationReason};
+use crate::record::FleetEvent;
+use crate::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
+use crate::runtime::{AgentType, WorkItem, WorkItemId};
+use crate::supervisor::{Inventory, SessionHandle, Supervisor, SupervisorConfig, SupervisorError};
+use crate::usage::UsageSource;
+
+/// How a recorded agent's context grew, call by call (derived numbers only).
+#[derive(Debug, Clone, Copy)]
+pub struct Profile {
+    /// The trace it comes from.
+    pub name: &'static str,
+    /// The first call's prompt: system prompt and task.
+    pub base: u32,
+    /// How many tokens each later call added to the context (prompt plus completion).
+    pub deltas: &'static [u32],
+}
+
+/// Profiles derived from the recorded traces baton was developed against.
+pub const PROFILES: [Profile; 2] = [
+    // mini-swe-agent with deepseek-chat on a pydicom issue: 61 calls, 1,560 to 23,955 tokens.
+    Profile {
+        name: "deepseek-mini-swe-agent",
+        base: 1560,
+        deltas: &[
+            95, 682, 1226, 457, 530, 496, 740, 503, 372, 574, 131, 221, 312, 117, 368, 98, 448,
+            164, 790, 440, 170, 576, 199, 427, 442, 359, 120, 141, 235, 121, 219, 579, 168, 336,
+            1103, 114, 1138, 92, 263, 369, 320, 172, 95, 153, 539, 369, 131, 479, 175, 286, 328,
+            317, 1238, 95, 478, 311, 173, 96, 81, 530,
+        ],
+    },
+    // OpenHands with claude-3.5-sonnet driving a browser: 4 calls, 3,439 to 5,573 tokens.
+    Profile {
+        name: "claude-openhands",
+        base: 3439,
+        deltas: &[1200, 719, 111],
+    },
+];
+
+/// The window the recorded runs are scaled from: an agent type with a window of this size
+/// grows exactly as recorded; one with twice the window grows twice as fast per call (bigger
+/// models are given bigger files and outputs), which keeps turns-per-window comparable.
+const REFERENCE_WINDOW: f64 = 32_000.0;
+
+/// Tokens every session starts with (system prompt and tool schema), before its work item.
+const BASE_TOKENS: u64 = 1_000;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimulationConfig {
+    /// Live sessions at most (the supervisor's `max_sessions`).
+    pub sessions: usize,
+    /// Work items to get done.
+    pub work_items: u64,
+    /// Agent types; work items are spread over them in turn.
+    pub agent_types: Vec<(String, u64)>,
+    /// The policy for every agent type.
+    pub policy: Policy,
+    /// Share of runtime calls that fail (transiently) at random.
+    pub failure_rate: f64,
+    /// Seeds the workload and the failures.
+    pub seed: u64,
+    /// Stop after this long even if work remains.
+    pub duration: Option<Duration>,
+    /// Turns per work item: each item draws a number in this range.
+    pub turns: (u32, u32),
+    /// Share of a session's own conversation a summary keeps.
+    pub summary_ratio: f64,
+    /// Threads to run sessions on (0: the caller's).
+    pub shards: usize,
+}
+
+impl Default for SimulationConfig {
+    fn default() -> Self {
+        Self {
+            sessions: 1000,
+            work_items: 2000,
+            agent_types: vec![
+                ("sonnet".into(), 200_000),
+                ("haiku".into(), 32_000),
+                ("local-qwen".into(), 8_192),
+            ],
+            policy: Policy::default(),
+            failure_rate: 0.01,
+            seed: 42,
+            duration: None,
+            turns: (60, 240),
+            summary_ratio: 0.5,
+            shards: 0,
+        }
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, Error)]
+pub enum SimulationError {
+    /// The configuration is unusable.
+    #[error("invalid simulation: {0}")]
+    Invalid(String),
+    /// The supervisor refused something.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// Progress, reported after each round.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Progress {
+    /// Items done or given up on.
+    pub finished: u64,
+    /// Items in all.
+    pub total: u64,
+    /// Usage messages sent so far.
+    pub messages: u64,
+}
+
+/// Compaction figures of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CompactionStats {
+    /// Compactions that replaced a history.
+    pub count: u64,
+    /// Compactions that failed or timed out.
+    pub failed: u64,
+    /// Mean reduction, percent.
+    pub mean_reduction: f64,
+    /// Median reduction, percent.
+    pub p50_reduction: f64,
+    /// 95th percentile reduction, percent.
+    pub p95_reduction: f64,
+    /// Share of compactions whose reduction fell in the target band (40-50% by default).
+    pub within_target: f64,
+}
+
+/// What a simulation did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimulationReport {
+    /// The seed it ran with.
+    pub seed: u64,
+    /// Work items in all.
+    pub work_items: u64,
+    /// Work items finished.
+    pub done: u64,
+    /// Work items given up on.
+    pub dead_letters: u64,
+    /// Work items neither done nor dead when the run stopped (duration reached).
+    pub unfinished: u64,
+    /// Sessions started (first sessions, successors and restarts).
+    pub sessions_started: u64,
+    /// Compactions.
+    pub compactions: CompactionStats,
+    /// Successful rotations by reason.
+    pub rotations: BTreeMap<RotationReason, u64>,
+    /// Rotations that failed (the item went back to the queue).
+    pub failed_rotations: u64,
+    /// Handoffs baton wrote itself because the agent could not summarise.
+    pub fallback_handoffs: u64,
+    /// Spawn and assign calls retried during rotations.
+    pub retries: u64,
+    /// Runtime calls that failed but were not fatal (for example a close).
+    pub runtime_warnings: u64,
+    /// Usage messages sent.
+    pub usage_messages: u64,
+    /// Usage messages per second of wall time.
+    pub usage_messages_per_second: f64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Peak resident memory of the process, bytes (0 where unknown).
+    pub peak_memory_bytes: u64,
+}
+
+impl SimulationReport {
+    /// The figures a seed determines (everything but timing and memory): equal for two runs
+    /// with the same configuration.
+    pub fn totals(&self) -> impl PartialEq + std::fmt::Debug {
+        (
+            self.done,
+            self.dead_letters,
+            self.sessions_started,
+            self.compactions.clone(),
+            self.rotations.clone(),
+            self.failed_rotations,
+            self.fallback_handoffs,
+            self.usage_messages,
+        )
+    }
+}
+
+/// splitmix64: one well-mixed number from a seed, so every item's draws are its own.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Where one work item's simulated agent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Agent {
+    /// No session yet (queued, starting, or between sessions).
+    Waiting,
+    /// Its session is Normal: it may take a turn.
+    Ready,
+    /// A turn's usage report is out.
+    InFlight,
+    /// Its session is compacting or rotating: it pauses.
+    Paused,
+    /// Done or dead.
+    Finished,
+}
+
+struct ItemRun {
+    profile: &'static Profile,
+    /// Tokens per recorded token, for this item's window.
+    scale: f64,
+    offset: usize,
+    turns: u32,
+    done_turns: u32,
+    session: Option<SessionHandle>,
+    agent: Agent,
+}
+
+/// Everything a simulation leaves behind, for checking it.
+pub struct Recorded {
+    /// The report.
+    pub report: SimulationReport,
+    /// Every event the fleet published, in order.
+    pub events: Vec<FleetEvent>,
+    /// The simulated agents, as the run left them.
+    pub runtime: Arc<MemoryRuntime>,
+    /// Where every work item was when the run stopped (before shutdown).
+    pub inventory: Inventory,
+}
+
+/// Runs a simulation; must be called inside an actix system. `progress` is called after every
+/// round of turns.
+pub async fn run(
+    config: &SimulationConfig,
+    progress: impl FnMut(Progress),
+) -> Result<SimulationReport, SimulationError> {
+    Ok(run_inner(config, progress, false).await?.report)
+}
+
+/// Runs a simulation and keeps every event, the runtime and the final inventory, so that a
+/// test can check the invariants.
+pub async fn run_recorded(
+    config: &SimulationConfig,
+    progress: impl FnMut(Progress),
+) -> Result<Recorded, SimulationError> {
+    run_inner(config, progress, true).await
+}
+
+async fn run_inner(
+    config: &SimulationConfig,
+    mut progress: impl FnMut(Progress),
+    record: bool,
+) -> Result<Recorded, SimulationError> {
+    if config.agent_types.is_empty() || config.work_items == 0 || config.sessions == 0 {
+        return Err(SimulationError::Invalid(
+            "need at least one agent type, work item and session".into(),
+        ));
+    }
+    if !(0.0..1.0).contains(&config.failure_rate) {
+        return Err(SimulationError::Invalid(format!(
+            "failure rate {} is not in [0, 1)",
+            config.failure_rate
+        )));
+    }
+    if config.turns.0 == 0 || config.turns.0 > config.turns.1 {
+        return Err(SimulationError::Invalid(format!(
+            "turns {:?} is not a range of at least 1",
+            config.turns
+        )));
+    }
+    let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        base_tokens: BASE_TOKENS,
+        summary: SummaryModel {
+            ratio: config.summary_ratio,
+            min_tokens: 200,
+            max_tokens: 20_000,
+        },
+        random_failures: (config.failure_rate > 0.0).then_some((config.failure_rate, config.seed)),
+        ..MemoryConfig::default()
+    }));
+    let mut builder = Supervisor::builder(runtime.clone()).config(SupervisorConfig {
+        max_sessions: config.sessions,
+        shards: config.shards,
+        max_attempts: 10,
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(20),
+        ..SupervisorConfig::default()
+    });
+    for (name, window) in &config.agent_types {
+        builder =
+            builder.agent_type(AgentType::new(name, *window).with_policy(config.policy.clone()));
+    }
+    let supervisor = builder.start();
+    let mut events = supervisor.subscribe();
+
+    // The workload: each item's profile, turns and starting point come from (seed, item).
+    let mut items: HashMap<WorkItemId, ItemRun> = HashMap::new();
+    for i in 0..config.work_items {
+        let r = mix(config.seed ^ mix(i));
+        let (name, window) = &config.agent_types[(i % config.agent_types.len() as u64) as usize];
+        let profile = &PROFILES[(r % PROFILES.len() as u64) as usize];
+        let span = u64::from(config.turns.1 - config.turns.0) + 1;
+        items.insert(
+            WorkItemId(i),
+            ItemRun {
+                profile,
+                scale: *window as f64 / REFERENCE_WINDOW,
+                offset: ((r >> 16) % profile.deltas.len() as u64) as usize,
+                turns: config.turns.0 + ((r >> 32) % span) as u32,
+                done_turns: 0,
+                session: None,
+                agent: Agent::Waiting,
+            },
+        );
+        let text = format!(
+            "simulated work item {i} ({}, profile {})",
+            name, profile.name
+        );
+        supervisor
+            .submit(WorkItem {
+                id: WorkItemId(i),
+                agent_type: name.as_str().into(),
+                text,
+            })
+            .await?;
+    }
+
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut owner: HashMap<SessionId, WorkItemId> = HashMap::new();
+    let mut backlog: VecDeque<FleetEvent> = VecDeque::new();
+    let mut messages = 0u64;
+    let mut finished = 0u64;
+    let mut kept = Vec::new();
+    loop {
+        // Apply everything that happened, in order.
+        while let Some(event) = backlog.pop_front().or_else(|| events.try_recv().ok()) {
+            tally.count(&event);
+            if record {
+                kept.push(event.clone());
+            }
+            match &event {
+                FleetEvent::SessionStarted {
+                    session, work_item, ..
+                } => {
+                    owner.insert(*session, *work_item);
+                    let handle = supervisor.session(*session).await;
+                    if let Some(item) = items
+                        .get_mut(work_item)
+                        .filter(|i| i.agent != Agent::Finished)
+                    {
+                        item.agent = if handle.is_some() {
+                            Agent::Ready
+                        } else {
+                            Agent::Waiting
+                        };
+                        item.session = handle;
+                    }
+                }
+                FleetEvent::Transition(t) => {
+                    let Some(item) = owner.get(&t.session).and_then(|id| items.get_mut(id)) else {
+                        continue;
+                    };
+                    let current = item
+                        .session
+                        .as_ref()
+                        .is_some_and(|h| h.session == t.session);
+                    if current && !matches!(item.agent, Agent::Finished | Agent::InFlight) {
+                        item.agent = match t.to {
+                            Phase::Normal => Agent::Ready,
+                            Phase::Compacting | Phase::Rotating => Agent::Paused,
+                            Phase::Closed => Agent::Waiting,
+                        };
+                    }
+                }
+                FleetEvent::WorkItemDone { work_item, .. }
+                | FleetEvent::DeadLetter { work_item, .. } => {
+                    if let Some(item) = items
+                        .get_mut(work_item)
+                        .filter(|i| i.agent != Agent::Finished)
+                    {
+                        item.agent = Agent::Finished;
+                        finished += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        progress(Progress {
+            finished,
+            total: config.work_items,
+            messages,
+        });
+        if finished == config.work_items || config.duration.is_some_and(|d| started.elapsed() >= d)
+        {
+            break;
+        }
+        // One turn for every ready agent; all reports in flight at once.
+        let mut turns = Vec::new();
+        for (id, item) in items.iter_mut().filter(|(_, i)| i.agent == Agent::Ready) {
+            let Some(handle) = item.session.clone() else {
+                continue;
+            };
+            item.agent = Agent::InFlight;
+            if item.done_turns >= item.turns {
+                // The agent finished its work.
+                turns.push((*id, handle, None));
+                continue;
+            }
+            let step = item.profile.deltas
+                [(item.offset + item.done_turns as usize) % item.profile.deltas.len()];
+            let tokens = (f64::from(step) * item.scale).round() as u64;
+            item.done_turns += 1;
+            match runtime.grow(handle.session, tokens) {
+                Ok(usage) => turns.push((*id, handle, Some(usage.used()))),
+                Err(_) => item.agent = Agent::Waiting,
+            }
+        }
+        if turns.is_empty() {
+            // Nothing to do until something happens.
+            match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+                Ok(Some(event)) => backlog.push_back(event),
+                _ => break,
+            }
+            continue;
+        }
+        messages += turns.iter().filter(|t| t.2.is_some()).count() as u64;
+        let answers = join_all(turns.iter().map(|(_, handle, used)| {
+            let (handle, supervisor, used) = (handle.clone(), supervisor.clone(), *used);
+            async move {
+                match used {
+                    Some(used) => {
+                        handle
+                            .report_usage_and_wait(used, None, UsageSource::Reported)
+                            .await
+                    }
+                    None => {
+                        let _ = supervisor.close(handle.session).await;
+                        None
+                    }
+                }
+            }
+        }))
+        .await;
+        for ((id, _, used), phase) in turns.iter().zip(answers) {
+            let item = items.get_mut(id).expect("known item");
+            if item.agent == Agent::InFlight {
+                item.agent = match (used, phase) {
+                    (Some(_), Some(Phase::Normal)) => Agent::Ready,
+                    (Some(_), Some(Phase::Compacting | Phase::Rotating)) => Agent::Paused,
+                    _ => Agent::Waiting,
+                };
+            }
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let inventory = supervisor.inventory().await?;
+    supervisor.shutdown(Duration::from_secs(30)).await;
+    let mut report = tally.report(config, seconds, messages);
+    report.unfinished = config.work_items - report.done - report.dead_letters;
+    Ok(Recorded {
+        report,
+        events: kept,
+        runtime,
+        inventory,
+    })
+}
+
+/// Counts what the event stream reported.
+#[derive(Default)]
+struct Tally {
+    started: u64,
+    done: u64,
+    dead: u64,
+    reductions: Vec<f64>,
+    within_target: u64,
+    failed_compactions: u64,
+    rotations: BTreeMap<RotationReason, u64>,
+    failed_rotations: u64,
+    fallbacks: u64,
+    retries: u64,
+    warnings: u64,
+}
+
+impl Tally {
+    fn count(&mut self, event: &FleetEvent) {
+        match event {
+            FleetEvent::SessionStarted { .. } => self.started += 1,
+            FleetEvent::WorkItemDone { .. } => self.done += 1,
+            FleetEvent::DeadLetter { .. } => self.dead += 1,
+            FleetEvent::Compaction(c) if c.success => {
+                self.reductions.push(c.reduction_percent);
+                self.within_target += u64::from(c.within_target);
+            }
+            FleetEvent::Compaction(_) => self.failed_compactions += 1,
+            FleetEvent::Rotation(r) => {
+                if r.success {
+                    *self.rotations.entry(r.reason).or_insert(0) += 1;
+                } else {
+                    self.failed_rotations += 1;
+                }
+                self.fallbacks += u64::from(r.handoff_fallback);
+                // One spawn and one assign is the minimum.
+                self.retries += u64::from(r.attempts.saturating_sub(2));
+            }
+            FleetEvent::RuntimeWarning { .. } => self.warnings += 1,
+            _ => {}
+        }
+    }
+
+    fn report(
+        mut self,
+        config: &SimulationConfig,
+        seconds: f64,
+        messages: u64,
+    ) -> SimulationReport {
+        self.reductions.sort_by(f64::total_cmp);
+        let n = self.reductions.len();
+        let pct = |p: f64| {
+            if n == 0 {
+                0.0
+            } else {
+                self.reductions[((n - 1) as f64 * p).round() as usize]
+            }
+        };
+        let compactions = CompactionStats {
+            count: n as u64,
+            failed: self.failed_compactions,
+            mean_reduction: if n == 0 {
+                0.0
+            } else {
+                self.reductions.iter().sum::<f64>() / n as f64
+            },
+            p50_reduction: pct(0.50),
+            p95_reduction: pct(0.95),
+            within_target: if n == 0 {
+                0.0
+            } else {
+                self.within_target as f64 / n as f64
+            },
+        };
+        SimulationReport {
+            seed: config.seed,
+            work_items: config.work_items,
+            done: self.done,
+            dead_letters: self.dead,
+            unfinished: 0,
+            sessions_started: self.started,
+            compactions,
+            rotations: self.rotations,
+            failed_rotations: self.failed_rotations,
+            fallback_handoffs: self.fallbacks,
+            retries: self.retries,
+            runtime_warnings: self.warnings,
+            usage_messages: messages,
+            usage_messages_per_second: messages as f64 / seconds.max(1e-9),
+            seconds,
+            peak_memory_bytes: peak_rss(),
+        }
+    }
+}
+
+/// The process's peak resident memory (VmHWM), where the OS reports it.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
