@@ -968,54 +968,43 @@ impl Handler<Submit> for Supervisor {
     }
 }
 
-/// Route a usage reading to a session.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-struct RouteUsage(SessionId, ReportUsage);
-
-impl Handler<RouteUsage> for Supervisor {
-    type Result = Result<(), SupervisorError>;
-
-    fn handle(
-        &mut self,
-        RouteUsage(session, usage): RouteUsage,
-        _: &mut Self::Context,
-    ) -> Self::Result {
-        match self.sessions.get(&session) {
-            Some(e) => {
-                e.addr.do_send(usage);
-                Ok(())
-            }
-            None => {
-                let error = SupervisorError::UnknownSession(session);
-                self.bus.publish(FleetEvent::Rejected {
-                    session: Some(session),
-                    error: error.to_string(),
-                });
-                Err(error)
-            }
-        }
-    }
+/// Something for a live session, routed by the supervisor.
+#[derive(Debug)]
+enum ForSession {
+    /// A usage reading.
+    Usage(ReportUsage),
+    /// An order.
+    Command(Command),
 }
 
-/// Send a command to a live session.
+/// Route a message to a live session; an unknown session is an error (and, for usage, a
+/// rejected input on the event stream).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), SupervisorError>")]
-struct ToSession(SessionId, Command);
+struct ToSession(SessionId, ForSession);
 
 impl Handler<ToSession> for Supervisor {
     type Result = Result<(), SupervisorError>;
 
     fn handle(
         &mut self,
-        ToSession(session, cmd): ToSession,
+        ToSession(session, msg): ToSession,
         _: &mut Self::Context,
     ) -> Self::Result {
-        let e = self
-            .sessions
-            .get(&session)
-            .ok_or(SupervisorError::UnknownSession(session))?;
-        e.addr.do_send(cmd);
+        let Some(e) = self.sessions.get(&session) else {
+            let error = SupervisorError::UnknownSession(session);
+            if matches!(msg, ForSession::Usage(_)) {
+                self.bus.publish(FleetEvent::Rejected {
+                    session: Some(session),
+                    error: error.to_string(),
+                });
+            }
+            return Err(error);
+        };
+        match msg {
+            ForSession::Usage(usage) => e.addr.do_send(usage),
+            ForSession::Command(cmd) => e.addr.do_send(cmd),
+        }
         Ok(())
     }
 }
@@ -1249,13 +1238,13 @@ impl SupervisorHandle {
         source: UsageSource,
     ) -> Result<(), SupervisorError> {
         self.addr
-            .send(RouteUsage(
+            .send(ToSession(
                 session,
-                ReportUsage {
+                ForSession::Usage(ReportUsage {
                     used,
                     window,
                     source,
-                },
+                }),
             ))
             .await
             .or_else(gone)?
@@ -1269,7 +1258,7 @@ impl SupervisorHandle {
     /// Closes a session: its work item is done.
     pub async fn close(&self, session: SessionId) -> Result<(), SupervisorError> {
         self.addr
-            .send(ToSession(session, Command::Close))
+            .send(ToSession(session, ForSession::Command(Command::Close)))
             .await
             .or_else(gone)?
     }
@@ -1277,7 +1266,7 @@ impl SupervisorHandle {
     /// Rotates a session now (reason `manual`).
     pub async fn rotate(&self, session: SessionId) -> Result<(), SupervisorError> {
         self.addr
-            .send(ToSession(session, Command::Rotate))
+            .send(ToSession(session, ForSession::Command(Command::Rotate)))
             .await
             .or_else(gone)?
     }

@@ -136,6 +136,18 @@ pub struct SimSession {
     pub compactions: u32,
 }
 
+impl SimSession {
+    /// Its usage as the provider would report it.
+    fn usage(&self) -> Result<Usage, RuntimeError> {
+        Usage::new(
+            self.used.min(Usage::MAX_TOKENS),
+            self.window,
+            UsageSource::Reported,
+        )
+        .map_err(|e| RuntimeError::permanent(e.to_string()))
+    }
+}
+
 /// The in-memory runtime. Cheap to share behind an `Arc`; all state is behind short locks
 /// never held across an await.
 #[derive(Debug)]
@@ -194,12 +206,7 @@ impl MemoryRuntime {
     pub fn grow(&self, session: SessionId, tokens: u64) -> Result<Usage, RuntimeError> {
         self.with_session(session, |s| {
             s.used = s.used.saturating_add(tokens);
-            Usage::new(
-                s.used.min(Usage::MAX_TOKENS),
-                s.window,
-                UsageSource::Reported,
-            )
-            .map_err(|e| RuntimeError::permanent(e.to_string()))
+            s.usage()
         })?
     }
 
@@ -405,13 +412,6 @@ impl AgentRuntime for MemoryRuntime {
 
     async fn usage(&self, session: SessionId) -> Result<Usage, RuntimeError> {
         self.enter(Op::Usage, self.subject(session)).await?;
-        self.with_session(session, |s| {
-            Usage::new(
-                s.used.min(Usage::MAX_TOKENS),
-                s.window,
-                UsageSource::Reported,
-            )
-            .map_err(|e| RuntimeError::permanent(e.to_string()))
-        })?
+        self.with_session(session, |s| s.usage())?
     }
 }
