@@ -2,6 +2,7 @@
 //!
 //! `baton replay` replays the compaction and rotation policy over recorded agent traces.
 
+mod chart;
 mod replay;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,123 @@
+//! Format detection from the content: the first line of JSON Lines, or the top-level keys of a
+//! single document.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use super::Format;
+
+/// What the content looks like.
+pub(super) enum Shape {
+    /// JSON Lines of a known format: the first line is a complete object with its keys.
+    Lines(Format),
+    /// JSON Lines of objects no format recognises; the hint describes the first one.
+    UnknownLines(String),
+    /// One JSON document (or a single line that is not a line format).
+    Document,
+}
+
+/// The keys that tell formats apart. Everything else is skipped without being stored.
+#[derive(Deserialize, Default)]
+pub(super) struct Keys {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    payload: Option<IgnoredAny>,
+    #[serde(rename = "sessionId")]
+    session_id: Option<IgnoredAny>,
+    uuid: Option<IgnoredAny>,
+    message: Option<IgnoredAny>,
+    prompt_tokens: Option<IgnoredAny>,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) instance_id: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) metrics: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) history: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) messages: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) trajectory: bool,
+    #[serde(default, deserialize_with = "present")]
+    pub(super) info: bool,
+}
+
+/// A key that is present (with any value) reads as `true`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+impl Keys {
+    /// The line format these keys belong to, if any.
+    fn line_format(&self) -> Option<Format> {
+        let kind = self.kind.as_ref().and_then(Value::as_str);
+        if self.prompt_tokens.is_some() {
+            Some(Format::SeriesJsonl)
+        } else if kind.is_some() && self.payload.is_some() {
+            Some(Format::CodexRollout)
+        } else if kind.is_some()
+            && (self.session_id.is_some() || self.uuid.is_some() || self.message.is_some())
+        {
+            Some(Format::ClaudeCode)
+        } else if self.instance_id && (self.metrics || self.history) {
+            Some(Format::OpenHandsOutput)
+        } else {
+            None
+        }
+    }
+}
+
+/// Classifies `body` (non-empty, starting like JSON) by its first non-blank line.
+pub(super) fn detect(body: &str) -> Shape {
+    let mut lines = body.lines().filter(|l| !l.trim().is_empty());
+    let Some(first) = lines.next() else {
+        return Shape::Document;
+    };
+    let first = first.trim();
+    if !first.starts_with('{') {
+        return Shape::Document;
+    }
+    let Ok(keys) = serde_json::from_str::<Keys>(first) else {
+        // Not a complete object on its own line: a pretty-printed document (or a broken one).
+        return Shape::Document;
+    };
+    match keys.line_format() {
+        Some(f) => Shape::Lines(f),
+        None if lines.next().is_some() => Shape::UnknownLines(format!(
+            "JSON Lines whose first object has the keys [{}]",
+            object_keys(first)
+        )),
+        None => Shape::Document,
+    }
+}
+
+/// The top-level keys of a document, read in one pass that stores nothing else.
+pub(super) fn document_keys(text: &str) -> Result<Keys, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// The format a document that does not parse was most likely meant to be, judged from the
+/// keys its first few kilobytes mention.
+pub(super) fn guess_broken(text: &str) -> Format {
+    let head = match text.char_indices().nth(4096) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    };
+    let has = |k: &str| head.contains(k);
+    if has("\"trajectory\"") && has("\"history\"") {
+        Format::SweAgent
+    } else if has("\"messages\"") {
+        Format::MiniSweAgent
+    } else if has("\"instance_id\"") && has("\"metrics\"") {
+        Format::OpenHandsOutput
+    } else {
+        Format::MiniSweAgent
+    }
+}
+
+fn object_keys(line: &str) -> String {
+    match serde_json::from_str::<Value>(line) {
+        Ok(Value::Object(map)) => map.keys().cloned().collect::<Vec<_>>().join(", "),
+        _ => String::new(),
+    }
+}
