@@ -26,6 +26,8 @@ pub(super) struct Keys {
     #[serde(rename = "sessionId")]
     session_id: Option<IgnoredAny>,
     uuid: Option<IgnoredAny>,
+    #[serde(rename = "leafUuid")]
+    leaf_uuid: Option<IgnoredAny>,
     message: Option<IgnoredAny>,
     prompt_tokens: Option<IgnoredAny>,
     #[serde(default, deserialize_with = "present")]
@@ -56,7 +58,10 @@ impl Keys {
         } else if kind.is_some() && self.payload.is_some() {
             Some(Format::CodexRollout)
         } else if kind.is_some()
-            && (self.session_id.is_some() || self.uuid.is_some() || self.message.is_some())
+            && (self.session_id.is_some()
+                || self.uuid.is_some()
+                || self.leaf_uuid.is_some()
+                || self.message.is_some())
         {
             Some(Format::ClaudeCode)
         } else if self.instance_id && (self.metrics || self.history) {
@@ -104,12 +109,15 @@ pub(super) fn guess_broken(text: &str) -> Format {
         None => text,
     };
     let has = |k: &str| head.contains(k);
-    if has("\"trajectory\"") && has("\"history\"") {
+    // SWE-agent's `trajectory` comes first; its `history` may be far down the file.
+    if has("\"trajectory\"") {
         Format::SweAgent
     } else if has("\"messages\"") {
         Format::MiniSweAgent
-    } else if has("\"instance_id\"") && has("\"metrics\"") {
+    } else if has("\"instance_id\"") {
         Format::OpenHandsOutput
+    } else if has("\"history\"") {
+        Format::SweAgent
     } else {
         Format::MiniSweAgent
     }
