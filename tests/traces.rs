@@ -196,6 +196,17 @@ fn one_line_documents_and_pretty_lines_are_told_apart() {
     assert_eq!(parse(swe).unwrap()[0].format, Format::SweAgent);
 }
 
+#[test]
+fn a_log_opening_with_records_that_name_no_format_is_still_recognised() {
+    let text = concat!(
+        "{\"note\": \"opened\"}\n",
+        "{\"type\": \"assistant\", \"sessionId\": \"s\", \"message\": {\"id\": \"m1\", \"usage\": {\"input_tokens\": 2, \"cache_read_input_tokens\": 900, \"output_tokens\": 7}}}\n",
+    );
+    let t = &parse(text).unwrap()[0];
+    assert_eq!(t.format, Format::ClaudeCode);
+    assert_eq!(t.calls, calls(&[(902, 7)]));
+}
+
 // ===== error paths =====
 
 #[test]

@@ -25,21 +25,27 @@ const FORMAT: Format = Format::ClaudeCode;
 /// The part of every record needed to tell an assistant record apart.
 #[derive(Deserialize)]
 struct Head {
+    /// `assistant` for the records that carry usage.
     #[serde(rename = "type")]
     kind: Option<Value>,
+    /// A sub-agent's record: another context, left out.
     #[serde(rename = "isSidechain")]
     is_sidechain: Option<bool>,
 }
 
 #[derive(Deserialize)]
 struct Assistant {
+    /// The Anthropic response (one content block of it).
     message: Option<ApiMessage>,
 }
 
 #[derive(Deserialize)]
 struct ApiMessage {
+    /// The response id, shared by the records of one response: the dedupe key.
     id: Option<String>,
+    /// `<synthetic>` marks Claude Code's own error messages, not model calls.
     model: Option<String>,
+    /// Anthropic's usage object.
     usage: Option<Value>,
 }
 

@@ -23,29 +23,39 @@ const FORMAT: Format = Format::CodexRollout;
 
 #[derive(Deserialize)]
 struct Line {
+    /// `event_msg` for the lines that can carry usage.
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// The event.
     payload: Option<Payload>,
 }
 
 #[derive(Deserialize)]
 struct Payload {
+    /// `token_count` for usage events.
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// The usage; `null` before the first response.
     info: Option<Info>,
 }
 
 #[derive(Deserialize)]
 struct Info {
+    /// The running billing total: only used to spot a repeated event.
     total_token_usage: Option<TokenUsage>,
+    /// The latest response: the call's context.
     last_token_usage: Option<TokenUsage>,
+    /// The window Codex measures against.
     model_context_window: Option<f64>,
 }
 
 #[derive(Deserialize, PartialEq)]
 struct TokenUsage {
+    /// The prompt, cached part included.
     input_tokens: Option<f64>,
+    /// The reply, reasoning included.
     output_tokens: Option<f64>,
+    /// `input + output`; validated, and compared to spot repeats.
     total_tokens: Option<f64>,
 }
 

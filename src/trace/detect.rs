@@ -20,26 +20,42 @@ pub(super) enum Shape {
 /// The keys that tell formats apart. Everything else is skipped without being stored.
 #[derive(Deserialize, Default)]
 pub(super) struct Keys {
+    /// `type`: a Codex rollout line or a Claude Code record (a string in both).
     #[serde(rename = "type")]
     kind: Option<Value>,
+    /// `payload`: with `type`, a Codex rollout line.
     payload: Option<IgnoredAny>,
+    /// `sessionId`: with `type`, a Claude Code record.
     #[serde(rename = "sessionId")]
     session_id: Option<IgnoredAny>,
+    /// `uuid`: with `type`, a Claude Code record.
     uuid: Option<IgnoredAny>,
+    /// `leafUuid`: with `type`, Claude Code's summary record (often the first line).
     #[serde(rename = "leafUuid")]
     leaf_uuid: Option<IgnoredAny>,
+    /// `message`: with `type`, a Claude Code record.
     message: Option<IgnoredAny>,
+    /// `messageId`: with `type`, Claude Code's file-history snapshot record.
+    #[serde(rename = "messageId")]
+    message_id: Option<IgnoredAny>,
+    /// `prompt_tokens`: a plain series line.
     prompt_tokens: Option<IgnoredAny>,
+    /// `instance_id`: with `metrics` or `history`, an OpenHands evaluation instance.
     #[serde(default, deserialize_with = "present")]
     pub(super) instance_id: bool,
+    /// `metrics`: see `instance_id`.
     #[serde(default, deserialize_with = "present")]
     pub(super) metrics: bool,
+    /// `history`: SWE-agent's message list (or an OpenHands instance's events).
     #[serde(default, deserialize_with = "present")]
     pub(super) history: bool,
+    /// `messages`: a mini-swe-agent trajectory.
     #[serde(default, deserialize_with = "present")]
     pub(super) messages: bool,
+    /// `trajectory`: with `history`, a SWE-agent trajectory.
     #[serde(default, deserialize_with = "present")]
     pub(super) trajectory: bool,
+    /// `info`: with `history`, a SWE-agent trajectory.
     #[serde(default, deserialize_with = "present")]
     pub(super) info: bool,
 }
@@ -61,6 +77,7 @@ impl Keys {
             && (self.session_id.is_some()
                 || self.uuid.is_some()
                 || self.leaf_uuid.is_some()
+                || self.message_id.is_some()
                 || self.message.is_some())
         {
             Some(Format::ClaudeCode)
@@ -72,7 +89,12 @@ impl Keys {
     }
 }
 
-/// Classifies `body` (non-empty, starting like JSON) by its first non-blank line.
+/// Lines looked at to recognise a JSON Lines format: some logs open with records that do not
+/// name their format (Claude Code's file-history snapshots).
+const SNIFF_LINES: usize = 8;
+
+/// Classifies `body` (non-empty, starting like JSON): JSON Lines when its first non-blank line
+/// is a complete object, by the first of its first few lines whose keys name a format.
 pub(super) fn detect(body: &str) -> Shape {
     let mut lines = body.lines().filter(|l| !l.trim().is_empty());
     let Some(first) = lines.next() else {
@@ -86,13 +108,24 @@ pub(super) fn detect(body: &str) -> Shape {
         // Not a complete object on its own line: a pretty-printed document (or a broken one).
         return Shape::Document;
     };
-    match keys.line_format() {
+    if let Some(f) = keys.line_format() {
+        return Shape::Lines(f);
+    }
+    let mut more = lines.take(SNIFF_LINES - 1).peekable();
+    if more.peek().is_none() {
+        return Shape::Document;
+    }
+    let found = more.find_map(|line| {
+        serde_json::from_str::<Keys>(line.trim())
+            .ok()
+            .and_then(|k| k.line_format())
+    });
+    match found {
         Some(f) => Shape::Lines(f),
-        None if lines.next().is_some() => Shape::UnknownLines(format!(
+        None => Shape::UnknownLines(format!(
             "JSON Lines whose first object has the keys [{}]",
             object_keys(first)
         )),
-        None => Shape::Document,
     }
 }
 

@@ -20,21 +20,27 @@ const FORMAT: Format = Format::OpenHandsEvents;
 
 #[derive(Deserialize)]
 struct Event {
+    /// Present on events the model caused; holds its response.
     tool_call_metadata: Option<Metadata>,
+    /// The event is an action (tells an event stream from another list).
     #[serde(default, deserialize_with = "present")]
     action: bool,
+    /// The event is an observation (likewise).
     #[serde(default, deserialize_with = "present")]
     observation: bool,
 }
 
 #[derive(Deserialize)]
 struct Metadata {
+    /// litellm's ChatCompletion for the call.
     model_response: Option<ModelResponse>,
 }
 
 #[derive(Deserialize)]
 struct ModelResponse {
+    /// The response id, repeated on the observation: the dedupe key.
     id: Option<String>,
+    /// The usage object, read by the provider parser.
     usage: Option<Value>,
 }
 

@@ -17,21 +17,29 @@ const FORMAT: Format = Format::OpenHandsOutput;
 
 #[derive(Deserialize)]
 struct Instance {
+    /// The benchmark instance: the trace's name.
     instance_id: Option<Value>,
+    /// Where the per-call usage is.
     metrics: Option<Metrics>,
 }
 
 #[derive(Deserialize)]
 struct Metrics {
+    /// One entry per model call, in order.
     token_usages: Option<Vec<TokenUsage>>,
 }
 
 #[derive(Deserialize)]
 struct TokenUsage {
+    /// litellm's prompt tokens (normally with the cache folded in).
     prompt_tokens: Option<f64>,
+    /// The reply.
     completion_tokens: Option<f64>,
+    /// Tokens read from the prompt cache.
     cache_read_tokens: Option<f64>,
+    /// Tokens written to the prompt cache.
     cache_write_tokens: Option<f64>,
+    /// The model's window, in newer versions (0 when unknown).
     context_window: Option<f64>,
 }
 

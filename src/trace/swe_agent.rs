@@ -23,18 +23,23 @@ const ENCODING: Encoding = Encoding::Cl100kBase;
 
 #[derive(Deserialize)]
 struct Doc {
+    /// Every message, in order; each assistant message is one model call.
     history: Vec<Value>,
+    /// Where the recorded totals are.
     info: Option<Info>,
 }
 
 #[derive(Deserialize)]
 struct Info {
+    /// The run's totals.
     model_stats: Option<ModelStats>,
 }
 
 #[derive(Deserialize)]
 struct ModelStats {
+    /// Sum of every call's prompt, to check the rebuilt calls against.
     tokens_sent: Option<f64>,
+    /// Sum of every call's completion, likewise.
     tokens_received: Option<f64>,
 }
 
