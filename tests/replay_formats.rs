@@ -124,3 +124,42 @@ fn chart_to_an_unwritable_path_is_an_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("chart"), "{}", stderr(&o));
 }
+
+/// The per-call series behind the chart agrees with the report: one entry per call, a drop
+/// exactly at the calls with events, and the context that triggered each event.
+#[test]
+fn modelled_series_matches_the_report() {
+    use baton::replay::{ReplayOptions, replay, replay_with_series};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/deepseek-pydicom-901.jsonl");
+    let t = &baton::trace::read_path(&path).unwrap()[0];
+    let opts = ReplayOptions {
+        window: Some(8192),
+        ..ReplayOptions::default()
+    };
+    let (report, series) = replay_with_series(t, &opts).unwrap();
+    assert_eq!(report, replay(t, &opts).unwrap(), "same report as replay()");
+    assert_eq!(series.len(), t.calls.len());
+    assert!(series.iter().enumerate().all(|(i, c)| c.call == i + 1));
+    let dropped: Vec<usize> = series
+        .iter()
+        .filter(|c| c.after.is_some())
+        .map(|c| c.call)
+        .collect();
+    let mut event_calls: Vec<usize> = report.events.iter().map(|e| e.call).collect();
+    event_calls.dedup();
+    assert_eq!(dropped, event_calls);
+    for e in &report.events {
+        let c = &series[e.call - 1];
+        assert_eq!(
+            (c.used, c.after, c.session),
+            (e.before, Some(e.after), e.session)
+        );
+    }
+    assert_eq!(
+        series.iter().map(|c| c.used).max(),
+        Some(report.totals.peak_used)
+    );
+    // Before the first event the series is the trace itself.
+    assert_eq!(series[0].used, t.calls[0].context());
+}
