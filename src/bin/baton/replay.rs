@@ -24,7 +24,8 @@ use crate::chart::{Panel, draw};
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Trace files to replay, one report each.
+    /// Trace files to replay, one report per trace (an OpenHands output.jsonl holds one per
+    /// instance).
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Context window in tokens; required when a trace does not record its own.
