@@ -11,3 +11,5 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+echo "== doctests (the README's examples included)"
+cargo test --locked --doc

@@ -12,6 +12,7 @@
 //! | [`usage`] | [`Usage`]: one validated reading of a session's context, and where it came from |
 //! | [`policy`] | [`Policy`]: thresholds and limits, validated; [`Policy::decide`], the pure decision |
 //! | [`machine`] | the statig state machine (Normal, Compacting, Rotating, Closed) and its records |
+//! | [`provider`] | honest token accounting: provider usage objects, windows, tiktoken estimates, calibration, a per-session tracker |
 //! | [`trace`] | readers of recorded agent traces: per-call token usage |
 //! | [`replay`] | the policy replayed over a trace, driving the real machine |
 //! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`] |
@@ -26,6 +27,7 @@
 
 pub mod machine;
 pub mod policy;
+pub mod provider;
 pub mod record;
 pub mod replay;
 pub mod runtime;

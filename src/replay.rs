@@ -13,6 +13,9 @@
 //!   is modelled as `used_i - used_k + after` (never below zero); before any, as `used_i`;
 //! * each modelled figure is fed to the machine as a usage message, in call order, so an
 //!   insufficient compaction yields a compaction event and a rotation event at the same call.
+//!
+//! [`replay_with_series`] also returns the modelled context of every call ([`ModelledCall`]),
+//! which `baton replay --chart` draws; [`replay`] returns the report alone (the `--json` shape).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -152,8 +155,32 @@ pub struct ReplayReport {
     pub totals: Totals,
 }
 
+/// The modelled context at one call, for charts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelledCall {
+    /// The 1-based call.
+    pub call: usize,
+    /// The modelled context fed to the machine at this call (before any compaction or
+    /// rotation it triggered).
+    pub used: u64,
+    /// The context left when the call compacted or rotated (base + S), so that a chart can
+    /// draw the drop at the call where it happened.
+    pub after: Option<u64>,
+    /// The session (numbered from 1) that made the call.
+    pub session: u32,
+}
+
 /// Replays `trace` under `opts`.
 pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    replay_with_series(trace, opts).map(|(report, _)| report)
+}
+
+/// Replays `trace` under `opts`, and also returns the modelled context of every call, in call
+/// order (one entry per call).
+pub fn replay_with_series(
+    trace: &Trace,
+    opts: &ReplayOptions,
+) -> Result<(ReplayReport, Vec<ModelledCall>), ReplayError> {
     let window = opts
         .window
         .or(trace.window)
@@ -171,17 +198,22 @@ pub fn replay(trace: &Trace, opts: &ReplayOptions) -> Result<ReplayReport, Repla
         peak: 0,
         reductions: Vec::new(),
         in_target: 0,
+        series: Vec::with_capacity(trace.calls.len()),
     };
     for (i, call) in trace.calls.iter().enumerate() {
         run.call(i + 1, call.context())?;
     }
-    Ok(run.report())
+    let series = std::mem::take(&mut run.series);
+    Ok((run.report(), series))
 }
 
 /// The state of one replay.
 struct Run<'a> {
+    /// The trace replayed.
     trace: &'a Trace,
+    /// The policy, window override and S.
     opts: &'a ReplayOptions,
+    /// The window in use (the option's, else the trace's).
     window: u64,
     /// The live session's number.
     session_no: u32,
@@ -189,10 +221,16 @@ struct Run<'a> {
     machine: SessionMachine,
     /// `(used_k, after)` of the last compaction or rotation.
     anchor: Option<(u64, u64)>,
+    /// Compactions and rotations so far, in call order.
     events: Vec<ReplayEvent>,
+    /// The largest modelled context fed to a machine so far.
     peak: u64,
+    /// The reduction of every compaction so far.
     reductions: Vec<f64>,
+    /// Compactions so far whose reduction fell in the target band.
     in_target: usize,
+    /// The modelled context of every call so far.
+    series: Vec<ModelledCall>,
 }
 
 impl Run<'_> {
@@ -215,6 +253,8 @@ impl Run<'_> {
                 source,
             })?;
         self.peak = self.peak.max(modelled);
+        let session = self.session_no;
+        let events_before = self.events.len();
         let mut queue = VecDeque::new();
         self.feed(call, Event::Usage(usage), &mut queue)?;
         let after = self.base() + self.opts.summary_tokens;
@@ -271,6 +311,12 @@ impl Run<'_> {
                 Effect::Stop => {}
             }
         }
+        self.series.push(ModelledCall {
+            call,
+            used: modelled,
+            after: (self.events.len() > events_before).then_some(after),
+            session,
+        });
         Ok(())
     }
 

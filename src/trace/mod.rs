@@ -9,14 +9,29 @@
 //! | format | what it looks like | where the usage is |
 //! | --- | --- | --- |
 //! | [`Format::MiniSweAgent`] | one JSON object `{info, messages[]}` (`*.traj.json`) | `messages[].extra.response.usage` of assistant messages |
+//! | [`Format::SweAgent`] | one JSON object `{environment, trajectory[], history[], info}` (`*.traj`) | none per call: each call's prompt is rebuilt from `history` and counted with `cl100k_base` (GPT-4's vocabulary) |
+//! | [`Format::OpenHandsEvents`] | a JSON list of events `{id, source, action\|observation, ...}` | `tool_call_metadata.model_response.usage`, once per distinct `model_response.id` (each response is repeated on its observation) |
+//! | [`Format::OpenHandsOutput`] | evaluation `output.jsonl`: one instance per line, each its own trace named by `instance_id` | `metrics.token_usages[]` (`prompt_tokens`, `completion_tokens`, cache fields, `context_window` where recorded) |
+//! | [`Format::CodexRollout`] | Codex CLI `rollout-*.jsonl`: `{timestamp, type, payload}` per line | `token_count` events: `info.last_token_usage`, window `info.model_context_window` |
+//! | [`Format::ClaudeCode`] | Claude Code session `*.jsonl`: `{type, message, sessionId, uuid, ...}` per line | assistant `message.usage`, Anthropic's shape with the cache fields, once per `message.id` |
 //! | [`Format::SeriesJsonl`] | JSON Lines, one object per call | `prompt_tokens`, `completion_tokens` on each line |
 //! | [`Format::SeriesCsv`] | CSV with a header row | columns `prompt_tokens`, `completion_tokens` |
 //!
+//! Each call's `prompt_tokens` is the whole context the call sent (for Anthropic-shaped usage,
+//! input plus both cache fields), never a sum over calls. [`Format::usage_source`] says whether
+//! a format's figures were reported by the provider or counted by baton.
+//!
 //! A missing, unreadable, empty, broken or unknown file is a [`TraceError`] that names the file,
-//! where it broke, and what was expected.
+//! where it broke, and what was expected (for an unknown file: every format tried).
 
+mod claude_code;
+mod codex;
+mod detect;
 mod mini_swe;
+mod openhands_events;
+mod openhands_output;
 mod series;
+mod swe_agent;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -24,7 +39,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::usage::UsageError;
+use crate::provider::ProviderError;
+use crate::usage::{UsageError, UsageSource};
 
 /// Token usage of one model call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,11 +81,39 @@ pub enum Format {
     SeriesJsonl,
     /// A plain series as CSV.
     SeriesCsv,
+    /// SWE-agent trajectory (`*.traj`): totals only, calls rebuilt from `history`.
+    SweAgent,
+    /// OpenHands event stream (a JSON list of events).
+    OpenHandsEvents,
+    /// OpenHands evaluation output (`output.jsonl`, one instance per line).
+    OpenHandsOutput,
+    /// Codex CLI rollout (`rollout-*.jsonl`).
+    CodexRollout,
+    /// Claude Code session log (`~/.claude/projects/*/*.jsonl`).
+    ClaudeCode,
 }
 
 impl Format {
     /// Every format, in the order detection tries them.
-    pub const ALL: [Format; 3] = [Format::MiniSweAgent, Format::SeriesJsonl, Format::SeriesCsv];
+    pub const ALL: [Format; 8] = [
+        Format::MiniSweAgent,
+        Format::SweAgent,
+        Format::OpenHandsEvents,
+        Format::OpenHandsOutput,
+        Format::CodexRollout,
+        Format::ClaudeCode,
+        Format::SeriesJsonl,
+        Format::SeriesCsv,
+    ];
+
+    /// Whether the format's figures are the provider's ([`UsageSource::Reported`]) or counted
+    /// by baton ([`UsageSource::Estimated`]: SWE-agent records totals only).
+    pub fn usage_source(&self) -> UsageSource {
+        match self {
+            Format::SweAgent => UsageSource::Estimated,
+            _ => UsageSource::Reported,
+        }
+    }
 
     /// What the format looks like, for error messages and `--help`.
     pub fn describe(&self) -> &'static str {
@@ -83,6 +127,19 @@ impl Format {
             Format::SeriesCsv => {
                 "usage series as CSV (header with prompt_tokens,completion_tokens)"
             }
+            Format::SweAgent => {
+                "SWE-agent trajectory (JSON object with history[] and info.model_stats)"
+            }
+            Format::OpenHandsEvents => {
+                "OpenHands event stream (JSON list of events with tool_call_metadata.model_response.usage)"
+            }
+            Format::OpenHandsOutput => {
+                "OpenHands evaluation output (JSON Lines with instance_id and metrics.token_usages[])"
+            }
+            Format::CodexRollout => {
+                "Codex rollout (JSON Lines of {type, payload} with token_count events)"
+            }
+            Format::ClaudeCode => "Claude Code session (JSON Lines with assistant message.usage)",
         }
     }
 }
@@ -93,6 +150,11 @@ impl fmt::Display for Format {
             Format::MiniSweAgent => "mini-swe-agent",
             Format::SeriesJsonl => "series-jsonl",
             Format::SeriesCsv => "series-csv",
+            Format::SweAgent => "swe-agent",
+            Format::OpenHandsEvents => "openhands-events",
+            Format::OpenHandsOutput => "openhands-output",
+            Format::CodexRollout => "codex-rollout",
+            Format::ClaudeCode => "claude-code",
         })
     }
 }
@@ -104,6 +166,8 @@ pub enum Location {
     Line(usize, Option<usize>),
     /// The n-th model call (1-based) of a single-document format.
     Call(usize),
+    /// The n-th entry (1-based) of a list in a single-document format: `("history", 3)`.
+    Entry(&'static str, usize),
 }
 
 impl fmt::Display for Location {
@@ -112,6 +176,7 @@ impl fmt::Display for Location {
             Location::Line(l, Some(c)) => write!(f, "line {l}, column {c}"),
             Location::Line(l, None) => write!(f, "line {l}"),
             Location::Call(n) => write!(f, "call {n}"),
+            Location::Entry(list, n) => write!(f, "{list} entry {n}"),
         }
     }
 }
@@ -212,11 +277,39 @@ pub fn parse(path: &Path, name: &str, bytes: &[u8]) -> Result<Vec<Trace>, TraceE
         });
     }
     if !looks_like_json(body) {
-        series::read_csv(&ctx, text)
-    } else if series::looks_like_jsonl(body) {
-        series::read_jsonl(&ctx, text)
-    } else {
-        mini_swe::read(&ctx, text)
+        return series::read_csv(&ctx, text);
+    }
+    match detect::detect(body) {
+        detect::Shape::Lines(Format::SeriesJsonl) => series::read_jsonl(&ctx, text),
+        detect::Shape::Lines(Format::OpenHandsOutput) => openhands_output::read(&ctx, text, false),
+        detect::Shape::Lines(Format::CodexRollout) => codex::read(&ctx, text),
+        detect::Shape::Lines(Format::ClaudeCode) => claude_code::read(&ctx, text),
+        detect::Shape::Lines(_) | detect::Shape::Document => document(&ctx, text, body),
+        detect::Shape::UnknownLines(hint) => Err(ctx.unknown(hint)),
+    }
+}
+
+/// Reads a single JSON document: an OpenHands event list, or an object whose keys name the
+/// format.
+fn document(ctx: &Ctx, text: &str, body: &str) -> Result<Vec<Trace>, TraceError> {
+    if body.starts_with('[') {
+        return openhands_events::read(ctx, text);
+    }
+    match detect::document_keys(text) {
+        Ok(keys) if keys.messages => mini_swe::read(ctx, text),
+        Ok(keys) if keys.history && (keys.trajectory || keys.info) => swe_agent::read(ctx, text),
+        Ok(keys) if keys.instance_id && (keys.metrics || keys.history) => {
+            openhands_output::read(ctx, text, true)
+        }
+        Ok(_) => Err(ctx.unknown(
+            "a JSON object without a messages list (mini-swe-agent) or a history (SWE-agent)",
+        )),
+        Err(e) if e.is_data() => Err(ctx.unknown(format!("a JSON document of another shape: {e}"))),
+        Err(e) => Err(ctx.broken(
+            detect::guess_broken(text),
+            Location::Line(e.line(), Some(e.column())),
+            e.to_string(),
+        )),
     }
 }
 
@@ -297,4 +390,22 @@ fn count(
     value: f64,
 ) -> Result<u64, TraceError> {
     crate::usage::count_from_f64(field, value).map_err(|e| ctx.bad_figure(format, at, e))
+}
+
+/// Turns a provider usage error at `at` into a located trace error (bad figures keep their
+/// typed cause).
+fn usage_error(ctx: &Ctx, format: Format, at: Location, e: ProviderError) -> TraceError {
+    match e {
+        ProviderError::BadFigure { source, .. } => ctx.bad_figure(format, at, source),
+        other => ctx.broken(format, at, other.to_string()),
+    }
+}
+
+/// A located error for a JSON line that did not parse (`line_no` is 1-based).
+fn line_error(ctx: &Ctx, format: Format, line_no: usize, e: &serde_json::Error) -> TraceError {
+    ctx.broken(
+        format,
+        Location::Line(line_no, Some(e.column())),
+        e.to_string(),
+    )
 }

@@ -22,21 +22,6 @@ struct Line {
     window: Option<f64>,
 }
 
-/// True when the first non-blank line is a complete JSON object on its own and more lines
-/// follow, or when it carries `prompt_tokens`: the shape of JSON Lines, not of one document.
-pub(super) fn looks_like_jsonl(body: &str) -> bool {
-    let mut lines = body.lines().filter(|l| !l.trim().is_empty());
-    let Some(first) = lines.next() else {
-        return false;
-    };
-    match serde_json::from_str::<serde_json::Value>(first) {
-        Ok(serde_json::Value::Object(map)) => {
-            map.contains_key("prompt_tokens") || lines.next().is_some()
-        }
-        _ => false,
-    }
-}
-
 pub(super) fn read_jsonl(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
     const F: Format = Format::SeriesJsonl;
     let mut calls = Vec::new();

@@ -3,6 +3,7 @@
 //! `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays the
 //! compaction and rotation policy over recorded agent traces.
 
+mod chart;
 mod policy_args;
 mod replay;
 mod simulate;

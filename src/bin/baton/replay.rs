@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-
-use crate::policy_args::PolicyArgs;
-use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay};
+use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay_with_series};
 use baton::trace;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+
+use crate::chart::{Panel, draw};
+use crate::policy_args::PolicyArgs;
 
 /// Replay the policy over recorded agent traces: when would baton have compacted and rotated?
 ///
@@ -17,12 +18,15 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 /// leaves base + S tokens (base: the first call's prompt_tokens; S: --summary-tokens); later
 /// calls grow from there by what the trace recorded. See the README for the exact model.
 ///
-/// Formats (detected from the content): mini-swe-agent trajectories (*.traj.json), and plain
-/// series as JSON Lines or CSV with prompt_tokens and completion_tokens per call.
+/// Formats (detected from the content): mini-swe-agent trajectories (*.traj.json), SWE-agent
+/// trajectories (*.traj; calls rebuilt from the history with cl100k_base), OpenHands event
+/// streams and evaluation output.jsonl, Codex rollouts (rollout-*.jsonl), Claude Code session
+/// logs, and plain series as JSON Lines or CSV with prompt_tokens and completion_tokens per call.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// Trace files to replay, one report each.
+    /// Trace files to replay, one report per trace (an OpenHands output.jsonl holds one per
+    /// instance).
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Context window in tokens; required when a trace does not record its own.
@@ -36,6 +40,10 @@ pub struct Args {
     /// Print one JSON object per trace instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also draw each trace's modelled context per call, with the thresholds and a marker at
+    /// every compaction and rotation, into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    chart: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -49,17 +57,30 @@ pub fn run(args: Args) -> Result<()> {
         summary_tokens: args.summary_tokens,
     };
     let mut out = std::io::stdout().lock();
+    let mut panels = Vec::new();
     for path in &args.traces {
         for t in trace::read_path(path)? {
-            let report =
-                replay(&t, &opts).with_context(|| format!("replaying {}", path.display()))?;
+            let (report, series) = replay_with_series(&t, &opts)
+                .with_context(|| format!("replaying {}", path.display()))?;
             if args.json {
                 serde_json::to_writer(&mut out, &report)?;
                 writeln!(out)?;
             } else {
                 write_table(&mut out, &report)?;
             }
+            if args.chart.is_some() {
+                panels.push(Panel { report, series });
+            }
         }
+    }
+    if let Some(chart) = &args.chart {
+        draw(
+            chart,
+            &panels,
+            args.policy.compact_at,
+            args.policy.rotate_at,
+        )?;
+        tracing::info!(path = %chart.display(), traces = panels.len(), "chart written");
     }
     Ok(())
 }
