@@ -1,5 +1,5 @@
 //! Fleet throughput and footprint: baton (the real supervisor and session actors over a
-//! zero-latency `MemoryRuntime`) against a bare tokio baseline doing the same work (the same
+//! zero-latency, stateless runtime) against a bare tokio baseline doing the same work (the same
 //! state machine in one tokio task per session, fed by an unbounded channel, on a 2-worker
 //! multi-thread runtime), measured in one run.
 //!
@@ -10,12 +10,11 @@
 //! 1 M messages per second, and rotations per second; then the ratio baton / baseline.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use baton::runtime::memory::MemoryRuntime;
 use baton::runtime::{AgentRuntime, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose};
 use baton::supervisor::SessionHandle;
 use baton::{
@@ -40,17 +39,18 @@ fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// The runtime both stacks call: a `MemoryRuntime` that also notes when each session's
-/// summarise call arrived, to measure report-to-effect latency.
+/// The runtime both stacks call: zero latency and no per-session state (so the footprint
+/// measured is the fleet's own, not a simulation's), noting when each session's summarise call
+/// arrived, to measure report-to-effect latency.
 struct Timed {
-    inner: MemoryRuntime,
+    next_id: AtomicU64,
     summarised: Mutex<HashMap<SessionId, Instant>>,
 }
 
 impl Timed {
     fn new() -> Self {
         Self {
-            inner: MemoryRuntime::default(),
+            next_id: AtomicU64::new(0),
             summarised: Mutex::default(),
         }
     }
@@ -61,35 +61,34 @@ impl AgentRuntime for Timed {
     async fn summarise(
         &self,
         session: SessionId,
-        purpose: SummaryPurpose,
+        _: SummaryPurpose,
     ) -> Result<Summary, RuntimeError> {
         self.summarised
             .lock()
             .unwrap()
             .entry(session)
             .or_insert_with(Instant::now);
-        self.inner.summarise(session, purpose).await
+        Ok(Summary {
+            text: String::new(),
+            tokens: 500,
+        })
     }
-    async fn replace_history(
-        &self,
-        session: SessionId,
-        summary: &Summary,
-    ) -> Result<u64, RuntimeError> {
-        self.inner.replace_history(session, summary).await
+    async fn replace_history(&self, _: SessionId, summary: &Summary) -> Result<u64, RuntimeError> {
+        Ok(1_000 + summary.tokens)
     }
-    async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
-        self.inner.close(session).await
+    async fn close(&self, _: SessionId) -> Result<(), RuntimeError> {
+        Ok(())
     }
-    async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
-        self.inner.spawn(agent, key).await
+    async fn spawn(&self, _: &AgentType, _: SpawnKey) -> Result<SessionId, RuntimeError> {
+        Ok(SessionId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1))
     }
     async fn assign(
         &self,
-        session: SessionId,
-        item: &WorkItem,
-        handoff: Option<&Handoff>,
+        _: SessionId,
+        _: &WorkItem,
+        _: Option<&Handoff>,
     ) -> Result<(), RuntimeError> {
-        self.inner.assign(session, item, handoff).await
+        Ok(())
     }
 }
 
