@@ -14,12 +14,14 @@
 //! | [`machine`] | the statig state machine (Normal, Compacting, Rotating, Closed) and its records |
 //! | [`trace`] | readers of recorded agent traces: per-call token usage |
 //! | [`replay`] | the policy replayed over a trace, driving the real machine |
+//! | [`runtime`] | talking to real agents: the OpenAI-compatible chat client and history compaction |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
 
 pub mod machine;
 pub mod policy;
 pub mod replay;
+pub mod runtime;
 pub mod trace;
 pub mod usage;
 
