@@ -15,7 +15,7 @@
 //! | [`provider`] | honest token accounting: provider usage objects, windows, tiktoken estimates, calibration, a per-session tracker |
 //! | [`trace`] | readers of recorded agent traces: per-call token usage |
 //! | [`replay`] | the policy replayed over a trace, driving the real machine |
-//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`] |
+//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`]; the OpenAI-compatible chat client |
 //! | [`session`] | [`SessionActor`]: one session as an actix actor that owns its machine |
 //! | [`supervisor`] | [`Supervisor`]: the registry, the work-item queue, rotations, budgets |
 //! | [`record`] | compaction and rotation records, and the [`FleetEvent`] stream |

@@ -7,8 +7,10 @@
 //! `Arc`.
 //!
 //! [`memory::MemoryRuntime`] is a complete in-memory runtime for tests, examples and
-//! simulation.
+//! simulation. [`chat`] talks to OpenAI-compatible Chat Completions endpoints: the client, its
+//! errors, windows, and the history rewriting of a compaction.
 
+pub mod chat;
 pub mod memory;
 
 use std::fmt;

@@ -28,3 +28,36 @@ pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
 }
 
 pub mod fleet;
+pub mod llama;
+pub mod stub;
+
+/// Captures everything `tracing` logs on this thread (all levels, every target) while the
+/// returned guard lives, into the returned buffer.
+pub fn capture_logs() -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = buf.clone();
+    let guard = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || LogSink(sink.clone()))
+        .finish()
+        .set_default();
+    (buf, guard)
+}
+
+/// A `Write` into a shared buffer, for [`capture_logs`].
+pub struct LogSink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
