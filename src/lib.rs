@@ -15,10 +15,12 @@
 //! | [`provider`] | honest token accounting: provider usage objects, windows, tiktoken estimates, calibration, a per-session tracker |
 //! | [`trace`] | readers of recorded agent traces: per-call token usage |
 //! | [`replay`] | the policy replayed over a trace, driving the real machine |
-//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`]; the OpenAI-compatible chat client |
+//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`]; [`ChatRuntime`](runtime::chat::ChatRuntime) over OpenAI-compatible endpoints |
 //! | [`session`] | [`SessionActor`]: one session as an actix actor that owns its machine |
 //! | [`supervisor`] | [`Supervisor`]: the registry, the work-item queue, rotations, budgets |
 //! | [`record`] | compaction and rotation records, and the [`FleetEvent`] stream |
+//! | [`report`] | [`FleetReport`](report::FleetReport): what a fleet did, counted from its events (the results table) |
+//! | [`run`] | a fleet of chat agents driven through work items, turn by turn (`baton run`) |
 //! | [`simulate`] | a fleet simulation on the real actors, growing like recorded agents |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
@@ -30,6 +32,8 @@ pub mod policy;
 pub mod provider;
 pub mod record;
 pub mod replay;
+pub mod report;
+pub mod run;
 pub mod runtime;
 pub mod session;
 pub mod simulate;
@@ -45,6 +49,7 @@ pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
     CompactionRecord, CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord,
 };
+pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, AgentType, Handoff, RuntimeError, Summary, WorkItem, WorkItemId};
 pub use session::{SessionActor, SessionInfo};

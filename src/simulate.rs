@@ -8,7 +8,7 @@
 //! so a seeded run makes the same decisions however the threads interleave: the same seed gives
 //! the same totals.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +18,9 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::machine::{Phase, SessionId};
-use crate::policy::{Policy, RotationReason};
+use crate::policy::Policy;
 use crate::record::FleetEvent;
+use crate::report::{FleetReport, Tally};
 use crate::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
 use crate::runtime::{AgentType, WorkItem, WorkItemId};
 use crate::supervisor::{Inventory, SessionHandle, Supervisor, SupervisorConfig, SupervisorError};
@@ -133,76 +134,8 @@ pub struct Progress {
     pub messages: u64,
 }
 
-/// Compaction figures of a run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct CompactionStats {
-    /// Compactions that replaced a history.
-    pub count: u64,
-    /// Compactions that failed or timed out.
-    pub failed: u64,
-    /// Mean reduction, percent.
-    pub mean_reduction: f64,
-    /// Median reduction, percent.
-    pub p50_reduction: f64,
-    /// 95th percentile reduction, percent.
-    pub p95_reduction: f64,
-    /// Share of compactions whose reduction fell in the target band (40-50% by default).
-    pub within_target: f64,
-}
-
-/// What a simulation did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SimulationReport {
-    /// The seed it ran with.
-    pub seed: u64,
-    /// Work items in all.
-    pub work_items: u64,
-    /// Work items finished.
-    pub done: u64,
-    /// Work items given up on.
-    pub dead_letters: u64,
-    /// Work items neither done nor dead when the run stopped (duration reached).
-    pub unfinished: u64,
-    /// Sessions started (first sessions, successors and restarts).
-    pub sessions_started: u64,
-    /// Compactions.
-    pub compactions: CompactionStats,
-    /// Successful rotations by reason.
-    pub rotations: BTreeMap<RotationReason, u64>,
-    /// Rotations that failed (the item went back to the queue).
-    pub failed_rotations: u64,
-    /// Handoffs baton wrote itself because the agent could not summarise.
-    pub fallback_handoffs: u64,
-    /// Spawn and assign calls retried during rotations.
-    pub retries: u64,
-    /// Runtime calls that failed but were not fatal (for example a close).
-    pub runtime_warnings: u64,
-    /// Usage messages sent.
-    pub usage_messages: u64,
-    /// Usage messages per second of wall time.
-    pub usage_messages_per_second: f64,
-    /// Wall time, seconds.
-    pub seconds: f64,
-    /// Peak resident memory of the process, bytes (0 where unknown).
-    pub peak_memory_bytes: u64,
-}
-
-impl SimulationReport {
-    /// The figures a seed determines (everything but timing and memory): equal for two runs
-    /// with the same configuration.
-    pub fn totals(&self) -> impl PartialEq + std::fmt::Debug {
-        (
-            self.done,
-            self.dead_letters,
-            self.sessions_started,
-            self.compactions.clone(),
-            self.rotations.clone(),
-            self.failed_rotations,
-            self.fallback_handoffs,
-            self.usage_messages,
-        )
-    }
-}
+/// What a simulation did: the fleet report, with the simulation's seed in `seed`.
+pub type SimulationReport = FleetReport;
 
 /// splitmix64: one well-mixed number from a seed, so every item's draws are its own.
 fn mix(mut z: u64) -> u64 {
@@ -478,7 +411,7 @@ async fn run_inner(
     let seconds = started.elapsed().as_secs_f64();
     let inventory = supervisor.inventory().await?;
     supervisor.shutdown(Duration::from_secs(30)).await;
-    let mut report = tally.report(config, seconds, messages);
+    let mut report = tally.report(config.seed, config.work_items, seconds, messages);
     report.unfinished = config.work_items - report.done - report.dead_letters;
     Ok(Recorded {
         report,
@@ -486,111 +419,4 @@ async fn run_inner(
         runtime,
         inventory,
     })
-}
-
-/// Counts what the event stream reported.
-#[derive(Default)]
-struct Tally {
-    started: u64,
-    done: u64,
-    dead: u64,
-    reductions: Vec<f64>,
-    within_target: u64,
-    failed_compactions: u64,
-    rotations: BTreeMap<RotationReason, u64>,
-    failed_rotations: u64,
-    fallbacks: u64,
-    retries: u64,
-    warnings: u64,
-}
-
-impl Tally {
-    fn count(&mut self, event: &FleetEvent) {
-        match event {
-            FleetEvent::SessionStarted { .. } => self.started += 1,
-            FleetEvent::WorkItemDone { .. } => self.done += 1,
-            FleetEvent::DeadLetter { .. } => self.dead += 1,
-            FleetEvent::Compaction(c) if c.success => {
-                self.reductions.push(c.reduction_percent);
-                self.within_target += u64::from(c.within_target);
-            }
-            FleetEvent::Compaction(_) => self.failed_compactions += 1,
-            FleetEvent::Rotation(r) => {
-                if r.success {
-                    *self.rotations.entry(r.reason).or_insert(0) += 1;
-                } else {
-                    self.failed_rotations += 1;
-                }
-                self.fallbacks += u64::from(r.handoff_fallback);
-                // One spawn and one assign is the minimum.
-                self.retries += u64::from(r.attempts.saturating_sub(2));
-            }
-            FleetEvent::RuntimeWarning { .. } => self.warnings += 1,
-            _ => {}
-        }
-    }
-
-    fn report(
-        mut self,
-        config: &SimulationConfig,
-        seconds: f64,
-        messages: u64,
-    ) -> SimulationReport {
-        self.reductions.sort_by(f64::total_cmp);
-        let n = self.reductions.len();
-        let pct = |p: f64| {
-            if n == 0 {
-                0.0
-            } else {
-                self.reductions[((n - 1) as f64 * p).round() as usize]
-            }
-        };
-        let compactions = CompactionStats {
-            count: n as u64,
-            failed: self.failed_compactions,
-            mean_reduction: if n == 0 {
-                0.0
-            } else {
-                self.reductions.iter().sum::<f64>() / n as f64
-            },
-            p50_reduction: pct(0.50),
-            p95_reduction: pct(0.95),
-            within_target: if n == 0 {
-                0.0
-            } else {
-                self.within_target as f64 / n as f64
-            },
-        };
-        SimulationReport {
-            seed: config.seed,
-            work_items: config.work_items,
-            done: self.done,
-            dead_letters: self.dead,
-            unfinished: 0,
-            sessions_started: self.started,
-            compactions,
-            rotations: self.rotations,
-            failed_rotations: self.failed_rotations,
-            fallback_handoffs: self.fallbacks,
-            retries: self.retries,
-            runtime_warnings: self.warnings,
-            usage_messages: messages,
-            usage_messages_per_second: messages as f64 / seconds.max(1e-9),
-            seconds,
-            peak_memory_bytes: peak_rss(),
-        }
-    }
-}
-
-/// The process's peak resident memory (VmHWM), where the OS reports it.
-pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }

@@ -10,7 +10,8 @@ use baton::UsageSource;
 use baton::provider::{
     Calibration, Distrust, Encoding, Message, PromptCounter, Provider, ProviderError,
     ReportedUsage, UsageTracker, Window, WindowError, WindowSource, detect_provider, known_window,
-    parse_usage, parse_usage_json, resolve_window, window_from_models, window_from_props,
+    parse_usage, parse_usage_json, resolve_window, slots_from_props, window_from_models,
+    window_from_props,
 };
 use serde_json::{Value, json};
 
@@ -319,6 +320,38 @@ fn llama_cpp_models_give_the_training_context() {
     );
     let a = window_from_models(&data("windows/anthropic-model.json"), None).unwrap();
     assert_eq!((a.tokens, a.source), (200_000, WindowSource::ServerModel));
+}
+
+#[test]
+fn llama_cpp_models_give_the_server_context_for_the_model_or_an_alias() {
+    // Measured on llama-server -c 4096 -a smollm2 (local-llm.md).
+    let body = r#"{"object":"list","data":[{"id":"smollm2","aliases":["smollm2","small"],
+        "meta":{"n_ctx":4096,"n_ctx_train":8192}}]}"#;
+    let w = window_from_models(body, Some("small")).unwrap();
+    assert_eq!((w.tokens, w.source), (4096, WindowSource::ServerContext));
+    // llama.cpp serves its one model whatever a request names; vLLM routes by name.
+    assert_eq!(
+        window_from_models(body, Some("gpt-4o")).unwrap().tokens,
+        4096
+    );
+    let vllm = r#"{"data":[{"id":"qwen","max_model_len":32768}]}"#;
+    assert!(matches!(
+        window_from_models(vllm, Some("gpt-4o")),
+        Err(WindowError::NoSuchModel { .. })
+    ));
+}
+
+#[test]
+fn props_say_how_many_slots_serve_requests() {
+    assert_eq!(
+        slots_from_props(&data("windows/llamacpp-props.json")),
+        Some(4)
+    );
+    assert_eq!(
+        slots_from_props(r#"{"default_generation_settings":{"n_ctx":1}}"#),
+        None
+    );
+    assert_eq!(slots_from_props("not json"), None);
 }
 
 #[test]

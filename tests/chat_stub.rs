@@ -6,10 +6,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use baton::provider::WindowSource;
 use baton::runtime::chat::{
     ApiKey, CharEstimate, ChatClient, ChatError, ChatRequest, ClientConfig, EndpointWindow,
     History, Message, OverflowShape, RetryPolicy, SummaryBudget, SummaryPlan, ToolCall,
-    UsageReading, WindowSource, request_tokens, summarise,
+    UsageReading, request_tokens, summarise,
 };
 use support::stub::{Fault, Stub, StubWindow};
 
@@ -334,7 +335,7 @@ async fn the_window_comes_from_props_then_from_models() {
         c.window(None).await.unwrap(),
         Some(EndpointWindow {
             tokens: 4096,
-            source: WindowSource::PropsSlot,
+            source: WindowSource::ServerSlot,
             slots: Some(2)
         })
     );
@@ -343,7 +344,7 @@ async fn the_window_comes_from_props_then_from_models() {
         max_model_len: Some(32768),
     });
     let w = c.window(Some("stub-model")).await.unwrap().unwrap();
-    assert_eq!((w.tokens, w.source), (32768, WindowSource::MaxModelLen));
+    assert_eq!((w.tokens, w.source), (32768, WindowSource::ServerModel));
 }
 
 /// An agent's history of `turns` tool rounds, each with a tool output of about `output_chars`.

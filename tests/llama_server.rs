@@ -8,10 +8,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use baton::provider::{WindowSource, window_from_models};
 use baton::runtime::chat::{
     CharEstimate, ChatClient, ChatError, ChatRequest, ClientConfig, History, Message,
-    OverflowShape, Role, SummaryBudget, SummaryPlan, ToolCall, WindowSource, request_tokens,
-    summarise, window_from_models,
+    OverflowShape, Role, SummaryBudget, SummaryPlan, ToolCall, request_tokens, summarise,
 };
 use support::llama::{LlamaOptions, LlamaServer};
 
@@ -78,12 +78,15 @@ async fn the_window_read_from_props_matches_the_context_size() {
     let c = client(&server);
     let window = c.window(Some("smollm2")).await.unwrap().unwrap();
     assert_eq!(window.tokens, 2048);
-    assert_eq!(window.source, WindowSource::PropsSlot);
+    assert_eq!(window.source, WindowSource::ServerSlot);
     assert_eq!(window.slots, Some(1));
-    // /v1/models knows the model's trained context too, which is larger than -c here.
+    // /v1/models knows the server's context and the model's trained one, larger than -c here.
     let models = c.models().await.unwrap();
-    let from_models = window_from_models(&models, Some("smollm2")).unwrap();
-    assert_eq!(from_models.tokens, 2048);
+    let from_models = window_from_models(&models.to_string(), Some("smollm2")).unwrap();
+    assert_eq!(
+        (from_models.tokens, from_models.source),
+        (2048, WindowSource::ServerContext)
+    );
     assert_eq!(models["data"][0]["meta"]["n_ctx_train"], 8192);
     report(
         "the_window_read_from_props_matches_the_context_size",

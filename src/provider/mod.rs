@@ -9,13 +9,14 @@
 //! | module | what it is for |
 //! | --- | --- |
 //! | [`reported`] | [`ReportedUsage`]: a response's `usage` object of any common provider, normalised to prompt + completion |
-//! | [`window`] | [`Window`]: the window from `/v1/models`, llama.cpp `/props`, a table of well-known models, or the user |
+//! | [`window`] | [`Window`]: the window from `/v1/models`, llama.cpp `/props`, a table of well-known models, or the user; the slot count |
 //! | [`estimate`] | [`Encoding`], [`Message`], [`PromptCounter`]: a local count with tiktoken and OpenAI's chat formula, incremental |
 //! | [`calibration`] | [`Calibration`]: `reported ~ estimate + a + b * messages`, refitted from every report |
 //! | [`tracker`] | [`UsageTracker`]: one session's accounting; flags untrustworthy reports and falls back to the estimate |
 //!
 //! Only bodies are parsed here: fetching `/v1/models` or `/props` over HTTP belongs to the chat
-//! runtime, which hands the bodies to [`window_from_models`] and [`window_from_props`].
+//! client ([`ChatClient::window`](crate::runtime::chat::ChatClient::window)), which hands the
+//! bodies to [`window_from_props`] and [`window_from_models`].
 //!
 //! The guarantees (which figure is occupancy for each provider, when a figure is distrusted) are
 //! stated in `docs/semantics.md`.
@@ -33,6 +34,6 @@ pub use reported::{
 };
 pub use tracker::{Distrust, Reading, UsageTracker};
 pub use window::{
-    Window, WindowError, WindowSource, known_window, resolve_window, window_from_models,
-    window_from_props,
+    Window, WindowError, WindowSource, known_window, resolve_window, slots_from_props,
+    window_from_models, window_from_props,
 };

@@ -104,6 +104,13 @@ impl UsageTracker {
         self.window
     }
 
+    /// The local, uncalibrated count of the prompt last observed or estimated (the tiktoken
+    /// chat-formula count of its messages). Against a trusted report of the same prompt it gives
+    /// the server's tokens per local token, which text budgets need (the calibration is additive).
+    pub fn local_tokens(&self) -> u64 {
+        self.counter.prompt_tokens()
+    }
+
     /// The current calibration (to save it for the next session of the same model).
     pub fn calibration(&self) -> &Calibration {
         &self.calibration

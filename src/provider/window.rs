@@ -12,14 +12,17 @@
 //!    top-level `n_ctx` is divided by `total_slots`;
 //! 3. `GET /v1/models`: vLLM's `max_model_len` (the serving limit), or Anthropic's
 //!    `max_input_tokens`;
-//! 4. llama.cpp's `GET /v1/models` `meta.n_ctx_train`: the model's training context, an upper
+//! 4. llama.cpp's `GET /v1/models` `meta.n_ctx`: the context the server runs with (`--ctx-size`),
+//!    shared by all its slots, so one slot may have less;
+//! 5. llama.cpp's `GET /v1/models` `meta.n_ctx_train`: the model's training context, an upper
 //!    bound the server may be configured below;
-//! 5. a trace that records its window;
-//! 6. a built-in table of well-known models' *input* windows ([`known_window`]). GPT-5 accepts
+//! 6. a trace that records its window;
+//! 7. a built-in table of well-known models' *input* windows ([`known_window`]). GPT-5 accepts
 //!    272,000 input tokens, not the 400,000 it is advertised with (the rest is reserved for
 //!    output).
 //!
-//! Only bodies are parsed here; fetching them is the chat runtime's job.
+//! Only bodies are parsed here; fetching them is the chat client's job
+//! ([`ChatClient::window`](crate::runtime::chat::ChatClient::window)).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -38,6 +41,9 @@ pub enum WindowSource {
     ServerSlot,
     /// `/v1/models`: the serving limit (vLLM `max_model_len`, Anthropic `max_input_tokens`).
     ServerModel,
+    /// llama.cpp `/v1/models` `meta.n_ctx`: the server's whole context, which its slots share
+    /// (a slot has this divided by `--parallel`); an upper bound on one request's window.
+    ServerContext,
     /// llama.cpp `/v1/models` `meta.n_ctx_train`: the model's training context, which the
     /// server may be configured below.
     TrainingContext,
@@ -147,11 +153,15 @@ fn figure(value: &Value, key: &str, field: &'static str) -> Result<Option<u64>, 
 }
 
 /// Reads the window from a `GET /v1/models` body (a list under `data`, or one model object as
-/// Anthropic's `GET /v1/models/{id}` returns). `model` picks the entry by `id`; without it the
-/// first entry is used.
+/// Anthropic's `GET /v1/models/{id}` returns). `model` picks the entry by `id` or by one of its
+/// llama.cpp `aliases`; without it the first entry is used. A llama.cpp server (an entry with
+/// `meta`) that lists a single model serves it whatever a request names, so that entry is used
+/// for any `model`; other servers route by name, and an unlisted model is
+/// [`WindowError::NoSuchModel`].
 ///
 /// Fields, by precedence: `max_model_len` (vLLM) and `max_input_tokens` (Anthropic) give a
-/// [`WindowSource::ServerModel`] window; `meta.n_ctx_train` (llama.cpp) a
+/// [`WindowSource::ServerModel`] window; `meta.n_ctx` (llama.cpp) a
+/// [`WindowSource::ServerContext`] one; `meta.n_ctx_train` (llama.cpp) a
 /// [`WindowSource::TrainingContext`] one.
 pub fn window_from_models(text: &str, model: Option<&str>) -> Result<Window, WindowError> {
     let body = parse_body(text)?;
@@ -165,11 +175,22 @@ pub fn window_from_models(text: &str, model: Option<&str>) -> Result<Window, Win
         }
         None => vec![&body],
     };
+    let named = |e: &Value, id: &str| {
+        e.get("id").and_then(Value::as_str) == Some(id)
+            || e.get("aliases")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(id)))
+    };
+    let single_llama_cpp = match entries[..] {
+        [only] if only.get("meta").is_some_and(Value::is_object) => Some(only),
+        _ => None,
+    };
     let entry = match model {
         Some(id) => entries
             .iter()
-            .find(|e| e.get("id").and_then(Value::as_str) == Some(id))
+            .find(|e| named(e, id))
             .copied()
+            .or(single_llama_cpp)
             .ok_or_else(|| WindowError::NoSuchModel {
                 model: id.to_owned(),
                 listed: entries
@@ -195,17 +216,23 @@ pub fn window_from_models(text: &str, model: Option<&str>) -> Result<Window, Win
             source: WindowSource::ServerModel,
         });
     }
-    if let Some(meta) = entry.get("meta").filter(|m| m.is_object())
-        && let Some(t) = figure(meta, "n_ctx_train", "meta.n_ctx_train")?
-    {
-        return Ok(Window {
-            tokens: t,
-            source: WindowSource::TrainingContext,
-        });
+    if let Some(meta) = entry.get("meta").filter(|m| m.is_object()) {
+        if let Some(t) = figure(meta, "n_ctx", "meta.n_ctx")? {
+            return Ok(Window {
+                tokens: t,
+                source: WindowSource::ServerContext,
+            });
+        }
+        if let Some(t) = figure(meta, "n_ctx_train", "meta.n_ctx_train")? {
+            return Ok(Window {
+                tokens: t,
+                source: WindowSource::TrainingContext,
+            });
+        }
     }
     Err(WindowError::NotFound {
         endpoint: "/v1/models",
-        looked_for: "max_model_len, max_input_tokens, meta.n_ctx_train",
+        looked_for: "max_model_len, max_input_tokens, meta.n_ctx, meta.n_ctx_train",
     })
 }
 
@@ -244,6 +271,15 @@ pub fn window_from_props(text: &str) -> Result<Window, WindowError> {
         endpoint: "/props",
         looked_for: "default_generation_settings.n_ctx, n_ctx",
     })
+}
+
+/// The number of slots a llama.cpp server serves requests with (`total_slots` in its `/props`
+/// body), when it says. K sessions sending requests at once need K slots: slots beyond the first
+/// share the server's context, and without `--parallel` they share one cache and fail with HTTP
+/// 500 when it runs out.
+pub fn slots_from_props(text: &str) -> Option<u64> {
+    let body: Value = serde_json::from_str(text).ok()?;
+    body.get("total_slots")?.as_u64().filter(|n| *n > 0)
 }
 
 /// Input windows of well-known models: `(model id prefix, tokens)`. The longest matching prefix

@@ -27,6 +27,7 @@ pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+pub mod chat;
 pub mod fleet;
 pub mod llama;
 pub mod stub;

@@ -1,12 +1,15 @@
 //! `baton`: the command line over the baton library.
 //!
-//! `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays the
-//! compaction and rotation policy over recorded agent traces.
+//! `baton run` runs a fleet of real chat agents through work items on an OpenAI-compatible
+//! endpoint; `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays
+//! the compaction and rotation policy over recorded agent traces.
 
 mod chart;
 mod policy_args;
 mod replay;
+mod run;
 mod simulate;
+mod table;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -28,6 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Run(run::Args),
     Simulate(simulate::Args),
     Replay(replay::Args),
 }
@@ -53,6 +57,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
     };

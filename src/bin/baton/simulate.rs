@@ -4,8 +4,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use baton::simulate::{self, SimulationConfig, SimulationReport};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use baton::simulate::{self, SimulationConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::policy_args::PolicyArgs;
@@ -115,68 +114,11 @@ pub fn run(args: Args) -> Result<()> {
         serde_json::to_writer(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        write_table(&mut out, &report)?;
+        crate::table::write_fleet_table(
+            &mut out,
+            &format!("baton simulate, seed {}", report.seed),
+            &report,
+        )?;
     }
-    Ok(())
-}
-
-fn write_table(out: &mut impl Write, r: &SimulationReport) -> Result<()> {
-    let c = &r.compactions;
-    let rotations: u64 = r.rotations.values().sum();
-    let by_reason = r
-        .rotations
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut t = Table::new();
-    t.load_style(UTF8_FULL_CONDENSED);
-    t.set_header(["", "value"]);
-    let rows: Vec<(&str, String)> = vec![
-        (
-            "work items done",
-            format!(
-                "{} of {} ({} unfinished)",
-                r.done, r.work_items, r.unfinished
-            ),
-        ),
-        ("dead letters", r.dead_letters.to_string()),
-        ("sessions started", r.sessions_started.to_string()),
-        ("compactions", format!("{} ({} failed)", c.count, c.failed)),
-        (
-            "reduction mean / p50 / p95",
-            format!(
-                "{:.1}% / {:.1}% / {:.1}%",
-                c.mean_reduction, c.p50_reduction, c.p95_reduction
-            ),
-        ),
-        (
-            "within the 40-50% band",
-            format!("{:.1}%", c.within_target * 100.0),
-        ),
-        ("rotations", format!("{rotations} ({by_reason})")),
-        ("failed rotations", r.failed_rotations.to_string()),
-        ("fallback handoffs", r.fallback_handoffs.to_string()),
-        (
-            "retries / runtime warnings",
-            format!("{} / {}", r.retries, r.runtime_warnings),
-        ),
-        (
-            "usage messages",
-            format!(
-                "{} ({:.0}/s)",
-                r.usage_messages, r.usage_messages_per_second
-            ),
-        ),
-        ("wall time", format!("{:.2} s", r.seconds)),
-        (
-            "peak memory",
-            format!("{:.1} MB", r.peak_memory_bytes as f64 / 1e6),
-        ),
-    ];
-    for (k, v) in rows {
-        t.add_row([k.to_string(), v]);
-    }
-    writeln!(out, "baton simulate, seed {}\n{t}", r.seed)?;
     Ok(())
 }

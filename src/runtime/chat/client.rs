@@ -17,8 +17,10 @@ use serde_json::Value;
 use super::error::{ChatError, recognise_overflow};
 use super::retry::{RetryPolicy, retry_after};
 use super::secret::ApiKey;
-use super::window::{EndpointWindow, window_from_models, window_from_props};
 use super::wire::{ChatRequest, ChatResponse, UsageReading};
+use crate::provider::{
+    Window, WindowSource, slots_from_props, window_from_models, window_from_props,
+};
 
 /// How to reach an endpoint and how patient to be with it.
 #[derive(Debug, Clone)]
@@ -266,27 +268,39 @@ impl ChatClient {
     /// `GET {base}/models`, as JSON. Sent once, with no retries (a failure falls back to the
     /// profile's window).
     pub async fn models(&self) -> Result<Value, ChatError> {
-        self.get_json(&self.models_url).await
+        let text = self.get_text(&self.models_url).await?;
+        parse_json(&self.models_url, &text)
     }
 
     /// `GET {root}/props` (llama.cpp only), as JSON. Sent once, with no retries.
     pub async fn props(&self) -> Result<Value, ChatError> {
-        self.get_json(&self.props_url).await
+        let text = self.get_text(&self.props_url).await?;
+        parse_json(&self.props_url, &text)
     }
 
-    /// The window the endpoint states for `model`: llama.cpp's `/props` first (the per-slot
-    /// window it enforces), then `/v1/models`. `Ok(None)` when neither says; an error only when
-    /// `/v1/models` itself fails.
+    /// The window the endpoint states for `model`, read by the [`provider`](crate::provider)
+    /// parsers: llama.cpp's `/props` first (the per-slot window it enforces), then `/v1/models`
+    /// (vLLM's `max_model_len`, Anthropic's `max_input_tokens`, llama.cpp's `meta.n_ctx`, then its
+    /// `meta.n_ctx_train`). `Ok(None)` when neither says; an error only when `/v1/models` itself
+    /// cannot be fetched.
     pub async fn window(&self, model: Option<&str>) -> Result<Option<EndpointWindow>, ChatError> {
-        if let Ok(props) = self.props().await
-            && let Some(w) = window_from_props(&props)
+        if let Ok(props) = self.get_text(&self.props_url).await
+            && let Ok(window) = window_from_props(&props)
         {
-            return Ok(Some(w));
+            return Ok(Some(EndpointWindow::new(window, slots_from_props(&props))));
         }
-        Ok(window_from_models(&self.models().await?, model))
+        let models = self.get_text(&self.models_url).await?;
+        match window_from_models(&models, model) {
+            Ok(window) => Ok(Some(EndpointWindow::new(window, None))),
+            Err(e) => {
+                tracing::debug!(error = %e, "the endpoint states no window");
+                Ok(None)
+            }
+        }
     }
 
-    async fn get_json(&self, url: &str) -> Result<Value, ChatError> {
+    /// `GET url` with the key, once; the body of a success status.
+    async fn get_text(&self, url: &str) -> Result<String, ChatError> {
         let mut req = self.http.get(url);
         if let Some(key) = &self.config.api_key {
             req = req.header(AUTHORIZATION, bearer(key));
@@ -316,11 +330,37 @@ impl ChatClient {
                 message,
             });
         }
-        serde_json::from_str(&text).map_err(|e| ChatError::Malformed {
-            endpoint: url.to_owned(),
-            reason: e.to_string(),
-        })
+        Ok(text)
     }
+}
+
+/// A window read from an endpoint, with the slot count when llama.cpp says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointWindow {
+    /// The window in tokens.
+    pub tokens: u64,
+    /// Where it was read, which says how far to trust it (see [`WindowSource`]).
+    pub source: WindowSource,
+    /// Slots serving requests concurrently (llama.cpp `total_slots`), when known: K concurrent
+    /// sessions need K slots, or they share one cache and fail with HTTP 500.
+    pub slots: Option<u64>,
+}
+
+impl EndpointWindow {
+    fn new(window: Window, slots: Option<u64>) -> Self {
+        Self {
+            tokens: window.tokens,
+            source: window.source,
+            slots,
+        }
+    }
+}
+
+fn parse_json(url: &str, text: &str) -> Result<Value, ChatError> {
+    serde_json::from_str(text).map_err(|e| ChatError::Malformed {
+        endpoint: url.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// The `Authorization` header, marked sensitive so that the HTTP stack never prints it.

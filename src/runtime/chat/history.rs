@@ -13,12 +13,14 @@
 //! rewrite, chunk or tail ever separates a tool call from its result (servers reject a result
 //! whose call is missing, and a call without its result confuses the model).
 //!
-//! Token counts come from a [`TokenCounter`], so that the real tokenizer can be plugged in; the
-//! default [`CharEstimate`] is a deliberately pessimistic characters-per-token estimate.
+//! Token counts come from a [`TokenCounter`], so that the real tokenizer can be plugged in:
+//! [`CharEstimate`] is a deliberately pessimistic characters-per-token estimate;
+//! [`ScaledTiktoken`] counts with tiktoken and scales by what the server's own counts showed.
 
 use std::ops::Range;
 
 use super::wire::{Message, Role};
+use crate::provider::Encoding;
 
 /// Counts the tokens of a text. Implemented for any `Fn(&str) -> usize`.
 pub trait TokenCounter: Send + Sync {
@@ -50,6 +52,24 @@ impl Default for CharEstimate {
 impl TokenCounter for CharEstimate {
     fn count(&self, text: &str) -> usize {
         text.chars().count().div_ceil(self.chars_per_token.max(1))
+    }
+}
+
+/// Counts with a tiktoken vocabulary, times `scale`: the server's tokens per local token, as
+/// the session's trusted reports showed (a model's own vocabulary is rarely o200k's; SmolLM2's
+/// counts English text about a tenth higher). Rounds up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScaledTiktoken {
+    /// The vocabulary counted with.
+    pub encoding: Encoding,
+    /// Server tokens per local token; 1.0 until a report says otherwise.
+    pub scale: f64,
+}
+
+impl TokenCounter for ScaledTiktoken {
+    fn count(&self, text: &str) -> usize {
+        let local = self.encoding.count(text) as f64;
+        (local * self.scale).ceil() as usize
     }
 }
 
@@ -254,6 +274,23 @@ mod tests {
         assert_eq!(c.count(""), 0);
         assert_eq!(c.count("abcd"), 2);
         assert_eq!(c.count("ééé"), 1);
+    }
+
+    #[test]
+    fn scaled_tiktoken_scales_and_rounds_up() {
+        let plain = ScaledTiktoken {
+            encoding: Encoding::O200kBase,
+            scale: 1.0,
+        };
+        let text = "The quick brown fox jumps over the lazy dog.";
+        let n = plain.count(text);
+        assert_eq!(n as u64, Encoding::O200kBase.count(text));
+        let scaled = ScaledTiktoken {
+            scale: 1.25,
+            ..plain
+        };
+        assert_eq!(scaled.count(text), (n as f64 * 1.25).ceil() as usize);
+        assert_eq!(scaled.count(""), 0);
     }
 
     #[test]

@@ -1,0 +1,401 @@
+//! `baton run`: a fleet of real chat agents working through a file of work items.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton::run::{
+    self, CONTINUE_PROMPT, DONE_MARKER, ItemEnd, RunConfig, RunReport, SYSTEM_PROMPT,
+};
+use baton::runtime::chat::{
+    ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeConfig, ClientConfig,
+};
+use baton::{AgentType, SupervisorConfig, WorkItem, WorkItemId};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+use crate::policy_args::PolicyArgs;
+
+/// Run a fleet of chat agents through a file of work items, on an OpenAI-compatible endpoint.
+///
+/// Each work item goes to a session of its agent type. The agent answers the item, then keeps
+/// working turn by turn (each reply is followed by --continue-prompt) until a reply has a line
+/// that is the --done-marker, or the item has had --max-turns turns. Every reply's usage is
+/// reported to baton: sessions compact at 80% and rotate into a fresh agent of the same type at
+/// 95%, live. A progress bar runs on stderr; the results table (the same as `baton simulate`'s)
+/// and one row per work item are printed at the end.
+///
+/// WORK_ITEMS is JSON Lines, one object per line: {"id": 7, "agent_type": "coder", "text":
+/// "..."} ("id" defaults to the line's position, "agent_type" to the first --agent-type); or
+/// plain text: every non-blank line that does not start with '#' is one work item. The format is
+/// told by the first non-blank line: JSON Lines when it starts with '{'.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The file of work items (JSON Lines or plain text, see above).
+    #[arg(value_name = "WORK_ITEMS")]
+    items: PathBuf,
+    /// The endpoint's API root with its version: http://127.0.0.1:8080/v1 (llama-server),
+    /// https://api.openai.com/v1, https://openrouter.ai/api/v1. A bare host gets /v1.
+    #[arg(long, value_name = "URL")]
+    endpoint: String,
+    /// The model every request names (llama-server serves its one model whatever this says).
+    #[arg(long)]
+    model: String,
+    /// An agent type as NAME[:WINDOW][=SYSTEM PROMPT]; repeat for several. Without WINDOW, the
+    /// window the endpoint states (llama.cpp /props, /v1/models). Work items that name no
+    /// agent type go to the first.
+    #[arg(
+        long = "agent-type",
+        value_name = "NAME[:WINDOW][=PROMPT]",
+        default_value = "agent"
+    )]
+    agent_types: Vec<String>,
+    /// The system prompt of agent types that give none.
+    #[arg(long, default_value = SYSTEM_PROMPT, hide_default_value = true)]
+    system_prompt: String,
+    /// Read the API key from this environment variable (keys are never taken on the command
+    /// line, and never logged).
+    #[arg(long, value_name = "VAR")]
+    api_key_env: Option<String>,
+    /// Turns a work item may take across its sessions.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    max_turns: u32,
+    /// Agents working at once (default: the endpoint's slots when it says, else 4).
+    #[arg(long, value_name = "N")]
+    sessions: Option<usize>,
+    /// The longest reply of one turn, in tokens.
+    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    reply_tokens: u32,
+    /// Sampling temperature (default: the server's).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Sampling seed, for servers that honour it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The longest one request may take (e.g. 90s, 5m).
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    request_timeout: Duration,
+    /// What the agent is told after each reply until it is done.
+    #[arg(long, default_value = CONTINUE_PROMPT, hide_default_value = true)]
+    continue_prompt: String,
+    /// A reply with a line that is this marker finishes its work item.
+    #[arg(long, default_value = DONE_MARKER)]
+    done_marker: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// An agent type from `NAME[:WINDOW][=PROMPT]`.
+struct AgentSpec {
+    name: String,
+    window: Option<u64>,
+    prompt: Option<String>,
+}
+
+fn agent_spec(spec: &str) -> Result<AgentSpec> {
+    let (head, prompt) = match spec.split_once('=') {
+        Some((head, prompt)) => (head, Some(prompt.trim().to_owned())),
+        None => (spec, None),
+    };
+    let (name, window) = match head.split_once(':') {
+        Some((name, window)) => {
+            let window: u64 = window.trim().parse().with_context(|| {
+                format!("--agent-type {spec:?}: window {window:?} is not a number")
+            })?;
+            if window == 0 {
+                bail!("--agent-type {spec:?}: the window must be at least 1 token");
+            }
+            (name.trim(), Some(window))
+        }
+        None => (head.trim(), None),
+    };
+    if name.is_empty() {
+        bail!("--agent-type {spec:?} has no name (NAME[:WINDOW][=PROMPT])");
+    }
+    Ok(AgentSpec {
+        name: name.to_owned(),
+        window,
+        prompt: prompt.filter(|p| !p.is_empty()),
+    })
+}
+
+/// One line of a JSON Lines work-item file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemLine {
+    id: Option<u64>,
+    agent_type: Option<String>,
+    text: String,
+}
+
+/// Reads the work items (see [`Args`] for the formats), checking ids and agent types.
+fn load_items(path: &Path, agent_types: &[String]) -> Result<Vec<WorkItem>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the work items in {}", path.display()))?;
+    let json = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_start().starts_with('{'));
+    let default_type = agent_types[0].as_str();
+    let mut items = Vec::new();
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for (n, line) in text.lines().enumerate().map(|(i, l)| (i + 1, l.trim())) {
+        if line.is_empty() || (!json && line.starts_with('#')) {
+            continue;
+        }
+        let at = || format!("{} line {n}", path.display());
+        let (id, agent_type, text) = if json {
+            let parsed: ItemLine = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "{}: not a work item ({{\"id\": N, \"agent_type\": \"NAME\", \"text\": \"...\"}})",
+                    at()
+                )
+            })?;
+            (
+                parsed.id.unwrap_or(items.len() as u64 + 1),
+                parsed.agent_type.unwrap_or_else(|| default_type.to_owned()),
+                parsed.text,
+            )
+        } else {
+            (
+                items.len() as u64 + 1,
+                default_type.to_owned(),
+                line.to_owned(),
+            )
+        };
+        if text.trim().is_empty() {
+            bail!("{}: the work item's text is empty", at());
+        }
+        if !agent_types.contains(&agent_type) {
+            bail!(
+                "{}: agent type {agent_type:?} is not one of --agent-type ({})",
+                at(),
+                agent_types.join(", ")
+            );
+        }
+        if let Some(first) = seen.insert(id, n) {
+            bail!(
+                "{}: work item id {id} is already used on line {first}",
+                at()
+            );
+        }
+        items.push(WorkItem {
+            id: WorkItemId(id),
+            agent_type: agent_type.into(),
+            text,
+        });
+    }
+    if items.is_empty() {
+        bail!("{} holds no work items", path.display());
+    }
+    Ok(items)
+}
+
+/// The API root with its version: a bare `http://host:port` gets `/v1`.
+fn api_root(endpoint: &str) -> String {
+    let trimmed = endpoint.trim().trim_end_matches('/');
+    let path_empty = trimmed
+        .split_once("://")
+        .is_some_and(|(_, rest)| !rest.contains('/'));
+    if path_empty {
+        format!("{trimmed}/v1")
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let policy = args.policy.policy()?;
+    let specs = args
+        .agent_types
+        .iter()
+        .map(|s| agent_spec(s))
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+    if let Some(dup) = names
+        .iter()
+        .enumerate()
+        .find(|(i, n)| names[..*i].contains(n))
+    {
+        bail!("agent type {:?} is given twice", dup.1);
+    }
+    let items = load_items(&args.items, &names)?;
+    let api_key = match &args.api_key_env {
+        Some(var) => Some(
+            ApiKey::from_env(var)?
+                .with_context(|| format!("--api-key-env {var}: ${var} is not set or empty"))?,
+        ),
+        None => None,
+    };
+    let mut client_config = ClientConfig::new(api_root(&args.endpoint));
+    client_config.api_key = api_key;
+    client_config.request_timeout = args.request_timeout;
+    let client = ChatClient::new(client_config).context("invalid --endpoint")?;
+    let base_url = client.config().base_url.clone();
+
+    actix::System::new().block_on(async move {
+        // One cheap request first, so that an endpoint that is down or refuses the key is a
+        // clear error rather than a run of failed turns.
+        match client.models().await {
+            Ok(_) => {}
+            Err(e @ (ChatError::Unreachable { .. } | ChatError::Timeout { .. })) => {
+                bail!("cannot reach the endpoint {base_url}: {e}")
+            }
+            Err(e @ ChatError::Refused { status: 401 | 403, .. }) => {
+                bail!("the endpoint {base_url} refused the request: {e} (check --api-key-env)")
+            }
+            Err(e) => tracing::warn!(error = %e, "GET /models failed; going on"),
+        }
+        let endpoint = client.window(Some(&args.model)).await.ok().flatten();
+        let mut agent_types = Vec::new();
+        for spec in specs {
+            let window = match (spec.window, endpoint) {
+                (Some(w), _) => w,
+                (None, Some(e)) => e.tokens,
+                (None, None) => bail!(
+                    "agent type {:?} has no window and {base_url} states none: give it as NAME:WINDOW",
+                    spec.name
+                ),
+            };
+            agent_types.push(AgentType {
+                model: args.model.clone(),
+                system_prompt: spec.prompt.unwrap_or_else(|| args.system_prompt.clone()),
+                ..AgentType::new(&spec.name, window).with_policy(policy.clone())
+            });
+        }
+        let sessions = args
+            .sessions
+            .unwrap_or_else(|| endpoint.and_then(|e| e.slots).map_or(4, |s| s as usize))
+            .clamp(1, items.len());
+        if let Some(slots) = endpoint.and_then(|e| e.slots)
+            && sessions as u64 > slots
+        {
+            tracing::warn!(sessions, slots, "more agents than the server has slots: requests will queue or fail");
+        }
+        let runtime = Arc::new(ChatRuntime::with_config(
+            client,
+            ChatRuntimeConfig {
+                reply_tokens: Some(args.reply_tokens),
+                temperature: args.temperature,
+                seed: args.seed,
+                ..ChatRuntimeConfig::default()
+            },
+        ));
+        let config = RunConfig {
+            max_turns: args.max_turns,
+            continue_prompt: args.continue_prompt,
+            done_marker: args.done_marker,
+            supervisor: SupervisorConfig {
+                max_sessions: sessions,
+                ..SupervisorConfig::default()
+            },
+            seed: args.seed.unwrap_or(0),
+            ..RunConfig::default()
+        };
+        let bar = ProgressBar::new(items.len() as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} work items  {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let report = run::drive(runtime, agent_types, items, &config, |p| {
+            bar.set_position(p.finished);
+            bar.set_message(format!(
+                "{} turns, {} compactions, {} rotations",
+                p.turns, p.compactions, p.rotations
+            ));
+        })
+        .await?;
+        bar.finish_and_clear();
+        let mut out = std::io::stdout().lock();
+        if args.json {
+            serde_json::to_writer(&mut out, &report)?;
+            writeln!(out)?;
+        } else {
+            let title = format!("baton run, {} on {base_url}", args.model);
+            crate::table::write_fleet_table(&mut out, &title, &report.fleet)?;
+            write_items(&mut out, &report)?;
+        }
+        let failed = report
+            .items
+            .iter()
+            .filter(|i| matches!(i.end, ItemEnd::Failed { .. }))
+            .count();
+        if failed > 0 {
+            bail!("{failed} of {} work items failed", report.items.len());
+        }
+        Ok(())
+    })
+}
+
+fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED);
+    t.set_header(["work item", "agent type", "turns", "sessions", "end"]);
+    for i in &r.items {
+        let end = match &i.end {
+            ItemEnd::Failed { error } => format!("failed: {error}"),
+            ItemEnd::Dead { reason } => format!("dead letter: {reason}"),
+            other => other.as_str().to_owned(),
+        };
+        t.add_row([
+            i.id.to_string(),
+            i.agent_type.to_string(),
+            i.turns.to_string(),
+            i.sessions.to_string(),
+            end,
+        ]);
+    }
+    let turns = r.fleet.usage_messages.max(1) as f64;
+    writeln!(
+        out,
+        "{t}\nrequests {:.1} s in all; baton's own time per turn {:.3} ms",
+        r.request_seconds,
+        r.overhead_seconds * 1e3 / turns
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_specs_take_an_optional_window_and_prompt() {
+        let a = agent_spec("coder:2048=You write Rust.").unwrap();
+        assert_eq!(
+            (a.name.as_str(), a.window, a.prompt.as_deref()),
+            ("coder", Some(2048), Some("You write Rust."))
+        );
+        let b = agent_spec("plain").unwrap();
+        assert_eq!((b.window, b.prompt), (None, None));
+        assert!(agent_spec(":2048").is_err());
+        assert!(agent_spec("x:big").is_err());
+        assert!(agent_spec("x:0").is_err());
+    }
+
+    #[test]
+    fn a_bare_host_gets_the_version() {
+        assert_eq!(
+            api_root("http://127.0.0.1:8080"),
+            "http://127.0.0.1:8080/v1"
+        );
+        assert_eq!(
+            api_root("http://127.0.0.1:8080/"),
+            "http://127.0.0.1:8080/v1"
+        );
+        assert_eq!(
+            api_root("https://openrouter.ai/api/v1/"),
+            "https://openrouter.ai/api/v1"
+        );
+    }
+}

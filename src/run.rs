@@ -1,0 +1,521 @@
+//! A fleet of chat agents driven through work items, turn by turn: the engine of `baton run`.
+//!
+//! Every work item is submitted to a [`Supervisor`] over a [`ChatRuntime`]. When a session
+//! starts for an item (the first one, or a successor after a rotation), its agent first answers
+//! the history as it stands (its instructions and the work item, with the handoff after a
+//! rotation), then keeps working: each reply is followed by the continue prompt, until a reply
+//! says the work is done (a line that is the done marker, see [`is_done`]) or the item has had
+//! `max_turns` turns across all its sessions. Then its session is closed and the item is done.
+//!
+//! Compaction and rotation are not the driver's business: each turn reports its usage by
+//! itself and returns once baton has acted on it (see [`ChatRuntime::chat`]). A turn that fails
+//! in a way a retry may fix (a timeout, a server still failing after the client's own retries)
+//! is taken again after a pause, a few times; past that, or on any other error, the item ends
+//! as failed and its session is closed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use thiserror::Error;
+use tokio::time::Instant;
+
+use crate::machine::{Phase, SessionId};
+use crate::record::FleetEvent;
+use crate::report::{FleetReport, Tally};
+use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn};
+use crate::runtime::{AgentType, WorkItem, WorkItemId};
+use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+
+/// The done marker `baton run` asks agents to write, on a line of its own, when a work item is
+/// finished.
+pub const DONE_MARKER: &str = "DONE";
+
+/// The system prompt of agent types that bring none: what a work item is, and the done marker.
+pub const SYSTEM_PROMPT: &str = "You are an autonomous agent working on one work item. Work \
+through it step by step; every reply should make concrete progress. When the work item is \
+completely finished, write DONE on a line of its own.";
+
+/// What an agent is told after each reply until it is done.
+pub const CONTINUE_PROMPT: &str = "Continue with the work item. When it is completely finished, \
+write DONE on a line of its own.";
+
+/// How to drive the fleet.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Turns a work item may take, across all its sessions; then it is closed.
+    pub max_turns: u32,
+    /// Sent after every reply that is not done.
+    pub continue_prompt: String,
+    /// A reply with a line that is this marker finishes its work item (see [`is_done`]).
+    pub done_marker: String,
+    /// The supervisor's configuration (`max_sessions`: agents working at once).
+    pub supervisor: SupervisorConfig,
+    /// Times a failed turn is taken again, when a retry may help, before its item fails.
+    pub turn_retries: u32,
+    /// The run stops, leaving items unfinished, when nothing happens for this long.
+    pub idle_timeout: Duration,
+    /// The sampling seed sent with the requests, for the report (0 when none).
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, and
+    /// a 15-minute idle timeout (longer than a rotation's deadline).
+    fn default() -> Self {
+        Self {
+            max_turns: 20,
+            continue_prompt: CONTINUE_PROMPT.into(),
+            done_marker: DONE_MARKER.into(),
+            supervisor: SupervisorConfig::default(),
+            turn_retries: 3,
+            idle_timeout: Duration::from_secs(900),
+            seed: 0,
+        }
+    }
+}
+
+/// How a work item's run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ItemEnd {
+    /// Its agent said it was done.
+    Done,
+    /// It used all its turns.
+    TurnLimit,
+    /// A turn failed for good.
+    Failed {
+        /// The error.
+        error: String,
+    },
+    /// The supervisor gave up on it (rotation budget spent, too many crashes).
+    Dead {
+        /// Why.
+        reason: String,
+    },
+    /// The run stopped first.
+    Unfinished,
+}
+
+impl ItemEnd {
+    /// A short name for tables.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::TurnLimit => "turn limit",
+            Self::Failed { .. } => "failed",
+            Self::Dead { .. } => "dead letter",
+            Self::Unfinished => "unfinished",
+        }
+    }
+}
+
+/// One work item's run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemReport {
+    /// The work item.
+    pub id: WorkItemId,
+    /// Its agent type.
+    pub agent_type: Arc<str>,
+    /// Turns taken, across its sessions.
+    pub turns: u32,
+    /// Sessions that held it (1 plus its rotations and restarts).
+    pub sessions: u32,
+    /// How it ended.
+    pub end: ItemEnd,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunReport {
+    /// The fleet's figures: the same table as `baton simulate`.
+    pub fleet: FleetReport,
+    /// Every work item, by id.
+    pub items: Vec<ItemReport>,
+    /// Seconds spent in chat requests, over all turns.
+    pub request_seconds: f64,
+    /// Seconds baton spent in turns outside the requests and the compactions and rotations
+    /// they triggered (see [`Turn::overhead`]).
+    pub overhead_seconds: f64,
+}
+
+/// Progress, reported after everything that happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RunProgress {
+    /// Work items finished or given up on.
+    pub finished: u64,
+    /// Work items in all.
+    pub total: u64,
+    /// Turns taken so far.
+    pub turns: u64,
+    /// Compactions so far.
+    pub compactions: u64,
+    /// Rotations so far.
+    pub rotations: u64,
+}
+
+/// Why a run could not start.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The input is unusable.
+    #[error("invalid run: {0}")]
+    Invalid(String),
+    /// The supervisor refused something.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// Whether `reply` says its work is done: one of its lines, trimmed and stripped of markdown
+/// emphasis (`*`, `_`, `` ` ``, `#`) and of a final `.` or `!`, is `marker` (ASCII case
+/// ignored).
+pub fn is_done(reply: &str, marker: &str) -> bool {
+    let marker = marker.trim();
+    !marker.is_empty()
+        && reply.lines().any(|line| {
+            let bare = line
+                .trim()
+                .trim_matches(|c| matches!(c, '*' | '_' | '`' | '#'))
+                .trim()
+                .trim_end_matches(['.', '!'])
+                .trim();
+            bare.eq_ignore_ascii_case(marker)
+        })
+}
+
+/// One work item, as the driver follows it.
+struct ItemRun {
+    /// Its agent type.
+    agent_type: Arc<str>,
+    /// Turns taken.
+    turns: u32,
+    /// Sessions started for it.
+    sessions: u32,
+    /// The session holding it now, as last announced.
+    current: Option<SessionId>,
+    /// Set when the driver decided it is over (its session is then closed).
+    end: Option<ItemEnd>,
+    /// Failed turns in a row.
+    failures: u32,
+    /// `WorkItemDone` or `DeadLetter` arrived.
+    finished: bool,
+}
+
+/// A turn under way: the item, the session, the message sent (`None`: a reply to the history
+/// as it stands), and what came of it.
+type TurnResult = (
+    WorkItemId,
+    SessionId,
+    Option<String>,
+    Result<Turn, ChatRuntimeError>,
+);
+
+fn take_turn(
+    runtime: Arc<ChatRuntime>,
+    item: WorkItemId,
+    session: SessionId,
+    message: Option<String>,
+    delay: Duration,
+) -> BoxFuture<'static, TurnResult> {
+    Box::pin(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let result = match &message {
+            Some(m) => runtime.chat(session, m.as_str()).await,
+            None => runtime.reply(session).await,
+        };
+        (item, session, message, result)
+    })
+}
+
+/// Runs `items` through a fleet of `agent_types` over `runtime`; must be called inside an actix
+/// system. The runtime is attached to the supervisor started here, so it must be fresh.
+/// `progress` is called after every event and turn.
+pub async fn drive(
+    runtime: Arc<ChatRuntime>,
+    agent_types: Vec<AgentType>,
+    items: Vec<WorkItem>,
+    config: &RunConfig,
+    mut progress: impl FnMut(RunProgress),
+) -> Result<RunReport, RunError> {
+    if items.is_empty() || agent_types.is_empty() {
+        return Err(RunError::Invalid(
+            "need at least one agent type and one work item".into(),
+        ));
+    }
+    if config.max_turns == 0 {
+        return Err(RunError::Invalid("max_turns must be at least 1".into()));
+    }
+    let mut builder = Supervisor::builder(runtime.clone()).config(config.supervisor.clone());
+    for agent in agent_types {
+        builder = builder.agent_type(agent);
+    }
+    let supervisor = builder.start();
+    if !runtime.attach(&supervisor) {
+        supervisor.shutdown(Duration::from_secs(1)).await;
+        return Err(RunError::Invalid(
+            "the chat runtime is already attached to another supervisor".into(),
+        ));
+    }
+    let mut events = supervisor.subscribe();
+    let total = items.len() as u64;
+    let mut runs: BTreeMap<WorkItemId, ItemRun> = BTreeMap::new();
+    for item in items {
+        runs.insert(
+            item.id,
+            ItemRun {
+                agent_type: item.agent_type.clone(),
+                turns: 0,
+                sessions: 0,
+                current: None,
+                end: None,
+                failures: 0,
+                finished: false,
+            },
+        );
+        if let Err(e) = supervisor.submit(item).await {
+            supervisor.shutdown(Duration::from_secs(5)).await;
+            return Err(e.into());
+        }
+    }
+
+    let started = Instant::now();
+    let mut driver = Driver {
+        runtime,
+        supervisor: supervisor.clone(),
+        config,
+        runs,
+        turns: FuturesUnordered::new(),
+        tally: Tally::default(),
+        total_turns: 0,
+        finished: 0,
+        request: Duration::ZERO,
+        overhead: Duration::ZERO,
+    };
+    while driver.finished < total {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => driver.event(event).await,
+                None => break,
+            },
+            Some(result) = driver.turns.next(), if !driver.turns.is_empty() => {
+                driver.turn_done(result).await;
+            }
+            () = tokio::time::sleep(config.idle_timeout) => {
+                tracing::warn!(idle = ?config.idle_timeout, "nothing happened for too long; stopping");
+                break;
+            }
+        }
+        progress(RunProgress {
+            finished: driver.finished,
+            total,
+            turns: driver.total_turns,
+            compactions: driver.tally.compactions(),
+            rotations: driver.tally.rotations(),
+        });
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    drop(driver.turns);
+    supervisor.shutdown(Duration::from_secs(30)).await;
+    while let Ok(event) = events.try_recv() {
+        driver.tally.count(&event);
+    }
+    let mut fleet = driver
+        .tally
+        .report(config.seed, total, seconds, driver.total_turns);
+    fleet.unfinished = total.saturating_sub(fleet.done + fleet.dead_letters);
+    let items = driver
+        .runs
+        .into_iter()
+        .map(|(id, r)| ItemReport {
+            id,
+            agent_type: r.agent_type,
+            turns: r.turns,
+            sessions: r.sessions,
+            end: r.end.unwrap_or(ItemEnd::Unfinished),
+        })
+        .collect();
+    Ok(RunReport {
+        fleet,
+        items,
+        request_seconds: driver.request.as_secs_f64(),
+        overhead_seconds: driver.overhead.as_secs_f64(),
+    })
+}
+
+/// The driver's state between events.
+struct Driver<'a> {
+    /// The agents.
+    runtime: Arc<ChatRuntime>,
+    /// The fleet.
+    supervisor: SupervisorHandle,
+    /// How to drive.
+    config: &'a RunConfig,
+    /// Every work item.
+    runs: BTreeMap<WorkItemId, ItemRun>,
+    /// Turns under way.
+    turns: FuturesUnordered<BoxFuture<'static, TurnResult>>,
+    /// The report's counts.
+    tally: Tally,
+    /// Turns taken.
+    total_turns: u64,
+    /// Items done or dead.
+    finished: u64,
+    /// Time in requests.
+    request: Duration,
+    /// baton's own time in turns.
+    overhead: Duration,
+}
+
+impl Driver<'_> {
+    fn schedule(
+        &mut self,
+        item: WorkItemId,
+        session: SessionId,
+        message: Option<String>,
+        delay: Duration,
+    ) {
+        self.turns.push(take_turn(
+            self.runtime.clone(),
+            item,
+            session,
+            message,
+            delay,
+        ));
+    }
+
+    async fn event(&mut self, event: FleetEvent) {
+        self.tally.count(&event);
+        match event {
+            FleetEvent::SessionStarted {
+                session, work_item, ..
+            } => {
+                let Some(run) = self.runs.get_mut(&work_item) else {
+                    return;
+                };
+                run.current = Some(session);
+                run.sessions += 1;
+                if run.end.is_some() {
+                    // It ended while its successor was being prepared.
+                    let _ = self.supervisor.close(session).await;
+                } else {
+                    self.schedule(work_item, session, None, Duration::ZERO);
+                }
+            }
+            FleetEvent::WorkItemDone { work_item, .. } => self.finish(work_item, None),
+            FleetEvent::DeadLetter { work_item, reason } => {
+                self.finish(work_item, Some(ItemEnd::Dead { reason }))
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, item: WorkItemId, end: Option<ItemEnd>) {
+        if let Some(run) = self.runs.get_mut(&item)
+            && !run.finished
+        {
+            run.finished = true;
+            if run.end.is_none() {
+                run.end = end;
+            }
+            self.finished += 1;
+        }
+    }
+
+    /// Ends the item and closes the session holding it.
+    async fn end(&mut self, item: WorkItemId, end: ItemEnd) {
+        let Some(run) = self.runs.get_mut(&item) else {
+            return;
+        };
+        tracing::info!(work_item = %item, end = end.as_str(), turns = run.turns, "work item ends");
+        run.end = Some(end);
+        if let Some(session) = run.current {
+            // A session that has rotated away is no longer registered: its successor is
+            // closed when it starts.
+            let _ = self.supervisor.close(session).await;
+        }
+    }
+
+    async fn turn_done(&mut self, (item, session, message, result): TurnResult) {
+        let Some(run) = self.runs.get_mut(&item) else {
+            return;
+        };
+        if run.end.is_some() {
+            return;
+        }
+        match result {
+            Ok(turn) => {
+                run.turns += 1;
+                run.failures = 0;
+                self.total_turns += 1;
+                self.request += turn.request_time;
+                self.overhead += turn.overhead();
+                let current = run.current == Some(session) && turn.phase == Phase::Normal;
+                if is_done(turn.text(), &self.config.done_marker) {
+                    self.end(item, ItemEnd::Done).await;
+                } else if run.turns >= self.config.max_turns {
+                    self.end(item, ItemEnd::TurnLimit).await;
+                } else if current {
+                    let prompt = self.config.continue_prompt.clone();
+                    self.schedule(item, session, Some(prompt), Duration::ZERO);
+                }
+                // Otherwise the session rotated: its successor's start schedules the next turn.
+            }
+            Err(ChatRuntimeError::UnknownSession(_)) => {
+                // Closed under the turn (a rotation): the successor's start takes over.
+            }
+            Err(e) if e.retry_may_help() && run.failures < self.config.turn_retries => {
+                run.failures += 1;
+                let delay = Duration::from_secs(1) * 2u32.pow(run.failures - 1);
+                tracing::warn!(work_item = %item, session = %session, error = %e, ?delay, "turn failed; taking it again");
+                self.schedule(item, session, message, delay);
+            }
+            Err(e) => {
+                tracing::warn!(work_item = %item, session = %session, error = %e, "turn failed; the work item ends");
+                self.end(
+                    item,
+                    ItemEnd::Failed {
+                        error: e.to_string(),
+                    },
+                )
+                .await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_that_is_the_marker_means_done() {
+        for reply in [
+            "DONE",
+            "Fixed the parser.\nDONE",
+            "All tests pass.\n\n**Done.**\n",
+            "  done!  ",
+            "### DONE",
+        ] {
+            assert!(is_done(reply, DONE_MARKER), "{reply:?}");
+        }
+    }
+
+    #[test]
+    fn the_marker_inside_a_sentence_is_not_done() {
+        for reply in [
+            "",
+            "Not done yet.",
+            "I will write DONE when finished.",
+            "DONE: the first half",
+            "ABANDONED",
+        ] {
+            assert!(!is_done(reply, DONE_MARKER), "{reply:?}");
+        }
+        assert!(!is_done("DONE", "  "), "an empty marker never matches");
+    }
+}

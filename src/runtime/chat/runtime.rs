@@ -1,0 +1,899 @@
+//! [`ChatRuntime`]: an [`AgentRuntime`] whose agents are conversations with an OpenAI-compatible
+//! Chat Completions endpoint, held by baton.
+//!
+//! Servers keep no state between requests, so baton holds each session's message list. A
+//! session of an agent type starts as a conversation with the type's system prompt and model
+//! ([`AgentRuntime::spawn`]); a work item (and the handoff it continues from, after a rotation)
+//! becomes a user message ([`AgentRuntime::assign`], [`assignment_text`]). The embedding program
+//! then talks to the agent with [`ChatRuntime::chat`] (or [`ChatRuntime::reply`], to answer the
+//! history as it stands): the history is sent, the reply appended, and the reply's usage is
+//! reported to the session's actor by the runtime itself, so compaction and rotation happen
+//! without the caller doing anything. A turn returns once baton has acted on its reading: after
+//! a compaction it triggered, or after a rotation, with the successor named in the [`Turn`].
+//!
+//! Usage figures go through a per-session [`UsageTracker`]: a report that is missing, zero, or
+//! falls while the conversation only grew is replaced by the calibrated local estimate and
+//! marked [`UsageSource::Estimated`]. Compaction summaries are budgeted up front
+//! ([`SummaryPlan`]) with a [`ScaledTiktoken`] counter that learns the server's tokens per local
+//! token from the session's own reports, so a summary request never overflows. A context
+//! overflow from a turn is turned into an immediate rotation, never retried.
+//!
+//! The runtime must be attached to the supervisor it serves ([`ChatRuntime::attach`]) before
+//! turns are taken: that is how it finds each session's actor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use thiserror::Error;
+use tracing::Instrument;
+
+use super::client::{ChatClient, EndpointWindow};
+use super::compaction::{CompactionError, SummaryBudget, SummaryPlan, summarise};
+use super::error::{ChatError, ContextOverflow};
+use super::history::{History, ScaledTiktoken, Split, TokenCounter};
+use super::wire::{ChatRequest, Message, Role};
+use crate::machine::{Phase, SessionId};
+use crate::policy::Policy;
+use crate::provider::{self, Encoding, Provider, Reading, ReportedUsage, UsageTracker};
+use crate::runtime::{
+    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose, WorkItem,
+    WorkItemId,
+};
+use crate::supervisor::{SessionHandle, SupervisorHandle};
+use crate::usage::{UsageError, UsageSource};
+
+/// How a [`ChatRuntime`] talks to its endpoint and compacts its sessions.
+#[derive(Debug, Clone)]
+pub struct ChatRuntimeConfig {
+    /// `max_tokens` of every turn's request; `None` lets the server decide (llama.cpp then
+    /// generates until the window is full).
+    pub reply_tokens: Option<u32>,
+    /// Sampling temperature of every turn; `None` for the server's default.
+    pub temperature: Option<f32>,
+    /// Sampling seed of every turn, for servers that honour it.
+    pub seed: Option<u64>,
+    /// Recent tokens after the latest user message that a compaction keeps verbatim (whole
+    /// segments only); 0 keeps none.
+    pub keep_recent_tokens: usize,
+    /// Ask the endpoint for its window (`/props`, then `/v1/models`) once per model, and use it
+    /// when it is smaller than the agent type's.
+    pub discover_window: bool,
+    /// The usage shape to read replies as; `None` detects it (Ollama's `/v1` needs the hint).
+    pub provider: Option<Provider>,
+    /// Server tokens per local tiktoken token, assumed until a session's first trusted report
+    /// measures it.
+    pub initial_scale: f64,
+    /// The longest a turn waits for its session's actor to appear and for a compaction or
+    /// rotation it triggered to finish.
+    pub settle_timeout: Duration,
+}
+
+impl Default for ChatRuntimeConfig {
+    /// Replies of at most 512 tokens, server sampling defaults, no verbatim tail, window
+    /// discovery on, usage shape detected, scale 1.0, and turns that wait up to 10 minutes
+    /// (the default rotation deadline is 5).
+    fn default() -> Self {
+        Self {
+            reply_tokens: Some(512),
+            temperature: None,
+            seed: None,
+            keep_recent_tokens: 0,
+            discover_window: true,
+            provider: None,
+            initial_scale: 1.0,
+            settle_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why a turn failed. A context overflow is not among them: it becomes a rotation, reported in
+/// the [`Turn`].
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ChatRuntimeError {
+    /// The runtime was not attached to a supervisor, so it cannot report usage.
+    #[error(
+        "the chat runtime is not attached to a supervisor: call ChatRuntime::attach after starting it"
+    )]
+    Detached,
+    /// The runtime holds no open conversation for the session (closed, or never spawned).
+    #[error("unknown session {0}")]
+    UnknownSession(SessionId),
+    /// The supervisor did not register the session's actor in time.
+    #[error("session {session} has no actor after {waited:?}")]
+    NoActor {
+        /// The session.
+        session: SessionId,
+        /// How long the turn waited.
+        waited: Duration,
+    },
+    /// The request failed (already retried where retrying may help).
+    #[error(transparent)]
+    Chat(#[from] ChatError),
+    /// The reply carried usage figures baton refuses.
+    #[error("bad usage figures: {0}")]
+    Usage(#[from] UsageError),
+}
+
+impl ChatRuntimeError {
+    /// Whether taking the same turn again later may succeed.
+    pub fn retry_may_help(&self) -> bool {
+        match self {
+            Self::Chat(e) => e.retry_may_help(),
+            Self::NoActor { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// One turn of a conversation: what was sent, what came back, and what baton did about it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Turn {
+    /// The session that took the turn.
+    pub session: SessionId,
+    /// The model's reply; `None` when the request overflowed the window.
+    pub reply: Option<Message>,
+    /// The usage as accounted (reported, or estimated when the report was not trusted) and what
+    /// the server said; `None` after an overflow.
+    pub reading: Option<Reading>,
+    /// The overflow the request ran into, which rotated the session.
+    pub overflow: Option<ContextOverflow>,
+    /// The session's state once baton had acted on the turn: `Normal`, or `Closed` after a
+    /// rotation (`Compacting` and `Rotating` are waited out, up to the settle timeout).
+    pub phase: Phase,
+    /// The session now holding the work item, when it is another one (after a rotation).
+    pub successor: Option<SessionId>,
+    /// Time spent in the HTTP request, retries included.
+    pub request_time: Duration,
+    /// Time spent waiting for a compaction or rotation the turn triggered.
+    pub settle_time: Duration,
+    /// The whole turn, from the call to the return.
+    pub elapsed: Duration,
+}
+
+impl Turn {
+    /// The session to take the next turn on: this one while it is live, else its successor.
+    pub fn next_session(&self) -> Option<SessionId> {
+        match self.phase {
+            Phase::Normal | Phase::Compacting => Some(self.session),
+            Phase::Rotating | Phase::Closed => self.successor,
+        }
+    }
+
+    /// The reply's text, or `""`.
+    pub fn text(&self) -> &str {
+        self.reply.as_ref().map_or("", Message::text)
+    }
+
+    /// baton's own time in the turn: everything but the request and the wait for compaction
+    /// or rotation.
+    pub fn overhead(&self) -> Duration {
+        self.elapsed
+            .saturating_sub(self.request_time)
+            .saturating_sub(self.settle_time)
+    }
+}
+
+/// The user message that gives a session its work item, with the handoff it continues from.
+pub fn assignment_text(item: &WorkItem, handoff: Option<&Handoff>) -> String {
+    match handoff {
+        None => format!("Work item {}:\n{}", item.id, item.text),
+        Some(h) => format!(
+            "Work item {}:\n{}\n\nAn earlier session worked on this item until its context \
+             window was full. Continue from its handoff:\n{}",
+            item.id,
+            item.text,
+            h.text.trim()
+        ),
+    }
+}
+
+/// A compaction summary written but not yet applied: which messages it covers.
+#[derive(Debug, Clone)]
+struct Pending {
+    /// Messages of the history when the summary was asked for; later ones are kept as they are.
+    len: usize,
+    /// What the summary replaces, among those.
+    split: Split,
+}
+
+/// One session's conversation and accounting, behind the session's lock.
+struct Transcript {
+    /// The messages as sent to the model.
+    history: History,
+    /// The same messages as the tracker counts them, kept in step with `history`.
+    counted: Vec<provider::Message>,
+    /// The session's accounting.
+    tracker: UsageTracker,
+    /// Server tokens per local token, from the last trusted report.
+    scale: f64,
+    /// A compaction summary awaiting `replace_history`.
+    pending: Option<Pending>,
+    /// The work item it holds.
+    item: Option<WorkItemId>,
+    /// Set by `close`: a turn in flight must not report for it.
+    closed: bool,
+}
+
+impl Transcript {
+    fn push(&mut self, message: Message) {
+        self.counted.push(counted(&message));
+        self.history.push(message);
+    }
+
+    fn set_history(&mut self, history: History) {
+        self.counted = history.messages().iter().map(counted).collect();
+        self.history = history;
+    }
+
+    fn counter(&self, encoding: Encoding) -> ScaledTiktoken {
+        ScaledTiktoken {
+            encoding,
+            scale: self.scale,
+        }
+    }
+}
+
+/// One session as the runtime knows it.
+struct Conversation {
+    /// The session.
+    id: SessionId,
+    /// Its agent type's name, for logs.
+    agent_type: Arc<str>,
+    /// The model named in its requests.
+    model: String,
+    /// The window its readings are measured against.
+    window: u64,
+    /// Its agent type's policy: an overflow below `rotate_at` rotates by hand.
+    policy: Arc<Policy>,
+    /// The vocabulary its local counts use.
+    encoding: Encoding,
+    /// The client for its agent type.
+    client: ChatClient,
+    /// Its actor, once the supervisor registered it.
+    actor: OnceLock<SessionHandle>,
+    /// The conversation; held across a request, so one turn or summary at a time.
+    transcript: tokio::sync::Mutex<Transcript>,
+}
+
+/// The endpoint's window for one model, asked for once by whichever session needs it first.
+type WindowCell = Arc<tokio::sync::OnceCell<Option<EndpointWindow>>>;
+
+/// An [`AgentRuntime`] over OpenAI-compatible chat endpoints. See the module documentation.
+pub struct ChatRuntime {
+    /// The client of every agent type without its own.
+    client: ChatClient,
+    /// Per agent type: its own endpoint and key (its profile).
+    clients: HashMap<Arc<str>, ChatClient>,
+    /// Settings.
+    config: ChatRuntimeConfig,
+    /// The supervisor the sessions belong to, set by `attach`.
+    supervisor: OnceLock<SupervisorHandle>,
+    /// Open conversations.
+    conversations: Mutex<HashMap<SessionId, Arc<Conversation>>>,
+    /// Spawns by key, so a repeated key returns the same session.
+    spawned: Mutex<HashMap<SpawnKey, SessionId>>,
+    /// The open session each work item was last assigned to.
+    holders: Mutex<HashMap<WorkItemId, SessionId>>,
+    /// The endpoint's window per (base URL, model), asked once.
+    windows: Mutex<HashMap<(String, String), WindowCell>>,
+    /// The last session id handed out.
+    next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for ChatRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatRuntime")
+            .field("client", &self.client)
+            .field("clients", &self.clients)
+            .field("config", &self.config)
+            .field("attached", &self.supervisor.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message as the tracker counts it.
+fn counted(m: &Message) -> provider::Message {
+    let role = match m.role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    };
+    provider::Message {
+        role: role.to_owned(),
+        content: m.text().to_owned(),
+        name: None,
+        tool_calls: m
+            .tool_calls
+            .iter()
+            .map(|c| provider::ToolCall {
+                name: c.function.name.clone(),
+                arguments: c.function.arguments.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A failed request as the trait reports it: an overflow stays an overflow, a timeout a
+/// timeout, and the rest say whether a retry may help.
+fn runtime_error(e: ChatError) -> RuntimeError {
+    match e {
+        ChatError::ContextOverflow(o) => RuntimeError::ContextOverflow {
+            message: o.to_string(),
+        },
+        ChatError::Timeout { timeout, .. } => RuntimeError::Timeout(timeout),
+        other => RuntimeError::Failed {
+            retryable: other.retry_may_help(),
+            message: other.to_string(),
+        },
+    }
+}
+
+impl ChatRuntime {
+    /// A runtime whose agents talk to `client`'s endpoint, with the default settings.
+    pub fn new(client: ChatClient) -> Self {
+        Self::with_config(client, ChatRuntimeConfig::default())
+    }
+
+    /// A runtime with these settings.
+    pub fn with_config(client: ChatClient, config: ChatRuntimeConfig) -> Self {
+        Self {
+            client,
+            clients: HashMap::new(),
+            config,
+            supervisor: OnceLock::new(),
+            conversations: Mutex::default(),
+            spawned: Mutex::default(),
+            holders: Mutex::default(),
+            windows: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Gives the agent type `name` its own client (its profile: endpoint, key, timeouts).
+    pub fn agent_client(mut self, name: &str, client: ChatClient) -> Self {
+        self.clients.insert(name.into(), client);
+        self
+    }
+
+    /// Attaches the runtime to the supervisor it was given to, so that turns can report usage
+    /// to their sessions' actors. Call it once, right after `start()`; a second call is ignored
+    /// (with a warning) and returns false.
+    pub fn attach(&self, supervisor: &SupervisorHandle) -> bool {
+        let fresh = self.supervisor.set(supervisor.clone()).is_ok();
+        if !fresh {
+            tracing::warn!("chat runtime already attached; ignored");
+        }
+        fresh
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ChatRuntimeConfig {
+        &self.config
+    }
+
+    /// The client the agent type `name` uses.
+    pub fn client_for(&self, name: &str) -> &ChatClient {
+        self.clients.get(name).unwrap_or(&self.client)
+    }
+
+    /// The model a session of `agent` names in its requests: its `model`, or its name when
+    /// that is empty.
+    fn model_of(agent: &AgentType) -> String {
+        if agent.model.is_empty() {
+            agent.name.to_string()
+        } else {
+            agent.model.clone()
+        }
+    }
+
+    /// The window the endpoint states for `agent`'s model, asked once per endpoint and model
+    /// (`None` when it states none, cannot be reached, or discovery is off).
+    pub async fn endpoint_window(&self, agent: &AgentType) -> Option<EndpointWindow> {
+        if !self.config.discover_window {
+            return None;
+        }
+        let client = self.client_for(&agent.name);
+        let model = Self::model_of(agent);
+        let cell = self
+            .windows
+            .lock()
+            .expect("lock")
+            .entry((client.config().base_url.clone(), model.clone()))
+            .or_default()
+            .clone();
+        *cell
+            .get_or_init(|| async {
+                match client.window(Some(&model)).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(%model, error = %e, "could not ask the endpoint for its window");
+                        None
+                    }
+                }
+            })
+            .await
+    }
+
+    /// The window a session of `agent` is measured against: the agent type's, or the
+    /// endpoint's when that is smaller (a server enforces its own; a larger one would overflow
+    /// before the thresholds are reached).
+    pub async fn window(&self, agent: &AgentType) -> u64 {
+        match self.endpoint_window(agent).await {
+            Some(w) if w.tokens < agent.window => {
+                tracing::warn!(
+                    agent_type = %agent.name,
+                    configured = agent.window,
+                    endpoint = w.tokens,
+                    source = ?w.source,
+                    "the endpoint's window is smaller than the agent type's; using the endpoint's"
+                );
+                w.tokens
+            }
+            _ => agent.window,
+        }
+    }
+
+    fn conversation(&self, session: SessionId) -> Option<Arc<Conversation>> {
+        self.conversations
+            .lock()
+            .expect("lock")
+            .get(&session)
+            .cloned()
+    }
+
+    /// The open session the work item was last assigned to (its successor, after a rotation).
+    pub fn holder(&self, item: WorkItemId) -> Option<SessionId> {
+        self.holders.lock().expect("lock").get(&item).copied()
+    }
+
+    /// A copy of the session's messages, oldest first (`None` when it is not open).
+    pub async fn history(&self, session: SessionId) -> Option<Vec<Message>> {
+        let conv = self.conversation(session)?;
+        let t = conv.transcript.lock().await;
+        (!t.closed).then(|| t.history.messages().to_vec())
+    }
+
+    /// The window the session's readings are measured against.
+    pub fn session_window(&self, session: SessionId) -> Option<u64> {
+        self.conversation(session).map(|c| c.window)
+    }
+
+    /// Sends `message` as the next user message, appends the reply, and reports its usage to
+    /// the session; returns once baton has acted on it (see [`Turn`]).
+    pub async fn chat(
+        &self,
+        session: SessionId,
+        message: impl Into<String>,
+    ) -> Result<Turn, ChatRuntimeError> {
+        self.turn(session, Some(Message::user(message))).await
+    }
+
+    /// Asks for the reply to the history as it stands (after [`AgentRuntime::assign`], the
+    /// work item): a turn that adds no user message.
+    pub async fn reply(&self, session: SessionId) -> Result<Turn, ChatRuntimeError> {
+        self.turn(session, None).await
+    }
+
+    async fn turn(
+        &self,
+        session: SessionId,
+        message: Option<Message>,
+    ) -> Result<Turn, ChatRuntimeError> {
+        let started = Instant::now();
+        let supervisor = self.supervisor.get().ok_or(ChatRuntimeError::Detached)?;
+        let conv = self
+            .conversation(session)
+            .ok_or(ChatRuntimeError::UnknownSession(session))?;
+        let span = tracing::info_span!("turn", session = %session, agent_type = %conv.agent_type);
+        async move {
+            let actor = self.actor(&conv, supervisor).await?;
+            let mut t = conv.transcript.lock().await;
+            if t.closed {
+                return Err(ChatRuntimeError::UnknownSession(session));
+            }
+            let mut messages = t.history.messages().to_vec();
+            messages.extend(message.iter().cloned());
+            let request = ChatRequest {
+                max_tokens: self.config.reply_tokens,
+                temperature: self.config.temperature,
+                seed: self.config.seed,
+                ..ChatRequest::new(&conv.model, messages)
+            };
+            let sent = Instant::now();
+            let result = conv.client.chat(&request).await;
+            let request_time = sent.elapsed();
+            drop(request);
+            let completion = match result {
+                Ok(c) => c,
+                Err(ChatError::ContextOverflow(overflow)) => {
+                    // The message stays: the handoff summary must know what was asked.
+                    if let Some(m) = message {
+                        t.push(m);
+                    }
+                    drop(t);
+                    return self
+                        .overflowed(&conv, supervisor, &actor, overflow, started, request_time)
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let reply =
+                completion
+                    .response
+                    .message()
+                    .cloned()
+                    .ok_or_else(|| ChatError::Malformed {
+                        endpoint: conv.client.config().base_url.clone(),
+                        reason: "the reply has no choices".into(),
+                    })?;
+            let reported = completion.response.usage.as_ref().and_then(|raw| {
+                let body = serde_json::json!({ "usage": raw });
+                provider::parse_usage(&body, self.config.provider)
+                    .map_err(|e| tracing::warn!(error = %e, "unreadable usage; estimating"))
+                    .ok()
+            });
+            let mut reply = reply;
+            reply.reasoning_content = None;
+            // Accounted under the lock, which is released before the report: a compaction the
+            // report starts needs it.
+            let (reading, item) = {
+                let t = &mut *t;
+                if let Some(m) = message {
+                    t.push(m);
+                }
+                let reading = t.tracker.observe(&t.counted, reported.as_ref())?;
+                if reading.distrust.is_none()
+                    && let Some(r) = reported
+                {
+                    t.scale = scale(&r, t.tracker.local_tokens());
+                }
+                t.push(reply.clone());
+                (reading, t.item)
+            };
+            drop(t);
+            tracing::debug!(
+                used = reading.usage.used(),
+                source = ?reading.usage.source(),
+                distrust = ?reading.distrust,
+                request_ms = request_time.as_millis() as u64,
+                "turn"
+            );
+            let phase = actor
+                .report_usage_and_wait(
+                    reading.usage.used(),
+                    Some(conv.window),
+                    reading.usage.source(),
+                )
+                .await;
+            let (phase, settle_time) = self.settle(&actor, phase).await;
+            Ok(Turn {
+                session,
+                reply: Some(reply),
+                reading: Some(reading),
+                overflow: None,
+                phase,
+                successor: self.successor(session, item),
+                request_time,
+                settle_time,
+                elapsed: started.elapsed(),
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A turn that overflowed: the session rotates at once. The server's prompt count is
+    /// reported when it says one and it reaches `rotate_at` (the rotation record then carries
+    /// the server's figure); otherwise the session is rotated by hand.
+    async fn overflowed(
+        &self,
+        conv: &Conversation,
+        supervisor: &SupervisorHandle,
+        actor: &SessionHandle,
+        overflow: ContextOverflow,
+        started: Instant,
+        request_time: Duration,
+    ) -> Result<Turn, ChatRuntimeError> {
+        let window = overflow.window.unwrap_or(conv.window);
+        tracing::warn!(%overflow, "context overflow; rotating the session");
+        let phase = match overflow.prompt_tokens {
+            Some(prompt) if prompt as f64 >= conv.policy.rotate_at() * window as f64 => {
+                actor
+                    .report_usage_and_wait(prompt, Some(window), UsageSource::Reported)
+                    .await
+            }
+            _ => {
+                if let Err(e) = supervisor.rotate(conv.id).await {
+                    tracing::warn!(error = %e, "could not rotate after an overflow");
+                }
+                actor.info().await.map(|i| i.phase)
+            }
+        };
+        let (phase, settle_time) = self.settle(actor, phase).await;
+        let item = conv.transcript.lock().await.item;
+        Ok(Turn {
+            session: conv.id,
+            reply: None,
+            reading: None,
+            overflow: Some(overflow),
+            phase,
+            successor: self.successor(conv.id, item),
+            request_time,
+            settle_time,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// The session's actor: cached after the first lookup; until the supervisor registers it
+    /// (right after spawn and assign), looked up again with a growing pause.
+    async fn actor(
+        &self,
+        conv: &Conversation,
+        supervisor: &SupervisorHandle,
+    ) -> Result<SessionHandle, ChatRuntimeError> {
+        if let Some(handle) = conv.actor.get() {
+            return Ok(handle.clone());
+        }
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(handle) = supervisor.session(conv.id).await {
+                return Ok(conv.actor.get_or_init(|| handle).clone());
+            }
+            if self.conversation(conv.id).is_none() {
+                return Err(ChatRuntimeError::UnknownSession(conv.id));
+            }
+            if started.elapsed() >= self.config.settle_timeout {
+                return Err(ChatRuntimeError::NoActor {
+                    session: conv.id,
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits while the session compacts or rotates (the actor's own answer, asked with a
+    /// growing pause); its phase then (`Closed` once its actor has stopped), and how long it
+    /// waited (zero when it did not have to).
+    async fn settle(&self, actor: &SessionHandle, phase: Option<Phase>) -> (Phase, Duration) {
+        let started = Instant::now();
+        let mut phase = phase;
+        let mut pause = Duration::from_millis(2);
+        let mut waited = Duration::ZERO;
+        loop {
+            match phase {
+                None => return (Phase::Closed, waited),
+                Some(p @ (Phase::Normal | Phase::Closed)) => return (p, waited),
+                Some(p) if started.elapsed() >= self.config.settle_timeout => {
+                    tracing::warn!(phase = ?p, "the session did not settle in time");
+                    return (p, started.elapsed());
+                }
+                Some(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                    phase = actor.info().await.map(|i| i.phase);
+                    waited = started.elapsed();
+                }
+            }
+        }
+    }
+
+    /// The open session holding `item`, when it is not `session`.
+    fn successor(&self, session: SessionId, item: Option<WorkItemId>) -> Option<SessionId> {
+        item.and_then(|i| self.holder(i)).filter(|s| *s != session)
+    }
+}
+
+/// Server tokens per local token, from a trusted report of a prompt counted `local` locally;
+/// kept within [0.5, 4] so that one odd report cannot wreck a budget.
+fn scale(reported: &ReportedUsage, local: u64) -> f64 {
+    if local == 0 {
+        return 1.0;
+    }
+    (reported.prompt_tokens as f64 / local as f64).clamp(0.5, 4.0)
+}
+
+#[async_trait]
+impl AgentRuntime for ChatRuntime {
+    async fn summarise(
+        &self,
+        session: SessionId,
+        purpose: SummaryPurpose,
+    ) -> Result<Summary, RuntimeError> {
+        let conv = self
+            .conversation(session)
+            .ok_or(RuntimeError::UnknownSession(session))?;
+        let span = tracing::info_span!("summarise", session = %session, ?purpose);
+        async move {
+            let mut t = conv.transcript.lock().await;
+            let counter = t.counter(conv.encoding);
+            let split = match purpose {
+                SummaryPurpose::Compaction => {
+                    t.history.split(&counter, self.config.keep_recent_tokens)
+                }
+                // The successor keeps nothing but its instructions: the handoff must carry
+                // everything else, the work item's message included.
+                SummaryPurpose::Handoff => {
+                    let len = t.history.messages().len();
+                    Split {
+                        system: t.history.split(&counter, 0).system,
+                        latest_user: None,
+                        tail: len..len,
+                    }
+                }
+            };
+            let budget = SummaryBudget::for_window(conv.window as usize);
+            let plan = SummaryPlan::build(&t.history, &split, &counter, budget)
+                .map_err(|e: CompactionError| RuntimeError::permanent(e.to_string()))?;
+            let summary = summarise(&conv.client, &conv.model, &plan, &counter)
+                .await
+                .map_err(runtime_error)?;
+            let tokens = summary
+                .calls
+                .last()
+                .and_then(|c| c.usage.trusted())
+                .map(|u| u.completion_tokens)
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| counter.count(&summary.text) as u64);
+            tracing::info!(
+                parts = plan.parts(),
+                tokens,
+                stats = ?plan.stats(),
+                "summary written"
+            );
+            if purpose == SummaryPurpose::Compaction {
+                t.pending = Some(Pending {
+                    len: t.history.messages().len(),
+                    split,
+                });
+            }
+            Ok(Summary {
+                text: summary.text,
+                tokens,
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn replace_history(
+        &self,
+        session: SessionId,
+        summary: &Summary,
+    ) -> Result<u64, RuntimeError> {
+        let conv = self
+            .conversation(session)
+            .ok_or(RuntimeError::UnknownSession(session))?;
+        let span = tracing::info_span!("replace_history", session = %session);
+        async move {
+            let mut t = conv.transcript.lock().await;
+            let counter = t.counter(conv.encoding);
+            let pending = match t.pending.take() {
+                Some(p) => p,
+                None => Pending {
+                    len: t.history.messages().len(),
+                    split: t.history.split(&counter, self.config.keep_recent_tokens),
+                },
+            };
+            let messages = t.history.messages();
+            // The summary covers the history as it was when it was written; anything added
+            // since is kept after the rewrite, in order.
+            let covered = History::from_messages(messages[..pending.len].to_vec());
+            let mut rewritten = covered.rewrite(&pending.split, &summary.text);
+            for m in &messages[pending.len..] {
+                rewritten.push(m.clone());
+            }
+            let before = messages.len();
+            t.set_history(rewritten);
+            let t = &mut *t;
+            let after = t
+                .tracker
+                .estimate(&t.counted)
+                .map_err(|e| RuntimeError::permanent(e.to_string()))?;
+            tracing::info!(
+                messages_before = before,
+                messages_after = t.counted.len(),
+                after = after.used(),
+                "history replaced"
+            );
+            Ok(after.used())
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
+        let conv = self
+            .conversations
+            .lock()
+            .expect("lock")
+            .remove(&session)
+            .ok_or(RuntimeError::UnknownSession(session))?;
+        let mut t = conv.transcript.lock().await;
+        t.closed = true;
+        if let Some(item) = t.item {
+            let mut holders = self.holders.lock().expect("lock");
+            if holders.get(&item) == Some(&session) {
+                holders.remove(&item);
+            }
+        }
+        tracing::debug!(session = %session, messages = t.history.messages().len(), "conversation dropped");
+        Ok(())
+    }
+
+    async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
+        if let Some(id) = self.spawned.lock().expect("lock").get(&key) {
+            return Ok(*id);
+        }
+        let window = self.window(agent).await;
+        let model = Self::model_of(agent);
+        let encoding = Encoding::for_model(&model);
+        let tracker = UsageTracker::new(window, encoding)
+            .map_err(|e| RuntimeError::permanent(e.to_string()))?;
+        let mut spawned = self.spawned.lock().expect("lock");
+        if let Some(id) = spawned.get(&key) {
+            return Ok(*id);
+        }
+        let id = SessionId(self.next_id.fetch_add(1, Ordering::SeqCst) + 1);
+        spawned.insert(key, id);
+        let history = if agent.system_prompt.is_empty() {
+            History::default()
+        } else {
+            History::new(agent.system_prompt.clone())
+        };
+        let mut transcript = Transcript {
+            history: History::default(),
+            counted: Vec::new(),
+            tracker,
+            scale: self.config.initial_scale,
+            pending: None,
+            item: None,
+            closed: false,
+        };
+        transcript.set_history(history);
+        let conv = Conversation {
+            id,
+            agent_type: agent.name.clone(),
+            model,
+            window,
+            policy: agent.policy.clone(),
+            encoding,
+            client: self.client_for(&agent.name).clone(),
+            actor: OnceLock::new(),
+            transcript: tokio::sync::Mutex::new(transcript),
+        };
+        self.conversations
+            .lock()
+            .expect("lock")
+            .insert(id, Arc::new(conv));
+        tracing::debug!(session = %id, agent_type = %agent.name, window, "conversation started");
+        Ok(id)
+    }
+
+    async fn assign(
+        &self,
+        session: SessionId,
+        item: &WorkItem,
+        handoff: Option<&Handoff>,
+    ) -> Result<(), RuntimeError> {
+        let conv = self
+            .conversation(session)
+            .ok_or(RuntimeError::UnknownSession(session))?;
+        let mut t = conv.transcript.lock().await;
+        if t.item == Some(item.id) {
+            // A retried assign: the item is already there.
+            return Ok(());
+        }
+        t.push(Message::user(assignment_text(item, handoff)));
+        t.item = Some(item.id);
+        self.holders.lock().expect("lock").insert(item.id, session);
+        Ok(())
+    }
+}

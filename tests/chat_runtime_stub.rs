@@ -1,0 +1,408 @@
+//! `ChatRuntime` under the supervisor, against the loopback stub: usage is reported by the
+//! runtime itself after every reply, and every fault an endpoint produces ends as the issue
+//! says (an overflow rotates, missing or zero usage is estimated, a 429 is retried, a slow
+//! reply times out), with the API key in no log line and no record.
+
+mod support;
+
+use std::time::Duration;
+
+use baton::provider::Distrust;
+use baton::runtime::chat::{
+    ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeError, Role, SUMMARY_INSTRUCTIONS,
+    SUMMARY_PREFIX,
+};
+use baton::runtime::{AgentRuntime, SpawnKey};
+use baton::{AgentType, FleetEvent, Phase, RotationReason, UsageSource};
+use support::chat::{ChatFleet, quick_client, runtime_config};
+use support::stub::{Fault, Stub, StubWindow};
+
+const WINDOW: u64 = 2000;
+
+fn agent() -> AgentType {
+    AgentType {
+        model: "stub-model".into(),
+        system_prompt: "You are a careful coding agent.".into(),
+        ..AgentType::new("coder", WINDOW)
+    }
+}
+
+fn runtime(stub: &Stub) -> ChatRuntime {
+    ChatRuntime::with_config(
+        ChatClient::new(quick_client(stub.base_url())).unwrap(),
+        runtime_config(),
+    )
+}
+
+/// A fleet over the stub with one work item started; its session.
+async fn fleet(stub: &Stub) -> (ChatFleet, baton::SessionId) {
+    let mut fleet = ChatFleet::start(runtime(stub), agent());
+    let session = fleet
+        .start_item(1, "coder", "Fix the failing test in tests/parse.rs")
+        .await;
+    (fleet, session)
+}
+
+async fn phase_of(fleet: &ChatFleet, session: baton::SessionId) -> Option<baton::SessionInfo> {
+    fleet.supervisor.session(session).await?.info().await
+}
+
+#[actix::test]
+async fn usage_is_reported_after_each_reply_without_the_caller_reporting_anything() {
+    let stub = Stub::start().await;
+    // Three turns, the third at 86% of the window; then the summary request.
+    stub.usage_series(vec![(100, 10), (500, 20), (1700, 20), (300, 60)]);
+    let (mut fleet, s) = fleet(&stub).await;
+
+    let first = fleet.runtime.reply(s).await.unwrap();
+    assert_eq!(first.phase, Phase::Normal);
+    let info = phase_of(&fleet, s).await.unwrap();
+    assert_eq!(
+        info.usage.map(|u| (u.used(), u.source())),
+        Some((110, UsageSource::Reported))
+    );
+
+    let second = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    assert_eq!(second.reading.unwrap().usage.used(), 520);
+    assert_eq!(
+        phase_of(&fleet, s).await.unwrap().usage.unwrap().used(),
+        520
+    );
+
+    // Crossing 80% compacts the session before the turn returns.
+    let third = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    assert_eq!(third.phase, Phase::Normal, "the compaction was waited out");
+    assert!(third.settle_time > Duration::ZERO);
+    let compactions = fleet.compactions();
+    assert_eq!(compactions.len(), 1, "{:#?}", fleet.log);
+    let c = &compactions[0];
+    assert!(c.success, "{c:?}");
+    assert_eq!((c.session, c.before_tokens), (s, 1720));
+    assert_eq!(c.summary_tokens, 60, "the server's count of the summary");
+    assert!(c.after_tokens < c.before_tokens);
+
+    // The summary request asked for what successors need; the history was rewritten.
+    let requests = stub.chat_requests();
+    assert_eq!(requests.len(), 4);
+    assert_eq!(
+        requests[3].body["messages"][0]["content"],
+        SUMMARY_INSTRUCTIONS
+    );
+    let history = fleet.runtime.history(s).await.unwrap();
+    let roles: Vec<Role> = history.iter().map(|m| m.role).collect();
+    assert_eq!(roles, [Role::System, Role::User, Role::User]);
+    assert!(history[1].text().starts_with(SUMMARY_PREFIX));
+    assert_eq!(history[2].text(), "Go on.");
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried() {
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(600, 20)]);
+    stub.script([
+        Fault::Reply,
+        Fault::OverflowLlamaCpp {
+            prompt: 2300,
+            window: WINDOW,
+        },
+    ]);
+    stub.reply_text("Handoff: tests/parse.rs fails with `assertion failed: ast.is_empty()`.");
+    let (mut fleet, s) = fleet(&stub).await;
+    fleet.runtime.reply(s).await.unwrap();
+
+    let turn = fleet
+        .runtime
+        .chat(s, &"a very long tool output ".repeat(50))
+        .await
+        .expect("an overflow is not an error");
+
+    let overflow = turn.overflow.as_ref().expect("the overflow is reported");
+    assert_eq!(overflow.prompt_tokens, Some(2300));
+    assert!(turn.reply.is_none() && turn.reading.is_none());
+    assert_eq!(turn.phase, Phase::Closed);
+    let successor = turn.successor.expect("a successor holds the work item");
+    assert_eq!(turn.next_session(), Some(successor));
+    let rotations = fleet.rotations();
+    assert_eq!(rotations.len(), 1);
+    let r = &rotations[0];
+    assert!(r.success);
+    assert_eq!(r.reason, RotationReason::Threshold);
+    assert_eq!(r.before_tokens, 2300, "the server's own count");
+    assert_eq!((r.old_session, r.new_session), (s, Some(successor)));
+    assert_eq!(&*r.agent_type, "coder");
+    // The overflowing request went out once; what followed are the handoff summary's parts.
+    let requests = stub.chat_requests();
+    let last_user = |r: &support::stub::Received| {
+        let m = r.body["messages"].as_array().unwrap();
+        m[m.len() - 1]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| last_user(r).starts_with("a very long"))
+            .count(),
+        1
+    );
+    assert!(requests.len() >= 3);
+    for r in &requests[2..] {
+        assert_eq!(r.body["messages"][0]["content"], SUMMARY_INSTRUCTIONS);
+    }
+    // The successor starts from the handoff, and its first request carries it.
+    let next = fleet.runtime.reply(successor).await.unwrap();
+    assert_eq!(next.phase, Phase::Normal);
+    let first = &stub.chat_requests()[requests.len()].body["messages"];
+    assert_eq!(first[0]["content"], "You are a careful coding agent.");
+    let assignment = first[1]["content"].as_str().unwrap();
+    assert!(assignment.contains("Fix the failing test in tests/parse.rs"));
+    assert!(
+        assignment.contains("assertion failed: ast.is_empty()"),
+        "{assignment}"
+    );
+    assert!(
+        fleet.runtime.history(s).await.is_none(),
+        "the old history is dropped"
+    );
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn a_vllm_overflow_below_the_rotation_threshold_rotates_by_hand() {
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(600, 20)]);
+    // 1,800 of 2,000 tokens is 90%: reporting it would compact, so the session is rotated.
+    stub.script([
+        Fault::Reply,
+        Fault::OverflowVllm {
+            prompt: 1800,
+            window: WINDOW,
+        },
+    ]);
+    let (mut fleet, s) = fleet(&stub).await;
+    fleet.runtime.reply(s).await.unwrap();
+    let turn = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    assert_eq!(turn.overflow.unwrap().prompt_tokens, Some(1800));
+    assert_eq!(turn.phase, Phase::Closed);
+    assert!(turn.successor.is_some());
+    let r = &fleet.rotations()[0];
+    assert_eq!(r.reason, RotationReason::Manual);
+    assert_eq!(r.before_tokens, 620, "the last reading before the overflow");
+    assert!(fleet.compactions().is_empty());
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn a_reply_without_usage_is_reported_as_an_estimate() {
+    let stub = Stub::start().await;
+    stub.script([Fault::NoUsage]);
+    let (fleet, s) = fleet(&stub).await;
+    let turn = fleet.runtime.reply(s).await.unwrap();
+    let reading = turn.reading.unwrap();
+    assert_eq!(reading.distrust, Some(Distrust::NoReport));
+    assert_eq!(reading.usage.source(), UsageSource::Estimated);
+    assert!(
+        reading.usage.used() > 10,
+        "the system prompt and the work item count"
+    );
+    let usage = phase_of(&fleet, s).await.unwrap().usage.unwrap();
+    assert_eq!(
+        (usage.used(), usage.source()),
+        (reading.usage.used(), UsageSource::Estimated)
+    );
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn zero_prompt_tokens_are_distrusted_and_estimated() {
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(400, 20)]);
+    stub.script([Fault::Reply, Fault::ZeroPrompt]);
+    let (fleet, s) = fleet(&stub).await;
+    fleet.runtime.reply(s).await.unwrap();
+    let turn = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let reading = turn.reading.unwrap();
+    assert_eq!(reading.distrust, Some(Distrust::ZeroPrompt));
+    assert_eq!(reading.usage.source(), UsageSource::Estimated);
+    assert!(
+        reading.usage.used() > 420,
+        "grown from the last trusted report: {}",
+        reading.usage.used()
+    );
+    let usage = phase_of(&fleet, s).await.unwrap().usage.unwrap();
+    assert_eq!(usage.source(), UsageSource::Estimated);
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn a_rate_limit_then_success_is_one_turn_and_one_report() {
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(300, 10)]);
+    stub.script([
+        Fault::Status {
+            status: 429,
+            headers: vec![],
+        },
+        Fault::Reply,
+    ]);
+    let (mut fleet, s) = fleet(&stub).await;
+    let turn = fleet.runtime.reply(s).await.unwrap();
+    assert_eq!(turn.phase, Phase::Normal);
+    assert_eq!(stub.chat_requests().len(), 2);
+    assert_eq!(turn.reading.unwrap().usage.used(), 310);
+    assert_eq!(
+        fleet.runtime.history(s).await.unwrap().len(),
+        3,
+        "one reply appended"
+    );
+    assert!(fleet.compactions().is_empty() && fleet.rotations().is_empty());
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn a_slow_reply_past_the_timeout_fails_the_turn_and_leaves_the_history_as_it_was() {
+    let stub = Stub::start().await;
+    stub.script([Fault::Slow(Duration::from_secs(3))]);
+    let mut client = quick_client(stub.base_url());
+    client.request_timeout = Duration::from_millis(300);
+    let runtime = ChatRuntime::with_config(ChatClient::new(client).unwrap(), runtime_config());
+    let mut fleet = ChatFleet::start(runtime, agent());
+    let s = fleet.start_item(1, "coder", "Fix it").await;
+    let before = fleet.runtime.history(s).await.unwrap();
+    let err = fleet.runtime.chat(s, "Go on.").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ChatRuntimeError::Chat(ChatError::Timeout { attempts: 1, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(err.retry_may_help());
+    assert_eq!(fleet.runtime.history(s).await.unwrap(), before);
+    // The same turn, taken again, goes through.
+    let turn = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    assert_eq!(turn.phase, Phase::Normal);
+    assert_eq!(
+        fleet.runtime.history(s).await.unwrap().len(),
+        before.len() + 2
+    );
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn no_api_key_appears_in_any_log_line_or_record() {
+    const KEY: &str = "sk-baton-runtime-7d1e0c55";
+    let (logs, _guard) = support::capture_logs();
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(400, 20), (1700, 20), (300, 40)]);
+    stub.script([
+        Fault::Status {
+            status: 500,
+            headers: vec![],
+        },
+        Fault::Reply,
+        Fault::Reply,
+        Fault::Reply,
+        Fault::OverflowLlamaCpp {
+            prompt: 2100,
+            window: WINDOW,
+        },
+    ]);
+    let mut client = quick_client(stub.base_url());
+    client.api_key = Some(ApiKey::new(KEY).unwrap());
+    let runtime = ChatRuntime::with_config(ChatClient::new(client).unwrap(), runtime_config());
+    tracing::info!(?runtime, "runtime");
+    let mut fleet = ChatFleet::start(runtime, agent());
+    let s = fleet.start_item(1, "coder", "Fix it").await;
+    fleet.runtime.reply(s).await.unwrap();
+    let compacting = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    assert_eq!(compacting.phase, Phase::Normal);
+    let rotated = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    assert!(rotated.overflow.is_some() && rotated.successor.is_some());
+    let events = fleet.stop().await;
+
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FleetEvent::Compaction(c) if c.success))
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, FleetEvent::Rotation(r) if r.success))
+    );
+    for r in stub.received() {
+        assert_eq!(r.authorization.as_deref(), Some(&*format!("Bearer {KEY}")));
+    }
+    let records = serde_json::to_string(&events).unwrap();
+    assert!(!records.contains("7d1e0c55"), "the key is in a record");
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("retrying chat request"), "{logs}");
+    assert!(logs.contains("context overflow"), "{logs}");
+    assert!(logs.contains("<redacted>"), "{logs}");
+    assert!(
+        !logs.contains("7d1e0c55"),
+        "the key leaked into the logs:\n{logs}"
+    );
+}
+
+#[actix::test]
+async fn the_endpoint_window_is_used_when_it_is_smaller_than_the_agent_types() {
+    let stub = Stub::start().await;
+    stub.window(StubWindow {
+        props: Some((1024, 1)),
+        max_model_len: None,
+    });
+    let (fleet, s) = fleet(&stub).await;
+    assert_eq!(fleet.runtime.session_window(s), Some(1024));
+    let turn = fleet.runtime.reply(s).await.unwrap();
+    assert_eq!(turn.reading.unwrap().usage.window(), 1024);
+    fleet.stop().await;
+
+    let larger = Stub::start().await;
+    larger.window(StubWindow {
+        props: None,
+        max_model_len: Some(32_768),
+    });
+    let (fleet, s) = self::fleet(&larger).await;
+    assert_eq!(fleet.runtime.session_window(s), Some(WINDOW));
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn spawn_is_idempotent_per_key_and_ids_are_new() {
+    let stub = Stub::start().await;
+    let runtime = runtime(&stub);
+    let a = runtime.spawn(&agent(), SpawnKey(1)).await.unwrap();
+    assert_eq!(runtime.spawn(&agent(), SpawnKey(1)).await.unwrap(), a);
+    let b = runtime.spawn(&agent(), SpawnKey(2)).await.unwrap();
+    assert_ne!(a, b);
+    let history = runtime.history(a).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].role, Role::System);
+    runtime.close(a).await.unwrap();
+    assert!(runtime.history(a).await.is_none());
+    assert_ne!(runtime.spawn(&agent(), SpawnKey(3)).await.unwrap(), a);
+}
+
+#[actix::test]
+async fn a_turn_needs_an_attached_runtime_and_an_open_session() {
+    let stub = Stub::start().await;
+    let runtime = runtime(&stub);
+    let s = runtime.spawn(&agent(), SpawnKey(1)).await.unwrap();
+    assert_eq!(
+        runtime.chat(s, "hello").await.unwrap_err(),
+        ChatRuntimeError::Detached
+    );
+    let (fleet, s) = fleet(&stub).await;
+    fleet.supervisor.close(s).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(matches!(
+        fleet.runtime.chat(s, "hello").await.unwrap_err(),
+        ChatRuntimeError::UnknownSession(_)
+    ));
+    assert!(stub.chat_requests().is_empty(), "no request was spent");
+    fleet.stop().await;
+}
