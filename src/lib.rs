@@ -15,7 +15,7 @@
 //! | [`provider`] | honest token accounting: provider usage objects, windows, tiktoken estimates, calibration, a per-session tracker |
 //! | [`trace`] | readers of recorded agent traces: per-call token usage |
 //! | [`replay`] | the policy replayed over a trace, driving the real machine |
-//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`]; [`ChatRuntime`](runtime::chat::ChatRuntime) over OpenAI-compatible endpoints |
+//! | [`runtime`] | [`AgentRuntime`]: the trait through which baton acts on agents; [`MemoryRuntime`]; [`ChatRuntime`] over OpenAI-compatible endpoints |
 //! | [`session`] | [`SessionActor`]: one session as an actix actor that owns its machine |
 //! | [`supervisor`] | [`Supervisor`]: the registry, the work-item queue, rotations, budgets |
 //! | [`record`] | compaction and rotation records, and the [`FleetEvent`] stream |

@@ -9,22 +9,14 @@ use std::time::{Duration, Instant};
 use baton::provider::WindowSource;
 use baton::runtime::chat::{
     ApiKey, CharEstimate, ChatClient, ChatError, ChatRequest, ClientConfig, EndpointWindow,
-    History, Message, OverflowShape, RetryPolicy, SummaryBudget, SummaryPlan, ToolCall,
-    UsageReading, request_tokens, summarise,
+    History, Message, OverflowShape, SummaryBudget, SummaryPlan, ToolCall, UsageReading,
+    request_tokens, summarise,
 };
 use support::stub::{Fault, Stub, StubWindow};
 
 /// Quick retries, so the suite stays fast; bounded like the defaults.
 fn config(base_url: String) -> ClientConfig {
-    let mut c = ClientConfig::new(base_url);
-    c.request_timeout = Duration::from_secs(5);
-    c.retry = RetryPolicy {
-        max_attempts: 4,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-        max_retry_after: Duration::from_secs(5),
-    };
-    c
+    support::chat::quick_client(base_url)
 }
 
 fn client(stub: &Stub) -> ChatClient {

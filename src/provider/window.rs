@@ -204,30 +204,33 @@ pub fn window_from_models(text: &str, model: Option<&str>) -> Result<Window, Win
             looked_for: "a model in `data`",
         })?,
     };
-    if let Some(t) = figure(entry, "max_model_len", "max_model_len")? {
-        return Ok(Window {
-            tokens: t,
-            source: WindowSource::ServerModel,
-        });
-    }
-    if let Some(t) = figure(entry, "max_input_tokens", "max_input_tokens")? {
-        return Ok(Window {
-            tokens: t,
-            source: WindowSource::ServerModel,
-        });
-    }
-    if let Some(meta) = entry.get("meta").filter(|m| m.is_object()) {
-        if let Some(t) = figure(meta, "n_ctx", "meta.n_ctx")? {
-            return Ok(Window {
-                tokens: t,
-                source: WindowSource::ServerContext,
-            });
-        }
-        if let Some(t) = figure(meta, "n_ctx_train", "meta.n_ctx_train")? {
-            return Ok(Window {
-                tokens: t,
-                source: WindowSource::TrainingContext,
-            });
+    let meta = entry.get("meta").filter(|m| m.is_object());
+    let fields = [
+        (
+            Some(entry),
+            "max_model_len",
+            "max_model_len",
+            WindowSource::ServerModel,
+        ),
+        (
+            Some(entry),
+            "max_input_tokens",
+            "max_input_tokens",
+            WindowSource::ServerModel,
+        ),
+        (meta, "n_ctx", "meta.n_ctx", WindowSource::ServerContext),
+        (
+            meta,
+            "n_ctx_train",
+            "meta.n_ctx_train",
+            WindowSource::TrainingContext,
+        ),
+    ];
+    for (parent, key, field, source) in fields {
+        if let Some(parent) = parent
+            && let Some(tokens) = figure(parent, key, field)?
+        {
+            return Ok(Window { tokens, source });
         }
     }
     Err(WindowError::NotFound {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// A client configuration with quick retries, so that fault tests stay fast.
 pub fn quick_client(base_url: String) -> ClientConfig {
     let mut c = ClientConfig::new(base_url);
-    c.request_timeout = Duration::from_secs(10);
+    c.request_timeout = Duration::from_secs(5);
     c.retry = RetryPolicy {
         max_attempts: 4,
         initial_backoff: Duration::from_millis(10),

@@ -15,7 +15,6 @@ use baton::runtime::chat::{
 };
 use baton::{AgentType, SupervisorConfig, WorkItem, WorkItemId};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
 use crate::policy_args::PolicyArgs;
@@ -299,13 +298,7 @@ pub fn run(args: Args) -> Result<()> {
             seed: args.seed.unwrap_or(0),
             ..RunConfig::default()
         };
-        let bar = ProgressBar::new(items.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} work items  {msg}",
-            )
-            .expect("valid template"),
-        );
+        let bar = crate::table::progress_bar(items.len() as u64);
         bar.enable_steady_tick(Duration::from_millis(200));
         let report = run::drive(runtime, agent_types, items, &config, |p| {
             bar.set_position(p.finished);
@@ -316,15 +309,11 @@ pub fn run(args: Args) -> Result<()> {
         })
         .await?;
         bar.finish_and_clear();
-        let mut out = std::io::stdout().lock();
-        if args.json {
-            serde_json::to_writer(&mut out, &report)?;
-            writeln!(out)?;
-        } else {
+        crate::table::write_report(args.json, &report, |out, r| {
             let title = format!("baton run, {} on {base_url}", args.model);
-            crate::table::write_fleet_table(&mut out, &title, &report.fleet)?;
-            write_items(&mut out, &report)?;
-        }
+            crate::table::write_fleet_table(out, &title, &r.fleet)?;
+            write_items(out, r)
+        })?;
         let failed = report
             .items
             .iter()
@@ -358,7 +347,7 @@ fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
     let turns = r.fleet.usage_messages.max(1) as f64;
     writeln!(
         out,
-        "{t}\nrequests {:.1} s in all; baton's own time per turn {:.3} ms",
+        "{t}\nrequests {:.1} s in all; baton's own time per turn {:.3} ms (mean)",
         r.request_seconds,
         r.overhead_seconds * 1e3 / turns
     )?;

@@ -1,11 +1,9 @@
 //! `baton simulate`: a fleet on the real supervisor and actors, agents simulated in memory.
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baton::simulate::{self, SimulationConfig};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::policy_args::PolicyArgs;
 
@@ -97,28 +95,14 @@ pub fn run(args: Args) -> Result<()> {
             .shards
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
     };
-    let bar = ProgressBar::new(config.work_items);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} work items  {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = crate::table::progress_bar(config.work_items);
     let report = actix::System::new().block_on(simulate::run(&config, |p| {
         bar.set_position(p.finished);
         bar.set_message(format!("{} usage messages", p.messages));
     }))?;
     bar.finish_and_clear();
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report)?;
-        writeln!(out)?;
-    } else {
-        crate::table::write_fleet_table(
-            &mut out,
-            &format!("baton simulate, seed {}", report.seed),
-            &report,
-        )?;
-    }
-    Ok(())
+    crate::table::write_report(args.json, &report, |out, r| {
+        let title = format!("baton simulate, seed {}", r.seed);
+        crate::table::write_fleet_table(out, &title, r)
+    })
 }

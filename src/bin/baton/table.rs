@@ -1,10 +1,40 @@
-//! The results table `baton simulate` and `baton run` both print.
+//! What `baton simulate` and `baton run` both show: a progress bar over work items while they
+//! run, then the results table (or the report as JSON).
 
 use std::io::Write;
 
 use anyhow::Result;
 use baton::report::FleetReport;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar over `work_items` on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(work_items: u64) -> ProgressBar {
+    let bar = ProgressBar::new(work_items);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} work items  {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// Writes `report` as one line of JSON, or through `table` when `json` is off.
+pub fn write_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> Result<()>,
+) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, report)?;
+        writeln!(out)?;
+        Ok(())
+    } else {
+        table(&mut out, report)
+    }
+}
 
 /// Writes the results table under `title`.
 pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> Result<()> {
@@ -51,8 +81,9 @@ pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> 
         (
             "usage messages",
             format!(
-                "{} ({:.0}/s)",
-                r.usage_messages, r.usage_messages_per_second
+                "{} ({}/s)",
+                r.usage_messages,
+                rate(r.usage_messages_per_second)
             ),
         ),
         ("wall time", format!("{:.2} s", r.seconds)),
@@ -66,4 +97,13 @@ pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> 
     }
     writeln!(out, "{title}\n{t}")?;
     Ok(())
+}
+
+/// A rate with as many decimals as it needs: whole numbers for fleets, two for a few agents.
+fn rate(per_second: f64) -> String {
+    if per_second >= 10.0 {
+        format!("{per_second:.0}")
+    } else {
+        format!("{per_second:.2}")
+    }
 }

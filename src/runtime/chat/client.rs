@@ -61,6 +61,10 @@ pub struct Completion {
     pub attempts: u32,
     /// Wall time from the first send to the parsed response, retries and waits included.
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent waiting on the endpoint: every attempt's HTTP exchange
+    /// (sending, the server's work, reading the body) and the pauses between attempts. The rest
+    /// is the client's own work, such as parsing the reply.
+    pub waiting: Duration,
 }
 
 impl Completion {
@@ -157,6 +161,7 @@ impl ChatClient {
         let started = Instant::now();
         let max = self.config.retry.max_attempts.max(1);
         let mut attempt = 0;
+        let mut waiting = Duration::ZERO;
         loop {
             attempt += 1;
             tracing::debug!(
@@ -166,7 +171,10 @@ impl ChatClient {
                 bytes = body.len(),
                 "chat request"
             );
-            let (error, retry_after) = match self.send(&body, timeout).await {
+            let sent = Instant::now();
+            let outcome = self.send(&body, timeout).await;
+            waiting += sent.elapsed();
+            let (error, retry_after) = match outcome {
                 Ok((status, _, text)) if status.is_success() => {
                     let response: ChatResponse =
                         serde_json::from_str(&text).map_err(|e| ChatError::Malformed {
@@ -177,6 +185,7 @@ impl ChatClient {
                         response,
                         attempts: attempt,
                         elapsed: started.elapsed(),
+                        waiting,
                     };
                     tracing::debug!(
                         attempt,
@@ -240,6 +249,7 @@ impl ChatClient {
             };
             tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "retrying chat request");
             tokio::time::sleep(delay).await;
+            waiting += delay;
         }
     }
 

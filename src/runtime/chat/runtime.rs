@@ -146,7 +146,8 @@ pub struct Turn {
     pub phase: Phase,
     /// The session now holding the work item, when it is another one (after a rotation).
     pub successor: Option<SessionId>,
-    /// Time spent in the HTTP request, retries included.
+    /// Time spent waiting on the endpoint: the HTTP exchanges of every attempt and the pauses
+    /// between them (for an overflow, the whole failed call).
     pub request_time: Duration,
     /// Time spent waiting for a compaction or rotation the turn triggered.
     pub settle_time: Duration,
@@ -168,8 +169,9 @@ impl Turn {
         self.reply.as_ref().map_or("", Message::text)
     }
 
-    /// baton's own time in the turn: everything but the request and the wait for compaction
-    /// or rotation.
+    /// baton's own time in the turn: everything but waiting on the endpoint and waiting for a
+    /// compaction or rotation (building and serialising the request, parsing the reply, the
+    /// accounting, the report to the session's actor).
     pub fn overhead(&self) -> Duration {
         self.elapsed
             .saturating_sub(self.request_time)
@@ -506,7 +508,6 @@ impl ChatRuntime {
             };
             let sent = Instant::now();
             let result = conv.client.chat(&request).await;
-            let request_time = sent.elapsed();
             drop(request);
             let completion = match result {
                 Ok(c) => c,
@@ -516,12 +517,14 @@ impl ChatRuntime {
                         t.push(m);
                     }
                     drop(t);
+                    let request_time = sent.elapsed();
                     return self
                         .overflowed(&conv, supervisor, &actor, overflow, started, request_time)
                         .await;
                 }
                 Err(e) => return Err(e.into()),
             };
+            let request_time = completion.waiting;
             let reply =
                 completion
                     .response
@@ -543,10 +546,21 @@ impl ChatRuntime {
             // report starts needs it.
             let (reading, item) = {
                 let t = &mut *t;
-                if let Some(m) = message {
-                    t.push(m);
+                // The prompt as sent is the history and the message; both join the history
+                // only once the reading is made, so a refused figure leaves it as it was.
+                if let Some(m) = &message {
+                    t.counted.push(counted(m));
                 }
-                let reading = t.tracker.observe(&t.counted, reported.as_ref())?;
+                let reading = match t.tracker.observe(&t.counted, reported.as_ref()) {
+                    Ok(reading) => reading,
+                    Err(e) => {
+                        t.counted.truncate(t.history.messages().len());
+                        return Err(e.into());
+                    }
+                };
+                if let Some(m) = message {
+                    t.history.push(m);
+                }
                 if reading.distrust.is_none()
                     && let Some(r) = reported
                 {
