@@ -12,7 +12,7 @@ use baton::runtime::chat::{
     ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeError, Role, SUMMARY_INSTRUCTIONS,
     SUMMARY_PREFIX,
 };
-use baton::runtime::{AgentRuntime, SpawnKey};
+use baton::runtime::{AgentRuntime, SpawnKey, SummaryPurpose};
 use baton::{AgentType, FleetEvent, Phase, RotationReason, UsageSource};
 use support::chat::{ChatFleet, quick_client, runtime_config};
 use support::stub::{Fault, Stub, StubWindow};
@@ -404,5 +404,39 @@ async fn a_turn_needs_an_attached_runtime_and_an_open_session() {
         ChatRuntimeError::UnknownSession(_)
     ));
     assert!(stub.chat_requests().is_empty(), "no request was spent");
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn a_summary_replaces_the_history_it_was_written_from_and_later_messages_are_kept() {
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(300, 20)]);
+    let (fleet, s) = fleet(&stub).await;
+    fleet.runtime.reply(s).await.unwrap();
+    fleet.runtime.chat(s, "First question?").await.unwrap();
+    // Summarised now; a turn lands before the history is replaced.
+    let summary = fleet
+        .runtime
+        .summarise(s, SummaryPurpose::Compaction)
+        .await
+        .unwrap();
+    fleet.runtime.chat(s, "Second question?").await.unwrap();
+    let after = fleet.runtime.replace_history(s, &summary).await.unwrap();
+
+    let history = fleet.runtime.history(s).await.unwrap();
+    let texts: Vec<&str> = history.iter().map(|m| m.text()).collect();
+    assert_eq!(texts.len(), 5, "{texts:#?}");
+    assert_eq!(texts[0], "You are a careful coding agent.");
+    assert!(texts[1].starts_with(SUMMARY_PREFIX) && texts[1].contains(&summary.text));
+    assert_eq!(
+        texts[2], "First question?",
+        "the latest user message it was written from"
+    );
+    assert_eq!(
+        texts[3], "Second question?",
+        "what came after is kept, in order"
+    );
+    assert_eq!(history[4].role, Role::Assistant);
+    assert!(after > 0);
     fleet.stop().await;
 }

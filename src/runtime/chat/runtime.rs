@@ -525,7 +525,7 @@ impl ChatRuntime {
                 Err(e) => return Err(e.into()),
             };
             let request_time = completion.waiting;
-            let reply =
+            let mut reply =
                 completion
                     .response
                     .message()
@@ -534,14 +534,14 @@ impl ChatRuntime {
                         endpoint: conv.client.config().base_url.clone(),
                         reason: "the reply has no choices".into(),
                     })?;
+            // Reasoning text is for records; providers ask clients not to send it back.
+            reply.reasoning_content = None;
             let reported = completion.response.usage.as_ref().and_then(|raw| {
                 let body = serde_json::json!({ "usage": raw });
                 provider::parse_usage(&body, self.config.provider)
                     .map_err(|e| tracing::warn!(error = %e, "unreadable usage; estimating"))
                     .ok()
             });
-            let mut reply = reply;
-            reply.reasoning_content = None;
             // Accounted under the lock, which is released before the report: a compaction the
             // report starts needs it.
             let (reading, item) = {
