@@ -27,4 +27,5 @@ pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+pub mod file_runtime;
 pub mod fleet;

@@ -1,7 +1,9 @@
 //! `baton`: the command line over the baton library.
 //!
-//! `baton replay` replays the compaction and rotation policy over recorded agent traces.
+//! `baton replay` replays the compaction and rotation policy over recorded agent traces;
+//! `baton log` lists what a journal recorded.
 
+mod log;
 mod replay;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Replay(replay::Args),
+    Log(log::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +45,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Replay(args) => replay::run(args),
+        Command::Log(args) => log::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
