@@ -72,8 +72,8 @@ use writer::{Command, Shared, Writer};
 /// (`session_started`, `compaction`, `rotation`, ...; transitions as `transition_to_normal`,
 /// `transition_to_compacting`, `transition_to_rotating`, `transition_to_closed`) and the
 /// supervisor's steps (`work_item_submitted`, `spawning`, `rotation_started`,
-/// `rotation_handoff`, `rotation_successor`, `rotation_done`). For metrics and for tests that
-/// stop a process at a step boundary; a hook that blocks stalls the journal.
+/// `rotation_handoff`, `rotation_successor`, `rotation_done`, `released`). For metrics and for
+/// tests that stop a process at a step boundary; a hook that blocks stalls the journal.
 pub type CommitHook = Arc<dyn Fn(&[&'static str]) + Send + Sync>;
 
 /// How a journal is opened.
@@ -130,7 +130,11 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.take()
+            // The last handle may be dropped by the writer itself (a hook or a read that held
+            // one): it stops on its own once the channel is closed.
+            && thread.thread().id() != std::thread::current().id()
+        {
             let _ = thread.join();
         }
     }
@@ -390,6 +394,11 @@ fn create_private(path: &Path) -> Result<(), JournalError> {
 }
 
 /// Takes the lock file beside the journal; fails when another process holds it.
+///
+/// A lock that is busy is tried again for a moment before giving up: when any thread of this
+/// process forks (to run a command) just as a journal closes, the child holds a copy of the
+/// lock's descriptor until it execs, which keeps the lock for a few milliseconds. A real second
+/// writer holds it for good.
 fn lock(path: &Path) -> Result<std::fs::File, JournalError> {
     let mut name = path.as_os_str().to_owned();
     name.push("-lock");
@@ -401,15 +410,25 @@ fn lock(path: &Path) -> Result<std::fs::File, JournalError> {
     let file = open.open(&lock_path).map_err(|e| JournalError::Io {
         message: format!("cannot create {}: {e}", lock_path.display()),
     })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::InUse {
-            path: path.to_owned(),
-            lock: lock_path,
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::Io {
-            message: format!("cannot lock {}: {e}", lock_path.display()),
-        }),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::InUse {
+                    path: path.to_owned(),
+                    lock: lock_path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(JournalError::Io {
+                    message: format!("cannot lock {}: {e}", lock_path.display()),
+                });
+            }
+        }
     }
 }
 
