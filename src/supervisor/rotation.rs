@@ -11,7 +11,9 @@
 //!    rotation done with its record. Only then does the successor's actor start.
 //!
 //! The supervisor awaits each acknowledgement inside the rotation's actor future, so its
-//! mailbox keeps flowing. Without a journal the same code runs with the steps skipped.
+//! mailbox keeps flowing. Without a journal the same code runs with the steps skipped. If the
+//! journal itself fails (a full disk), the failure is reported once (`JournalFailed`) and the
+//! rotation goes on without durability: a fleet is not stopped for want of a record.
 
 use std::cell::Cell;
 use std::sync::Arc;
