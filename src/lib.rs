@@ -20,11 +20,13 @@
 //! | [`supervisor`] | [`Supervisor`]: the registry, the work-item queue, rotations, budgets |
 //! | [`record`] | compaction and rotation records, and the [`FleetEvent`] stream |
 //! | [`simulate`] | a fleet simulation on the real actors, growing like recorded agents |
+//! | [`journal`] | [`Journal`]: the durable record in SQLite, recovery's source; [`JournalReader`] |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
 
 #![warn(missing_docs)]
 
+pub mod journal;
 pub mod machine;
 pub mod policy;
 pub mod provider;
@@ -37,13 +39,15 @@ pub mod supervisor;
 pub mod trace;
 pub mod usage;
 
+pub use journal::{Journal, JournalError, JournalOptions, JournalReader};
 pub use machine::{
     CompactionMeasure, Effect, Event, EventKind, MachineError, Phase, Session, SessionId,
     SessionMachine, Step, TransitionRecord,
 };
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
-    CompactionRecord, CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord,
+    CompactionRecord, CrashOutcome, EventBus, EventSink, FleetEvent, RecoveryOutcome, RotationId,
+    RotationRecord, RotationStep,
 };
 pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, AgentType, Handoff, RuntimeError, Summary, WorkItem, WorkItemId};

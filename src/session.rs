@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::journal::Journal;
 use crate::machine::{Effect, Event, Phase, SessionId, SessionMachine, Step};
 use crate::record::{CompactionRecord, EventBus, FleetEvent};
 use crate::runtime::{AgentRuntime, AgentType, RuntimeError, SummaryPurpose, WorkItemId};
@@ -35,6 +36,9 @@ pub(crate) struct Fleet {
     pub supervisor: Recipient<SessionNotice>,
     /// How often to poll the runtime for usage, if at all.
     pub poll_interval: Option<Duration>,
+    /// The journal, if any: a compaction waits until its start is durable before it replaces
+    /// the agent's history, so that a crash cannot leave a replaced history unrecorded.
+    pub journal: Option<Journal>,
 }
 
 /// What a session tells its supervisor.
@@ -245,6 +249,7 @@ impl SessionActor {
         let runtime = self.fleet.runtime.clone();
         let slots = self.fleet.compaction_slots.clone();
         let limit = self.agent.policy.compaction_timeout();
+        let journal = self.fleet.journal.clone();
         let started = Instant::now();
         let span = tracing::info_span!("compaction", session = %id, before = before.used());
         let work = async move {
@@ -255,6 +260,14 @@ impl SessionActor {
                     .await
                     .map_err(|_| RuntimeError::permanent("compaction slots closed"))?;
                 let summary = runtime.summarise(id, SummaryPurpose::Compaction).await?;
+                // The transition into Compacting is the compaction's intent: durable before the
+                // history is replaced. (A failed journal is reported by the supervisor; the
+                // compaction goes on.)
+                if let Some(j) = &journal
+                    && let Err(e) = j.flush().await
+                {
+                    tracing::error!(session = %id, error = %e, "compaction start not durable");
+                }
                 let after = runtime.replace_history(id, &summary).await?;
                 Ok::<_, RuntimeError>((after, summary))
             })

@@ -1,9 +1,11 @@
 //! `baton`: the command line over the baton library.
 //!
 //! `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays the
-//! compaction and rotation policy over recorded agent traces.
+//! compaction and rotation policy over recorded agent traces; `baton log` lists what a journal
+//! recorded.
 
 mod chart;
+mod log;
 mod policy_args;
 mod replay;
 mod simulate;
@@ -30,6 +32,7 @@ struct Cli {
 enum Command {
     Simulate(simulate::Args),
     Replay(replay::Args),
+    Log(log::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Log(args) => log::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
