@@ -48,7 +48,8 @@ use crate::runtime::{
     AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, WorkItem, WorkItemId,
 };
 use crate::session::{
-    Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo, SessionNotice,
+    Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo,
+    SessionNotice, UsageSlot, Wake,
 };
 use crate::usage::UsageSource;
 
@@ -221,6 +222,8 @@ struct SessionEntry {
     phase: Phase,
     /// The shard it runs on, if sessions are sharded.
     shard: Option<usize>,
+    /// Where session handles leave usage readings for it.
+    slot: Arc<UsageSlot>,
 }
 
 /// The supervisor actor. Start it with [`Supervisor::builder`].
@@ -462,7 +465,8 @@ impl Supervisor {
     fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
         let agent_type = self.items[&item].item.agent_type.clone();
         let agent = self.agents[&agent_type].agent.clone();
-        let actor = SessionActor::new(session, agent, item, self.fleet());
+        let slot = Arc::new(UsageSlot::default());
+        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
         let (addr, shard) = if self.shards.is_empty() {
             (actor.start(), None)
         } else {
@@ -480,6 +484,7 @@ impl Supervisor {
                 item,
                 phase: Phase::Normal,
                 shard,
+                slot,
             },
         );
         self.bus.publish(FleetEvent::SessionStarted {
@@ -957,6 +962,7 @@ impl Handler<Lookup> for Supervisor {
             session,
             shard: e.shard,
             addr: e.addr.clone(),
+            slot: e.slot.clone(),
         })
     }
 }
@@ -1111,17 +1117,25 @@ pub struct SessionHandle {
     pub shard: Option<usize>,
     /// Its actor.
     addr: Addr<SessionActor>,
+    /// Where readings wait for it.
+    slot: Arc<UsageSlot>,
 }
 
 impl SessionHandle {
     /// Reports a reading to the session (fire and forget; bad figures are published as
-    /// [`FleetEvent::Rejected`]).
+    /// [`FleetEvent::Rejected`]). Coalesced: if the session has not yet handled an earlier
+    /// reading sent this way, the newer one replaces it, so a session that falls behind does
+    /// one dispatch for the newest figure instead of one per report.
     pub fn report_usage(&self, used: u64, window: Option<u64>, source: UsageSource) {
-        self.addr.do_send(ReportUsage {
-            used,
-            window,
-            source,
-        });
+        match self.slot.put(used, window, source) {
+            Some(false) => {}
+            Some(true) => self.addr.do_send(Wake),
+            None => self.addr.do_send(ReportUsage {
+                used,
+                window,
+                source,
+            }),
+        }
     }
 
     /// Reports a reading and waits until the session handled it; answers its state then
