@@ -138,14 +138,19 @@ async fn paced(
         .map(|(j, s)| (j * every, *s))
         .collect();
     let start = Instant::now();
+    let mut crossed = std::collections::HashSet::new();
     let mut i = 0usize;
     while i < total {
         for _ in 0..per_ms.min(total - i) {
             match crossing.get(&i) {
                 Some(&s) => {
                     mark(s);
+                    crossed.insert(s);
                     send(s, WINDOW * 85 / 100);
                 }
+                // A session that crossed gets no lower reading after it: usage only grows,
+                // and a coalescing session keeps only the newest reading.
+                None if crossed.contains(&(i % n)) => {}
                 None => send(i % n, 2_000 + (i / n) as u64),
             }
             i += 1;
@@ -268,7 +273,12 @@ async fn baton_run(n: usize) -> Row {
     }
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     let samples: Vec<SessionId> = sent.keys().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
     while runtime.summarised.lock().unwrap().len() < samples.len() {
+        assert!(
+            Instant::now() < deadline,
+            "a threshold crossing was never acted on"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (p50_us, p99_us) = latencies(&sent, &runtime);
@@ -417,7 +427,12 @@ async fn baseline_run(n: usize) -> Row {
         },
     )
     .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
     while runtime.summarised.lock().unwrap().len() < samples.len() {
+        assert!(
+            Instant::now() < deadline,
+            "a threshold crossing was never acted on"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (p50_us, p99_us) = latencies(&sent, &runtime);

@@ -1,6 +1,7 @@
 //! Embedding baton in an orchestrator: a supervisor over the in-memory runtime.
 //!
-//! Run: `cargo run --example embed`
+//! Run: `cargo run --example embed`, or `cargo run --example embed -- --journal run.db` to also
+//! write everything to a journal file (then list it with `cargo run -- log run.db`).
 //!
 //! Three work items run on two agent types. The "agents" are simulated by `MemoryRuntime`:
 //! each turn, the orchestrator grows a session's context and reports the new usage, as it would
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
-use baton::{AgentType, FleetEvent, Supervisor, UsageSource, WorkItem, WorkItemId};
+use baton::{AgentType, FleetEvent, Journal, Supervisor, UsageSource, WorkItem, WorkItemId};
 
 #[actix::main]
 async fn main() {
@@ -27,11 +28,24 @@ async fn main() {
         ..MemoryConfig::default()
     }));
 
-    // ===== The supervisor: agent types, then work =====
-    let supervisor = Supervisor::builder(runtime.clone())
+    // ===== The supervisor: agent types, a journal if asked for, then work =====
+    let mut builder = Supervisor::builder(runtime.clone())
         .agent_type(AgentType::new("sonnet", 20_000))
-        .agent_type(AgentType::new("local-qwen", 8_000))
-        .start();
+        .agent_type(AgentType::new("local-qwen", 8_000));
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, path] = &args[..]
+        && flag == "--journal"
+    {
+        // The simulated agents live in this process and number their sessions from 1, so
+        // they cannot be recovered by a later run: start each run with a new journal.
+        if std::path::Path::new(path).exists() {
+            eprintln!("{path} exists; give a new file (the simulated agents do not outlive a run)");
+            std::process::exit(2);
+        }
+        let journal = Journal::open(path).expect("the journal opens");
+        builder = builder.journal(journal).expect("the journal reads");
+    }
+    let supervisor = builder.start();
     let mut events = supervisor.subscribe();
     for (id, agent_type) in [(1, "sonnet"), (2, "sonnet"), (3, "local-qwen")] {
         let item = WorkItem {

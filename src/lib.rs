@@ -22,11 +22,13 @@
 //! | [`report`] | [`FleetReport`](report::FleetReport): what a fleet did, counted from its events (the results table) |
 //! | [`run`] | a fleet of chat agents driven through work items, turn by turn (`baton run`) |
 //! | [`simulate`] | a fleet simulation on the real actors, growing like recorded agents |
+//! | [`journal`] | [`Journal`]: the durable record in SQLite, recovery's source; [`JournalReader`] |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
 
 #![warn(missing_docs)]
 
+pub mod journal;
 pub mod machine;
 pub mod policy;
 pub mod provider;
@@ -41,13 +43,15 @@ pub mod supervisor;
 pub mod trace;
 pub mod usage;
 
+pub use journal::{Journal, JournalError, JournalOptions, JournalReader};
 pub use machine::{
     CompactionMeasure, Effect, Event, EventKind, MachineError, Phase, Session, SessionId,
     SessionMachine, Step, TransitionRecord,
 };
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
-    CompactionRecord, CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord,
+    CompactionRecord, CrashOutcome, EventBus, EventSink, FleetEvent, RecoveryOutcome, RotationId,
+    RotationRecord, RotationStep,
 };
 pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;

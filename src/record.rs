@@ -1,9 +1,9 @@
 //! What baton tells the world: records of compactions and rotations, and the event stream.
 //!
 //! Every transition, compaction, rotation, restart and rejected input is published as a
-//! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to (and which
-//! the journal writes down). Each compaction or rotation that took effect is published exactly
-//! once.
+//! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to, and which
+//! hands every event to its [`EventSink`] (the journal) in publication order. Each compaction or
+//! rotation that took effect is published exactly once.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +20,62 @@ use crate::usage::Usage;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RotationId(pub u64);
+
+/// How far a rotation got. With a journal, each step is durable before the runtime call that
+/// follows it, so after a crash a rotation resumes from its last recorded step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationStep {
+    /// Decided: the rotation exists and the old session is marked rotating. Next: the handoff
+    /// summary.
+    Intent,
+    /// The handoff is stored. Next: spawn the successor (keyed, so a repeated spawn finds the
+    /// same one).
+    Handoff,
+    /// The successor's id is stored. Next: assign it the work item, close the old session.
+    Spawned,
+    /// Finished: the successor holds the work item and the old session is closed.
+    Done,
+    /// Given up: the work item went back to the queue (or was finished or buried meanwhile).
+    Failed,
+}
+
+impl RotationStep {
+    /// The step's name as stored and printed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Intent => "intent",
+            Self::Handoff => "handoff",
+            Self::Spawned => "spawned",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The step named `name`, as [`as_str`](Self::as_str) spells it.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            Self::Intent,
+            Self::Handoff,
+            Self::Spawned,
+            Self::Done,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    /// Whether the rotation is over (done or failed).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for RotationStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One compaction: what it freed, how long it took, whether it worked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -223,6 +279,45 @@ pub enum FleetEvent {
         /// What failed.
         error: String,
     },
+    /// At start-up, the supervisor found this unfinished work item in its journal: one event
+    /// per item, saying what recovery does with it.
+    Recovered {
+        /// The work item.
+        work_item: WorkItemId,
+        /// What happens to it.
+        outcome: RecoveryOutcome,
+    },
+    /// A journal write failed: what is on disk stays a consistent prefix, later writes are
+    /// refused, and rotations that cannot be made durable fail. Published once.
+    JournalFailed {
+        /// What failed.
+        error: String,
+    },
+}
+
+/// What recovery does with an unfinished work item found in the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecoveryOutcome {
+    /// It was waiting for a session, and waits again (in its old queue order).
+    Queued,
+    /// Its session did not survive the restart (its actor died with the old process): the
+    /// session is closed at the runtime, and the item goes back to the queue with the handoff
+    /// of its last rotation.
+    Requeued {
+        /// The session that held it.
+        session: SessionId,
+    },
+    /// It was rotating: the rotation resumes from the last step the journal holds, and ends
+    /// with a [`FleetEvent::Rotation`] record like any other.
+    RotationResumed {
+        /// The rotation.
+        rotation: RotationId,
+        /// The session being replaced.
+        session: SessionId,
+        /// The last step the journal holds.
+        step: RotationStep,
+    },
 }
 
 /// What the supervisor did with the work item of a crashed session.
@@ -237,15 +332,46 @@ pub enum CrashOutcome {
     DeadLetter,
 }
 
+/// Something that must see every event, in publication order, without ever making the publisher
+/// wait: the journal. Called under the bus's lock, so it must only hand the event on (a channel
+/// send), never block.
+pub trait EventSink: Send + Sync {
+    /// Takes note of `event`.
+    fn record(&self, event: &FleetEvent);
+}
+
 /// Fans events out to subscribers. Cheap to clone; every clone publishes to the same
 /// subscribers. A subscriber that dropped its receiver is forgotten.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct EventBus {
     /// One unbounded sender per subscriber: events are never dropped for a slow reader.
     subscribers: Arc<Mutex<Vec<UnboundedSender<FleetEvent>>>>,
+    /// Sees every event first, under the same lock, so that its order is the order in which
+    /// events were published, even from several threads.
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field(
+                "subscribers",
+                &self.subscribers.lock().map_or(0, |s| s.len()),
+            )
+            .field("sink", &self.sink.is_some())
+            .finish()
+    }
 }
 
 impl EventBus {
+    /// A bus that also hands every event to `sink` (the journal).
+    pub fn with_sink(sink: Arc<dyn EventSink>) -> Self {
+        Self {
+            subscribers: Arc::default(),
+            sink: Some(sink),
+        }
+    }
+
     /// A new stream of every event published from now on.
     pub fn subscribe(&self) -> UnboundedReceiver<FleetEvent> {
         let (tx, rx) = unbounded_channel();
@@ -256,6 +382,9 @@ impl EventBus {
     /// Sends `event` to every subscriber.
     pub fn publish(&self, event: FleetEvent) {
         let mut subs = self.subscribers.lock().expect("lock");
+        if let Some(sink) = &self.sink {
+            sink.record(&event);
+        }
         match subs.len() {
             0 => {}
             1 => {

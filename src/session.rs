@@ -11,6 +11,7 @@
 //! future) reports itself as crashed from its destructor, so the supervisor always notices.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -18,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::journal::Journal;
 use crate::machine::{Effect, Event, Phase, SessionId, SessionMachine, Step};
 use crate::record::{CompactionRecord, EventBus, FleetEvent};
 use crate::runtime::{AgentRuntime, AgentType, RuntimeError, SummaryPurpose, WorkItemId};
@@ -35,6 +37,9 @@ pub(crate) struct Fleet {
     pub supervisor: Recipient<SessionNotice>,
     /// How often to poll the runtime for usage, if at all.
     pub poll_interval: Option<Duration>,
+    /// The journal, if any: a compaction waits until its start is durable before it replaces
+    /// the agent's history, so that a crash cannot leave a replaced history unrecorded.
+    pub journal: Option<Journal>,
 }
 
 /// What a session tells its supervisor.
@@ -94,6 +99,57 @@ pub struct ReportUsage {
     pub source: UsageSource,
 }
 
+/// The newest usage reading waiting for a session, written from any thread by a
+/// [`SessionHandle`](crate::supervisor::SessionHandle). Readings that arrive while one is
+/// already waiting replace it instead of queueing behind it: on the hot path only the newest
+/// reading matters (usage only grows between compactions, so the newest is also the largest).
+#[derive(Debug, Default)]
+pub(crate) struct UsageSlot {
+    /// `used << 32 | window` (both fit 32 bits; a window of 0 means the agent type's).
+    packed: AtomicU64,
+    /// The reading's source, as `UsageSource as u8`.
+    source: AtomicU8,
+    /// A `Wake` is in the session's mailbox and has not been handled yet.
+    pending: AtomicBool,
+}
+
+impl UsageSlot {
+    /// Stores a reading; returns true when the session must be woken (no wake is pending).
+    /// Returns `None` when the figures do not fit the slot (they go by message instead, where
+    /// the session refuses them with a typed error).
+    pub(crate) fn put(&self, used: u64, window: Option<u64>, source: UsageSource) -> Option<bool> {
+        let window = match window {
+            None => 0,
+            Some(0) => return None,
+            Some(w) => u32::try_from(w).ok()?,
+        };
+        let used = u32::try_from(used).ok()?;
+        self.packed
+            .store(u64::from(used) << 32 | u64::from(window), Ordering::Release);
+        self.source.store(source as u8, Ordering::Release);
+        Some(!self.pending.swap(true, Ordering::AcqRel))
+    }
+
+    /// Takes the waiting reading: `(used, window, source)`.
+    fn take(&self) -> (u64, Option<u64>, UsageSource) {
+        // Clear first: a reading stored after this wakes the session again.
+        self.pending.store(false, Ordering::Release);
+        let packed = self.packed.load(Ordering::Acquire);
+        let source = match self.source.load(Ordering::Acquire) {
+            x if x == UsageSource::Estimated as u8 => UsageSource::Estimated,
+            x if x == UsageSource::Modelled as u8 => UsageSource::Modelled,
+            _ => UsageSource::Reported,
+        };
+        let window = packed & u64::from(u32::MAX);
+        (packed >> 32, (window != 0).then_some(window), source)
+    }
+}
+
+/// Tells a session that a reading waits in its [`UsageSlot`].
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub(crate) struct Wake;
+
 /// Orders for a session from its supervisor.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
@@ -123,6 +179,8 @@ pub struct SessionInfo {
     pub usage: Option<Usage>,
     /// Compactions it did.
     pub compactions: u32,
+    /// Its kept readings, oldest first (at most the policy's `history_len`).
+    pub history: Vec<Usage>,
 }
 
 /// Asks a session for its [`SessionInfo`].
@@ -157,6 +215,8 @@ pub struct SessionActor {
     poller: Option<Box<Poller>>,
     /// Set when the machine reached Closed: the actor stopped on purpose.
     finished: bool,
+    /// Coalesced usage readings from session handles.
+    slot: Arc<UsageSlot>,
 }
 
 impl SessionActor {
@@ -165,6 +225,7 @@ impl SessionActor {
         agent: Arc<AgentType>,
         item: WorkItemId,
         fleet: Arc<Fleet>,
+        slot: Arc<UsageSlot>,
     ) -> Self {
         let poller = fleet.poll_interval.map(|_| {
             Box::new(Poller {
@@ -181,6 +242,30 @@ impl SessionActor {
             last_summary: None,
             poller,
             finished: false,
+            slot,
+        }
+    }
+
+    /// Handles a reading given as raw figures: validated by the machine; a bad one is
+    /// published as rejected input and changes nothing.
+    fn usage(
+        &mut self,
+        used: u64,
+        window: Option<u64>,
+        source: UsageSource,
+        ctx: &mut Context<Self>,
+    ) {
+        let window = window.unwrap_or(self.agent.window);
+        match self.machine.report_usage(used, window, source) {
+            Ok(step) => {
+                if !(step.effects.is_empty() && step.transitions.is_empty()) {
+                    self.apply(step, ctx);
+                }
+            }
+            Err(e) => self.fleet.bus.publish(FleetEvent::Rejected {
+                session: Some(self.id()),
+                error: e.to_string(),
+            }),
         }
     }
 
@@ -245,6 +330,7 @@ impl SessionActor {
         let runtime = self.fleet.runtime.clone();
         let slots = self.fleet.compaction_slots.clone();
         let limit = self.agent.policy.compaction_timeout();
+        let journal = self.fleet.journal.clone();
         let started = Instant::now();
         let span = tracing::info_span!("compaction", session = %id, before = before.used());
         let work = async move {
@@ -255,6 +341,14 @@ impl SessionActor {
                     .await
                     .map_err(|_| RuntimeError::permanent("compaction slots closed"))?;
                 let summary = runtime.summarise(id, SummaryPurpose::Compaction).await?;
+                // The transition into Compacting is the compaction's intent: durable before the
+                // history is replaced. (A failed journal is reported by the supervisor; the
+                // compaction goes on.)
+                if let Some(j) = &journal
+                    && let Err(e) = j.flush().await
+                {
+                    tracing::error!(session = %id, error = %e, "compaction start not durable");
+                }
                 let after = runtime.replace_history(id, &summary).await?;
                 Ok::<_, RuntimeError>((after, summary))
             })
@@ -385,19 +479,17 @@ impl Handler<ReportUsage> for SessionActor {
     type Result = MessageResult<ReportUsage>;
 
     fn handle(&mut self, msg: ReportUsage, ctx: &mut Self::Context) -> Self::Result {
-        let window = msg.window.unwrap_or(self.agent.window);
-        match self.machine.report_usage(msg.used, window, msg.source) {
-            Ok(step) => {
-                if !(step.effects.is_empty() && step.transitions.is_empty()) {
-                    self.apply(step, ctx);
-                }
-            }
-            Err(e) => self.fleet.bus.publish(FleetEvent::Rejected {
-                session: Some(self.id()),
-                error: e.to_string(),
-            }),
-        }
+        self.usage(msg.used, msg.window, msg.source, ctx);
         MessageResult(self.machine.phase())
+    }
+}
+
+impl Handler<Wake> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
+        let (used, window, source) = self.slot.take();
+        self.usage(used, window, source, ctx);
     }
 }
 
@@ -427,6 +519,7 @@ impl Handler<Inspect> for SessionActor {
             phase: self.machine.phase(),
             usage: s.last_usage(),
             compactions: s.compactions(),
+            history: s.history().collect(),
         })
     }
 }
@@ -504,6 +597,35 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_slot_keeps_the_newest_reading_and_wakes_once() {
+        let slot = UsageSlot::default();
+        assert_eq!(
+            slot.put(100, None, UsageSource::Reported),
+            Some(true),
+            "the first wakes"
+        );
+        assert_eq!(
+            slot.put(200, Some(1000), UsageSource::Estimated),
+            Some(false),
+            "one wake is enough"
+        );
+        assert_eq!(slot.take(), (200, Some(1000), UsageSource::Estimated));
+        assert_eq!(
+            slot.put(300, None, UsageSource::Reported),
+            Some(true),
+            "taken: the next wakes again"
+        );
+        assert_eq!(slot.take(), (300, None, UsageSource::Reported));
+        // Figures that do not fit go by message, where the machine refuses them.
+        assert_eq!(
+            slot.put(u64::from(u32::MAX) + 1, None, UsageSource::Reported),
+            None
+        );
+        assert_eq!(slot.put(1, Some(0), UsageSource::Reported), None);
+        assert_eq!(slot.put(1, Some(u64::MAX), UsageSource::Reported), None);
+    }
 
     #[test]
     fn breaker_opens_after_five_failures_and_lets_one_trial_through() {

@@ -17,6 +17,14 @@
 //! to dead letter, so an item whose floor exceeds its window cannot loop forever); an OTP-style
 //! restart budget per agent type for sessions that crash (past it, no more sessions of that
 //! type are started, and an event says so); an attempt limit per work item.
+//!
+//! Durability (optional): with a [`Journal`], every event reaches the journal through the event
+//! bus, each rotation step is durable before the runtime call that follows it
+//! (`supervisor/rotation.rs`), and a restarted supervisor recovers from the journal
+//! (`supervisor/recovery.rs`).
+
+mod recovery;
+mod rotation;
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -32,13 +40,16 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::journal::recovery::RecoveryState;
+use crate::journal::{Journal, Op};
 use crate::machine::{Phase, SessionId};
 use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
 use crate::runtime::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, SummaryPurpose, WorkItem, WorkItemId,
+    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, WorkItem, WorkItemId,
 };
 use crate::session::{
-    Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo, SessionNotice,
+    Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo,
+    SessionNotice, UsageSlot, Wake,
 };
 use crate::usage::UsageSource;
 
@@ -135,7 +146,8 @@ impl Default for SupervisorConfig {
 pub enum Place {
     /// Waiting for a session.
     Queued,
-    /// A session is being spawned and assigned for it.
+    /// A session is being spawned and assigned for it (with a journal, also: a rotation's
+    /// successor is being committed, or a rotation resumed after a restart is under way).
     Starting,
     /// Held by this live session.
     Live(SessionId),
@@ -162,6 +174,9 @@ pub enum SupervisorError {
     /// The supervisor is shutting down or has stopped.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// The journal could not make the request durable.
+    #[error("journal: {0}")]
+    Journal(crate::journal::JournalError),
 }
 
 struct AgentEntry {
@@ -207,6 +222,8 @@ struct SessionEntry {
     phase: Phase,
     /// The shard it runs on, if sessions are sharded.
     shard: Option<usize>,
+    /// Where session handles leave usage readings for it.
+    slot: Arc<UsageSlot>,
 }
 
 /// The supervisor actor. Start it with [`Supervisor::builder`].
@@ -234,6 +251,12 @@ pub struct Supervisor {
     shards: Vec<Arbiter>,
     /// The shard the next session goes to.
     next_shard: usize,
+    /// The durable record, if any (see `supervisor/recovery.rs`).
+    journal: Option<Journal>,
+    /// What the journal said was unfinished; taken when the actor starts.
+    recovery: Option<RecoveryState>,
+    /// `JournalFailed` was published (it is published once).
+    journal_failed: bool,
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -241,6 +264,8 @@ pub struct SupervisorBuilder {
     runtime: Arc<dyn AgentRuntime>,
     config: SupervisorConfig,
     agents: Vec<AgentType>,
+    /// The journal and what it said was unfinished (see `supervisor/recovery.rs`).
+    journal: Option<(Journal, RecoveryState)>,
 }
 
 impl SupervisorBuilder {
@@ -258,7 +283,11 @@ impl SupervisorBuilder {
 
     /// Starts the supervisor on the current actix system.
     pub fn start(self) -> SupervisorHandle {
-        let bus = EventBus::default();
+        let (journal, recovery) = self.journal.unzip();
+        let bus = match &journal {
+            Some(j) => EventBus::with_sink(Arc::new(j.clone())),
+            None => EventBus::default(),
+        };
         let agents = self
             .agents
             .into_iter()
@@ -291,10 +320,14 @@ impl SupervisorBuilder {
             shutdown: None,
             shards: Vec::new(),
             next_shard: 0,
+            journal: journal.clone(),
+            recovery,
+            journal_failed: false,
         };
         SupervisorHandle {
             addr: sup.start(),
             bus,
+            journal,
         }
     }
 }
@@ -306,6 +339,7 @@ impl Supervisor {
             runtime,
             config: SupervisorConfig::default(),
             agents: Vec::new(),
+            journal: None,
         }
     }
 
@@ -352,7 +386,14 @@ impl Supervisor {
         entry.place = Place::Starting;
         entry.spawns += 1;
         let key = spawn_key(id, entry.spawns);
+        let spawning = Op::Spawning {
+            work_item: id,
+            n: entry.spawns,
+            key,
+            attempts: entry.attempts,
+        };
         let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
+        let journal = self.journal.clone();
         let agent = self.agents[&item.agent_type].agent.clone();
         self.starting += 1;
         self.in_flight += 1;
@@ -365,6 +406,12 @@ impl Supervisor {
         let attempts_in = attempts.clone();
         let span = tracing::info_span!("start", work_item = %id, agent_type = %agent.name);
         let work = async move {
+            // The key is durable before the spawn, so a restart finds this session again.
+            if let Some(j) = &journal
+                && let Err(e) = j.commit(spawning).await
+            {
+                tracing::error!(work_item = %id, error = %e, "spawn key not durable");
+            }
             tokio::time::timeout(limit, async {
                 let session =
                     call_with_retry(retry, &attempts_in, || runtime.spawn(&agent, key)).await?;
@@ -418,7 +465,8 @@ impl Supervisor {
     fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
         let agent_type = self.items[&item].item.agent_type.clone();
         let agent = self.agents[&agent_type].agent.clone();
-        let actor = SessionActor::new(session, agent, item, self.fleet());
+        let slot = Arc::new(UsageSlot::default());
+        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
         let (addr, shard) = if self.shards.is_empty() {
             (actor.start(), None)
         } else {
@@ -436,6 +484,7 @@ impl Supervisor {
                 item,
                 phase: Phase::Normal,
                 shard,
+                slot,
             },
         );
         self.bus.publish(FleetEvent::SessionStarted {
@@ -495,6 +544,9 @@ impl Supervisor {
                 .into_actor(self)
                 .map(move |result, act, _| {
                     act.in_flight -= 1;
+                    if matches!(result, Ok(()) | Err(RuntimeError::UnknownSession(_))) {
+                        act.note(Op::Released { session });
+                    }
                     if let Err(e) = result {
                         act.runtime_warning(session, format!("close failed: {e}"));
                     }
@@ -544,136 +596,18 @@ impl Supervisor {
         }
         item.place = Place::Rotating(req.session);
         item.spawns += 1;
-        let key = spawn_key(item_id, item.spawns);
-        let work_item = item.item.clone();
+        let rot = rotation::Rotation {
+            id: rotation,
+            key: spawn_key(item_id, item.spawns),
+            spawn_n: item.spawns,
+            item: item.item.clone(),
+            agent,
+            req,
+            started: Instant::now(),
+            old_addr: Some(old_addr),
+        };
         self.in_flight += 1;
-        let runtime = self.runtime.clone();
-        let retry = self.retry_policy();
-        let span = tracing::info_span!("rotation", rotation = rotation.0, session = %req.session, work_item = %item_id);
-        let spawned = Rc::new(Cell::new(None));
-        let spawned_in = spawned.clone();
-        let attempts = Rc::new(Cell::new(0u32));
-        let attempts_in = attempts.clone();
-        let started = Instant::now();
-        let old = req.session;
-        let summary_limit = agent
-            .policy
-            .compaction_timeout()
-            .min(agent.policy.rotation_timeout() / 2);
-        let deadline = started + agent.policy.rotation_timeout();
-        let history = req.history.clone();
-        let last_summary = req.last_summary.clone();
-        let agent_in = agent.clone();
-        let close_limit = self.config.close_timeout;
-        let work = async move {
-            let handoff = match tokio::time::timeout(
-                summary_limit,
-                runtime.summarise(old, SummaryPurpose::Handoff),
-            )
-            .await
-            {
-                Ok(Ok(s)) => Handoff {
-                    text: s.text,
-                    tokens: s.tokens,
-                    fallback: false,
-                },
-                Ok(Err(e)) => fallback_handoff(
-                    &work_item,
-                    &history,
-                    last_summary.as_deref(),
-                    &e.to_string(),
-                ),
-                Err(_) => fallback_handoff(
-                    &work_item,
-                    &history,
-                    last_summary.as_deref(),
-                    &format!("timed out after {summary_limit:?}"),
-                ),
-            };
-            let result = tokio::time::timeout_at(deadline, async {
-                let new =
-                    call_with_retry(retry, &attempts_in, || runtime.spawn(&agent_in, key)).await?;
-                spawned_in.set(Some(new));
-                call_with_retry(retry, &attempts_in, || {
-                    runtime.assign(new, &work_item, Some(&handoff))
-                })
-                .await?;
-                Ok::<_, RuntimeError>(new)
-            })
-            .await
-            .unwrap_or_else(|_| Err(RuntimeError::Timeout(agent_in.policy.rotation_timeout())));
-            // Close the old session whatever happened; a failure here is not fatal.
-            let close = close_with_retry(&*runtime, old, retry, close_limit)
-                .await
-                .err();
-            (handoff, result, close)
-        }
-        .instrument(span);
-        ctx.spawn(
-            work.into_actor(self)
-                .map(move |(handoff, result, close), act, ctx| {
-                    act.in_flight -= 1;
-                    if let Some(e) = close {
-                        act.runtime_warning(
-                            old,
-                            format!("closing the rotated session failed: {e}"),
-                        );
-                    }
-                    let duration = started.elapsed();
-                    let still_ours =
-                        act.items[&item_id].place == Place::Rotating(old) && act.shutdown.is_none();
-                    let outcome = match result {
-                        Ok(new) if still_ours => Ok(new),
-                        Ok(new) => {
-                            act.close_at_runtime(new, ctx);
-                            Err("the work item left the rotation (closed or shutting down)"
-                                .to_string())
-                        }
-                        Err(e) => {
-                            if let Some(new) = spawned.get() {
-                                act.close_at_runtime(new, ctx);
-                            }
-                            Err(e.to_string())
-                        }
-                    };
-                    let (new_session, error) = match &outcome {
-                        Ok(new) => (Some(*new), None),
-                        Err(e) => (None, Some(e.clone())),
-                    };
-                    let record = rotation_record(
-                        rotation,
-                        &req,
-                        &agent,
-                        item_id,
-                        new_session,
-                        Some(&handoff),
-                        attempts.get(),
-                        duration,
-                        error.clone(),
-                    );
-                    match outcome {
-                        Ok(new) => {
-                            let item = act.item(item_id);
-                            item.place = Place::Live(new);
-                            item.handoff = Some(handoff);
-                            act.start_actor(new, item_id);
-                            old_addr.do_send(Command::HandedOver(new));
-                            act.bus.publish(FleetEvent::Rotation(record));
-                        }
-                        Err(error) => {
-                            tracing::warn!(session = %old, %error, "rotation failed");
-                            old_addr.do_send(Command::RotationFailed(error.clone()));
-                            act.bus.publish(FleetEvent::Rotation(record));
-                            if act.items[&item_id].place == Place::Rotating(old) {
-                                act.item(item_id).handoff = Some(handoff);
-                                act.requeue(item_id, format!("rotation failed: {error}"));
-                            }
-                        }
-                    }
-                    act.pump(ctx);
-                    act.check_shutdown();
-                }),
-        );
+        self.run_rotation(rot, rotation::Resume::Start, ctx);
     }
 
     fn ended(&mut self, session: SessionId, ctx: &mut Context<Self>) {
@@ -899,7 +833,11 @@ impl Actor for Supervisor {
             compaction_slots: self.compaction_slots.clone(),
             supervisor: ctx.address().recipient(),
             poll_interval: self.config.poll_interval,
+            journal: self.journal.clone(),
         }));
+        if let Some(state) = self.recovery.take() {
+            self.recover(state, ctx);
+        }
     }
 }
 
@@ -951,6 +889,7 @@ impl Handler<Submit> for Supervisor {
             return Err(SupervisorError::DuplicateWorkItem(item.id));
         }
         let id = item.id;
+        self.note(Op::Submitted(item.clone()));
         self.items.insert(
             id,
             ItemEntry {
@@ -1023,6 +962,7 @@ impl Handler<Lookup> for Supervisor {
             session,
             shard: e.shard,
             addr: e.addr.clone(),
+            slot: e.slot.clone(),
         })
     }
 }
@@ -1163,6 +1103,8 @@ pub struct SupervisorHandle {
     addr: Addr<Supervisor>,
     /// Its event stream.
     bus: EventBus,
+    /// Its journal, to wait for durability where the API promises it.
+    journal: Option<Journal>,
 }
 
 /// A direct handle on one live session: usage reported here skips the supervisor's mailbox.
@@ -1175,17 +1117,25 @@ pub struct SessionHandle {
     pub shard: Option<usize>,
     /// Its actor.
     addr: Addr<SessionActor>,
+    /// Where readings wait for it.
+    slot: Arc<UsageSlot>,
 }
 
 impl SessionHandle {
     /// Reports a reading to the session (fire and forget; bad figures are published as
-    /// [`FleetEvent::Rejected`]).
+    /// [`FleetEvent::Rejected`]). Coalesced: if the session has not yet handled an earlier
+    /// reading sent this way, the newer one replaces it, so a session that falls behind does
+    /// one dispatch for the newest figure instead of one per report.
     pub fn report_usage(&self, used: u64, window: Option<u64>, source: UsageSource) {
-        self.addr.do_send(ReportUsage {
-            used,
-            window,
-            source,
-        });
+        match self.slot.put(used, window, source) {
+            Some(false) => {}
+            Some(true) => self.addr.do_send(Wake),
+            None => self.addr.do_send(ReportUsage {
+                used,
+                window,
+                source,
+            }),
+        }
     }
 
     /// Reports a reading and waits until the session handled it; answers its state then
@@ -1224,9 +1174,14 @@ impl SupervisorHandle {
         self.bus.subscribe()
     }
 
-    /// Queues a work item; a session starts for it when there is room.
+    /// Queues a work item; a session starts for it when there is room. With a journal, returns
+    /// once the item is durable.
     pub async fn submit(&self, item: WorkItem) -> Result<(), SupervisorError> {
-        self.addr.send(Submit(item)).await.or_else(gone)?
+        self.addr.send(Submit(item)).await.or_else(gone)??;
+        if let Some(journal) = &self.journal {
+            journal.flush().await.map_err(SupervisorError::Journal)?;
+        }
+        Ok(())
     }
 
     /// Reports a usage reading for a session (the window defaults to its agent type's).
@@ -1291,12 +1246,24 @@ impl SupervisorHandle {
     /// the supervisor. Work items held by sessions go back to the queue (the journal keeps
     /// them across restarts).
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        self.addr
+        let report = self
+            .addr
             .send(Shutdown(deadline))
             .await
             .unwrap_or(ShutdownReport {
                 clean: false,
                 remaining: 0,
-            })
+            });
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.flush().await
+        {
+            tracing::error!(error = %e, "the journal could not be flushed at shutdown");
+        }
+        report
+    }
+
+    /// The journal the supervisor writes through, if it has one.
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 }

@@ -560,3 +560,30 @@ async fn polling_stops_for_the_cool_down_after_five_failures() {
     assert_eq!(h.runtime.calls(Op::Usage), 5);
     assert_eq!(h.supervisor.sessions().await[0].phase, Phase::Normal);
 }
+
+#[actix::test]
+async fn readings_sent_through_a_session_handle_are_coalesced_to_the_newest() {
+    let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let s = h.started(1).await;
+    let direct = h.supervisor.session(s).await.unwrap();
+    // A burst the session cannot keep up with: only the newest reading matters.
+    for used in 100..=700 {
+        direct.report_usage(used, None, baton::UsageSource::Reported);
+    }
+    let info = direct.info().await.unwrap();
+    let seen: Vec<u64> = info.history.iter().map(|u| u.used()).collect();
+    assert_eq!(
+        seen,
+        vec![700],
+        "601 reports, one dispatch, of the newest reading"
+    );
+    assert_eq!(info.phase, Phase::Normal);
+    // A crossing in the burst still acts; a bad figure still goes through validation.
+    direct.report_usage(650, None, baton::UsageSource::Reported);
+    direct.report_usage(860, None, baton::UsageSource::Reported);
+    h.wait_for("compaction", compaction).await;
+    direct.report_usage(10, Some(0), baton::UsageSource::Reported);
+    h.wait_for("rejection", |e| matches!(e, FleetEvent::Rejected { .. }))
+        .await;
+}

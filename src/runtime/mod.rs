@@ -203,7 +203,8 @@ pub trait AgentRuntime: Send + Sync + 'static {
     async fn close(&self, session: SessionId) -> Result<(), RuntimeError>;
 
     /// Starts a fresh session of `agent`, keyed by `key` (the same key must not start two
-    /// sessions); returns its id, which must be new.
+    /// sessions); returns its id, which must be new (new across restarts of baton too, when
+    /// a journal is kept). A key seen before returns the session it made, closed or not.
     async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError>;
 
     /// Gives `item` to `session`, with the handoff it continues from, if any.

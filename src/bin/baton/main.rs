@@ -2,9 +2,11 @@
 //!
 //! `baton run` runs a fleet of real chat agents through work items on an OpenAI-compatible
 //! endpoint; `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays
-//! the compaction and rotation policy over recorded agent traces.
+//! the compaction and rotation policy over recorded agent traces; `baton log` lists what a
+//! journal recorded.
 
 mod chart;
+mod log;
 mod policy_args;
 mod replay;
 mod run;
@@ -34,6 +36,7 @@ enum Command {
     Run(run::Args),
     Simulate(simulate::Args),
     Replay(replay::Args),
+    Log(log::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => run::run(args),
         Command::Simulate(args) => simulate::run(args),
         Command::Replay(args) => replay::run(args),
+        Command::Log(args) => log::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -70,12 +70,15 @@ pub struct ChatRuntimeConfig {
     /// The longest a turn waits for its session's actor to appear and for a compaction or
     /// rotation it triggered to finish.
     pub settle_timeout: Duration,
+    /// The first session id handed out; later ones count up from it. Session ids must be new
+    /// across restarts when a journal is kept: start past the journal's highest.
+    pub first_session_id: u64,
 }
 
 impl Default for ChatRuntimeConfig {
     /// Replies of at most 512 tokens, server sampling defaults, no verbatim tail, window
-    /// discovery on, usage shape detected, scale 1.0, and turns that wait up to 10 minutes
-    /// (the default rotation deadline is 5).
+    /// discovery on, usage shape detected, scale 1.0, turns that wait up to 10 minutes (the
+    /// default rotation deadline is 5), and session ids from 1.
     fn default() -> Self {
         Self {
             reply_tokens: Some(512),
@@ -86,6 +89,7 @@ impl Default for ChatRuntimeConfig {
             provider: None,
             initial_scale: 1.0,
             settle_timeout: Duration::from_secs(600),
+            first_session_id: 1,
         }
     }
 }
@@ -282,7 +286,7 @@ pub struct ChatRuntime {
     holders: Mutex<HashMap<WorkItemId, SessionId>>,
     /// The endpoint's window per (base URL, model), asked once.
     windows: Mutex<HashMap<(String, String), WindowCell>>,
-    /// The last session id handed out.
+    /// The next session id to hand out.
     next_id: AtomicU64,
 }
 
@@ -346,13 +350,13 @@ impl ChatRuntime {
         Self {
             client,
             clients: HashMap::new(),
-            config,
             supervisor: OnceLock::new(),
             conversations: Mutex::default(),
             spawned: Mutex::default(),
             holders: Mutex::default(),
             windows: Mutex::default(),
-            next_id: AtomicU64::new(0),
+            next_id: AtomicU64::new(config.first_session_id),
+            config,
         }
     }
 
@@ -855,7 +859,7 @@ impl AgentRuntime for ChatRuntime {
         if let Some(id) = spawned.get(&key) {
             return Ok(*id);
         }
-        let id = SessionId(self.next_id.fetch_add(1, Ordering::SeqCst) + 1);
+        let id = SessionId(self.next_id.fetch_add(1, Ordering::SeqCst));
         spawned.insert(key, id);
         let history = if agent.system_prompt.is_empty() {
             History::default()

@@ -1,0 +1,128 @@
+//! [`JournalError`]: everything that can go wrong opening, writing or reading a journal.
+//!
+//! Errors are `Clone` because one failed commit answers every write that was waiting on it.
+//! SQLite's own errors are classified here into the cases a user can act on (not a database,
+//! corrupt, disk full, in use) and keep SQLite's message.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::ErrorCode;
+use thiserror::Error;
+
+/// A journal could not be opened, written or read.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum JournalError {
+    /// Reading a journal that does not exist (opening one for writing creates it).
+    #[error("no journal at {0}")]
+    Missing(PathBuf),
+    /// The file is not a SQLite database at all.
+    #[error("{path} is not a SQLite database ({message})")]
+    NotADatabase {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// The file is a SQLite database whose pages are damaged.
+    #[error("{path} is corrupt ({message})")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        message: String,
+    },
+    /// The file is a SQLite database, but another program's: baton will not touch it.
+    #[error(
+        "{path} is a SQLite database but not a baton journal (application_id {application_id:#010x}, {tables} tables)"
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// The database's `application_id` (baton's is [`APPLICATION_ID`](super::APPLICATION_ID)).
+        application_id: i32,
+        /// How many tables it holds.
+        tables: u32,
+    },
+    /// The journal was written by a newer baton whose schema this one does not know.
+    #[error(
+        "{path} has journal schema version {found}, newer than this baton's {supported}: upgrade baton to read it"
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version (`PRAGMA user_version`).
+        found: i32,
+        /// The newest version this build knows.
+        supported: i32,
+    },
+    /// Another process has the journal open for writing.
+    #[error("{path} is in use by another baton process (lock file {lock} is held)")]
+    InUse {
+        /// The file.
+        path: PathBuf,
+        /// The lock file beside it.
+        lock: PathBuf,
+    },
+    /// The disk (or the journal's size cap) is full: the write was rolled back whole.
+    #[error("the journal's disk is full; the write was rolled back ({message})")]
+    DiskFull {
+        /// What SQLite said.
+        message: String,
+    },
+    /// The operating system failed a read or write.
+    #[error("I/O error on the journal: {message}")]
+    Io {
+        /// What failed.
+        message: String,
+    },
+    /// Any other SQLite failure.
+    #[error("SQLite error on the journal: {message}")]
+    Sqlite {
+        /// What SQLite said.
+        message: String,
+    },
+    /// A stored record could not be decoded (written by a buggy or tampered-with program).
+    #[error("bad record in the journal: {0}")]
+    BadRecord(String),
+    /// An earlier write failed, so the journal refuses all later ones: what is on disk stays a
+    /// consistent prefix of what was sent.
+    #[error("the journal stopped accepting writes after an earlier failure: {0}")]
+    Failed(Box<JournalError>),
+    /// The journal's writer has stopped (the journal was dropped).
+    #[error("the journal is closed")]
+    Closed,
+}
+
+impl JournalError {
+    /// Classifies a SQLite error; `path` names the file in the messages that need it.
+    pub(crate) fn sqlite(e: &rusqlite::Error, path: &Path) -> Self {
+        let message = e.to_string();
+        match e.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => Self::NotADatabase {
+                path: path.to_owned(),
+                message,
+            },
+            Some(ErrorCode::DatabaseCorrupt) => Self::Corrupt {
+                path: path.to_owned(),
+                message,
+            },
+            Some(ErrorCode::DiskFull) => Self::DiskFull { message },
+            Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => Self::Io { message },
+            _ => Self::Sqlite { message },
+        }
+    }
+
+    /// Whether the journal can go on after this error. A failed statement (a constraint, a bad
+    /// record) only loses its own write; a full disk, an I/O error or damage stops the journal.
+    pub(crate) fn is_fatal(&self) -> bool {
+        !matches!(self, Self::Sqlite { .. } | Self::BadRecord(_))
+    }
+}
+
+impl From<std::io::Error> for JournalError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io {
+            message: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,447 @@
+//! The journal: the durable record of every transition, compaction and rotation.
+//!
+//! A [`Journal`] is a SQLite database (through rusqlite, SQLite compiled in) that the
+//! [`Supervisor`](crate::supervisor::Supervisor) writes through. It holds the fleet's work items
+//! and sessions, every compaction and rotation with its metrics, and the event log, so that a
+//! restarted supervisor knows which sessions were live, which work item each held, and which
+//! rotations were half done ([`Supervisor::builder`](crate::supervisor::Supervisor::builder)
+//! with [`journal`](crate::supervisor::SupervisorBuilder::journal) recovers from it).
+//!
+//! # How it is written
+//!
+//! * One writer thread owns the write connection. Records reach it over an unbounded channel:
+//!   events straight from the [`EventBus`](crate::record::EventBus) (an [`EventSink`]), and the
+//!   supervisor's own steps. No actor ever waits on SQLite; a supervisor's rotation awaits the
+//!   acknowledgement of its steps inside its rotation future, with its mailbox flowing.
+//! * Group commit: whatever is queued when the writer wakes (up to
+//!   [`JournalOptions::max_batch`] records) is written in one `BEGIN IMMEDIATE` transaction,
+//!   one fsync for all of them.
+//! * WAL journal mode, `synchronous=FULL` (a commit survives power loss), `busy_timeout` 5 s.
+//! * The file is created owner-only (0600 on Unix); a lock file beside it (`<file>-lock`) keeps
+//!   a second writer process out. Readers ([`JournalReader`], `baton log`) need no lock.
+//! * The schema version is `PRAGMA user_version`, the file's owner `PRAGMA application_id`
+//!   ([`APPLICATION_ID`]); see [`schema`](self) for how files are recognised and migrated.
+//!
+//! `docs/semantics.md` ("Journal") states what is guaranteed after a crash.
+//!
+//! # Layout
+//!
+//! | module | what it is for |
+//! | --- | --- |
+//! | `schema` | recognising, creating and migrating the file |
+//! | `project` | what each record does to the tables |
+//! | `writer` | the writer thread and group commit |
+//! | `recovery` | what the journal says was unfinished |
+//! | `query` | [`JournalReader`], [`JournalView`], [`Filter`] and the row types |
+//! | `time` | [`Timestamp`] |
+
+mod error;
+mod project;
+mod query;
+pub(crate) mod recovery;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod time;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Sender};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+pub use error::JournalError;
+pub(crate) use project::{Op, RotationIntent};
+pub use query::{
+    CompactionRow, EventRow, Filter, JournalReader, JournalView, RotationRow, SessionRow,
+    WorkItemRow,
+};
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use time::Timestamp;
+pub use writer::JournalStats;
+
+use crate::record::{EventSink, FleetEvent};
+use project::Write;
+use writer::{Command, Shared, Writer};
+
+/// Called on the writer thread after each durable commit, with the label of every record it
+/// held, before anyone waiting on the commit is answered. Labels are the event kinds
+/// (`session_started`, `compaction`, `rotation`, ...; transitions as `transition_to_normal`,
+/// `transition_to_compacting`, `transition_to_rotating`, `transition_to_closed`) and the
+/// supervisor's steps (`work_item_submitted`, `spawning`, `rotation_started`,
+/// `rotation_handoff`, `rotation_successor`, `rotation_done`, `released`). For metrics and for
+/// tests that stop a process at a step boundary; a hook that blocks stalls the journal.
+pub type CommitHook = Arc<dyn Fn(&[&'static str]) + Send + Sync>;
+
+/// How a journal is opened.
+#[derive(Clone)]
+pub struct JournalOptions {
+    /// Records written in one transaction at most (group commit). Default 4096.
+    pub max_batch: usize,
+    /// Cap on the database's size in bytes: a write that would grow it further fails with
+    /// [`JournalError::DiskFull`], as a full disk does. Default: none.
+    pub max_bytes: Option<u64>,
+    /// See [`CommitHook`]. Default: none.
+    pub on_commit: Option<CommitHook>,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        Self {
+            max_batch: 4096,
+            max_bytes: None,
+            on_commit: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for JournalOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalOptions")
+            .field("max_batch", &self.max_batch)
+            .field("max_bytes", &self.max_bytes)
+            .field("on_commit", &self.on_commit.is_some())
+            .finish()
+    }
+}
+
+/// A handle on a journal. Cheap to clone; the writer thread stops (after committing everything
+/// sent) when the last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    /// Shared by every clone.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The writer's channel; taken on drop to stop the writer.
+    tx: Option<Sender<Command>>,
+    /// The writer thread, joined on drop so that nothing sent is lost.
+    thread: Option<JoinHandle<()>>,
+    /// Failure flag and counters, shared with the writer.
+    shared: Arc<Shared>,
+    /// The file, or `None` in memory.
+    path: Option<PathBuf>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take()
+            // The last handle may be dropped by the writer itself (a hook or a read that held
+            // one): it stops on its own once the channel is closed.
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("path", &self.inner.path)
+            .field("failed", &self.failure().is_some())
+            .finish()
+    }
+}
+
+const MEMORY: &str = "<memory>";
+
+impl Journal {
+    /// Opens (or creates) the journal file at `path` with the default options.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        Self::open_with(path, JournalOptions::default())
+    }
+
+    /// Opens (or creates) the journal file at `path`. A new file is created owner-only. A file
+    /// that is not SQLite, another program's database, a journal from a newer baton, or a
+    /// journal another process is writing is refused with a typed error and left untouched.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        options: JournalOptions,
+    ) -> Result<Self, JournalError> {
+        let path = path.as_ref().to_owned();
+        create_private(&path)?;
+        let sql = |e: rusqlite::Error| JournalError::sqlite(&e, &path);
+        let mut conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        // Look before writing anything: a foreign or newer file must stay as it is.
+        let header = schema::inspect(&conn, &path)?;
+        let lock = lock(&path)?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sql)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(JournalError::Sqlite {
+                message: format!("{} cannot use WAL (journal_mode is {mode})", path.display()),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        schema::migrate(&mut conn, header, &path)?;
+        cap_size(&conn, options.max_bytes, &path)?;
+        Ok(Self::spawn(conn, Some(path), options, Some(lock)))
+    }
+
+    /// A journal in memory, with the default options: the same records and queries, nothing
+    /// durable. For tests, and for users who want the record without the file.
+    pub fn in_memory() -> Result<Self, JournalError> {
+        Self::in_memory_with(JournalOptions::default())
+    }
+
+    /// A journal in memory.
+    pub fn in_memory_with(options: JournalOptions) -> Result<Self, JournalError> {
+        let path = Path::new(MEMORY);
+        let mut conn = Connection::open_in_memory().map_err(|e| JournalError::sqlite(&e, path))?;
+        schema::migrate(&mut conn, schema::Header::Empty, path)?;
+        cap_size(&conn, options.max_bytes, path)?;
+        Ok(Self::spawn(conn, None, options, None))
+    }
+
+    fn spawn(
+        conn: Connection,
+        path: Option<PathBuf>,
+        options: JournalOptions,
+        lock: Option<std::fs::File>,
+    ) -> Self {
+        let shared = Arc::new(Shared::default());
+        let writer = Writer {
+            conn,
+            path: path.clone().unwrap_or_else(|| PathBuf::from(MEMORY)),
+            shared: shared.clone(),
+            on_commit: options.on_commit,
+            max_batch: options.max_batch.max(1),
+            _lock: lock,
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("baton-journal".into())
+            .spawn(move || writer.run(rx))
+            .expect("spawn the journal writer thread");
+        Self {
+            inner: Arc::new(Inner {
+                tx: Some(tx),
+                thread: Some(thread),
+                shared,
+                path,
+            }),
+        }
+    }
+
+    /// The file, or `None` for a journal in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.path.as_deref()
+    }
+
+    fn send(&self, cmd: Command) -> bool {
+        self.inner
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(cmd).is_ok())
+    }
+
+    /// Hands `event` to the writer and returns at once; it becomes durable with the next
+    /// commit. (The supervisor's event bus does this for every event it publishes.)
+    pub fn record(&self, event: &FleetEvent) {
+        self.send(Command::Write {
+            at: Timestamp::now().0,
+            write: Write::Event(event.clone()),
+            ack: None,
+        });
+    }
+
+    /// Waits until everything sent before this call is durable (or the journal failed).
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Command::Flush(tx)) {
+            return Err(JournalError::Closed);
+        }
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Runs queries on the journal once everything sent before is committed, on the writer's
+    /// own connection (so it works for a journal in memory too).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(JournalView<'_>) -> Result<T, JournalError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let path = self
+            .inner
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(MEMORY));
+        let read = Box::new(move |conn: &Connection| {
+            let _ = tx.send(f(JournalView::new(conn, &path)));
+        });
+        if !self.send(Command::Read(read)) {
+            return Err(JournalError::Closed);
+        }
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Like [`read`](Self::read), blocking the calling thread (for start-up, outside async
+    /// code or briefly inside it).
+    pub(crate) fn read_blocking<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Path) -> Result<T, JournalError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel();
+        let path = self
+            .inner
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(MEMORY));
+        let read = Box::new(move |conn: &Connection| {
+            let _ = tx.send(f(conn, &path));
+        });
+        if !self.send(Command::Read(read)) {
+            return Err(JournalError::Closed);
+        }
+        rx.recv().unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Writes a supervisor step and waits until it is durable.
+    pub(crate) async fn commit(&self, op: Op) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Write {
+            at: Timestamp::now().0,
+            write: Write::Op(op),
+            ack: Some(tx),
+        };
+        if !self.send(cmd) {
+            return Err(JournalError::Closed);
+        }
+        rx.await.unwrap_or(Err(JournalError::Closed))
+    }
+
+    /// Writes a supervisor step without waiting.
+    pub(crate) fn note(&self, op: Op) {
+        self.send(Command::Write {
+            at: Timestamp::now().0,
+            write: Write::Op(op),
+            ack: None,
+        });
+    }
+
+    /// Commits and records written so far.
+    pub fn stats(&self) -> JournalStats {
+        let c = &self.inner.shared.counters;
+        JournalStats {
+            commits: c.commits.load(std::sync::atomic::Ordering::Relaxed),
+            records: c.records.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// The failure that stopped the journal, if one did.
+    pub fn failure(&self) -> Option<JournalError> {
+        self.inner.shared.failure.lock().expect("lock").clone()
+    }
+}
+
+impl EventSink for Journal {
+    fn record(&self, event: &FleetEvent) {
+        Journal::record(self, event);
+    }
+}
+
+/// Creates the file owner-only if it does not exist; warns when an existing one is readable by
+/// others.
+fn create_private(path: &Path) -> Result<(), JournalError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mode = std::fs::metadata(path)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+                        "the journal is readable by other users");
+                }
+                Ok(())
+            }
+            Err(e) => Err(JournalError::Io {
+                message: format!("cannot create {}: {e}", path.display()),
+            }),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        if !path.exists() {
+            std::fs::File::create(path).map_err(|e| JournalError::Io {
+                message: format!("cannot create {}: {e}", path.display()),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Takes the lock file beside the journal; fails when another process holds it.
+///
+/// A lock that is busy is tried again for a moment before giving up: when any thread of this
+/// process forks (to run a command) just as a journal closes, the child holds a copy of the
+/// lock's descriptor until it execs, which keeps the lock for a few milliseconds. A real second
+/// writer holds it for good.
+fn lock(path: &Path) -> Result<std::fs::File, JournalError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-lock");
+    let lock_path = PathBuf::from(name);
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    let file = open.open(&lock_path).map_err(|e| JournalError::Io {
+        message: format!("cannot create {}: {e}", lock_path.display()),
+    })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::InUse {
+                    path: path.to_owned(),
+                    lock: lock_path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(JournalError::Io {
+                    message: format!("cannot lock {}: {e}", lock_path.display()),
+                });
+            }
+        }
+    }
+}
+
+/// Applies [`JournalOptions::max_bytes`].
+fn cap_size(conn: &Connection, max_bytes: Option<u64>, path: &Path) -> Result<(), JournalError> {
+    let Some(max) = max_bytes else {
+        return Ok(());
+    };
+    let sql = |e: rusqlite::Error| JournalError::sqlite(&e, path);
+    let page: u64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get::<_, i64>(0))
+        .map_err(sql)? as u64;
+    conn.pragma_update(None, "max_page_count", (max / page).max(1) as i64)
+        .map_err(sql)?;
+    Ok(())
+}

@@ -1,0 +1,780 @@
+//! What each record does to the journal's tables.
+//!
+//! The journal is written from two sources through one ordered channel: every [`FleetEvent`]
+//! published on the event bus, and the supervisor's own steps ([`Op`]: a submitted work item, a
+//! spawn about to be made, the steps of a rotation). Each record is applied in the writer's
+//! transaction: an `events` row, plus what the record changes in `work_items`, `sessions`,
+//! `rotations` and `compactions`. The tables are therefore a projection of the event log, always
+//! consistent with it, and a crash leaves both at the same prefix.
+//!
+//! Every application is idempotent where a record can legitimately arrive twice: a rotation step
+//! only moves a rotation forward (`WHERE step IN (...)`), and the rotation's completion event has
+//! a unique `dedup` key, so the record the supervisor commits in its final rotation transaction
+//! and the same record published on the bus afterwards make one row.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use super::JournalError;
+use crate::machine::{EventKind, Phase, SessionId};
+use crate::policy::RotationReason;
+use crate::record::{FleetEvent, RecoveryOutcome, RotationId, RotationRecord};
+use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
+use crate::usage::Usage;
+
+/// A step of the supervisor's, written through the journal (and, for rotation steps, awaited).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Op {
+    /// A work item was accepted: it is queued.
+    Submitted(WorkItem),
+    /// A session is about to be spawned for a queued item with this key.
+    Spawning {
+        /// The item.
+        work_item: WorkItemId,
+        /// Its spawn count so far, this one included.
+        n: u32,
+        /// The key the spawn uses.
+        key: SpawnKey,
+        /// Crashes and failed starts so far.
+        attempts: u32,
+    },
+    /// Rotation step 1: the rotation exists, the old session and the item are rotating.
+    RotationIntent(RotationIntent),
+    /// Rotation step 2: the handoff the successor will start from.
+    RotationHandoff {
+        /// The rotation.
+        rotation: RotationId,
+        /// The handoff.
+        handoff: Handoff,
+    },
+    /// Rotation step 3: the successor the keyed spawn returned.
+    RotationSuccessor {
+        /// The rotation.
+        rotation: RotationId,
+        /// The successor.
+        session: SessionId,
+    },
+    /// Rotation step 4: the old session is closed, the successor holds the item, and the
+    /// rotation's record is written.
+    RotationDone {
+        /// The record (the successor is `record.new_session`).
+        record: RotationRecord,
+        /// The handoff the successor started from.
+        handoff: Handoff,
+    },
+    /// The runtime confirmed that a session is closed (or no longer knows it): recovery need
+    /// not close it again.
+    Released {
+        /// The session.
+        session: SessionId,
+    },
+}
+
+/// What a rotation's first step records: enough to resume it after a crash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RotationIntent {
+    /// The rotation.
+    pub rotation: RotationId,
+    /// The work item that moves.
+    pub work_item: WorkItemId,
+    /// The session being replaced.
+    pub old_session: SessionId,
+    /// The agent type of both.
+    pub agent_type: Arc<str>,
+    /// Why.
+    pub reason: RotationReason,
+    /// The old session's latest reading.
+    pub before: Option<Usage>,
+    /// Compactions the old session did.
+    pub compactions: u32,
+    /// The item's spawn count, this spawn included.
+    pub spawn_n: u32,
+    /// The key the successor's spawn uses: the same key finds the same successor.
+    pub spawn_key: SpawnKey,
+}
+
+/// One record for the writer: a published event or a supervisor step.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Write {
+    /// A published event.
+    Event(FleetEvent),
+    /// A supervisor step.
+    Op(Op),
+}
+
+impl Write {
+    /// The record's name for the commit hook (`on_commit`).
+    pub(crate) fn label(&self) -> &'static str {
+        match self {
+            Write::Event(FleetEvent::Transition(t)) => match t.to {
+                Phase::Normal => "transition_to_normal",
+                Phase::Compacting => "transition_to_compacting",
+                Phase::Rotating => "transition_to_rotating",
+                Phase::Closed => "transition_to_closed",
+            },
+            Write::Event(e) => event_kind(e),
+            Write::Op(Op::Submitted(_)) => "work_item_submitted",
+            Write::Op(Op::Spawning { .. }) => "spawning",
+            Write::Op(Op::RotationIntent(_)) => "rotation_started",
+            Write::Op(Op::RotationHandoff { .. }) => "rotation_handoff",
+            Write::Op(Op::RotationSuccessor { .. }) => "rotation_successor",
+            Write::Op(Op::RotationDone { .. }) => "rotation_done",
+            Write::Op(Op::Released { .. }) => "released",
+        }
+    }
+}
+
+/// The `kind` stored for an event: its serde tag.
+pub(crate) fn event_kind(e: &FleetEvent) -> &'static str {
+    match e {
+        FleetEvent::SessionStarted { .. } => "session_started",
+        FleetEvent::Transition(_) => "transition",
+        FleetEvent::Compaction(_) => "compaction",
+        FleetEvent::Rotation(_) => "rotation",
+        FleetEvent::Crashed { .. } => "crashed",
+        FleetEvent::Rejected { .. } => "rejected",
+        FleetEvent::WorkItemDone { .. } => "work_item_done",
+        FleetEvent::WorkItemRequeued { .. } => "work_item_requeued",
+        FleetEvent::DeadLetter { .. } => "dead_letter",
+        FleetEvent::AgentTypeHalted { .. } => "agent_type_halted",
+        FleetEvent::RuntimeWarning { .. } => "runtime_warning",
+        FleetEvent::Recovered { .. } => "recovered",
+        FleetEvent::JournalFailed { .. } => "journal_failed",
+    }
+}
+
+/// Ids as SQLite stores them: the `u64` bit pattern as `i64`.
+pub(crate) fn sql_id(v: u64) -> i64 {
+    v as i64
+}
+
+/// The phase as stored (`Normal`, `Compacting`, ...).
+pub(crate) fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Normal => "Normal",
+        Phase::Compacting => "Compacting",
+        Phase::Rotating => "Rotating",
+        Phase::Closed => "Closed",
+    }
+}
+
+/// Applies one record at time `at` (milliseconds since the epoch).
+pub(crate) fn apply(
+    conn: &Connection,
+    at: i64,
+    write: &Write,
+    path: &Path,
+) -> Result<(), JournalError> {
+    let r = match write {
+        Write::Event(e) => apply_event(conn, at, e),
+        Write::Op(op) => apply_op(conn, at, op),
+    };
+    r.map_err(|f| match f {
+        Fault::Sql(e) => JournalError::sqlite(&e, path),
+        Fault::Json(e) => JournalError::BadRecord(e.to_string()),
+        Fault::Invalid(m) => JournalError::BadRecord(m),
+    })
+}
+
+/// Why applying a record failed, before it is named with the journal's path.
+enum Fault {
+    /// SQLite refused a statement.
+    Sql(rusqlite::Error),
+    /// A record could not be encoded.
+    Json(serde_json::Error),
+    /// The record makes no sense against what is stored (a completion without an intent).
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+impl From<serde_json::Error> for Fault {
+    fn from(e: serde_json::Error) -> Self {
+        Self::Json(e)
+    }
+}
+
+type Applied = Result<(), Fault>;
+
+/// Adds an `events` row; returns false when one with the same `dedup` key exists already.
+#[allow(clippy::too_many_arguments)]
+fn insert_event(
+    conn: &Connection,
+    at: i64,
+    kind: &str,
+    session: Option<SessionId>,
+    work_item: Option<WorkItemId>,
+    rotation: Option<RotationId>,
+    dedup: Option<String>,
+    payload: &str,
+) -> Result<bool, Fault> {
+    let n = conn
+        .prepare_cached(
+            "INSERT INTO events (at, kind, session, work_item, rotation, dedup, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (dedup) DO NOTHING",
+        )?
+        .execute(params![
+            at,
+            kind,
+            session.map(|s| sql_id(s.0)),
+            work_item.map(|w| sql_id(w.0)),
+            rotation.map(|r| sql_id(r.0)),
+            dedup,
+            payload
+        ])?;
+    Ok(n == 1)
+}
+
+/// The work item a session holds, as the journal knows it.
+fn item_of(conn: &Connection, session: SessionId) -> Result<Option<WorkItemId>, Fault> {
+    Ok(conn
+        .prepare_cached("SELECT work_item FROM sessions WHERE id = ?1")?
+        .query_row([sql_id(session.0)], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|w| WorkItemId(w as u64)))
+}
+
+/// Back to the queue. A pending spawn key is kept: if its session's close was cut short by a
+/// crash, recovery reuses the key and finds that session again rather than leaving it open.
+fn requeue(conn: &Connection, at: i64, item: WorkItemId, reason: Option<&str>) -> Applied {
+    conn.prepare_cached(
+        "UPDATE work_items SET place = 'queued', session = NULL,
+             reason = coalesce(?3, reason),
+             queue_seq = (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items),
+             updated_at = ?2
+         WHERE id = ?1",
+    )?
+    .execute(params![sql_id(item.0), at, reason])?;
+    Ok(())
+}
+
+fn close_session(conn: &Connection, at: i64, session: SessionId, why: &str) -> Applied {
+    conn.prepare_cached(
+        "UPDATE sessions SET state = 'closed', ended_at = coalesce(ended_at, ?2),
+             end_reason = coalesce(end_reason, ?3)
+         WHERE id = ?1 AND state != 'closed'",
+    )?
+    .execute(params![sql_id(session.0), at, why])?;
+    Ok(())
+}
+
+fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
+    let payload = serde_json::to_string(e)?;
+    let kind = event_kind(e);
+    match e {
+        FleetEvent::SessionStarted {
+            session,
+            agent_type,
+            work_item,
+        } => {
+            let (s, w) = (sql_id(session.0), sql_id(work_item.0));
+            conn.prepare_cached(
+                "INSERT INTO sessions (id, agent_type, work_item, state, phase, started_at)
+                 VALUES (?1, ?2, ?3, 'live', 'Normal', ?4) ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![s, agent_type.as_ref(), w, at])?;
+            conn.prepare_cached(
+                "UPDATE work_items SET place = 'live', session = ?1, pending_spawn_key = NULL,
+                     epoch = epoch + 1, updated_at = ?3
+                 WHERE id = ?2 AND NOT (place = 'live' AND session IS ?1)",
+            )?
+            .execute(params![s, w, at])?;
+            insert_event(
+                conn,
+                at,
+                kind,
+                Some(*session),
+                Some(*work_item),
+                None,
+                None,
+                &payload,
+            )?;
+        }
+        FleetEvent::Transition(t) => {
+            let closed_why = match t.cause {
+                EventKind::HandedOver => "rotated",
+                EventKind::RotationFailed => "rotation_failed",
+                _ => "closed",
+            };
+            let usage = t.usage.map(|u| serde_json::to_string(&u)).transpose()?;
+            conn.prepare_cached(
+                "UPDATE sessions SET phase = ?2, transitions = ?3,
+                     compacting_from = CASE WHEN ?2 = 'Compacting' THEN ?4 ELSE compacting_from END,
+                     state = CASE WHEN ?2 = 'Closed' THEN 'closed' ELSE state END,
+                     ended_at = CASE WHEN ?2 = 'Closed' THEN coalesce(ended_at, ?5) ELSE ended_at END,
+                     end_reason = CASE WHEN ?2 = 'Closed' THEN coalesce(end_reason, ?6) ELSE end_reason END
+                 WHERE id = ?1 AND transitions < ?3",
+            )?
+            .execute(params![
+                sql_id(t.session.0),
+                phase_name(t.to),
+                t.seq as i64,
+                usage,
+                at,
+                closed_why
+            ])?;
+            let item = item_of(conn, t.session)?;
+            insert_event(conn, at, kind, Some(t.session), item, None, None, &payload)?;
+        }
+        FleetEvent::Compaction(c) => {
+            conn.prepare_cached(
+                "INSERT INTO compactions (session, work_item, agent_type, success, record, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                sql_id(c.session.0),
+                sql_id(c.work_item.0),
+                c.agent_type.as_ref(),
+                c.success,
+                serde_json::to_string(c)?,
+                at
+            ])?;
+            conn.prepare_cached(
+                // The compaction under way (if any) has its record: nothing is pending.
+                "UPDATE sessions SET compactions = compactions + 1, compacting_from = NULL
+                 WHERE id = ?1",
+            )?
+            .execute([sql_id(c.session.0)])?;
+            insert_event(
+                conn,
+                at,
+                kind,
+                Some(c.session),
+                Some(c.work_item),
+                None,
+                None,
+                &payload,
+            )?;
+        }
+        FleetEvent::Rotation(r) => rotation_finished(conn, at, r, &payload)?,
+        FleetEvent::Crashed {
+            session,
+            work_item,
+            outcome,
+        } => {
+            let (s, w) = (sql_id(session.0), sql_id(work_item.0));
+            close_session(conn, at, *session, "crashed")?;
+            conn.prepare_cached(
+                "UPDATE work_items SET attempts = attempts + 1, updated_at = ?3
+                 WHERE id = ?1 AND place = 'live' AND session = ?2",
+            )?
+            .execute(params![w, s, at])?;
+            if *outcome == crate::record::CrashOutcome::Restarted {
+                // Restarted items go to the head of the queue.
+                conn.prepare_cached(
+                    "UPDATE work_items SET place = 'queued', session = NULL, updated_at = ?2,
+                         queue_seq = (SELECT coalesce(min(queue_seq), 0) - 1 FROM work_items)
+                     WHERE id = ?1",
+                )?
+                .execute(params![w, at])?;
+            }
+            insert_event(
+                conn,
+                at,
+                kind,
+                Some(*session),
+                Some(*work_item),
+                None,
+                None,
+                &payload,
+            )?;
+        }
+        FleetEvent::WorkItemDone { work_item, session } => {
+            conn.prepare_cached(
+                "UPDATE work_items SET place = 'done', session = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![sql_id(work_item.0), sql_id(session.0), at])?;
+            // Its Closed transition said `closed`; the item finishing says why.
+            conn.prepare_cached(
+                "UPDATE sessions SET end_reason = 'done' WHERE id = ?1 AND end_reason = 'closed'",
+            )?
+            .execute([sql_id(session.0)])?;
+            close_session(conn, at, *session, "done")?;
+            insert_event(
+                conn,
+                at,
+                kind,
+                Some(*session),
+                Some(*work_item),
+                None,
+                None,
+                &payload,
+            )?;
+        }
+        FleetEvent::WorkItemRequeued { work_item, reason } => {
+            requeue(conn, at, *work_item, Some(reason))?;
+            insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?;
+        }
+        FleetEvent::DeadLetter { work_item, reason } => {
+            conn.prepare_cached(
+                "UPDATE work_items SET place = 'dead', session = NULL, reason = ?2, updated_at = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![sql_id(work_item.0), reason, at])?;
+            insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?;
+        }
+        FleetEvent::Recovered { work_item, outcome } => {
+            let (session, rotation) = match outcome {
+                RecoveryOutcome::Queued => (None, None),
+                RecoveryOutcome::Requeued { session } => {
+                    close_session(conn, at, *session, "lost")?;
+                    requeue(
+                        conn,
+                        at,
+                        *work_item,
+                        Some("its session did not survive a restart"),
+                    )?;
+                    (Some(*session), None)
+                }
+                RecoveryOutcome::RotationResumed {
+                    rotation, session, ..
+                } => (Some(*session), Some(*rotation)),
+            };
+            insert_event(
+                conn,
+                at,
+                kind,
+                session,
+                Some(*work_item),
+                rotation,
+                None,
+                &payload,
+            )?;
+        }
+        FleetEvent::Rejected { session, .. } => {
+            insert_event(conn, at, kind, *session, None, None, None, &payload)?;
+        }
+        FleetEvent::RuntimeWarning { session, .. } => {
+            let item = item_of(conn, *session)?;
+            insert_event(conn, at, kind, Some(*session), item, None, None, &payload)?;
+        }
+        FleetEvent::AgentTypeHalted { .. } | FleetEvent::JournalFailed { .. } => {
+            insert_event(conn, at, kind, None, None, None, None, &payload)?;
+        }
+    }
+    Ok(())
+}
+
+/// A rotation record published on the bus. A successful rotation's record was already written
+/// by its final step (same `dedup` key): nothing to do. A failed one finishes its rotation row
+/// (or creates it, for a rotation refused before any step, such as a spent budget), and gives
+/// the work item the handoff it had reached, so that the next session starts from it.
+fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &str) -> Applied {
+    let dedup = format!("rotation:{}", r.rotation.0);
+    let fresh = insert_event(
+        conn,
+        at,
+        "rotation",
+        Some(r.old_session),
+        Some(r.work_item),
+        Some(r.rotation),
+        Some(dedup),
+        payload,
+    )?;
+    if !fresh {
+        return Ok(());
+    }
+    let step = if r.success { "done" } else { "failed" };
+    let record = serde_json::to_string(r)?;
+    let id = sql_id(r.rotation.0);
+    let existing: Option<(String, Option<String>, Option<i64>)> = conn
+        .prepare_cached("SELECT step, handoff, new_session FROM rotations WHERE id = ?1")?
+        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+        .optional()?;
+    match existing {
+        None => {
+            conn.prepare_cached(
+                "INSERT INTO rotations (id, work_item, old_session, new_session, agent_type, reason,
+                     step, request, record, started_at, finished_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?9)",
+            )?
+            .execute(params![
+                id,
+                sql_id(r.work_item.0),
+                sql_id(r.old_session.0),
+                r.new_session.map(|s| sql_id(s.0)),
+                r.agent_type.as_ref(),
+                r.reason.as_str(),
+                step,
+                record,
+                at
+            ])?;
+        }
+        Some((current, _, _)) if current == "done" || current == "failed" => {}
+        Some((_, handoff, spawned)) => {
+            conn.prepare_cached(
+                "UPDATE rotations SET step = ?2, record = ?3,
+                     new_session = coalesce(?4, new_session), finished_at = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                id,
+                step,
+                record,
+                r.new_session.map(|s| sql_id(s.0)),
+                at
+            ])?;
+            if !r.success {
+                close_session(conn, at, r.old_session, "rotation_failed")?;
+            }
+            if let Some(successor) = spawned.filter(|_| !r.success) {
+                // A successor spawned for a rotation that failed: known, closed, and to be
+                // released (recovery closes it again if its close was cut short).
+                conn.prepare_cached(
+                    "INSERT INTO sessions (id, agent_type, work_item, state, phase, predecessor,
+                         rotation, started_at, ended_at, end_reason)
+                     VALUES (?1, ?2, ?3, 'closed', 'Normal', ?4, ?5, ?6, ?6, 'rotation_failed')
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![
+                    successor,
+                    r.agent_type.as_ref(),
+                    sql_id(r.work_item.0),
+                    sql_id(r.old_session.0),
+                    id,
+                    at
+                ])?;
+            }
+            if let Some(handoff) = handoff.filter(|_| !r.success) {
+                conn.prepare_cached(
+                    "UPDATE work_items SET handoff = ?3
+                     WHERE id = ?1 AND place = 'rotating' AND session = ?2",
+                )?
+                .execute(params![
+                    sql_id(r.work_item.0),
+                    sql_id(r.old_session.0),
+                    handoff
+                ])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
+    match op {
+        Op::Submitted(item) => {
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO work_items (id, agent_type, text, place, queue_seq, submitted_at, updated_at)
+                     VALUES (?1, ?2, ?3, 'queued',
+                             (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items), ?4, ?4)
+                     ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![sql_id(item.id.0), item.agent_type.as_ref(), item.text, at])?;
+            if n == 1 {
+                insert_event(
+                    conn,
+                    at,
+                    "work_item_submitted",
+                    None,
+                    Some(item.id),
+                    None,
+                    Some(format!("submitted:{}", item.id.0)),
+                    &serde_json::to_string(item)?,
+                )?;
+            }
+        }
+        Op::Spawning {
+            work_item,
+            n,
+            key,
+            attempts,
+        } => {
+            conn.prepare_cached(
+                "UPDATE work_items SET spawns = max(spawns, ?2), pending_spawn_key = ?3,
+                     attempts = max(attempts, ?4), updated_at = ?5
+                 WHERE id = ?1",
+            )?
+            .execute(params![sql_id(work_item.0), n, sql_id(key.0), attempts, at])?;
+        }
+        Op::RotationIntent(i) => {
+            let request = serde_json::to_string(i)?;
+            let n = conn
+                .prepare_cached(
+                    "INSERT INTO rotations (id, work_item, old_session, agent_type, reason, step,
+                         spawn_key, request, started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'intent', ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![
+                    sql_id(i.rotation.0),
+                    sql_id(i.work_item.0),
+                    sql_id(i.old_session.0),
+                    i.agent_type.as_ref(),
+                    i.reason.as_str(),
+                    sql_id(i.spawn_key.0),
+                    request,
+                    at
+                ])?;
+            if n == 0 {
+                return Ok(()); // the same intent again: already applied
+            }
+            conn.prepare_cached(
+                "UPDATE sessions SET state = 'rotating' WHERE id = ?1 AND state = 'live'",
+            )?
+            .execute([sql_id(i.old_session.0)])?;
+            conn.prepare_cached(
+                "UPDATE work_items SET place = 'rotating', session = ?2, spawns = max(spawns, ?3),
+                     updated_at = ?4
+                 WHERE id = ?1",
+            )?
+            .execute(params![
+                sql_id(i.work_item.0),
+                sql_id(i.old_session.0),
+                i.spawn_n,
+                at
+            ])?;
+            insert_event(
+                conn,
+                at,
+                "rotation_started",
+                Some(i.old_session),
+                Some(i.work_item),
+                Some(i.rotation),
+                Some(format!("rotation_started:{}", i.rotation.0)),
+                &request,
+            )?;
+        }
+        Op::RotationHandoff { rotation, handoff } => {
+            let json = serde_json::to_string(handoff)?;
+            let n = conn
+                .prepare_cached(
+                    "UPDATE rotations SET step = 'handoff', handoff = ?2 WHERE id = ?1 AND step = 'intent'",
+                )?
+                .execute(params![sql_id(rotation.0), json])?;
+            if n == 1 {
+                step_event(conn, at, "rotation_handoff", *rotation, &json)?;
+            }
+        }
+        Op::RotationSuccessor { rotation, session } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE rotations SET step = 'spawned', new_session = ?2
+                     WHERE id = ?1 AND step IN ('intent', 'handoff')",
+                )?
+                .execute(params![sql_id(rotation.0), sql_id(session.0)])?;
+            if n == 1 {
+                let payload = serde_json::json!({ "rotation": rotation, "session": session });
+                step_event(
+                    conn,
+                    at,
+                    "rotation_successor",
+                    *rotation,
+                    &payload.to_string(),
+                )?;
+            }
+        }
+        Op::RotationDone { record, handoff } => rotation_done(conn, at, record, handoff)?,
+        Op::Released { session } => {
+            conn.prepare_cached("UPDATE sessions SET released = 1 WHERE id = ?1")?
+                .execute([sql_id(session.0)])?;
+        }
+    }
+    Ok(())
+}
+
+/// An `events` row for a rotation step, with the rotation's session and item.
+fn step_event(
+    conn: &Connection,
+    at: i64,
+    kind: &str,
+    rotation: RotationId,
+    payload: &str,
+) -> Applied {
+    let (old, item): (i64, i64) = conn
+        .prepare_cached("SELECT old_session, work_item FROM rotations WHERE id = ?1")?
+        .query_row([sql_id(rotation.0)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    insert_event(
+        conn,
+        at,
+        kind,
+        Some(SessionId(old as u64)),
+        Some(WorkItemId(item as u64)),
+        Some(rotation),
+        Some(format!("{kind}:{}", rotation.0)),
+        payload,
+    )?;
+    Ok(())
+}
+
+/// Rotation step 4, in the writer's transaction: the rotation is done, the old session closed,
+/// the successor registered and holding the item, and the completion event written. Applied a
+/// second time, it changes nothing.
+fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Handoff) -> Applied {
+    let new = r.new_session.ok_or_else(|| {
+        Fault::Invalid(format!(
+            "rotation {} is done without a successor",
+            r.rotation.0
+        ))
+    })?;
+    let id = sql_id(r.rotation.0);
+    let n = conn
+        .prepare_cached(
+            "UPDATE rotations SET step = 'done', new_session = ?2, handoff = coalesce(handoff, ?3),
+                 record = ?4, finished_at = ?5
+             WHERE id = ?1 AND step IN ('intent', 'handoff', 'spawned')",
+        )?
+        .execute(params![
+            id,
+            sql_id(new.0),
+            serde_json::to_string(handoff)?,
+            serde_json::to_string(r)?,
+            at
+        ])?;
+    if n == 0 {
+        let known: Option<i64> = conn
+            .prepare_cached("SELECT id FROM rotations WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        return match known {
+            Some(_) => Ok(()), // already finished
+            None => Err(Fault::Invalid(format!(
+                "rotation {} finished without a recorded intent",
+                r.rotation.0
+            ))),
+        };
+    }
+    close_session(conn, at, r.old_session, "rotated")?;
+    conn.prepare_cached(
+        "INSERT INTO sessions (id, agent_type, work_item, state, phase, predecessor, rotation, started_at)
+         VALUES (?1, ?2, ?3, 'live', 'Normal', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        sql_id(new.0),
+        r.agent_type.as_ref(),
+        sql_id(r.work_item.0),
+        sql_id(r.old_session.0),
+        id,
+        at
+    ])?;
+    conn.prepare_cached(
+        "UPDATE work_items SET place = 'live', session = ?2, handoff = ?3, pending_spawn_key = NULL,
+             epoch = epoch + 1, updated_at = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        sql_id(r.work_item.0),
+        sql_id(new.0),
+        serde_json::to_string(handoff)?,
+        at
+    ])?;
+    let payload = serde_json::to_string(&FleetEvent::Rotation(r.clone()))?;
+    insert_event(
+        conn,
+        at,
+        "rotation",
+        Some(r.old_session),
+        Some(r.work_item),
+        Some(r.rotation),
+        Some(format!("rotation:{}", r.rotation.0)),
+        &payload,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,532 @@
+//! Reading a journal: sessions, rotations, compactions, work items and events, filtered.
+//!
+//! [`JournalReader`] opens a journal file read-only (it never creates, migrates or changes
+//! one, so it is safe beside a running supervisor: SQLite's WAL lets readers and the writer work
+//! at once). [`Journal::read`](super::Journal::read) runs the same queries on a journal in use,
+//! in memory ones included. Both hand out a [`JournalView`].
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
+use serde::Serialize;
+
+use super::schema::{self, Header, SCHEMA_VERSION};
+use super::{JournalError, Timestamp};
+use crate::machine::SessionId;
+use crate::policy::RotationReason;
+use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord, RotationStep};
+use crate::runtime::{Handoff, WorkItemId};
+
+/// Which rows to list. Every field narrows the result; the default lists everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filter {
+    /// Rows about this session (for rotations: as the old or the new session).
+    pub session: Option<SessionId>,
+    /// Rows about this work item.
+    pub work_item: Option<WorkItemId>,
+    /// Rows about sessions of this agent type.
+    pub agent_type: Option<String>,
+    /// Rotations for this reason (other listings ignore it).
+    pub reason: Option<RotationReason>,
+    /// At or after this time (sessions: still open at it).
+    pub since: Option<Timestamp>,
+    /// At or before this time (sessions: started by it).
+    pub until: Option<Timestamp>,
+    /// Only the latest this many rows (still listed oldest first).
+    pub limit: Option<usize>,
+}
+
+/// A session as the journal records it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SessionRow {
+    /// The session.
+    pub session: SessionId,
+    /// Its agent type.
+    pub agent_type: String,
+    /// The work item it held.
+    pub work_item: WorkItemId,
+    /// The supervisor's view: `live`, `rotating` or `closed`.
+    pub state: String,
+    /// Its machine's last recorded state (`Normal`, `Compacting`, `Rotating`, `Closed`).
+    pub phase: String,
+    /// Transitions recorded.
+    pub transitions: u64,
+    /// Compaction records (successful or not).
+    pub compactions: u64,
+    /// The session it replaced, when it was started by a rotation.
+    pub predecessor: Option<SessionId>,
+    /// That rotation.
+    pub rotation: Option<RotationId>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub ended_at: Option<Timestamp>,
+    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, or `lost` (its
+    /// process died and recovery closed it).
+    pub end_reason: Option<String>,
+}
+
+/// A rotation, finished or not.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RotationRow {
+    /// The rotation.
+    pub rotation: RotationId,
+    /// The work item that moved.
+    pub work_item: WorkItemId,
+    /// The session replaced.
+    pub old_session: SessionId,
+    /// The successor, once known.
+    pub new_session: Option<SessionId>,
+    /// The agent type of both.
+    pub agent_type: String,
+    /// Why (`threshold`, `insufficient_compaction`, ...).
+    pub reason: String,
+    /// How far it got.
+    pub step: RotationStep,
+    /// When it was decided.
+    pub started_at: Timestamp,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+    /// Its record with the metrics, once finished.
+    pub record: Option<RotationRecord>,
+}
+
+/// A compaction record and when it was written.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompactionRow {
+    /// Its number in the journal.
+    pub id: u64,
+    /// When it was recorded.
+    pub at: Timestamp,
+    /// The record.
+    pub record: CompactionRecord,
+}
+
+/// A work item and where it is.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkItemRow {
+    /// The item.
+    pub work_item: WorkItemId,
+    /// Its agent type.
+    pub agent_type: String,
+    /// Its text.
+    pub text: String,
+    /// `queued`, `live`, `rotating`, `done` or `dead`.
+    pub place: String,
+    /// The session holding it (live, rotating) or that held it last (done).
+    pub session: Option<SessionId>,
+    /// Crashes and failed starts.
+    pub attempts: u32,
+    /// Sessions spawned for it.
+    pub spawns: u32,
+    /// Goes up each time a new session takes it: the lease generation.
+    pub epoch: u64,
+    /// The handoff of its last rotation.
+    pub handoff: Option<Handoff>,
+    /// Why it was requeued or buried last.
+    pub reason: Option<String>,
+    /// When it was submitted.
+    pub submitted_at: Timestamp,
+    /// When its row last changed.
+    pub updated_at: Timestamp,
+}
+
+/// One row of the event log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRow {
+    /// Its position in the log (1, 2, 3, ...).
+    pub seq: u64,
+    /// When it was recorded.
+    pub at: Timestamp,
+    /// The [`FleetEvent`] tag (`transition`, `rotation`, ...) or a journal step
+    /// (`work_item_submitted`, `rotation_started`, `rotation_handoff`, `rotation_successor`).
+    pub kind: String,
+    /// The session it is about.
+    pub session: Option<SessionId>,
+    /// The work item it is about.
+    pub work_item: Option<WorkItemId>,
+    /// The rotation it is about.
+    pub rotation: Option<RotationId>,
+    /// The record, as JSON.
+    pub payload: serde_json::Value,
+}
+
+impl EventRow {
+    /// The event, for rows that are published events (not journal steps).
+    pub fn event(&self) -> Option<FleetEvent> {
+        serde_json::from_value(self.payload.clone()).ok()
+    }
+}
+
+/// Read-only access to a journal file.
+pub struct JournalReader {
+    /// A read-only connection.
+    conn: Connection,
+    /// The file, for messages.
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for JournalReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalReader")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl JournalReader {
+    /// Opens the journal at `path` read-only. A missing file, a file that is not SQLite,
+    /// another program's database, and a journal from a newer baton are refused with a typed
+    /// error; nothing is ever written.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
+        let path = path.as_ref().to_owned();
+        if !path.exists() {
+            return Err(JournalError::Missing(path));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| JournalError::sqlite(&e, &path))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| JournalError::sqlite(&e, &path))?;
+        match schema::inspect(&conn, &path)? {
+            Header::Journal(SCHEMA_VERSION) => Ok(Self { conn, path }),
+            Header::Journal(v) => Err(JournalError::BadRecord(format!(
+                "{} has schema version {v}; open it once for writing to migrate it",
+                path.display()
+            ))),
+            Header::Empty => Err(JournalError::Foreign {
+                path,
+                application_id: 0,
+                tables: 0,
+            }),
+        }
+    }
+
+    /// The queries.
+    pub fn view(&self) -> JournalView<'_> {
+        JournalView {
+            conn: &self.conn,
+            path: &self.path,
+        }
+    }
+}
+
+/// The queries over one connection.
+#[derive(Clone, Copy)]
+pub struct JournalView<'a> {
+    /// The connection (read-only, or the writer's).
+    conn: &'a Connection,
+    /// The file, for messages.
+    path: &'a Path,
+}
+
+/// A `WHERE` clause being built, with its parameters.
+#[derive(Default)]
+struct Where {
+    /// Conditions, joined with `AND`.
+    clauses: Vec<String>,
+    /// Their values, in placeholder order (`?1`, `?2`, ...).
+    params: Vec<Value>,
+}
+
+impl Where {
+    /// Adds `clause`, numbering each `?` in it for the next of `values`.
+    fn add(&mut self, clause: &str, values: impl IntoIterator<Item = Value>) {
+        let mut values = values.into_iter();
+        let mut parts = clause.split('?');
+        let mut out = parts.next().unwrap_or_default().to_owned();
+        for part in parts {
+            self.params
+                .push(values.next().expect("a value for every placeholder"));
+            out.push_str(&format!("?{}{part}", self.params.len()));
+        }
+        self.clauses.push(out);
+    }
+
+    fn sql(&self) -> String {
+        if self.clauses.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.clauses.join(" AND "))
+        }
+    }
+}
+
+fn int(v: u64) -> Value {
+    Value::Integer(v as i64)
+}
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_owned())
+}
+
+fn ts(t: Timestamp) -> Value {
+    Value::Integer(t.0)
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+impl<'a> JournalView<'a> {
+    pub(crate) fn new(conn: &'a Connection, path: &'a Path) -> Self {
+        Self { conn, path }
+    }
+
+    /// Runs `select` (which must order by `order`) with the filter and the limit.
+    fn list<T>(
+        &self,
+        select: &str,
+        order: &str,
+        w: Where,
+        limit: Option<usize>,
+        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, JournalError> {
+        let inner = format!("{select} {} ORDER BY {order}", w.sql());
+        let sql = match limit {
+            Some(n) => format!("SELECT * FROM ({inner} DESC LIMIT {n}) ORDER BY {order}"),
+            None => inner,
+        };
+        let fail = |e: rusqlite::Error| match e {
+            rusqlite::Error::FromSqlConversionFailure(_, _, e) => {
+                JournalError::BadRecord(e.to_string())
+            }
+            e => JournalError::sqlite(&e, self.path),
+        };
+        let mut stmt = self.conn.prepare(&sql).map_err(fail)?;
+        let rows = stmt
+            .query_map(params_from_iter(w.params), row)
+            .map_err(fail)?;
+        rows.collect::<rusqlite::Result<Vec<T>>>().map_err(fail)
+    }
+
+    /// Sessions, by id.
+    pub fn sessions(&self, f: &Filter) -> Result<Vec<SessionRow>, JournalError> {
+        let mut w = Where::default();
+        if let Some(s) = f.session {
+            w.add("id = ?", [int(s.0)]);
+        }
+        if let Some(i) = f.work_item {
+            w.add("work_item = ?", [int(i.0)]);
+        }
+        if let Some(a) = &f.agent_type {
+            w.add("agent_type = ?", [text(a)]);
+        }
+        if let Some(t) = f.since {
+            w.add("(ended_at IS NULL OR ended_at >= ?)", [ts(t)]);
+        }
+        if let Some(t) = f.until {
+            w.add("started_at <= ?", [ts(t)]);
+        }
+        self.list(
+            "SELECT id, agent_type, work_item, state, phase, transitions, compactions, predecessor,
+                    rotation, started_at, ended_at, end_reason FROM sessions",
+            "id",
+            w,
+            f.limit,
+            |r| {
+                Ok(SessionRow {
+                    session: SessionId(r.get::<_, i64>(0)? as u64),
+                    agent_type: r.get(1)?,
+                    work_item: WorkItemId(r.get::<_, i64>(2)? as u64),
+                    state: r.get(3)?,
+                    phase: r.get(4)?,
+                    transitions: r.get::<_, i64>(5)? as u64,
+                    compactions: r.get::<_, i64>(6)? as u64,
+                    predecessor: r.get::<_, Option<i64>>(7)?.map(|s| SessionId(s as u64)),
+                    rotation: r.get::<_, Option<i64>>(8)?.map(|s| RotationId(s as u64)),
+                    started_at: Timestamp(r.get(9)?),
+                    ended_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
+                    end_reason: r.get(11)?,
+                })
+            },
+        )
+    }
+
+    /// Rotations, by id.
+    pub fn rotations(&self, f: &Filter) -> Result<Vec<RotationRow>, JournalError> {
+        let mut w = Where::default();
+        if let Some(s) = f.session {
+            w.add("(old_session = ? OR new_session = ?)", [int(s.0), int(s.0)]);
+        }
+        if let Some(i) = f.work_item {
+            w.add("work_item = ?", [int(i.0)]);
+        }
+        if let Some(a) = &f.agent_type {
+            w.add("agent_type = ?", [text(a)]);
+        }
+        if let Some(r) = f.reason {
+            w.add("reason = ?", [text(r.as_str())]);
+        }
+        if let Some(t) = f.since {
+            w.add("started_at >= ?", [ts(t)]);
+        }
+        if let Some(t) = f.until {
+            w.add("started_at <= ?", [ts(t)]);
+        }
+        self.list(
+            "SELECT id, work_item, old_session, new_session, agent_type, reason, step, started_at,
+                    finished_at, record FROM rotations",
+            "id",
+            w,
+            f.limit,
+            |r| {
+                let step: String = r.get(6)?;
+                Ok(RotationRow {
+                    rotation: RotationId(r.get::<_, i64>(0)? as u64),
+                    work_item: WorkItemId(r.get::<_, i64>(1)? as u64),
+                    old_session: SessionId(r.get::<_, i64>(2)? as u64),
+                    new_session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
+                    agent_type: r.get(4)?,
+                    reason: r.get(5)?,
+                    step: RotationStep::parse(&step).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            6,
+                            rusqlite::types::Type::Text,
+                            format!("rotation step {step:?}").into(),
+                        )
+                    })?,
+                    started_at: Timestamp(r.get(7)?),
+                    finished_at: r.get::<_, Option<i64>>(8)?.map(Timestamp),
+                    record: r
+                        .get::<_, Option<String>>(9)?
+                        .as_deref()
+                        .map(json)
+                        .transpose()?,
+                })
+            },
+        )
+    }
+
+    /// Compaction records, in the order they were written.
+    pub fn compactions(&self, f: &Filter) -> Result<Vec<CompactionRow>, JournalError> {
+        let mut w = Where::default();
+        if let Some(s) = f.session {
+            w.add("session = ?", [int(s.0)]);
+        }
+        if let Some(i) = f.work_item {
+            w.add("work_item = ?", [int(i.0)]);
+        }
+        if let Some(a) = &f.agent_type {
+            w.add("agent_type = ?", [text(a)]);
+        }
+        if let Some(t) = f.since {
+            w.add("at >= ?", [ts(t)]);
+        }
+        if let Some(t) = f.until {
+            w.add("at <= ?", [ts(t)]);
+        }
+        self.list(
+            "SELECT id, at, record FROM compactions",
+            "id",
+            w,
+            f.limit,
+            |r| {
+                Ok(CompactionRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    at: Timestamp(r.get(1)?),
+                    record: json(&r.get::<_, String>(2)?)?,
+                })
+            },
+        )
+    }
+
+    /// Work items, by id.
+    pub fn work_items(&self, f: &Filter) -> Result<Vec<WorkItemRow>, JournalError> {
+        let mut w = Where::default();
+        if let Some(s) = f.session {
+            w.add("session = ?", [int(s.0)]);
+        }
+        if let Some(i) = f.work_item {
+            w.add("id = ?", [int(i.0)]);
+        }
+        if let Some(a) = &f.agent_type {
+            w.add("agent_type = ?", [text(a)]);
+        }
+        if let Some(t) = f.since {
+            w.add("updated_at >= ?", [ts(t)]);
+        }
+        if let Some(t) = f.until {
+            w.add("submitted_at <= ?", [ts(t)]);
+        }
+        self.list(
+            "SELECT id, agent_type, text, place, session, attempts, spawns, epoch, handoff, reason,
+                    submitted_at, updated_at FROM work_items",
+            "id",
+            w,
+            f.limit,
+            |r| {
+                Ok(WorkItemRow {
+                    work_item: WorkItemId(r.get::<_, i64>(0)? as u64),
+                    agent_type: r.get(1)?,
+                    text: r.get(2)?,
+                    place: r.get(3)?,
+                    session: r.get::<_, Option<i64>>(4)?.map(|s| SessionId(s as u64)),
+                    attempts: r.get(5)?,
+                    spawns: r.get(6)?,
+                    epoch: r.get::<_, i64>(7)? as u64,
+                    handoff: r
+                        .get::<_, Option<String>>(8)?
+                        .as_deref()
+                        .map(json)
+                        .transpose()?,
+                    reason: r.get(9)?,
+                    submitted_at: Timestamp(r.get(10)?),
+                    updated_at: Timestamp(r.get(11)?),
+                })
+            },
+        )
+    }
+
+    /// The event log, in order.
+    pub fn events(&self, f: &Filter) -> Result<Vec<EventRow>, JournalError> {
+        let mut w = Where::default();
+        if let Some(s) = f.session {
+            w.add("session = ?", [int(s.0)]);
+        }
+        if let Some(i) = f.work_item {
+            w.add("work_item = ?", [int(i.0)]);
+        }
+        if let Some(a) = &f.agent_type {
+            w.add(
+                "(session IN (SELECT id FROM sessions WHERE agent_type = ?)
+                  OR work_item IN (SELECT id FROM work_items WHERE agent_type = ?))",
+                [text(a), text(a)],
+            );
+        }
+        if let Some(r) = f.reason {
+            w.add(
+                "(kind != 'rotation' OR rotation IN (SELECT id FROM rotations WHERE reason = ?))",
+                [text(r.as_str())],
+            );
+        }
+        if let Some(t) = f.since {
+            w.add("at >= ?", [ts(t)]);
+        }
+        if let Some(t) = f.until {
+            w.add("at <= ?", [ts(t)]);
+        }
+        self.list(
+            "SELECT seq, at, kind, session, work_item, rotation, payload FROM events",
+            "seq",
+            w,
+            f.limit,
+            |r| {
+                Ok(EventRow {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    at: Timestamp(r.get(1)?),
+                    kind: r.get(2)?,
+                    session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
+                    work_item: r.get::<_, Option<i64>>(4)?.map(|s| WorkItemId(s as u64)),
+                    rotation: r.get::<_, Option<i64>>(5)?.map(|s| RotationId(s as u64)),
+                    payload: json(&r.get::<_, String>(6)?)?,
+                })
+            },
+        )
+    }
+}

@@ -1,0 +1,244 @@
+//! What the journal says was unfinished: the state a restarted supervisor recovers from.
+//!
+//! Loaded once, when a supervisor is given a journal, before it accepts any message. The
+//! supervisor decides what to do with it (see `supervisor/recovery.rs`); this module only reads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use super::JournalError;
+use super::project::RotationIntent;
+use crate::machine::SessionId;
+use crate::record::RotationStep;
+use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
+use crate::usage::Usage;
+
+/// Where the journal last saw a work item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoredPlace {
+    /// Waiting for a session.
+    Queued,
+    /// Held by a live session.
+    Live,
+    /// Held by a session whose rotation is under way.
+    Rotating,
+    /// Finished.
+    Done,
+    /// Given up on.
+    Dead,
+}
+
+/// A work item as the journal holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct StoredItem {
+    /// The item.
+    pub item: WorkItem,
+    /// Where it was.
+    pub place: StoredPlace,
+    /// The session holding it (live, rotating) or that held it last (done).
+    pub session: Option<SessionId>,
+    /// Crashes and failed starts, as of its last start.
+    pub attempts: u32,
+    /// Spawns issued for it (the next spawn key is derived from this).
+    pub spawns: u32,
+    /// A spawn was issued for it whose session was never recorded: the key, to reuse.
+    pub pending_key: Option<SpawnKey>,
+    /// The handoff of its last rotation.
+    pub handoff: Option<Handoff>,
+    /// Why it was requeued or buried last.
+    pub reason: Option<String>,
+}
+
+/// A rotation that had not finished.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenRotation {
+    /// What its first step recorded.
+    pub intent: RotationIntent,
+    /// The last step recorded.
+    pub step: RotationStep,
+    /// The handoff, from step 2 on.
+    pub handoff: Option<Handoff>,
+    /// The successor, from step 3 on.
+    pub successor: Option<SessionId>,
+}
+
+/// A session the journal still counted as live or rotating.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenSession {
+    /// The session.
+    pub id: SessionId,
+    /// The item it held.
+    pub work_item: WorkItemId,
+    /// Its agent type.
+    pub agent_type: Arc<str>,
+    /// Its last recorded phase (`Compacting` means a compaction was in flight).
+    pub phase: String,
+    /// The reading its compaction under way started from: set when the session enters
+    /// Compacting, cleared when a compaction record arrives. With `phase == "Compacting"`, a
+    /// compaction that a crash cut short.
+    pub compacting_from: Option<Usage>,
+}
+
+/// Everything recovery needs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RecoveryState {
+    /// Every work item, in queue order for the queued ones.
+    pub items: Vec<StoredItem>,
+    /// Unfinished rotations, by id.
+    pub rotations: Vec<OpenRotation>,
+    /// Sessions not closed, by id.
+    pub sessions: Vec<OpenSession>,
+    /// Sessions recorded as closed whose close the runtime never confirmed (a crash cut it
+    /// short): to close again.
+    pub unreleased: Vec<SessionId>,
+    /// The highest rotation id used: new rotations are numbered after it.
+    pub last_rotation: u64,
+}
+
+impl RecoveryState {
+    /// Whether there is nothing to recover.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+            && self.rotations.is_empty()
+            && self.sessions.is_empty()
+            && self.unreleased.is_empty()
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JournalError> {
+    serde_json::from_str(text).map_err(|e| JournalError::BadRecord(format!("{e}: {text}")))
+}
+
+/// Reads the recovery state.
+pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, JournalError> {
+    let sql = |e: rusqlite::Error| JournalError::sqlite(&e, path);
+    let mut state = RecoveryState::default();
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, agent_type, text, place, session, attempts, spawns, pending_spawn_key,
+                    handoff, reason
+             FROM work_items ORDER BY queue_seq, id",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, u32>(5)?,
+                r.get::<_, u32>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+                r.get::<_, Option<String>>(9)?,
+            ))
+        })
+        .map_err(sql)?;
+    for row in rows {
+        let (id, agent_type, text, place, session, attempts, spawns, pending, handoff, reason) =
+            row.map_err(sql)?;
+        let place = match place.as_str() {
+            "queued" => StoredPlace::Queued,
+            "live" => StoredPlace::Live,
+            "rotating" => StoredPlace::Rotating,
+            "done" => StoredPlace::Done,
+            "dead" => StoredPlace::Dead,
+            other => {
+                return Err(JournalError::BadRecord(format!(
+                    "work item place {other:?}"
+                )));
+            }
+        };
+        state.items.push(StoredItem {
+            item: WorkItem {
+                id: WorkItemId(id as u64),
+                agent_type: agent_type.into(),
+                text,
+            },
+            place,
+            session: session.map(|s| SessionId(s as u64)),
+            attempts,
+            spawns,
+            pending_key: pending.map(|k| SpawnKey(k as u64)),
+            handoff: handoff.as_deref().map(json).transpose()?,
+            reason,
+        });
+    }
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT request, step, handoff, new_session FROM rotations
+             WHERE step IN ('intent', 'handoff', 'spawned') ORDER BY id",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .map_err(sql)?;
+    for row in rows {
+        let (request, step, handoff, successor) = row.map_err(sql)?;
+        state.rotations.push(OpenRotation {
+            intent: json(&request)?,
+            step: RotationStep::parse(&step)
+                .ok_or_else(|| JournalError::BadRecord(format!("rotation step {step:?}")))?,
+            handoff: handoff.as_deref().map(json).transpose()?,
+            successor: successor.map(|s| SessionId(s as u64)),
+        });
+    }
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT id, work_item, agent_type, phase, compacting_from FROM sessions
+             WHERE state != 'closed' ORDER BY id",
+        )
+        .map_err(sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(sql)?;
+    for row in rows {
+        let (id, work_item, agent_type, phase, from) = row.map_err(sql)?;
+        state.sessions.push(OpenSession {
+            id: SessionId(id as u64),
+            work_item: WorkItemId(work_item as u64),
+            agent_type: agent_type.into(),
+            phase,
+            compacting_from: from.as_deref().map(json).transpose()?,
+        });
+    }
+
+    let mut stmt = conn
+        .prepare("SELECT id FROM sessions WHERE state = 'closed' AND released = 0 ORDER BY id")
+        .map_err(sql)?;
+    state.unreleased = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .map_err(sql)?
+        .map(|r| r.map(|id| SessionId(id as u64)))
+        .collect::<Result<_, _>>()
+        .map_err(sql)?;
+
+    state.last_rotation = conn
+        .query_row("SELECT coalesce(max(id), 0) FROM rotations", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(sql)? as u64;
+    Ok(state)
+}

@@ -1,0 +1,172 @@
+//! The journal's file: how it is recognised, created and migrated.
+//!
+//! A baton journal is a SQLite database whose header carries baton's `application_id` and whose
+//! `user_version` is its schema version. Opening a file checks both before anything is written:
+//! a file that is not SQLite, another program's database, or a journal from a newer baton is
+//! refused with a typed error and left untouched. Migrations run one version at a time, each in
+//! its own `BEGIN IMMEDIATE` transaction that also bumps `user_version`, so a crash during a
+//! migration leaves the file at the version before it.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::JournalError;
+
+/// The `application_id` in a baton journal's header: `"batn"` in ASCII.
+pub const APPLICATION_ID: i32 = 0x6261_746e;
+
+/// The newest schema version this build reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migration `i` takes a journal from version `i` to `i + 1`.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [V1];
+
+/// Version 1: the records of `docs/semantics.md` ("Journal").
+///
+/// Ids are stored as SQLite integers (the `u64` bit pattern as `i64`). Times are milliseconds
+/// since the Unix epoch. Records that baton also publishes keep their full JSON, so nothing a
+/// record says is lost; the columns beside it are what filters and recovery need.
+const V1: &str = r#"
+CREATE TABLE work_items (
+    id                INTEGER PRIMARY KEY,
+    agent_type        TEXT    NOT NULL,
+    text              TEXT    NOT NULL,
+    place             TEXT    NOT NULL CHECK (place IN ('queued', 'live', 'rotating', 'done', 'dead')),
+    session           INTEGER,
+    attempts          INTEGER NOT NULL DEFAULT 0,
+    spawns            INTEGER NOT NULL DEFAULT 0,
+    pending_spawn_key INTEGER,
+    epoch             INTEGER NOT NULL DEFAULT 0,
+    queue_seq         INTEGER NOT NULL DEFAULT 0,
+    handoff           TEXT,
+    reason            TEXT,
+    submitted_at      INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL
+);
+CREATE TABLE sessions (
+    id                 INTEGER PRIMARY KEY,
+    agent_type         TEXT    NOT NULL,
+    work_item          INTEGER NOT NULL,
+    state              TEXT    NOT NULL CHECK (state IN ('live', 'rotating', 'closed')),
+    phase              TEXT    NOT NULL,
+    transitions        INTEGER NOT NULL DEFAULT 0,
+    compactions        INTEGER NOT NULL DEFAULT 0,
+    compacting_from    TEXT,
+    released           INTEGER NOT NULL DEFAULT 0,
+    predecessor        INTEGER,
+    rotation           INTEGER,
+    started_at         INTEGER NOT NULL,
+    ended_at           INTEGER,
+    end_reason         TEXT
+);
+CREATE INDEX sessions_by_work_item ON sessions (work_item);
+CREATE INDEX sessions_by_state ON sessions (state);
+CREATE TABLE rotations (
+    id            INTEGER PRIMARY KEY,
+    work_item     INTEGER NOT NULL,
+    old_session   INTEGER NOT NULL,
+    new_session   INTEGER,
+    agent_type    TEXT    NOT NULL,
+    reason        TEXT    NOT NULL,
+    step          TEXT    NOT NULL CHECK (step IN ('intent', 'handoff', 'spawned', 'done', 'failed')),
+    spawn_key     INTEGER,
+    request       TEXT    NOT NULL,
+    handoff       TEXT,
+    record        TEXT,
+    started_at    INTEGER NOT NULL,
+    finished_at   INTEGER
+);
+CREATE INDEX rotations_by_work_item ON rotations (work_item);
+CREATE INDEX rotations_by_step ON rotations (step);
+CREATE TABLE compactions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    session     INTEGER NOT NULL,
+    work_item   INTEGER NOT NULL,
+    agent_type  TEXT    NOT NULL,
+    success     INTEGER NOT NULL,
+    record      TEXT    NOT NULL,
+    at          INTEGER NOT NULL
+);
+CREATE INDEX compactions_by_session ON compactions (session);
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    at         INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    session    INTEGER,
+    work_item  INTEGER,
+    rotation   INTEGER,
+    dedup      TEXT UNIQUE,
+    payload    TEXT    NOT NULL
+);
+CREATE INDEX events_by_session ON events (session);
+CREATE INDEX events_by_work_item ON events (work_item);
+"#;
+
+/// What a file's header says it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// An empty database (a new or zero-length file): baton may make it a journal.
+    Empty,
+    /// A baton journal at this schema version (at most [`SCHEMA_VERSION`]).
+    Journal(i32),
+}
+
+/// Reads the header and classifies the file; refuses what baton must not touch.
+pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Header, JournalError> {
+    let sql = |e: rusqlite::Error| JournalError::sqlite(&e, path);
+    let application_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(sql)?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    let tables: u32 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sql)?;
+    match application_id {
+        APPLICATION_ID if version > SCHEMA_VERSION => Err(JournalError::NewerSchema {
+            path: path.to_owned(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        APPLICATION_ID => Ok(Header::Journal(version)),
+        0 if version == 0 && tables == 0 => Ok(Header::Empty),
+        _ => Err(JournalError::Foreign {
+            path: path.to_owned(),
+            application_id,
+            tables,
+        }),
+    }
+}
+
+/// Brings the journal to [`SCHEMA_VERSION`], one committed migration at a time.
+pub(crate) fn migrate(
+    conn: &mut Connection,
+    header: Header,
+    path: &Path,
+) -> Result<(), JournalError> {
+    let sql = |e: rusqlite::Error| JournalError::sqlite(&e, path);
+    let from = match header {
+        Header::Empty => 0,
+        Header::Journal(v) => v,
+    };
+    for version in from..SCHEMA_VERSION {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        tx.execute_batch(MIGRATIONS[version as usize])
+            .map_err(sql)?;
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(sql)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+        tracing::info!(path = %path.display(), version = version + 1, "journal schema migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,653 @@
+//! The journal on its own: files, group commit, idempotent steps, failures.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use rusqlite::types::ValueRef;
+
+use super::*;
+use crate::machine::{EventKind, Phase, SessionId, TransitionRecord};
+use crate::policy::RotationReason;
+use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord};
+use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
+use crate::usage::Usage;
+
+fn block<T>(f: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn item(id: u64) -> WorkItem {
+    WorkItem {
+        id: WorkItemId(id),
+        agent_type: "sonnet".into(),
+        text: format!("work item {id}"),
+    }
+}
+
+fn started(session: u64, item: u64) -> FleetEvent {
+    FleetEvent::SessionStarted {
+        session: SessionId(session),
+        agent_type: "sonnet".into(),
+        work_item: WorkItemId(item),
+    }
+}
+
+fn transition(session: u64, seq: u64, from: Phase, to: Phase, used: u64) -> FleetEvent {
+    FleetEvent::Transition(TransitionRecord {
+        seq,
+        session: SessionId(session),
+        from,
+        to,
+        cause: EventKind::Usage,
+        usage: Some(Usage::reported(used, 1000).unwrap()),
+        reason: (to == Phase::Rotating).then_some(RotationReason::Threshold),
+    })
+}
+
+fn intent() -> RotationIntent {
+    RotationIntent {
+        rotation: RotationId(1),
+        work_item: WorkItemId(7),
+        old_session: SessionId(1),
+        agent_type: "sonnet".into(),
+        reason: RotationReason::Threshold,
+        before: Some(Usage::reported(960, 1000).unwrap()),
+        compactions: 1,
+        spawn_n: 2,
+        spawn_key: SpawnKey(u64::MAX - 5),
+    }
+}
+
+fn handoff() -> Handoff {
+    Handoff {
+        text: "carry on with the parser".into(),
+        tokens: 84,
+        fallback: false,
+    }
+}
+
+fn record() -> RotationRecord {
+    RotationRecord {
+        rotation: RotationId(1),
+        old_session: SessionId(1),
+        new_session: Some(SessionId(2)),
+        agent_type: "sonnet".into(),
+        work_item: WorkItemId(7),
+        reason: RotationReason::Threshold,
+        before_tokens: 960,
+        before_percent: 96.0,
+        compactions: 1,
+        handoff_tokens: 84,
+        handoff_fallback: false,
+        attempts: 2,
+        duration: Duration::from_millis(12),
+        success: true,
+        error: None,
+    }
+}
+
+fn compaction() -> CompactionRecord {
+    let before = Usage::reported(850, 1000).unwrap();
+    let after = Usage::reported(450, 1000).unwrap();
+    CompactionRecord {
+        session: SessionId(1),
+        agent_type: "sonnet".into(),
+        work_item: WorkItemId(7),
+        before_tokens: before.used(),
+        before_percent: before.percent(),
+        after_tokens: after.used(),
+        after_percent: after.percent(),
+        tokens_freed: 400,
+        reduction_percent: 47.1,
+        within_target: true,
+        sufficient: true,
+        summary_tokens: 350,
+        duration: Duration::from_millis(30),
+        success: true,
+        error: None,
+    }
+}
+
+/// Every row of every table, as text, for comparisons.
+type Dump = BTreeMap<String, Vec<Vec<String>>>;
+
+fn dump(conn: &Connection) -> Dump {
+    let mut out = Dump::new();
+    for table in [
+        "work_items",
+        "sessions",
+        "rotations",
+        "compactions",
+        "events",
+    ] {
+        let mut stmt = conn
+            .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+            .unwrap();
+        let n = stmt.column_count();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((0..n)
+                    .map(|i| match r.get_ref(i).unwrap() {
+                        ValueRef::Null => "NULL".to_string(),
+                        ValueRef::Integer(v) => v.to_string(),
+                        ValueRef::Real(v) => v.to_string(),
+                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        ValueRef::Blob(_) => "<blob>".to_string(),
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        out.insert(table.to_string(), rows);
+    }
+    out
+}
+
+fn snapshot(j: &Journal) -> Dump {
+    j.read_blocking(|conn, _| Ok(dump(conn))).unwrap()
+}
+
+/// The records of one rotation, in the order a supervisor writes them.
+fn rotation_steps() -> Vec<Write> {
+    vec![
+        Write::Op(Op::Submitted(item(7))),
+        Write::Event(started(1, 7)),
+        Write::Event(transition(1, 1, Phase::Normal, Phase::Compacting, 850)),
+        Write::Event(FleetEvent::Compaction(compaction())),
+        Write::Event(transition(1, 2, Phase::Compacting, Phase::Normal, 450)),
+        Write::Event(transition(1, 3, Phase::Normal, Phase::Rotating, 960)),
+        Write::Op(Op::RotationIntent(intent())),
+        Write::Op(Op::RotationHandoff {
+            rotation: RotationId(1),
+            handoff: handoff(),
+        }),
+        Write::Op(Op::RotationSuccessor {
+            rotation: RotationId(1),
+            session: SessionId(2),
+        }),
+        Write::Op(Op::RotationDone {
+            record: record(),
+            handoff: handoff(),
+        }),
+        Write::Event(started(2, 7)),
+        Write::Event(FleetEvent::Rotation(record())),
+    ]
+}
+
+fn send(j: &Journal, w: Write) {
+    match w {
+        Write::Event(e) => j.record(&e),
+        Write::Op(op) => j.note(op),
+    }
+}
+
+fn sync(j: &Journal) {
+    block(j.flush()).unwrap();
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_journal_file_is_owner_only_and_marked_as_baton_s() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(1)));
+    sync(&j);
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.path().join("baton.db-wal");
+    assert_eq!(mode(&wal), 0o600, "SQLite gives the WAL the file's mode");
+    assert_eq!(mode(&dir.path().join("baton.db-lock")), 0o600);
+    let conn = Connection::open(&path).unwrap();
+    let app: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .unwrap();
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    let mode: String = conn
+        .pragma_query_value(None, "journal_mode", |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (app, version, mode.as_str()),
+        (APPLICATION_ID, SCHEMA_VERSION, "wal")
+    );
+    let sync_mode: i64 = j
+        .read_blocking(|c, _| {
+            Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))
+                .unwrap())
+        })
+        .unwrap();
+    assert_eq!(sync_mode, 2, "synchronous=FULL");
+}
+
+#[test]
+fn a_reopened_journal_keeps_its_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let j = Journal::open(&path).unwrap();
+        for w in rotation_steps() {
+            send(&j, w);
+        }
+        // Dropping the last handle commits what was sent and stops the writer.
+    }
+    let j = Journal::open(&path).unwrap();
+    let rotations = block(j.read(|v| v.rotations(&Filter::default()))).unwrap();
+    assert_eq!(rotations.len(), 1);
+    assert_eq!(rotations[0].step, crate::record::RotationStep::Done);
+    let reader = JournalReader::open(&path).unwrap();
+    assert_eq!(
+        reader.view().rotations(&Filter::default()).unwrap(),
+        rotations
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let first = Journal::open(&path).unwrap();
+    let second = Journal::open(&path).unwrap_err();
+    assert!(matches!(second, JournalError::InUse { .. }), "{second}");
+    drop(first);
+    Journal::open(&path).expect("free again once the first is gone");
+}
+
+#[test]
+fn records_sent_together_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path().join("baton.db")).unwrap();
+    // Hold the writer until every record is queued.
+    let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            j.read_blocking(move |_, _| {
+                held_tx.send(()).unwrap();
+                gate_rx.recv().unwrap();
+                Ok(())
+            })
+        })
+    };
+    held_rx.recv().unwrap();
+    let before = j.stats();
+    j.note(Op::Submitted(item(1)));
+    j.record(&started(1, 1));
+    for seq in 1..=1000 {
+        let (from, to) = if seq % 2 == 1 {
+            (Phase::Normal, Phase::Compacting)
+        } else {
+            (Phase::Compacting, Phase::Normal)
+        };
+        j.record(&transition(1, seq, from, to, 800));
+    }
+    gate_tx.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    sync(&j);
+    let after = j.stats();
+    assert_eq!(after.records - before.records, 1002);
+    assert_eq!(
+        after.commits - before.commits,
+        1,
+        "one transaction, one fsync"
+    );
+    let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
+    assert_eq!(sessions[0].transitions, 1000);
+}
+
+#[test]
+fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
+    let j = Journal::in_memory().unwrap();
+    for w in rotation_steps() {
+        let dup = w.clone();
+        send(&j, w);
+        sync(&j);
+        let once = snapshot(&j);
+        if matches!(dup, Write::Op(_)) || matches!(dup, Write::Event(FleetEvent::Rotation(_))) {
+            send(&j, dup.clone());
+            sync(&j);
+            assert_eq!(snapshot(&j), once, "{dup:?} applied twice");
+        }
+    }
+    let events = block(j.read(|v| v.events(&Filter::default()))).unwrap();
+    let rotation_events = events.iter().filter(|e| e.kind == "rotation").count();
+    assert_eq!(
+        rotation_events, 1,
+        "the bus's copy of the record is the same row"
+    );
+}
+
+#[test]
+fn a_rotation_is_recorded_step_by_step() {
+    let j = Journal::in_memory().unwrap();
+    for w in rotation_steps() {
+        send(&j, w);
+    }
+    let (items, sessions, rotations, compactions, events) = block(j.read(|v| {
+        let all = Filter::default();
+        Ok((
+            v.work_items(&all)?,
+            v.sessions(&all)?,
+            v.rotations(&all)?,
+            v.compactions(&all)?,
+            v.events(&all)?,
+        ))
+    }))
+    .unwrap();
+    #[derive(serde::Serialize)]
+    struct Contents {
+        work_items: Vec<WorkItemRow>,
+        sessions: Vec<SessionRow>,
+        rotations: Vec<RotationRow>,
+        compactions: Vec<CompactionRow>,
+        events: Vec<EventRow>,
+    }
+    let contents = Contents {
+        work_items: items,
+        sessions,
+        rotations,
+        compactions,
+        events,
+    };
+    snapshot_settings().bind(|| {
+        insta::assert_yaml_snapshot!("journal_a_rotation_is_recorded_step_by_step", contents)
+    });
+}
+
+/// The project's snapshot settings (top-level `snapshots/`), with times and durations redacted
+/// (absent times stay absent).
+pub(crate) fn snapshot_settings() -> insta::Settings {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots"));
+    settings.set_prepend_module_to_snapshot(false);
+    settings.set_omit_expression(true);
+    for field in [
+        "at",
+        "started_at",
+        "ended_at",
+        "finished_at",
+        "submitted_at",
+        "updated_at",
+    ] {
+        settings.add_redaction(
+            &format!(".**.{field}"),
+            insta::dynamic_redaction(|value, _| {
+                if value.is_nil() {
+                    value
+                } else {
+                    "[time]".into()
+                }
+            }),
+        );
+    }
+    settings.add_redaction(".**.duration", "[duration]");
+    settings
+}
+
+#[test]
+fn a_record_that_fails_alone_is_dropped_without_its_batch() {
+    let j = Journal::in_memory().unwrap();
+    j.note(Op::Submitted(item(1)));
+    // A completion without an intent is refused, alone.
+    let refused = block(j.commit(Op::RotationDone {
+        record: record(),
+        handoff: handoff(),
+    }))
+    .unwrap_err();
+    assert!(matches!(refused, JournalError::BadRecord(_)), "{refused}");
+    j.note(Op::Submitted(item(2)));
+    sync(&j);
+    let items = block(j.read(|v| v.work_items(&Filter::default()))).unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(
+        j.failure().is_none(),
+        "a bad record does not stop the journal"
+    );
+    let rotations = block(j.read(|v| v.rotations(&Filter::default()))).unwrap();
+    assert!(
+        rotations.is_empty(),
+        "nothing of the refused record was written"
+    );
+}
+
+#[test]
+fn a_full_disk_rolls_the_batch_back_whole_and_stops_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let options = JournalOptions {
+        max_bytes: Some(64 * 1024),
+        ..JournalOptions::default()
+    };
+    let j = Journal::open_with(&path, options).unwrap();
+    let big = "x".repeat(2000);
+    let mut stored = 0;
+    let error = loop {
+        // Each step is its own transaction: commit waits for it.
+        let mut it = item(stored + 1);
+        it.text = big.clone();
+        match block(j.commit(Op::Submitted(it))) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 1000, "the cap never bit");
+    };
+    assert!(matches!(error, JournalError::DiskFull { .. }), "{error}");
+    assert!(error.to_string().contains("disk is full"), "{error}");
+    assert_eq!(j.failure(), Some(error.clone()));
+    // Later writes are refused with the original cause, and nothing partial was left.
+    let later = block(j.commit(Op::Submitted(item(5000)))).unwrap_err();
+    assert_eq!(later, JournalError::Failed(Box::new(error)));
+    drop(j);
+    let reader = JournalReader::open(&path).unwrap();
+    let items = reader.view().work_items(&Filter::default()).unwrap();
+    assert_eq!(
+        items.len() as u64,
+        stored,
+        "every acknowledged item, and no other"
+    );
+    let events = reader.view().events(&Filter::default()).unwrap();
+    assert_eq!(events.len() as u64, stored, "no event without its item");
+}
+
+#[test]
+fn files_that_are_not_journals_are_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+
+    let garbage = dir.path().join("notes.txt");
+    std::fs::write(&garbage, "these are my notes, not a database\n".repeat(200)).unwrap();
+    let before = std::fs::read(&garbage).unwrap();
+    let e = Journal::open(&garbage).unwrap_err();
+    assert!(matches!(e, JournalError::NotADatabase { .. }), "{e}");
+    let e = JournalReader::open(&garbage).unwrap_err();
+    assert!(matches!(e, JournalError::NotADatabase { .. }), "{e}");
+    assert_eq!(std::fs::read(&garbage).unwrap(), before);
+    assert!(!dir.path().join("notes.txt-lock").exists());
+
+    let foreign = dir.path().join("app.db");
+    {
+        let c = Connection::open(&foreign).unwrap();
+        c.execute_batch("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO accounts VALUES (1, 'ada');")
+            .unwrap();
+    }
+    let before = std::fs::read(&foreign).unwrap();
+    let e = Journal::open(&foreign).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            JournalError::Foreign {
+                application_id: 0,
+                tables: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("not a baton journal"), "{e}");
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+
+    let newer = dir.path().join("newer.db");
+    drop(Journal::open(&newer).unwrap());
+    {
+        let c = Connection::open(&newer).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let before = std::fs::read(&newer).unwrap();
+    for e in [
+        Journal::open(&newer).unwrap_err(),
+        JournalReader::open(&newer).unwrap_err(),
+    ] {
+        assert_eq!(
+            e,
+            JournalError::NewerSchema {
+                path: newer.clone(),
+                found: SCHEMA_VERSION + 1,
+                supported: SCHEMA_VERSION
+            }
+        );
+    }
+    assert_eq!(std::fs::read(&newer).unwrap(), before);
+
+    let missing = dir.path().join("missing.db");
+    assert_eq!(
+        JournalReader::open(&missing).unwrap_err(),
+        JournalError::Missing(missing.clone())
+    );
+    assert!(!missing.exists(), "reading never creates a journal");
+}
+
+#[test]
+fn a_damaged_journal_reports_corruption_instead_of_wrong_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let j = Journal::open(&path).unwrap();
+        for i in 1..=300 {
+            j.note(Op::Submitted(item(i)));
+        }
+    }
+    // Checkpointed and closed: the data is in the main file. Scribble over its pages (not the
+    // header).
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 8192);
+    for b in &mut bytes[4096..] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let e = JournalReader::open(&path)
+        .and_then(|r| r.view().work_items(&Filter::default()).map(|_| ()))
+        .unwrap_err();
+    assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+}
+
+#[test]
+fn filters_narrow_every_listing() {
+    let j = Journal::in_memory().unwrap();
+    for w in rotation_steps() {
+        send(&j, w);
+    }
+    j.note(Op::Submitted(WorkItem {
+        id: WorkItemId(8),
+        agent_type: "glm".into(),
+        text: "other".into(),
+    }));
+    j.record(&FleetEvent::SessionStarted {
+        session: SessionId(3),
+        agent_type: "glm".into(),
+        work_item: WorkItemId(8),
+    });
+    let check = block(j.read(|v| {
+        let by = |f: Filter| f;
+        let s2 = by(Filter {
+            session: Some(SessionId(2)),
+            ..Filter::default()
+        });
+        let glm = by(Filter {
+            agent_type: Some("glm".into()),
+            ..Filter::default()
+        });
+        let manual = by(Filter {
+            reason: Some(RotationReason::Manual),
+            ..Filter::default()
+        });
+        let future = by(Filter {
+            since: Some(Timestamp(i64::MAX / 2)),
+            ..Filter::default()
+        });
+        let last = by(Filter {
+            limit: Some(2),
+            ..Filter::default()
+        });
+        Ok((
+            v.rotations(&s2)?.len(),
+            v.sessions(&glm)?
+                .iter()
+                .map(|s| s.session.0)
+                .collect::<Vec<_>>(),
+            v.rotations(&manual)?.len(),
+            v.compactions(&future)?.len(),
+            v.events(&last)?
+                .iter()
+                .map(|e| e.kind.clone())
+                .collect::<Vec<_>>(),
+            v.work_items(&glm)?.len(),
+        ))
+    }))
+    .unwrap();
+    assert_eq!(check.0, 1, "a rotation lists under its new session too");
+    assert_eq!(check.1, vec![3]);
+    assert_eq!(check.2, 0);
+    assert_eq!(check.3, 0);
+    assert_eq!(
+        check.4,
+        vec!["work_item_submitted", "session_started"],
+        "the latest, oldest first"
+    );
+    assert_eq!(check.5, 1);
+}
+
+#[test]
+fn the_hook_sees_each_commit_before_its_waiters_are_answered() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook_seen = seen.clone();
+    let options = JournalOptions {
+        on_commit: Some(Arc::new(move |labels: &[&'static str]| {
+            hook_seen.lock().unwrap().push(labels.to_vec());
+        })),
+        ..JournalOptions::default()
+    };
+    let j = Journal::in_memory_with(options).unwrap();
+    block(j.commit(Op::Submitted(item(7)))).unwrap();
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        &vec!["work_item_submitted"]
+    );
+    j.record(&started(1, 7));
+    j.record(&transition(1, 1, Phase::Normal, Phase::Compacting, 850));
+    block(j.commit(Op::RotationIntent(intent()))).unwrap();
+    let all: Vec<&str> = seen.lock().unwrap().concat();
+    assert_eq!(
+        all,
+        vec![
+            "work_item_submitted",
+            "session_started",
+            "transition_to_compacting",
+            "rotation_started"
+        ]
+    );
+}

@@ -1,0 +1,220 @@
+//! The writer: one thread that owns the journal's write connection.
+//!
+//! Records arrive over one unbounded channel, so senders (session actors, the supervisor) never
+//! wait on SQLite. The thread takes the first record, drains whatever else is already queued
+//! (up to `max_batch`), and writes them all in one `BEGIN IMMEDIATE` transaction: one commit,
+//! one fsync, however many records (group commit). Each record runs inside a savepoint, so a
+//! record that fails on its own (a bad record) is dropped without losing the others; a failure
+//! of the journal itself (disk full, I/O error, damage) rolls the whole batch back and stops the
+//! journal, so that what is on disk stays a prefix of what was sent, in order.
+//!
+//! A writer that is waited on (a rotation step, a flush) is answered only after its batch is
+//! durable, and after the commit hook (if any) has run.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::oneshot;
+
+use super::project::{self, Write};
+use super::{CommitHook, JournalError};
+
+/// Where a waiting writer is answered.
+pub(crate) type Ack = oneshot::Sender<Result<(), JournalError>>;
+
+/// What the writer thread is asked to do.
+pub(crate) enum Command {
+    /// Write a record at time `at`; answer `ack`, if any, once it is durable.
+    Write {
+        /// Milliseconds since the epoch, taken when the record was sent.
+        at: i64,
+        /// The record.
+        write: Write,
+        /// Who waits for it.
+        ack: Option<Ack>,
+    },
+    /// Answer once everything sent before is durable.
+    Flush(Ack),
+    /// Run a read on the write connection, after everything sent before is committed.
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// Counters, shared with every handle.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Transactions committed.
+    pub commits: AtomicU64,
+    /// Records written.
+    pub records: AtomicU64,
+}
+
+/// State shared between the writer thread and the handles.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// The failure that stopped the journal, once one did.
+    pub failure: Mutex<Option<JournalError>>,
+    /// What was written so far.
+    pub counters: Counters,
+}
+
+/// The writer thread's state.
+pub(crate) struct Writer {
+    /// The write connection, owned by this thread alone.
+    pub conn: Connection,
+    /// The file (or `<memory>`), for error messages.
+    pub path: PathBuf,
+    /// Failure flag and counters.
+    pub shared: Arc<Shared>,
+    /// Called after each durable commit, before waiters are answered.
+    pub on_commit: Option<CommitHook>,
+    /// Records per transaction, at most.
+    pub max_batch: usize,
+    /// Held for the writer's life: the lock file that keeps other processes out.
+    pub _lock: Option<std::fs::File>,
+}
+
+/// Records gathered for one transaction.
+#[derive(Default)]
+struct Batch {
+    /// Records, in arrival order.
+    writes: Vec<(i64, Write, Option<Ack>)>,
+    /// Flushes waiting for this batch.
+    flushes: Vec<Ack>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.flushes.is_empty()
+    }
+}
+
+impl Writer {
+    /// Runs until every sender is gone, then commits what is left and returns.
+    pub(crate) fn run(mut self, rx: Receiver<Command>) {
+        let mut batch = Batch::default();
+        while let Ok(first) = rx.recv() {
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(cmd) = next.take() {
+                taken += 1;
+                match cmd {
+                    Command::Write { at, write, ack } => batch.writes.push((at, write, ack)),
+                    Command::Flush(ack) => batch.flushes.push(ack),
+                    Command::Read(f) => {
+                        self.commit(&mut batch);
+                        f(&self.conn);
+                    }
+                }
+                if taken < self.max_batch {
+                    // Empty or disconnected: commit what we have.
+                    next = rx.try_recv().ok();
+                }
+            }
+            self.commit(&mut batch);
+        }
+        tracing::debug!(path = %self.path.display(), "journal writer stopped");
+    }
+
+    /// Writes the batch in one transaction and answers everyone waiting on it.
+    fn commit(&mut self, batch: &mut Batch) {
+        if batch.is_empty() {
+            return;
+        }
+        let Batch { writes, flushes } = std::mem::take(batch);
+        let failed = self.shared.failure.lock().expect("lock").clone();
+        if let Some(failure) = failed {
+            let refused = JournalError::Failed(Box::new(failure));
+            for ack in writes.into_iter().filter_map(|(_, _, a)| a).chain(flushes) {
+                let _ = ack.send(Err(refused.clone()));
+            }
+            return;
+        }
+        if writes.is_empty() {
+            // Everything before is committed already.
+            for ack in flushes {
+                let _ = ack.send(Ok(()));
+            }
+            return;
+        }
+        match self.write_all(&writes) {
+            Ok(outcomes) => {
+                let c = &self.shared.counters;
+                c.commits.fetch_add(1, Ordering::Relaxed);
+                c.records.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                if let Some(hook) = &self.on_commit {
+                    let labels: Vec<&'static str> =
+                        writes.iter().map(|(_, w, _)| w.label()).collect();
+                    hook(&labels);
+                }
+                for ((_, write, ack), outcome) in writes.into_iter().zip(outcomes) {
+                    match ack {
+                        Some(ack) => {
+                            let _ = ack.send(outcome);
+                        }
+                        None => {
+                            if let Err(e) = outcome {
+                                tracing::error!(error = %e, record = write.label(), "journal record dropped");
+                            }
+                        }
+                    }
+                }
+                for ack in flushes {
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(fatal) => {
+                tracing::error!(error = %fatal, path = %self.path.display(), records = writes.len(),
+                    "journal write failed; the batch was rolled back and the journal refuses further writes");
+                *self.shared.failure.lock().expect("lock") = Some(fatal.clone());
+                for ack in writes.into_iter().filter_map(|(_, _, a)| a).chain(flushes) {
+                    let _ = ack.send(Err(fatal.clone()));
+                }
+            }
+        }
+    }
+
+    /// Applies every record in one transaction. `Ok` holds each record's own outcome (a record
+    /// that failed alone was rolled back to its savepoint); `Err` is a failure of the whole
+    /// transaction, which was rolled back.
+    fn write_all(
+        &mut self,
+        writes: &[(i64, Write, Option<Ack>)],
+    ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+        let path = self.path.clone();
+        let sql = |e: rusqlite::Error| JournalError::sqlite(&e, &path);
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql)?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (at, write, _) in writes {
+            let sp = tx.savepoint().map_err(sql)?;
+            match project::apply(&sp, *at, write, &path) {
+                Ok(()) => {
+                    sp.commit().map_err(sql)?;
+                    outcomes.push(Ok(()));
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    // Dropping the savepoint rolls this record back and releases it.
+                    sp.finish().map_err(sql)?;
+                    outcomes.push(Err(e));
+                }
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(outcomes)
+    }
+}
+
+/// Counters of a journal: how well group commit is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct JournalStats {
+    /// Transactions committed (each one fsync in a file journal).
+    pub commits: u64,
+    /// Records written.
+    pub records: u64,
+}

@@ -1,0 +1,209 @@
+//! The supervisor's side of the journal: writing through it, and recovering from it at start-up.
+//!
+//! A supervisor built with [`SupervisorBuilder::journal`] reads what the journal says was
+//! unfinished before it handles any message, then:
+//!
+//! * numbers new rotations after the last recorded one, and derives spawn keys after the last
+//!   recorded spawn of each item (a spawn that was issued but never recorded reuses its key, so
+//!   the runtime hands back the session it may have started rather than a second one);
+//! * records a compaction that was in flight at the crash as failed (`interrupted`): the
+//!   runtime may or may not have replaced the history, and the record says so;
+//! * treats every session the journal counted as live as gone (its actor died with the old
+//!   process): closes it at the runtime (best effort) and puts its work item back in the queue,
+//!   with the handoff of its last rotation;
+//! * resumes every unfinished rotation from its last recorded step, which ends with the usual
+//!   rotation record: a successor already spawned is found again through its spawn key;
+//! * publishes one [`FleetEvent::Recovered`] per unfinished work item.
+//!
+//! Finished and buried items are remembered (a second submission of the same id is refused).
+//! Items of an agent type the new supervisor does not know are left in the journal as they are.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use tokio::time::Instant;
+
+use super::rotation::{Resume, Rotation};
+use super::{ItemEntry, Place, Spent, Supervisor, SupervisorBuilder};
+use crate::journal::recovery::{self, RecoveryState, StoredPlace};
+use crate::journal::{Journal, JournalError, Op};
+use crate::machine::SessionId;
+use crate::record::{CompactionRecord, FleetEvent, RecoveryOutcome, RotationStep};
+use crate::session::RotationRequest;
+
+/// What a compaction in flight at a crash is recorded as.
+const INTERRUPTED: &str =
+    "interrupted: baton stopped during the compaction; the runtime may have replaced the history";
+
+impl SupervisorBuilder {
+    /// Writes every event, work item and rotation step through `journal`, and recovers from
+    /// what it holds when the supervisor starts (see `docs/semantics.md`, "Journal"). Reads the
+    /// journal now: fails if it cannot be read.
+    pub fn journal(mut self, journal: Journal) -> Result<Self, JournalError> {
+        let state = journal.read_blocking(recovery::load)?;
+        self.journal = Some((journal, state));
+        Ok(self)
+    }
+}
+
+impl Supervisor {
+    /// Writes a step through the journal without waiting (events reach it through the bus).
+    pub(super) fn note(&self, op: Op) {
+        if let Some(j) = &self.journal {
+            j.note(op);
+        }
+    }
+
+    /// A journal write failed: say so once.
+    pub(super) fn journal_failed(&mut self, e: &JournalError) {
+        tracing::error!(error = %e, "journal write failed");
+        if !self.journal_failed {
+            self.journal_failed = true;
+            self.bus.publish(FleetEvent::JournalFailed {
+                error: e.to_string(),
+            });
+        }
+    }
+
+    /// Rebuilds the registry from the journal and resumes what was under way.
+    pub(super) fn recover(&mut self, state: RecoveryState, ctx: &mut Context<Self>) {
+        if state.is_empty() {
+            return;
+        }
+        self.next_key = self.next_key.max(state.last_rotation);
+        tracing::info!(
+            items = state.items.len(),
+            rotations = state.rotations.len(),
+            sessions = state.sessions.len(),
+            "recovering from the journal"
+        );
+        // A compaction in flight at the crash gets its record.
+        for s in &state.sessions {
+            if s.phase == "Compacting"
+                && let Some(before) = s.compacting_from
+            {
+                self.bus
+                    .publish(FleetEvent::Compaction(CompactionRecord::failed(
+                        s.id,
+                        s.agent_type.clone(),
+                        s.work_item,
+                        before,
+                        Duration::ZERO,
+                        INTERRUPTED.into(),
+                    )));
+            }
+        }
+        let mut rotations: HashMap<_, _> = state
+            .rotations
+            .into_iter()
+            .map(|r| (r.intent.work_item, r))
+            .collect();
+        let mut resumed = Vec::new();
+        for stored in state.items {
+            let id = stored.item.id;
+            if !self.agents.contains_key(&stored.item.agent_type) {
+                tracing::warn!(work_item = %id, agent_type = %stored.item.agent_type,
+                    "the journal holds a work item of an agent type this supervisor does not know; left as it is");
+                rotations.remove(&id);
+                continue;
+            }
+            // Reuse the key of a spawn that was issued but never recorded.
+            let spawns = if stored.pending_key.is_some() {
+                stored.spawns.saturating_sub(1)
+            } else {
+                stored.spawns
+            };
+            let rotation = rotations.remove(&id);
+            let (place, outcome) = match (stored.place, stored.session, rotation) {
+                (StoredPlace::Done, session, _) => {
+                    (Place::Done(session.unwrap_or(SessionId(0))), None)
+                }
+                (StoredPlace::Dead, _, _) => {
+                    (Place::Dead(stored.reason.clone().unwrap_or_default()), None)
+                }
+                (StoredPlace::Rotating, _, Some(r)) => {
+                    let old = r.intent.old_session;
+                    let outcome = RecoveryOutcome::RotationResumed {
+                        rotation: r.intent.rotation,
+                        session: old,
+                        step: r.step,
+                    };
+                    resumed.push(r);
+                    // Its old session has no actor: what is under way is a start.
+                    (Place::Starting, Some(outcome))
+                }
+                (StoredPlace::Live | StoredPlace::Rotating, Some(session), _) => {
+                    self.close_at_runtime(session, ctx);
+                    self.queue.push_back(id);
+                    (Place::Queued, Some(RecoveryOutcome::Requeued { session }))
+                }
+                (_, _, _) => {
+                    self.queue.push_back(id);
+                    (Place::Queued, Some(RecoveryOutcome::Queued))
+                }
+            };
+            self.items.insert(
+                id,
+                ItemEntry {
+                    item: stored.item,
+                    place,
+                    attempts: stored.attempts,
+                    rotations: Spent::default(),
+                    handoff: stored.handoff,
+                    spawns,
+                },
+            );
+            if let Some(outcome) = outcome {
+                self.bus.publish(FleetEvent::Recovered {
+                    work_item: id,
+                    outcome,
+                });
+            }
+        }
+        // Closes that a crash cut short.
+        for session in state.unreleased {
+            self.close_at_runtime(session, ctx);
+        }
+        for r in resumed {
+            self.resume_rotation(r, ctx);
+        }
+        self.pump(ctx);
+    }
+
+    /// Resumes a rotation from its last recorded step.
+    fn resume_rotation(&mut self, r: recovery::OpenRotation, ctx: &mut Context<Self>) {
+        let i = r.intent;
+        let entry = self.items.get_mut(&i.work_item).expect("recovered above");
+        entry.spawns = entry.spawns.max(i.spawn_n);
+        let item = entry.item.clone();
+        let agent = self.agents[&item.agent_type].agent.clone();
+        let from = match (r.step, r.handoff, r.successor) {
+            (RotationStep::Spawned, Some(h), Some(s)) => Resume::Spawned(h, s),
+            (RotationStep::Handoff | RotationStep::Spawned, Some(h), _) => Resume::Handoff(h),
+            _ => Resume::Intent,
+        };
+        tracing::info!(rotation = i.rotation.0, session = %i.old_session, work_item = %i.work_item,
+            step = %r.step, "resuming a rotation");
+        let rot = Rotation {
+            id: i.rotation,
+            req: RotationRequest {
+                session: i.old_session,
+                reason: i.reason,
+                before: i.before,
+                compactions: i.compactions,
+                history: i.before.into_iter().collect(),
+                last_summary: None,
+            },
+            item,
+            agent,
+            key: i.spawn_key,
+            spawn_n: i.spawn_n,
+            started: Instant::now(),
+            old_addr: None,
+        };
+        self.in_flight += 1;
+        self.starting += 1;
+        self.run_rotation(rot, from, ctx);
+    }
+}

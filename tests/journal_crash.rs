@@ -1,0 +1,635 @@
+//! Crash tests: a child process runs a journaled fleet and is killed with SIGKILL, at each step
+//! of a rotation and of a compaction, then at random moments; a restarted child recovers from
+//! the journal and finishes the work, and the journal and the agents are checked.
+//!
+//! The child is this test binary itself, re-run with `--exact` on
+//! [`crash_child_runs_the_workload_to_completion`] and told where to stop through the
+//! environment. The agents live in a file ([`FileRuntime`]), as real agents live outside baton:
+//! the killed process's agents, spawn keys and histories are still there for the next one.
+//!
+//! Stopping "at a step" means: the child reaches the point (a journal commit of that step is
+//! durable, or a runtime call has taken effect and is about to return), prints a marker, and
+//! parks the thread that got there; the parent then kills it with SIGKILL. Nothing after the
+//! point runs, and nothing is flushed or unwound.
+//!
+//! After recovery (checked by the child, before it continues the work) every work item is in
+//! exactly one place, the journal agrees with the supervisor, no rotation is left unfinished,
+//! and every agent the runtime has open belongs to a live session. At the end (checked by the
+//! parent, from the files) every item is done, every rotation finished with exactly one
+//! successor and one record, each session's transitions are numbered without gap or
+//! duplicate, each compaction that took effect has its record, and no agent is left open.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton::journal::{Filter, JournalOptions, JournalReader};
+use baton::record::RotationStep;
+use baton::{
+    AgentType, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig, SupervisorError,
+    SupervisorHandle, UsageSource, WorkItem, WorkItemId,
+};
+use support::file_runtime::{FileRuntime, State};
+
+/// The test that doubles as the child process.
+const CHILD: &str = "crash_child_runs_the_workload_to_completion";
+const ITEMS: u64 = 4;
+/// Each item is closed (done) after this many rotations.
+const ROTATIONS_PER_ITEM: usize = 2;
+
+// ===== The child =====
+
+/// Where the child stops: the `n`-th time it reaches `point`.
+struct CrashPoint {
+    /// The point and the occurrence to stop at; none for a run to the end.
+    target: Option<(String, u32)>,
+    /// How often each point was reached so far.
+    seen: Mutex<HashMap<String, u32>>,
+}
+
+impl CrashPoint {
+    fn hit(&self, point: &str) {
+        let Some((name, n)) = &self.target else {
+            return;
+        };
+        if point != name {
+            return;
+        }
+        let count = {
+            let mut seen = self.seen.lock().unwrap();
+            let c = seen.entry(point.to_string()).or_default();
+            *c += 1;
+            *c
+        };
+        if count == *n {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "CRASHPOINT {point} {n}").unwrap();
+            out.flush().unwrap();
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
+}
+
+fn item(id: u64) -> WorkItem {
+    WorkItem {
+        id: WorkItemId(id),
+        agent_type: "sonnet".into(),
+        text: format!("work item {id}: make the parser accept trailing commas"),
+    }
+}
+
+/// Run by the parent as the child process (`BATON_CRASH_DIR` set); run alone, it is the
+/// baseline: the same workload, uninterrupted, in a fresh directory, passes every check.
+#[test]
+fn crash_child_runs_the_workload_to_completion() {
+    match std::env::var_os("BATON_CRASH_DIR") {
+        Some(dir) => {
+            let target = std::env::var("BATON_CRASH_AT").ok().map(|at| {
+                let (name, n) = at.rsplit_once(':').expect("point:n");
+                (name.to_string(), n.parse().expect("a count"))
+            });
+            run_child(Path::new(&dir), target);
+        }
+        None => {
+            let dir = tempfile::tempdir().unwrap();
+            run_child(dir.path(), None);
+            check_files(dir.path());
+        }
+    }
+}
+
+fn run_child(dir: &Path, target: Option<(String, u32)>) {
+    let crash = Arc::new(CrashPoint {
+        target,
+        seen: Mutex::default(),
+    });
+    actix::System::new().block_on(workload(dir, crash));
+}
+
+async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
+    let at_runtime = crash.clone();
+    let runtime = Arc::new(FileRuntime::open(
+        dir.join("runtime.json"),
+        Arc::new(move |point: &str| at_runtime.hit(point)),
+    ));
+    let at_commit = crash.clone();
+    let options = JournalOptions {
+        on_commit: Some(Arc::new(move |labels: &[&'static str]| {
+            for label in labels {
+                at_commit.hit(label);
+            }
+        })),
+        ..JournalOptions::default()
+    };
+    let journal = Journal::open_with(dir.join("baton.db"), options).unwrap();
+    let config = SupervisorConfig {
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(5),
+        ..SupervisorConfig::default()
+    };
+    let sup = Supervisor::builder(runtime.clone())
+        .config(config)
+        .agent_type(AgentType::new("sonnet", 1000))
+        .journal(journal.clone())
+        .unwrap()
+        .start();
+
+    // Recovery (if the journal holds anything) runs as the supervisor starts.
+    settle(&sup).await;
+    check_running(&sup, &runtime, &journal, "after recovery").await;
+
+    for i in 1..=ITEMS {
+        match sup.submit(item(i)).await {
+            Ok(()) | Err(SupervisorError::DuplicateWorkItem(_)) => {}
+            Err(e) => panic!("submit: {e}"),
+        }
+    }
+    drive(&sup, &runtime, &journal).await;
+    settle(&sup).await;
+    check_running(&sup, &runtime, &journal, "at the end").await;
+    sup.shutdown(Duration::from_secs(10)).await;
+}
+
+/// Waits until nothing is under way: no start, rotation or close in flight.
+async fn settle(sup: &SupervisorHandle) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let inv = sup.inventory().await.unwrap();
+        let moving = inv
+            .items
+            .iter()
+            .any(|(_, p)| matches!(p, Place::Starting | Place::Rotating(_)));
+        if inv.in_flight == 0 && !moving {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never settled: {inv:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Drives every live session: compact it once, rotate it, and close it (the item is done) once
+/// its item has rotated `ROTATIONS_PER_ITEM` times.
+async fn drive(sup: &SupervisorHandle, runtime: &FileRuntime, journal: &Journal) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let inv = sup.inventory().await.unwrap();
+        if inv.items.len() as u64 == ITEMS
+            && inv.items.iter().all(|(_, p)| matches!(p, Place::Done(_)))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the workload never finished: {inv:?}"
+        );
+        let rotations = journal
+            .read(|v| v.rotations(&Filter::default()))
+            .await
+            .unwrap();
+        let mut done: HashMap<WorkItemId, usize> = HashMap::new();
+        for r in rotations.iter().filter(|r| r.step == RotationStep::Done) {
+            *done.entry(r.work_item).or_default() += 1;
+        }
+        for (session, work_item, _) in inv.sessions {
+            let Some(handle) = sup.session(session).await else {
+                continue;
+            };
+            let Some(info) = handle.info().await else {
+                continue;
+            };
+            if info.phase != Phase::Normal {
+                continue;
+            }
+            if done.get(&work_item).copied().unwrap_or(0) >= ROTATIONS_PER_ITEM {
+                let _ = sup.close(session).await;
+                continue;
+            }
+            let used = if info.compactions == 0 { 850 } else { 960 };
+            if runtime.grow_to(session, used).is_ok() {
+                let _ = sup
+                    .report_usage(session, used, None, UsageSource::Reported)
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The checks that need the running supervisor.
+async fn check_running(
+    sup: &SupervisorHandle,
+    runtime: &FileRuntime,
+    journal: &Journal,
+    when: &str,
+) {
+    let inv = sup.inventory().await.unwrap();
+    // Every item in exactly one place; registry and places agree.
+    let mut holders = HashMap::new();
+    for (session, item, _) in &inv.sessions {
+        assert!(
+            holders.insert(*item, *session).is_none(),
+            "{when}: {item} held twice"
+        );
+        let place = &inv.items.iter().find(|(id, _)| id == item).unwrap().1;
+        assert_eq!(
+            place,
+            &Place::Live(*session),
+            "{when}: {session} holds {item}"
+        );
+    }
+    for (id, place) in &inv.items {
+        match place {
+            Place::Live(s) => assert_eq!(holders.get(id), Some(s), "{when}: {id}"),
+            Place::Queued => assert!(inv.queue.contains(id), "{when}: {id} queued, not in queue"),
+            Place::Done(_) | Place::Dead(_) => assert!(!holders.contains_key(id)),
+            other => panic!("{when}: {id} is still {other:?}"),
+        }
+    }
+    // Every agent the runtime has open belongs to a live session: none leaked.
+    let live: Vec<SessionId> = inv.sessions.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        runtime.state().open_sessions(),
+        live,
+        "{when}: open agents vs live sessions"
+    );
+    // The journal agrees with the supervisor, and holds no unfinished rotation.
+    journal.flush().await.unwrap();
+    let (items, rotations) = journal
+        .read(|v| {
+            Ok((
+                v.work_items(&Filter::default())?,
+                v.rotations(&Filter::default())?,
+            ))
+        })
+        .await
+        .unwrap();
+    for (id, place) in &inv.items {
+        let row = items
+            .iter()
+            .find(|r| r.work_item == *id)
+            .expect("journaled item");
+        let (expected, session) = match place {
+            Place::Queued => ("queued", None),
+            Place::Live(s) => ("live", Some(*s)),
+            Place::Done(s) => ("done", Some(*s)),
+            Place::Dead(_) => ("dead", None),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(row.place, expected, "{when}: journal place of {id}");
+        if session.is_some() {
+            assert_eq!(row.session, session, "{when}: journal holder of {id}");
+        }
+    }
+    let open: Vec<_> = rotations.iter().filter(|r| !r.step.is_final()).collect();
+    assert!(open.is_empty(), "{when}: unfinished rotations {open:?}");
+}
+
+// ===== The checks on the files =====
+
+/// The checks on what the killed and restarted processes left behind.
+fn check_files(dir: &Path) {
+    let agents = State::load(&dir.join("runtime.json"));
+    let journal = JournalReader::open(dir.join("baton.db")).unwrap();
+    let v = journal.view();
+    let all = Filter::default();
+    let items = v.work_items(&all).unwrap();
+    let sessions = v.sessions(&all).unwrap();
+    let rotations = v.rotations(&all).unwrap();
+    let compactions = v.compactions(&all).unwrap();
+    let events = v.events(&all).unwrap();
+
+    assert_eq!(items.len() as u64, ITEMS);
+    for i in &items {
+        assert_eq!(i.place, "done", "{i:?}");
+    }
+    assert!(
+        agents.open_sessions().is_empty(),
+        "agents left open: {:?}",
+        agents.open_sessions()
+    );
+
+    // Every rotation finished; a done one has exactly one successor and one record.
+    let mut started: HashMap<u64, Vec<u64>> = HashMap::new(); // rotation -> spawn keys
+    let mut per_kind: HashMap<(String, u64), usize> = HashMap::new();
+    // (A rotation resumed by several restarts has a `recovered` event per restart.)
+    for e in events.iter().filter(|e| e.kind != "recovered") {
+        if let Some(r) = e.rotation {
+            *per_kind.entry((e.kind.clone(), r.0)).or_default() += 1;
+            if e.kind == "rotation_started" {
+                started
+                    .entry(r.0)
+                    .or_default()
+                    .push(e.payload["spawn_key"].as_u64().unwrap());
+            }
+        }
+    }
+    for ((kind, r), n) in &per_kind {
+        assert_eq!(*n, 1, "rotation {r}: {n} {kind} events");
+    }
+    for r in &rotations {
+        assert!(r.step.is_final(), "unfinished rotation {r:?}");
+        assert_eq!(per_kind.get(&("rotation".into(), r.rotation.0)), Some(&1));
+        if r.step != RotationStep::Done {
+            continue;
+        }
+        let new = r.new_session.expect("a done rotation has a successor");
+        let successors: Vec<_> = sessions
+            .iter()
+            .filter(|s| s.rotation == Some(r.rotation))
+            .collect();
+        assert_eq!(
+            successors.len(),
+            1,
+            "rotation {:?}: successors {successors:?}",
+            r.rotation
+        );
+        assert_eq!(successors[0].session, new);
+        assert_eq!(successors[0].predecessor, Some(r.old_session));
+        let key = started[&r.rotation.0][0];
+        let spawned_with_key = agents.sessions.values().filter(|s| s.key == key).count();
+        assert_eq!(
+            spawned_with_key, 1,
+            "rotation {:?}: agents spawned with its key",
+            r.rotation
+        );
+        let sim = &agents.sessions[&new.0];
+        assert_eq!(sim.item.as_ref().map(|i| i.id), Some(r.work_item));
+        assert!(
+            sim.handoff.is_some(),
+            "the successor started from a handoff"
+        );
+    }
+    let done_per_item = |id: WorkItemId| {
+        rotations
+            .iter()
+            .filter(|r| r.work_item == id && r.step == RotationStep::Done)
+            .count()
+    };
+    for i in &items {
+        assert!(done_per_item(i.work_item) >= ROTATIONS_PER_ITEM, "{i:?}");
+    }
+
+    // Every agent that was given work is a session the journal knows.
+    let known: std::collections::HashSet<u64> = sessions.iter().map(|s| s.session.0).collect();
+    for (id, sim) in &agents.sessions {
+        if sim.item.is_some() {
+            assert!(
+                known.contains(id),
+                "agent {id} worked on {:?} unrecorded",
+                sim.item
+            );
+        }
+    }
+
+    // Transitions: numbered 1, 2, 3, ... per session, no gap, no duplicate.
+    let mut seqs: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    let mut entered_compacting: HashMap<u64, usize> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind == "transition") {
+        let t = &e.payload["transition"];
+        let session = t["session"].as_u64().unwrap();
+        seqs.entry(session)
+            .or_default()
+            .push(t["seq"].as_u64().unwrap());
+        if t["to"] == "Compacting" {
+            *entered_compacting.entry(session).or_default() += 1;
+        }
+    }
+    for (session, s) in &seqs {
+        let expected: Vec<u64> = (1..=s.len() as u64).collect();
+        assert_eq!(s, &expected, "transitions of s{session}");
+    }
+
+    // Compactions: each one that took effect at the runtime has its record; one that a crash
+    // interrupted is recorded as such; none is recorded twice.
+    let mut ok: HashMap<u64, u32> = HashMap::new();
+    let mut interrupted: HashMap<u64, u32> = HashMap::new();
+    let mut records: HashMap<u64, usize> = HashMap::new();
+    for c in &compactions {
+        let s = c.record.session.0;
+        *records.entry(s).or_default() += 1;
+        if c.record.success {
+            *ok.entry(s).or_default() += 1;
+        } else if c
+            .record
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("interrupted"))
+        {
+            *interrupted.entry(s).or_default() += 1;
+        }
+    }
+    for (id, sim) in &agents.sessions {
+        let (ok, cut) = (
+            ok.get(id).copied().unwrap_or(0),
+            interrupted.get(id).copied().unwrap_or(0),
+        );
+        assert!(
+            ok <= sim.replaced && sim.replaced <= ok + cut,
+            "s{id}: {} histories replaced, {ok} records, {cut} interrupted",
+            sim.replaced
+        );
+    }
+    for (s, n) in &records {
+        assert!(
+            *n <= entered_compacting.get(s).copied().unwrap_or(0),
+            "s{s}: {n} compaction records for fewer compactions"
+        );
+    }
+}
+
+// ===== The parent =====
+
+/// A child process and the lines it prints.
+struct Run {
+    /// The process (killed on drop).
+    child: Child,
+    /// Its standard output, line by line (where the crash marker appears).
+    lines: mpsc::Receiver<String>,
+    /// Its standard error, for failure messages.
+    stderr: Arc<Mutex<String>>,
+}
+
+fn spawn_child(dir: &Path, at: Option<&str>) -> Run {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", CHILD, "--nocapture", "--test-threads=1"])
+        .env("BATON_CRASH_DIR", dir)
+        .env_remove("BATON_CRASH_AT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(at) = at {
+        cmd.env("BATON_CRASH_AT", at);
+    }
+    let mut child = cmd.spawn().expect("the test binary runs");
+    let (tx, lines) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let err = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    Run {
+        child,
+        lines,
+        stderr,
+    }
+}
+
+impl Drop for Run {
+    /// A parent that fails half-way must not leave a parked child behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Run {
+    /// Waits for the crash marker, then SIGKILLs the child. Panics if the child ends first.
+    fn kill_at_marker(mut self, at: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if line.contains("CRASHPOINT") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    if let Some(status) = self.child.try_wait().unwrap() {
+                        panic!(
+                            "the child ended ({status}) without reaching {at}; stderr:\n{}",
+                            self.stderr.lock().unwrap()
+                        );
+                    }
+                    assert!(Instant::now() < deadline, "{at} was never reached");
+                }
+            }
+        }
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Kills the child after `delay` unless it finished before; returns whether it was killed.
+    fn kill_after(mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "child failed:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        true
+    }
+
+    /// Waits for the child to finish; it must succeed (its own checks passed).
+    fn finish(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "child failed ({status}); stderr:\n{}",
+            self.stderr.lock().unwrap()
+        );
+    }
+}
+
+fn fresh_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    (dir, path)
+}
+
+/// Every point of a rotation and of a compaction, by the name the child knows it: journal
+/// commits (the step is durable, nothing after it has happened) and runtime calls (the call
+/// took effect at the runtime, baton has not heard back).
+const POINTS: &[&str] = &[
+    // Rotation, in order.
+    "transition_to_rotating",
+    "rotation_started",
+    "summarise_handoff",
+    "rotation_handoff",
+    "spawn",
+    "rotation_successor",
+    "assign",
+    "close",
+    "rotation_done",
+    // Compaction, in order.
+    "transition_to_compacting",
+    "summarise_compaction",
+    "replace_history",
+    "compaction",
+    // Start of a work item.
+    "work_item_submitted",
+    "session_started",
+];
+
+#[test]
+fn a_fleet_killed_at_any_step_of_a_rotation_or_a_compaction_recovers_to_completion() {
+    for point in POINTS {
+        // The second occurrence: the fleet is mid-way, with history behind it.
+        for n in [1, 2] {
+            let at = format!("{point}:{n}");
+            eprintln!("killed at {at}");
+            let (_keep, dir) = fresh_dir();
+            spawn_child(&dir, Some(&at)).kill_at_marker(&at);
+            spawn_child(&dir, None).finish();
+            check_files(&dir);
+        }
+    }
+}
+
+#[test]
+fn a_fleet_killed_at_random_moments_recovers_to_completion() {
+    // Bounded and seeded: BATON_CRASH_RUNS fleets (default 8), each killed up to 3 times, at
+    // moments drawn from BATON_CRASH_SEED (default 0xBA70).
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (runs, seed) = (env("BATON_CRASH_RUNS", 8), env("BATON_CRASH_SEED", 0xBA70));
+    eprintln!("seed {seed}, {runs} runs");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // How long an uninterrupted run takes here, to spread the kills over it.
+    let (_keep, dir) = fresh_dir();
+    let t = Instant::now();
+    spawn_child(&dir, None).finish();
+    let span = t.elapsed();
+    let mut kills = 0;
+    for _ in 0..runs {
+        let (_keep, dir) = fresh_dir();
+        for _ in 0..3 {
+            let delay = span.mul_f64(rng.f64() * 1.2);
+            if spawn_child(&dir, None).kill_after(delay) {
+                kills += 1;
+            }
+        }
+        spawn_child(&dir, None).finish();
+        check_files(&dir);
+    }
+    assert!(kills > 0, "no run was ever killed");
+}

@@ -1,0 +1,671 @@
+//! The supervisor with a journal: what it writes, and how a restarted supervisor recovers.
+//!
+//! Restarts here are in-process: a supervisor runs on its own actix system in its own thread,
+//! and is "crashed" by dropping that system with work under way (a runtime call that never
+//! returns holds a rotation or a compaction at the chosen step). The runtime, like real agents,
+//! outlives it; a second supervisor opens the same journal file over the same runtime. (The
+//! SIGKILL tests in `journal_crash.rs` do the same across processes.)
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::journal::{Filter, JournalView};
+use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, Op};
+use baton::{
+    FleetEvent, Inventory, Journal, JournalError, Phase, Place, RecoveryOutcome, RotationStep,
+    SessionId, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource,
+    WorkItemId,
+};
+use support::fleet::{agent, item};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn config() -> SupervisorConfig {
+    SupervisorConfig {
+        retry_min_delay: Duration::from_millis(1),
+        retry_max_delay: Duration::from_millis(5),
+        ..SupervisorConfig::default()
+    }
+}
+
+fn memory(faults: Vec<Fault>) -> Arc<MemoryRuntime> {
+    Arc::new(MemoryRuntime::new(MemoryConfig {
+        base_tokens: 100,
+        faults,
+        ..MemoryConfig::default()
+    }))
+}
+
+fn hang(op: Op, call: u64) -> Fault {
+    Fault {
+        op,
+        calls: call..=call,
+        kind: FaultKind::Hang,
+    }
+}
+
+fn start(
+    runtime: &Arc<MemoryRuntime>,
+    journal: Journal,
+    config: SupervisorConfig,
+) -> SupervisorHandle {
+    Supervisor::builder(runtime.clone())
+        .config(config)
+        .agent_type(agent("sonnet"))
+        .journal(journal)
+        .expect("the journal reads")
+        .start()
+}
+
+/// Runs `f` on a fresh actix system in its own thread; when `f` returns the system is dropped
+/// with whatever was still under way: a crash, as far as baton's state is concerned.
+fn on_a_system<T: Send + 'static, Fut: Future<Output = T> + 'static>(
+    f: impl FnOnce() -> Fut + Send + 'static,
+) -> T {
+    std::thread::spawn(move || actix::System::new().block_on(f()))
+        .join()
+        .expect("the system's thread")
+}
+
+async fn wait_for(
+    events: &mut UnboundedReceiver<FleetEvent>,
+    what: &str,
+    pred: impl Fn(&FleetEvent) -> bool,
+) -> Vec<FleetEvent> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(e)) => {
+                let done = pred(&e);
+                seen.push(e);
+                if done {
+                    return seen;
+                }
+            }
+            _ => panic!("no {what}; saw {seen:#?}"),
+        }
+    }
+}
+
+async fn started(events: &mut UnboundedReceiver<FleetEvent>, id: u64) -> SessionId {
+    let seen = wait_for(
+        events,
+        "session start",
+        |e| matches!(e, FleetEvent::SessionStarted { work_item, .. } if work_item.0 == id),
+    )
+    .await;
+    match seen.last() {
+        Some(FleetEvent::SessionStarted { session, .. }) => *session,
+        _ => unreachable!(),
+    }
+}
+
+async fn report(sup: &SupervisorHandle, runtime: &MemoryRuntime, s: SessionId, used: u64) {
+    let now = runtime.session(s).unwrap().used;
+    runtime.grow(s, used.saturating_sub(now)).unwrap();
+    sup.report_usage(s, used, None, UsageSource::Reported)
+        .await
+        .unwrap();
+}
+
+/// Polls the journal until `done` holds.
+async fn until(
+    journal: &Journal,
+    what: &str,
+    done: impl Fn(JournalView<'_>) -> bool + Send + Sync + Copy + 'static,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !journal.read(move |v| Ok(done(v))).await.unwrap() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the journal never showed {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until no start, rotation or close is under way.
+async fn settle(sup: &SupervisorHandle) -> Inventory {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let inv = sup.inventory().await.unwrap();
+        let moving = inv
+            .items
+            .iter()
+            .any(|(_, p)| matches!(p, Place::Starting | Place::Rotating(_)));
+        if inv.in_flight == 0 && !moving {
+            return inv;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never settled: {inv:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn recovered(log: &[FleetEvent]) -> Vec<(WorkItemId, RecoveryOutcome)> {
+    log.iter()
+        .filter_map(|e| match e {
+            FleetEvent::Recovered { work_item, outcome } => Some((*work_item, outcome.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn journal_file(dir: &Path) -> Journal {
+    Journal::open(dir.join("baton.db")).expect("the journal opens")
+}
+
+#[actix::test]
+async fn a_rotation_s_steps_are_durable_before_its_successor_starts() {
+    let runtime = memory(vec![]);
+    let journal = Journal::in_memory().unwrap();
+    let sup = start(&runtime, journal.clone(), config());
+    let mut events = sup.subscribe();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let old = started(&mut events, 1).await;
+    report(&sup, &runtime, old, 960).await;
+    wait_for(&mut events, "rotation", |e| {
+        matches!(e, FleetEvent::Rotation(_))
+    })
+    .await;
+    wait_for(
+        &mut events,
+        "the old session's close",
+        |e| matches!(e, FleetEvent::Transition(t) if t.to == Phase::Closed),
+    )
+    .await;
+    journal.flush().await.unwrap();
+    let log = journal
+        .read(|v| v.events(&Filter::default()))
+        .await
+        .unwrap();
+    let kinds: Vec<String> = log
+        .iter()
+        .map(|e| match (&e.kind[..], e.session) {
+            (kind, Some(s)) => format!("{kind} s{}", s.0),
+            (kind, None) => kind.to_string(),
+        })
+        .collect();
+    support::snapshot_settings().bind(|| {
+        insta::assert_yaml_snapshot!("journal_fleet_rotation_event_log", kinds);
+    });
+    let rotations = journal
+        .read(|v| v.rotations(&Filter::default()))
+        .await
+        .unwrap();
+    assert_eq!(rotations.len(), 1);
+    assert_eq!(rotations[0].step, RotationStep::Done);
+    let items = journal
+        .read(|v| v.work_items(&Filter::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (items[0].place.as_str(), items[0].session),
+        ("live", rotations[0].new_session)
+    );
+    assert_eq!(items[0].epoch, 2, "one lease per holder");
+}
+
+#[actix::test]
+async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_run() {
+    const ITEMS: u64 = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        base_tokens: 100,
+        random_failures: Some((0.03, 11)),
+        ..MemoryConfig::default()
+    }));
+    let journal = journal_file(dir.path());
+    let sup = start(
+        &runtime,
+        journal.clone(),
+        SupervisorConfig {
+            max_attempts: 1_000,
+            shards: 2,
+            ..config()
+        },
+    );
+    let mut events = sup.subscribe();
+    for i in 1..=ITEMS {
+        sup.submit(item(i, "sonnet")).await.unwrap();
+    }
+    let mut log = Vec::new();
+    let mut rng = fastrand::Rng::with_seed(3);
+    for _ in 0..12 {
+        let inv = settle(&sup).await;
+        while let Ok(e) = events.try_recv() {
+            log.push(e);
+        }
+        for (s, _, phase) in inv.sessions {
+            if phase != Phase::Normal || runtime.session(s).is_none() {
+                continue;
+            }
+            let used: u64 = [400, 850, 960][rng.usize(0..3)];
+            let now = runtime.session(s).unwrap().used;
+            if runtime.grow(s, used.saturating_sub(now)).is_ok() {
+                let _ = sup
+                    .report_usage(s, used.max(now), None, UsageSource::Reported)
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let inv = settle(&sup).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while let Ok(e) = events.try_recv() {
+        log.push(e);
+    }
+    journal.flush().await.unwrap();
+    let (items, rotations, compactions, rows) = journal
+        .read(|v| {
+            let all = Filter::default();
+            Ok((
+                v.work_items(&all)?,
+                v.rotations(&all)?,
+                v.compactions(&all)?,
+                v.events(&all)?,
+            ))
+        })
+        .await
+        .unwrap();
+    // Places.
+    let places: HashMap<_, _> = inv.items.iter().cloned().collect();
+    assert_eq!(items.len() as u64, ITEMS);
+    for row in &items {
+        let expected = match &places[&row.work_item] {
+            Place::Queued => ("queued", None),
+            Place::Live(s) => ("live", Some(*s)),
+            Place::Done(s) => ("done", Some(*s)),
+            Place::Dead(_) => ("dead", None),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(row.place, expected.0, "{row:?}");
+        if expected.1.is_some() {
+            assert_eq!(row.session, expected.1, "{row:?}");
+        }
+    }
+    // Every rotation and compaction published is journaled exactly once, and nothing else.
+    let published_rotations: HashSet<u64> = log
+        .iter()
+        .filter_map(|e| match e {
+            FleetEvent::Rotation(r) => Some(r.rotation.0),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        published_rotations.len() > 10,
+        "the run rotated: {}",
+        published_rotations.len()
+    );
+    let journaled: HashSet<u64> = rotations.iter().map(|r| r.rotation.0).collect();
+    assert_eq!(published_rotations, journaled);
+    assert!(rotations.iter().all(|r| r.step.is_final()));
+    let rotation_rows = rows.iter().filter(|r| r.kind == "rotation").count();
+    assert_eq!(rotation_rows, journaled.len(), "one record per rotation");
+    let published_compactions = log
+        .iter()
+        .filter(|e| matches!(e, FleetEvent::Compaction(_)))
+        .count();
+    assert_eq!(published_compactions, compactions.len());
+    let published_transitions = log
+        .iter()
+        .filter(|e| matches!(e, FleetEvent::Transition(_)))
+        .count();
+    assert_eq!(
+        published_transitions,
+        rows.iter().filter(|r| r.kind == "transition").count()
+    );
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    // Spawn call 3 (item 1's successor) never returns.
+    let runtime = memory(vec![hang(Op::Spawn, 3)]);
+    let rt = runtime.clone();
+    let p = path.clone();
+    let before = on_a_system(move || async move {
+        let journal = journal_file(&p);
+        let sup = start(
+            &rt,
+            journal.clone(),
+            SupervisorConfig {
+                max_sessions: 2,
+                ..config()
+            },
+        );
+        let mut events = sup.subscribe();
+        for i in 1..=3 {
+            sup.submit(item(i, "sonnet")).await.unwrap();
+        }
+        let s1 = started(&mut events, 1).await;
+        started(&mut events, 2).await;
+        report(&sup, &rt, s1, 960).await;
+        until(&journal, "the rotation's handoff", |v| {
+            v.rotations(&Filter::default())
+                .unwrap()
+                .iter()
+                .any(|r| r.step == RotationStep::Handoff)
+        })
+        .await;
+        // The hanging spawn has been entered: the crash comes after the call.
+        while rt.calls(Op::Spawn) < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sup.inventory().await.unwrap()
+    });
+    assert_eq!(before.items[0].1, Place::Rotating(SessionId(1)));
+    assert_eq!(before.items[2].1, Place::Queued);
+
+    let rt = runtime.clone();
+    let (log, inv) = on_a_system(move || async move {
+        let journal = journal_file(&path);
+        let sup = start(&rt, journal.clone(), config());
+        let mut events = sup.subscribe();
+        let mut log = wait_for(&mut events, "the resumed rotation", |e| {
+            matches!(e, FleetEvent::Rotation(_))
+        })
+        .await;
+        let inv = settle(&sup).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while let Ok(e) = events.try_recv() {
+            log.push(e);
+        }
+        (log, inv)
+    });
+    assert_eq!(
+        recovered(&log),
+        vec![
+            (
+                WorkItemId(1),
+                RecoveryOutcome::RotationResumed {
+                    rotation: baton::RotationId(1),
+                    session: SessionId(1),
+                    step: RotationStep::Handoff
+                }
+            ),
+            (
+                WorkItemId(2),
+                RecoveryOutcome::Requeued {
+                    session: SessionId(2)
+                }
+            ),
+            (WorkItemId(3), RecoveryOutcome::Queued),
+        ]
+    );
+    let FleetEvent::Rotation(r) = log
+        .iter()
+        .find(|e| matches!(e, FleetEvent::Rotation(_)))
+        .unwrap()
+    else {
+        unreachable!()
+    };
+    assert!(r.success, "{r:?}");
+    let successor = r.new_session.unwrap();
+    assert_eq!(
+        runtime.calls(Op::Spawn),
+        3 + 1 + 2,
+        "one spawn for the successor, one per requeued item"
+    );
+    assert_eq!(inv.items[0].1, Place::Live(successor));
+    assert!(matches!(inv.items[1].1, Place::Live(s) if s != SessionId(2)));
+    assert!(matches!(inv.items[2].1, Place::Live(_)));
+    assert!(runtime.session(SessionId(1)).unwrap().closed);
+    assert!(
+        runtime.session(SessionId(2)).unwrap().closed,
+        "the lost session was closed"
+    );
+    let live: Vec<SessionId> = inv.sessions.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(runtime.open_sessions(), live, "no agent left open");
+}
+
+#[test]
+fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    // Assign call 2 (the successor's) never returns: the successor exists, unassigned.
+    let runtime = memory(vec![hang(Op::Assign, 2)]);
+    let rt = runtime.clone();
+    let p = path.clone();
+    on_a_system(move || async move {
+        let journal = journal_file(&p);
+        let sup = start(&rt, journal.clone(), config());
+        let mut events = sup.subscribe();
+        sup.submit(item(1, "sonnet")).await.unwrap();
+        let s1 = started(&mut events, 1).await;
+        report(&sup, &rt, s1, 960).await;
+        until(&journal, "the successor", |v| {
+            v.rotations(&Filter::default())
+                .unwrap()
+                .iter()
+                .any(|r| r.step == RotationStep::Spawned)
+        })
+        .await;
+        while rt.calls(Op::Assign) < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let rt = runtime.clone();
+    let log = on_a_system(move || async move {
+        let sup = start(&rt, journal_file(&path), config());
+        let mut events = sup.subscribe();
+        wait_for(&mut events, "the resumed rotation", |e| {
+            matches!(e, FleetEvent::Rotation(_))
+        })
+        .await
+    });
+    let FleetEvent::Rotation(r) = log.last().unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(
+        r.new_session,
+        Some(SessionId(2)),
+        "the successor spawned before the crash"
+    );
+    assert_eq!(runtime.calls(Op::Spawn), 2, "and no other");
+    assert_eq!(
+        runtime.session(SessionId(2)).unwrap().item.unwrap().id,
+        WorkItemId(1)
+    );
+}
+
+#[test]
+fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let runtime = memory(vec![hang(Op::ReplaceHistory, 1)]);
+    let rt = runtime.clone();
+    let p = path.clone();
+    on_a_system(move || async move {
+        let journal = journal_file(&p);
+        let sup = start(&rt, journal.clone(), config());
+        let mut events = sup.subscribe();
+        sup.submit(item(1, "sonnet")).await.unwrap();
+        let s1 = started(&mut events, 1).await;
+        report(&sup, &rt, s1, 850).await;
+        until(&journal, "compacting", |v| {
+            v.sessions(&Filter::default()).unwrap()[0].phase == "Compacting"
+        })
+        .await;
+        while rt.calls(Op::ReplaceHistory) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    let rt = runtime.clone();
+    let p = path.clone();
+    let log = on_a_system(move || async move {
+        let sup = start(&rt, journal_file(&p), config());
+        let mut events = sup.subscribe();
+        wait_for(&mut events, "a new session", |e| {
+            matches!(e, FleetEvent::SessionStarted { .. })
+        })
+        .await
+    });
+    let FleetEvent::Compaction(c) = &log[0] else {
+        panic!("{log:#?}")
+    };
+    assert!(
+        !c.success && c.error.as_deref().unwrap().starts_with("interrupted"),
+        "{c:?}"
+    );
+    assert_eq!((c.session, c.before_tokens), (SessionId(1), 850));
+    assert!(matches!(
+        &log[1],
+        FleetEvent::Recovered {
+            outcome: RecoveryOutcome::Requeued {
+                session: SessionId(1)
+            },
+            ..
+        }
+    ));
+    let reader = baton::JournalReader::open(dir.path().join("baton.db")).unwrap();
+    let compactions = reader.view().compactions(&Filter::default()).unwrap();
+    assert_eq!(compactions.len(), 1);
+    assert_eq!(
+        reader.view().sessions(&Filter::default()).unwrap()[0]
+            .end_reason
+            .as_deref(),
+        Some("lost")
+    );
+}
+
+#[test]
+fn after_a_graceful_shutdown_a_restart_picks_every_item_up_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let runtime = memory(vec![]);
+    let rt = runtime.clone();
+    let p = path.clone();
+    on_a_system(move || async move {
+        let sup = start(&rt, journal_file(&p), config());
+        let mut events = sup.subscribe();
+        for i in 1..=2 {
+            sup.submit(item(i, "sonnet")).await.unwrap();
+        }
+        let s1 = started(&mut events, 1).await;
+        started(&mut events, 2).await;
+        sup.close(s1).await.unwrap();
+        wait_for(&mut events, "item 1 done", |e| {
+            matches!(e, FleetEvent::WorkItemDone { .. })
+        })
+        .await;
+        assert!(sup.shutdown(Duration::from_secs(5)).await.clean);
+    });
+    let rt = runtime.clone();
+    let (log, resubmitted, inv) = on_a_system(move || async move {
+        let sup = start(&rt, journal_file(&path), config());
+        let mut events = sup.subscribe();
+        let log = wait_for(&mut events, "item 2 restarted", |e| {
+            matches!(e, FleetEvent::SessionStarted { .. })
+        })
+        .await;
+        let again = sup.submit(item(1, "sonnet")).await;
+        (log, again, settle(&sup).await)
+    });
+    assert_eq!(
+        recovered(&log),
+        vec![(WorkItemId(2), RecoveryOutcome::Queued)]
+    );
+    assert_eq!(
+        resubmitted,
+        Err(SupervisorError::DuplicateWorkItem(WorkItemId(1)))
+    );
+    assert_eq!(inv.items[0].1, Place::Done(SessionId(1)));
+    assert!(matches!(inv.items[1].1, Place::Live(s) if s.0 > 2));
+    assert_eq!(runtime.open_sessions().len(), 1);
+}
+
+#[test]
+fn a_journal_that_another_process_writes_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = journal_file(dir.path());
+    let e = Journal::open(dir.path().join("baton.db")).unwrap_err();
+    assert!(matches!(e, JournalError::InUse { .. }), "{e}");
+}
+
+#[actix::test]
+async fn a_full_journal_is_reported_once_and_the_fleet_goes_on_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = baton::JournalOptions {
+        max_bytes: Some(48 * 1024),
+        ..baton::JournalOptions::default()
+    };
+    let journal = Journal::open_with(dir.path().join("baton.db"), options).unwrap();
+    let runtime = memory(vec![]);
+    let generous = SupervisorConfig {
+        rotation_budget: baton::supervisor::Budget {
+            count: 1_000,
+            period: Duration::from_secs(600),
+        },
+        ..config()
+    };
+    let sup = start(&runtime, journal.clone(), generous);
+    let mut events = sup.subscribe();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let mut session = started(&mut events, 1).await;
+    let mut failed = 0;
+    let mut rotations = 0;
+    let mut rotations_after = 0;
+    for _ in 0..80 {
+        report(&sup, &runtime, session, 960).await;
+        let seen = wait_for(&mut events, "rotation", |e| {
+            matches!(e, FleetEvent::Rotation(_))
+        })
+        .await;
+        failed += seen
+            .iter()
+            .filter(|e| matches!(e, FleetEvent::JournalFailed { .. }))
+            .count();
+        let Some(FleetEvent::Rotation(r)) = seen.last() else {
+            unreachable!()
+        };
+        assert!(r.success, "rotations go on: {r:?}");
+        rotations += 1;
+        session = r.new_session.unwrap();
+        if failed > 0 {
+            rotations_after += 1;
+            if rotations_after == 3 {
+                break;
+            }
+        }
+    }
+    assert_eq!(failed, 1, "reported once");
+    assert!(matches!(
+        journal.failure(),
+        Some(JournalError::DiskFull { .. })
+    ));
+    let refused = sup.submit(item(2, "sonnet")).await.unwrap_err();
+    assert!(
+        matches!(&refused, SupervisorError::Journal(JournalError::Failed(cause)) if matches!(**cause, JournalError::DiskFull { .. })),
+        "{refused:?}"
+    );
+    sup.shutdown(Duration::from_secs(5)).await;
+    // The file holds a consistent prefix: the item is where its last journaled rotation left it.
+    let reader = baton::JournalReader::open(dir.path().join("baton.db")).unwrap();
+    let journaled = reader.view().rotations(&Filter::default()).unwrap();
+    assert!(
+        !journaled.is_empty() && journaled.len() < rotations,
+        "{} of {rotations}",
+        journaled.len()
+    );
+    let last = journaled.last().unwrap();
+    let row = &reader.view().work_items(&Filter::default()).unwrap()[0];
+    match last.step {
+        RotationStep::Done => assert_eq!(
+            (row.place.as_str(), row.session),
+            ("live", last.new_session)
+        ),
+        _ => assert_eq!(
+            (row.place.as_str(), row.session),
+            ("rotating", Some(last.old_session))
+        ),
+    }
+}

@@ -1,0 +1,231 @@
+//! `baton log`, run as a user would, on a journal written by a real supervisor.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::{FleetEvent, Journal, Supervisor, UsageSource};
+use support::fleet::{agent, item};
+
+fn baton(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .output()
+        .expect("baton runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A journal of a small fleet: item 1 (sonnet) compacts once then rotates at 96%; item 2
+/// (glm) is closed, done.
+fn write_journal(path: &Path) {
+    let path = path.to_owned();
+    actix::System::new().block_on(async move {
+        let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+            base_tokens: 100,
+            ..MemoryConfig::default()
+        }));
+        let sup = Supervisor::builder(runtime.clone())
+            .agent_type(agent("sonnet"))
+            .agent_type(agent("glm"))
+            .journal(Journal::open(&path).unwrap())
+            .unwrap()
+            .start();
+        let mut events = sup.subscribe();
+        sup.submit(item(1, "sonnet")).await.unwrap();
+        sup.submit(item(2, "glm")).await.unwrap();
+        let mut sessions = Vec::new();
+        while sessions.len() < 2 {
+            if let Some(FleetEvent::SessionStarted { session, .. }) = events.recv().await {
+                sessions.push(session);
+            }
+        }
+        let report = |s, used: u64| {
+            let (sup, runtime) = (sup.clone(), runtime.clone());
+            async move {
+                let now = runtime.session(s).unwrap().used;
+                runtime.grow(s, used.saturating_sub(now)).unwrap();
+                sup.report_usage(s, used, None, UsageSource::Reported)
+                    .await
+                    .unwrap();
+            }
+        };
+        report(sessions[0], 850).await;
+        while !matches!(events.recv().await, Some(FleetEvent::Compaction(_))) {}
+        report(sessions[0], 960).await;
+        while !matches!(events.recv().await, Some(FleetEvent::Rotation(_))) {}
+        sup.close(sessions[1]).await.unwrap();
+        while !matches!(events.recv().await, Some(FleetEvent::WorkItemDone { .. })) {}
+        sup.shutdown(Duration::from_secs(5)).await;
+    });
+}
+
+fn journal() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    write_journal(&path);
+    (dir, path.to_string_lossy().into_owned())
+}
+
+#[test]
+fn log_lists_rotations_sessions_compactions_items_and_events_as_tables() {
+    let (_dir, path) = journal();
+    let o = baton(&["log", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("s1 → s3"), "{out}");
+    assert!(
+        out.contains("threshold") && out.contains("960 (96.0%)"),
+        "{out}"
+    );
+    assert!(out.contains("1 rotations"), "{out}");
+
+    let out = stdout(&baton(&["log", &path, "sessions"]));
+    assert!(out.contains("rotated") && out.contains("done"), "{out}");
+    assert!(out.contains("3 sessions"), "{out}");
+
+    let out = stdout(&baton(&["log", &path, "compactions"]));
+    assert!(
+        out.contains("850 (85.0%)") && out.contains("1 compactions"),
+        "{out}"
+    );
+
+    let out = stdout(&baton(&["log", &path, "items"]));
+    assert!(out.contains("done") && out.contains("queued"), "{out}");
+
+    let out = stdout(&baton(&["log", &path, "events", "--work-item", "1"]));
+    for kind in [
+        "rotation_started",
+        "rotation_handoff",
+        "rotation_successor",
+        "rotation ",
+    ] {
+        assert!(out.contains(kind), "{kind}: {out}");
+    }
+}
+
+#[test]
+fn log_filters_by_session_item_agent_type_reason_and_time() {
+    let (_dir, path) = journal();
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let o = baton(args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        stdout(&o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let glm = lines(&["log", &path, "sessions", "--json", "--agent-type", "glm"]);
+    assert_eq!(glm.len(), 1);
+    assert_eq!(glm[0]["session"], 2);
+    assert_eq!(glm[0]["end_reason"], "done");
+    let successor = lines(&["log", &path, "rotations", "--json", "--session", "3"]);
+    assert_eq!(
+        successor.len(),
+        1,
+        "a rotation lists under its successor too"
+    );
+    assert_eq!(successor[0]["record"]["reason"], "threshold");
+    assert!(lines(&["log", &path, "--json", "--reason", "manual"]).is_empty());
+    assert_eq!(
+        lines(&["log", &path, "--json", "--reason", "threshold"]).len(),
+        1
+    );
+    let item2 = lines(&["log", &path, "compactions", "--json", "--work-item", "2"]);
+    assert!(item2.is_empty());
+    assert_eq!(
+        lines(&["log", &path, "compactions", "--json", "--since", "1h"]).len(),
+        1
+    );
+    assert!(
+        lines(&[
+            "log",
+            &path,
+            "compactions",
+            "--json",
+            "--until",
+            "2000-01-01"
+        ])
+        .is_empty()
+    );
+    assert_eq!(
+        lines(&["log", &path, "events", "--json", "--limit", "2"]).len(),
+        2
+    );
+    let o = baton(&["log", &path, "--since", "2026-13-01"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("not a time"), "{}", stderr(&o));
+}
+
+#[test]
+fn log_export_writes_every_record_as_json_lines_with_its_type() {
+    let (dir, path) = journal();
+    let out = dir.path().join("export.jsonl");
+    let o = baton(&["log", &path, "--export", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut counts = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *counts
+            .entry(v["type"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts["work_item"], 2);
+    assert_eq!(counts["session"], 3);
+    assert_eq!(counts["rotation"], 1);
+    assert_eq!(counts["compaction"], 1);
+    assert!(counts["event"] > 10);
+    assert!(
+        text.starts_with(r#"{"type":"work_item","work_item":1,"#),
+        "{text}"
+    );
+}
+
+#[test]
+fn log_refuses_missing_corrupt_foreign_and_newer_files_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+
+    let notes = p("notes.txt");
+    std::fs::write(&notes, "not a database\n".repeat(100)).unwrap();
+    let foreign = p("app.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); PRAGMA application_id = 42;")
+        .unwrap();
+    let newer = p("newer.db");
+    drop(Journal::open(&newer).unwrap());
+    rusqlite::Connection::open(&newer)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    for (file, expected) in [
+        (p("missing.db"), "no journal at"),
+        (notes, "is not a SQLite database"),
+        (
+            foreign,
+            "not a baton journal (application_id 0x0000002a, 1 tables)",
+        ),
+        (newer, "schema version 99, newer than this baton's 1"),
+    ] {
+        let o = baton(&["log", &file]);
+        assert!(!o.status.success(), "{file}");
+        assert!(stderr(&o).contains(expected), "{file}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
+    assert!(
+        !dir.path().join("missing.db").exists(),
+        "log never creates a journal"
+    );
+}
