@@ -72,14 +72,6 @@ async fn chat_until(
     panic!("still going after {max} turns: {:#?}", turns.last());
 }
 
-fn report(test: &str, server: &LlamaServer, started: Instant) {
-    eprintln!(
-        "timing {test}: server ready in {:.2} s, test {:.2} s",
-        server.startup.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
-}
-
 #[actix::test]
 async fn a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_server_measures_the_reduction()
  {
@@ -154,11 +146,7 @@ async fn a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_
         "recorded {recorded:.3}, measured {seen:.3}"
     );
     fleet.stop().await;
-    report(
-        "a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_server_measures_the_reduction",
-        &server,
-        started,
-    );
+    server.report_timing("a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_server_measures_the_reduction", started);
 }
 
 #[actix::test]
@@ -214,9 +202,8 @@ async fn a_session_that_keeps_going_rotates_into_a_successor_that_starts_from_th
     );
     assert_eq!(first.phase, Phase::Normal);
     fleet.stop().await;
-    report(
+    server.report_timing(
         "a_session_that_keeps_going_rotates_into_a_successor_that_starts_from_the_handoff",
-        &server,
         started,
     );
 }
@@ -252,9 +239,8 @@ async fn a_request_that_overflows_the_window_is_turned_into_a_rotation() {
     let next = fleet.runtime.reply(successor).await.unwrap();
     assert_eq!(next.phase, Phase::Normal);
     fleet.stop().await;
-    report(
+    server.report_timing(
         "a_request_that_overflows_the_window_is_turned_into_a_rotation",
-        &server,
         started,
     );
 }
@@ -286,9 +272,8 @@ fn baton_run_works_through_a_file_against_the_real_server() {
     assert!(stdout.contains("baton run, smollm2 on"), "{stdout}");
     assert!(stdout.contains("1 of 1 (0 unfinished)"), "{stdout}");
     assert!(stdout.contains("usage messages"), "{stdout}");
-    report(
+    server.report_timing(
         "baton_run_works_through_a_file_against_the_real_server",
-        &server,
         started,
     );
 }

@@ -22,15 +22,6 @@ fn client(server: &LlamaServer) -> ChatClient {
     ChatClient::new(config).unwrap()
 }
 
-/// Prints how long a real-server test took, for the suite's timing report.
-fn report(test: &str, server: &LlamaServer, started: Instant) {
-    eprintln!(
-        "timing {test}: server ready in {:.2} s, test {:.2} s",
-        server.startup.as_secs_f64(),
-        started.elapsed().as_secs_f64()
-    );
-}
-
 #[tokio::test]
 async fn a_chat_round_trip_returns_real_usage() {
     let started = Instant::now();
@@ -68,7 +59,7 @@ async fn a_chat_round_trip_returns_real_usage() {
         tokens.prompt_tokens as i64
     );
     assert_eq!(timings.predicted_n, tokens.completion_tokens as i64);
-    report("a_chat_round_trip_returns_real_usage", &server, started);
+    server.report_timing("a_chat_round_trip_returns_real_usage", started);
 }
 
 #[tokio::test]
@@ -88,9 +79,8 @@ async fn the_window_read_from_props_matches_the_context_size() {
         (2048, WindowSource::ServerContext)
     );
     assert_eq!(models["data"][0]["meta"]["n_ctx_train"], 8192);
-    report(
+    server.report_timing(
         "the_window_read_from_props_matches_the_context_size",
-        &server,
         started,
     );
 }
@@ -104,11 +94,7 @@ async fn each_parallel_slot_has_its_share_of_the_context() {
     });
     let window = client(&server).window(None).await.unwrap().unwrap();
     assert_eq!((window.tokens, window.slots), (1024, Some(2)));
-    report(
-        "each_parallel_slot_has_its_share_of_the_context",
-        &server,
-        started,
-    );
+    server.report_timing("each_parallel_slot_has_its_share_of_the_context", started);
 }
 
 #[tokio::test]
@@ -127,11 +113,7 @@ async fn a_prompt_past_the_window_is_a_typed_overflow() {
     assert_eq!(overflow.window, Some(server.slot_ctx()));
     assert!(overflow.prompt_tokens.unwrap() > server.slot_ctx());
     assert!(!err.retry_may_help());
-    report(
-        "a_prompt_past_the_window_is_a_typed_overflow",
-        &server,
-        started,
-    );
+    server.report_timing("a_prompt_past_the_window_is_a_typed_overflow", started);
 }
 
 #[test]
@@ -226,9 +208,8 @@ async fn a_history_larger_than_the_window_is_summarised_in_parts_that_all_fit() 
             ))
             .collect::<Vec<_>>()
     );
-    report(
+    server.report_timing(
         "a_history_larger_than_the_window_is_summarised_in_parts_that_all_fit",
-        &server,
         started,
     );
 }

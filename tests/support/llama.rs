@@ -192,6 +192,16 @@ impl LlamaServer {
         u64::from(self.options.slot_ctx)
     }
 
+    /// Prints how long a real-server test took (`started` is the test's start), for the suite's
+    /// timing report.
+    pub fn report_timing(&self, test: &str, started: Instant) {
+        eprintln!(
+            "timing {test}: server ready in {:.2} s, test {:.2} s",
+            self.startup.as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+
     /// The last lines of the server's output, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
