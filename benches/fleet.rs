@@ -521,8 +521,12 @@ fn main() {
         );
         return;
     }
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, as a
+    // smoke test of a small fleet.
+    let full = std::env::args().any(|a| a == "--bench");
+    let default_sizes = if full { "10000,100000,1000000" } else { "2000" };
     let sizes: Vec<usize> = std::env::var("BATON_BENCH_SIZES")
-        .unwrap_or_else(|_| "10000,100000,1000000".into())
+        .unwrap_or_else(|_| default_sizes.into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
