@@ -7,7 +7,11 @@
 //! default). Per size and stack it prints: session spawn rate, resident bytes per idle session,
 //! usage messages per second (a burst of 20 per session, Normal path), p50/p99 latency from a
 //! usage report crossing 80% to the runtime's summarise call while usage flows at a paced
-//! 1 M messages per second, and rotations per second; then the ratio baton / baseline.
+//! 1 M messages per second, and rotations per second; then the ratio baton / baseline. baton
+//! coalesces a session's pending readings (only the newest matters on the Normal path), so it
+//! also prints the share of burst reports that its sessions handled one by one. A third row, the
+//! floor, is an empty actix actor kept by its address: what one actor per session costs before
+//! any session state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -100,6 +104,8 @@ struct Row {
     p50_us: f64,
     p99_us: f64,
     rotation_rate: f64,
+    /// Share of burst reports handled one by one (the rest were coalesced into a newer one).
+    handled: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -174,7 +180,12 @@ async fn baton_run(n: usize) -> Row {
         shards: 2,
         ..SupervisorConfig::default()
     };
-    let policy = Policy::builder().max_compactions(u32::MAX).build().unwrap();
+    // History long enough to keep every burst reading, to count the ones handled.
+    let policy = Policy::builder()
+        .max_compactions(u32::MAX)
+        .history_len(BURST_PER_SESSION as usize)
+        .build()
+        .unwrap();
     let supervisor = Supervisor::builder(runtime.clone())
         .config(config)
         .agent_type(AgentType::new("b", WINDOW).with_policy(policy))
@@ -197,12 +208,13 @@ async fn baton_run(n: usize) -> Row {
         }
     }
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
+    // The fleet's own footprint (registry, actors, machines), before the caller takes handles.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
     let mut handles: Vec<SessionHandle> = Vec::with_capacity(n);
     for id in &ids {
         handles.push(supervisor.session(*id).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
 
     // Burst on the Normal path, sent by one task per shard to that shard's sessions.
     let shards = supervisor.shards().await;
@@ -222,17 +234,27 @@ async fn baton_run(n: usize) -> Row {
                 // Let the shard's sessions drain between rounds.
                 tokio::task::yield_now().await;
             }
+            let mut infos = Vec::with_capacity(mine.len());
             for h in &mine {
-                h.info().await.unwrap();
+                infos.push(h.info().await.unwrap());
             }
-            let _ = tx.send(());
+            let _ = tx.send(infos);
         });
         done.push(rx);
     }
+    let mut handled = 0usize;
     for rx in done {
-        rx.await.unwrap();
+        for info in rx.await.unwrap() {
+            assert_eq!(
+                info.usage.map(|u| u.used()),
+                Some(1_000 + BURST_PER_SESSION - 1),
+                "every session handled its newest reading"
+            );
+            handled += info.history.len();
+        }
     }
     let usage_rate = (n as u64 * BURST_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
+    let handled = handled as f64 / (n as u64 * BURST_PER_SESSION) as f64;
 
     // Paced load with threshold crossings: one paced sender per shard, each at its share of
     // the rate, to its own sessions.
@@ -307,6 +329,38 @@ async fn baton_run(n: usize) -> Row {
         p50_us,
         p99_us,
         rotation_rate,
+        handled,
+    }
+}
+
+// ===== the floor: empty actix actors =====
+
+/// An actor with no state and no handlers: what actix itself costs per session.
+struct Empty;
+
+impl actix::Actor for Empty {
+    type Context = actix::Context<Self>;
+}
+
+async fn floor_run(n: usize) -> Row {
+    let arbiter = actix::Arbiter::new();
+    let rss0 = rss_bytes();
+    let t = Instant::now();
+    let addrs: Vec<actix::Addr<Empty>> = (0..n)
+        .map(|_| <Empty as actix::Actor>::start_in_arbiter(&arbiter.handle(), |_| Empty))
+        .collect();
+    let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+    drop(addrs);
+    Row {
+        spawn_rate,
+        bytes_per_session,
+        usage_rate: f64::NAN,
+        p50_us: f64::NAN,
+        p99_us: f64::NAN,
+        rotation_rate: f64::NAN,
+        handled: f64::NAN,
     }
 }
 
@@ -477,20 +531,31 @@ async fn baseline_run(n: usize) -> Row {
         p50_us,
         p99_us,
         rotation_rate,
+        handled: 1.0,
     }
 }
 
-fn print(label: &str, n: usize, r: &Row) {
+/// A figure, or `-` where the stack does not measure it.
+fn cell(x: f64, decimals: usize) -> String {
+    if x.is_nan() {
+        "-".into()
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
+fn print(label: &str, n: usize, r: &Row, decimals: usize) {
     println!(
-        "{:>9} | {:<8} | {:>10.0} | {:>10.0} | {:>12.0} | {:>9.0} | {:>9.0} | {:>11.0}",
+        "{:>9} | {:<8} | {:>10} | {:>10} | {:>12} | {:>7} | {:>9} | {:>9} | {:>11}",
         n,
         label,
-        r.spawn_rate,
-        r.bytes_per_session,
-        r.usage_rate,
-        r.p50_us,
-        r.p99_us,
-        r.rotation_rate
+        cell(r.spawn_rate, decimals),
+        cell(r.bytes_per_session, decimals),
+        cell(r.usage_rate, decimals),
+        cell(r.handled * 100.0, if decimals == 0 { 1 } else { decimals }),
+        cell(r.p50_us, decimals),
+        cell(r.p99_us, decimals),
+        cell(r.rotation_rate, decimals)
     );
 }
 
@@ -502,6 +567,8 @@ fn main() {
         let n: usize = n.parse().expect("size");
         let row = if stack == "baton" {
             actix::System::new().block_on(baton_run(n))
+        } else if stack == "floor" {
+            actix::System::new().block_on(floor_run(n))
         } else {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -511,13 +578,14 @@ fn main() {
             rt.block_on(baseline_run(n))
         };
         println!(
-            "ROW {} {} {} {} {} {}",
+            "ROW {} {} {} {} {} {} {}",
             row.spawn_rate,
             row.bytes_per_session,
             row.usage_rate,
             row.p50_us,
             row.p99_us,
-            row.rotation_rate
+            row.rotation_rate,
+            row.handled
         );
         return;
     }
@@ -531,12 +599,13 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     println!(
-        "{:>9} | {:<8} | {:>10} | {:>10} | {:>12} | {:>9} | {:>9} | {:>11}",
+        "{:>9} | {:<8} | {:>10} | {:>10} | {:>12} | {:>7} | {:>9} | {:>9} | {:>11}",
         "sessions",
         "stack",
         "spawn/s",
         "B/session",
         "usage msg/s",
+        "handled",
         "p50 µs",
         "p99 µs",
         "rotations/s"
@@ -564,23 +633,24 @@ fn main() {
             p50_us: f[3],
             p99_us: f[4],
             rotation_rate: f[5],
+            handled: f[6],
         }
     };
     for n in sizes {
         let b = one("baton", n);
-        print("baton", n, &b);
+        print("baton", n, &b, 0);
         let t = one("tokio", n);
-        print("tokio", n, &t);
-        println!(
-            "{:>9} | {:<8} | {:>10.2} | {:>10.2} | {:>12.2} | {:>9.2} | {:>9.2} | {:>11.2}",
-            n,
-            "ratio",
-            b.spawn_rate / t.spawn_rate,
-            b.bytes_per_session / t.bytes_per_session,
-            b.usage_rate / t.usage_rate,
-            b.p50_us / t.p50_us,
-            b.p99_us / t.p99_us,
-            b.rotation_rate / t.rotation_rate
-        );
+        print("tokio", n, &t, 0);
+        let ratio = Row {
+            spawn_rate: b.spawn_rate / t.spawn_rate,
+            bytes_per_session: b.bytes_per_session / t.bytes_per_session,
+            usage_rate: b.usage_rate / t.usage_rate,
+            p50_us: b.p50_us / t.p50_us,
+            p99_us: b.p99_us / t.p99_us,
+            rotation_rate: b.rotation_rate / t.rotation_rate,
+            handled: b.handled / t.handled / 100.0,
+        };
+        print("ratio", n, &ratio, 2);
+        print("floor", n, &one("floor", n), 0);
     }
 }

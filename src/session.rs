@@ -10,11 +10,14 @@
 //! A session whose actor stops without reaching Closed (a panic in a handler or in a runtime
 //! future) reports itself as crashed from its destructor, so the supervisor always notices.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{self, Poll};
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -103,31 +106,51 @@ pub struct ReportUsage {
 /// [`SessionHandle`](crate::supervisor::SessionHandle). Readings that arrive while one is
 /// already waiting replace it instead of queueing behind it: on the hot path only the newest
 /// reading matters (usage only grows between compactions, so the newest is also the largest).
+///
+/// A waiting reading wakes the session's actor directly through the slot's waker (the actor
+/// looks at the slot from an actor future, `Readings`), so a report costs a few atomic
+/// operations and no mailbox envelope. Every mailbox handler of the session first takes a waiting reading, so a message
+/// sent after a report is still handled after it.
 #[derive(Debug, Default)]
 pub(crate) struct UsageSlot {
     /// `used << 32 | window` (both fit 32 bits; a window of 0 means the agent type's).
     packed: AtomicU64,
     /// The reading's source, as `UsageSource as u8`.
     source: AtomicU8,
-    /// A `Wake` is in the session's mailbox and has not been handled yet.
+    /// A reading waits and the session has not taken it yet.
     pending: AtomicBool,
+    /// The session's task, woken when a reading starts waiting.
+    waker: AtomicWaker,
 }
 
 impl UsageSlot {
-    /// Stores a reading; returns true when the session must be woken (no wake is pending).
-    /// Returns `None` when the figures do not fit the slot (they go by message instead, where
-    /// the session refuses them with a typed error).
-    pub(crate) fn put(&self, used: u64, window: Option<u64>, source: UsageSource) -> Option<bool> {
+    /// Stores a reading and wakes the session unless a reading was already waiting (it will
+    /// take the newest). Returns false, storing nothing, when the figures do not fit the slot
+    /// (they go by message instead, where the session refuses them with a typed error).
+    pub(crate) fn put(&self, used: u64, window: Option<u64>, source: UsageSource) -> bool {
         let window = match window {
             None => 0,
-            Some(0) => return None,
-            Some(w) => u32::try_from(w).ok()?,
+            Some(0) => return false,
+            Some(w) => match u32::try_from(w) {
+                Ok(w) => w,
+                Err(_) => return false,
+            },
         };
-        let used = u32::try_from(used).ok()?;
+        let Ok(used) = u32::try_from(used) else {
+            return false;
+        };
         self.packed
             .store(u64::from(used) << 32 | u64::from(window), Ordering::Release);
         self.source.store(source as u8, Ordering::Release);
-        Some(!self.pending.swap(true, Ordering::AcqRel))
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+        true
+    }
+
+    /// Whether a reading waits.
+    fn is_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Takes the waiting reading: `(used, window, source)`.
@@ -145,10 +168,30 @@ impl UsageSlot {
     }
 }
 
-/// Tells a session that a reading waits in its [`UsageSlot`].
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub(crate) struct Wake;
+/// The session's side of its [`UsageSlot`]: an actor future that handles the waiting reading
+/// each time the slot wakes it, and ends (letting the actor stop, as actix stops an actor
+/// nobody can reach) once no address of the session is left.
+struct Readings(Arc<UsageSlot>);
+
+impl ActorFuture<SessionActor> for Readings {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut SessionActor,
+        ctx: &mut Context<SessionActor>,
+        task: &mut task::Context<'_>,
+    ) -> Poll<()> {
+        // Register before looking, so a reading stored in between still wakes us.
+        self.0.waker.register(task.waker());
+        act.take_waiting(ctx);
+        if ctx.connected() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
 
 /// Orders for a session from its supervisor.
 #[derive(Debug, Clone, Message)]
@@ -266,6 +309,14 @@ impl SessionActor {
                 session: Some(self.id()),
                 error: e.to_string(),
             }),
+        }
+    }
+
+    /// Handles the reading waiting in the slot, if any (a stopped machine ignores it).
+    fn take_waiting(&mut self, ctx: &mut Context<Self>) {
+        if self.slot.is_pending() && !self.finished {
+            let (used, window, source) = self.slot.take();
+            self.usage(used, window, source, ctx);
         }
     }
 
@@ -458,6 +509,7 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.spawn(Readings(self.slot.clone()));
         if let Some(every) = self.fleet.poll_interval.filter(|_| self.poller.is_some()) {
             ctx.run_interval(every, |act, ctx| act.poll(ctx));
         }
@@ -479,17 +531,9 @@ impl Handler<ReportUsage> for SessionActor {
     type Result = MessageResult<ReportUsage>;
 
     fn handle(&mut self, msg: ReportUsage, ctx: &mut Self::Context) -> Self::Result {
+        self.take_waiting(ctx);
         self.usage(msg.used, msg.window, msg.source, ctx);
         MessageResult(self.machine.phase())
-    }
-}
-
-impl Handler<Wake> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Wake, ctx: &mut Self::Context) {
-        let (used, window, source) = self.slot.take();
-        self.usage(used, window, source, ctx);
     }
 }
 
@@ -497,6 +541,7 @@ impl Handler<Command> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Command, ctx: &mut Self::Context) {
+        self.take_waiting(ctx);
         let event = match msg {
             Command::Close => Event::Close,
             Command::Rotate => Event::Rotate,
@@ -510,7 +555,8 @@ impl Handler<Command> for SessionActor {
 impl Handler<Inspect> for SessionActor {
     type Result = MessageResult<Inspect>;
 
-    fn handle(&mut self, _: Inspect, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: Inspect, ctx: &mut Self::Context) -> Self::Result {
+        self.take_waiting(ctx);
         let s = self.machine.session();
         MessageResult(SessionInfo {
             session: self.id(),
@@ -598,33 +644,44 @@ impl CircuitBreaker {
 mod tests {
     use super::*;
 
+    /// Counts wake-ups.
+    #[derive(Default)]
+    struct WakeCount(std::sync::atomic::AtomicUsize);
+
+    impl task::Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn usage_slot_keeps_the_newest_reading_and_wakes_once() {
         let slot = UsageSlot::default();
-        assert_eq!(
-            slot.put(100, None, UsageSource::Reported),
-            Some(true),
-            "the first wakes"
-        );
-        assert_eq!(
-            slot.put(200, Some(1000), UsageSource::Estimated),
-            Some(false),
-            "one wake is enough"
-        );
+        let wakes = Arc::new(WakeCount::default());
+        let waker = task::Waker::from(wakes.clone());
+        slot.waker.register(&waker);
+        assert!(slot.put(100, None, UsageSource::Reported));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the first wakes");
+        assert!(slot.put(200, Some(1000), UsageSource::Estimated));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake is enough");
+        assert!(slot.is_pending());
+        // The session registers again each time it looks at the slot.
+        slot.waker.register(&waker);
         assert_eq!(slot.take(), (200, Some(1000), UsageSource::Estimated));
+        assert!(!slot.is_pending());
+        assert!(slot.put(300, None, UsageSource::Reported));
         assert_eq!(
-            slot.put(300, None, UsageSource::Reported),
-            Some(true),
+            wakes.0.load(Ordering::SeqCst),
+            2,
             "taken: the next wakes again"
         );
         assert_eq!(slot.take(), (300, None, UsageSource::Reported));
         // Figures that do not fit go by message, where the machine refuses them.
-        assert_eq!(
-            slot.put(u64::from(u32::MAX) + 1, None, UsageSource::Reported),
-            None
-        );
-        assert_eq!(slot.put(1, Some(0), UsageSource::Reported), None);
-        assert_eq!(slot.put(1, Some(u64::MAX), UsageSource::Reported), None);
+        assert!(!slot.put(u64::from(u32::MAX) + 1, None, UsageSource::Reported));
+        assert!(!slot.put(1, Some(0), UsageSource::Reported));
+        assert!(!slot.put(1, Some(u64::MAX), UsageSource::Reported));
+        assert!(!slot.is_pending(), "a refused reading is not stored");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]

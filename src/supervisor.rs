@@ -49,7 +49,7 @@ use crate::runtime::{
 };
 use crate::session::{
     Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo,
-    SessionNotice, UsageSlot, Wake,
+    SessionNotice, UsageSlot,
 };
 use crate::usage::UsageSource;
 
@@ -1127,14 +1127,12 @@ impl SessionHandle {
     /// reading sent this way, the newer one replaces it, so a session that falls behind does
     /// one dispatch for the newest figure instead of one per report.
     pub fn report_usage(&self, used: u64, window: Option<u64>, source: UsageSource) {
-        match self.slot.put(used, window, source) {
-            Some(false) => {}
-            Some(true) => self.addr.do_send(Wake),
-            None => self.addr.do_send(ReportUsage {
+        if !self.slot.put(used, window, source) {
+            self.addr.do_send(ReportUsage {
                 used,
                 window,
                 source,
-            }),
+            });
         }
     }
 

@@ -587,3 +587,56 @@ async fn readings_sent_through_a_session_handle_are_coalesced_to_the_newest() {
     h.wait_for("rejection", |e| matches!(e, FleetEvent::Rejected { .. }))
         .await;
 }
+
+#[actix::test]
+async fn readings_from_another_thread_wake_sharded_sessions() {
+    let config = SupervisorConfig {
+        shards: 2,
+        max_sessions: 200,
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, memory(), vec![agent("sonnet")]);
+    for i in 1..=200 {
+        h.supervisor.submit(item(i, "sonnet")).await.unwrap();
+    }
+    let mut handles = Vec::new();
+    for i in 1..=200 {
+        let s = h.started(i).await;
+        handles.push(h.supervisor.session(s).await.unwrap());
+    }
+    assert!(
+        handles.iter().all(|d| d.shard.is_some()),
+        "sessions run on the shards, not on this thread"
+    );
+    // Reports from this thread wake sessions running on the two shard threads.
+    for used in (100..=500).step_by(100) {
+        for d in &handles {
+            d.report_usage(used, None, baton::UsageSource::Reported);
+        }
+        tokio::task::yield_now().await;
+    }
+    for d in &handles {
+        let info = d.info().await.unwrap();
+        assert_eq!(
+            info.usage.map(|u| u.used()),
+            Some(500),
+            "{:?}",
+            info.session
+        );
+        assert_eq!(info.phase, Phase::Normal);
+    }
+    // Every other session crosses 80%: each of those, and only those, compacts.
+    for d in handles.iter().step_by(2) {
+        d.report_usage(850, None, baton::UsageSource::Reported);
+    }
+    let mut compacted = std::collections::BTreeSet::new();
+    while compacted.len() < 100 {
+        if let FleetEvent::Compaction(c) = h.wait_for("compaction", compaction).await {
+            assert!(c.success);
+            compacted.insert(c.session);
+        }
+    }
+    let crossed: std::collections::BTreeSet<_> =
+        handles.iter().step_by(2).map(|d| d.session).collect();
+    assert_eq!(compacted, crossed);
+}
