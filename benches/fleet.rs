@@ -166,6 +166,18 @@ async fn paced(
     }
 }
 
+/// Returns once each arbiter has run everything queued on it before (actors are built on their
+/// arbiter's thread, after `start_in_arbiter` returns).
+async fn drained(arbiters: &[actix::ArbiterHandle]) {
+    for a in arbiters {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        a.spawn(async move {
+            let _ = tx.send(());
+        });
+        rx.await.unwrap();
+    }
+}
+
 fn sample_sessions(n: usize) -> Vec<usize> {
     let step = (n / SAMPLES).max(1);
     (0..n).step_by(step).take(SAMPLES).collect()
@@ -207,6 +219,7 @@ async fn baton_run(n: usize) -> Row {
             ids.push(session);
         }
     }
+    drained(&supervisor.shards().await).await;
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
     // The fleet's own footprint (registry, actors, machines), before the caller takes handles.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -349,6 +362,7 @@ async fn floor_run(n: usize) -> Row {
     let addrs: Vec<actix::Addr<Empty>> = (0..n)
         .map(|_| <Empty as actix::Actor>::start_in_arbiter(&arbiter.handle(), |_| Empty))
         .collect();
+    drained(&[arbiter.handle()]).await;
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
