@@ -115,7 +115,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn latencies(sent: &HashMap<SessionId, Instant>, runtime: &Timed) -> (f64, f64) {
+/// Waits (up to a minute) until the runtime saw `expected` summarise calls; then the p50 and p99
+/// of the time from each sampled crossing report to its session's summarise call.
+async fn latencies(
+    sent: &HashMap<SessionId, Instant>,
+    runtime: &Timed,
+    expected: usize,
+) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while runtime.summarised.lock().unwrap().len() < expected {
+        assert!(
+            Instant::now() < deadline,
+            "a threshold crossing was never acted on"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let got = runtime.summarised.lock().unwrap();
     let mut l: Vec<f64> = sent
         .iter()
@@ -308,15 +322,7 @@ async fn baton_run(n: usize) -> Row {
     }
     let sent = std::mem::take(&mut *sent.lock().unwrap());
     let samples: Vec<SessionId> = sent.keys().copied().collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while runtime.summarised.lock().unwrap().len() < samples.len() {
-        assert!(
-            Instant::now() < deadline,
-            "a threshold crossing was never acted on"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (p50_us, p99_us) = latencies(&sent, &runtime);
+    let (p50_us, p99_us) = latencies(&sent, &runtime, samples.len()).await;
     // Let the sampled compactions finish.
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -495,15 +501,7 @@ async fn baseline_run(n: usize) -> Row {
         },
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while runtime.summarised.lock().unwrap().len() < samples.len() {
-        assert!(
-            Instant::now() < deadline,
-            "a threshold crossing was never acted on"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (p50_us, p99_us) = latencies(&sent, &runtime);
+    let (p50_us, p99_us) = latencies(&sent, &runtime, samples.len()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Rotations, as the supervisor does them: handoff, spawn, assign, close, hand over.

@@ -1,23 +1,11 @@
 //! The `baton` command line, run as a user would.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("baton runs")
-}
+#[path = "support/cli.rs"]
+mod cli;
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use cli::{baton, stderr, stdout};
 
 const SERIES: &str = "tests/data/deepseek-pydicom-901.jsonl";
 

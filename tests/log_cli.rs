@@ -3,28 +3,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::{FleetEvent, Journal, Supervisor, UsageSource};
+use support::cli::{baton, stderr, stdout};
 use support::fleet::{agent, item};
-
-fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .output()
-        .expect("baton runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// A journal of a small fleet: item 1 (sonnet) compacts once then rotates at 96%; item 2
 /// (glm) is closed, done.

@@ -1,22 +1,9 @@
 //! `baton replay` over every trace format, and `--chart`, run as a user would.
 
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
 
-fn baton(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("baton runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use cli::{baton, stderr, stdout};
 
 /// Every sample format in one command line: one report per trace (the OpenHands output file
 /// holds two instances with usage), each with the documented JSON shape.

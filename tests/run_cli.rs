@@ -7,6 +7,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use support::cli::{stderr, stdout};
 use support::stub::{Stub, StubWindow};
 
 /// Runs `baton run` with `args` (off the async runtime, so that the stub keeps answering).
@@ -22,14 +23,6 @@ async fn baton_run(args: Vec<String>) -> Output {
     })
     .await
     .unwrap()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn items_file(dir: &tempfile::TempDir, text: &str) -> String {

@@ -28,6 +28,7 @@ pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
 }
 
 pub mod chat;
+pub mod cli;
 pub mod file_runtime;
 pub mod fleet;
 pub mod llama;
