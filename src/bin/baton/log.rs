@@ -10,8 +10,9 @@ use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-/// List what a journal recorded: rotations (the default), sessions, compactions, work items or
-/// the event log, as a table or as JSON Lines.
+/// List what a journal recorded, as a table or as JSON Lines
+///
+/// Lists rotations (the default), sessions, compactions, work items or the event log.
 ///
 /// The journal is only read (never created or changed), so this is safe while a supervisor is
 /// writing it. Filters combine; --reason applies to rotations (and to rotation events).
