@@ -5,9 +5,9 @@
 //!
 //! Run: `cargo bench --bench fleet` (sizes: `BATON_BENCH_SIZES=10000,100000,1000000` by
 //! default). Per size and stack it prints: session spawn rate, resident bytes per idle session,
-//! usage messages per second (a burst of 20 per session, Normal path), p50/p99 latency from a
-//! usage report crossing 80% to the runtime's summarise call while usage flows at a paced
-//! 1 M messages per second, and rotations per second; then the ratio baton / baseline. baton
+//! usage messages per second (a burst of 20 to 200 reports per session, 2 M or more in all, on the
+//! Normal path), p50/p99 latency from a usage report crossing 80% to the runtime's summarise call
+//! while usage flows at a paced 1 M messages per second, and rotations per second; then the ratio baton / baseline. baton
 //! coalesces a session's pending readings (only the newest matters on the Normal path), so it
 //! also prints the share of burst reports that its sessions handled one by one. A third row, the
 //! floor, is an empty actix actor kept by its address: what one actor per session costs before
@@ -28,7 +28,11 @@ use baton::{
 use tokio::sync::mpsc;
 
 const WINDOW: u64 = 1_000_000;
-const BURST_PER_SESSION: u64 = 20;
+/// The burst: at least 20 reports per session, and at least 2 M in all (up to 200 per session),
+/// so that a small fleet's burst lasts long enough to measure on a noisy machine.
+fn burst_per_session(n: usize) -> u64 {
+    (2_000_000 / n.max(1) as u64).clamp(20, 200)
+}
 const PACED_RATE: f64 = 1_000_000.0;
 const PACED_SECONDS: f64 = 1.0;
 const SAMPLES: usize = 500;
@@ -209,7 +213,7 @@ async fn baton_run(n: usize) -> Row {
     // History long enough to keep every burst reading, to count the ones handled.
     let policy = Policy::builder()
         .max_compactions(u32::MAX)
-        .history_len(BURST_PER_SESSION as usize)
+        .history_len(burst_per_session(n) as usize)
         .build()
         .unwrap();
     let supervisor = Supervisor::builder(runtime.clone())
@@ -249,12 +253,13 @@ async fn baton_run(n: usize) -> Row {
     for h in &handles {
         per_shard[h.shard.unwrap_or(0)].push(h.clone());
     }
+    let burst = burst_per_session(n);
     let t = Instant::now();
     let mut done = Vec::new();
     for (arbiter, mine) in shards.iter().zip(per_shard) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         arbiter.spawn(async move {
-            for round in 0..BURST_PER_SESSION {
+            for round in 0..burst {
                 for h in &mine {
                     h.report_usage(1_000 + round, None, UsageSource::Reported);
                 }
@@ -274,14 +279,14 @@ async fn baton_run(n: usize) -> Row {
         for info in rx.await.unwrap() {
             assert_eq!(
                 info.usage.map(|u| u.used()),
-                Some(1_000 + BURST_PER_SESSION - 1),
+                Some(1_000 + burst - 1),
                 "every session handled its newest reading"
             );
             handled += info.history.len();
         }
     }
-    let usage_rate = (n as u64 * BURST_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
-    let handled = handled as f64 / (n as u64 * BURST_PER_SESSION) as f64;
+    let usage_rate = (n as u64 * burst) as f64 / t.elapsed().as_secs_f64();
+    let handled = handled as f64 / (n as u64 * burst) as f64;
 
     // Paced load with threshold crossings: one paced sender per shard, each at its share of
     // the rate, to its own sessions.
@@ -478,14 +483,15 @@ async fn baseline_run(n: usize) -> Row {
             }
         }
     };
+    let burst = burst_per_session(n);
     let t = Instant::now();
-    for round in 0..BURST_PER_SESSION {
+    for round in 0..burst {
         for id in &ids {
             let _ = senders[id].send(Msg::Usage(1_000 + round));
         }
     }
-    wait_processed(n * BURST_PER_SESSION as usize).await;
-    let usage_rate = (n as u64 * BURST_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
+    wait_processed(n * burst as usize).await;
+    let usage_rate = (n as u64 * burst) as f64 / t.elapsed().as_secs_f64();
 
     let samples = sample_sessions(n);
     let mut sent = HashMap::new();
