@@ -109,8 +109,8 @@ pub struct ReportUsage {
 ///
 /// A waiting reading wakes the session's actor directly through the slot's waker (the actor
 /// looks at the slot from an actor future, `Readings`), so a report costs a few atomic
-/// operations and no mailbox envelope. Every mailbox handler of the session first takes a waiting reading, so a message
-/// sent after a report is still handled after it.
+/// operations and no mailbox envelope. Every mailbox handler of the session first takes a
+/// waiting reading, so a message sent after a report is still handled after it.
 #[derive(Debug, Default)]
 pub(crate) struct UsageSlot {
     /// `used << 32 | window` (both fit 32 bits; a window of 0 means the agent type's).
