@@ -76,6 +76,8 @@ impl FleetReport {
             self.rotations.clone(),
             self.failed_rotations,
             self.fallback_handoffs,
+            self.retries,
+            self.runtime_warnings,
             self.usage_messages,
         )
     }

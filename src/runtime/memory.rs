@@ -400,7 +400,9 @@ impl AgentRuntime for MemoryRuntime {
         item: &WorkItem,
         handoff: Option<&Handoff>,
     ) -> Result<(), RuntimeError> {
-        self.enter(Op::Assign, self.subject(session)).await?;
+        // Keyed by the item being assigned: the new session holds no item yet, and its id
+        // depends on the order in which the fleet's spawns happened.
+        self.enter(Op::Assign, item.id.0).await?;
         self.with_session(session, |s| {
             let added = tokens_of(&item.text) + handoff.map_or(0, |h| h.tokens);
             s.used += added;
