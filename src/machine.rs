@@ -200,6 +200,11 @@ pub struct Step {
     /// True when the event did not apply to the state the session was in (a late result, or
     /// anything sent to a closed session) and was dropped.
     pub ignored: bool,
+    /// Set when the event closed the session because its rotation failed: the error the owner
+    /// reported, so that the close carries its cause (also kept as
+    /// [`Session::rotation_error`]). Left out of the serialised form when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotation_error: Option<String>,
     /// The kind of event being handled, stamped on transition records.
     #[serde(skip)]
     cause: Option<EventKind>,
@@ -262,7 +267,8 @@ pub struct Session {
     id: SessionId,
     /// Thresholds for this session's agent type; shared by all sessions of the type.
     policy: Arc<Policy>,
-    /// Sufficient compactions done; checked against `max_compactions`.
+    /// Compactions finished so far, sufficient or not (a failed one is not counted); checked
+    /// against `max_compactions`.
     compactions: u32,
     /// The latest readings, oldest first, at most `policy.history_len()`.
     history: VecDeque<Reading>,
@@ -274,6 +280,8 @@ pub struct Session {
     rotation_reason: Option<RotationReason>,
     /// Who took over, once someone did.
     successor: Option<SessionId>,
+    /// Why the rotation failed, once it did: the session closed with this error on record.
+    rotation_error: Option<String>,
 }
 
 impl Session {
@@ -288,6 +296,7 @@ impl Session {
             compacting_from: None,
             rotation_reason: None,
             successor: None,
+            rotation_error: None,
         }
     }
 
@@ -299,7 +308,7 @@ impl Session {
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
-    /// Sufficient compactions done so far.
+    /// Compactions finished so far, sufficient or not (a failed one is not counted).
     pub fn compactions(&self) -> u32 {
         self.compactions
     }
@@ -322,6 +331,11 @@ impl Session {
     /// The successor, after a hand-over.
     pub fn successor(&self) -> Option<SessionId> {
         self.successor
+    }
+    /// The error the rotation failed with, when the session closed because of
+    /// [`Event::RotationFailed`].
+    pub fn rotation_error(&self) -> Option<&str> {
+        self.rotation_error.as_deref()
     }
 
     fn record(&mut self, usage: &Usage) {
@@ -411,7 +425,12 @@ mod states {
                     self.successor = Some(*successor);
                     Transition(State::closed())
                 }
-                Event::RotationFailed { .. } => Transition(State::closed()),
+                Event::RotationFailed { error } => {
+                    tracing::warn!(session = %self.id, %error, "rotation failed; closing the session");
+                    self.rotation_error = Some(error.clone());
+                    context.rotation_error = Some(error.clone());
+                    Transition(State::closed())
+                }
                 // Already rotating: a second request changes nothing.
                 Event::Rotate => {
                     context.ignored = true;

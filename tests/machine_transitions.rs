@@ -9,7 +9,8 @@ mod support;
 use std::sync::Arc;
 
 use baton::{
-    Event, MachineError, Phase, Policy, SessionId, SessionMachine, Step, Usage, UsageSource,
+    Event, MachineError, Phase, Policy, RotationReason, SessionId, SessionMachine, Step, Usage,
+    UsageSource,
 };
 use serde::Serialize;
 
@@ -139,8 +140,21 @@ fn rotates_when_compaction_frees_too_little() {
 
 #[test]
 fn rotates_when_compaction_leaves_usage_at_compact_at() {
-    // 1,200 -> 800 frees 33%, but 800 is still at compact_at.
-    let log = run(&[usage(1200), usage(900), compacted(800)]);
+    // 900 -> 800 frees 11.1%, enough for min_reduction (5%), but leaves usage at exactly 80%:
+    // a session must end strictly below compact_at to stay.
+    let policy = Policy::builder().min_reduction(0.05).build().unwrap();
+    let log = run_with(policy, &[usage(900), compacted(800)]);
+    assert_eq!(log[0].phase, Phase::Compacting);
+    assert_eq!(log[1].phase, Phase::Rotating);
+    let Outcome::Step(step) = &log[1].outcome else {
+        panic!("the compaction result was refused");
+    };
+    let measure = step.compaction.expect("the compaction was measured");
+    assert!(measure.reduction > 0.11 && !measure.sufficient, "{measure:?}");
+    assert_eq!(
+        step.transitions[0].reason,
+        Some(RotationReason::InsufficientCompaction)
+    );
     pin!("rotates_when_compaction_leaves_usage_at_compact_at", log);
 }
 
@@ -193,6 +207,18 @@ fn handed_over_closes_the_rotating_session() {
 
 #[test]
 fn rotation_failure_closes_the_session() {
+    let policy = Arc::new(Policy::default());
+    let mut m = SessionMachine::new(SessionId(1), policy.clone());
+    m.report_usage(960, 1000, UsageSource::Reported).unwrap();
+    let step = m
+        .handle(&Event::RotationFailed {
+            error: "spawn failed 3 times".into(),
+        })
+        .unwrap();
+    assert_eq!(m.phase(), Phase::Closed);
+    assert_eq!(step.rotation_error.as_deref(), Some("spawn failed 3 times"));
+    assert_eq!(m.session().rotation_error(), Some("spawn failed 3 times"));
+
     let log = run(&[
         usage(960),
         ev(Event::RotationFailed {
@@ -201,6 +227,20 @@ fn rotation_failure_closes_the_session() {
     ]);
     assert_eq!(log[1].phase, Phase::Closed);
     pin!("rotation_failure_closes_the_session", log);
+}
+
+#[test]
+fn a_late_rotation_failure_on_a_closed_session_is_not_recorded() {
+    let mut m = SessionMachine::new(SessionId(1), Arc::new(Policy::default()));
+    m.handle(&Event::Close).unwrap();
+    let step = m
+        .handle(&Event::RotationFailed {
+            error: "late".into(),
+        })
+        .unwrap();
+    assert!(step.ignored);
+    assert_eq!(step.rotation_error, None);
+    assert_eq!(m.session().rotation_error(), None);
 }
 
 #[test]
@@ -286,9 +326,27 @@ fn zero_window_is_rejected_without_state_change() {
 
 #[test]
 fn usage_over_the_window_rotates() {
+    let (logs, _guard) = support::capture_logs();
     let log = run(&[usage(1500)]);
     assert_eq!(log[0].phase, Phase::Rotating);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("usage exceeds the window"))
+        .unwrap_or_else(|| panic!("no over-window warning in:\n{text}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("used=1500") && warning.contains("window=1000"),
+        "{warning}"
+    );
     pin!("usage_over_the_window_rotates", log);
+}
+
+#[test]
+fn usage_within_the_window_does_not_warn() {
+    let (logs, _guard) = support::capture_logs();
+    run(&[usage(1000)]);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains("usage exceeds the window"), "{text}");
 }
 
 #[test]
