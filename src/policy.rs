@@ -483,6 +483,52 @@ mod tests {
             })
         ));
         assert_eq!(b().history_len(0).build(), Err(PolicyError::ZeroHistory));
+        for bad in [0.0, f64::NAN] {
+            assert!(matches!(
+                b().rotate_at(bad).build(),
+                Err(PolicyError::OutOfRange {
+                    knob: "rotate_at",
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            b().min_reduction(1.0).build(),
+            Err(PolicyError::OutOfRange {
+                knob: "min_reduction",
+                ..
+            })
+        ));
+        assert!(b().min_reduction(0.0).build().is_ok());
+        assert!(matches!(
+            b().target_reduction((-0.1, 0.5)).build(),
+            Err(PolicyError::OutOfRange {
+                knob: "target_reduction.low",
+                ..
+            })
+        ));
+        assert!(matches!(
+            b().target_reduction((0.4, 1.0)).build(),
+            Err(PolicyError::OutOfRange {
+                knob: "target_reduction.high",
+                ..
+            })
+        ));
+    }
+
+    /// The defaults are the design's numbers (design.md, "Policy").
+    #[test]
+    fn defaults_match_the_design() {
+        let p = Policy::default();
+        assert_eq!(p.compact_at(), 0.80);
+        assert_eq!(p.rotate_at(), 0.95);
+        assert_eq!(p.min_reduction(), 0.20);
+        assert_eq!(p.max_compactions(), 3);
+        assert_eq!(p.target_reduction(), (0.40, 0.50));
+        assert_eq!(p.compaction_timeout(), Duration::from_secs(120));
+        assert_eq!(p.rotation_timeout(), Duration::from_secs(300));
+        assert_eq!(p.history_len(), 16);
+        assert_eq!(PolicyBuilder::default().build().unwrap(), p);
     }
 
     #[test]
