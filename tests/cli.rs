@@ -44,18 +44,26 @@ fn replay_json_has_the_documented_shape() {
     assert_eq!(r["totals"]["rotations"], 1);
 }
 
+/// Replays the series with a window of 8,192 tokens and `extra` flags, as JSON; the run must
+/// succeed.
+fn replay_json(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["replay", SERIES, "--window", "8192", "--json"];
+    args.extend_from_slice(extra);
+    let o = baton(&args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_str(stdout(&o).trim()).unwrap()
+}
+
+/// The first call's prompt_tokens in the series: the base every compaction falls back to.
+fn series_base() -> u64 {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(SERIES)).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    first["prompt_tokens"].as_u64().unwrap()
+}
+
 #[test]
 fn policy_flags_reach_the_policy() {
-    let o = baton(&[
-        "replay",
-        SERIES,
-        "--window",
-        "8192",
-        "--json",
-        "--max-compactions",
-        "0",
-    ]);
-    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let r = replay_json(&["--max-compactions", "0"]);
     assert_eq!(r["totals"]["compactions"], 0);
     let o = baton(&["replay", SERIES, "--window", "8192", "--compact-at", "0.97"]);
     assert!(!o.status.success());
@@ -64,6 +72,49 @@ fn policy_flags_reach_the_policy() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn rotate_at_flag_moves_the_rotation() {
+    let default = replay_json(&[]);
+    let first = &default["events"][0];
+    assert_eq!(first["kind"], "compaction", "{default}");
+    // The first compaction happened at 82.5% (6,755 tokens): a rotate_at below that turns it
+    // into a threshold rotation at the same call.
+    let r = replay_json(&["--rotate-at", "0.82"]);
+    let e = &r["events"][0];
+    assert_eq!(e["call"], first["call"]);
+    assert_eq!(e["kind"], "rotation", "{r}");
+    assert_eq!(e["reason"], "threshold");
+    assert_eq!(e["before"], first["before"]);
+}
+
+#[test]
+fn min_reduction_flag_makes_a_compaction_insufficient() {
+    let default = replay_json(&[]);
+    let first = &default["events"][0];
+    let freed = first["reduction"].as_f64().unwrap();
+    assert!(freed < 0.6, "{default}");
+    // Asking for more than the first compaction freed: it is measured, then the session
+    // rotates at the same call.
+    let r = replay_json(&["--min-reduction", "0.6"]);
+    let events = r["events"].as_array().unwrap();
+    assert_eq!(events[0]["kind"], "compaction", "{r}");
+    assert_eq!(events[0]["call"], first["call"]);
+    assert_eq!(events[1]["kind"], "rotation", "{r}");
+    assert_eq!(events[1]["call"], first["call"]);
+    assert_eq!(events[1]["reason"], "insufficient_compaction");
+}
+
+#[test]
+fn summary_tokens_flag_sets_the_size_after_a_compaction() {
+    let base = series_base();
+    let default = replay_json(&[]);
+    assert_eq!(default["events"][0]["after"], base + 2000, "{default}");
+    let r = replay_json(&["--summary-tokens", "500"]);
+    let e = &r["events"][0];
+    assert_eq!(e["kind"], "compaction", "{r}");
+    assert_eq!(e["after"], base + 500);
 }
 
 #[test]
