@@ -14,6 +14,19 @@
 //! * each modelled figure is fed to the machine as a usage message, in call order, so an
 //!   insufficient compaction yields a compaction event and a rotation event at the same call.
 //!
+//! The window is the user's ([`ReplayOptions::window`]), else the trace's own, else the one
+//! baton's table gives for the model the trace names ([`known_window`]), picked by
+//! [`resolve_window`]; the report says which ([`ReplayReport::window_source`]).
+//!
+//! Figures before the first compaction or rotation carry the format's source
+//! ([`Format::usage_source`](crate::trace::Format::usage_source): reported by the provider, or
+//! estimated by baton for SWE-agent); later ones are modelled. Each call's recorded prompt is
+//! also judged by the rule [`UsageTracker`](crate::provider::UsageTracker) applies to live
+//! reports ([`Distrust::judge`]; a trace's conversation is taken to only grow, as baton cannot
+//! see an agent's own rewrites): a zero prompt, or one below the last trusted prompt, is flagged
+//! in [`ReplayReport::untrusted`] and [`Totals::untrusted_figures`] and logged as a warning. The
+//! replay still uses the figure as recorded: the flag says the result rests on it.
+//!
 //! [`replay_with_series`] also returns the modelled context of every call ([`ModelledCall`]),
 //! which `baton replay --chart` draws; [`replay`] returns the report alone (the `--json` shape).
 
@@ -25,6 +38,7 @@ use thiserror::Error;
 
 use crate::machine::{Effect, Event, MachineError, SessionId, SessionMachine};
 use crate::policy::{Policy, RotationReason};
+use crate::provider::{Distrust, Window, WindowSource, known_window, resolve_window};
 use crate::trace::Trace;
 use crate::usage::{Usage, UsageError, UsageSource};
 
@@ -33,7 +47,8 @@ use crate::usage::{Usage, UsageError, UsageSource};
 pub struct ReplayOptions {
     /// The policy under test.
     pub policy: Arc<Policy>,
-    /// The window; overrides the trace's own, and is required when the trace has none.
+    /// The window; overrides the trace's own, and is required when the trace has none and
+    /// names no model baton's table knows.
     pub window: Option<u64>,
     /// S: the size of a compaction summary or rotation handoff, in tokens.
     pub summary_tokens: u64,
@@ -57,11 +72,16 @@ impl ReplayOptions {
 /// Why a replay could not run.
 #[derive(Debug, Error)]
 pub enum ReplayError {
-    /// Neither the trace nor the options give a window.
-    #[error("trace {trace} does not record its context window: pass one (--window N)")]
+    /// Neither the options, the trace, nor baton's table for the trace's model give a window.
+    #[error(
+        "trace {trace} does not record its context window{}: pass one (--window N)",
+        model.as_ref().map(|m| format!(" and its model {m:?} is not in baton's table")).unwrap_or_default()
+    )]
     NoWindow {
         /// The trace.
         trace: String,
+        /// The model the trace names, if any (not in the table).
+        model: Option<String>,
     },
     /// A modelled figure is not a valid usage (zero window, absurd size).
     #[error("trace {trace}, call {call}: {source}")]
@@ -138,6 +158,18 @@ pub struct Totals {
     pub peak_used: u64,
     /// `peak_used` as a percent of the window.
     pub peak_percent: f64,
+    /// Calls whose recorded prompt figure is not trustworthy (see [`ReplayReport::untrusted`]).
+    #[serde(default)]
+    pub untrusted_figures: usize,
+}
+
+/// A call whose recorded figure fails the rule live reports are judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UntrustedFigure {
+    /// The 1-based call.
+    pub call: usize,
+    /// Why the figure is not trusted.
+    pub why: Distrust,
 }
 
 /// The result of replaying one trace; also the `--json` output, one object per trace.
@@ -149,10 +181,48 @@ pub struct ReplayReport {
     pub calls: usize,
     /// The window used.
     pub window: u64,
+    /// Where the window came from: the user, the trace, or baton's table of known models.
+    #[serde(default = "trace_window")]
+    pub window_source: WindowSource,
+    /// The model the trace names, when it does (`null` otherwise).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Who produced the trace's figures: the provider (`reported`) or baton's own count
+    /// (`estimated`, SWE-agent). Figures after a compaction or rotation are modelled from them.
+    #[serde(default)]
+    pub source: UsageSource,
+    /// Calls whose recorded figure is not trustworthy, in call order (a zero prompt, or one
+    /// that fell while the conversation grew).
+    #[serde(default)]
+    pub untrusted: Vec<UntrustedFigure>,
     /// Compactions and rotations, in call order.
     pub events: Vec<ReplayEvent>,
     /// Sums.
     pub totals: Totals,
+}
+
+/// The serde default of [`ReplayReport::window_source`] for reports written before it existed.
+fn trace_window() -> WindowSource {
+    WindowSource::Trace
+}
+
+/// The window for `trace`: the user's, else the trace's, else the table's for its model.
+fn window_for(trace: &Trace, opts: &ReplayOptions) -> Result<Window, ReplayError> {
+    let user = opts.window.map(|tokens| Window {
+        tokens,
+        source: WindowSource::User,
+    });
+    let recorded = trace.window.map(|tokens| Window {
+        tokens,
+        source: WindowSource::Trace,
+    });
+    let known = trace.model.as_deref().and_then(known_window);
+    resolve_window(user.into_iter().chain(recorded).chain(known)).ok_or_else(|| {
+        ReplayError::NoWindow {
+            trace: trace.name.clone(),
+            model: trace.model.clone(),
+        }
+    })
 }
 
 /// The modelled context at one call, for charts.
@@ -181,16 +251,22 @@ pub fn replay_with_series(
     trace: &Trace,
     opts: &ReplayOptions,
 ) -> Result<(ReplayReport, Vec<ModelledCall>), ReplayError> {
-    let window = opts
-        .window
-        .or(trace.window)
-        .ok_or_else(|| ReplayError::NoWindow {
-            trace: trace.name.clone(),
-        })?;
+    let window = window_for(trace, opts)?;
+    if window.source == WindowSource::KnownModel {
+        tracing::info!(
+            trace = %trace.name,
+            model = trace.model.as_deref().unwrap_or_default(),
+            window = window.tokens,
+            "no window given or recorded; using baton's table for the model"
+        );
+    }
     let mut run = Run {
         trace,
         opts,
-        window,
+        window: window.tokens,
+        window_source: window.source,
+        last_trusted: None,
+        untrusted: Vec::new(),
         session_no: 1,
         machine: SessionMachine::new(SessionId(1), opts.policy.clone()),
         anchor: None,
@@ -201,7 +277,17 @@ pub fn replay_with_series(
         series: Vec::with_capacity(trace.calls.len()),
     };
     for (i, call) in trace.calls.iter().enumerate() {
+        run.judge(i + 1, call.prompt_tokens);
         run.call(i + 1, call.context())?;
+    }
+    if let Some(first) = run.untrusted.first() {
+        tracing::warn!(
+            trace = %trace.name,
+            count = run.untrusted.len(),
+            first_call = first.call,
+            why = ?first.why,
+            "trace has untrustworthy usage figures; the replay rests on them as recorded"
+        );
     }
     let series = std::mem::take(&mut run.series);
     Ok((run.report(), series))
@@ -213,8 +299,14 @@ struct Run<'a> {
     trace: &'a Trace,
     /// The policy, window override and S.
     opts: &'a ReplayOptions,
-    /// The window in use (the option's, else the trace's).
+    /// The window in use.
     window: u64,
+    /// Where it came from.
+    window_source: WindowSource,
+    /// The last recorded prompt that passed the trust rule.
+    last_trusted: Option<u64>,
+    /// Calls whose recorded figure failed it.
+    untrusted: Vec<UntrustedFigure>,
     /// The live session's number.
     session_no: u32,
     /// The live session's machine.
@@ -238,9 +330,21 @@ impl Run<'_> {
         self.trace.calls.first().map_or(0, |c| c.prompt_tokens)
     }
 
+    /// Judges call `call`'s recorded prompt by the tracker's rule (a trace only grows).
+    fn judge(&mut self, call: usize, prompt: u64) {
+        let grew = self.last_trusted.is_some();
+        match Distrust::judge(Some(prompt), self.last_trusted, grew) {
+            None => self.last_trusted = Some(prompt),
+            Some(why) => {
+                tracing::debug!(trace = %self.trace.name, call, ?why, "untrustworthy figure");
+                self.untrusted.push(UntrustedFigure { call, why });
+            }
+        }
+    }
+
     fn call(&mut self, call: usize, used: u64) -> Result<(), ReplayError> {
         let (modelled, source) = match self.anchor {
-            None => (used, UsageSource::Reported),
+            None => (used, self.trace.format.usage_source()),
             Some((used_k, after)) => (
                 (used as i128 - used_k as i128 + after as i128).max(0) as u64,
                 UsageSource::Modelled,
@@ -351,6 +455,9 @@ impl Run<'_> {
             trace: self.trace.name.clone(),
             calls: self.trace.calls.len(),
             window: self.window,
+            window_source: self.window_source,
+            model: self.trace.model.clone(),
+            source: self.trace.format.usage_source(),
             totals: Totals {
                 sessions: self.session_no,
                 compactions,
@@ -361,7 +468,9 @@ impl Run<'_> {
                 rotations_by_reason: by_reason,
                 peak_used: self.peak,
                 peak_percent: self.peak as f64 * 100.0 / self.window as f64,
+                untrusted_figures: self.untrusted.len(),
             },
+            untrusted: self.untrusted,
             events: self.events,
         }
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use baton::replay::{ReplayEventKind, ReplayOptions, replay};
 use baton::trace::{self, Call, Format, Trace, TraceError};
-use baton::{Policy, RotationReason};
+use baton::provider::{Distrust, WindowSource, known_window};
+use baton::{Policy, RotationReason, UsageSource};
 
 fn data(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,6 +28,7 @@ fn series(calls: &[(u64, u64)]) -> Trace {
             })
             .collect(),
         window: None,
+        model: None,
     }
 }
 
@@ -203,6 +205,104 @@ fn policy_flags_change_the_events() {
 fn a_trace_without_a_window_needs_one() {
     let err = replay(&series(&[(1, 1)]), &ReplayOptions::default()).unwrap_err();
     assert!(err.to_string().contains("--window"), "{err}");
+}
+
+fn with_model(mut t: Trace, model: &str, window: Option<u64>) -> Trace {
+    t.model = Some(model.into());
+    t.window = window;
+    t
+}
+
+#[test]
+fn a_known_model_gives_the_window_when_none_is_given_or_recorded() {
+    let t = with_model(series(&[(1000, 10)]), "claude-sonnet-4-5", None);
+    let r = replay(&t, &ReplayOptions::default()).unwrap();
+    let table = known_window("claude-sonnet-4-5").unwrap();
+    assert_eq!(r.window, table.tokens);
+    assert_eq!(r.window_source, WindowSource::KnownModel);
+    assert_eq!(r.model.as_deref(), Some("claude-sonnet-4-5"));
+}
+
+#[test]
+fn the_trace_window_beats_the_table_and_the_user_beats_both() {
+    let t = with_model(series(&[(1000, 10)]), "claude-sonnet-4-5", Some(50_000));
+    let r = replay(&t, &ReplayOptions::default()).unwrap();
+    assert_eq!((r.window, r.window_source), (50_000, WindowSource::Trace));
+    let r = replay(&t, &opts(8192)).unwrap();
+    assert_eq!((r.window, r.window_source), (8192, WindowSource::User));
+}
+
+#[test]
+fn an_unknown_model_without_a_window_still_needs_one() {
+    let t = with_model(series(&[(1000, 10)]), "my-local-finetune", None);
+    let err = replay(&t, &ReplayOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("--window") && msg.contains("my-local-finetune"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_report_carries_the_source_of_the_formats_figures() {
+    let r = replay(&series(&[(1000, 10)]), &opts(8192)).unwrap();
+    assert_eq!(r.source, UsageSource::Reported);
+    let mut swe = series(&[(1000, 10)]);
+    swe.format = Format::SweAgent;
+    let r = replay(&swe, &opts(8192)).unwrap();
+    assert_eq!(r.source, UsageSource::Estimated);
+}
+
+#[test]
+fn untrustworthy_figures_are_flagged_counted_and_logged() {
+    let (logs, _guard) = support::capture_logs();
+    // Call 3 reports a zero prompt (a cache hit), call 5 a prompt below call 4's while the
+    // conversation only grew; call 6 is back above the last trusted figure.
+    let t = series(&[
+        (1000, 10),
+        (1200, 10),
+        (0, 10),
+        (1500, 10),
+        (300, 10),
+        (1700, 10),
+    ]);
+    let r = replay(&t, &opts(100_000)).unwrap();
+    let flagged: Vec<(usize, Distrust)> = r.untrusted.iter().map(|u| (u.call, u.why)).collect();
+    assert_eq!(
+        flagged,
+        [
+            (3, Distrust::ZeroPrompt),
+            (
+                5,
+                Distrust::Fell {
+                    previous: 1500,
+                    reported: 300
+                }
+            )
+        ]
+    );
+    assert_eq!(r.totals.untrusted_figures, 2);
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warning = text
+        .lines()
+        .find(|l| l.contains("untrustworthy usage figures"))
+        .unwrap_or_else(|| panic!("no warning in:\n{text}"));
+    assert!(
+        warning.contains("WARN") && warning.contains("count=2"),
+        "{warning}"
+    );
+    // The rule is the tracker's: the same figures judged live give the same verdicts.
+    let mut last = None;
+    let mut live = Vec::new();
+    for (i, c) in t.calls.iter().enumerate() {
+        match Distrust::judge(Some(c.prompt_tokens), last, last.is_some()) {
+            None => last = Some(c.prompt_tokens),
+            Some(why) => live.push((i + 1, why)),
+        }
+    }
+    assert_eq!(live, flagged);
+    let clean = replay(&series(&[(1000, 10), (1200, 10)]), &opts(100_000)).unwrap();
+    assert!(clean.untrusted.is_empty());
 }
 
 fn parse(text: &str) -> Result<Vec<Trace>, TraceError> {

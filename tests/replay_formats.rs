@@ -46,10 +46,35 @@ fn replay_reads_every_format_in_one_run() {
         let keys: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["calls", "events", "totals", "trace", "window"],
+            [
+                "calls",
+                "events",
+                "model",
+                "source",
+                "totals",
+                "trace",
+                "untrusted",
+                "window",
+                "window_source"
+            ],
             "{r}"
         );
+        assert_eq!(r["window_source"], "user", "--window always wins");
+        // SWE-agent records totals only: baton counted its figures itself.
+        let want = if r["trace"] == "swe-agent.traj" {
+            "estimated"
+        } else {
+            "reported"
+        };
+        assert_eq!(r["source"], want, "{r}");
+        assert_eq!(r["totals"]["untrusted_figures"], 0, "{r}");
     }
+    let models: Vec<&serde_json::Value> = reports.iter().map(|r| &r["model"]).collect();
+    assert_eq!(models[0], "claude-sample", "OpenHands model_response.model");
+    assert_eq!(models[1], "sample-model", "OpenHands llm_config.model");
+    assert_eq!(models[3], "gpt-5-codex", "Codex turn_context");
+    assert_eq!(models[4], "claude-sonnet-4-5", "Claude Code message.model");
+    assert!(models[6].is_null(), "a plain series names no model");
     // The Claude Code session's prompts (15k tokens and up) are past 95% of an 8k window.
     let claude = &reports[4];
     assert_eq!(claude["events"][0]["kind"], "rotation");
@@ -62,6 +87,31 @@ fn a_recorded_window_is_used_when_none_is_given() {
     assert!(o.status.success(), "{}", stderr(&o));
     let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(r["window"], 272_000);
+}
+
+/// Without --window, a trace that records no window but names a well-known model (Claude Code's
+/// `message.model`) is replayed against baton's table for that model, and says so.
+#[test]
+fn a_known_model_gives_the_window_when_the_trace_has_none() {
+    let path = "tests/data/traces/claude-code.jsonl";
+    let o = baton(&["replay", path, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let table = baton::provider::known_window("claude-sonnet-4-5").unwrap();
+    assert_eq!(r["model"], "claude-sonnet-4-5");
+    assert_eq!(r["window"], table.tokens);
+    assert_eq!(r["window_source"], "known_model");
+    let o = baton(&["replay", path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("baton's table for claude-sonnet-4-5"),
+        "{}",
+        stdout(&o)
+    );
+    // The user's window still wins.
+    let o = baton(&["replay", path, "--window", "8192", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!((r["window"].as_u64(), &r["window_source"]), (Some(8192), &"user".into()));
 }
 
 /// `--chart` writes one SVG with a panel per trace: the context line, both thresholds, and a

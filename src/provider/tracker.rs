@@ -19,7 +19,7 @@
 //! [`UsageTracker::estimate`] gives the same estimate between reports, for example before a
 //! call, to decide whether to compact first.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::calibration::Calibration;
 use super::estimate::{Encoding, Message, PromptCounter};
@@ -27,7 +27,7 @@ use super::reported::ReportedUsage;
 use crate::usage::{Usage, UsageError, UsageSource};
 
 /// Why a report was not trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Distrust {
     /// The response carried no usage.
@@ -41,6 +41,22 @@ pub enum Distrust {
         /// The figure reported now.
         reported: u64,
     },
+}
+
+impl Distrust {
+    /// The rule, on its own, for every reader of reported figures (the tracker, `baton
+    /// replay`): a missing report, a zero prompt, or a prompt below `last_trusted` (the last
+    /// prompt that passed this rule) while the conversation only `grew` since, is not trusted.
+    pub fn judge(prompt: Option<u64>, last_trusted: Option<u64>, grew: bool) -> Option<Self> {
+        match (prompt, last_trusted) {
+            (None, _) => Some(Self::NoReport),
+            (Some(0), _) => Some(Self::ZeroPrompt),
+            (Some(reported), Some(previous)) if grew && reported < previous => {
+                Some(Self::Fell { previous, reported })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What the tracker made of one response.
@@ -126,17 +142,11 @@ impl UsageTracker {
     ) -> Result<Reading, UsageError> {
         let grew = self.sync(prompt);
         let estimate = self.counter.prompt_tokens();
-        let distrust = match reported {
-            None => Some(Distrust::NoReport),
-            Some(r) if r.prompt_tokens == 0 => Some(Distrust::ZeroPrompt),
-            Some(r) => match self.anchor {
-                Some(a) if grew && r.prompt_tokens < a.reported => Some(Distrust::Fell {
-                    previous: a.reported,
-                    reported: r.prompt_tokens,
-                }),
-                _ => None,
-            },
-        };
+        let distrust = Distrust::judge(
+            reported.map(|r| r.prompt_tokens),
+            self.anchor.map(|a| a.reported),
+            grew,
+        );
         let usage = match (distrust, reported) {
             (None, Some(r)) => {
                 self.calibration

@@ -10,14 +10,14 @@
 //! `message.id`: it is one call, whose completion is the largest `output_tokens` seen (early
 //! records may hold a streaming placeholder). Sidechain records (sub-agents, with their own
 //! context) and Claude Code's `<synthetic>` messages (local errors, not model calls) are left
-//! out. No window is recorded.
+//! out. No window is recorded; `message.model` names the model.
 
 use std::collections::HashMap;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Call, Ctx, Format, Location, Trace, TraceError, line_error, usage_error};
+use super::{Call, Ctx, Format, Location, Trace, TraceError, line_error, note_model, usage_error};
 use crate::provider::{Provider, parse_usage};
 
 const FORMAT: Format = Format::ClaudeCode;
@@ -52,6 +52,7 @@ struct ApiMessage {
 pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
     let mut calls: Vec<Call> = Vec::new();
     let mut by_id: HashMap<String, usize> = HashMap::new();
+    let mut model = None;
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
@@ -72,6 +73,7 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
         if message.model.as_deref() == Some("<synthetic>") {
             continue;
         }
+        note_model(&mut model, message.model.as_deref());
         let at = Location::Line(line_no, None);
         let Some(usage) = &message.usage else {
             return Err(ctx.broken(FORMAT, at, "assistant message without usage"));
@@ -96,5 +98,7 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
             None => calls.push(call),
         }
     }
-    Ok(vec![ctx.trace(FORMAT, calls, None)?])
+    let mut trace = ctx.trace(FORMAT, calls, None)?;
+    trace.model = model;
+    Ok(vec![trace])
 }

@@ -12,12 +12,14 @@
 //! `last_token_usage` is the latest response (`input_tokens` includes the cached part), the
 //! call's context; `total_token_usage` is a running sum for billing and is only used to drop a
 //! `token_count` event that repeats the previous one (Codex re-emits it, for example with rate
-//! limit updates). `info` is `null` before the first response. `model_context_window` is the
-//! trace's window.
+//! limit updates). An event without `total_token_usage` is compared by its `last_token_usage`
+//! instead: two real calls never report the same figures back to back, since the context grows.
+//! `info` is `null` before the first response. `model_context_window` is the trace's window;
+//! `turn_context` lines name the model (`payload.model`).
 
 use serde::Deserialize;
 
-use super::{Call, Ctx, Format, Location, Trace, TraceError, count, line_error};
+use super::{Call, Ctx, Format, Location, Trace, TraceError, count, line_error, note_model};
 
 const FORMAT: Format = Format::CodexRollout;
 
@@ -39,6 +41,13 @@ struct Payload {
     info: Option<Info>,
 }
 
+/// A `turn_context` line's payload: the settings of a turn.
+#[derive(Deserialize)]
+struct TurnContext {
+    /// The model the turn's calls go to.
+    model: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Info {
     /// The running billing total: only used to spot a repeated event.
@@ -49,7 +58,7 @@ struct Info {
     model_context_window: Option<f64>,
 }
 
-#[derive(Deserialize, PartialEq)]
+#[derive(Deserialize, PartialEq, Clone, Copy)]
 struct TokenUsage {
     /// The prompt, cached part included.
     input_tokens: Option<f64>,
@@ -62,7 +71,9 @@ struct TokenUsage {
 pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
     let mut calls = Vec::new();
     let mut window = None;
-    let mut previous_total: Option<TokenUsage> = None;
+    // The previous usage event's identity: its running total, or its last usage without one.
+    let mut previous: Option<TokenUsage> = None;
+    let mut model = None;
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
@@ -71,8 +82,12 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
         // Only event lines can hold usage; the rest (model output, tool calls) is skipped
         // without being parsed field by field.
         if !raw.contains("\"token_count\"") {
-            serde_json::from_str::<serde::de::IgnoredAny>(raw)
-                .map_err(|e| line_error(ctx, FORMAT, line_no, &e))?;
+            if raw.contains("\"turn_context\"") {
+                note_turn_model(ctx, raw, line_no, &mut model)?;
+            } else {
+                serde_json::from_str::<serde::de::IgnoredAny>(raw)
+                    .map_err(|e| line_error(ctx, FORMAT, line_no, &e))?;
+            }
             continue;
         }
         let line: Line =
@@ -90,13 +105,14 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
         if let Some(w) = info.model_context_window {
             window = Some(count(ctx, FORMAT, at, "model_context_window", w)?).filter(|w| *w > 0);
         }
-        if info.total_token_usage.is_some() && info.total_token_usage == previous_total {
-            continue;
-        }
-        previous_total = info.total_token_usage;
         let Some(last) = info.last_token_usage else {
             return Err(ctx.broken(FORMAT, at, "token_count info without last_token_usage"));
         };
+        let key = info.total_token_usage.unwrap_or(last);
+        if previous == Some(key) {
+            continue;
+        }
+        previous = Some(key);
         let input = last
             .input_tokens
             .ok_or_else(|| ctx.broken(FORMAT, at, "last_token_usage without input_tokens"))?;
@@ -114,5 +130,32 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
             count(ctx, FORMAT, at, "total_tokens", total)?;
         }
     }
-    Ok(vec![ctx.trace(FORMAT, calls, window)?])
+    let mut trace = ctx.trace(FORMAT, calls, window)?;
+    trace.model = model;
+    Ok(vec![trace])
+}
+
+/// Reads a `turn_context` line and keeps the model it names.
+fn note_turn_model(
+    ctx: &Ctx,
+    raw: &str,
+    line_no: usize,
+    model: &mut Option<String>,
+) -> Result<(), TraceError> {
+    #[derive(Deserialize)]
+    struct TurnLine {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+        payload: Option<serde_json::Value>,
+    }
+    let line: TurnLine =
+        serde_json::from_str(raw).map_err(|e| line_error(ctx, FORMAT, line_no, &e))?;
+    if line.kind.as_deref() == Some("turn_context")
+        && let Some(turn) = line
+            .payload
+            .and_then(|p| serde_json::from_value::<TurnContext>(p).ok())
+    {
+        note_model(model, turn.model.as_deref());
+    }
+    Ok(())
 }

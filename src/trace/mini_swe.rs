@@ -2,11 +2,12 @@
 //!
 //! One JSON object `{info, messages[]}`; every assistant message carries the provider's
 //! response in `extra.response`, whose `usage` has `prompt_tokens` and `completion_tokens`.
-//! The window is not recorded.
+//! Both figures are required: litellm always fills them, so a usage without one is broken, not
+//! zero. The window is not recorded; `extra.response.model` names the model.
 
 use serde::Deserialize;
 
-use super::{Call, Ctx, Format, Location, Trace, TraceError, count};
+use super::{Call, Ctx, Format, Location, Trace, TraceError, count, note_model};
 
 const FORMAT: Format = Format::MiniSweAgent;
 
@@ -30,7 +31,10 @@ struct Extra {
 
 #[derive(Deserialize)]
 struct Response {
+    /// litellm's usage object.
     usage: Option<RawUsage>,
+    /// The model that answered (`deepseek-chat`).
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -58,31 +62,29 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
         return Err(ctx.unknown("a JSON object without a messages list"));
     };
     let mut calls = Vec::new();
+    let mut model = None;
     for m in messages.iter().filter(|m| m.role == "assistant") {
         let at = Location::Call(calls.len() + 1);
-        let usage = m
-            .extra
-            .as_ref()
-            .and_then(|e| e.response.as_ref())
+        let response = m.extra.as_ref().and_then(|e| e.response.as_ref());
+        note_model(&mut model, response.and_then(|r| r.model.as_deref()));
+        let usage = response
             .and_then(|r| r.usage.as_ref())
             .ok_or_else(|| {
                 ctx.broken(FORMAT, at, "assistant message without extra.response.usage")
             })?;
-        let prompt = usage
-            .prompt_tokens
-            .ok_or_else(|| ctx.broken(FORMAT, at, "usage without prompt_tokens"))?;
+        // litellm always fills both figures; a usage without one is not a real response's, and
+        // reading it as 0 would understate the context.
+        let figure = |value: Option<f64>, field: &'static str| {
+            let value = value.ok_or_else(|| ctx.broken(FORMAT, at, format!("usage without {field}")))?;
+            count(ctx, FORMAT, at, field, value)
+        };
         calls.push(Call {
-            prompt_tokens: count(ctx, FORMAT, at, "prompt_tokens", prompt)?,
-            completion_tokens: count(
-                ctx,
-                FORMAT,
-                at,
-                "completion_tokens",
-                usage.completion_tokens.unwrap_or(0.0),
-            )?,
+            prompt_tokens: figure(usage.prompt_tokens, "prompt_tokens")?,
+            completion_tokens: figure(usage.completion_tokens, "completion_tokens")?,
         });
     }
     let mut trace = ctx.trace(FORMAT, calls, None)?;
+    trace.model = model;
     if let Some(id) = doc.instance_id {
         trace.name = id;
     }

@@ -69,6 +69,10 @@ pub struct Trace {
     pub calls: Vec<Call>,
     /// The context window, when the trace records it.
     pub window: Option<u64>,
+    /// The model the calls went to, when the trace records it (the latest one named): lets a
+    /// replay without `--window` fall back to [`known_window`](crate::provider::known_window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// The trace formats baton reads.
@@ -334,6 +338,13 @@ pub(crate) struct Ctx<'a> {
     name: &'a str,
 }
 
+/// Keeps the latest model a trace names, skipping empty names.
+fn note_model(slot: &mut Option<String>, model: Option<&str>) {
+    if let Some(m) = model.map(str::trim).filter(|m| !m.is_empty()) {
+        *slot = Some(m.to_owned());
+    }
+}
+
 impl Ctx<'_> {
     fn broken(&self, format: Format, at: Location, message: impl Into<String>) -> TraceError {
         TraceError::Broken {
@@ -377,6 +388,7 @@ impl Ctx<'_> {
             format,
             calls,
             window,
+            model: None,
         })
     }
 }

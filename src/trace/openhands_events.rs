@@ -4,16 +4,17 @@
 //! Each event is `{id, timestamp, source, action|observation, ...}`. An event the model caused
 //! carries `tool_call_metadata.model_response`: litellm's ChatCompletion, with `usage`. The same
 //! response is repeated on the observation that answers the action, so calls are counted once
-//! per distinct `model_response.id`, in order of first appearance. The usage is read with
-//! [`parse_usage`](crate::provider::parse_usage), so Anthropic cache fields are accounted for.
-//! No window is recorded.
+//! per distinct `model_response.id`, in order of first appearance; a response without an id is
+//! told apart by its whole content instead (a repeat is the same object, and two calls never
+//! are). The usage is read with [`parse_usage`](crate::provider::parse_usage), so Anthropic cache
+//! fields are accounted for. No window is recorded; `model_response.model` names the model.
 
 use std::collections::HashSet;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Call, Ctx, Format, Location, Trace, TraceError, usage_error};
+use super::{Call, Ctx, Format, Location, Trace, TraceError, note_model, usage_error};
 use crate::provider::parse_usage;
 
 const FORMAT: Format = Format::OpenHandsEvents;
@@ -32,16 +33,27 @@ struct Event {
 
 #[derive(Deserialize)]
 struct Metadata {
-    /// litellm's ChatCompletion for the call.
-    model_response: Option<ModelResponse>,
+    /// litellm's ChatCompletion for the call, kept whole: without an id, its content is the
+    /// dedupe key.
+    model_response: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct ModelResponse {
-    /// The response id, repeated on the observation: the dedupe key.
-    id: Option<String>,
-    /// The usage object, read by the provider parser.
-    usage: Option<Value>,
+/// What identifies one response among its repeats.
+#[derive(PartialEq, Eq, Hash)]
+enum ResponseKey<'a> {
+    /// `model_response.id`.
+    Id(&'a str),
+    /// The whole response, as compact JSON, when it has no id.
+    Content(String),
+}
+
+impl<'a> ResponseKey<'a> {
+    fn of(response: &'a Value) -> Self {
+        match response.get("id").and_then(Value::as_str) {
+            Some(id) => Self::Id(id),
+            None => Self::Content(response.to_string()),
+        }
+    }
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
@@ -67,6 +79,7 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
     }
     let mut seen = HashSet::new();
     let mut calls = Vec::new();
+    let mut model = None;
     for (i, event) in events.iter().enumerate() {
         let Some(response) = event
             .tool_call_metadata
@@ -75,13 +88,12 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
         else {
             continue;
         };
-        if let Some(id) = &response.id
-            && !seen.insert(id.as_str())
-        {
+        if !seen.insert(ResponseKey::of(response)) {
             continue;
         }
+        note_model(&mut model, response.get("model").and_then(Value::as_str));
         let at = Location::Entry("event", i + 1);
-        let Some(usage) = &response.usage else {
+        let Some(usage) = response.get("usage").filter(|u| !u.is_null()) else {
             tracing::debug!(event = i + 1, "model response without usage; skipped");
             continue;
         };
@@ -91,7 +103,9 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
             completion_tokens: r.completion_tokens,
         });
     }
-    Ok(vec![ctx.trace(FORMAT, calls, None)?])
+    let mut trace = ctx.trace(FORMAT, calls, None)?;
+    trace.model = model;
+    Ok(vec![trace])
 }
 
 /// True when the list's first element is an object (so a failure is a broken event stream, not

@@ -3,7 +3,8 @@
 //! Each line is `{instance_id, instruction, metadata, history[], metrics, error, ...}` and is
 //! its own trace, named by `instance_id`. Per-call usage is in `metrics.token_usages[]`:
 //! `prompt_tokens`, `completion_tokens`, `cache_read_tokens`, `cache_write_tokens` (and, in newer
-//! versions, `context_window`, which becomes the trace's window). `prompt_tokens` comes from
+//! versions, `context_window`, which becomes the trace's window; `metadata.llm_config.model`
+//! names the model). `prompt_tokens` comes from
 //! litellm, which already folds Anthropic's cache fields into it; a `prompt_tokens` smaller than
 //! the cache fields cannot hold them, and they are added. An instance without usage (it failed
 //! before its first call) is skipped with a warning.
@@ -11,7 +12,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Call, Ctx, Format, Location, Trace, TraceError, count, line_error};
+use super::{Call, Ctx, Format, Location, Trace, TraceError, count, line_error, note_model};
 
 const FORMAT: Format = Format::OpenHandsOutput;
 
@@ -21,6 +22,20 @@ struct Instance {
     instance_id: Option<Value>,
     /// Where the per-call usage is.
     metrics: Option<Metrics>,
+    /// The run's settings: `llm_config.model` names the model.
+    metadata: Option<Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Metadata {
+    /// The LLM settings of the run.
+    llm_config: Option<LlmConfig>,
+}
+
+#[derive(Deserialize)]
+struct LlmConfig {
+    /// The model the instance's calls went to.
+    model: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -123,11 +138,21 @@ pub(super) fn read(ctx: &Ctx, text: &str, one_document: bool) -> Result<Vec<Trac
             tracing::warn!(file = %ctx.path.display(), line = line_no, instance = %name, "instance without token usage; skipped");
             continue;
         }
+        let mut model = None;
+        note_model(
+            &mut model,
+            instance
+                .metadata
+                .as_ref()
+                .and_then(|m| m.llm_config.as_ref())
+                .and_then(|c| c.model.as_deref()),
+        );
         traces.push(Trace {
             name,
             format: FORMAT,
             calls,
             window,
+            model,
         });
     }
     if traces.is_empty() {

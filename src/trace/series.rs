@@ -8,12 +8,14 @@
 //! ```
 //!
 //! or CSV with a header naming `prompt_tokens` and `completion_tokens` (other columns are
-//! ignored). A JSON line may also carry `"window": N`, which then applies to the whole series.
+//! ignored). A JSON line may also carry `"window": N` (at least 1), which then applies to the
+//! whole series.
 //! Blank lines are skipped.
 
 use serde::Deserialize;
 
 use super::{Call, Ctx, Format, Location, Trace, TraceError, count};
+use crate::usage::UsageError;
 
 #[derive(Deserialize)]
 struct Line {
@@ -38,7 +40,11 @@ pub(super) fn read_jsonl(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError
             return Err(ctx.broken(F, at, "expected both prompt_tokens and completion_tokens"));
         };
         if let Some(w) = line.window {
-            window = Some(count(ctx, F, at, "window", w)?);
+            // Refused here, with its line, rather than later as a replay without a location.
+            match count(ctx, F, at, "window", w)? {
+                0 => return Err(ctx.bad_figure(F, at, UsageError::ZeroWindow)),
+                w => window = Some(w),
+            }
         }
         calls.push(Call {
             prompt_tokens: count(ctx, F, at, "prompt_tokens", p)?,

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay_with_series};
+use baton::provider::{Distrust, WindowSource};
 use baton::trace;
+use baton::UsageSource;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::chart::{Panel, draw};
@@ -29,7 +31,8 @@ pub struct Args {
     /// instance).
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
-    /// Context window in tokens; required when a trace does not record its own.
+    /// Context window in tokens. Without it, a trace's own window is used, else baton's table
+    /// for the model the trace names; required when neither applies.
     #[arg(long, value_name = "TOKENS")]
     window: Option<u64>,
     #[command(flatten)]
@@ -87,11 +90,39 @@ pub fn run(args: Args) -> Result<()> {
 
 fn write_table(out: &mut impl Write, r: &ReplayReport) -> Result<()> {
     let pct = |tokens: u64| format!("{tokens} ({:.1}%)", tokens as f64 * 100.0 / r.window as f64);
+    let window_from = match r.window_source {
+        WindowSource::User => String::new(),
+        WindowSource::KnownModel => format!(
+            " (baton's table for {})",
+            r.model.as_deref().unwrap_or("the model")
+        ),
+        _ => " (recorded in the trace)".to_owned(),
+    };
+    let source = match r.source {
+        UsageSource::Reported => "reported by the provider",
+        UsageSource::Estimated => "counted by baton",
+        UsageSource::Modelled => "modelled",
+    };
     writeln!(
         out,
-        "{}: {} calls, window {} tokens",
+        "{}: {} calls, window {} tokens{window_from}; figures {source}",
         r.trace, r.calls, r.window
     )?;
+    if let Some(first) = r.untrusted.first() {
+        writeln!(
+            out,
+            "  warning: {} untrustworthy figure(s), first at call {} ({})",
+            r.untrusted.len(),
+            first.call,
+            match first.why {
+                Distrust::NoReport => "no usage".to_owned(),
+                Distrust::ZeroPrompt => "prompt_tokens 0".to_owned(),
+                Distrust::Fell { previous, reported } => {
+                    format!("prompt fell from {previous} to {reported} while the conversation grew")
+                }
+            }
+        )?;
+    }
     if r.events.is_empty() {
         writeln!(
             out,
