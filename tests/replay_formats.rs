@@ -114,6 +114,44 @@ fn a_known_model_gives_the_window_when_the_trace_has_none() {
     assert_eq!((r["window"].as_u64(), &r["window_source"]), (Some(8192), &"user".into()));
 }
 
+/// The CSV sample records an Ollama cache hit (prompt_tokens 0) at call 3: the replay flags it
+/// in the table and in --json, and still replays the figures as recorded.
+#[test]
+fn an_untrustworthy_figure_is_flagged_in_the_table_and_the_json() {
+    let path = "tests/data/traces/series.csv";
+    let o = baton(&["replay", path, "--window", "4096", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["totals"]["untrusted_figures"], 1, "{r}");
+    assert_eq!(r["untrusted"][0]["call"], 3);
+    assert_eq!(r["untrusted"][0]["why"]["kind"], "zero_prompt");
+    assert_eq!(r["calls"], 4);
+    let o = baton(&["replay", path, "--window", "4096"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(
+        out.contains("warning: 1 untrustworthy figure(s), first at call 3 (prompt_tokens 0)"),
+        "{out}"
+    );
+}
+
+/// The own-made mini-swe-agent sample replays end to end and names its model.
+#[test]
+fn the_mini_swe_agent_sample_replays() {
+    let o = baton(&[
+        "replay",
+        "tests/data/traces/mini-swe-agent.traj.json",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(r["trace"], "sample__repo-901");
+    assert_eq!(r["calls"], 3);
+    assert_eq!(r["model"], "deepseek-chat");
+    assert_eq!(r["window_source"], "known_model");
+    assert_eq!(r["source"], "reported");
+}
+
 /// `--chart` writes one SVG with a panel per trace: the context line, both thresholds, and a
 /// marker per compaction (circle) and rotation (triangle).
 #[test]

@@ -5,7 +5,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use baton::UsageSource;
+use baton::{UsageError, UsageSource};
 use baton::provider::{Encoding, Message};
 use baton::trace::{self, Call, Format, Location, Trace, TraceError};
 
@@ -82,6 +82,72 @@ fn claude_code_adds_the_cache_and_merges_records_of_one_message() {
     // msg_s1 spans two records (output 2, then 88); the sidechain and the synthetic error
     // message are not calls of this context.
     assert_eq!(t.calls, calls(&[(4 + 15_000, 88), (6 + 120 + 15_000, 40)]));
+}
+
+#[test]
+fn mini_swe_agent_sample_reads_each_assistant_usage() {
+    let t = &read("mini-swe-agent.traj.json")[0];
+    assert_eq!(t.format, Format::MiniSweAgent);
+    assert_eq!(t.name, "sample__repo-901", "named by its instance_id");
+    // The prompt already holds DeepSeek's cache hits; system and observation messages are
+    // not calls.
+    assert_eq!(t.calls, calls(&[(1200, 40), (1310, 35), (1620, 28)]));
+    assert_eq!(t.window, None);
+    assert_eq!(t.model.as_deref(), Some("deepseek-chat"));
+}
+
+#[test]
+fn csv_series_sample_reads_its_columns_and_ignores_the_rest() {
+    let t = &read("series.csv")[0];
+    assert_eq!(t.format, Format::SeriesCsv);
+    assert_eq!(
+        t.calls,
+        calls(&[(1800, 60), (2100, 45), (0, 52), (2600, 70)])
+    );
+    assert_eq!((t.window, t.model.as_deref()), (None, None));
+}
+
+#[test]
+fn openhands_responses_without_an_id_are_counted_once_by_content() {
+    // Two responses without an id: each repeated on its observation, and the two differ.
+    let response = |n: u64| {
+        format!(
+            r#"{{"model": "gpt-4o", "created": {n}, "usage": {{"prompt_tokens": {}, "completion_tokens": 5}}}}"#,
+            n * 100
+        )
+    };
+    let event = |id: u64, kind: &str, n: u64| {
+        format!(
+            r#"{{"id": {id}, "{kind}": "run", "tool_call_metadata": {{"model_response": {}}}}}"#,
+            response(n)
+        )
+    };
+    let text = format!(
+        "[{}, {}, {}, {}]",
+        event(1, "action", 1),
+        event(2, "observation", 1),
+        event(3, "action", 2),
+        event(4, "observation", 2)
+    );
+    let t = &parse(&text).unwrap()[0];
+    assert_eq!(t.format, Format::OpenHandsEvents);
+    assert_eq!(t.calls, calls(&[(100, 5), (200, 5)]));
+    assert_eq!(t.model.as_deref(), Some("gpt-4o"));
+}
+
+#[test]
+fn codex_events_without_a_running_total_are_deduped_by_their_last_usage() {
+    let event = |input: u64| {
+        format!(
+            r#"{{"type": "event_msg", "payload": {{"type": "token_count", "info": {{"last_token_usage": {{"input_tokens": {input}, "output_tokens": 7, "total_tokens": {}}}}}}}}}"#,
+            input + 7
+        )
+    };
+    // The first event is re-emitted (a rate-limit update) before the next call.
+    let text = [event(900), event(900), event(1300)].join("\n");
+    let t = &parse(&text).unwrap()[0];
+    assert_eq!(t.format, Format::CodexRollout);
+    assert_eq!(t.calls, calls(&[(900, 7), (1300, 7)]));
 }
 
 #[test]
@@ -208,6 +274,84 @@ fn a_log_opening_with_records_that_name_no_format_is_still_recognised() {
 }
 
 // ===== error paths =====
+
+#[test]
+fn a_json_lines_file_with_a_corrupt_first_line_names_its_real_format() {
+    let good = std::fs::read_to_string(sample("claude-code.jsonl")).unwrap();
+    let text = format!("{{\"type\": \"summary\", \"summary\": \"cut\n{good}");
+    match parse(&text).unwrap_err() {
+        TraceError::Broken {
+            format,
+            at: Location::Line(line, _),
+            tried,
+            ..
+        } => {
+            assert_eq!(format, Format::ClaudeCode, "recognised by its later lines");
+            assert_eq!(line, 1);
+            assert!(tried.is_empty(), "not a guess: {tried:?}");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_guessed_format_is_said_to_be_a_guess_with_the_formats_tried() {
+    // One broken document that names no format's keys.
+    let err = parse("{\"something\": [1, 2,").unwrap_err();
+    let msg = err.to_string();
+    match &err {
+        TraceError::Broken { tried, .. } => assert_eq!(tried, &Format::ALL.to_vec()),
+        other => panic!("{other}"),
+    }
+    assert!(msg.contains("is a guess"), "{msg}");
+    for f in Format::ALL {
+        assert!(msg.contains(&f.to_string()), "{f} missing from: {msg}");
+    }
+    // A recognised format's error makes no such claim.
+    let recognised = parse("{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": \"x\"}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(!recognised.contains("guess"), "{recognised}");
+}
+
+#[test]
+fn a_series_window_of_zero_is_refused_at_its_line() {
+    let text = "{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": 2, \"completion_tokens\": 1, \"window\": 0}\n";
+    match parse(text).unwrap_err() {
+        TraceError::BadFigure {
+            format: Format::SeriesJsonl,
+            at: Location::Line(2, None),
+            source: UsageError::ZeroWindow,
+            ..
+        } => {}
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_mini_swe_agent_usage_without_completion_tokens_is_broken_at_its_call() {
+    let doc = serde_json::json!({
+        "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "extra": {"response": {"usage": {"prompt_tokens": 10, "completion_tokens": 2}}}},
+            {"role": "assistant", "extra": {"response": {"usage": {"prompt_tokens": 30}}}},
+        ]
+    });
+    let err = parse(&doc.to_string()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            TraceError::Broken {
+                format: Format::MiniSweAgent,
+                at: Location::Call(2),
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("completion_tokens"), "{msg}");
+}
 
 #[test]
 fn an_empty_file_is_an_error_of_every_reader() {

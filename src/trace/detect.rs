@@ -1,5 +1,6 @@
 //! Format detection from the content: the first line of JSON Lines, or the top-level keys of a
-//! single document.
+//! single document. A JSON Lines file whose first line is corrupt is still recognised by its
+//! next few lines, so that its error names the right format and line.
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -104,23 +105,23 @@ pub(super) fn detect(body: &str) -> Shape {
     if !first.starts_with('{') {
         return Shape::Document;
     }
+    let mut more = lines.take(SNIFF_LINES - 1).peekable();
     let Ok(keys) = serde_json::from_str::<Keys>(first) else {
-        // Not a complete object on its own line: a pretty-printed document (or a broken one).
-        return Shape::Document;
+        // Not a complete object on its own line: a pretty-printed document, a broken one, or
+        // JSON Lines whose first line is corrupt. Only the last has later lines that are
+        // objects of a line format (a pretty document's inner lines are not objects).
+        return match sniff(more) {
+            Some(f) => Shape::Lines(f),
+            None => Shape::Document,
+        };
     };
     if let Some(f) = keys.line_format() {
         return Shape::Lines(f);
     }
-    let mut more = lines.take(SNIFF_LINES - 1).peekable();
     if more.peek().is_none() {
         return Shape::Document;
     }
-    let found = more.find_map(|line| {
-        serde_json::from_str::<Keys>(line.trim())
-            .ok()
-            .and_then(|k| k.line_format())
-    });
-    match found {
+    match sniff(more) {
         Some(f) => Shape::Lines(f),
         None => Shape::UnknownLines(format!(
             "JSON Lines whose first object has the keys [{}]",
@@ -129,13 +130,23 @@ pub(super) fn detect(body: &str) -> Shape {
     }
 }
 
+/// The line format the first recognisable line among `lines` belongs to.
+fn sniff<'a>(mut lines: impl Iterator<Item = &'a str>) -> Option<Format> {
+    lines.find_map(|line| {
+        serde_json::from_str::<Keys>(line.trim())
+            .ok()
+            .and_then(|k| k.line_format())
+    })
+}
+
 /// The top-level keys of a document, read in one pass that stores nothing else.
 pub(super) fn document_keys(text: &str) -> Result<Keys, serde_json::Error> {
     serde_json::from_str(text)
 }
 
 /// The format a document that does not parse was most likely meant to be, judged from the
-/// keys its first few kilobytes mention.
+/// keys its first few kilobytes mention (mini-swe-agent when none is mentioned). Only a guess:
+/// errors built from it say so.
 pub(super) fn guess_broken(text: &str) -> Format {
     let head = match text.char_indices().nth(4096) {
         Some((i, _)) => &text[..i],

@@ -204,17 +204,21 @@ pub enum TraceError {
         /// What a trace of the detected format holds.
         expected: String,
     },
-    /// The format was recognised but the content is broken.
-    #[error("{path}: {format} trace broken at {at}: {message}")]
+    /// The content is broken. Normally its format was recognised first; when it broke before
+    /// anything named its format, `format` is a guess and `tried` lists every format considered.
+    #[error("{path}: {format} trace broken at {at}: {message}{}", guessed_note(*format, tried))]
     Broken {
         /// The file.
         path: PathBuf,
-        /// The format it was read as.
+        /// The format it was read as (or guessed to be, when `tried` is not empty).
         format: Format,
         /// Where.
         at: Location,
         /// What is wrong.
         message: String,
+        /// Empty when the format was recognised from the content; otherwise the formats tried
+        /// before `format` was guessed, so that the user is not misled by the guess.
+        tried: Vec<Format>,
     },
     /// A token figure is negative, fractional or absurd.
     #[error("{path}: {format} trace has a bad token figure at {at}: {source}")]
@@ -239,6 +243,22 @@ pub enum TraceError {
         /// What the content looked like.
         hint: String,
     },
+}
+
+/// The tail of a broken-file message whose format is only a guess.
+fn guessed_note(format: Format, tried: &[Format]) -> String {
+    if tried.is_empty() {
+        return String::new();
+    }
+    let names = tried
+        .iter()
+        .map(Format::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        " (the file broke before it showed its format: {format} is a guess from the keys it \
+         mentions; formats tried: {names})"
+    )
 }
 
 fn list_formats() -> String {
@@ -309,8 +329,8 @@ fn document(ctx: &Ctx, text: &str, body: &str) -> Result<Vec<Trace>, TraceError>
             "a JSON object without a messages list (mini-swe-agent) or a history (SWE-agent)",
         )),
         Err(e) if e.is_data() => Err(ctx.unknown(format!("a JSON document of another shape: {e}"))),
-        Err(e) => Err(ctx.broken(
-            detect::guess_broken(text),
+        Err(e) => Err(ctx.broken_guess(
+            text,
             Location::Line(e.line(), Some(e.column())),
             e.to_string(),
         )),
@@ -352,6 +372,18 @@ impl Ctx<'_> {
             format,
             at,
             message: message.into(),
+            tried: Vec::new(),
+        }
+    }
+
+    /// A broken file whose format could only be guessed: every format was considered.
+    fn broken_guess(&self, text: &str, at: Location, message: impl Into<String>) -> TraceError {
+        TraceError::Broken {
+            path: self.path.to_owned(),
+            format: detect::guess_broken(text),
+            at,
+            message: message.into(),
+            tried: Format::ALL.to_vec(),
         }
     }
 
