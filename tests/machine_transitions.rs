@@ -150,7 +150,10 @@ fn rotates_when_compaction_leaves_usage_at_compact_at() {
         panic!("the compaction result was refused");
     };
     let measure = step.compaction.expect("the compaction was measured");
-    assert!(measure.reduction > 0.11 && !measure.sufficient, "{measure:?}");
+    assert!(
+        measure.reduction > 0.11 && !measure.sufficient,
+        "{measure:?}"
+    );
     assert_eq!(
         step.transitions[0].reason,
         Some(RotationReason::InsufficientCompaction)
@@ -335,7 +338,9 @@ fn usage_over_the_window_rotates() {
         .find(|l| l.contains("usage exceeds the window"))
         .unwrap_or_else(|| panic!("no over-window warning in:\n{text}"));
     assert!(
-        warning.contains("WARN") && warning.contains("used=1500") && warning.contains("window=1000"),
+        warning.contains("WARN")
+            && warning.contains("used=1500")
+            && warning.contains("window=1000"),
         "{warning}"
     );
     pin!("usage_over_the_window_rotates", log);

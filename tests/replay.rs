@@ -5,9 +5,9 @@ mod support;
 use std::path::Path;
 use std::sync::Arc;
 
+use baton::provider::{Distrust, WindowSource, known_window};
 use baton::replay::{ReplayEventKind, ReplayOptions, replay};
 use baton::trace::{self, Call, Format, Trace, TraceError};
-use baton::provider::{Distrust, WindowSource, known_window};
 use baton::{Policy, RotationReason, UsageSource};
 
 fn data(name: &str) -> std::path::PathBuf {

@@ -111,7 +111,10 @@ fn a_known_model_gives_the_window_when_the_trace_has_none() {
     // The user's window still wins.
     let o = baton(&["replay", path, "--window", "8192", "--json"]);
     let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    assert_eq!((r["window"].as_u64(), &r["window_source"]), (Some(8192), &"user".into()));
+    assert_eq!(
+        (r["window"].as_u64(), &r["window_source"]),
+        (Some(8192), &"user".into())
+    );
 }
 
 /// The CSV sample records an Ollama cache hit (prompt_tokens 0) at call 3: the replay flags it

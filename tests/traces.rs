@@ -5,9 +5,9 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use baton::{UsageError, UsageSource};
 use baton::provider::{Encoding, Message};
 use baton::trace::{self, Call, Format, Location, Trace, TraceError};
+use baton::{UsageError, UsageSource};
 
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -308,9 +308,10 @@ fn a_guessed_format_is_said_to_be_a_guess_with_the_formats_tried() {
         assert!(msg.contains(&f.to_string()), "{f} missing from: {msg}");
     }
     // A recognised format's error makes no such claim.
-    let recognised = parse("{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": \"x\"}\n")
-        .unwrap_err()
-        .to_string();
+    let recognised =
+        parse("{\"prompt_tokens\": 1, \"completion_tokens\": 1}\n{\"prompt_tokens\": \"x\"}\n")
+            .unwrap_err()
+            .to_string();
     assert!(!recognised.contains("guess"), "{recognised}");
 }
 

@@ -351,7 +351,9 @@ fn litellm(u: &Map<String, Value>) -> Result<ReportedUsage, ProviderError> {
     let read = figure(p, u, "cache_read_input_tokens")?;
     // litellm folds Anthropic's cache fields into prompt_tokens (the shared OpenHands trace
     // shows 3601 = 6 + 160 + 3435). A prompt_tokens smaller than the cache fields cannot hold
-    // them: it is the raw input_tokens, and the cache is added.
+    // them: it is the raw input_tokens, and the cache is added. Limitation: a raw input_tokens
+    // at least as large as the cache fields looks folded and is left alone, understating the
+    // prompt by the cache (documented in docs/semantics.md).
     let cache = creation + read.unwrap_or(0);
     if r.prompt_tokens < cache {
         r.prompt_tokens += cache;

@@ -67,15 +67,14 @@ pub(super) fn read(ctx: &Ctx, text: &str) -> Result<Vec<Trace>, TraceError> {
         let at = Location::Call(calls.len() + 1);
         let response = m.extra.as_ref().and_then(|e| e.response.as_ref());
         note_model(&mut model, response.and_then(|r| r.model.as_deref()));
-        let usage = response
-            .and_then(|r| r.usage.as_ref())
-            .ok_or_else(|| {
-                ctx.broken(FORMAT, at, "assistant message without extra.response.usage")
-            })?;
+        let usage = response.and_then(|r| r.usage.as_ref()).ok_or_else(|| {
+            ctx.broken(FORMAT, at, "assistant message without extra.response.usage")
+        })?;
         // litellm always fills both figures; a usage without one is not a real response's, and
         // reading it as 0 would understate the context.
         let figure = |value: Option<f64>, field: &'static str| {
-            let value = value.ok_or_else(|| ctx.broken(FORMAT, at, format!("usage without {field}")))?;
+            let value =
+                value.ok_or_else(|| ctx.broken(FORMAT, at, format!("usage without {field}")))?;
             count(ctx, FORMAT, at, field, value)
         };
         calls.push(Call {

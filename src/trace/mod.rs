@@ -22,7 +22,9 @@
 //! a format's figures were reported by the provider or counted by baton.
 //!
 //! A missing, unreadable, empty, broken or unknown file is a [`TraceError`] that names the file,
-//! where it broke, and what was expected (for an unknown file: every format tried).
+//! where it broke, and what was expected (for an unknown file, and for a broken one whose format
+//! could only be guessed: every format tried). Where a format records the model, the trace
+//! keeps it ([`Trace::model`]).
 
 mod claude_code;
 mod codex;

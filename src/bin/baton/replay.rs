@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay_with_series};
-use baton::provider::{Distrust, WindowSource};
-use baton::trace;
 use baton::UsageSource;
+use baton::provider::{Distrust, WindowSource};
+use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay_with_series};
+use baton::trace;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::chart::{Panel, draw};
