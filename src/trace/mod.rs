@@ -258,8 +258,8 @@ fn guessed_note(format: Format, tried: &[Format]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        " (the file broke before it showed its format: {format} is a guess from the keys it \
-         mentions; formats tried: {names})"
+        " (the file broke before it showed its format, so {format} is a guess; formats tried: \
+         {names})"
     )
 }
 
