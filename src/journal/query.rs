@@ -27,7 +27,9 @@ pub struct Filter {
     pub work_item: Option<WorkItemId>,
     /// Rows about sessions of this agent type.
     pub agent_type: Option<String>,
-    /// Rotations for this reason (other listings ignore it).
+    /// Rotations for this reason; for the event log, the events of those rotations (their
+    /// steps, their record, their resumption after a restart). Sessions, compactions and work
+    /// items ignore it.
     pub reason: Option<RotationReason>,
     /// At or after this time (sessions: still open at it).
     pub since: Option<Timestamp>,
@@ -193,10 +195,11 @@ impl JournalReader {
             .map_err(|e| JournalError::sqlite(&e, &path))?;
         match schema::inspect(&conn, &path)? {
             Header::Journal(SCHEMA_VERSION) => Ok(Self { conn, path }),
-            Header::Journal(v) => Err(JournalError::BadRecord(format!(
-                "{} has schema version {v}; open it once for writing to migrate it",
-                path.display()
-            ))),
+            Header::Journal(found) => Err(JournalError::OlderSchema {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            }),
             Header::Empty => Err(JournalError::Foreign {
                 path,
                 application_id: 0,
@@ -501,7 +504,7 @@ impl<'a> JournalView<'a> {
         }
         if let Some(r) = f.reason {
             w.add(
-                "(kind != 'rotation' OR rotation IN (SELECT id FROM rotations WHERE reason = ?))",
+                "rotation IN (SELECT id FROM rotations WHERE reason = ?)",
                 [text(r.as_str())],
             );
         }
