@@ -64,8 +64,9 @@ pub struct SessionRow {
     pub started_at: Timestamp,
     /// When it ended.
     pub ended_at: Option<Timestamp>,
-    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, or `lost` (its
-    /// process died and recovery closed it).
+    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, `lost` (its
+    /// process died and recovery closed it), or `start_abandoned` (its start gave up on it before
+    /// it took its work item: its assign failed, or a shutdown began).
     pub end_reason: Option<String>,
 }
 
@@ -179,8 +180,10 @@ impl std::fmt::Debug for JournalReader {
 
 impl JournalReader {
     /// Opens the journal at `path` read-only. A missing file, a file that is not SQLite,
-    /// another program's database, and a journal from a newer baton are refused with a typed
-    /// error; nothing is ever written.
+    /// another program's database, a journal from a newer baton, and one from an older baton not
+    /// yet migrated are refused with a typed error; nothing is ever written. The file is not
+    /// scanned (a damaged page is reported as [`JournalError::Corrupt`] by the query that
+    /// reads it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
         let path = path.as_ref().to_owned();
         if !path.exists() {
