@@ -8,9 +8,13 @@
 //!   before sending the next (1 writer: one fsync per event; 64 writers: group commit);
 //! * a fleet with and without a file journal: submissions per second (all at once; with a
 //!   journal each returns once its item is durable), usage messages per second on the Normal
-//!   path (no event is published there), compactions per second (each waits for its start to be
-//!   durable; 3 records), and rotations per second (4 awaited steps; about 9 records). Each
-//!   phase starts with the journal idle.
+//!   path (no event is published there, so the journal costs nothing by construction),
+//!   compactions per second (each waits for its start to be durable; 3 records), rotations per
+//!   second (4 awaited steps; about 9 records), and usage messages per second when usage crosses
+//!   a threshold: a burst of reports to each rotated session whose last report crosses 80%, so
+//!   the journal writes a transition, a compaction and the transition back per session while
+//!   the burst is handled (timed until every compaction is recorded). Each phase starts with the
+//!   journal idle.
 //!
 //! Fleet size: `BATON_BENCH_SESSIONS` (default 10000). Under `cargo test --all-targets` (no
 //! `--bench` argument) it runs a small smoke version, to check that it works, in a few seconds.
@@ -110,26 +114,28 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(scale(10_000, 200));
     println!(
-        "\n{:>9} | {:>7} | {:>9} | {:>14} | {:>13} | {:>11} | {:>14}",
+        "\n{:>9} | {:>7} | {:>9} | {:>14} | {:>13} | {:>11} | {:>19} | {:>14}",
         "sessions",
         "journal",
         "submits/s",
         "usage msgs/s",
         "compactions/s",
         "rotations/s",
+        "threshold msgs/s",
         "records/commit"
     );
     for journaled in [false, true] {
         let path = dir.path().join(format!("fleet-{n}.db"));
         let row = actix::System::new().block_on(fleet(n, journaled.then_some(path)));
         println!(
-            "{:>9} | {:>7} | {:>9.0} | {:>14.0} | {:>13.0} | {:>11.0} | {:>14}",
+            "{:>9} | {:>7} | {:>9.0} | {:>14.0} | {:>13.0} | {:>11.0} | {:>19.0} | {:>14}",
             n,
             if journaled { "file" } else { "none" },
             row.submit_rate,
             row.usage_rate,
             row.compaction_rate,
             row.rotation_rate,
+            row.threshold_usage_rate,
             row.records_per_commit
                 .map_or("-".to_string(), |r| format!("{r:.0}"))
         );
@@ -141,6 +147,8 @@ struct Row {
     usage_rate: f64,
     compaction_rate: f64,
     rotation_rate: f64,
+    /// Usage messages per second in a burst whose last report per session crosses 80%.
+    threshold_usage_rate: f64,
     records_per_commit: Option<f64>,
 }
 
@@ -230,14 +238,45 @@ async fn fleet(n: usize, journal: Option<std::path::PathBuf>) -> Row {
     for h in &handles {
         h.report_usage(960_000, None, UsageSource::Reported);
     }
-    let mut rotations = 0;
-    while rotations < n {
+    let mut successors = Vec::with_capacity(n);
+    while successors.len() < n {
         if let Some(FleetEvent::Rotation(r)) = events.recv().await {
             assert!(r.success);
-            rotations += 1;
+            successors.push(r.new_session.expect("a successor"));
         }
     }
     let rotation_rate = n as f64 / t.elapsed().as_secs_f64();
+
+    // Usage that crosses a threshold: a burst to every successor, rising, whose last report
+    // crosses 80%; timed until every message is handled and every compaction recorded.
+    idle().await;
+    let mut handles: Vec<SessionHandle> = Vec::with_capacity(n);
+    for id in &successors {
+        // Registered before its rotation's record was published.
+        handles.push(supervisor.session(*id).await.expect("a live successor"));
+        runtime.grow(*id, 850_000).unwrap();
+    }
+    let t = Instant::now();
+    for round in 0..MESSAGES_PER_SESSION {
+        let used = if round + 1 == MESSAGES_PER_SESSION {
+            850_000
+        } else {
+            500_000 + round * 1_000
+        };
+        for h in &handles {
+            h.report_usage(used, None, UsageSource::Reported);
+        }
+    }
+    for h in &handles {
+        h.info().await.unwrap();
+    }
+    let mut compactions = 0;
+    while compactions < n {
+        if let Some(FleetEvent::Compaction(_)) = events.recv().await {
+            compactions += 1;
+        }
+    }
+    let threshold_usage_rate = (n as u64 * MESSAGES_PER_SESSION) as f64 / t.elapsed().as_secs_f64();
     if let Some(j) = &journal {
         j.flush().await.unwrap();
     }
@@ -252,6 +291,7 @@ async fn fleet(n: usize, journal: Option<std::path::PathBuf>) -> Row {
         usage_rate,
         compaction_rate,
         rotation_rate,
+        threshold_usage_rate,
         records_per_commit,
     }
 }

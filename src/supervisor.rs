@@ -448,12 +448,20 @@ impl Supervisor {
                 self.start_actor(session, id);
             }
             Ok(session) => {
+                self.note(Op::SpawnAbandoned {
+                    work_item: id,
+                    session,
+                });
                 self.close_at_runtime(session, ctx);
                 self.requeue(id, "shutting down".into());
             }
             Err(e) => {
                 tracing::warn!(work_item = %id, error = %e, "could not start a session");
                 if let Some(s) = spawned {
+                    self.note(Op::SpawnAbandoned {
+                        work_item: id,
+                        session: s,
+                    });
                     self.close_at_runtime(s, ctx);
                 }
                 self.item(id).attempts += 1;

@@ -287,7 +287,8 @@ async fn check_running(
             other => panic!("{other:?}"),
         };
         assert_eq!(row.place, expected, "{when}: journal place of {id}");
-        if session.is_some() {
+        if session.is_some() || expected == "queued" {
+            // A queued item has no session; a held or finished one has its own.
             assert_eq!(row.session, session, "{when}: journal holder of {id}");
         }
     }
@@ -408,6 +409,58 @@ fn check_files(dir: &Path) {
     for (session, s) in &seqs {
         let expected: Vec<u64> = (1..=s.len() as u64).collect();
         assert_eq!(s, &expected, "transitions of s{session}");
+    }
+
+    // Sessions and items: each start, finish and crash recorded once, none missing.
+    let count = |kind: &str, key: fn(&baton::journal::EventRow) -> Option<u64>| {
+        let mut n: HashMap<u64, usize> = HashMap::new();
+        for e in events.iter().filter(|e| e.kind == kind) {
+            *n.entry(key(e).expect("the event names its subject"))
+                .or_default() += 1;
+        }
+        n
+    };
+    let announced = count("session_started", |e| e.session.map(|s| s.0));
+    let crashed = count("crashed", |e| e.session.map(|s| s.0));
+    let finished = count("work_item_done", |e| e.work_item.map(|w| w.0));
+    for s in &sessions {
+        let id = s.session.0;
+        let n = announced.get(&id).copied().unwrap_or(0);
+        assert!(n <= 1, "s{id}: {n} session_started events");
+        if seqs.contains_key(&id) {
+            assert_eq!(
+                n, 1,
+                "s{id} ran (it has transitions) but was never announced"
+            );
+        }
+        assert!(
+            crashed.get(&id).copied().unwrap_or(0) <= 1,
+            "s{id} crashed twice"
+        );
+        assert_eq!(s.state, "closed", "s{id} left open: {s:?}");
+    }
+    for i in &items {
+        assert_eq!(
+            finished.get(&i.work_item.0),
+            Some(&1),
+            "{}: work_item_done events",
+            i.work_item
+        );
+    }
+    // A requeue puts an item back in the queue: the next one comes after a session took it.
+    let mut queued_again: HashMap<u64, bool> = HashMap::new();
+    for e in &events {
+        let Some(w) = e.work_item else { continue };
+        match e.kind.as_str() {
+            "work_item_requeued" => {
+                let twice = queued_again.insert(w.0, true).unwrap_or(false);
+                assert!(!twice, "{w} requeued twice without a start between: {e:?}");
+            }
+            "session_started" => {
+                queued_again.insert(w.0, false);
+            }
+            _ => {}
+        }
     }
 
     // Compactions: each one that took effect at the runtime has its record; one that a crash
@@ -564,7 +617,9 @@ fn fresh_dir() -> (tempfile::TempDir, PathBuf) {
 
 /// Every point of a rotation and of a compaction, by the name the child knows it: journal
 /// commits (the step is durable, nothing after it has happened) and runtime calls (the call
-/// took effect at the runtime, baton has not heard back).
+/// took effect at the runtime, baton has not heard back). The first occurrences of `spawn` and
+/// `assign` are work items' starts, which come before any rotation: the kills at a rotation's
+/// own spawn and assign are the next test's.
 const POINTS: &[&str] = &[
     // Rotation, in order.
     "transition_to_rotating",
@@ -597,6 +652,95 @@ fn a_fleet_killed_at_any_step_of_a_rotation_or_a_compaction_recovers_to_completi
             spawn_child(&dir, Some(&at)).kill_at_marker(&at);
             spawn_child(&dir, None).finish();
             check_files(&dir);
+        }
+    }
+}
+
+/// A rotation open when the child was killed, with the spawn key its intent recorded.
+fn open_rotations(dir: &Path) -> Vec<(baton::journal::RotationRow, u64)> {
+    let reader = JournalReader::open(dir.join("baton.db")).unwrap();
+    let v = reader.view();
+    let all = Filter::default();
+    let keys: HashMap<u64, u64> = v
+        .events(&all)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == "rotation_started")
+        .map(|e| {
+            (
+                e.rotation.unwrap().0,
+                e.payload["spawn_key"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    v.rotations(&all)
+        .unwrap()
+        .into_iter()
+        .filter(|r| !r.step.is_final())
+        .map(|r| {
+            let key = keys[&r.rotation.0];
+            (r, key)
+        })
+        .collect()
+}
+
+#[test]
+fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_key() {
+    // The first ITEMS spawns and assigns are the items' starts (all four start before any
+    // session is driven); occurrences ITEMS+1 and ITEMS+2 are rotations'. Each kill is checked
+    // to have hit a rotation at the expected step.
+    for (point, step) in [
+        ("spawn", RotationStep::Handoff),
+        ("assign", RotationStep::Spawned),
+    ] {
+        for n in [ITEMS + 1, ITEMS + 2] {
+            let at = format!("{point}:{n}");
+            eprintln!("killed at {at}");
+            let (_keep, dir) = fresh_dir();
+            spawn_child(&dir, Some(&at)).kill_at_marker(&at);
+            // The runtime made the successor (spawn) or gave it the item (assign); the journal
+            // has not heard back.
+            let agents = State::load(&dir.join("runtime.json"));
+            let hit = open_rotations(&dir).into_iter().find_map(|(r, key)| {
+                let successor = *agents.spawned.get(&key)?;
+                let sim = &agents.sessions[&successor];
+                let assigned = sim.item.as_ref().map(|i| i.id) == Some(r.work_item);
+                let expected = match point {
+                    "spawn" => !assigned && r.new_session.is_none(),
+                    _ => assigned && r.new_session == Some(SessionId(successor)),
+                };
+                (r.step == step && expected).then_some((r.rotation, key, successor))
+            });
+            let (rotation, key, successor) =
+                hit.unwrap_or_else(|| panic!("{at} did not stop a rotation at its {point}"));
+
+            spawn_child(&dir, None).finish();
+            check_files(&dir);
+            let agents = State::load(&dir.join("runtime.json"));
+            let reader = JournalReader::open(dir.join("baton.db")).unwrap();
+            let rotations = reader.view().rotations(&Filter::default()).unwrap();
+            let r = rotations.iter().find(|r| r.rotation == rotation).unwrap();
+            assert_eq!(r.step, RotationStep::Done, "{at}: {r:?}");
+            assert_eq!(
+                r.new_session,
+                Some(SessionId(successor)),
+                "{at}: the successor spawned before the kill was adopted"
+            );
+            assert_eq!(
+                agents.sessions.values().filter(|s| s.key == key).count(),
+                1,
+                "{at}: one successor for the rotation"
+            );
+            let spawn_calls = agents.spawn_calls[&key];
+            match point {
+                // Resumed from its handoff: spawned again with its key, and given the same one.
+                "spawn" => assert_eq!(spawn_calls, 2, "{at}"),
+                // Resumed from its successor: not spawned again, assigned again.
+                _ => {
+                    assert_eq!(spawn_calls, 1, "{at}");
+                    assert_eq!(agents.sessions[&successor].assigns, 2, "{at}");
+                }
+            }
         }
     }
 }

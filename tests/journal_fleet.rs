@@ -669,3 +669,213 @@ async fn a_full_journal_is_reported_once_and_the_fleet_goes_on_without_it() {
         ),
     }
 }
+
+/// How the work item leaves a rotation that is still under way (its successor spawned, the
+/// successor's assign hanging) before the crash.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LeftBy {
+    /// The orchestrator closes the rotating session: the item is done.
+    Close,
+    /// A shutdown closes it: the item goes back to the queue.
+    Shutdown,
+}
+
+#[test]
+fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_closed() {
+    for left_by in [LeftBy::Close, LeftBy::Shutdown] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        // Assign call 2 (the successor's) never returns: the rotation stays at `spawned`.
+        let runtime = memory(vec![hang(Op::Assign, 2)]);
+        let rt = runtime.clone();
+        let p = path.clone();
+        on_a_system(move || async move {
+            let journal = journal_file(&p);
+            let sup = start(&rt, journal.clone(), config());
+            let mut events = sup.subscribe();
+            sup.submit(item(1, "sonnet")).await.unwrap();
+            let s1 = started(&mut events, 1).await;
+            report(&sup, &rt, s1, 960).await;
+            until(&journal, "the successor", |v| {
+                v.rotations(&Filter::default())
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.step == RotationStep::Spawned)
+            })
+            .await;
+            while rt.calls(Op::Assign) < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            match left_by {
+                LeftBy::Close => {
+                    sup.close(s1).await.unwrap();
+                    until(&journal, "the item done", |v| {
+                        v.work_items(&Filter::default()).unwrap()[0].place == "done"
+                    })
+                    .await;
+                }
+                LeftBy::Shutdown => {
+                    // The hanging rotation keeps the shutdown from finishing: it times out.
+                    let report = sup.shutdown(Duration::from_millis(200)).await;
+                    assert!(!report.clean);
+                }
+            }
+            journal.flush().await.unwrap();
+            // The journal, as the crash leaves it: the item has left the rotation, which is
+            // still at `spawned` with its successor recorded.
+            let (items, rotations) = journal
+                .read(|v| {
+                    Ok((
+                        v.work_items(&Filter::default())?,
+                        v.rotations(&Filter::default())?,
+                    ))
+                })
+                .await
+                .unwrap();
+            let expected = match left_by {
+                LeftBy::Close => "done",
+                LeftBy::Shutdown => "queued",
+            };
+            assert_eq!(items[0].place, expected, "{left_by:?}");
+            assert_eq!(rotations[0].step, RotationStep::Spawned, "{left_by:?}");
+        });
+        let successor = SessionId(2);
+        assert!(!runtime.session(successor).unwrap().closed);
+
+        let rt = runtime.clone();
+        let p = path.clone();
+        let (log, inv) = on_a_system(move || async move {
+            let sup = start(&rt, journal_file(&p), config());
+            let mut events = sup.subscribe();
+            let mut log = wait_for(&mut events, "the left-behind rotation's record", |e| {
+                matches!(e, FleetEvent::Rotation(_))
+            })
+            .await;
+            let inv = settle(&sup).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while let Ok(e) = events.try_recv() {
+                log.push(e);
+            }
+            sup.shutdown(Duration::from_secs(5)).await;
+            (log, inv)
+        });
+        let FleetEvent::Rotation(r) = log
+            .iter()
+            .find(|e| matches!(e, FleetEvent::Rotation(_)))
+            .unwrap()
+        else {
+            unreachable!()
+        };
+        assert!(!r.success, "{left_by:?}: {r:?}");
+        assert!(
+            r.error.as_deref().unwrap().contains("left the rotation"),
+            "{r:?}"
+        );
+        assert!(
+            runtime.session(successor).unwrap().closed,
+            "{left_by:?}: the recorded successor was closed at the runtime"
+        );
+        assert!(runtime.session(SessionId(1)).unwrap().closed, "{left_by:?}");
+        match left_by {
+            LeftBy::Close => {
+                assert_eq!(inv.items[0].1, Place::Done(SessionId(1)));
+                assert!(recovered(&log).is_empty(), "a done item is not recovered");
+            }
+            LeftBy::Shutdown => {
+                assert!(
+                    matches!(inv.items[0].1, Place::Live(s) if s.0 > 2),
+                    "{:?}",
+                    inv.items
+                );
+                assert_eq!(
+                    recovered(&log),
+                    vec![(WorkItemId(1), RecoveryOutcome::Queued)]
+                );
+            }
+        }
+        let reader = baton::JournalReader::open(path.join("baton.db")).unwrap();
+        let v = reader.view();
+        let rotations = v.rotations(&Filter::default()).unwrap();
+        assert_eq!(rotations[0].step, RotationStep::Failed, "{left_by:?}");
+        assert_eq!(rotations[0].new_session, Some(successor));
+        let sessions = v.sessions(&Filter::default()).unwrap();
+        let row = sessions.iter().find(|s| s.session == successor).unwrap();
+        assert_eq!(
+            (row.state.as_str(), row.end_reason.as_deref()),
+            ("closed", Some("rotation_failed")),
+            "{left_by:?}"
+        );
+        assert!(
+            sessions.iter().all(|s| s.state == "closed"),
+            "{left_by:?}: {sessions:?}"
+        );
+        assert!(
+            runtime.open_sessions().is_empty(),
+            "{left_by:?}: no agent left open"
+        );
+    }
+}
+
+#[test]
+fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    // Assign takes a while: the shutdown begins while the start is under way.
+    let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        base_tokens: 100,
+        latency: HashMap::from([(Op::Assign, Duration::from_millis(150))]),
+        ..MemoryConfig::default()
+    }));
+    let rt = runtime.clone();
+    let p = path.clone();
+    on_a_system(move || async move {
+        let sup = start(&rt, journal_file(&p), config());
+        sup.submit(item(1, "sonnet")).await.unwrap();
+        while rt.calls(Op::Assign) < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(sup.shutdown(Duration::from_secs(5)).await.clean);
+    });
+    let first = SessionId(1);
+    assert!(
+        runtime.session(first).unwrap().closed,
+        "the start's session was closed at shutdown"
+    );
+    let rt = runtime.clone();
+    let p = path.clone();
+    let (log, inv) = on_a_system(move || async move {
+        let sup = start(&rt, journal_file(&p), config());
+        let mut events = sup.subscribe();
+        let log = wait_for(&mut events, "item 1 started", |e| {
+            matches!(e, FleetEvent::SessionStarted { .. })
+        })
+        .await;
+        let inv = settle(&sup).await;
+        sup.shutdown(Duration::from_secs(5)).await;
+        (log, inv)
+    });
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, FleetEvent::WorkItemRequeued { .. })),
+        "no failed start: {log:#?}"
+    );
+    let FleetEvent::SessionStarted { session, .. } = log.last().unwrap() else {
+        unreachable!()
+    };
+    assert_ne!(*session, first, "a fresh session, not the closed one");
+    assert_eq!(
+        (runtime.calls(Op::Spawn), runtime.calls(Op::Assign)),
+        (2, 2),
+        "one spawn and one assign per start"
+    );
+    assert!(matches!(inv.items[0].1, Place::Live(s) if s == *session));
+    let reader = baton::JournalReader::open(path.join("baton.db")).unwrap();
+    let items = reader.view().work_items(&Filter::default()).unwrap();
+    assert_eq!(items[0].attempts, 0, "no attempt was charged");
+    let sessions = reader.view().sessions(&Filter::default()).unwrap();
+    assert_eq!(
+        sessions[0].end_reason.as_deref(),
+        Some("start_abandoned"),
+        "{sessions:?}"
+    );
+}

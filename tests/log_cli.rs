@@ -126,6 +126,24 @@ fn log_filters_by_session_item_agent_type_reason_and_time() {
         lines(&["log", &path, "--json", "--reason", "threshold"]).len(),
         1
     );
+    // On the event log, --reason keeps the events of those rotations and nothing else.
+    let kinds: Vec<String> = lines(&["log", &path, "events", "--json", "--reason", "threshold"])
+        .iter()
+        .map(|e| {
+            assert_eq!(e["rotation"], 1, "{e}");
+            e["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "rotation_started",
+            "rotation_handoff",
+            "rotation_successor",
+            "rotation"
+        ]
+    );
+    assert!(lines(&["log", &path, "events", "--json", "--reason", "manual"]).is_empty());
     let item2 = lines(&["log", &path, "compactions", "--json", "--work-item", "2"]);
     assert!(item2.is_empty());
     assert_eq!(
@@ -195,6 +213,32 @@ fn log_refuses_missing_corrupt_foreign_and_newer_files_with_clear_errors() {
         .unwrap()
         .pragma_update(None, "user_version", 99)
         .unwrap();
+    // A journal whose pages past the first (the header and the schema) are damaged.
+    let corrupt = p("corrupt.db");
+    {
+        let journal = Journal::open(&corrupt).unwrap();
+        for _ in 0..300 {
+            journal.record(&FleetEvent::RuntimeWarning {
+                session: baton::SessionId(1),
+                error: "the agent did not answer in time".repeat(4),
+            });
+        }
+    }
+    let mut bytes = std::fs::read(&corrupt).unwrap();
+    assert!(bytes.len() > 4 * 4096, "{} bytes", bytes.len());
+    for b in &mut bytes[4096..] {
+        *b = 0xA5;
+    }
+    std::fs::write(&corrupt, &bytes).unwrap();
+    // A baton journal from before schema version 1.
+    let older = p("older.db");
+    {
+        let c = rusqlite::Connection::open(&older).unwrap();
+        c.execute_batch("CREATE TABLE work_items (id INTEGER PRIMARY KEY);")
+            .unwrap();
+        c.pragma_update(None, "application_id", baton::journal::APPLICATION_ID)
+            .unwrap();
+    }
     for (file, expected) in [
         (p("missing.db"), "no journal at"),
         (notes, "is not a SQLite database"),
@@ -203,6 +247,11 @@ fn log_refuses_missing_corrupt_foreign_and_newer_files_with_clear_errors() {
             "not a baton journal (application_id 0x0000002a, 1 tables)",
         ),
         (newer, "schema version 99, newer than this baton's 1"),
+        (corrupt, "is corrupt"),
+        (
+            older,
+            "schema version 0, older than this baton's 1: open it once for writing",
+        ),
     ] {
         let o = baton(&["log", &file]);
         assert!(!o.status.success(), "{file}");

@@ -55,6 +55,20 @@ pub enum JournalError {
         /// The newest version this build knows.
         supported: i32,
     },
+    /// The journal was written by an older baton and has not been migrated yet: a reader
+    /// never migrates (it never writes), so it asks for the journal to be opened for writing
+    /// once ([`Journal::open`](super::Journal::open) migrates it).
+    #[error(
+        "{path} has journal schema version {found}, older than this baton's {supported}: open it once for writing (a supervisor with this journal) to migrate it"
+    )]
+    OlderSchema {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version (`PRAGMA user_version`).
+        found: i32,
+        /// The version this build reads.
+        supported: i32,
+    },
     /// Another process has the journal open for writing.
     #[error("{path} is in use by another baton process (lock file {lock} is held)")]
     InUse {
@@ -75,13 +89,22 @@ pub enum JournalError {
         /// What failed.
         message: String,
     },
-    /// Any other SQLite failure.
+    /// SQLite refused one statement for what it held (a constraint it breaks, a value too big
+    /// or of the wrong type): only the record that ran it is lost; the journal goes on.
+    #[error("the journal refused a record ({message})")]
+    Refused {
+        /// What SQLite said.
+        message: String,
+    },
+    /// Any other SQLite failure (out of memory, a read-only or locked file, a broken schema,
+    /// ...): the journal cannot be trusted to go on.
     #[error("SQLite error on the journal: {message}")]
     Sqlite {
         /// What SQLite said.
         message: String,
     },
-    /// A stored record could not be decoded (written by a buggy or tampered-with program).
+    /// A record could not be encoded or decoded, or makes no sense against what is stored (a
+    /// rotation finished without its intent): written by a buggy or tampered-with program.
     #[error("bad record in the journal: {0}")]
     BadRecord(String),
     /// An earlier write failed, so the journal refuses all later ones: what is on disk stays a
@@ -108,14 +131,23 @@ impl JournalError {
             },
             Some(ErrorCode::DiskFull) => Self::DiskFull { message },
             Some(ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => Self::Io { message },
+            Some(
+                ErrorCode::ConstraintViolation
+                | ErrorCode::TooBig
+                | ErrorCode::TypeMismatch
+                | ErrorCode::ParameterOutOfRange,
+            ) => Self::Refused { message },
             _ => Self::Sqlite { message },
         }
     }
 
-    /// Whether the journal can go on after this error. A failed statement (a constraint, a bad
-    /// record) only loses its own write; a full disk, an I/O error or damage stops the journal.
+    /// Whether the journal must stop after this error. Only a record's own fault (a statement
+    /// SQLite refused for what it held, a record that makes no sense) loses just that record;
+    /// everything else (a full disk, an I/O error, damage, out of memory, a read-only or locked
+    /// file, any SQLite failure not known to be a record's own) stops the journal, so that what
+    /// is on disk stays a prefix of what was sent.
     pub(crate) fn is_fatal(&self) -> bool {
-        !matches!(self, Self::Sqlite { .. } | Self::BadRecord(_))
+        !matches!(self, Self::Refused { .. } | Self::BadRecord(_))
     }
 }
 

@@ -86,6 +86,11 @@ pub struct JournalOptions {
     pub max_bytes: Option<u64>,
     /// See [`CommitHook`]. Default: none.
     pub on_commit: Option<CommitHook>,
+    /// Check every page of an existing file when it is opened (`PRAGMA quick_check`), so that
+    /// damage anywhere in it is refused ([`JournalError::Corrupt`]) before a supervisor
+    /// recovers from it or writes to it. It reads the whole file: about 0.3 s per 250 MB from
+    /// the page cache, longer from a cold disk. Default: on.
+    pub check_at_open: bool,
 }
 
 impl Default for JournalOptions {
@@ -94,6 +99,7 @@ impl Default for JournalOptions {
             max_batch: 4096,
             max_bytes: None,
             on_commit: None,
+            check_at_open: true,
         }
     }
 }
@@ -104,6 +110,7 @@ impl std::fmt::Debug for JournalOptions {
             .field("max_batch", &self.max_batch)
             .field("max_bytes", &self.max_bytes)
             .field("on_commit", &self.on_commit.is_some())
+            .field("check_at_open", &self.check_at_open)
             .finish()
     }
 }
@@ -158,8 +165,9 @@ impl Journal {
     }
 
     /// Opens (or creates) the journal file at `path`. A new file is created owner-only. A file
-    /// that is not SQLite, another program's database, a journal from a newer baton, or a
-    /// journal another process is writing is refused with a typed error and left untouched.
+    /// that is not SQLite, another program's database, a journal from a newer baton, a journal
+    /// another process is writing, or (with [`JournalOptions::check_at_open`]) a journal damaged
+    /// anywhere is refused with a typed error and left untouched.
     pub fn open_with(
         path: impl AsRef<Path>,
         options: JournalOptions,
@@ -177,6 +185,9 @@ impl Journal {
         // Look before writing anything: a foreign or newer file must stay as it is.
         let header = schema::inspect(&conn, &path)?;
         let lock = lock(&path)?;
+        if options.check_at_open && header != schema::Header::Empty {
+            quick_check(&conn, &path)?;
+        }
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
             .map_err(sql)?;
@@ -430,6 +441,28 @@ fn lock(path: &Path) -> Result<std::fs::File, JournalError> {
             }
         }
     }
+}
+
+/// `PRAGMA quick_check`: every page of the file is read and its structure checked (not the
+/// index contents, which `integrity_check` also compares, at about ten times the cost).
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), JournalError> {
+    let sql = |e: rusqlite::Error| JournalError::sqlite(&e, path);
+    let started = std::time::Instant::now();
+    let mut stmt = conn.prepare("PRAGMA quick_check(10)").map_err(sql)?;
+    let problems = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(sql)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql)?;
+    tracing::debug!(path = %path.display(), elapsed = ?started.elapsed(), "journal checked");
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    tracing::error!(path = %path.display(), ?problems, "the journal is damaged");
+    Err(JournalError::Corrupt {
+        path: path.to_owned(),
+        message: problems.join("; "),
+    })
 }
 
 /// Applies [`JournalOptions::max_bytes`].

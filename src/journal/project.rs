@@ -71,6 +71,16 @@ pub(crate) enum Op {
         /// The session.
         session: SessionId,
     },
+    /// A start gave up on the session its spawn returned (its assign failed, or a shutdown
+    /// began): the session is recorded, closed, and is closed at the runtime next, so its item's
+    /// spawn key is no longer pending. A restart closes the session again if that close was cut
+    /// short, and never reuses the key (which would hand back this closed session).
+    SpawnAbandoned {
+        /// The item the start was for.
+        work_item: WorkItemId,
+        /// The session the spawn returned.
+        session: SessionId,
+    },
 }
 
 /// What a rotation's first step records: enough to resume it after a crash.
@@ -123,6 +133,7 @@ impl Write {
             Write::Op(Op::RotationSuccessor { .. }) => "rotation_successor",
             Write::Op(Op::RotationDone { .. }) => "rotation_done",
             Write::Op(Op::Released { .. }) => "released",
+            Write::Op(Op::SpawnAbandoned { .. }) => "spawn_abandoned",
         }
     }
 }
@@ -173,6 +184,8 @@ pub(crate) fn apply(
         Write::Op(op) => apply_op(conn, at, op),
     };
     r.map_err(|f| match f {
+        // Not SQLite's own failure: a stored value that does not read back as it should.
+        Fault::Sql(e) if e.sqlite_error_code().is_none() => JournalError::BadRecord(e.to_string()),
         Fault::Sql(e) => JournalError::sqlite(&e, path),
         Fault::Json(e) => JournalError::BadRecord(e.to_string()),
         Fault::Invalid(m) => JournalError::BadRecord(m),
@@ -241,15 +254,22 @@ fn item_of(conn: &Connection, session: SessionId) -> Result<Option<WorkItemId>, 
         .map(|w| WorkItemId(w as u64)))
 }
 
-/// Back to the queue. A pending spawn key is kept: if its session's close was cut short by a
-/// crash, recovery reuses the key and finds that session again rather than leaving it open.
+/// Back to the end of the queue. An item already queued at the end stays where it is, so a
+/// requeue delivered twice (or after a failed rotation's record, which requeues the item
+/// itself) changes nothing. A pending spawn key is kept: a start that failed before its spawn
+/// returned may still have made a session, which a restart finds again through the key (a
+/// session the spawn did return is recorded by [`Op::SpawnAbandoned`], which clears the key).
 fn requeue(conn: &Connection, at: i64, item: WorkItemId, reason: Option<&str>) -> Applied {
     conn.prepare_cached(
         "UPDATE work_items SET place = 'queued', session = NULL,
              reason = coalesce(?3, reason),
-             queue_seq = (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items),
+             queue_seq = CASE
+                 WHEN place = 'queued' AND queue_seq = (SELECT max(queue_seq) FROM work_items)
+                 THEN queue_seq
+                 ELSE (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items) END,
              updated_at = ?2
-         WHERE id = ?1",
+         WHERE id = ?1 AND NOT (place = 'queued' AND reason IS coalesce(?3, reason)
+                                AND queue_seq = (SELECT max(queue_seq) FROM work_items))",
     )?
     .execute(params![sql_id(item.0), at, reason])?;
     Ok(())
@@ -464,8 +484,11 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
 
 /// A rotation record published on the bus. A successful rotation's record was already written
 /// by its final step (same `dedup` key): nothing to do. A failed one finishes its rotation row
-/// (or creates it, for a rotation refused before any step, such as a spent budget), and gives
-/// the work item the handoff it had reached, so that the next session starts from it.
+/// (or creates it, for a rotation refused before any step, such as a spent budget), closes the
+/// old session, and, if the item is still the rotation's, puts it back in the queue with the
+/// handoff the rotation had reached, all in this one transaction: the item is never left
+/// rotating under a closed session. (The supervisor's `WorkItemRequeued` that follows finds
+/// it queued already and changes nothing.)
 fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &str) -> Applied {
     let dedup = format!("rotation:{}", r.rotation.0);
     let fresh = insert_event(
@@ -542,15 +565,24 @@ fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &s
                     at
                 ])?;
             }
-            if let Some(handoff) = handoff.filter(|_| !r.success) {
+            if !r.success {
+                let reason = format!(
+                    "rotation failed: {}",
+                    r.error.as_deref().unwrap_or("no error recorded")
+                );
                 conn.prepare_cached(
-                    "UPDATE work_items SET handoff = ?3
+                    "UPDATE work_items SET place = 'queued', session = NULL,
+                         handoff = coalesce(?3, handoff), reason = ?4,
+                         queue_seq = (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items),
+                         updated_at = ?5
                      WHERE id = ?1 AND place = 'rotating' AND session = ?2",
                 )?
                 .execute(params![
                     sql_id(r.work_item.0),
                     sql_id(r.old_session.0),
-                    handoff
+                    handoff,
+                    reason,
+                    at
                 ])?;
             }
         }
@@ -675,6 +707,18 @@ fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
         Op::Released { session } => {
             conn.prepare_cached("UPDATE sessions SET released = 1 WHERE id = ?1")?
                 .execute([sql_id(session.0)])?;
+        }
+        Op::SpawnAbandoned { work_item, session } => {
+            conn.prepare_cached(
+                "INSERT INTO sessions (id, agent_type, work_item, state, phase, started_at,
+                     ended_at, end_reason)
+                 SELECT ?1, agent_type, id, 'closed', 'Normal', ?3, ?3, 'start_abandoned'
+                 FROM work_items WHERE id = ?2
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![sql_id(session.0), sql_id(work_item.0), at])?;
+            conn.prepare_cached("UPDATE work_items SET pending_spawn_key = NULL WHERE id = ?1")?
+                .execute([sql_id(work_item.0)])?;
         }
     }
     Ok(())

@@ -27,7 +27,9 @@ pub struct Filter {
     pub work_item: Option<WorkItemId>,
     /// Rows about sessions of this agent type.
     pub agent_type: Option<String>,
-    /// Rotations for this reason (other listings ignore it).
+    /// Rotations for this reason; for the event log, the events of those rotations (their
+    /// steps, their record, their resumption after a restart). Sessions, compactions and work
+    /// items ignore it.
     pub reason: Option<RotationReason>,
     /// At or after this time (sessions: still open at it).
     pub since: Option<Timestamp>,
@@ -62,8 +64,9 @@ pub struct SessionRow {
     pub started_at: Timestamp,
     /// When it ended.
     pub ended_at: Option<Timestamp>,
-    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, or `lost` (its
-    /// process died and recovery closed it).
+    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, `lost` (its
+    /// process died and recovery closed it), or `start_abandoned` (its start gave up on it before
+    /// it took its work item: its assign failed, or a shutdown began).
     pub end_reason: Option<String>,
 }
 
@@ -177,8 +180,10 @@ impl std::fmt::Debug for JournalReader {
 
 impl JournalReader {
     /// Opens the journal at `path` read-only. A missing file, a file that is not SQLite,
-    /// another program's database, and a journal from a newer baton are refused with a typed
-    /// error; nothing is ever written.
+    /// another program's database, a journal from a newer baton, and one from an older baton not
+    /// yet migrated are refused with a typed error; nothing is ever written. The file is not
+    /// scanned (a damaged page is reported as [`JournalError::Corrupt`] by the query that
+    /// reads it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
         let path = path.as_ref().to_owned();
         if !path.exists() {
@@ -193,10 +198,11 @@ impl JournalReader {
             .map_err(|e| JournalError::sqlite(&e, &path))?;
         match schema::inspect(&conn, &path)? {
             Header::Journal(SCHEMA_VERSION) => Ok(Self { conn, path }),
-            Header::Journal(v) => Err(JournalError::BadRecord(format!(
-                "{} has schema version {v}; open it once for writing to migrate it",
-                path.display()
-            ))),
+            Header::Journal(found) => Err(JournalError::OlderSchema {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            }),
             Header::Empty => Err(JournalError::Foreign {
                 path,
                 application_id: 0,
@@ -501,7 +507,7 @@ impl<'a> JournalView<'a> {
         }
         if let Some(r) = f.reason {
             w.add(
-                "(kind != 'rotation' OR rotation IN (SELECT id FROM rotations WHERE reason = ?))",
+                "rotation IN (SELECT id FROM rotations WHERE reason = ?)",
                 [text(r.as_str())],
             );
         }

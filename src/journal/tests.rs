@@ -651,3 +651,247 @@ fn the_hook_sees_each_commit_before_its_waiters_are_answered() {
         ]
     );
 }
+
+#[test]
+fn only_a_record_s_own_fault_lets_the_journal_go_on() {
+    use rusqlite::ffi;
+    let fatal = |code: i32| {
+        let e = rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        JournalError::sqlite(&e, std::path::Path::new("baton.db")).is_fatal()
+    };
+    for code in [
+        ffi::SQLITE_CONSTRAINT,
+        ffi::SQLITE_CONSTRAINT_CHECK,
+        ffi::SQLITE_CONSTRAINT_TRIGGER,
+        ffi::SQLITE_TOOBIG,
+        ffi::SQLITE_MISMATCH,
+    ] {
+        assert!(!fatal(code), "code {code} loses only its record");
+    }
+    for code in [
+        ffi::SQLITE_IOERR,
+        ffi::SQLITE_IOERR_WRITE,
+        ffi::SQLITE_IOERR_FSYNC,
+        ffi::SQLITE_CORRUPT,
+        ffi::SQLITE_FULL,
+        ffi::SQLITE_NOMEM,
+        ffi::SQLITE_READONLY,
+        ffi::SQLITE_BUSY,
+        ffi::SQLITE_LOCKED,
+        ffi::SQLITE_CANTOPEN,
+        ffi::SQLITE_NOTADB,
+        ffi::SQLITE_ERROR,
+        ffi::SQLITE_INTERNAL,
+        ffi::SQLITE_PROTOCOL,
+    ] {
+        assert!(fatal(code), "code {code} stops the journal");
+    }
+    assert!(!JournalError::BadRecord("x".into()).is_fatal());
+}
+
+/// A trigger on `work_items` that runs `body` when item 13 is inserted: a way to make one
+/// record's statement fail as SQLite would.
+fn fail_item_13(j: &Journal, body: &'static str) {
+    j.read_blocking(move |c, _| {
+        c.execute_batch(&format!(
+            "CREATE TEMP TRIGGER fail13 BEFORE INSERT ON work_items WHEN NEW.id = 13
+             BEGIN {body}; END"
+        ))
+        .unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_refused_statement_drops_its_record_but_any_other_sqlite_failure_stops_the_journal() {
+    let j = Journal::in_memory().unwrap();
+    fail_item_13(&j, "SELECT RAISE(ABORT, 'refused by a constraint')");
+    j.note(Op::Submitted(item(12)));
+    let refused = block(j.commit(Op::Submitted(item(13)))).unwrap_err();
+    assert!(matches!(refused, JournalError::Refused { .. }), "{refused}");
+    block(j.commit(Op::Submitted(item(14)))).unwrap();
+    assert!(j.failure().is_none());
+    let ids: Vec<u64> = block(j.read(|v| v.work_items(&Filter::default())))
+        .unwrap()
+        .iter()
+        .map(|i| i.work_item.0)
+        .collect();
+    assert_eq!(ids, vec![12, 14]);
+
+    // A failure that is not the record's own (here: malformed JSON inside SQLite, a generic
+    // SQLITE_ERROR) rolls the batch back and stops the journal.
+    let j = Journal::in_memory().unwrap();
+    fail_item_13(&j, "SELECT json('{not json')");
+    block(j.commit(Op::Submitted(item(12)))).unwrap();
+    let error = block(j.commit(Op::Submitted(item(13)))).unwrap_err();
+    assert!(matches!(error, JournalError::Sqlite { .. }), "{error}");
+    assert_eq!(j.failure(), Some(error.clone()));
+    let later = block(j.commit(Op::Submitted(item(14)))).unwrap_err();
+    assert_eq!(later, JournalError::Failed(Box::new(error)));
+}
+
+/// The work item's place, session, pending spawn key, reason and queue position.
+fn item_row(j: &Journal, id: u64) -> (String, Option<i64>, Option<i64>, Option<String>, i64) {
+    j.read_blocking(move |c, _| {
+        Ok(c.query_row(
+            "SELECT place, session, pending_spawn_key, reason, queue_seq FROM work_items
+             WHERE id = ?1",
+            [id as i64],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap())
+    })
+    .unwrap()
+}
+
+#[test]
+fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending() {
+    let j = Journal::in_memory().unwrap();
+    j.note(Op::Submitted(item(7)));
+    j.note(Op::Spawning {
+        work_item: WorkItemId(7),
+        n: 1,
+        key: SpawnKey(99),
+        attempts: 0,
+    });
+    sync(&j);
+    assert_eq!(item_row(&j, 7).2, Some(99));
+    // The start gave up on session 5 (shutdown), and requeued the item.
+    j.note(Op::SpawnAbandoned {
+        work_item: WorkItemId(7),
+        session: SessionId(5),
+    });
+    j.record(&FleetEvent::WorkItemRequeued {
+        work_item: WorkItemId(7),
+        reason: "shutting down".into(),
+    });
+    sync(&j);
+    let state = j.read_blocking(recovery::load).unwrap();
+    let stored = &state.items[0];
+    assert_eq!(stored.pending_key, None, "a restart does not reuse the key");
+    assert_eq!(
+        state.unreleased,
+        vec![SessionId(5)],
+        "until the runtime confirms the close, a restart closes the session again"
+    );
+    let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
+    assert_eq!(
+        (
+            sessions[0].state.as_str(),
+            sessions[0].end_reason.as_deref()
+        ),
+        ("closed", Some("start_abandoned"))
+    );
+    j.note(Op::Released {
+        session: SessionId(5),
+    });
+    sync(&j);
+    assert!(
+        j.read_blocking(recovery::load)
+            .unwrap()
+            .unreleased
+            .is_empty()
+    );
+}
+
+/// A failed rotation's record for the rotation of [`intent`], at its handoff step.
+fn failed_record() -> RotationRecord {
+    RotationRecord {
+        new_session: None,
+        success: false,
+        error: Some("spawn failed".into()),
+        ..record()
+    }
+}
+
+#[test]
+fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction() {
+    let j = Journal::in_memory().unwrap();
+    for w in rotation_steps().into_iter().take(8) {
+        send(&j, w); // up to the handoff
+    }
+    j.note(Op::Submitted(item(8))); // queued after item 7
+    sync(&j);
+    assert_eq!(item_row(&j, 7).0, "rotating");
+    let before = j.stats();
+    j.record(&FleetEvent::Rotation(failed_record()));
+    sync(&j);
+    assert_eq!(j.stats().commits - before.commits, 1);
+    let (place, session, _, reason, seq) = item_row(&j, 7);
+    assert_eq!((place.as_str(), session), ("queued", None));
+    assert_eq!(reason.as_deref(), Some("rotation failed: spawn failed"));
+    assert!(seq > item_row(&j, 8).4, "at the end of the queue");
+    let items = block(j.read(|v| v.work_items(&Filter::default()))).unwrap();
+    assert_eq!(items[0].handoff, Some(handoff()));
+    let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
+    assert_eq!(sessions[0].end_reason.as_deref(), Some("rotation_failed"));
+
+    // The supervisor's requeue that follows, and any duplicate, change nothing.
+    let once = snapshot(&j);
+    for _ in 0..2 {
+        j.record(&FleetEvent::WorkItemRequeued {
+            work_item: WorkItemId(7),
+            reason: "rotation failed: spawn failed".into(),
+        });
+        sync(&j);
+        let mut now = snapshot(&j);
+        // Only the event log grows.
+        now.insert("events".into(), once["events"].clone());
+        assert_eq!(now, once);
+    }
+}
+
+#[test]
+fn a_journal_damaged_past_its_first_page_is_refused_at_open_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let j = Journal::open(&path).unwrap();
+        for i in 1..=300 {
+            j.note(Op::Submitted(item(i)));
+        }
+    }
+    let mut bytes = std::fs::read(&path).unwrap();
+    let page = 4096;
+    assert!(bytes.len() > 4 * page);
+    // One page in the middle: the header and the schema (page 1) are intact.
+    for b in &mut bytes[2 * page..3 * page] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let e = Journal::open(&path).unwrap_err();
+    assert!(matches!(e, JournalError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("is corrupt"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "left untouched");
+    // Without the check the damage goes unseen at open.
+    let unchecked = JournalOptions {
+        check_at_open: false,
+        ..JournalOptions::default()
+    };
+    drop(Journal::open_with(&path, unchecked).expect("opens without the check"));
+}
+
+#[test]
+fn a_reader_asks_for_an_older_journal_to_be_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE work_items (id INTEGER PRIMARY KEY);")
+            .unwrap();
+        c.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+    }
+    // A baton journal at version 0: older than this build's.
+    let e = JournalReader::open(&path).unwrap_err();
+    assert_eq!(
+        e,
+        JournalError::OlderSchema {
+            path: path.clone(),
+            found: 0,
+            supported: SCHEMA_VERSION
+        }
+    );
+    assert!(e.to_string().contains("open it once for writing"), "{e}");
+}

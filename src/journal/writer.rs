@@ -4,9 +4,10 @@
 //! wait on SQLite. The thread takes the first record, drains whatever else is already queued
 //! (up to `max_batch`), and writes them all in one `BEGIN IMMEDIATE` transaction: one commit,
 //! one fsync, however many records (group commit). Each record runs inside a savepoint, so a
-//! record that fails on its own (a bad record) is dropped without losing the others; a failure
-//! of the journal itself (disk full, I/O error, damage) rolls the whole batch back and stops the
-//! journal, so that what is on disk stays a prefix of what was sent, in order.
+//! record that fails on its own (a statement SQLite refused for what it held, a bad record) is
+//! dropped without losing the others; any other failure is one of the journal itself (disk full,
+//! I/O error, damage, ...): it rolls the whole batch back and stops the journal, so that what is
+//! on disk stays a prefix of what was sent, in order.
 //!
 //! A writer that is waited on (a rotation step, a flush) is answered only after its batch is
 //! durable, and after the commit hook (if any) has run.

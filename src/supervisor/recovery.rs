@@ -11,30 +11,51 @@
 //! * treats every session the journal counted as live as gone (its actor died with the old
 //!   process): closes it at the runtime (best effort) and puts its work item back in the queue,
 //!   with the handoff of its last rotation;
-//! * resumes every unfinished rotation from its last recorded step, which ends with the usual
-//!   rotation record: a successor already spawned is found again through its spawn key;
+//! * resumes every unfinished rotation that still holds its work item from its last recorded
+//!   step, which ends with the usual rotation record: a successor already spawned is found again
+//!   through its spawn key;
+//! * records as failed every unfinished rotation whose work item had already left it (closed,
+//!   requeued or buried while the rotation ran), and closes at the runtime what it may have left
+//!   open: its recorded successor, and its old session if the journal still counted it open;
 //! * publishes one [`FleetEvent::Recovered`] per unfinished work item.
 //!
 //! Finished and buried items are remembered (a second submission of the same id is refused).
 //! Items of an agent type the new supervisor does not know are left in the journal as they are.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::time::Instant;
 
 use super::rotation::{Resume, Rotation};
-use super::{ItemEntry, Place, Spent, Supervisor, SupervisorBuilder};
-use crate::journal::recovery::{self, RecoveryState, StoredPlace};
-use crate::journal::{Journal, JournalError, Op};
+use super::{ItemEntry, Place, Spent, Supervisor, SupervisorBuilder, rotation_record};
+use crate::journal::recovery::{self, OpenRotation, RecoveryState, StoredPlace};
+use crate::journal::{Journal, JournalError, Op, RotationIntent};
 use crate::machine::SessionId;
 use crate::record::{CompactionRecord, FleetEvent, RecoveryOutcome, RotationStep};
+use crate::runtime::{AgentType, WorkItemId};
 use crate::session::RotationRequest;
 
 /// What a compaction in flight at a crash is recorded as.
 const INTERRUPTED: &str =
     "interrupted: baton stopped during the compaction; the runtime may have replaced the history";
+
+/// The error of a rotation recovered as failed because its work item had left it.
+const LEFT_BEHIND: &str = "its work item had left the rotation (closed, requeued or buried) when baton stopped; recorded as failed at recovery";
+
+/// The request a rotation's intent records, rebuilt (the old session's full history is gone
+/// with the old process; its last reading stands for it).
+fn request(i: &RotationIntent) -> RotationRequest {
+    RotationRequest {
+        session: i.old_session,
+        reason: i.reason,
+        before: i.before,
+        compactions: i.compactions,
+        history: i.before.into_iter().collect(),
+        last_summary: None,
+    }
+}
 
 impl SupervisorBuilder {
     /// Writes every event, work item and rotation step through `journal`, and recovers from
@@ -94,18 +115,18 @@ impl Supervisor {
                     )));
             }
         }
-        let mut rotations: HashMap<_, _> = state
-            .rotations
-            .into_iter()
-            .map(|r| (r.intent.work_item, r))
-            .collect();
+        let mut rotations: HashMap<WorkItemId, Vec<OpenRotation>> = HashMap::new();
+        for r in state.rotations {
+            rotations.entry(r.intent.work_item).or_default().push(r);
+        }
+        let open: HashSet<SessionId> = state.sessions.iter().map(|s| s.id).collect();
         let mut resumed = Vec::new();
         for stored in state.items {
             let id = stored.item.id;
+            let mut unfinished = rotations.remove(&id).unwrap_or_default();
             if !self.agents.contains_key(&stored.item.agent_type) {
                 tracing::warn!(work_item = %id, agent_type = %stored.item.agent_type,
                     "the journal holds a work item of an agent type this supervisor does not know; left as it is");
-                rotations.remove(&id);
                 continue;
             }
             // Reuse the key of a spawn that was issued but never recorded.
@@ -114,7 +135,23 @@ impl Supervisor {
             } else {
                 stored.spawns
             };
-            let rotation = rotations.remove(&id);
+            // The session holding the item, and the rotation that still holds it (the one of
+            // its rotating session); any other unfinished rotation was left behind.
+            let held = match stored.place {
+                StoredPlace::Live | StoredPlace::Rotating => stored.session,
+                _ => None,
+            };
+            let rotation = match (stored.place, stored.session) {
+                (StoredPlace::Rotating, Some(s)) => unfinished
+                    .iter()
+                    .rposition(|r| r.intent.old_session == s)
+                    .map(|i| unfinished.remove(i)),
+                _ => None,
+            };
+            let agent = self.agents[&stored.item.agent_type].agent.clone();
+            for r in unfinished {
+                self.fail_left_behind(r, &agent, &open, held, ctx);
+            }
             let (place, outcome) = match (stored.place, stored.session, rotation) {
                 (StoredPlace::Done, session, _) => {
                     (Place::Done(session.unwrap_or(SessionId(0))), None)
@@ -171,6 +208,43 @@ impl Supervisor {
         self.pump(ctx);
     }
 
+    /// Records as failed a rotation whose work item had left it before baton stopped (it was
+    /// closed, requeued or buried while the rotation ran, and the crash came before the
+    /// rotation's own record), and closes at the runtime what the rotation may have left open:
+    /// its recorded successor, and its old session if the journal still counted it open (unless
+    /// that session still holds the item: the item's own recovery closes it).
+    fn fail_left_behind(
+        &mut self,
+        r: OpenRotation,
+        agent: &AgentType,
+        open: &HashSet<SessionId>,
+        held: Option<SessionId>,
+        ctx: &mut Context<Self>,
+    ) {
+        let i = &r.intent;
+        tracing::warn!(rotation = i.rotation.0, session = %i.old_session, work_item = %i.work_item,
+            step = %r.step, "an unfinished rotation whose work item had moved on is recorded as failed");
+        let record = rotation_record(
+            i.rotation,
+            &request(i),
+            agent,
+            i.work_item,
+            None,
+            r.handoff.as_ref(),
+            0,
+            Duration::ZERO,
+            Some(LEFT_BEHIND.into()),
+        );
+        // The record first: it registers the successor (closed), whose release follows.
+        self.bus.publish(FleetEvent::Rotation(record));
+        if let Some(successor) = r.successor {
+            self.close_at_runtime(successor, ctx);
+        }
+        if open.contains(&i.old_session) && held != Some(i.old_session) {
+            self.close_at_runtime(i.old_session, ctx);
+        }
+    }
+
     /// Resumes a rotation from its last recorded step.
     fn resume_rotation(&mut self, r: recovery::OpenRotation, ctx: &mut Context<Self>) {
         let i = r.intent;
@@ -187,14 +261,7 @@ impl Supervisor {
             step = %r.step, "resuming a rotation");
         let rot = Rotation {
             id: i.rotation,
-            req: RotationRequest {
-                session: i.old_session,
-                reason: i.reason,
-                before: i.before,
-                compactions: i.compactions,
-                history: i.before.into_iter().collect(),
-                last_summary: None,
-            },
+            req: request(&i),
             item,
             agent,
             key: i.spawn_key,

@@ -15,7 +15,8 @@ use serde::Serialize;
 /// Lists rotations (the default), sessions, compactions, work items or the event log.
 ///
 /// The journal is only read (never created or changed), so this is safe while a supervisor is
-/// writing it. Filters combine; --reason applies to rotations (and to rotation events).
+/// writing it. Filters combine; --reason applies to rotations, and to events, where it keeps
+/// only the events of rotations for that reason.
 /// Times are RFC 3339 in UTC (2026-11-25T10:00:00Z, or just 2026-11-25) or an age before now
 /// (90s, 30m, 2h, 7d).
 ///
@@ -39,8 +40,8 @@ pub struct Args {
     /// Only records about sessions of this agent type.
     #[arg(long, value_name = "NAME")]
     agent_type: Option<String>,
-    /// Only rotations for this reason: threshold, insufficient_compaction, compaction_failed,
-    /// compaction_budget or manual.
+    /// Only rotations for this reason (with `events`: only those rotations' events):
+    /// threshold, insufficient_compaction, compaction_failed, compaction_budget or manual.
     #[arg(long, value_name = "REASON")]
     reason: Option<String>,
     /// Only records from this time on.
@@ -217,7 +218,8 @@ fn json_lines(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) 
 }
 
 fn export(v: &JournalView<'_>, f: &Filter, out: &mut dyn Write) -> Result<()> {
-    // --reason narrows rotations and rotation events; the other kinds have no reason.
+    // --reason narrows rotations and events (to those rotations' events); the other kinds have
+    // no reason.
     let unreasoned = Filter {
         reason: None,
         ..f.clone()
