@@ -404,7 +404,12 @@ async fn run_inner(
             match tokio::time::timeout(wait, events.recv()).await {
                 Ok(Some(event)) => backlog.push_back(event),
                 Err(_) if left.is_some_and(|l| l <= STALL_LIMIT) => {} // the duration is up
-                _ => {
+                Ok(None) => {
+                    // The bus closed: the supervisor is gone.
+                    tracing::error!("the fleet's event stream ended before the run did");
+                    return Err(SupervisorError::ShuttingDown.into());
+                }
+                Err(_) => {
                     tracing::error!(
                         finished,
                         total = config.work_items,

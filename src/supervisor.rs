@@ -12,11 +12,13 @@
 //! within the rotation timeout; past it, the old session closes and the work item goes back to
 //! the queue with its handoff kept.
 //!
-//! Fleet safety: a cap on concurrent compactions (sessions wait their turn, and the wait counts
-//! against their timeout); a rotation budget per work item (too many rotations too fast sends it
-//! to dead letter, so an item whose floor exceeds its window cannot loop forever); an OTP-style
-//! restart budget per agent type for sessions that crash (past it, no more sessions of that
-//! type are started, and an event says so); an attempt limit per work item.
+//! Fleet safety: a cap on concurrent summaries, compactions and handoffs alike (they wait their
+//! turn, and the wait counts against their timeout); a rotation budget per work item (too many
+//! rotations too fast sends it to dead letter, so an item whose floor exceeds its window cannot
+//! loop forever); an OTP-style restart budget per agent type for sessions that crash (past it,
+//! no more sessions of that type are started, successors included, and an event says so); an
+//! attempt limit per work item. A runtime call that panics fails that call (a permanent
+//! [`RuntimeError`]); it never takes the supervisor down.
 //!
 //! Durability (optional): with a [`Journal`], every event reaches the journal through the event
 //! bus, each rotation step is durable before the runtime call that follows it
@@ -727,6 +729,7 @@ impl Supervisor {
                 self.item(id).place = Place::Queued;
                 self.queue.push_front(id);
             }
+            // (A live session's crash is never `RotationContinues`.)
             CrashOutcome::Requeued | CrashOutcome::RotationContinues => {
                 self.halt(&agent_type);
                 self.requeue(id, "restart budget of its agent type spent".into());
