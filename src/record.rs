@@ -224,7 +224,8 @@ pub enum FleetEvent {
     /// A rotation finished or failed.
     Rotation(RotationRecord),
     /// A session stopped without reaching Closed (a panic): its work item was restarted,
-    /// requeued, or sent to dead letter.
+    /// requeued, or sent to dead letter; or, when the session was rotating, the rotation goes
+    /// on without it.
     Crashed {
         /// The session that stopped.
         session: SessionId,
@@ -330,6 +331,9 @@ pub enum CrashOutcome {
     Requeued,
     /// The item crashed too many times: it went to dead letter.
     DeadLetter,
+    /// The session crashed while its rotation was under way: the rotation goes on without its
+    /// actor (the item needs no restart), and the crash spends its agent type's restart budget.
+    RotationContinues,
 }
 
 /// Something that must see every event, in publication order, without ever making the publisher

@@ -50,8 +50,12 @@ pub struct FleetReport {
     pub failed_rotations: u64,
     /// Handoffs baton wrote itself because the agent could not summarise.
     pub fallback_handoffs: u64,
-    /// Spawn and assign calls retried during rotations.
+    /// Spawn and assign calls retried, in rotations and (where the caller adds them with
+    /// [`Tally::start_retries`]) in session starts.
     pub retries: u64,
+    /// Times a work item went back to the queue (a failed start or rotation, a crash past the
+    /// restart budget, a shutdown): each is a retry of the item itself.
+    pub requeues: u64,
     /// Runtime calls that failed but were not fatal (for example a close).
     pub runtime_warnings: u64,
     /// Usage messages sent (in a chat run: turns, each of which reports one).
@@ -77,6 +81,7 @@ impl FleetReport {
             self.failed_rotations,
             self.fallback_handoffs,
             self.retries,
+            self.requeues,
             self.runtime_warnings,
             self.usage_messages,
         )
@@ -106,6 +111,8 @@ pub struct Tally {
     fallbacks: u64,
     /// Spawn and assign attempts beyond the first of each.
     retries: u64,
+    /// `WorkItemRequeued` events.
+    requeues: u64,
     /// `RuntimeWarning` events.
     warnings: u64,
 }
@@ -133,8 +140,15 @@ impl Tally {
                 self.retries += u64::from(r.attempts.saturating_sub(2));
             }
             FleetEvent::RuntimeWarning { .. } => self.warnings += 1,
+            FleetEvent::WorkItemRequeued { .. } => self.requeues += 1,
             _ => {}
         }
+    }
+
+    /// Counts the spawn and assign calls retried while starting sessions, which no event
+    /// carries: the supervisor's [`Inventory::start_retries`](crate::supervisor::Inventory).
+    pub fn start_retries(&mut self, retries: u64) {
+        self.retries += retries;
     }
 
     /// Compactions so far that replaced a history.
@@ -193,6 +207,7 @@ impl Tally {
             failed_rotations: self.failed_rotations,
             fallback_handoffs: self.fallbacks,
             retries: self.retries,
+            requeues: self.requeues,
             runtime_warnings: self.warnings,
             usage_messages: messages,
             usage_messages_per_second: messages as f64 / seconds.max(1e-9),
@@ -203,7 +218,7 @@ impl Tally {
 }
 
 /// The process's peak resident memory (VmHWM), where the OS reports it.
-pub fn peak_rss() -> u64 {
+fn peak_rss() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -12,7 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{self, Poll};
 use std::time::Duration;
 
@@ -111,60 +111,83 @@ pub struct ReportUsage {
 /// looks at the slot from an actor future, `Readings`), so a report costs a few atomic
 /// operations and no mailbox envelope. Every mailbox handler of the session first takes a
 /// waiting reading, so a message sent after a report is still handled after it.
-#[derive(Debug, Default)]
+///
+/// A reading is one word (`used`, `window` and `source` packed together, see
+/// [`UsageSlot::pack`]), swapped in and out whole, so a reading stored while another is taken
+/// can never be read half old, half new.
+#[derive(Debug)]
 pub(crate) struct UsageSlot {
-    /// `used << 32 | window` (both fit 32 bits; a window of 0 means the agent type's).
-    packed: AtomicU64,
-    /// The reading's source, as `UsageSource as u8`.
-    source: AtomicU8,
-    /// A reading waits and the session has not taken it yet.
-    pending: AtomicBool,
+    /// The waiting reading, packed, or [`UsageSlot::EMPTY`] when none waits.
+    reading: AtomicU64,
     /// The session's task, woken when a reading starts waiting.
     waker: AtomicWaker,
 }
 
+impl Default for UsageSlot {
+    fn default() -> Self {
+        Self {
+            reading: AtomicU64::new(Self::EMPTY),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
 impl UsageSlot {
-    /// Stores a reading and wakes the session unless a reading was already waiting (it will
-    /// take the newest). Returns false, storing nothing, when the figures do not fit the slot
-    /// (they go by message instead, where the session refuses them with a typed error).
-    pub(crate) fn put(&self, used: u64, window: Option<u64>, source: UsageSource) -> bool {
+    /// No reading waits. Never a packed reading: its source bits (3) name no source.
+    const EMPTY: u64 = u64::MAX;
+    /// Bits of the window in a packed reading (windows of 2^30 tokens and more go by message).
+    const WINDOW_BITS: u32 = 30;
+
+    /// `used << 32 | window << 2 | source`; `None` when the figures do not fit (`used` above
+    /// 2^32 - 1, `window` 0 or of 2^30 and more). A window of `None` is stored as 0.
+    fn pack(used: u64, window: Option<u64>, source: UsageSource) -> Option<u64> {
         let window = match window {
             None => 0,
-            Some(0) => return false,
-            Some(w) => match u32::try_from(w) {
-                Ok(w) => w,
-                Err(_) => return false,
-            },
+            Some(0) => return None,
+            Some(w) if w >> Self::WINDOW_BITS != 0 => return None,
+            Some(w) => w,
         };
-        let Ok(used) = u32::try_from(used) else {
+        let used = u32::try_from(used).ok()?;
+        Some(u64::from(used) << 32 | window << 2 | source as u64)
+    }
+
+    /// The figures of a packed reading.
+    fn unpack(packed: u64) -> (u64, Option<u64>, UsageSource) {
+        let source = match packed & 3 {
+            x if x == UsageSource::Estimated as u64 => UsageSource::Estimated,
+            x if x == UsageSource::Modelled as u64 => UsageSource::Modelled,
+            _ => UsageSource::Reported,
+        };
+        let window = (packed >> 2) & ((1 << Self::WINDOW_BITS) - 1);
+        (packed >> 32, (window != 0).then_some(window), source)
+    }
+
+    /// Stores a reading and wakes the session unless a reading was already waiting (it will
+    /// take the newest). Returns false, storing nothing, when the figures do not fit the slot
+    /// (they go by message instead, where the session refuses bad ones with a typed error).
+    pub(crate) fn put(&self, used: u64, window: Option<u64>, source: UsageSource) -> bool {
+        let Some(packed) = Self::pack(used, window, source) else {
             return false;
         };
-        self.packed
-            .store(u64::from(used) << 32 | u64::from(window), Ordering::Release);
-        self.source.store(source as u8, Ordering::Release);
-        if !self.pending.swap(true, Ordering::AcqRel) {
+        if self.reading.swap(packed, Ordering::AcqRel) == Self::EMPTY {
             self.waker.wake();
         }
         true
     }
 
     /// Whether a reading waits.
+    #[cfg(test)]
     fn is_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
+        self.reading.load(Ordering::Acquire) != Self::EMPTY
     }
 
-    /// Takes the waiting reading: `(used, window, source)`.
-    fn take(&self) -> (u64, Option<u64>, UsageSource) {
-        // Clear first: a reading stored after this wakes the session again.
-        self.pending.store(false, Ordering::Release);
-        let packed = self.packed.load(Ordering::Acquire);
-        let source = match self.source.load(Ordering::Acquire) {
-            x if x == UsageSource::Estimated as u8 => UsageSource::Estimated,
-            x if x == UsageSource::Modelled as u8 => UsageSource::Modelled,
-            _ => UsageSource::Reported,
-        };
-        let window = packed & u64::from(u32::MAX);
-        (packed >> 32, (window != 0).then_some(window), source)
+    /// Takes the waiting reading, `(used, window, source)`, leaving the slot empty: a reading
+    /// stored after this wakes the session again.
+    fn take(&self) -> Option<(u64, Option<u64>, UsageSource)> {
+        match self.reading.swap(Self::EMPTY, Ordering::AcqRel) {
+            Self::EMPTY => None,
+            packed => Some(Self::unpack(packed)),
+        }
     }
 }
 
@@ -314,8 +337,9 @@ impl SessionActor {
 
     /// Handles the reading waiting in the slot, if any (a stopped machine ignores it).
     fn take_waiting(&mut self, ctx: &mut Context<Self>) {
-        if self.slot.is_pending() && !self.finished {
-            let (used, window, source) = self.slot.take();
+        if !self.finished
+            && let Some((used, window, source)) = self.slot.take()
+        {
             self.usage(used, window, source, ctx);
         }
     }
@@ -340,7 +364,11 @@ impl SessionActor {
             if t.from == Phase::Compacting
                 && let Some(handle) = self.compaction.take()
             {
-                // Leaving Compacting before the result came back: cancel the call.
+                // Leaving Compacting before the result came back: cancel the call. Its result,
+                // should it still come, is never applied.
+                tracing::info_span!("compaction", session = %t.session).in_scope(|| {
+                    tracing::info!(to = ?t.to, cause = ?t.cause, "compaction cancelled: the session left Compacting; a late result is ignored");
+                });
                 ctx.cancel_future(handle);
             }
             self.fleet.supervisor.do_send(SessionNotice::PhaseChanged {
@@ -667,7 +695,8 @@ mod tests {
         assert!(slot.is_pending());
         // The session registers again each time it looks at the slot.
         slot.waker.register(&waker);
-        assert_eq!(slot.take(), (200, Some(1000), UsageSource::Estimated));
+        assert_eq!(slot.take(), Some((200, Some(1000), UsageSource::Estimated)));
+        assert_eq!(slot.take(), None, "taken once");
         assert!(!slot.is_pending());
         assert!(slot.put(300, None, UsageSource::Reported));
         assert_eq!(
@@ -675,13 +704,62 @@ mod tests {
             2,
             "taken: the next wakes again"
         );
-        assert_eq!(slot.take(), (300, None, UsageSource::Reported));
+        assert_eq!(slot.take(), Some((300, None, UsageSource::Reported)));
         // Figures that do not fit go by message, where the machine refuses them.
         assert!(!slot.put(u64::from(u32::MAX) + 1, None, UsageSource::Reported));
         assert!(!slot.put(1, Some(0), UsageSource::Reported));
         assert!(!slot.put(1, Some(u64::MAX), UsageSource::Reported));
+        assert!(!slot.put(1, Some(1 << 30), UsageSource::Reported));
+        assert!(slot.put(
+            u64::from(u32::MAX),
+            Some((1 << 30) - 1),
+            UsageSource::Modelled
+        ));
+        assert_eq!(
+            slot.take(),
+            Some((
+                u64::from(u32::MAX),
+                Some((1 << 30) - 1),
+                UsageSource::Modelled
+            )),
+            "the largest figures that fit come back whole"
+        );
         assert!(!slot.is_pending(), "a refused reading is not stored");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn usage_slot_readings_are_never_torn_between_writers() {
+        // Two writers store readings whose three figures agree (used = window = n, and the
+        // source follows n); whatever interleaving, every reading taken agrees with itself.
+        let slot = Arc::new(UsageSlot::default());
+        let source = |n: u64| match n % 3 {
+            0 => UsageSource::Reported,
+            1 => UsageSource::Estimated,
+            _ => UsageSource::Modelled,
+        };
+        let writers: Vec<_> = (0..2u64)
+            .map(|w| {
+                let slot = slot.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50_000u64 {
+                        let n = 1 + (i * 2 + w) % 1_000_000;
+                        assert!(slot.put(n, Some(n), source(n)));
+                    }
+                })
+            })
+            .collect();
+        let mut taken = 0;
+        while writers.iter().any(|w| !w.is_finished()) || slot.is_pending() {
+            if let Some((used, window, src)) = slot.take() {
+                assert_eq!((Some(used), src), (window, source(used)), "a torn reading");
+                taken += 1;
+            }
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(taken > 0);
     }
 
     #[test]

@@ -22,9 +22,9 @@ use crate::policy::Policy;
 use crate::record::FleetEvent;
 use crate::report::{FleetReport, Tally};
 use crate::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
-use crate::runtime::{AgentType, WorkItem, WorkItemId};
+use crate::runtime::{AgentType, WorkItem, WorkItemId, mix64 as mix};
 use crate::supervisor::{Inventory, SessionHandle, Supervisor, SupervisorConfig, SupervisorError};
-use crate::usage::UsageSource;
+use crate::usage::{Usage, UsageSource};
 
 /// How a recorded agent's context grew, call by call (derived numbers only).
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +121,24 @@ pub enum SimulationError {
     /// The supervisor refused something.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// Nothing happened for [`STALL_LIMIT`]: no agent could take a turn and the fleet
+    /// published no event, so the run could never finish.
+    #[error(
+        "the simulation stalled: no event for {waited:?} with {finished} of {total} work items finished"
+    )]
+    Stalled {
+        /// How long nothing happened.
+        waited: Duration,
+        /// Items done or given up on by then.
+        finished: u64,
+        /// Items in all.
+        total: u64,
+    },
 }
+
+/// How long the driver waits for the fleet's next event, when no agent can take a turn, before
+/// it calls the run stalled (a fleet that is working publishes something well within it).
+pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 
 /// Progress, reported after each round.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -136,14 +153,6 @@ pub struct Progress {
 
 /// What a simulation did: the fleet report, with the simulation's seed in `seed`.
 pub type SimulationReport = FleetReport;
-
-/// splitmix64: one well-mixed number from a seed, so every item's draws are its own.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Where one work item's simulated agent is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,14 +169,21 @@ enum Agent {
     Finished,
 }
 
+/// One work item's simulated agent and its progress.
 struct ItemRun {
+    /// The recorded run its context grows like.
     profile: &'static Profile,
     /// Tokens per recorded token, for this item's window.
     scale: f64,
+    /// Where in the profile's deltas its first turn starts (drawn from the seed).
     offset: usize,
+    /// Turns its work takes; after the last, its session is closed (the item is done).
     turns: u32,
+    /// Turns taken so far, across all its sessions.
     done_turns: u32,
+    /// A direct handle on the session holding the item now, if any.
     session: Option<SessionHandle>,
+    /// What the agent may do next.
     agent: Agent,
 }
 
@@ -215,6 +231,16 @@ async fn run_inner(
         return Err(SimulationError::Invalid(format!(
             "failure rate {} is not in [0, 1)",
             config.failure_rate
+        )));
+    }
+    if let Some((name, window)) = config
+        .agent_types
+        .iter()
+        .find(|(_, w)| *w == 0 || *w > Usage::MAX_TOKENS)
+    {
+        return Err(SimulationError::Invalid(format!(
+            "agent type {name:?}: window {window} is not in 1..={} tokens",
+            Usage::MAX_TOKENS
         )));
     }
     if config.turns.0 == 0 || config.turns.0 > config.turns.1 {
@@ -372,10 +398,30 @@ async fn run_inner(
             }
         }
         if turns.is_empty() {
-            // Nothing to do until something happens.
-            match tokio::time::timeout(Duration::from_secs(60), events.recv()).await {
+            // Nothing to do until something happens, or the duration is up.
+            let left = config.duration.map(|d| d.saturating_sub(started.elapsed()));
+            let wait = left.map_or(STALL_LIMIT, |l| l.min(STALL_LIMIT));
+            match tokio::time::timeout(wait, events.recv()).await {
                 Ok(Some(event)) => backlog.push_back(event),
-                _ => break,
+                Err(_) if left.is_some_and(|l| l <= STALL_LIMIT) => {} // the duration is up
+                Ok(None) => {
+                    // The bus closed: the supervisor is gone.
+                    tracing::error!("the fleet's event stream ended before the run did");
+                    return Err(SupervisorError::ShuttingDown.into());
+                }
+                Err(_) => {
+                    tracing::error!(
+                        finished,
+                        total = config.work_items,
+                        "the simulation stalled"
+                    );
+                    supervisor.shutdown(Duration::from_secs(5)).await;
+                    return Err(SimulationError::Stalled {
+                        waited: wait,
+                        finished,
+                        total: config.work_items,
+                    });
+                }
             }
             continue;
         }
@@ -411,8 +457,11 @@ async fn run_inner(
     let seconds = started.elapsed().as_secs_f64();
     let inventory = supervisor.inventory().await?;
     supervisor.shutdown(Duration::from_secs(30)).await;
+    tally.start_retries(inventory.start_retries);
     let mut report = tally.report(config.seed, config.work_items, seconds, messages);
-    report.unfinished = config.work_items - report.done - report.dead_letters;
+    report.unfinished = config
+        .work_items
+        .saturating_sub(report.done + report.dead_letters);
     Ok(Recorded {
         report,
         events: kept,

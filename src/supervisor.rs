@@ -12,11 +12,13 @@
 //! within the rotation timeout; past it, the old session closes and the work item goes back to
 //! the queue with its handoff kept.
 //!
-//! Fleet safety: a cap on concurrent compactions (sessions wait their turn, and the wait counts
-//! against their timeout); a rotation budget per work item (too many rotations too fast sends it
-//! to dead letter, so an item whose floor exceeds its window cannot loop forever); an OTP-style
-//! restart budget per agent type for sessions that crash (past it, no more sessions of that
-//! type are started, and an event says so); an attempt limit per work item.
+//! Fleet safety: a cap on concurrent summaries, compactions and handoffs alike (they wait their
+//! turn, and the wait counts against their timeout); a rotation budget per work item (too many
+//! rotations too fast sends it to dead letter, so an item whose floor exceeds its window cannot
+//! loop forever); an OTP-style restart budget per agent type for sessions that crash (past it,
+//! no more sessions of that type are started, successors included, and an event says so); an
+//! attempt limit per work item. A runtime call that panics fails that call (a permanent
+//! [`RuntimeError`]); it never takes the supervisor down.
 //!
 //! Durability (optional): with a [`Journal`], every event reaches the journal through the event
 //! bus, each rotation step is durable before the runtime call that follows it
@@ -28,12 +30,14 @@ mod rotation;
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use backon::{ExponentialBuilder, Retryable};
+use futures_util::FutureExt;
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot};
@@ -45,7 +49,7 @@ use crate::journal::{Journal, Op};
 use crate::machine::{Phase, SessionId};
 use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
 use crate::runtime::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, WorkItem, WorkItemId,
+    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, WorkItem, WorkItemId, mix64,
 };
 use crate::session::{
     Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo,
@@ -176,7 +180,7 @@ pub enum SupervisorError {
     ShuttingDown,
     /// The journal could not make the request durable.
     #[error("journal: {0}")]
-    Journal(crate::journal::JournalError),
+    Journal(#[source] crate::journal::JournalError),
 }
 
 struct AgentEntry {
@@ -207,10 +211,7 @@ struct ItemEntry {
 /// which the fleet's other items spawn, so a seeded simulation gives the same faults however its
 /// threads interleave.
 fn spawn_key(item: WorkItemId, n: u32) -> SpawnKey {
-    let mut z = item.0 ^ (u64::from(n) << 48) ^ 0x9E37_79B9_7F4A_7C15;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    SpawnKey(z ^ (z >> 31))
+    SpawnKey(mix64(item.0 ^ (u64::from(n) << 48)))
 }
 
 struct SessionEntry {
@@ -228,13 +229,22 @@ struct SessionEntry {
 
 /// The supervisor actor. Start it with [`Supervisor::builder`].
 pub struct Supervisor {
+    /// How the fleet is run (capacity, budgets, retries, shards).
     config: SupervisorConfig,
+    /// Acts on the agents; every runtime call of the fleet goes through it.
     runtime: Arc<dyn AgentRuntime>,
+    /// Where every event goes (and, with a journal, the journal's sink).
     bus: EventBus,
+    /// The fleet-wide cap on summaries: compactions and rotations' handoff summaries each take
+    /// a slot while they run, so no burst overloads the summariser.
     compaction_slots: Arc<Semaphore>,
+    /// The agent types work items may name, with their restart budgets.
     agents: HashMap<Arc<str>, AgentEntry>,
+    /// Every submitted work item and where it is.
     items: HashMap<WorkItemId, ItemEntry>,
+    /// Items waiting for a session, in start order.
     queue: VecDeque<WorkItemId>,
+    /// The registry of live sessions (Live or Rotating items point back at them).
     sessions: HashMap<SessionId, SessionEntry>,
     /// Sessions being spawned and assigned for queued items: they count against
     /// `max_sessions`.
@@ -257,12 +267,18 @@ pub struct Supervisor {
     recovery: Option<RecoveryState>,
     /// `JournalFailed` was published (it is published once).
     journal_failed: bool,
+    /// Spawn and assign calls retried while starting sessions (rotations count theirs in their
+    /// records), for reports.
+    start_retries: u64,
 }
 
 /// Builds and starts a [`Supervisor`].
 pub struct SupervisorBuilder {
+    /// The runtime the supervisor will act through.
     runtime: Arc<dyn AgentRuntime>,
+    /// The configuration (the default until replaced).
     config: SupervisorConfig,
+    /// The agent types work items may name.
     agents: Vec<AgentType>,
     /// The journal and what it said was unfinished (see `supervisor/recovery.rs`).
     journal: Option<(Journal, RecoveryState)>,
@@ -323,6 +339,7 @@ impl SupervisorBuilder {
             journal: journal.clone(),
             recovery,
             journal_failed: false,
+            start_retries: 0,
         };
         SupervisorHandle {
             addr: sup.start(),
@@ -429,6 +446,9 @@ impl Supervisor {
         ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.starting -= 1;
             act.in_flight -= 1;
+            // One call of spawn, and of assign once a session was spawned, is no retry.
+            let first_calls = if spawned.get().is_some() { 2 } else { 1 };
+            act.start_retries += u64::from(attempts.get().saturating_sub(first_calls));
             act.finish_start(id, result, spawned.get(), ctx);
             act.pump(ctx);
             act.check_shutdown();
@@ -547,8 +567,10 @@ impl Supervisor {
         let runtime = self.runtime.clone();
         let (retry, limit) = (self.retry_policy(), self.config.close_timeout);
         self.in_flight += 1;
+        let span = tracing::info_span!("close", %session);
         ctx.spawn(
             async move { close_with_retry(&*runtime, session, retry, limit).await }
+                .instrument(span)
                 .into_actor(self)
                 .map(move |result, act, _| {
                     act.in_flight -= 1;
@@ -579,29 +601,27 @@ impl Supervisor {
         let rotation = RotationId(self.key());
         let budget = self.config.rotation_budget;
         let agent_type = self.items[&item_id].item.agent_type.clone();
-        let agent = self.agents[&agent_type].agent.clone();
+        let AgentEntry { agent, halted, .. } = &self.agents[&agent_type];
+        let agent = agent.clone();
+        if *halted {
+            // A successor is a new session of the type, which a halt forbids: the item waits in
+            // the queue like the type's other items.
+            let error = format!("agent type {agent_type} is halted (restart budget spent)");
+            self.refuse_rotation(rotation, &req, &agent, item_id, error.clone(), ctx);
+            self.requeue(item_id, format!("rotation refused: {error}"));
+            return;
+        }
         let item = self.item(item_id);
         if !item.rotations.try_take(budget, Instant::now()) {
             let error = format!(
                 "rotation budget spent: more than {} rotations in {:?}",
                 budget.count, budget.period
             );
-            self.bus.publish(FleetEvent::Rotation(rotation_record(
-                rotation,
-                &req,
-                &agent,
-                item_id,
-                None,
-                None,
-                0,
-                Duration::ZERO,
-                Some(error.clone()),
-            )));
-            self.bury(item_id, error.clone());
-            old_addr.do_send(Command::RotationFailed(error));
-            self.close_at_runtime(req.session, ctx);
+            self.refuse_rotation(rotation, &req, &agent, item_id, error.clone(), ctx);
+            self.bury(item_id, error);
             return;
         }
+        let item = self.item(item_id);
         item.place = Place::Rotating(req.session);
         item.spawns += 1;
         let rot = rotation::Rotation {
@@ -618,28 +638,48 @@ impl Supervisor {
         self.run_rotation(rot, rotation::Resume::Start, ctx);
     }
 
+    /// A rotation refused before any runtime work: its (failed) record, and the old session
+    /// closes. The caller decides where the item goes.
+    fn refuse_rotation(
+        &mut self,
+        rotation: RotationId,
+        req: &RotationRequest,
+        agent: &AgentType,
+        item: WorkItemId,
+        error: String,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::warn!(session = %req.session, work_item = %item, %error, "rotation refused");
+        let record = rotation_record(
+            rotation,
+            req,
+            agent,
+            item,
+            None,
+            None,
+            0,
+            Duration::ZERO,
+            Some(error.clone()),
+        );
+        self.bus.publish(FleetEvent::Rotation(record));
+        self.sessions[&req.session]
+            .addr
+            .do_send(Command::RotationFailed(error));
+        self.close_at_runtime(req.session, ctx);
+    }
+
     fn ended(&mut self, session: SessionId, ctx: &mut Context<Self>) {
         let Some(entry) = self.sessions.remove(&session) else {
             return;
         };
         let id = entry.item;
         match self.items[&id].place {
-            // Closed by the orchestrator, or by shutdown.
-            Place::Live(s) if s == session => {
-                self.close_at_runtime(session, ctx);
-                if self.shutdown.is_some() {
-                    self.requeue(id, "shutdown".into());
-                } else {
-                    self.item(id).place = Place::Done(session);
-                    self.bus.publish(FleetEvent::WorkItemDone {
-                        work_item: id,
-                        session,
-                    });
+            // Closed by the orchestrator, or by shutdown; or closed while its rotation is under
+            // way, in which case the rotation closes it at the runtime and finds the item gone.
+            Place::Live(s) | Place::Rotating(s) if s == session => {
+                if self.items[&id].place == Place::Live(session) {
+                    self.close_at_runtime(session, ctx);
                 }
-            }
-            // Closed while its rotation is under way: the rotation closes it at the runtime and
-            // finds the item gone.
-            Place::Rotating(s) if s == session => {
                 if self.shutdown.is_some() {
                     self.requeue(id, "shutdown".into());
                 } else {
@@ -662,25 +702,24 @@ impl Supervisor {
             return;
         };
         let id = entry.item;
-        if self.items[&id].place != Place::Live(session) {
-            // A rotation is under way (it finishes without the old actor) or the item moved.
-            self.check_shutdown();
-            return;
+        match self.items[&id].place {
+            Place::Live(s) if s == session => self.crashed_live(session, id, ctx),
+            Place::Rotating(s) if s == session => self.crashed_rotating(session, id),
+            // The item already moved on (handed over, or its rotation failed).
+            _ => {}
         }
+        self.pump(ctx);
+        self.check_shutdown();
+    }
+
+    /// A live session crashed: its item is restarted, requeued (the type halts) or buried.
+    fn crashed_live(&mut self, session: SessionId, id: WorkItemId, ctx: &mut Context<Self>) {
         self.close_at_runtime(session, ctx);
         let agent_type = self.items[&id].item.agent_type.clone();
         self.item(id).attempts += 1;
-        let budget = self.config.restart_budget;
         let outcome = if self.items[&id].attempts >= self.config.max_attempts {
             CrashOutcome::DeadLetter
-        } else if self.shutdown.is_none()
-            && self
-                .agents
-                .get_mut(&agent_type)
-                .expect("known agent type")
-                .restarts
-                .try_take(budget, Instant::now())
-        {
+        } else if self.shutdown.is_none() && self.spend_restart(&agent_type) {
             CrashOutcome::Restarted
         } else {
             CrashOutcome::Requeued
@@ -698,22 +737,53 @@ impl Supervisor {
                 self.item(id).place = Place::Queued;
                 self.queue.push_front(id);
             }
-            CrashOutcome::Requeued => {
-                let agent = self.agents.get_mut(&agent_type).expect("known agent type");
-                if !agent.halted && self.shutdown.is_none() {
-                    agent.halted = true;
-                    tracing::error!(agent_type = %agent_type, "restart budget spent; no more sessions of this type are started");
-                    self.bus.publish(FleetEvent::AgentTypeHalted {
-                        agent_type: agent_type.clone(),
-                        intensity: budget.count,
-                        period: budget.period,
-                    });
-                }
+            // (A live session's crash is never `RotationContinues`.)
+            CrashOutcome::Requeued | CrashOutcome::RotationContinues => {
+                self.halt(&agent_type);
                 self.requeue(id, "restart budget of its agent type spent".into());
             }
         }
-        self.pump(ctx);
-        self.check_shutdown();
+    }
+
+    /// A session crashed while its rotation is under way. The rotation goes on without the old
+    /// actor (it closes the old session at the runtime itself), so the item needs no restart;
+    /// the crash still spends its agent type's restart budget, and past it the type halts.
+    fn crashed_rotating(&mut self, session: SessionId, id: WorkItemId) {
+        let agent_type = self.items[&id].item.agent_type.clone();
+        self.bus.publish(FleetEvent::Crashed {
+            session,
+            work_item: id,
+            outcome: CrashOutcome::RotationContinues,
+        });
+        if self.shutdown.is_none() && !self.spend_restart(&agent_type) {
+            self.halt(&agent_type);
+        }
+    }
+
+    /// Takes one restart from the agent type's budget, if it allows one now.
+    fn spend_restart(&mut self, agent_type: &str) -> bool {
+        let budget = self.config.restart_budget;
+        self.agents
+            .get_mut(agent_type)
+            .expect("known agent type")
+            .restarts
+            .try_take(budget, Instant::now())
+    }
+
+    /// Halts an agent type whose restart budget is spent (once; not while shutting down): no
+    /// more sessions of it are started.
+    fn halt(&mut self, agent_type: &Arc<str>) {
+        let budget = self.config.restart_budget;
+        let agent = self.agents.get_mut(agent_type).expect("known agent type");
+        if !agent.halted && self.shutdown.is_none() {
+            agent.halted = true;
+            tracing::error!(agent_type = %agent_type, "restart budget spent; no more sessions of this type are started");
+            self.bus.publish(FleetEvent::AgentTypeHalted {
+                agent_type: agent_type.clone(),
+                intensity: budget.count,
+                period: budget.period,
+            });
+        }
     }
 
     fn check_shutdown(&mut self) {
@@ -741,13 +811,34 @@ where
     let mut op = op;
     (|| {
         attempts.set(attempts.get() + 1);
-        op()
+        unpanicked(op())
     })
     .retry(policy)
     .sleep(tokio::time::sleep)
     .when(RuntimeError::is_retryable)
     .notify(|e, delay| tracing::warn!(error = %e, ?delay, "runtime call failed; retrying"))
     .await
+}
+
+/// Runs a runtime call, turning a panic inside it into a permanent error with a log line: a
+/// runtime that panics must not take the supervisor (and the whole fleet) down with it.
+async fn unpanicked<T>(
+    call: impl Future<Output = Result<T, RuntimeError>>,
+) -> Result<T, RuntimeError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_string());
+            tracing::error!(panic = %what, "a runtime call panicked; it counts as a permanent failure");
+            Err(RuntimeError::permanent(format!(
+                "the runtime panicked: {what}"
+            )))
+        }
+    }
 }
 
 /// Closes `session`, retrying transient failures for at most `limit`.
@@ -1032,6 +1123,9 @@ pub struct Inventory {
     pub queue: Vec<WorkItemId>,
     /// Starts and rotations under way.
     pub in_flight: usize,
+    /// Spawn and assign calls retried while starting sessions so far (a rotation's retries
+    /// are in its [`RotationRecord`]).
+    pub start_retries: u64,
 }
 
 impl Handler<TakeInventory> for Supervisor {
@@ -1055,6 +1149,7 @@ impl Handler<TakeInventory> for Supervisor {
             sessions,
             queue: self.queue.iter().copied().collect(),
             in_flight: self.in_flight,
+            start_retries: self.start_retries,
         })
     }
 }

@@ -11,7 +11,7 @@ use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, Op};
 use baton::{
     CrashOutcome, EventKind, FleetEvent, Phase, Place, Policy, RotationReason, SupervisorConfig,
 };
-use support::fleet::{Harness, agent, check_invariants, item};
+use support::fleet::{DoomedPolls, Harness, agent, check_invariants, item};
 
 fn pin(name: &str, log: &[FleetEvent]) {
     pin_redacted(name, log, &[]);
@@ -395,7 +395,220 @@ async fn compaction_cap_is_never_exceeded() {
             .iter()
             .all(|e| !matches!(e, FleetEvent::Compaction(c) if !c.success))
     );
+    h.settle(Duration::from_millis(20)).await;
     check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    // Which of two compactions that share a slot finishes first is up to the timer, so the
+    // log is pinned session by session (each session's events keep their order).
+    let mut by_session = h.log.clone();
+    by_session.sort_by_key(session_of);
+    pin("fleet_compaction_cap_is_never_exceeded", &by_session);
+}
+
+/// The session an event is about (the old session, for a rotation).
+fn session_of(e: &FleetEvent) -> Option<baton::SessionId> {
+    match e {
+        FleetEvent::SessionStarted { session, .. }
+        | FleetEvent::Crashed { session, .. }
+        | FleetEvent::WorkItemDone { session, .. }
+        | FleetEvent::RuntimeWarning { session, .. } => Some(*session),
+        FleetEvent::Transition(t) => Some(t.session),
+        FleetEvent::Compaction(c) => Some(c.session),
+        FleetEvent::Rotation(r) => Some(r.old_session),
+        FleetEvent::Rejected { session, .. } => *session,
+        _ => None,
+    }
+}
+
+#[actix::test]
+async fn rotation_handoff_summaries_share_the_compaction_cap() {
+    let config = SupervisorConfig {
+        max_concurrent_compactions: 2,
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, latency(Op::Summarise, 40), vec![agent("sonnet")]);
+    let mut sessions = Vec::new();
+    for i in 1..=8 {
+        h.supervisor.submit(item(i, "sonnet")).await.unwrap();
+        sessions.push(h.started(i).await);
+    }
+    // Half compact, half rotate, all at once: six summaries wanted, two slots.
+    for (n, s) in sessions.iter().enumerate() {
+        h.report(*s, if n % 2 == 0 { 850 } else { 960 }).await;
+    }
+    let (mut compactions, mut rotations) = (0, 0);
+    while compactions < 4 || rotations < 4 {
+        match h
+            .wait_for("compaction or rotation", |e| compaction(e) || rotation(e))
+            .await
+        {
+            FleetEvent::Compaction(c) => {
+                assert!(c.success, "{c:?}");
+                compactions += 1;
+            }
+            FleetEvent::Rotation(r) => {
+                assert!(r.success && !r.handoff_fallback, "{r:?}");
+                rotations += 1;
+            }
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(
+        h.runtime.peak_concurrent_summaries(),
+        2,
+        "handoff summaries wait for a slot like compactions"
+    );
+    h.settle(Duration::from_millis(20)).await;
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+}
+
+#[actix::test]
+async fn a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on() {
+    // The first spawn (a start) panics, then the handoff summary and the successor's spawn
+    // (a rotation) panic: each counts as a permanent failure of that call.
+    let mem = MemoryConfig {
+        faults: vec![
+            fault(Op::Spawn, 1..=1, FaultKind::Panic),
+            fault(Op::Spawn, 3..=3, FaultKind::Panic),
+            fault(Op::Summarise, 1..=1, FaultKind::Panic),
+        ],
+        ..memory()
+    };
+    let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let FleetEvent::WorkItemRequeued { reason, .. } = h
+        .wait_for("requeue", |e| {
+            matches!(e, FleetEvent::WorkItemRequeued { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert!(reason.contains("the runtime panicked"), "{reason}");
+    let first = h.started(1).await;
+    h.report(first, 960).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(!r.success && r.handoff_fallback, "{r:?}");
+    assert!(
+        r.error.as_deref().unwrap().contains("the runtime panicked"),
+        "{r:?}"
+    );
+    // The item went back to the queue with the fallback handoff, and a new session took it.
+    let second = h.started(1).await;
+    let handoff = h.runtime.session(second).unwrap().handoff.unwrap();
+    assert!(handoff.fallback && handoff.text.contains("the runtime panicked"));
+    h.settle(Duration::from_millis(20)).await;
+    assert_eq!(h.place(1).await, Place::Live(second));
+    assert!(h.runtime.session(first).unwrap().closed);
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin(
+        "fleet_a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on",
+        &h.log,
+    );
+}
+
+#[actix::test]
+async fn a_session_that_crashes_while_rotating_is_reported_and_the_rotation_goes_on() {
+    let inner = std::sync::Arc::new(baton::MemoryRuntime::new(latency(Op::Summarise, 200)));
+    let outer = std::sync::Arc::new(DoomedPolls {
+        inner: inner.clone(),
+        doomed: Default::default(),
+    });
+    let config = SupervisorConfig {
+        poll_interval: Some(Duration::from_millis(5)),
+        restart_budget: baton::supervisor::Budget {
+            count: 1,
+            period: Duration::from_secs(60),
+        },
+        ..fast_config()
+    };
+    let mut h = Harness::start_wrapped(config, inner, outer.clone(), vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let old = h.started(1).await;
+    h.report(old, 960).await;
+    h.wait_for(
+        "rotating",
+        |e| matches!(e, FleetEvent::Transition(t) if t.to == Phase::Rotating),
+    )
+    .await;
+    // The handoff summary takes 200 ms; meanwhile the old session's next poll panics.
+    outer.doomed.lock().unwrap().insert(old);
+    let crash = h
+        .wait_for("crash", |e| matches!(e, FleetEvent::Crashed { .. }))
+        .await;
+    assert_eq!(
+        crash,
+        FleetEvent::Crashed {
+            session: old,
+            work_item: baton::WorkItemId(1),
+            outcome: CrashOutcome::RotationContinues,
+        }
+    );
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(r.success, "{r:?}");
+    h.settle(Duration::from_millis(30)).await;
+    assert_eq!(h.place(1).await, Place::Live(r.new_session.unwrap()));
+    assert!(
+        !h.log
+            .iter()
+            .any(|e| matches!(e, FleetEvent::AgentTypeHalted { .. })),
+        "one crash is within the budget"
+    );
+    assert!(h.runtime.session(old).unwrap().closed);
+    // The crashed actor could not be told `HandedOver`: leave its rotation out of the check
+    // that every successful rotation was handed over.
+    let log: Vec<_> = h
+        .log
+        .iter()
+        .filter(|e| !matches!(e, FleetEvent::Rotation(r) if r.old_session == old))
+        .cloned()
+        .collect();
+    check_invariants(&h.inventory().await, &h.runtime, &log);
+}
+
+#[actix::test]
+async fn a_halted_agent_type_does_not_rotate_and_its_item_waits() {
+    // No restarts allowed: the first crash halts the type.
+    let mem = MemoryConfig {
+        faults: vec![fault(Op::Summarise, 1..=1, FaultKind::Panic)],
+        ..memory()
+    };
+    let config = SupervisorConfig {
+        restart_budget: baton::supervisor::Budget {
+            count: 0,
+            period: Duration::from_secs(60),
+        },
+        ..fast_config()
+    };
+    let mut h = Harness::start(config, mem, vec![agent("sonnet")]);
+    h.supervisor.submit(item(1, "sonnet")).await.unwrap();
+    let crashing = h.started(1).await;
+    h.supervisor.submit(item(2, "sonnet")).await.unwrap();
+    let other = h.started(2).await;
+    h.report(crashing, 850).await;
+    h.wait_for("halt", |e| matches!(e, FleetEvent::AgentTypeHalted { .. }))
+        .await;
+    h.report(other, 960).await;
+    let FleetEvent::Rotation(r) = h.wait_for("rotation", rotation).await else {
+        unreachable!()
+    };
+    assert!(!r.success && r.new_session.is_none());
+    assert!(r.error.as_deref().unwrap().contains("halted"), "{r:?}");
+    h.settle(Duration::from_millis(20)).await;
+    assert_eq!(h.place(2).await, Place::Queued);
+    assert!(
+        h.runtime.open_sessions().is_empty(),
+        "no successor was spawned"
+    );
+    assert_eq!(h.runtime.calls(Op::Spawn), 2);
+    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    pin(
+        "fleet_a_halted_agent_type_does_not_rotate_and_its_item_waits",
+        &h.log,
+    );
 }
 
 #[actix::test]

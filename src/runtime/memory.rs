@@ -274,26 +274,27 @@ impl MemoryRuntime {
         }
     }
 
-    /// Whether the random-failure model fails this call of `op` on `subject`.
-    fn random_fault(&self, op: Op, subject: u64) -> bool {
-        let Some((rate, seed)) = self.config.random_failures else {
-            return false;
-        };
+    /// Whether the random-failure model fails this call of `op` on `subject`: `Some(n)`, the
+    /// call's number among the calls of `op` on `subject`, when it does.
+    fn random_fault(&self, op: Op, subject: u64) -> Option<u64> {
+        let (rate, seed) = self.config.random_failures?;
         let n = {
             let mut calls = self.subject_calls.lock().expect("lock");
             let c = calls.entry((op, subject)).or_insert(0);
             *c += 1;
             *c
         };
-        let mut z = seed ^ subject.rotate_left(17) ^ (n << 8) ^ op as u64;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 / (1u64 << 53) as f64) < rate
+        let z = super::mix64(seed ^ subject.rotate_left(17) ^ (n << 8) ^ op as u64);
+        (((z >> 11) as f64 / (1u64 << 53) as f64) < rate).then_some(n)
     }
 
     /// Counts the call, waits its latency, and applies any fault. Returns `Err` for a failing
     /// call; panics or hangs when told to.
+    ///
+    /// A scripted fault's message names the call by its number among all calls of `op` (what
+    /// the script counts); a random fault's, by its number among the calls of `op` on
+    /// `subject`, so that the message (which may end up in a fallback handoff, and so in a
+    /// successor's size) is the same however the fleet's threads interleave.
     async fn enter(&self, op: Op, subject: u64) -> Result<(), RuntimeError> {
         let n = self.calls[op.index()].fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(d) = self.config.latency.get(&op).filter(|d| !d.is_zero()) {
@@ -304,21 +305,19 @@ impl MemoryRuntime {
             .faults
             .iter()
             .find(|f| f.op == op && f.calls.contains(&n))
-            .map(|f| f.kind);
-        let kind = scripted.or_else(|| {
-            self.random_fault(op, subject)
-                .then_some(FaultKind::Transient)
+            .map(|f| (f.kind, format!("injected fault: {op:?} call {n}")));
+        let fault = scripted.or_else(|| {
+            self.random_fault(op, subject).map(|k| {
+                let message = format!("injected fault: {op:?} call {k} of its subject");
+                (FaultKind::Transient, message)
+            })
         });
-        match kind {
+        match fault {
             None => Ok(()),
-            Some(FaultKind::Transient) => Err(RuntimeError::transient(format!(
-                "injected fault: {op:?} call {n}"
-            ))),
-            Some(FaultKind::Permanent) => Err(RuntimeError::permanent(format!(
-                "injected fault: {op:?} call {n}"
-            ))),
-            Some(FaultKind::Panic) => panic!("injected panic: {op:?} call {n}"),
-            Some(FaultKind::Hang) => std::future::pending().await,
+            Some((FaultKind::Transient, message)) => Err(RuntimeError::transient(message)),
+            Some((FaultKind::Permanent, message)) => Err(RuntimeError::permanent(message)),
+            Some((FaultKind::Panic, _)) => panic!("injected panic: {op:?} call {n}"),
+            Some((FaultKind::Hang, _)) => std::future::pending().await,
         }
     }
 }
@@ -343,8 +342,12 @@ impl AgentRuntime for MemoryRuntime {
         self.with_session(session, |s| {
             let own = s.used.saturating_sub(s.base) as f64;
             let tokens = ((own * m.ratio) as u64).clamp(m.min_tokens, m.max_tokens.max(m.min_tokens));
+            // Named by its work item, not its session: session ids depend on the order in
+            // which the fleet's threads spawned, and this text may reach a fallback handoff,
+            // whose size decides what the successor does.
+            let of = s.item.as_ref().map_or_else(|| "no work item".to_string(), |i| format!("work item {}", i.id));
             Summary {
-                text: format!("{purpose:?} summary of {session}: {tokens} tokens of completed work, patterns and decisions"),
+                text: format!("{purpose:?} summary of {of}: {tokens} tokens of completed work, patterns and decisions"),
                 tokens,
             }
         })

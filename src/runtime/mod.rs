@@ -25,6 +25,16 @@ use crate::machine::SessionId;
 use crate::policy::Policy;
 use crate::usage::Usage;
 
+/// splitmix64: one well-mixed number from `z`. Every seeded draw of baton (the simulated
+/// workload, the injected faults, spawn keys) goes through it, so that each draw depends on its
+/// own inputs only, never on a shared stream that thread timing could reorder.
+pub(crate) fn mix64(z: u64) -> u64 {
+    let mut z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// What a successor must match: a name plus what the runtime needs to start one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentType {

@@ -21,11 +21,13 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use backon::ExponentialBuilder;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{
     Place, Supervisor, call_with_retry, close_with_retry, fallback_handoff, rotation_record,
+    unpanicked,
 };
 use crate::journal::{Journal, JournalError, Op, RotationIntent};
 use crate::machine::SessionId;
@@ -99,6 +101,8 @@ pub(super) struct Worked {
 struct Job {
     /// Acts on the agents.
     runtime: Arc<dyn AgentRuntime>,
+    /// The fleet-wide cap on summaries: the handoff summary takes a slot like a compaction.
+    summary_slots: Arc<Semaphore>,
     /// Where each step is made durable, if anywhere.
     journal: Option<Journal>,
     /// Backoff for spawn, assign and close.
@@ -213,9 +217,17 @@ impl Job {
                 error,
             )
         };
-        match tokio::time::timeout(limit, self.runtime.summarise(old, SummaryPurpose::Handoff))
-            .await
-        {
+        // Waiting for a summary slot counts against the limit (and so against the rotation's
+        // deadline): a rotation storm queues behind the cap instead of bursting the summariser.
+        let summary = async {
+            let _slot = self
+                .summary_slots
+                .acquire()
+                .await
+                .map_err(|_| RuntimeError::permanent("summary slots closed"))?;
+            unpanicked(self.runtime.summarise(old, SummaryPurpose::Handoff)).await
+        };
+        match tokio::time::timeout(limit, summary).await {
             Ok(Ok(s)) => Handoff {
                 text: s.text,
                 tokens: s.tokens,
@@ -245,6 +257,7 @@ impl Supervisor {
     pub(super) fn run_rotation(&mut self, rot: Rotation, from: Resume, ctx: &mut Context<Self>) {
         let job = Job {
             runtime: self.runtime.clone(),
+            summary_slots: self.compaction_slots.clone(),
             journal: self.journal.clone(),
             retry: self.retry_policy(),
             close_limit: self.config.close_timeout,

@@ -205,3 +205,82 @@ pub fn check_invariants(inv: &Inventory, runtime: &MemoryRuntime, log: &[FleetEv
         );
     }
 }
+
+/// A `MemoryRuntime` whose usage polls panic for the sessions it is told to doom: a way to
+/// crash a session's actor at a chosen moment (its poll runs inside the actor).
+pub struct DoomedPolls {
+    /// Does everything else.
+    pub inner: Arc<MemoryRuntime>,
+    /// Sessions whose next poll panics.
+    pub doomed: std::sync::Mutex<std::collections::HashSet<SessionId>>,
+}
+
+#[async_trait::async_trait]
+impl baton::AgentRuntime for DoomedPolls {
+    async fn summarise(
+        &self,
+        session: SessionId,
+        purpose: baton::runtime::SummaryPurpose,
+    ) -> Result<baton::Summary, baton::RuntimeError> {
+        self.inner.summarise(session, purpose).await
+    }
+
+    async fn replace_history(
+        &self,
+        session: SessionId,
+        summary: &baton::Summary,
+    ) -> Result<u64, baton::RuntimeError> {
+        self.inner.replace_history(session, summary).await
+    }
+
+    async fn close(&self, session: SessionId) -> Result<(), baton::RuntimeError> {
+        self.inner.close(session).await
+    }
+
+    async fn spawn(
+        &self,
+        agent: &AgentType,
+        key: baton::runtime::SpawnKey,
+    ) -> Result<SessionId, baton::RuntimeError> {
+        self.inner.spawn(agent, key).await
+    }
+
+    async fn assign(
+        &self,
+        session: SessionId,
+        item: &WorkItem,
+        handoff: Option<&baton::Handoff>,
+    ) -> Result<(), baton::RuntimeError> {
+        self.inner.assign(session, item, handoff).await
+    }
+
+    async fn usage(&self, session: SessionId) -> Result<baton::Usage, baton::RuntimeError> {
+        if self.doomed.lock().unwrap().contains(&session) {
+            panic!("doomed poll of {session}");
+        }
+        self.inner.usage(session).await
+    }
+}
+
+impl Harness {
+    /// A fleet over `outer`, a runtime that wraps `runtime` (which the harness inspects).
+    pub fn start_wrapped(
+        config: SupervisorConfig,
+        runtime: Arc<MemoryRuntime>,
+        outer: Arc<dyn baton::AgentRuntime>,
+        agents: Vec<AgentType>,
+    ) -> Self {
+        let mut b = Supervisor::builder(outer).config(config);
+        for a in agents {
+            b = b.agent_type(a);
+        }
+        let supervisor = b.start();
+        let events = supervisor.subscribe();
+        Self {
+            runtime,
+            supervisor,
+            events,
+            log: Vec::new(),
+        }
+    }
+}

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use baton::Usage;
 use baton::simulate::{self, SimulationConfig};
 
 use crate::policy_args::PolicyArgs;
@@ -59,8 +60,11 @@ fn agent_type(spec: &str) -> Result<(String, u64)> {
     let window: u64 = window
         .parse()
         .with_context(|| format!("agent type {spec:?}: window {window:?} is not a number"))?;
-    if name.is_empty() || window == 0 {
-        bail!("agent type {spec:?}: needs a name and a window of at least 1 token");
+    if name.is_empty() || window == 0 || window > Usage::MAX_TOKENS {
+        bail!(
+            "agent type {spec:?}: needs a name and a window of 1 to {} tokens",
+            Usage::MAX_TOKENS
+        );
     }
     Ok((name.to_string(), window))
 }
@@ -105,4 +109,27 @@ pub fn run(args: Args) -> Result<()> {
         let title = format!("baton simulate, seed {}", r.seed);
         crate::table::write_fleet_table(out, &title, r)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_type_windows_outside_what_usage_holds_are_refused() {
+        assert_eq!(agent_type("qwen:8192").unwrap(), ("qwen".to_string(), 8192));
+        let max = format!("big:{}", Usage::MAX_TOKENS);
+        assert_eq!(agent_type(&max).unwrap().1, Usage::MAX_TOKENS);
+        for bad in [
+            format!("big:{}", Usage::MAX_TOKENS + 1),
+            "zero:0".into(),
+            ":10".into(),
+        ] {
+            let error = agent_type(&bad).unwrap_err().to_string();
+            assert!(
+                error.contains("window of 1 to 4294967295 tokens"),
+                "{bad}: {error}"
+            );
+        }
+    }
 }
