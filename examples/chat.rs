@@ -32,11 +32,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runtime = Arc::new(ChatRuntime::new(client));
 
     // ===== The supervisor over it; the runtime reports usage to its sessions =====
+    // The window: the endpoint's (llama.cpp /props, /v1/models), else a well-known model's,
+    // else 8192. A window given here instead of `None` would win over both.
+    let window = runtime
+        .window_for("engineer", &model, None)
+        .await
+        .map_or(8192, |w| w.tokens);
     let agent = AgentType {
         model,
         system_prompt: "You are a concise software engineer.".into(),
-        // The window is the endpoint's when it states a smaller one (llama.cpp /props).
-        ..AgentType::new("engineer", 8192)
+        ..AgentType::new("engineer", window)
     };
     let fleet = Supervisor::builder(runtime.clone())
         .agent_type(agent)

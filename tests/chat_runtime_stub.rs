@@ -7,10 +7,10 @@ mod support;
 
 use std::time::Duration;
 
-use baton::provider::Distrust;
+use baton::provider::{Distrust, Encoding, Message as ProviderMessage, Provider, WindowSource};
 use baton::runtime::chat::{
-    ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeError, Role, SUMMARY_INSTRUCTIONS,
-    SUMMARY_PREFIX,
+    ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeError, EndpointWindow, MESSAGE_OVERHEAD,
+    REPLY_PRIMING, Role, SUMMARY_INSTRUCTIONS, SUMMARY_PREFIX, SummaryBudget, choose_window,
 };
 use baton::runtime::{AgentRuntime, SpawnKey, SummaryPurpose};
 use baton::{AgentType, FleetEvent, Phase, RotationReason, UsageSource};
@@ -18,6 +18,9 @@ use support::chat::{ChatFleet, quick_client, runtime_config};
 use support::stub::{Fault, Stub, StubWindow};
 
 const WINDOW: u64 = 2000;
+
+/// The work item every fleet here starts with.
+const ITEM: &str = "Fix the failing test in tests/parse.rs";
 
 fn agent() -> AgentType {
     AgentType {
@@ -37,9 +40,7 @@ fn runtime(stub: &Stub) -> ChatRuntime {
 /// A fleet over the stub with one work item started; its session.
 async fn fleet(stub: &Stub) -> (ChatFleet, baton::SessionId) {
     let mut fleet = ChatFleet::start(runtime(stub), agent());
-    let session = fleet
-        .start_item(1, "coder", "Fix the failing test in tests/parse.rs")
-        .await;
+    let session = fleet.start_item(1, "coder", ITEM).await;
     (fleet, session)
 }
 
@@ -88,11 +89,20 @@ async fn usage_is_reported_after_each_reply_without_the_caller_reporting_anythin
         requests[3].body["messages"][0]["content"],
         SUMMARY_INSTRUCTIONS
     );
+    // It keeps the work item's message, whose goal the latest "Go on." does not carry.
     let history = fleet.runtime.history(s).await.unwrap();
     let roles: Vec<Role> = history.iter().map(|m| m.role).collect();
-    assert_eq!(roles, [Role::System, Role::User, Role::User]);
-    assert!(history[1].text().starts_with(SUMMARY_PREFIX));
-    assert_eq!(history[2].text(), "Go on.");
+    assert_eq!(roles, [Role::System, Role::User, Role::User, Role::User]);
+    assert!(history[1].text().contains(ITEM));
+    assert!(history[2].text().starts_with(SUMMARY_PREFIX));
+    assert_eq!(history[3].text(), "Go on.");
+    // The next request still carries the work item, outside the summary.
+    fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let next = &stub.chat_requests()[4].body["messages"];
+    assert!(
+        next[1]["content"].as_str().unwrap().contains(ITEM),
+        "{next}"
+    );
     fleet.stop().await;
 }
 
@@ -316,7 +326,11 @@ async fn no_api_key_appears_in_any_log_line_or_record() {
     tracing::info!(?runtime, "runtime");
     let mut fleet = ChatFleet::start(runtime, agent());
     let s = fleet.start_item(1, "coder", "Fix it").await;
+    // A long first reply: the history grows by about what the figures say, and the
+    // compaction summarises it away.
+    stub.reply_text(&"The build fails in src/parse.rs at line 12.\n".repeat(110));
     fleet.runtime.reply(s).await.unwrap();
+    stub.reply_text("Looking at src/parse.rs.");
     let compacting = fleet.runtime.chat(s, "Go on.").await.unwrap();
     assert_eq!(compacting.phase, Phase::Normal);
     let rotated = fleet.runtime.chat(s, "Go on.").await.unwrap();
@@ -349,26 +363,212 @@ async fn no_api_key_appears_in_any_log_line_or_record() {
 }
 
 #[actix::test]
-async fn the_endpoint_window_is_used_when_it_is_smaller_than_the_agent_types() {
+async fn the_agent_types_window_wins_over_a_smaller_endpoint_window_with_one_warning() {
+    let (logs, _guard) = support::capture_logs();
     let stub = Stub::start().await;
     stub.window(StubWindow {
         props: Some((1024, 1)),
-        max_model_len: None,
+        ..StubWindow::default()
     });
-    let (fleet, s) = fleet(&stub).await;
-    assert_eq!(fleet.runtime.session_window(s), Some(1024));
-    let turn = fleet.runtime.reply(s).await.unwrap();
-    assert_eq!(turn.reading.unwrap().usage.window(), 1024);
-    fleet.stop().await;
-
-    let larger = Stub::start().await;
-    larger.window(StubWindow {
-        props: None,
-        max_model_len: Some(32_768),
-    });
-    let (fleet, s) = self::fleet(&larger).await;
+    let (mut fleet, s) = fleet(&stub).await;
     assert_eq!(fleet.runtime.session_window(s), Some(WINDOW));
+    let turn = fleet.runtime.reply(s).await.unwrap();
+    assert_eq!(turn.reading.unwrap().usage.window(), WINDOW);
+    let other = fleet.start_item(2, "coder", "Fix tests/lex.rs").await;
+    assert_eq!(fleet.runtime.session_window(other), Some(WINDOW));
     fleet.stop().await;
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        logs.matches("window is larger than the endpoint's").count(),
+        1,
+        "one warning per agent type: {logs}"
+    );
+    let asked = stub
+        .received()
+        .iter()
+        .filter(|r| r.path == "/props")
+        .count();
+    assert_eq!(asked, 1, "the endpoint's answer is kept");
+}
+
+#[test]
+fn a_window_the_user_gives_wins_then_the_endpoints_then_the_known_models() {
+    let endpoint = EndpointWindow {
+        tokens: 4096,
+        source: WindowSource::ServerSlot,
+        slots: Some(1),
+    };
+    let w = |user, endpoint: Option<&EndpointWindow>, model| {
+        choose_window(user, endpoint, model).map(|w| (w.tokens, w.source))
+    };
+    assert_eq!(
+        w(Some(8192), Some(&endpoint), "gpt-4o"),
+        Some((8192, WindowSource::User)),
+        "even above the endpoint's"
+    );
+    assert_eq!(
+        w(None, Some(&endpoint), "gpt-4o"),
+        Some((4096, WindowSource::ServerSlot))
+    );
+    assert_eq!(
+        w(None, None, "openai/gpt-4o-mini"),
+        Some((128_000, WindowSource::KnownModel))
+    );
+    assert_eq!(w(None, None, "stub-model"), None);
+}
+
+#[actix::test]
+async fn without_a_window_of_its_own_an_agent_type_takes_the_endpoints_or_a_known_models() {
+    let stub = Stub::start().await;
+    let runtime = runtime(&stub);
+    // The stub states no window (both endpoints answer 404).
+    let known = runtime.window_for("coder", "gpt-4o", None).await.unwrap();
+    assert_eq!(
+        (known.tokens, known.source),
+        (128_000, WindowSource::KnownModel)
+    );
+    assert_eq!(runtime.window_for("coder", "stub-model", None).await, None);
+    let given = runtime
+        .window_for("coder", "gpt-4o", Some(5000))
+        .await
+        .unwrap();
+    assert_eq!((given.tokens, given.source), (5000, WindowSource::User));
+
+    let llama = Stub::start().await;
+    llama.window(StubWindow {
+        props: Some((1024, 1)),
+        ..StubWindow::default()
+    });
+    let w = self::runtime(&llama)
+        .window_for("coder", "gpt-4o", None)
+        .await
+        .unwrap();
+    assert_eq!((w.tokens, w.source), (1024, WindowSource::ServerSlot));
+}
+
+#[actix::test]
+async fn a_window_lookup_that_failed_is_asked_again_and_an_answer_is_kept() {
+    let stub = Stub::start().await;
+    stub.window(StubWindow {
+        unavailable: true,
+        ..StubWindow::default()
+    });
+    let runtime = runtime(&stub);
+    assert_eq!(runtime.endpoint_window(&agent()).await, None);
+    stub.window(StubWindow {
+        props: Some((1024, 1)),
+        ..StubWindow::default()
+    });
+    let window = |w: Option<EndpointWindow>| w.map(|w| w.tokens);
+    assert_eq!(window(runtime.endpoint_window(&agent()).await), Some(1024));
+    stub.window(StubWindow {
+        props: Some((4096, 1)),
+        ..StubWindow::default()
+    });
+    assert_eq!(
+        window(runtime.endpoint_window(&agent()).await),
+        Some(1024),
+        "kept"
+    );
+    let asked = stub
+        .received()
+        .iter()
+        .filter(|r| r.path == "/props")
+        .count();
+    assert_eq!(asked, 2);
+
+    // An endpoint that states none (404s) has answered: it is not asked again.
+    let silent = Stub::start().await;
+    let runtime = self::runtime(&silent);
+    assert_eq!(runtime.endpoint_window(&agent()).await, None);
+    assert_eq!(runtime.endpoint_window(&agent()).await, None);
+    assert_eq!(silent.received().len(), 2, "/props and /v1/models, once");
+}
+
+#[actix::test]
+async fn llama_cpp_timings_alone_are_read_as_the_servers_figures() {
+    let stub = Stub::start().await;
+    stub.usage_series(vec![(300, 12)]);
+    stub.script([Fault::TimingsOnly]);
+    let (fleet, s) = fleet(&stub).await;
+    let turn = fleet.runtime.reply(s).await.unwrap();
+    let reading = turn.reading.unwrap();
+    assert_eq!(reading.distrust, None);
+    assert_eq!(reading.usage.source(), UsageSource::Reported);
+    assert_eq!(
+        reading.usage.used(),
+        312,
+        "prompt_n + cache_n + predicted_n"
+    );
+    assert_eq!(reading.reported.unwrap().provider, Provider::LlamaCpp);
+    fleet.stop().await;
+}
+
+#[actix::test]
+async fn an_overflow_that_states_a_smaller_window_budgets_the_handoff_for_it() {
+    let stub = Stub::start().await;
+    let (mut fleet, s) = fleet(&stub).await;
+    // No usage: the token scale stays at 1.0 until the overflow measures it.
+    stub.script([Fault::NoUsage]);
+    fleet.runtime.reply(s).await.unwrap();
+    let long = "error[E0308]: mismatched types in src/parse.rs, expected `Ast`. ".repeat(100);
+    let encoding = Encoding::for_model("stub-model");
+    let mut sent: Vec<ProviderMessage> = fleet
+        .runtime
+        .history(s)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| ProviderMessage::new(role_name(m.role), m.text()))
+        .collect();
+    sent.push(ProviderMessage::new("user", long.as_str()));
+    let local = encoding.prompt_tokens(&sent);
+    // The server counts 2 tokens per local token, and has about half the agent type's window.
+    let prompt = local * 2;
+    let scale = prompt as f64 / local as f64;
+    stub.script([Fault::OverflowLlamaCpp {
+        prompt,
+        window: 1024,
+    }]);
+    let before = stub.chat_requests().len();
+
+    let turn = fleet.runtime.chat(s, long.as_str()).await.unwrap();
+
+    assert!(turn.overflow.is_some() && turn.successor.is_some());
+    let r = &fleet.rotations()[0];
+    assert!(r.success && !r.handoff_fallback, "{r:?}");
+    let budget = SummaryBudget::for_window(1024);
+    let handoff = &stub.chat_requests()[before + 1..];
+    assert!(!handoff.is_empty());
+    for request in handoff {
+        assert_eq!(request.body["max_tokens"], budget.summary_tokens);
+        // Counted afresh from what the stub received, at the server's measured scale.
+        let tokens: usize = request.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let text = m["content"].as_str().unwrap();
+                (encoding.count(text) as f64 * scale).ceil() as usize + MESSAGE_OVERHEAD
+            })
+            .sum::<usize>()
+            + REPLY_PRIMING;
+        assert!(
+            tokens <= budget.input_tokens(),
+            "{tokens} > {}",
+            budget.input_tokens()
+        );
+    }
+    fleet.stop().await;
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+        Role::Tool => "tool",
+    }
 }
 
 #[actix::test]
@@ -425,18 +625,19 @@ async fn a_summary_replaces_the_history_it_was_written_from_and_later_messages_a
 
     let history = fleet.runtime.history(s).await.unwrap();
     let texts: Vec<&str> = history.iter().map(|m| m.text()).collect();
-    assert_eq!(texts.len(), 5, "{texts:#?}");
+    assert_eq!(texts.len(), 6, "{texts:#?}");
     assert_eq!(texts[0], "You are a careful coding agent.");
-    assert!(texts[1].starts_with(SUMMARY_PREFIX) && texts[1].contains(&summary.text));
+    assert!(texts[1].contains(ITEM), "the work item's message");
+    assert!(texts[2].starts_with(SUMMARY_PREFIX) && texts[2].contains(&summary.text));
     assert_eq!(
-        texts[2], "First question?",
+        texts[3], "First question?",
         "the latest user message it was written from"
     );
     assert_eq!(
-        texts[3], "Second question?",
+        texts[4], "Second question?",
         "what came after is kept, in order"
     );
-    assert_eq!(history[4].role, Role::Assistant);
+    assert_eq!(history[5].role, Role::Assistant);
     assert!(after > 0);
     fleet.stop().await;
 }

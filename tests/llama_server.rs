@@ -189,7 +189,6 @@ async fn a_history_larger_than_the_window_is_summarised_in_parts_that_all_fit() 
         // Measured by the server's own tokenizer: the request fit, with room for the reply.
         assert!(tokens.prompt_tokens as usize + budget.summary_tokens <= window);
         assert!(tokens.completion_tokens as usize <= budget.summary_tokens);
-        // The local estimate is on the safe side of the real count.
         // The local estimate is within the margin kept for its error.
         assert!(tokens.prompt_tokens as usize <= call.estimated_tokens + budget.margin);
     }

@@ -25,6 +25,18 @@ async fn baton_run(args: Vec<String>) -> Output {
     .unwrap()
 }
 
+/// Log output without its colours.
+fn plain(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('\u{1b}') {
+        out.push_str(&rest[..at]);
+        rest = rest[at..].split_once('m').map_or("", |(_, after)| after);
+    }
+    out.push_str(rest);
+    out
+}
+
 fn items_file(dir: &tempfile::TempDir, text: &str) -> String {
     let path = dir.path().join("items");
     std::fs::write(&path, text).unwrap();
@@ -123,6 +135,22 @@ async fn run_compacts_live_and_stops_at_the_turn_limit() {
         "{}",
         requests[1].body
     );
+    // After the compaction (request 3 is the summary), the work item is still in the prompt,
+    // as a message of its own: the latest user message is only the continue prompt.
+    let after = requests[4].body["messages"].as_array().unwrap();
+    assert_eq!(after[0]["content"], "You fix bugs.");
+    let item = after[1]["content"].as_str().unwrap();
+    assert!(
+        item.contains("Make the parser accept trailing commas"),
+        "{}",
+        requests[4].body
+    );
+    assert!(
+        after[2]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Summary of the conversation so far.")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,6 +159,7 @@ async fn run_takes_the_window_from_the_endpoint_and_the_key_from_the_environment
     stub.window(StubWindow {
         props: Some((4096, 1)),
         max_model_len: None,
+        ..StubWindow::default()
     });
     stub.reply_text("DONE");
     let dir = tempfile::tempdir().unwrap();
@@ -161,6 +190,51 @@ async fn run_takes_the_window_from_the_endpoint_and_the_key_from_the_environment
     let logs = format!("{}{}", stdout(&o), stderr(&o));
     assert!(logs.contains("chat request"), "debug logs are on: {logs}");
     assert!(!logs.contains("9a8b7c6d"), "the key leaked: {logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_takes_a_well_known_models_window_when_the_endpoint_states_none() {
+    let stub = Stub::start().await;
+    stub.reply_text("DONE");
+    let dir = tempfile::tempdir().unwrap();
+    let file = items_file(&dir, "Say DONE\n");
+    let mut a = args(&file, &stub.base_url(), &["-v"]);
+    // args() names stub-model; this run names a model from baton's table instead.
+    let model = a.iter().position(|x| x == "stub-model").unwrap();
+    a[model] = "gpt-4o".into();
+    let o = baton_run(a).await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = plain(&stderr(&o));
+    assert!(
+        err.contains("window=128000") && err.contains("KnownModel"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_a_given_window_above_the_endpoints_and_warns() {
+    let stub = Stub::start().await;
+    stub.window(StubWindow {
+        props: Some((1024, 1)),
+        ..StubWindow::default()
+    });
+    stub.reply_text("DONE");
+    let dir = tempfile::tempdir().unwrap();
+    let file = items_file(&dir, "Say DONE\n");
+    let o = baton_run(args(
+        &file,
+        &stub.base_url(),
+        &["--agent-type", "coder:8192", "-v"],
+    ))
+    .await;
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = plain(&stderr(&o));
+    assert!(err.contains("window=8192") && err.contains("User"), "{err}");
+    assert_eq!(
+        err.matches("window is larger than the endpoint's").count(),
+        1,
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,8 +301,13 @@ async fn run_explains_a_bad_work_item_file() {
         "{}",
         stderr(&o)
     );
-    // Without a window given or stated by the endpoint, there is nothing to measure against.
+    // Without a window given, stated by the endpoint or known for the model, there is nothing
+    // to measure against.
     let o = baton_run(args(&file, &stub.base_url(), &[])).await;
-    assert!(stderr(&o).contains("has no window"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("has no window") && stderr(&o).contains("well-known models"),
+        "{}",
+        stderr(&o)
+    );
     assert!(stub.chat_requests().is_empty(), "no turn was taken");
 }

@@ -22,9 +22,12 @@ use serde_json::{Value, json};
 pub enum Fault {
     /// A normal reply carrying the next figures of the usage series.
     Reply,
-    /// A normal reply with no `usage` object.
+    /// A normal reply with no `usage` object and no `timings`: no figures at all.
     NoUsage,
-    /// A normal reply with `prompt_tokens: 0` (the Ollama cache-hit misreport).
+    /// A normal reply whose only figures are llama.cpp's `timings` (no `usage` object).
+    TimingsOnly,
+    /// A normal reply with `prompt_tokens: 0` and no `timings` (the Ollama cache-hit
+    /// misreport).
     ZeroPrompt,
     /// HTTP 400 in llama.cpp's `exceed_context_size_error` shape.
     OverflowLlamaCpp {
@@ -72,6 +75,8 @@ pub struct StubWindow {
     pub props: Option<(u64, u64)>,
     /// `/v1/models` `data[0].max_model_len` (vLLM).
     pub max_model_len: Option<u64>,
+    /// Both endpoints answer 503, as a server still starting does.
+    pub unavailable: bool,
 }
 
 /// The stub's state, shared between the test and the handlers.
@@ -190,6 +195,7 @@ async fn chat(State(inner): State<Shared>, headers: HeaderMap, body: String) -> 
     match fault {
         Fault::Reply => reply(&inner, &body, Usage::Series),
         Fault::NoUsage => reply(&inner, &body, Usage::None),
+        Fault::TimingsOnly => reply(&inner, &body, Usage::TimingsOnly),
         Fault::ZeroPrompt => reply(&inner, &body, Usage::ZeroPrompt),
         Fault::Slow(delay) => {
             tokio::time::sleep(delay).await;
@@ -241,8 +247,10 @@ async fn chat(State(inner): State<Shared>, headers: HeaderMap, body: String) -> 
 enum Usage {
     /// The next figures of the series.
     Series,
-    /// No usage object.
+    /// No usage object and no timings.
     None,
+    /// Timings, but no usage object.
+    TimingsOnly,
     /// `prompt_tokens: 0`.
     ZeroPrompt,
 }
@@ -280,9 +288,14 @@ fn reply(inner: &Shared, request: &Value, usage: Usage) -> Response {
             body["usage"] = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
         }
         Usage::ZeroPrompt => {
+            // Ollama's shape: no timings to read the real figure from.
+            body.as_object_mut().unwrap().remove("timings");
             body["usage"] = json!({"prompt_tokens": 0, "completion_tokens": completion, "total_tokens": completion});
         }
-        Usage::None => {}
+        Usage::TimingsOnly => {}
+        Usage::None => {
+            body.as_object_mut().unwrap().remove("timings");
+        }
     }
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -290,6 +303,9 @@ fn reply(inner: &Shared, request: &Value, usage: Usage) -> Response {
 async fn models(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     record(&inner, "/v1/models", &headers, Value::Null);
     let window = inner.lock().unwrap().window.clone();
+    if window.unavailable {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     match window.max_model_len {
         Some(len) => Json(json!({"object": "list", "data": [{"id": "stub-model", "object": "model", "max_model_len": len}]})).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -299,6 +315,9 @@ async fn models(State(inner): State<Shared>, headers: HeaderMap) -> Response {
 async fn props(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     record(&inner, "/props", &headers, Value::Null);
     let window = inner.lock().unwrap().window.clone();
+    if window.unavailable {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     match window.props {
         Some((n_ctx, slots)) => {
             Json(json!({"default_generation_settings": {"n_ctx": n_ctx}, "total_slots": slots}))

@@ -11,7 +11,7 @@ use baton::run::{
     self, CONTINUE_PROMPT, DONE_MARKER, ItemEnd, RunConfig, RunReport, SYSTEM_PROMPT,
 };
 use baton::runtime::chat::{
-    ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeConfig, ClientConfig,
+    ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeConfig, ClientConfig, choose_window,
 };
 use baton::{AgentType, SupervisorConfig, WorkItem, WorkItemId};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -44,9 +44,11 @@ pub struct Args {
     /// The model every request names (llama-server serves its one model whatever this says).
     #[arg(long)]
     model: String,
-    /// An agent type as NAME[:WINDOW][=SYSTEM PROMPT]; repeat for several. Without WINDOW, the
-    /// window the endpoint states (llama.cpp /props, /v1/models). Work items that name no
-    /// agent type go to the first.
+    /// An agent type as NAME[:WINDOW][=SYSTEM PROMPT]; repeat for several. A WINDOW given here
+    /// is used as is, even above what the endpoint states (with a warning). Without one, the
+    /// window the endpoint states (llama.cpp /props, /v1/models), else baton's table of
+    /// well-known models (gpt-4o, claude-*, ...). Work items that name no agent type go to the
+    /// first.
     #[arg(
         long = "agent-type",
         value_name = "NAME[:WINDOW][=PROMPT]",
@@ -247,36 +249,14 @@ pub fn run(args: Args) -> Result<()> {
             Err(e @ (ChatError::Unreachable { .. } | ChatError::Timeout { .. })) => {
                 bail!("cannot reach the endpoint {base_url}: {e}")
             }
-            Err(e @ ChatError::Refused { status: 401 | 403, .. }) => {
+            Err(
+                e @ ChatError::Refused {
+                    status: 401 | 403, ..
+                },
+            ) => {
                 bail!("the endpoint {base_url} refused the request: {e} (check --api-key-env)")
             }
             Err(e) => tracing::warn!(error = %e, "GET /models failed; going on"),
-        }
-        let endpoint = client.window(Some(&args.model)).await.ok().flatten();
-        let mut agent_types = Vec::new();
-        for spec in specs {
-            let window = match (spec.window, endpoint) {
-                (Some(w), _) => w,
-                (None, Some(e)) => e.tokens,
-                (None, None) => bail!(
-                    "agent type {:?} has no window and {base_url} states none: give it as NAME:WINDOW",
-                    spec.name
-                ),
-            };
-            agent_types.push(AgentType {
-                model: args.model.clone(),
-                system_prompt: spec.prompt.unwrap_or_else(|| args.system_prompt.clone()),
-                ..AgentType::new(&spec.name, window).with_policy(policy.clone())
-            });
-        }
-        let sessions = args
-            .sessions
-            .unwrap_or_else(|| endpoint.and_then(|e| e.slots).map_or(4, |s| s as usize))
-            .clamp(1, items.len());
-        if let Some(slots) = endpoint.and_then(|e| e.slots)
-            && sessions as u64 > slots
-        {
-            tracing::warn!(sessions, slots, "more agents than the server has slots: requests will queue or fail");
         }
         let runtime = Arc::new(ChatRuntime::with_config(
             client,
@@ -287,6 +267,45 @@ pub fn run(args: Args) -> Result<()> {
                 ..ChatRuntimeConfig::default()
             },
         ));
+        // Every agent type shares the endpoint and the model: one lookup serves them all.
+        let endpoint = runtime
+            .endpoint_window_of(&specs[0].name, &args.model)
+            .await;
+        let mut agent_types = Vec::new();
+        for spec in specs {
+            let window =
+                choose_window(spec.window, endpoint.as_ref(), &args.model).with_context(|| {
+                    format!(
+                        "agent type {:?} has no window, {base_url} states none, and {:?} is not \
+                         among the well-known models: give it as NAME:WINDOW",
+                        spec.name, args.model
+                    )
+                })?;
+            tracing::info!(
+                agent_type = %spec.name,
+                window = window.tokens,
+                source = ?window.source,
+                "agent type window"
+            );
+            agent_types.push(AgentType {
+                model: args.model.clone(),
+                system_prompt: spec.prompt.unwrap_or_else(|| args.system_prompt.clone()),
+                ..AgentType::new(&spec.name, window.tokens).with_policy(policy.clone())
+            });
+        }
+        let sessions = args
+            .sessions
+            .unwrap_or_else(|| endpoint.and_then(|e| e.slots).map_or(4, |s| s as usize))
+            .clamp(1, items.len());
+        if let Some(slots) = endpoint.and_then(|e| e.slots)
+            && sessions as u64 > slots
+        {
+            tracing::warn!(
+                sessions,
+                slots,
+                "more agents than the server has slots: requests will queue or fail"
+            );
+        }
         let config = RunConfig {
             max_turns: args.max_turns,
             continue_prompt: args.continue_prompt,
@@ -344,7 +363,13 @@ fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
             end,
         ]);
     }
-    let turns = r.fleet.usage_messages.max(1) as f64;
+    // The overhead is summed over the turns taken (the items' turns): divided by them.
+    let turns = r
+        .items
+        .iter()
+        .map(|i| u64::from(i.turns))
+        .sum::<u64>()
+        .max(1) as f64;
     writeln!(
         out,
         "{t}\nrequests {:.1} s in all; baton's own time per turn {:.3} ms (mean)",

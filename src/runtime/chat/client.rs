@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Client, StatusCode};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ChatError, recognise_overflow};
@@ -57,6 +58,10 @@ impl ClientConfig {
 pub struct Completion {
     /// The response as parsed.
     pub response: ChatResponse,
+    /// The whole response body, for what [`ChatResponse`] does not type: the usage parsers
+    /// ([`crate::provider::parse_usage`]) read llama.cpp's `timings` and Ollama's native counts
+    /// from the top level.
+    pub body: Value,
     /// Requests sent to get it, the first included.
     pub attempts: u32,
     /// Wall time from the first send to the parsed response, retries and waits included.
@@ -176,13 +181,15 @@ impl ChatClient {
             waiting += sent.elapsed();
             let (error, retry_after) = match outcome {
                 Ok((status, _, text)) if status.is_success() => {
-                    let response: ChatResponse =
-                        serde_json::from_str(&text).map_err(|e| ChatError::Malformed {
-                            endpoint: self.chat_url.clone(),
-                            reason: format!("{e}; body starts {:?}", excerpt(&text)),
-                        })?;
+                    let malformed = |e: serde_json::Error| ChatError::Malformed {
+                        endpoint: self.chat_url.clone(),
+                        reason: format!("{e}; body starts {:?}", excerpt(&text)),
+                    };
+                    let body: Value = serde_json::from_str(&text).map_err(malformed)?;
+                    let response = ChatResponse::deserialize(&body).map_err(malformed)?;
                     let completion = Completion {
                         response,
+                        body,
                         attempts: attempt,
                         elapsed: started.elapsed(),
                         waiting,
@@ -362,6 +369,14 @@ impl EndpointWindow {
             tokens: window.tokens,
             source: window.source,
             slots,
+        }
+    }
+
+    /// The window with its source, as [`crate::provider::resolve_window`] ranks it.
+    pub fn window(&self) -> Window {
+        Window {
+            tokens: self.tokens,
+            source: self.source,
         }
     }
 }

@@ -34,8 +34,8 @@ use super::wire::{ChatRequest, Message, Role, UsageReading};
 /// without the history.
 pub const SUMMARY_INSTRUCTIONS: &str = "\
 You compact the working memory of an AI agent. The conversation you are shown will be deleted. \
-The agent will continue from your summary alone, together with its instructions and the user's \
-latest request, which it keeps. Write the summary it needs, under these headings:
+The agent will continue from your summary alone, together with what it keeps: its instructions, \
+its assignment and the user's latest request. Write the summary it needs, under these headings:
 1. Goal: what the user wants, and what finished looks like.
 2. Completed work: what has been done so far, and the results.
 3. Decisions: choices made, and why.
@@ -461,8 +461,9 @@ impl SummaryPlan {
     }
 }
 
-/// The agent's system prompt (up to an eighth of the input budget) and latest user message (up
-/// to a quarter), each shortened middle-out: every summary request needs the goal.
+/// The agent's system prompt and assignment (each up to an eighth of the input budget) and its
+/// latest user message (up to a quarter), each shortened middle-out: every summary request
+/// needs the goal.
 fn goal_context(
     history: &History,
     split: &Split,
@@ -473,6 +474,11 @@ fn goal_context(
     let messages = history.messages();
     if let Some(i) = split.system {
         out.push_str("The agent's instructions (it keeps them):\n");
+        out.push_str(&truncate_middle(messages[i].text(), input / 8, counter));
+        out.push_str("\n\n");
+    }
+    if let Some(i) = split.assignment.filter(|&i| Some(i) != split.latest_user) {
+        out.push_str("The agent's assignment (it keeps it):\n");
         out.push_str(&truncate_middle(messages[i].text(), input / 8, counter));
         out.push_str("\n\n");
     }

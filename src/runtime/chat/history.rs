@@ -4,6 +4,8 @@
 //! with a summary; this module decides what stays verbatim and builds the rewritten list:
 //!
 //! * the system prompt (the first message, when it is one);
+//! * the session's assignment, when the caller names it ([`Split::assignment`]): the message
+//!   that gave it its work item, whose goal a summary might lose;
 //! * the summary, as a user message that says what it is;
 //! * the latest user message (the task in hand);
 //! * optionally, the most recent exchanges after it, up to a token allowance.
@@ -128,6 +130,11 @@ pub struct Split {
     pub system: Option<usize>,
     /// The latest user message, when there is one after the system prompt.
     pub latest_user: Option<usize>,
+    /// The message that gave the session its work item, kept verbatim before the summary: after
+    /// the first turn the latest user message is often just "continue", and the goal must not
+    /// depend on a summary keeping it. [`History::split`] cannot know it and leaves it `None`;
+    /// the session's owner sets it ([`Split::keeping_assignment`]).
+    pub assignment: Option<usize>,
     /// The recent segments kept verbatim after the latest user message (empty when none): whole
     /// segments only, ending at the end of the history.
     pub tail: Range<usize>,
@@ -136,7 +143,27 @@ pub struct Split {
 impl Split {
     /// Whether message `index` goes into the summary rather than the rewritten history.
     pub fn is_summarised(&self, index: usize) -> bool {
-        Some(index) != self.system && Some(index) != self.latest_user && !self.tail.contains(&index)
+        ![self.system, self.assignment, self.latest_user].contains(&Some(index))
+            && !self.tail.contains(&index)
+    }
+
+    /// The same split, keeping message `assignment` (see [`Split::assignment`]) as well.
+    pub fn keeping_assignment(mut self, assignment: Option<usize>) -> Self {
+        self.assignment = assignment;
+        self
+    }
+
+    /// Where the assignment is in the history [`History::rewrite`] makes: right after the
+    /// system prompt, or after the summary when it is also the latest user message.
+    pub fn assignment_after_rewrite(&self) -> Option<usize> {
+        let first = usize::from(self.system.is_some());
+        self.assignment.map(|a| {
+            if Some(a) == self.latest_user {
+                first + 1
+            } else {
+                first
+            }
+        })
     }
 }
 
@@ -213,14 +240,19 @@ impl History {
         Split {
             system,
             latest_user,
+            assignment: None,
             tail: start..self.messages.len(),
         }
     }
 
-    /// The history after compaction: system prompt, summary, latest user message, kept tail.
+    /// The history after compaction: system prompt, assignment, summary, latest user message,
+    /// kept tail (the assignment once, when it is the latest user message).
     pub fn rewrite(&self, split: &Split, summary: &str) -> History {
-        let mut messages = Vec::with_capacity(3 + split.tail.len());
+        let mut messages = Vec::with_capacity(4 + split.tail.len());
         if let Some(i) = split.system {
+            messages.push(self.messages[i].clone());
+        }
+        if let Some(i) = split.assignment.filter(|&i| Some(i) != split.latest_user) {
             messages.push(self.messages[i].clone());
         }
         messages.push(Message::user(format!(
@@ -328,6 +360,35 @@ mod tests {
             "Fix the failing test in src/lib.rs"
         );
         assert!(split.is_summarised(3) && !split.is_summarised(1));
+    }
+
+    #[test]
+    fn the_assignment_is_kept_before_the_summary_and_only_once() {
+        let mut h = agent_history();
+        h.push(Message::user("Continue."));
+        let split = h
+            .split(&CharEstimate::default(), 0)
+            .keeping_assignment(Some(1));
+        assert!(!split.is_summarised(1) && split.is_summarised(2));
+        let out = h.rewrite(&split, "did things");
+        let texts: Vec<&str> = out.messages().iter().map(Message::text).collect();
+        assert_eq!(texts[1], "Fix the failing test in src/lib.rs");
+        assert!(texts[2].starts_with(SUMMARY_PREFIX));
+        assert_eq!((texts[3], texts.len()), ("Continue.", 4));
+        assert_eq!(split.assignment_after_rewrite(), Some(1));
+
+        // The assignment is also the latest user message: kept once, after the summary.
+        let first = agent_history();
+        let split = first
+            .split(&CharEstimate::default(), 0)
+            .keeping_assignment(Some(1));
+        let out = first.rewrite(&split, "did things");
+        assert_eq!(out.messages().len(), 3);
+        assert_eq!(
+            out.messages()[2].text(),
+            "Fix the failing test in src/lib.rs"
+        );
+        assert_eq!(split.assignment_after_rewrite(), Some(2));
     }
 
     #[test]

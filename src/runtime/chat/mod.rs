@@ -33,7 +33,9 @@ pub use history::{
     TokenCounter, message_tokens, request_tokens,
 };
 pub use retry::RetryPolicy;
-pub use runtime::{ChatRuntime, ChatRuntimeConfig, ChatRuntimeError, Turn, assignment_text};
+pub use runtime::{
+    ChatRuntime, ChatRuntimeConfig, ChatRuntimeError, Turn, assignment_text, choose_window,
+};
 pub use secret::ApiKey;
 pub use wire::{
     ChatRequest, ChatResponse, Choice, FunctionCall, Message, Role, Timings, TokenUsage, ToolCall,

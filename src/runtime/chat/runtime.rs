@@ -16,12 +16,17 @@
 //! marked [`UsageSource::Estimated`]. Compaction summaries are budgeted up front
 //! ([`SummaryPlan`]) with a [`ScaledTiktoken`] counter that learns the server's tokens per local
 //! token from the session's own reports, so a summary request never overflows. A context
-//! overflow from a turn is turned into an immediate rotation, never retried.
+//! overflow from a turn is turned into an immediate rotation, never retried, whose handoff is
+//! budgeted for the window and token count the error states.
+//!
+//! An agent type's window is the user's and always wins, even over a smaller one the endpoint
+//! states (with a warning); [`ChatRuntime::window_for`] and [`choose_window`] resolve a window
+//! the user did not give (the endpoint's, else baton's table of well-known models).
 //!
 //! The runtime must be attached to the supervisor it serves ([`ChatRuntime::attach`]) before
 //! turns are taken: that is how it finds each session's actor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -38,7 +43,10 @@ use super::history::{History, ScaledTiktoken, Split, TokenCounter};
 use super::wire::{ChatRequest, Message, Role};
 use crate::machine::{Phase, SessionId};
 use crate::policy::Policy;
-use crate::provider::{self, Encoding, Provider, Reading, ReportedUsage, UsageTracker};
+use crate::provider::{
+    self, Encoding, Provider, Reading, UsageTracker, Window, WindowSource, known_window,
+    resolve_window,
+};
 use crate::runtime::{
     AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose, WorkItem,
     WorkItemId,
@@ -59,8 +67,9 @@ pub struct ChatRuntimeConfig {
     /// Recent tokens after the latest user message that a compaction keeps verbatim (whole
     /// segments only); 0 keeps none.
     pub keep_recent_tokens: usize,
-    /// Ask the endpoint for its window (`/props`, then `/v1/models`) once per model, and use it
-    /// when it is smaller than the agent type's.
+    /// Ask the endpoint for its window (`/props`, then `/v1/models`) once per endpoint and
+    /// model, to warn when an agent type's window exceeds it (the agent type's window is the
+    /// user's, and wins: see [`choose_window`]).
     pub discover_window: bool,
     /// The usage shape to read replies as; `None` detects it (Ollama's `/v1` needs the hint).
     pub provider: Option<Provider>,
@@ -197,6 +206,26 @@ pub fn assignment_text(item: &WorkItem, handoff: Option<&Handoff>) -> String {
     }
 }
 
+/// The window a session is measured against, from what is known, ranked by
+/// [`resolve_window`]: the window the user gave (`user`) always wins, even above the
+/// endpoint's ([`ChatRuntime`] warns about that); then the one the endpoint states; then
+/// baton's table of well-known models ([`known_window`]). `None` when nothing is known.
+pub fn choose_window(
+    user: Option<u64>,
+    endpoint: Option<&EndpointWindow>,
+    model: &str,
+) -> Option<Window> {
+    let user = user.map(|tokens| Window {
+        tokens,
+        source: WindowSource::User,
+    });
+    resolve_window(
+        user.into_iter()
+            .chain(endpoint.map(EndpointWindow::window))
+            .chain(known_window(model)),
+    )
+}
+
 /// A compaction summary written but not yet applied: which messages it covers.
 #[derive(Debug, Clone)]
 struct Pending {
@@ -220,6 +249,8 @@ struct Transcript {
     pending: Option<Pending>,
     /// The work item it holds.
     item: Option<WorkItemId>,
+    /// Where the message that gave it the work item is in `history`: compactions keep it.
+    assignment: Option<usize>,
     /// Set by `close`: a turn in flight must not report for it.
     closed: bool,
 }
@@ -251,8 +282,9 @@ struct Conversation {
     agent_type: Arc<str>,
     /// The model named in its requests.
     model: String,
-    /// The window its readings are measured against.
-    window: u64,
+    /// The window its readings are measured against; lowered when an overflow shows that the
+    /// server's is smaller.
+    window: AtomicU64,
     /// Its agent type's policy: an overflow below `rotate_at` rotates by hand.
     policy: Arc<Policy>,
     /// The vocabulary its local counts use.
@@ -265,7 +297,15 @@ struct Conversation {
     transcript: tokio::sync::Mutex<Transcript>,
 }
 
-/// The endpoint's window for one model, asked for once by whichever session needs it first.
+impl Conversation {
+    /// The window its readings are measured against now.
+    fn window(&self) -> u64 {
+        self.window.load(Ordering::SeqCst)
+    }
+}
+
+/// The endpoint's window for one model, asked for by whichever session needs it first, and kept
+/// once the endpoint answered (a failed lookup is tried again by the next session).
 type WindowCell = Arc<tokio::sync::OnceCell<Option<EndpointWindow>>>;
 
 /// An [`AgentRuntime`] over OpenAI-compatible chat endpoints. See the module documentation.
@@ -284,8 +324,10 @@ pub struct ChatRuntime {
     spawned: Mutex<HashMap<SpawnKey, SessionId>>,
     /// The open session each work item was last assigned to.
     holders: Mutex<HashMap<WorkItemId, SessionId>>,
-    /// The endpoint's window per (base URL, model), asked once.
+    /// The endpoint's window per (base URL, model), kept once the endpoint answered.
     windows: Mutex<HashMap<(String, String), WindowCell>>,
+    /// Agent types already warned about a window larger than the endpoint's (once each).
+    oversized: Mutex<HashSet<Arc<str>>>,
     /// The next session id to hand out.
     next_id: AtomicU64,
 }
@@ -324,6 +366,13 @@ fn counted(m: &Message) -> provider::Message {
     }
 }
 
+/// Whether a failed window lookup may succeed later: the endpoint could not be reached, timed
+/// out, or failed on its side. Any other answer (a 404 without `/v1/models`, a 401) is final.
+fn transient(e: &ChatError) -> bool {
+    e.retry_may_help()
+        || matches!(e, ChatError::Refused { status, .. } if *status == 429 || *status >= 500)
+}
+
 /// A failed request as the trait reports it: an overflow stays an overflow, a timeout a
 /// timeout, and the rest say whether a retry may help.
 fn runtime_error(e: ChatError) -> RuntimeError {
@@ -355,6 +404,7 @@ impl ChatRuntime {
             spawned: Mutex::default(),
             holders: Mutex::default(),
             windows: Mutex::default(),
+            oversized: Mutex::default(),
             next_id: AtomicU64::new(config.first_session_id),
             config,
         }
@@ -397,51 +447,90 @@ impl ChatRuntime {
         }
     }
 
-    /// The window the endpoint states for `agent`'s model, asked once per endpoint and model
-    /// (`None` when it states none, cannot be reached, or discovery is off).
+    /// The window the endpoint states for `agent`'s model (see [`Self::endpoint_window_of`]).
     pub async fn endpoint_window(&self, agent: &AgentType) -> Option<EndpointWindow> {
+        self.endpoint_window_of(&agent.name, &Self::model_of(agent))
+            .await
+    }
+
+    /// The window the endpoint of agent type `agent_type` states for `model`: `None` when it
+    /// states none, cannot be reached, or discovery is off. An answer (a window, or none) is
+    /// kept per endpoint and model; a lookup that failed is tried again next time.
+    pub async fn endpoint_window_of(
+        &self,
+        agent_type: &str,
+        model: &str,
+    ) -> Option<EndpointWindow> {
         if !self.config.discover_window {
             return None;
         }
-        let client = self.client_for(&agent.name);
-        let model = Self::model_of(agent);
+        let client = self.client_for(agent_type);
         let cell = self
             .windows
             .lock()
             .expect("lock")
-            .entry((client.config().base_url.clone(), model.clone()))
+            .entry((client.config().base_url.clone(), model.to_owned()))
             .or_default()
             .clone();
-        *cell
-            .get_or_init(|| async {
-                match client.window(Some(&model)).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        tracing::warn!(%model, error = %e, "could not ask the endpoint for its window");
-                        None
+        let answer = cell
+            .get_or_try_init(|| async {
+                match client.window(Some(model)).await {
+                    // A refusal (404 on an endpoint without /v1/models, 401) is an answer.
+                    Err(e) if !transient(&e) => {
+                        tracing::debug!(%model, error = %e, "the endpoint states no window");
+                        Ok(None)
                     }
+                    other => other,
                 }
             })
-            .await
+            .await;
+        match answer {
+            Ok(w) => *w,
+            Err(e) => {
+                tracing::warn!(%model, error = %e, "could not ask the endpoint for its window; will ask again");
+                None
+            }
+        }
     }
 
-    /// The window a session of `agent` is measured against: the agent type's, or the
-    /// endpoint's when that is smaller (a server enforces its own; a larger one would overflow
-    /// before the thresholds are reached).
+    /// The window for agent type `agent_type` running `model`, when the user gave `user` (or
+    /// none): see [`choose_window`]. Asks the endpoint (see [`Self::endpoint_window_of`]).
+    pub async fn window_for(
+        &self,
+        agent_type: &str,
+        model: &str,
+        user: Option<u64>,
+    ) -> Option<Window> {
+        let endpoint = self.endpoint_window_of(agent_type, model).await;
+        choose_window(user, endpoint.as_ref(), model)
+    }
+
+    /// The window a session of `agent` is measured against: the agent type's, which is the
+    /// user's and always wins (see [`choose_window`]). When the endpoint states a smaller one,
+    /// the first session of the type logs a warning: requests past the endpoint's window
+    /// overflow, and an overflow rotates the session. To leave the window to the endpoint or
+    /// to baton's table of well-known models, resolve it first with [`Self::window_for`] and no
+    /// user window.
     pub async fn window(&self, agent: &AgentType) -> u64 {
-        match self.endpoint_window(agent).await {
-            Some(w) if w.tokens < agent.window => {
-                tracing::warn!(
-                    agent_type = %agent.name,
-                    configured = agent.window,
-                    endpoint = w.tokens,
-                    source = ?w.source,
-                    "the endpoint's window is smaller than the agent type's; using the endpoint's"
-                );
-                w.tokens
-            }
-            _ => agent.window,
+        let model = Self::model_of(agent);
+        if let Some(e) = self.endpoint_window_of(&agent.name, &model).await
+            && agent.window > e.tokens
+            && self
+                .oversized
+                .lock()
+                .expect("lock")
+                .insert(agent.name.clone())
+        {
+            tracing::warn!(
+                agent_type = %agent.name,
+                %model,
+                given = agent.window,
+                endpoint = e.tokens,
+                source = ?e.source,
+                "the agent type's window is larger than the endpoint's; it is kept, and requests past the endpoint's will overflow"
+            );
         }
+        agent.window
     }
 
     fn conversation(&self, session: SessionId) -> Option<Arc<Conversation>> {
@@ -466,7 +555,7 @@ impl ChatRuntime {
 
     /// The window the session's readings are measured against.
     pub fn session_window(&self, session: SessionId) -> Option<u64> {
-        self.conversation(session).map(|c| c.window)
+        self.conversation(session).map(|c| c.window())
     }
 
     /// Sends `message` as the next user message, appends the reply, and reports its usage to
@@ -520,6 +609,7 @@ impl ChatRuntime {
                     if let Some(m) = message {
                         t.push(m);
                     }
+                    learn_from_overflow(&conv, &mut t, &overflow);
                     drop(t);
                     let request_time = sent.elapsed();
                     return self
@@ -540,12 +630,15 @@ impl ChatRuntime {
                     })?;
             // Reasoning text is for records; providers ask clients not to send it back.
             reply.reasoning_content = None;
-            let reported = completion.response.usage.as_ref().and_then(|raw| {
-                let body = serde_json::json!({ "usage": raw });
-                provider::parse_usage(&body, self.config.provider)
-                    .map_err(|e| tracing::warn!(error = %e, "unreadable usage; estimating"))
-                    .ok()
-            });
+            // The whole body: llama.cpp's timings and Ollama's native counts are top-level.
+            let reported = match provider::parse_usage(&completion.body, self.config.provider) {
+                Ok(r) => Some(r),
+                Err(provider::ProviderError::NoUsage) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable usage; estimating");
+                    None
+                }
+            };
             // Accounted under the lock, which is released before the report: a compaction the
             // report starts needs it.
             let (reading, item) = {
@@ -568,7 +661,7 @@ impl ChatRuntime {
                 if reading.distrust.is_none()
                     && let Some(r) = reported
                 {
-                    t.scale = scale(&r, t.tracker.local_tokens());
+                    t.scale = scale(r.prompt_tokens, t.tracker.local_tokens());
                 }
                 t.push(reply.clone());
                 (reading, t.item)
@@ -584,7 +677,7 @@ impl ChatRuntime {
             let phase = actor
                 .report_usage_and_wait(
                     reading.usage.used(),
-                    Some(conv.window),
+                    Some(conv.window()),
                     reading.usage.source(),
                 )
                 .await;
@@ -617,7 +710,7 @@ impl ChatRuntime {
         started: Instant,
         request_time: Duration,
     ) -> Result<Turn, ChatRuntimeError> {
-        let window = overflow.window.unwrap_or(conv.window);
+        let window = overflow.window.unwrap_or(conv.window());
         tracing::warn!(%overflow, "context overflow; rotating the session");
         let phase = match overflow.prompt_tokens {
             Some(prompt) if prompt as f64 >= conv.policy.rotate_at() * window as f64 => {
@@ -709,13 +802,38 @@ impl ChatRuntime {
     }
 }
 
-/// Server tokens per local token, from a trusted report of a prompt counted `local` locally;
-/// kept within [0.5, 4] so that one odd report cannot wreck a budget.
-fn scale(reported: &ReportedUsage, local: u64) -> f64 {
+/// Server tokens per local token, from the server's count (`prompt`) of a prompt counted
+/// `local` locally; kept within [0.5, 4] so that one odd report cannot wreck a budget.
+fn scale(prompt: u64, local: u64) -> f64 {
     if local == 0 {
         return 1.0;
     }
-    (reported.prompt_tokens as f64 / local as f64).clamp(0.5, 4.0)
+    (prompt as f64 / local as f64).clamp(0.5, 4.0)
+}
+
+/// What an overflow tells about the conversation, whose history now ends with the refused
+/// prompt: the server's window, when it says one smaller than the conversation's, becomes the
+/// conversation's; the server's count of the prompt sets the token scale. The handoff summary
+/// that follows is then budgeted for the window the server really has.
+fn learn_from_overflow(conv: &Conversation, t: &mut Transcript, overflow: &ContextOverflow) {
+    if let Some(window) = overflow.window.filter(|w| *w > 0 && *w < conv.window()) {
+        tracing::warn!(
+            configured = conv.window(),
+            server = window,
+            "the server's window is smaller than the session's; budgeting the handoff for the server's"
+        );
+        conv.window.store(window, Ordering::SeqCst);
+    }
+    if let Some(prompt) = overflow.prompt_tokens {
+        let local = conv.encoding.prompt_tokens(&t.counted);
+        t.scale = scale(prompt, local);
+        tracing::debug!(
+            prompt,
+            local,
+            scale = t.scale,
+            "token scale from the overflow"
+        );
+    }
 }
 
 #[async_trait]
@@ -733,9 +851,10 @@ impl AgentRuntime for ChatRuntime {
             let mut t = conv.transcript.lock().await;
             let counter = t.counter(conv.encoding);
             let split = match purpose {
-                SummaryPurpose::Compaction => {
-                    t.history.split(&counter, self.config.keep_recent_tokens)
-                }
+                SummaryPurpose::Compaction => t
+                    .history
+                    .split(&counter, self.config.keep_recent_tokens)
+                    .keeping_assignment(t.assignment),
                 // The successor keeps nothing but its instructions: the handoff must carry
                 // everything else, the work item's message included.
                 SummaryPurpose::Handoff => {
@@ -743,11 +862,12 @@ impl AgentRuntime for ChatRuntime {
                     Split {
                         system: t.history.split(&counter, 0).system,
                         latest_user: None,
+                        assignment: None,
                         tail: len..len,
                     }
                 }
             };
-            let budget = SummaryBudget::for_window(conv.window as usize);
+            let budget = SummaryBudget::for_window(conv.window() as usize);
             let plan = SummaryPlan::build(&t.history, &split, &counter, budget)
                 .map_err(|e: CompactionError| RuntimeError::permanent(e.to_string()))?;
             let summary = summarise(&conv.client, &conv.model, &plan, &counter)
@@ -797,7 +917,10 @@ impl AgentRuntime for ChatRuntime {
                 Some(p) => p,
                 None => Pending {
                     len: t.history.messages().len(),
-                    split: t.history.split(&counter, self.config.keep_recent_tokens),
+                    split: t
+                        .history
+                        .split(&counter, self.config.keep_recent_tokens)
+                        .keeping_assignment(t.assignment),
                 },
             };
             let messages = t.history.messages();
@@ -810,6 +933,7 @@ impl AgentRuntime for ChatRuntime {
             }
             let before = messages.len();
             t.set_history(rewritten);
+            t.assignment = pending.split.assignment_after_rewrite();
             let t = &mut *t;
             let after = t
                 .tracker
@@ -873,6 +997,7 @@ impl AgentRuntime for ChatRuntime {
             scale: self.config.initial_scale,
             pending: None,
             item: None,
+            assignment: None,
             closed: false,
         };
         transcript.set_history(history);
@@ -880,7 +1005,7 @@ impl AgentRuntime for ChatRuntime {
             id,
             agent_type: agent.name.clone(),
             model,
-            window,
+            window: AtomicU64::new(window),
             policy: agent.policy.clone(),
             encoding,
             client: self.client_for(&agent.name).clone(),
@@ -909,6 +1034,7 @@ impl AgentRuntime for ChatRuntime {
             // A retried assign: the item is already there.
             return Ok(());
         }
+        t.assignment = Some(t.history.messages().len());
         t.push(Message::user(assignment_text(item, handoff)));
         t.item = Some(item.id);
         self.holders.lock().expect("lock").insert(item.id, session);
