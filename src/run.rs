@@ -320,6 +320,11 @@ pub async fn drive(
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(driver.turns);
+    // Start retries are counted by the supervisor, not carried by an event: ask before it stops.
+    match supervisor.inventory().await {
+        Ok(inventory) => driver.tally.start_retries(inventory.start_retries),
+        Err(error) => tracing::warn!(%error, "could not read the start retries; not counted"),
+    }
     supervisor.shutdown(Duration::from_secs(30)).await;
     while let Ok(event) = events.try_recv() {
         driver.tally.count(&event);

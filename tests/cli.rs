@@ -214,7 +214,7 @@ fn simulate_rejects_bad_flags() {
         (&["simulate", "--agent-types", "sonnet"][..], "NAME:WINDOW"),
         (
             &["simulate", "--agent-types", "sonnet:0"][..],
-            "window of at least 1",
+            "window of 1 to 4294967295 tokens",
         ),
         (&["simulate", "--turns", "9..3"][..], "MIN <= MAX"),
         (&["simulate", "--failure-rate", "1.5"][..], "failure rate"),

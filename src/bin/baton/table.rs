@@ -75,8 +75,8 @@ pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> 
         ("failed rotations", r.failed_rotations.to_string()),
         ("fallback handoffs", r.fallback_handoffs.to_string()),
         (
-            "retries / runtime warnings",
-            format!("{} / {}", r.retries, r.runtime_warnings),
+            "retries / requeues / warnings",
+            format!("{} / {} / {}", r.retries, r.requeues, r.runtime_warnings),
         ),
         (
             "usage messages",
