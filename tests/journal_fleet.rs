@@ -157,6 +157,31 @@ fn recovered(log: &[FleetEvent]) -> Vec<(WorkItemId, RecoveryOutcome)> {
         .collect()
 }
 
+/// Starts item 1 on a journaled fleet over `rt` (whose second assign hangs) and drives its
+/// session to 96%, returning once the rotation is durable at `spawned` and the successor's
+/// assign call has begun: the supervisor and the rotating session.
+async fn stuck_at_spawned(
+    rt: &Arc<MemoryRuntime>,
+    journal: &Journal,
+) -> (SupervisorHandle, SessionId) {
+    let sup = start(rt, journal.clone(), config());
+    let mut events = sup.subscribe();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let s1 = started(&mut events, 1).await;
+    report(&sup, rt, s1, 960).await;
+    until(journal, "the successor", |v| {
+        v.rotations(&Filter::default())
+            .unwrap()
+            .iter()
+            .any(|r| r.step == RotationStep::Spawned)
+    })
+    .await;
+    while rt.calls(Op::Assign) < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    (sup, s1)
+}
+
 fn journal_file(dir: &Path) -> Journal {
     Journal::open(dir.join("baton.db")).expect("the journal opens")
 }
@@ -436,22 +461,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
     let rt = runtime.clone();
     let p = path.clone();
     on_a_system(move || async move {
-        let journal = journal_file(&p);
-        let sup = start(&rt, journal.clone(), config());
-        let mut events = sup.subscribe();
-        sup.submit(item(1, "sonnet")).await.unwrap();
-        let s1 = started(&mut events, 1).await;
-        report(&sup, &rt, s1, 960).await;
-        until(&journal, "the successor", |v| {
-            v.rotations(&Filter::default())
-                .unwrap()
-                .iter()
-                .any(|r| r.step == RotationStep::Spawned)
-        })
-        .await;
-        while rt.calls(Op::Assign) < 2 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        stuck_at_spawned(&rt, &journal_file(&p)).await;
     });
     let rt = runtime.clone();
     let log = on_a_system(move || async move {
@@ -691,21 +701,7 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let p = path.clone();
         on_a_system(move || async move {
             let journal = journal_file(&p);
-            let sup = start(&rt, journal.clone(), config());
-            let mut events = sup.subscribe();
-            sup.submit(item(1, "sonnet")).await.unwrap();
-            let s1 = started(&mut events, 1).await;
-            report(&sup, &rt, s1, 960).await;
-            until(&journal, "the successor", |v| {
-                v.rotations(&Filter::default())
-                    .unwrap()
-                    .iter()
-                    .any(|r| r.step == RotationStep::Spawned)
-            })
-            .await;
-            while rt.calls(Op::Assign) < 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            let (sup, s1) = stuck_at_spawned(&rt, &journal).await;
             match left_by {
                 LeftBy::Close => {
                     sup.close(s1).await.unwrap();

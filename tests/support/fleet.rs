@@ -35,18 +35,7 @@ pub fn item(id: u64, agent_type: &str) -> WorkItem {
 impl Harness {
     pub fn start(config: SupervisorConfig, memory: MemoryConfig, agents: Vec<AgentType>) -> Self {
         let runtime = Arc::new(MemoryRuntime::new(memory));
-        let mut b = Supervisor::builder(runtime.clone()).config(config);
-        for a in agents {
-            b = b.agent_type(a);
-        }
-        let supervisor = b.start();
-        let events = supervisor.subscribe();
-        Self {
-            runtime,
-            supervisor,
-            events,
-            log: Vec::new(),
-        }
+        Self::start_wrapped(config, runtime.clone(), runtime, agents)
     }
 
     /// Waits (up to 10 s) until an event matching `pred` arrives; returns it. Everything that
