@@ -270,6 +270,9 @@ pub struct Supervisor {
     /// Spawn and assign calls retried while starting sessions (rotations count theirs in their
     /// records), for reports.
     start_retries: u64,
+    /// Rotations whose runtime work runs as its own task (see `run_rotation`): aborted if the
+    /// supervisor goes away first, as an actor future would be.
+    rotation_tasks: HashMap<RotationId, tokio::task::AbortHandle>,
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -340,6 +343,7 @@ impl SupervisorBuilder {
             recovery,
             journal_failed: false,
             start_retries: 0,
+            rotation_tasks: HashMap::new(),
         };
         SupervisorHandle {
             addr: sup.start(),
@@ -942,6 +946,9 @@ impl Actor for Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        for task in self.rotation_tasks.values() {
+            task.abort();
+        }
         for shard in &self.shards {
             shard.stop();
         }

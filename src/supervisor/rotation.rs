@@ -10,8 +10,8 @@
 //! 4. in one transaction: the old session closed, the successor live and holding the item, the
 //!    rotation done with its record. Only then does the successor's actor start.
 //!
-//! The supervisor awaits each acknowledgement inside the rotation's actor future, so its
-//! mailbox keeps flowing. Without a journal the same code runs with the steps skipped. If the
+//! Each acknowledgement is awaited inside the rotation's own task (on the supervisor's thread,
+//! its result sent back as a message), so the supervisor's mailbox keeps flowing. Without a journal the same code runs with the steps skipped. If the
 //! journal itself fails (a full disk), the failure is reported once (`JournalFailed`) and the
 //! rotation goes on without durability: a fleet is not stopped for want of a record.
 
@@ -95,6 +95,27 @@ pub(super) struct Worked {
     close: Option<RuntimeError>,
     /// A step could not be made durable (the journal failed; the rotation went on).
     journal_error: Option<JournalError>,
+}
+
+/// A rotation's runtime work has finished: the supervisor concludes it.
+struct RotationWorked {
+    /// The rotation, as it was started.
+    rot: Rotation,
+    /// What its runtime work achieved.
+    worked: Worked,
+}
+
+impl Message for RotationWorked {
+    type Result = ();
+}
+
+impl Handler<RotationWorked> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RotationWorked, ctx: &mut Self::Context) {
+        self.rotation_tasks.remove(&msg.rot.id);
+        self.conclude_rotation(msg.rot, msg.worked, ctx);
+    }
 }
 
 /// Everything the runtime work needs, moved into its future.
@@ -279,12 +300,20 @@ impl Supervisor {
             deadline: rot.started + rot.agent.policy.rotation_timeout(),
         };
         let span = tracing::info_span!("rotation", rotation = rot.id.0, session = %rot.req.session, work_item = %rot.item.id);
-        ctx.spawn(
-            job.run(from)
-                .instrument(span)
-                .into_actor(self)
-                .map(move |worked, act, ctx| act.conclude_rotation(rot, worked, ctx)),
+        // The work runs as its own task on the supervisor's thread, not as an actor future:
+        // actix polls every pending actor future whenever one of them wakes, so a storm of
+        // rotations waiting for summary slots would cost quadratic time. Its result comes back
+        // as a message; the task is aborted if the supervisor goes away first.
+        let id = rot.id;
+        let addr = ctx.address();
+        let task = actix::spawn(
+            async move {
+                let worked = job.run(from).await;
+                addr.do_send(RotationWorked { rot, worked });
+            }
+            .instrument(span),
         );
+        self.rotation_tasks.insert(id, task.abort_handle());
     }
 
     /// Decides how the rotation ends, from the work's result and where the item is now. A
