@@ -182,6 +182,22 @@ async fn stuck_at_spawned(
     (sup, s1)
 }
 
+/// Waits on a (restarted) fleet for its first rotation record, then until it settles: the
+/// events seen until shortly after, and the final inventory.
+async fn until_rotation_settled(
+    sup: &SupervisorHandle,
+    what: &str,
+) -> (Vec<FleetEvent>, Inventory) {
+    let mut events = sup.subscribe();
+    let mut log = wait_for(&mut events, what, |e| matches!(e, FleetEvent::Rotation(_))).await;
+    let inv = settle(sup).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    while let Ok(e) = events.try_recv() {
+        log.push(e);
+    }
+    (log, inv)
+}
+
 fn journal_file(dir: &Path) -> Journal {
     Journal::open(dir.join("baton.db")).expect("the journal opens")
 }
@@ -394,17 +410,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     let (log, inv) = on_a_system(move || async move {
         let journal = journal_file(&path);
         let sup = start(&rt, journal.clone(), config());
-        let mut events = sup.subscribe();
-        let mut log = wait_for(&mut events, "the resumed rotation", |e| {
-            matches!(e, FleetEvent::Rotation(_))
-        })
-        .await;
-        let inv = settle(&sup).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        while let Ok(e) = events.try_recv() {
-            log.push(e);
-        }
-        (log, inv)
+        until_rotation_settled(&sup, "the resumed rotation").await
     });
     assert_eq!(
         recovered(&log),
@@ -742,16 +748,8 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let p = path.clone();
         let (log, inv) = on_a_system(move || async move {
             let sup = start(&rt, journal_file(&p), config());
-            let mut events = sup.subscribe();
-            let mut log = wait_for(&mut events, "the left-behind rotation's record", |e| {
-                matches!(e, FleetEvent::Rotation(_))
-            })
-            .await;
-            let inv = settle(&sup).await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            while let Ok(e) = events.try_recv() {
-                log.push(e);
-            }
+            let (log, inv) =
+                until_rotation_settled(&sup, "the left-behind rotation's record").await;
             sup.shutdown(Duration::from_secs(5)).await;
             (log, inv)
         });

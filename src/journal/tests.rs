@@ -1,6 +1,7 @@
 //! The journal on its own: files, group commit, idempotent steps, failures.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -530,16 +531,20 @@ fn files_that_are_not_journals_are_refused_and_left_untouched() {
     assert!(!missing.exists(), "reading never creates a journal");
 }
 
+/// A closed journal file in `dir` holding 300 submitted items (more than one page).
+fn journal_of_300_items(dir: &Path) -> PathBuf {
+    let path = dir.join("baton.db");
+    let j = Journal::open(&path).unwrap();
+    for i in 1..=300 {
+        j.note(Op::Submitted(item(i)));
+    }
+    path
+}
+
 #[test]
 fn a_damaged_journal_reports_corruption_instead_of_wrong_answers() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baton.db");
-    {
-        let j = Journal::open(&path).unwrap();
-        for i in 1..=300 {
-            j.note(Op::Submitted(item(i)));
-        }
-    }
+    let path = journal_of_300_items(dir.path());
     // Checkpointed and closed: the data is in the main file. Scribble over its pages (not the
     // header).
     let mut bytes = std::fs::read(&path).unwrap();
@@ -845,13 +850,7 @@ fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction(
 #[test]
 fn a_journal_damaged_past_its_first_page_is_refused_at_open_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baton.db");
-    {
-        let j = Journal::open(&path).unwrap();
-        for i in 1..=300 {
-            j.note(Op::Submitted(item(i)));
-        }
-    }
+    let path = journal_of_300_items(dir.path());
     let mut bytes = std::fs::read(&path).unwrap();
     let page = 4096;
     assert!(bytes.len() > 4 * page);
