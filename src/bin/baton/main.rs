@@ -68,8 +68,41 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain_message(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes on one line, each cause once: the library's errors already name
+/// their source in their own message, so a cause that message contains is not repeated.
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chain_message;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("t.json: cannot read: no such file");
+        assert_eq!(chain_message(&e), "t.json: cannot read: no such file");
+    }
+
+    #[test]
+    fn a_cause_not_in_the_message_is_appended() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("reading the work items");
+        assert_eq!(chain_message(&e), "reading the work items: no such file");
     }
 }
