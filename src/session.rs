@@ -184,6 +184,11 @@ impl UsageSlot {
     /// Takes the waiting reading, `(used, window, source)`, leaving the slot empty: a reading
     /// stored after this wakes the session again.
     fn take(&self) -> Option<(u64, Option<u64>, UsageSource)> {
+        // Every mailbox handler asks first: a plain load when nothing waits (the usual case
+        // there), the swap only when a reading does.
+        if self.reading.load(Ordering::Acquire) == Self::EMPTY {
+            return None;
+        }
         match self.reading.swap(Self::EMPTY, Ordering::AcqRel) {
             Self::EMPTY => None,
             packed => Some(Self::unpack(packed)),
