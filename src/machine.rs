@@ -67,8 +67,20 @@ pub enum Event {
         /// What went wrong, for the record.
         error: String,
     },
-    /// Rotate now, whatever the usage (an operator, or a context-overflow error).
+    /// Rotate now, whatever the usage (an operator, the orchestrator).
     Rotate,
+    /// A request of the session did not fit its model's context window, as the endpoint said.
+    /// The machine rotates the session with [`RotationReason::Overflow`] from any live state;
+    /// the server's figures, when it gave them, become the session's latest reading (reported),
+    /// so the transition and the rotation carry them. The runtime only passes the error on:
+    /// what it means is decided here.
+    Overflow {
+        /// Tokens the server counted in the refused request's prompt, when it said.
+        prompt: Option<u64>,
+        /// The window the server enforces, when it said; absent, the window of the session's
+        /// latest reading is assumed.
+        window: Option<u64>,
+    },
     /// The successor holds the work item; this session is done.
     HandedOver {
         /// The session that took over.
@@ -96,6 +108,8 @@ pub enum EventKind {
     CompactionFailed,
     /// [`Event::Rotate`].
     Rotate,
+    /// [`Event::Overflow`].
+    Overflow,
     /// [`Event::HandedOver`].
     HandedOver,
     /// [`Event::RotationFailed`].
@@ -112,6 +126,7 @@ impl Event {
             Event::Compacted { .. } => EventKind::Compacted,
             Event::CompactionFailed { .. } => EventKind::CompactionFailed,
             Event::Rotate => EventKind::Rotate,
+            Event::Overflow { .. } => EventKind::Overflow,
             Event::HandedOver { .. } => EventKind::HandedOver,
             Event::RotationFailed { .. } => EventKind::RotationFailed,
             Event::Close => EventKind::Close,
@@ -328,6 +343,14 @@ impl Session {
         self.rotation_error.as_deref()
     }
 
+    /// The reading an overflow's figures make: the server's prompt count against its window,
+    /// or against the latest reading's window when it gave none. `None` without a prompt
+    /// count or any window. The figures were validated before dispatch.
+    fn overflow_reading(&self, prompt: Option<u64>, window: Option<u64>) -> Option<Usage> {
+        let window = window.or_else(|| self.last_usage().map(|u| u.window()))?;
+        Usage::new(prompt?, window, UsageSource::Reported).ok()
+    }
+
     fn record(&mut self, usage: &Usage) {
         if self.history.len() >= self.policy.history_len() {
             self.history.pop_front();
@@ -361,6 +384,12 @@ mod states {
             match event {
                 Event::Close => Transition(State::closed()),
                 Event::Rotate => self.rotate(RotationReason::Manual),
+                Event::Overflow { prompt, window } => {
+                    if let Some(usage) = self.overflow_reading(*prompt, *window) {
+                        self.record(&usage);
+                    }
+                    self.rotate(RotationReason::Overflow)
+                }
                 _ => {
                     context.ignored = true;
                     Handled
@@ -421,8 +450,9 @@ mod states {
                     context.rotation_error = Some(error.clone());
                     Transition(State::closed())
                 }
-                // Already rotating: a second request changes nothing.
-                Event::Rotate => {
+                // Already rotating: a second request, or an overflow of a request still in
+                // flight, changes nothing.
+                Event::Rotate | Event::Overflow { .. } => {
                     context.ignored = true;
                     Handled
                 }
@@ -645,6 +675,21 @@ impl SessionMachine {
             } => {
                 for (field, v) in [("after", *after), ("summary_tokens", *summary_tokens)] {
                     if v > Usage::MAX_TOKENS {
+                        return Err(bad(UsageError::Oversized {
+                            field,
+                            value: v,
+                            max: Usage::MAX_TOKENS,
+                        }));
+                    }
+                }
+                Ok(())
+            }
+            Event::Overflow { prompt, window } => {
+                if *window == Some(0) {
+                    return Err(bad(UsageError::ZeroWindow));
+                }
+                for (field, v) in [("prompt", *prompt), ("window", *window)] {
+                    if let Some(v) = v.filter(|v| *v > Usage::MAX_TOKENS) {
                         return Err(bad(UsageError::Oversized {
                             field,
                             value: v,

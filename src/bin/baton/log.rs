@@ -112,7 +112,7 @@ fn filter(args: &Args) -> Result<Filter> {
             let parsed: RotationReason = serde_json::from_value(serde_json::Value::String(r.clone()))
                 .map_err(|_| {
                     anyhow::anyhow!(
-                        "--reason {r:?}: not a rotation reason (threshold, insufficient_compaction, compaction_failed, compaction_budget, manual)"
+                        "--reason {r:?}: not a rotation reason (threshold, insufficient_compaction, compaction_failed, compaction_budget, manual, overflow)"
                     )
                 })?;
             if !args.export && !matches!(args.what, What::Rotations | What::Events) {
