@@ -479,3 +479,34 @@ fn history_is_bounded_by_policy() {
         UsageSource::Estimated
     );
 }
+
+#[test]
+fn the_compactions_start_and_the_rotations_reason_live_only_in_their_states() {
+    let mut m = SessionMachine::new(SessionId(1), Arc::new(Policy::default()));
+    assert_eq!((m.compacting_from(), m.rotation_reason()), (None, None));
+    m.report_usage(850, 1000, UsageSource::Reported).unwrap();
+    assert_eq!(
+        m.compacting_from(),
+        Some(Usage::reported(850, 1000).unwrap())
+    );
+    assert_eq!(m.rotation_reason(), None);
+    m.report_usage(900, 1000, UsageSource::Estimated).unwrap();
+    // A later reading does not move the compaction's start.
+    assert_eq!(m.compacting_from().map(|u| u.used()), Some(850));
+    m.handle(&Event::Compacted {
+        after: 800,
+        summary_tokens: 100,
+    })
+    .unwrap();
+    assert_eq!(m.compacting_from(), None);
+    assert_eq!(
+        m.rotation_reason(),
+        Some(RotationReason::InsufficientCompaction)
+    );
+    m.handle(&Event::HandedOver {
+        successor: SessionId(2),
+    })
+    .unwrap();
+    assert_eq!((m.compacting_from(), m.rotation_reason()), (None, None));
+    assert_eq!(m.session().successor(), Some(SessionId(2)));
+}
