@@ -24,12 +24,12 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
 use crate::record::FleetEvent;
 use crate::report::{FleetReport, Tally};
 use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn};
-use crate::runtime::{AgentType, WorkItem, WorkItemId};
 use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The done marker `baton run` asks agents to write, on a line of its own, when a work item is
 /// finished.

@@ -13,10 +13,9 @@ use serde::Serialize;
 
 use super::schema::{self, Header, SCHEMA_VERSION};
 use super::{JournalError, Timestamp};
-use crate::machine::SessionId;
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord, RotationStep};
-use crate::runtime::{Handoff, WorkItemId};
+use crate::vocab::{Handoff, SessionId, WorkItemId};
 
 /// Which rows to list. Every field narrows the result; the default lists everything.
 #[derive(Debug, Clone, Default, PartialEq)]
