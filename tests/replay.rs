@@ -46,20 +46,15 @@ fn kinds(r: &baton::replay::ReplayReport) -> Vec<(usize, ReplayEventKind, Option
         .collect()
 }
 
-/// The committed series is the shared DeepSeek trajectory's per-call usage, number for number.
+/// The committed series is the real DeepSeek trajectory's per-call usage, number for number.
 #[test]
-fn committed_series_matches_the_shared_trajectory() {
-    let Some(path) =
-        support::shared_file("traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json")
-    else {
-        return;
-    };
-    let shared = trace::read_path(&path).unwrap();
+fn committed_series_matches_the_real_trajectory() {
+    let real = trace::read_path(&data("real/pydicom__pydicom-901.traj.json")).unwrap();
     let ours = trace::read_path(&data("deepseek-pydicom-901.jsonl")).unwrap();
-    assert_eq!(shared[0].format, Format::MiniSweAgent);
-    assert_eq!(shared[0].name, "pydicom__pydicom-901");
-    assert_eq!(shared[0].calls.len(), 61);
-    assert_eq!(shared[0].calls, ours[0].calls);
+    assert_eq!(real[0].format, Format::MiniSweAgent);
+    assert_eq!(real[0].name, "pydicom__pydicom-901");
+    assert_eq!(real[0].calls.len(), 61);
+    assert_eq!(real[0].calls, ours[0].calls);
 }
 
 /// Replaying the real DeepSeek trace at an 8k window: three compactions, each when the modelled
