@@ -3,8 +3,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use baton::journal::{Filter, JournalView, Timestamp};
+use anyhow::{Context, Result};
+use baton::journal::{
+    CompactionRow, EventRow, Filter, JournalError, JournalView, RotationRow, SessionRow, Timestamp,
+    WorkItemRow,
+};
 use baton::{JournalReader, RotationReason, SessionId, WorkItemId};
 use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -18,7 +21,7 @@ use serde::Serialize;
 /// writing it. Filters combine; --reason applies to rotations, and to events, where it keeps
 /// only the events of rotations for that reason.
 /// Times are RFC 3339 in UTC (2026-11-25T10:00:00Z, or just 2026-11-25) or an age before now
-/// (90s, 30m, 2h, 7d).
+/// (90s, 30m, 2h, 7d, 1h 30m).
 ///
 /// --export writes every kind of record that matches the filters as JSON Lines, one object per
 /// line with a "type" field (work_item, session, rotation, compaction, event), for other tools.
@@ -42,17 +45,17 @@ pub struct Args {
     agent_type: Option<String>,
     /// Only rotations for this reason (with `events`: only those rotations' events):
     /// threshold, insufficient_compaction, compaction_failed, compaction_budget or manual.
-    #[arg(long, value_name = "REASON")]
-    reason: Option<String>,
+    #[arg(long, value_name = "REASON", value_parser = parse_reason)]
+    reason: Option<RotationReason>,
     /// Only records from this time on.
-    #[arg(long, value_name = "TIME")]
-    since: Option<String>,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    since: Option<Timestamp>,
     /// Only records up to this time.
-    #[arg(long, value_name = "TIME")]
-    until: Option<String>,
-    /// Only the latest N records.
-    #[arg(long, value_name = "N")]
-    limit: Option<usize>,
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    until: Option<Timestamp>,
+    /// Only the latest N records (at most 9223372036854775807, SQLite's largest integer).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=i64::MAX as u64))]
+    limit: Option<u64>,
     /// JSON Lines instead of a table.
     #[arg(long)]
     json: bool,
@@ -79,66 +82,54 @@ enum What {
     Events,
 }
 
-/// A time given on the command line: RFC 3339, or an age before now.
-fn parse_time(text: &str, flag: &str) -> Result<Timestamp> {
+/// A time given on the command line: RFC 3339 in UTC, or an age before now (parsed by
+/// humantime: `90s`, `30m`, `2h`, `7d`, `1h 30m`).
+/// A flag's bad value is a usage error (exit 2), reported by clap with the flag's name.
+fn parse_time(text: &str) -> Result<Timestamp, String> {
     if let Some(t) = Timestamp::parse(text) {
         return Ok(t);
     }
-    let age = text
-        .find(|c: char| !c.is_ascii_digit())
-        .filter(|&i| i > 0)
-        .and_then(|i| {
-            let n: i64 = text[..i].parse().ok()?;
-            let unit_ms = match &text[i..] {
-                "s" => 1_000,
-                "m" => 60_000,
-                "h" => 3_600_000,
-                "d" => 86_400_000,
-                _ => return None,
-            };
-            Some(n.saturating_mul(unit_ms))
-        });
-    match age {
-        Some(ms) => Ok(Timestamp(Timestamp::now().millis().saturating_sub(ms))),
-        None => bail!(
-            "{flag} {text:?}: not a time (2026-11-25T10:00:00Z, 2026-11-25) or an age (90s, 30m, 2h, 7d)"
-        ),
+    match humantime::parse_duration(text.trim()) {
+        Ok(age) => {
+            let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            Ok(Timestamp(Timestamp::now().millis().saturating_sub(ms)))
+        }
+        Err(e) => Err(format!(
+            "not a time (2026-11-25T10:00:00Z, 2026-11-25) or an age (90s, 30m, 2h, 7d): {e}"
+        )),
     }
 }
 
-fn filter(args: &Args) -> Result<Filter> {
-    let reason = match &args.reason {
-        Some(r) => {
-            let parsed: RotationReason = serde_json::from_value(serde_json::Value::String(r.clone()))
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "--reason {r:?}: not a rotation reason (threshold, insufficient_compaction, compaction_failed, compaction_budget, manual)"
-                    )
-                })?;
-            if !args.export && !matches!(args.what, What::Rotations | What::Events) {
-                bail!("--reason filters rotations (and rotation events) only");
-            }
-            Some(parsed)
-        }
-        None => None,
-    };
-    Ok(Filter {
+/// A rotation reason by its journal name; a bad one is a usage error (exit 2).
+fn parse_reason(text: &str) -> Result<RotationReason, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
+        "not a rotation reason (threshold, insufficient_compaction, compaction_failed, \
+         compaction_budget, manual)"
+            .to_owned()
+    })
+}
+
+/// The filter the flags ask for. A usage error (a flag that does not apply to the listing)
+/// exits with status 2 here, as clap's own errors do.
+fn filter(args: &Args) -> Filter {
+    if args.reason.is_some() && !args.export && !matches!(args.what, What::Rotations | What::Events)
+    {
+        clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            "--reason filters rotations (and rotation events) only\n",
+        )
+        .exit();
+    }
+    Filter {
         session: args.session.map(SessionId),
         work_item: args.work_item.map(WorkItemId),
         agent_type: args.agent_type.clone(),
-        reason,
-        since: args
-            .since
-            .as_deref()
-            .map(|t| parse_time(t, "--since"))
-            .transpose()?,
-        until: args
-            .until
-            .as_deref()
-            .map(|t| parse_time(t, "--until"))
-            .transpose()?,
-        limit: args.limit,
-    })
+        reason: args.reason,
+        since: args.since,
+        until: args.until,
+        // Within usize: clap caps it at i64::MAX, and baton builds for 64-bit targets.
+        limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -162,10 +153,61 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Every row one `baton log` prints, read before anything is written: a reader that has to
+/// start again (a writer started under it) has printed nothing twice.
+#[derive(Default)]
+struct Rows {
+    work_items: Vec<WorkItemRow>,
+    sessions: Vec<SessionRow>,
+    rotations: Vec<RotationRow>,
+    compactions: Vec<CompactionRow>,
+    events: Vec<EventRow>,
+}
+
+/// The rows the flags ask for (`what`, or every kind for `--export`).
+fn fetch(v: &JournalView<'_>, args: &Args, f: &Filter) -> Result<Rows, JournalError> {
+    let mut rows = Rows::default();
+    if args.export {
+        // --reason narrows rotations and events (to those rotations' events); the other kinds
+        // have no reason.
+        let unreasoned = Filter {
+            reason: None,
+            ..f.clone()
+        };
+        rows.work_items = v.work_items(&unreasoned)?;
+        rows.sessions = v.sessions(&unreasoned)?;
+        rows.rotations = v.rotations(f)?;
+        rows.compactions = v.compactions(&unreasoned)?;
+        rows.events = v.events(f)?;
+        return Ok(rows);
+    }
+    match args.what {
+        What::Rotations => rows.rotations = v.rotations(f)?,
+        What::Sessions => rows.sessions = v.sessions(f)?,
+        What::Compactions => rows.compactions = v.compactions(f)?,
+        What::Items => rows.work_items = v.work_items(f)?,
+        What::Events => rows.events = v.events(f)?,
+    }
+    Ok(rows)
+}
+
+/// Reads the rows, opening the journal again when a writer started under a reader without
+/// locks (the next reader reads through the writer's locks).
+fn read(args: &Args, f: &Filter) -> Result<Rows> {
+    let mut attempts = 0;
+    loop {
+        let result =
+            JournalReader::open(&args.journal).and_then(|reader| fetch(&reader.view(), args, f));
+        match result {
+            Err(JournalError::Changed(_)) if attempts < 3 => attempts += 1,
+            other => return other.context("cannot read the journal"),
+        }
+    }
+}
+
 fn write(args: Args) -> Result<()> {
-    let filter = filter(&args)?;
-    let reader = JournalReader::open(&args.journal).context("cannot read the journal")?;
-    let view = reader.view();
+    let filter = filter(&args);
+    let rows = read(&args, &filter)?;
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -174,11 +216,21 @@ fn write(args: Args) -> Result<()> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     if args.export {
-        export(&view, &filter, &mut out)?;
+        lines(&rows.work_items, Some("work_item"), &mut out)?;
+        lines(&rows.sessions, Some("session"), &mut out)?;
+        lines(&rows.rotations, Some("rotation"), &mut out)?;
+        lines(&rows.compactions, Some("compaction"), &mut out)?;
+        lines(&rows.events, Some("event"), &mut out)?;
     } else if args.json {
-        json_lines(&view, args.what, &filter, &mut out)?;
+        match args.what {
+            What::Rotations => lines(&rows.rotations, None, &mut out)?,
+            What::Sessions => lines(&rows.sessions, None, &mut out)?,
+            What::Compactions => lines(&rows.compactions, None, &mut out)?,
+            What::Items => lines(&rows.work_items, None, &mut out)?,
+            What::Events => lines(&rows.events, None, &mut out)?,
+        }
     } else {
-        table(&view, args.what, &filter, &mut out)?;
+        table(&rows, args.what, &mut out)?;
     }
     out.flush()?;
     Ok(())
@@ -207,30 +259,6 @@ fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> R
     Ok(())
 }
 
-fn json_lines(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Result<()> {
-    match what {
-        What::Rotations => lines(&v.rotations(f)?, None, out),
-        What::Sessions => lines(&v.sessions(f)?, None, out),
-        What::Compactions => lines(&v.compactions(f)?, None, out),
-        What::Items => lines(&v.work_items(f)?, None, out),
-        What::Events => lines(&v.events(f)?, None, out),
-    }
-}
-
-fn export(v: &JournalView<'_>, f: &Filter, out: &mut dyn Write) -> Result<()> {
-    // --reason narrows rotations and events (to those rotations' events); the other kinds have
-    // no reason.
-    let unreasoned = Filter {
-        reason: None,
-        ..f.clone()
-    };
-    lines(&v.work_items(&unreasoned)?, Some("work_item"), out)?;
-    lines(&v.sessions(&unreasoned)?, Some("session"), out)?;
-    lines(&v.rotations(f)?, Some("rotation"), out)?;
-    lines(&v.compactions(&unreasoned)?, Some("compaction"), out)?;
-    lines(&v.events(f)?, Some("event"), out)
-}
-
 /// `2026-11-25 10:00:00` (UTC, to the second) for tables.
 fn when(t: Timestamp) -> String {
     t.to_string()[..19].replace('T', " ")
@@ -240,12 +268,12 @@ fn opt<T: ToString>(v: Option<T>) -> String {
     v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Result<()> {
+fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
     let mut t = Table::new();
     t.load_style(UTF8_FULL_CONDENSED);
     let (noun, count) = match what {
         What::Rotations => {
-            let rows = v.rotations(f)?;
+            let rows = &rows.rotations;
             t.set_header([
                 "rotation",
                 "started",
@@ -259,7 +287,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
                 "duration",
                 "result",
             ]);
-            for r in &rows {
+            for r in rows {
                 let rec = r.record.as_ref();
                 let result = match rec {
                     Some(rec) if rec.success => "ok".to_string(),
@@ -295,7 +323,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
             ("rotations", rows.len())
         }
         What::Sessions => {
-            let rows = v.sessions(f)?;
+            let rows = &rows.sessions;
             t.set_header([
                 "session",
                 "agent type",
@@ -309,7 +337,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
                 "ended",
                 "end",
             ]);
-            for s in &rows {
+            for s in rows {
                 t.add_row([
                     s.session.to_string(),
                     s.agent_type.clone(),
@@ -327,7 +355,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
             ("sessions", rows.len())
         }
         What::Compactions => {
-            let rows = v.compactions(f)?;
+            let rows = &rows.compactions;
             t.set_header([
                 "at",
                 "session",
@@ -341,7 +369,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
                 "duration",
                 "result",
             ]);
-            for c in &rows {
+            for c in rows {
                 let r = &c.record;
                 t.add_row([
                     when(c.at),
@@ -364,7 +392,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
             ("compactions", rows.len())
         }
         What::Items => {
-            let rows = v.work_items(f)?;
+            let rows = &rows.work_items;
             t.set_header([
                 "item",
                 "agent type",
@@ -376,7 +404,7 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
                 "handoff",
                 "reason",
             ]);
-            for i in &rows {
+            for i in rows {
                 t.add_row([
                     i.work_item.to_string(),
                     i.agent_type.clone(),
@@ -392,9 +420,9 @@ fn table(v: &JournalView<'_>, what: What, f: &Filter, out: &mut dyn Write) -> Re
             ("work items", rows.len())
         }
         What::Events => {
-            let rows = v.events(f)?;
+            let rows = &rows.events;
             t.set_header(["seq", "at", "kind", "session", "item", "record"]);
-            for e in &rows {
+            for e in rows {
                 let mut record = e.payload.to_string();
                 if record.len() > 100 {
                     let cut = (0..=97)
