@@ -345,3 +345,76 @@ fn log_names_the_table_row_and_column_of_a_damaged_row() {
     // The other listings still read.
     assert!(baton(&["log", &path, "rotations"]).status.success());
 }
+
+#[cfg(unix)]
+#[test]
+fn log_export_never_writes_over_the_journal_or_its_side_files() {
+    let (dir, path) = journal();
+    let original = std::fs::read(&path).unwrap();
+    let alias = dir.path().join("alias.db");
+    std::fs::hard_link(&path, &alias).unwrap();
+    let dotted = format!("{}/./baton.db", dir.path().display());
+    let wal = format!("{path}-wal");
+    for target in [
+        path.as_str(),
+        dotted.as_str(),
+        alias.to_str().unwrap(),
+        wal.as_str(),
+    ] {
+        let o = baton(&["log", &path, "--export", "-o", target]);
+        assert_eq!(o.status.code(), Some(1), "{target}");
+        assert!(stderr(&o).contains("refusing"), "{target}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        original,
+        "the journal is intact"
+    );
+    assert!(!Path::new(&wal).exists());
+    // An existing output is replaced whole, and no temporary file is left.
+    let out = dir.path().join("export.jsonl");
+    std::fs::write(&out, "stale line\n".repeat(100_000)).unwrap();
+    let o = baton(&["log", &path, "--export", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with(r#"{"type":"work_item""#) && !text.contains("stale line"));
+    assert!(
+        !files_in(dir.path()).iter().any(|f| f.ends_with(".tmp")),
+        "{:?}",
+        files_in(dir.path())
+    );
+    // `-o -` is standard output.
+    let o = baton(&["log", &path, "--json", "-o", "-"]);
+    assert!(o.status.success() && stdout(&o).contains("threshold"));
+}
+
+#[test]
+fn log_tables_and_errors_escape_control_characters_from_the_journal() {
+    let (_dir, path) = journal();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "UPDATE rotations SET agent_type = 'son\u{1b}]0;pwned\u{7}net\u{1b}[2J' WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    let o = baton(&["log", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains('\u{1b}'), "{}", stdout(&o));
+    assert!(stdout(&o).contains("son\\u{1b}]0;pwned"), "{}", stdout(&o));
+    c.execute_batch(
+        "PRAGMA ignore_check_constraints = ON;
+         UPDATE rotations SET step = 'sp\u{1b}[2Jun' WHERE id = 1;",
+    )
+    .unwrap();
+    drop(c);
+    let o = baton(&["log", &path]);
+    assert!(!o.status.success());
+    let error = stderr(&o)
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("rotations row 1: column step"), "{error}");
+    assert!(error.contains("sp\\u{1b}[2Jun"), "{error}");
+    assert!(!error.contains('\u{1b}'), "{error}");
+}

@@ -1,9 +1,9 @@
 //! `baton log`: what a journal recorded, listed and filtered.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use baton::journal::{
     CompactionRow, EventRow, Filter, JournalError, JournalView, RotationRow, SessionRow, Timestamp,
     WorkItemRow,
@@ -12,6 +12,8 @@ use baton::{JournalReader, RotationReason, SessionId, WorkItemId};
 use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
+
+use crate::output;
 
 /// List what a journal recorded, as a table or as JSON Lines
 ///
@@ -62,7 +64,9 @@ pub struct Args {
     /// Every kind of record, as JSON Lines with a "type" field.
     #[arg(long, conflicts_with_all = ["json", "what"])]
     export: bool,
-    /// Write to this file instead of standard output.
+    /// Write to this file instead of standard output (`-`: standard output). It is written
+    /// whole or not at all (a temporary file renamed over it), and never when it is the journal
+    /// or one of the files beside it.
     #[arg(long, short, value_name = "FILE")]
     output: Option<PathBuf>,
 }
@@ -136,7 +140,9 @@ pub fn run(args: Args) -> Result<()> {
     match write(args) {
         // The reader went away (`baton log ... | head`): not an error.
         Err(e) if is_broken_pipe(&e) => Ok(()),
-        other => other,
+        // Errors quote journal fields (a damaged row's value): escaped like the tables.
+        Err(e) => Err(anyhow::anyhow!("{}", output::escape(&format!("{e:#}")))),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -205,34 +211,76 @@ fn read(args: &Args, f: &Filter) -> Result<Rows> {
     }
 }
 
+/// Every file beside a journal that an output must not replace: the journal, its write-ahead
+/// log and index, its rollback journal and its lock.
+fn journal_files(journal: &Path) -> Vec<PathBuf> {
+    std::iter::once(journal.to_owned())
+        .chain(["-wal", "-shm", "-journal", "-lock"].iter().map(|suffix| {
+            let mut name = journal.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        }))
+        .collect()
+}
+
+/// Whether `a` and `b` name the same directory entry: the same file name in the same directory
+/// (compared by inode), whether or not the file exists.
+fn same_place(a: &Path, b: &Path) -> bool {
+    let dir = |p: &Path| match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    a.file_name().is_some() && a.file_name() == b.file_name() && output::same_file(&dir(a), &dir(b))
+}
+
 fn write(args: Args) -> Result<()> {
     let filter = filter(&args);
-    let rows = read(&args, &filter)?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
-    if args.export {
-        lines(&rows.work_items, Some("work_item"), &mut out)?;
-        lines(&rows.sessions, Some("session"), &mut out)?;
-        lines(&rows.rotations, Some("rotation"), &mut out)?;
-        lines(&rows.compactions, Some("compaction"), &mut out)?;
-        lines(&rows.events, Some("event"), &mut out)?;
-    } else if args.json {
-        match args.what {
-            What::Rotations => lines(&rows.rotations, None, &mut out)?,
-            What::Sessions => lines(&rows.sessions, None, &mut out)?,
-            What::Compactions => lines(&rows.compactions, None, &mut out)?,
-            What::Items => lines(&rows.work_items, None, &mut out)?,
-            What::Events => lines(&rows.events, None, &mut out)?,
+    let output = args.output.as_deref().filter(|p| !output::is_stdio(p));
+    let inputs = journal_files(&args.journal);
+    if let Some(path) = output {
+        // Refused before reading, and again (by write_atomic) just before the rename.
+        output::refuse_overwrite(path, inputs.iter().map(PathBuf::as_path))?;
+        // A side file that does not exist yet is refused by its name: an export written as
+        // `J.db-wal` would be taken for the journal's write-ahead log.
+        if let Some(side) = inputs.iter().find(|side| same_place(path, side)) {
+            bail!(
+                "{}: refusing to write over the journal's own file {}",
+                path.display(),
+                side.display()
+            );
         }
-    } else {
-        table(&rows, args.what, &mut out)?;
     }
-    out.flush()?;
+    let rows = read(&args, &filter)?;
+    let render = |out: &mut dyn Write| -> Result<()> {
+        if args.export {
+            lines(&rows.work_items, Some("work_item"), out)?;
+            lines(&rows.sessions, Some("session"), out)?;
+            lines(&rows.rotations, Some("rotation"), out)?;
+            lines(&rows.compactions, Some("compaction"), out)?;
+            lines(&rows.events, Some("event"), out)?;
+        } else if args.json {
+            match args.what {
+                What::Rotations => lines(&rows.rotations, None, out)?,
+                What::Sessions => lines(&rows.sessions, None, out)?,
+                What::Compactions => lines(&rows.compactions, None, out)?,
+                What::Items => lines(&rows.work_items, None, out)?,
+                What::Events => lines(&rows.events, None, out)?,
+            }
+        } else {
+            table(&rows, args.what, out)?;
+        }
+        Ok(())
+    };
+    match output {
+        Some(path) => output::write_atomic(path, inputs.iter().map(PathBuf::as_path), |out| {
+            render(out).map_err(std::io::Error::other)
+        })?,
+        None => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            render(&mut out)?;
+            out.flush()?;
+        }
+    }
     Ok(())
 }
 
@@ -262,6 +310,12 @@ fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> R
 /// `2026-11-25 10:00:00` (UTC, to the second) for tables.
 fn when(t: Timestamp) -> String {
     t.to_string()[..19].replace('T', " ")
+}
+
+/// Adds a row of cells, each escaped: journal fields are outside data (an agent type or an
+/// error may hold terminal escape sequences).
+fn add_row<const N: usize>(t: &mut Table, cells: [String; N]) {
+    t.add_row(cells.map(|c| output::escape(&c).into_owned()));
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -294,31 +348,34 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                     Some(rec) => format!("failed: {}", rec.error.as_deref().unwrap_or("?")),
                     None => format!("under way ({})", r.step),
                 };
-                t.add_row([
-                    r.rotation.0.to_string(),
-                    when(r.started_at),
-                    r.work_item.to_string(),
-                    r.agent_type.clone(),
-                    format!("{} → {}", r.old_session, opt(r.new_session)),
-                    r.reason.clone(),
-                    rec.map_or("-".into(), |x| {
-                        format!("{} ({:.1}%)", x.before_tokens, x.before_percent)
-                    }),
-                    opt(rec.map(|x| x.compactions)),
-                    rec.map_or("-".into(), |x| {
-                        format!(
-                            "{}{}",
-                            x.handoff_tokens,
-                            if x.handoff_fallback {
-                                " (fallback)"
-                            } else {
-                                ""
-                            }
-                        )
-                    }),
-                    opt(rec.map(|x| format!("{:.0?}", x.duration))),
-                    result,
-                ]);
+                add_row(
+                    &mut t,
+                    [
+                        r.rotation.0.to_string(),
+                        when(r.started_at),
+                        r.work_item.to_string(),
+                        r.agent_type.clone(),
+                        format!("{} → {}", r.old_session, opt(r.new_session)),
+                        r.reason.clone(),
+                        rec.map_or("-".into(), |x| {
+                            format!("{} ({:.1}%)", x.before_tokens, x.before_percent)
+                        }),
+                        opt(rec.map(|x| x.compactions)),
+                        rec.map_or("-".into(), |x| {
+                            format!(
+                                "{}{}",
+                                x.handoff_tokens,
+                                if x.handoff_fallback {
+                                    " (fallback)"
+                                } else {
+                                    ""
+                                }
+                            )
+                        }),
+                        opt(rec.map(|x| format!("{:.0?}", x.duration))),
+                        result,
+                    ],
+                );
             }
             ("rotations", rows.len())
         }
@@ -338,19 +395,22 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                 "end",
             ]);
             for s in rows {
-                t.add_row([
-                    s.session.to_string(),
-                    s.agent_type.clone(),
-                    s.work_item.to_string(),
-                    s.state.clone(),
-                    s.phase.clone(),
-                    s.transitions.to_string(),
-                    s.compactions.to_string(),
-                    opt(s.predecessor),
-                    when(s.started_at),
-                    opt(s.ended_at.map(when)),
-                    opt(s.end_reason.clone()),
-                ]);
+                add_row(
+                    &mut t,
+                    [
+                        s.session.to_string(),
+                        s.agent_type.clone(),
+                        s.work_item.to_string(),
+                        s.state.clone(),
+                        s.phase.clone(),
+                        s.transitions.to_string(),
+                        s.compactions.to_string(),
+                        opt(s.predecessor),
+                        when(s.started_at),
+                        opt(s.ended_at.map(when)),
+                        opt(s.end_reason.clone()),
+                    ],
+                );
             }
             ("sessions", rows.len())
         }
@@ -371,23 +431,26 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
             ]);
             for c in rows {
                 let r = &c.record;
-                t.add_row([
-                    when(c.at),
-                    r.session.to_string(),
-                    r.work_item.to_string(),
-                    r.agent_type.to_string(),
-                    format!("{} ({:.1}%)", r.before_tokens, r.before_percent),
-                    format!("{} ({:.1}%)", r.after_tokens, r.after_percent),
-                    format!("{:.1}%", r.reduction_percent),
-                    if r.within_target { "yes" } else { "no" }.into(),
-                    r.summary_tokens.to_string(),
-                    format!("{:.0?}", r.duration),
-                    match (&r.error, r.sufficient) {
-                        (Some(e), _) => format!("failed: {e}"),
-                        (None, true) => "ok".into(),
-                        (None, false) => "insufficient".into(),
-                    },
-                ]);
+                add_row(
+                    &mut t,
+                    [
+                        when(c.at),
+                        r.session.to_string(),
+                        r.work_item.to_string(),
+                        r.agent_type.to_string(),
+                        format!("{} ({:.1}%)", r.before_tokens, r.before_percent),
+                        format!("{} ({:.1}%)", r.after_tokens, r.after_percent),
+                        format!("{:.1}%", r.reduction_percent),
+                        if r.within_target { "yes" } else { "no" }.into(),
+                        r.summary_tokens.to_string(),
+                        format!("{:.0?}", r.duration),
+                        match (&r.error, r.sufficient) {
+                            (Some(e), _) => format!("failed: {e}"),
+                            (None, true) => "ok".into(),
+                            (None, false) => "insufficient".into(),
+                        },
+                    ],
+                );
             }
             ("compactions", rows.len())
         }
@@ -405,17 +468,20 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                 "reason",
             ]);
             for i in rows {
-                t.add_row([
-                    i.work_item.to_string(),
-                    i.agent_type.clone(),
-                    i.place.clone(),
-                    opt(i.session),
-                    i.attempts.to_string(),
-                    i.spawns.to_string(),
-                    i.epoch.to_string(),
-                    opt(i.handoff.as_ref().map(|h| h.tokens)),
-                    opt(i.reason.clone()),
-                ]);
+                add_row(
+                    &mut t,
+                    [
+                        i.work_item.to_string(),
+                        i.agent_type.clone(),
+                        i.place.clone(),
+                        opt(i.session),
+                        i.attempts.to_string(),
+                        i.spawns.to_string(),
+                        i.epoch.to_string(),
+                        opt(i.handoff.as_ref().map(|h| h.tokens)),
+                        opt(i.reason.clone()),
+                    ],
+                );
             }
             ("work items", rows.len())
         }
@@ -432,14 +498,17 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                     record.truncate(cut);
                     record.push_str("...");
                 }
-                t.add_row([
-                    e.seq.to_string(),
-                    when(e.at),
-                    e.kind.clone(),
-                    opt(e.session),
-                    opt(e.work_item),
-                    record,
-                ]);
+                add_row(
+                    &mut t,
+                    [
+                        e.seq.to_string(),
+                        when(e.at),
+                        e.kind.clone(),
+                        opt(e.session),
+                        opt(e.work_item),
+                        record,
+                    ],
+                );
             }
             ("events", rows.len())
         }
