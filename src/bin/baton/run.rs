@@ -80,6 +80,10 @@ pub struct Args {
     /// The longest one request may take (e.g. 90s, 5m).
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     request_timeout: Duration,
+    /// The largest response body accepted from the endpoint, in MiB (chat replies, /models,
+    /// /props); a larger one is refused after reading this much.
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_response_mib: u64,
     /// What the agent is told after each reply until it is done.
     #[arg(long, default_value = CONTINUE_PROMPT, hide_default_value = true)]
     continue_prompt: String,
@@ -238,6 +242,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut client_config = ClientConfig::new(api_root(&args.endpoint));
     client_config.api_key = api_key;
     client_config.request_timeout = args.request_timeout;
+    client_config.max_body_bytes = args.max_response_mib * 1024 * 1024;
     let client = ChatClient::new(client_config).context("invalid --endpoint")?;
     let base_url = client.config().base_url.clone();
 
