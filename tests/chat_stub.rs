@@ -465,7 +465,10 @@ async fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
     let c = ChatClient::new(config(url)).unwrap();
     assert_eq!(c.config().base_url, stub.base_url());
     let shown = format!("{c:?}");
-    assert!(!shown.contains("s3cr") && !shown.contains("alice"), "{shown}");
+    assert!(
+        !shown.contains("s3cr") && !shown.contains("alice"),
+        "{shown}"
+    );
     c.chat(&hello()).await.unwrap_err();
     // Basic base64("alice:s3cr/t").
     assert_eq!(
@@ -499,7 +502,10 @@ async fn control_characters_in_a_server_error_are_escaped() {
     }]);
     let err = client(&stub).chat(&hello()).await.unwrap_err().to_string();
     assert!(!err.chars().any(|c| c.is_control()), "{err:?}");
-    assert!(err.contains(r"bad \u{1b}]0;pwned\u{7}\u{1b}[2J request"), "{err}");
+    assert!(
+        err.contains(r"bad \u{1b}]0;pwned\u{7}\u{1b}[2J request"),
+        "{err}"
+    );
 }
 
 fn free_port() -> u16 {

@@ -70,9 +70,8 @@ pub enum Fault {
 /// A body that never ends: 64 KiB chunks of spaces, forever.
 fn endless() -> Response {
     let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
-    let stream = futures_util::stream::repeat_with(move || {
-        Ok::<_, std::convert::Infallible>(chunk.clone())
-    });
+    let stream =
+        futures_util::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
     (StatusCode::OK, axum::body::Body::from_stream(stream)).into_response()
 }
 

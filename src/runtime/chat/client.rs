@@ -399,7 +399,11 @@ impl ChatClient {
                 }
             }
         })?;
-        Ok((status, headers, String::from_utf8_lossy(&bytes).into_owned()))
+        Ok((
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
     }
 
     /// `GET {base}/models`, as JSON. Sent once, with no retries (a failure falls back to the
