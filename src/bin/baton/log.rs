@@ -45,8 +45,8 @@ pub struct Args {
     /// Only records about sessions of this agent type.
     #[arg(long, value_name = "NAME")]
     agent_type: Option<String>,
-    /// Only rotations for this reason (with `events`: only those rotations' events):
-    /// threshold, insufficient_compaction, compaction_failed, compaction_budget or manual.
+    /// Only rotations for this reason (with `events`: only those rotations' events): threshold,
+    /// insufficient_compaction, compaction_failed, compaction_budget, manual or overflow.
     #[arg(long, value_name = "REASON", value_parser = parse_reason)]
     reason: Option<RotationReason>,
     /// Only records from this time on.
