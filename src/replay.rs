@@ -48,11 +48,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::machine::{Effect, Event, MachineError, SessionId, SessionMachine};
+use crate::machine::{Effect, Event, MachineError, SessionMachine};
 use crate::policy::{Policy, RotationReason};
 use crate::provider::{Distrust, Window, WindowSource, known_window, resolve_window};
 use crate::trace::{Call, Trace};
 use crate::usage::{Usage, UsageError, UsageSource};
+use crate::vocab::SessionId;
 
 /// How to replay.
 #[derive(Debug, Clone)]

@@ -10,10 +10,9 @@ use rusqlite::Connection;
 
 use super::JournalError;
 use super::project::RotationIntent;
-use crate::machine::SessionId;
 use crate::record::RotationStep;
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 /// Where the journal last saw a work item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -108,7 +108,7 @@ CREATE INDEX events_by_work_item ON events (work_item);
 pub(crate) enum Header {
     /// An empty database (a new or zero-length file): baton may make it a journal.
     Empty,
-    /// A baton journal at this schema version (at most [`SCHEMA_VERSION`]).
+    /// A baton journal at this schema version (from 0 to [`SCHEMA_VERSION`]).
     Journal(i32),
 }
 
@@ -134,6 +134,10 @@ pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Header, JournalE
             found: version,
             supported: SCHEMA_VERSION,
         }),
+        APPLICATION_ID if version < 0 => Err(JournalError::UnknownSchema {
+            path: path.to_owned(),
+            found: version,
+        }),
         APPLICATION_ID => Ok(Header::Journal(version)),
         0 if version == 0 && tables == 0 => Ok(Header::Empty),
         _ => Err(JournalError::Foreign {
@@ -155,12 +159,17 @@ pub(crate) fn migrate(
         Header::Empty => 0,
         Header::Journal(v) => v,
     };
-    for version in from..SCHEMA_VERSION {
+    // `inspect` refuses versions outside 0..=SCHEMA_VERSION; a version that still has no
+    // migration is refused here rather than indexed.
+    let first = usize::try_from(from).map_err(|_| JournalError::UnknownSchema {
+        path: path.to_owned(),
+        found: from,
+    })?;
+    for (version, migration) in (from..SCHEMA_VERSION).zip(MIGRATIONS.iter().skip(first)) {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        tx.execute_batch(MIGRATIONS[version as usize])
-            .map_err(sql)?;
+        tx.execute_batch(migration).map_err(sql)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(sql)?;
         tx.pragma_update(None, "user_version", version + 1)

@@ -9,11 +9,11 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
 use super::*;
-use crate::machine::{EventKind, Phase, SessionId, TransitionRecord};
+use crate::machine::{EventKind, Phase, TransitionRecord};
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord};
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 fn block<T>(f: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -893,4 +893,191 @@ fn a_reader_asks_for_an_older_journal_to_be_migrated() {
         }
     );
     assert!(e.to_string().contains("open it once for writing"), "{e}");
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_reader_opens_a_closed_journal_read_only_and_creates_no_file_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    let before = files_in(dir.path());
+    assert!(!before.iter().any(|f| f.ends_with("-wal")), "{before:?}");
+    // A read-only directory (root ignores the mode; then the file list below is the check).
+    set_mode(dir.path(), 0o555);
+    let reader = JournalReader::open(&path).unwrap();
+    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    assert!(
+        reader.unlocked.is_some(),
+        "no writer's records: opened immutable"
+    );
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        300
+    );
+    assert_eq!(
+        files_in(dir.path()),
+        before,
+        "nothing created while reading"
+    );
+    drop(reader);
+    set_mode(dir.path(), 0o755);
+    assert_eq!(files_in(dir.path()), before, "nothing left behind");
+}
+
+#[test]
+fn a_reader_beside_a_live_writer_reads_its_records_through_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(1)));
+    sync(&j);
+    let before = files_in(dir.path());
+    assert!(before.contains(&"baton.db-wal".to_string()), "{before:?}");
+    let reader = JournalReader::open(&path).unwrap();
+    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    assert!(
+        reader.unlocked.is_none(),
+        "records in the WAL: read through locks"
+    );
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        1
+    );
+    // It sees what the writer commits after it opened.
+    j.note(Op::Submitted(item(2)));
+    sync(&j);
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        2
+    );
+    drop(reader);
+    assert_eq!(files_in(dir.path()), before);
+}
+
+#[test]
+fn a_reader_refuses_a_wal_without_its_index_and_says_what_it_needs() {
+    let live = tempfile::tempdir().unwrap();
+    let path = live.path().join("baton.db");
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(1)));
+    sync(&j);
+    // A copy of the journal and its WAL, without the -shm index.
+    let copy = tempfile::tempdir().unwrap();
+    let copied = copy.path().join("baton.db");
+    std::fs::copy(&path, &copied).unwrap();
+    std::fs::copy(
+        live.path().join("baton.db-wal"),
+        copy.path().join("baton.db-wal"),
+    )
+    .unwrap();
+    let before = files_in(copy.path());
+    let e = JournalReader::open(&copied).unwrap_err();
+    assert!(matches!(e, JournalError::NeedsIndex { .. }), "{e}");
+    assert!(e.to_string().contains("baton.db-shm"), "{e}");
+    assert!(
+        e.to_string().contains("open the journal once for writing"),
+        "{e}"
+    );
+    assert_eq!(files_in(copy.path()), before, "no index created");
+    drop(j);
+}
+
+#[test]
+fn a_writer_starting_under_a_reader_without_locks_makes_its_next_query_fail_as_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    let reader = JournalReader::open(&path).unwrap();
+    assert!(reader.unlocked.is_some());
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        300
+    );
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(301)));
+    sync(&j);
+    let e = reader.view().work_items(&Filter::default()).unwrap_err();
+    assert_eq!(e, JournalError::Changed(path.clone()));
+    // A new reader reads through the writer's locks and sees everything.
+    let again = JournalReader::open(&path).unwrap();
+    assert_eq!(
+        again.view().work_items(&Filter::default()).unwrap().len(),
+        301
+    );
+}
+
+#[test]
+fn a_directory_is_refused_as_not_a_journal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = JournalReader::open(dir.path()).unwrap_err();
+    assert_eq!(e, JournalError::NotAFile(dir.path().to_owned()));
+    assert!(e.to_string().contains("is not a journal file"), "{e}");
+}
+
+#[test]
+fn a_negative_schema_version_is_refused_by_the_writer_and_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    drop(Journal::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", -1)
+        .unwrap();
+    let expected = JournalError::UnknownSchema {
+        path: path.clone(),
+        found: -1,
+    };
+    assert_eq!(JournalReader::open(&path).unwrap_err(), expected);
+    assert_eq!(Journal::open(&path).unwrap_err(), expected);
+    let version: i32 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, -1, "left as it was");
+}
+
+#[test]
+fn a_damaged_row_is_named_by_its_table_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE work_items SET attempts = 'many' WHERE id = 17", [])
+        .unwrap();
+    let e = JournalReader::open(&path)
+        .unwrap()
+        .view()
+        .work_items(&Filter::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, JournalError::BadRow { table: "work_items", row: 17, message } if message.starts_with("column attempts: ")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_limit_beyond_sqlite_s_integers_is_no_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    let reader = JournalReader::open(&path).unwrap();
+    let all = Filter {
+        limit: Some(usize::MAX),
+        ..Filter::default()
+    };
+    assert_eq!(reader.view().work_items(&all).unwrap().len(), 300);
 }
