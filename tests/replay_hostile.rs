@@ -136,8 +136,10 @@ fn escape_sequences_in_a_traces_names_are_escaped_in_tables_logs_and_errors() {
     // JSON escapes them its own way, and stays exact for programs.
     let o = baton(&["replay", p, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert_inert("the JSON", &stdout(&o));
     let r: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(r["trace"], "evil\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m");
+    assert_eq!(r["model"], "m\u{1b}[5m\u{9b}");
 
     // An error naming the trace and its model (no window known for it).
     std::fs::write(&path, hostile_instance(false)).unwrap();
