@@ -10,25 +10,13 @@ use rusqlite::Connection;
 
 use super::JournalError;
 use super::project::RotationIntent;
-use crate::machine::SessionId;
+use crate::machine::{Phase, SessionId};
 use crate::record::RotationStep;
 use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
 
-/// Where the journal last saw a work item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoredPlace {
-    /// Waiting for a session.
-    Queued,
-    /// Held by a live session.
-    Live,
-    /// Held by a session whose rotation is under way.
-    Rotating,
-    /// Finished.
-    Done,
-    /// Given up on.
-    Dead,
-}
+/// Where the journal last saw a work item (the name the supervisor's recovery uses).
+pub(crate) use super::schema::WorkItemPlace as StoredPlace;
 
 /// A work item as the journal holds it.
 #[derive(Debug, Clone)]
@@ -73,10 +61,10 @@ pub(crate) struct OpenSession {
     pub work_item: WorkItemId,
     /// Its agent type.
     pub agent_type: Arc<str>,
-    /// Its last recorded phase (`Compacting` means a compaction was in flight).
-    pub phase: String,
+    /// Its last recorded phase ([`Phase::Compacting`] means a compaction was in flight).
+    pub phase: Phase,
     /// The reading its compaction under way started from: set when the session enters
-    /// Compacting, cleared when a compaction record arrives. With `phase == "Compacting"`, a
+    /// Compacting, cleared when a compaction record arrives. In [`Phase::Compacting`], a
     /// compaction that a crash cut short.
     pub compacting_from: Option<Usage>,
 }
@@ -129,7 +117,7 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
                 r.get::<_, i64>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
+                r.get::<_, StoredPlace>(3)?,
                 r.get::<_, Option<i64>>(4)?,
                 r.get::<_, u32>(5)?,
                 r.get::<_, u32>(6)?,
@@ -142,18 +130,6 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
     for row in rows {
         let (id, agent_type, text, place, session, attempts, spawns, pending, handoff, reason) =
             row.map_err(sql)?;
-        let place = match place.as_str() {
-            "queued" => StoredPlace::Queued,
-            "live" => StoredPlace::Live,
-            "rotating" => StoredPlace::Rotating,
-            "done" => StoredPlace::Done,
-            "dead" => StoredPlace::Dead,
-            other => {
-                return Err(JournalError::BadRecord(format!(
-                    "work item place {other:?}"
-                )));
-            }
-        };
         state.items.push(StoredItem {
             item: WorkItem {
                 id: WorkItemId(id as u64),
@@ -180,7 +156,7 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, RotationStep>(1)?,
                 r.get::<_, Option<String>>(2)?,
                 r.get::<_, Option<i64>>(3)?,
             ))
@@ -190,8 +166,7 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
         let (request, step, handoff, successor) = row.map_err(sql)?;
         state.rotations.push(OpenRotation {
             intent: json(&request)?,
-            step: RotationStep::parse(&step)
-                .ok_or_else(|| JournalError::BadRecord(format!("rotation step {step:?}")))?,
+            step,
             handoff: handoff.as_deref().map(json).transpose()?,
             successor: successor.map(|s| SessionId(s as u64)),
         });
@@ -209,7 +184,7 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
+                r.get::<_, Phase>(3)?,
                 r.get::<_, Option<String>>(4)?,
             ))
         })

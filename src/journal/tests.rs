@@ -782,11 +782,8 @@ fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending() {
     );
     let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
     assert_eq!(
-        (
-            sessions[0].state.as_str(),
-            sessions[0].end_reason.as_deref()
-        ),
-        ("closed", Some("start_abandoned"))
+        (sessions[0].state, sessions[0].end_reason),
+        (SessionState::Closed, Some(EndReason::StartAbandoned))
     );
     j.note(Op::Released {
         session: SessionId(5),
@@ -830,7 +827,7 @@ fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction(
     let items = block(j.read(|v| v.work_items(&Filter::default()))).unwrap();
     assert_eq!(items[0].handoff, Some(handoff()));
     let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
-    assert_eq!(sessions[0].end_reason.as_deref(), Some("rotation_failed"));
+    assert_eq!(sessions[0].end_reason, Some(EndReason::RotationFailed));
 
     // The supervisor's requeue that follows, and any duplicate, change nothing.
     let once = snapshot(&j);
@@ -1080,4 +1077,90 @@ fn a_limit_beyond_sqlite_s_integers_is_no_limit() {
         ..Filter::default()
     };
     assert_eq!(reader.view().work_items(&all).unwrap().len(), 300);
+}
+
+/// `value` written through SQL and read back, with the text SQLite holds.
+fn through_sql<T: rusqlite::ToSql + rusqlite::types::FromSql>(value: T) -> (String, T) {
+    let c = Connection::open_in_memory().unwrap();
+    c.query_row("SELECT ?1, ?1", [value], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+}
+
+#[test]
+fn journal_states_are_stored_by_their_names_and_read_back_as_themselves() {
+    use crate::record::RotationStep;
+    use schema::{EndReason as E, SessionState as S, WorkItemPlace as W};
+    let places = [W::Queued, W::Live, W::Rotating, W::Done, W::Dead];
+    let names: Vec<String> = places
+        .map(|p| through_sql(p))
+        .iter()
+        .map(|(n, p)| {
+            assert_eq!(n, &p.to_string());
+            n.clone()
+        })
+        .collect();
+    // The names the schema's CHECK constraint allows.
+    assert_eq!(names, ["queued", "live", "rotating", "done", "dead"]);
+    for s in [S::Live, S::Rotating, S::Closed] {
+        assert_eq!(through_sql(s).1, s);
+    }
+    assert_eq!(through_sql(S::Rotating).0, "rotating");
+    for e in [
+        E::Rotated,
+        E::Closed,
+        E::Done,
+        E::RotationFailed,
+        E::Crashed,
+        E::Lost,
+        E::StartAbandoned,
+    ] {
+        assert_eq!(through_sql(e).1, e);
+    }
+    assert_eq!(through_sql(E::StartAbandoned).0, "start_abandoned");
+    for p in [
+        Phase::Normal,
+        Phase::Compacting,
+        Phase::Rotating,
+        Phase::Closed,
+    ] {
+        let (name, back) = through_sql(p);
+        assert_eq!((name, back), (format!("{p:?}"), p));
+    }
+    for step in [
+        RotationStep::Intent,
+        RotationStep::Handoff,
+        RotationStep::Spawned,
+        RotationStep::Done,
+        RotationStep::Failed,
+    ] {
+        assert_eq!(through_sql(step), (step.as_str().to_string(), step));
+    }
+    for r in [
+        RotationReason::Threshold,
+        RotationReason::InsufficientCompaction,
+        RotationReason::CompactionFailed,
+        RotationReason::CompactionBudget,
+        RotationReason::Manual,
+    ] {
+        assert_eq!(through_sql(r), (r.as_str().to_string(), r));
+    }
+}
+
+#[test]
+fn an_unknown_stored_state_is_a_conversion_error_quoting_it_escaped() {
+    let c = Connection::open_in_memory().unwrap();
+    let e = c
+        .query_row("SELECT 'wandering\u{1b}[2J'", [], |r| {
+            r.get::<_, schema::WorkItemPlace>(0)
+        })
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(r#""wandering\u{1b}[2J" is not a work item place"#),
+        "{text}"
+    );
+    let e = c
+        .query_row("SELECT 3", [], |r| r.get::<_, Phase>(0))
+        .unwrap_err();
+    assert!(matches!(e, rusqlite::Error::InvalidColumnType(..)), "{e}");
 }

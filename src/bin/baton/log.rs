@@ -356,7 +356,7 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                         r.work_item.to_string(),
                         r.agent_type.clone(),
                         format!("{} → {}", r.old_session, opt(r.new_session)),
-                        r.reason.clone(),
+                        r.reason.to_string(),
                         rec.map_or("-".into(), |x| {
                             format!("{} ({:.1}%)", x.before_tokens, x.before_percent)
                         }),
@@ -401,14 +401,14 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                         s.session.to_string(),
                         s.agent_type.clone(),
                         s.work_item.to_string(),
-                        s.state.clone(),
-                        s.phase.clone(),
+                        s.state.to_string(),
+                        format!("{:?}", s.phase),
                         s.transitions.to_string(),
                         s.compactions.to_string(),
                         opt(s.predecessor),
                         when(s.started_at),
                         opt(s.ended_at.map(when)),
-                        opt(s.end_reason.clone()),
+                        opt(s.end_reason),
                     ],
                 );
             }
@@ -473,7 +473,7 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                     [
                         i.work_item.to_string(),
                         i.agent_type.clone(),
-                        i.place.clone(),
+                        i.place.to_string(),
                         opt(i.session),
                         i.attempts.to_string(),
                         i.spawns.to_string(),
