@@ -1092,7 +1092,7 @@ fn journal_states_are_stored_by_their_names_and_read_back_as_themselves() {
     use schema::{EndReason as E, SessionState as S, WorkItemPlace as W};
     let places = [W::Queued, W::Live, W::Rotating, W::Done, W::Dead];
     let names: Vec<String> = places
-        .map(|p| through_sql(p))
+        .map(through_sql)
         .iter()
         .map(|(n, p)| {
             assert_eq!(n, &p.to_string());
