@@ -32,17 +32,7 @@ use thiserror::Error;
 
 use crate::policy::{Action, Policy, RotationReason, reduction};
 use crate::usage::{Usage, UsageError, UsageSource};
-
-/// Identifies one agent session for its whole life; a successor gets a new id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SessionId(pub u64);
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}", self.0)
-    }
-}
+use crate::vocab::SessionId;
 
 /// The four states, as plain data for records, snapshots and listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -238,13 +228,13 @@ pub enum MachineError {
 /// A compact usage reading kept in the bounded history (the window fits in 32 bits, see
 /// [`Usage::MAX_TOKENS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reading {
+struct CompactReading {
     used: u32,
     window: u32,
     source: UsageSource,
 }
 
-impl Reading {
+impl CompactReading {
     fn from_usage(u: &Usage) -> Self {
         // Both figures are at most Usage::MAX_TOKENS == u32::MAX by construction.
         Self {
@@ -271,7 +261,7 @@ pub struct Session {
     /// against `max_compactions`.
     compactions: u32,
     /// The latest readings, oldest first, at most `policy.history_len()`.
-    history: VecDeque<Reading>,
+    history: VecDeque<CompactReading>,
     /// Transitions so far; the next record's `seq` is this plus one.
     transitions: u64,
     /// The reading a running compaction started from.
@@ -342,7 +332,7 @@ impl Session {
         if self.history.len() >= self.policy.history_len() {
             self.history.pop_front();
         }
-        self.history.push_back(Reading::from_usage(usage));
+        self.history.push_back(CompactReading::from_usage(usage));
     }
 }
 

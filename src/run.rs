@@ -24,12 +24,13 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
+use crate::provider::{self, Encoding};
 use crate::record::FleetEvent;
 use crate::report::{FleetReport, Tally};
-use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn};
-use crate::runtime::{AgentType, WorkItem, WorkItemId};
+use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn, assignment_text};
 use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The done marker `baton run` asks agents to write, on a line of its own, when a work item is
 /// finished.
@@ -114,6 +115,50 @@ impl ItemEnd {
     }
 }
 
+/// How many work items ended each way: what the exit status of `baton run` follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    /// Items whose agent said they were done.
+    pub done: u64,
+    /// Items that used all their turns (`max_turns`, the user's bound) without saying so.
+    pub turn_limit: u64,
+    /// Items a turn failed for good.
+    pub failed: u64,
+    /// Items the supervisor gave up on.
+    pub dead_lettered: u64,
+    /// Items neither finished nor given up on when the run stopped.
+    pub unfinished: u64,
+}
+
+impl Outcomes {
+    /// The counts of `items`' ends.
+    pub fn of<'a>(items: impl IntoIterator<Item = &'a ItemEnd>) -> Self {
+        let mut o = Self::default();
+        for end in items {
+            match end {
+                ItemEnd::Done => o.done += 1,
+                ItemEnd::TurnLimit => o.turn_limit += 1,
+                ItemEnd::Failed { .. } => o.failed += 1,
+                ItemEnd::Dead { .. } => o.dead_lettered += 1,
+                ItemEnd::Unfinished => o.unfinished += 1,
+            }
+        }
+        o
+    }
+
+    /// Items in all.
+    pub fn total(&self) -> u64 {
+        self.done + self.turn_limit + self.failed + self.dead_lettered + self.unfinished
+    }
+
+    /// Items that did not finish: failed, dead-lettered or unfinished. A run succeeds when
+    /// there are none (an item at its turn limit ran the turns it was given, and counts as
+    /// finished).
+    pub fn not_finished(&self) -> u64 {
+        self.failed + self.dead_lettered + self.unfinished
+    }
+}
+
 /// One work item's run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ItemReport {
@@ -132,7 +177,11 @@ pub struct ItemReport {
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
-    /// The fleet's figures: the same table as `baton simulate`.
+    /// How the work items ended, counted from `items`.
+    pub outcomes: Outcomes,
+    /// The fleet's figures: the same table as `baton simulate`. Its `done`, `dead_letters` and
+    /// `unfinished` agree with `outcomes` (`done` counts the items at their turn limit too;
+    /// failed items are in none of them).
     pub fleet: FleetReport,
     /// Every work item, by id.
     pub items: Vec<ItemReport>,
@@ -164,9 +213,70 @@ pub enum RunError {
     /// The input is unusable.
     #[error("invalid run: {0}")]
     Invalid(String),
+    /// A work item's first prompt (its agent type's instructions and the item) does not fit
+    /// the share of the window at which a session rotates: every session would rotate at
+    /// once. Refused before any request.
+    #[error(
+        "work item {item} is too large: its first prompt is about {tokens} tokens, and agent type \
+         {agent_type:?} rotates at {limit} of its {window}-token window"
+    )]
+    ItemTooLarge {
+        /// The work item.
+        item: WorkItemId,
+        /// Its agent type.
+        agent_type: Arc<str>,
+        /// Its first prompt's tokens (counted locally; estimated when it is far too big).
+        tokens: u64,
+        /// The agent type's window.
+        window: u64,
+        /// The tokens at which a session of the type rotates.
+        limit: u64,
+    },
     /// The supervisor refused something.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+}
+
+/// Refuses the first work item whose first prompt (its agent type's system prompt and the
+/// assignment message) reaches the share of its window at which a session rotates. Counted
+/// locally with the model's encoding; a text far beyond the window (over 256 bytes per token
+/// of it) is refused without being counted, its tokens estimated at 4 bytes each.
+pub fn check_items_fit(agent_types: &[AgentType], items: &[WorkItem]) -> Result<(), RunError> {
+    for item in items {
+        let Some(agent) = agent_types.iter().find(|a| a.name == item.agent_type) else {
+            return Err(RunError::Invalid(format!(
+                "work item {} names agent type {:?}, which is not given",
+                item.id, item.agent_type
+            )));
+        };
+        let limit = (agent.policy.rotate_at() * agent.window as f64).floor() as u64;
+        let text = assignment_text(item, None);
+        let bytes = (agent.system_prompt.len() + text.len()) as u64;
+        let tokens = if bytes > agent.window.saturating_mul(256) {
+            bytes / 4
+        } else {
+            let encoding = Encoding::for_model(&agent.model);
+            let message = |role: &str, content: &str| provider::Message {
+                role: role.into(),
+                content: content.into(),
+                ..provider::Message::default()
+            };
+            encoding.prompt_tokens(&[
+                message("system", &agent.system_prompt),
+                message("user", &text),
+            ])
+        };
+        if tokens >= limit {
+            return Err(RunError::ItemTooLarge {
+                item: item.id,
+                agent_type: item.agent_type.clone(),
+                tokens,
+                window: agent.window,
+                limit,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `reply` says its work is done: one of its lines, trimmed and stripped of markdown
@@ -250,6 +360,7 @@ pub async fn drive(
     if config.max_turns == 0 {
         return Err(RunError::Invalid("max_turns must be at least 1".into()));
     }
+    check_items_fit(&agent_types, &items)?;
     let mut builder = Supervisor::builder(runtime.clone()).config(config.supervisor.clone());
     for agent in agent_types {
         builder = builder.agent_type(agent);
@@ -332,8 +443,7 @@ pub async fn drive(
     let mut fleet = driver
         .tally
         .report(config.seed, total, seconds, driver.total_turns);
-    fleet.unfinished = total.saturating_sub(fleet.done + fleet.dead_letters);
-    let items = driver
+    let items: Vec<ItemReport> = driver
         .runs
         .into_iter()
         .map(|(id, r)| ItemReport {
@@ -344,7 +454,14 @@ pub async fn drive(
             end: r.end.unwrap_or(ItemEnd::Unfinished),
         })
         .collect();
+    // The fleet counts a session closed after a failed turn as done: the items' own ends are
+    // the truth.
+    let outcomes = Outcomes::of(items.iter().map(|i| &i.end));
+    fleet.done = outcomes.done + outcomes.turn_limit;
+    fleet.dead_letters = outcomes.dead_lettered;
+    fleet.unfinished = outcomes.unfinished;
     Ok(RunReport {
+        outcomes,
         fleet,
         items,
         request_seconds: driver.request.as_secs_f64(),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::journal::{EndReason, Filter, JournalView, SessionState, WorkItemPlace};
-use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, Op};
+use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
     FleetEvent, Inventory, Journal, JournalError, Phase, Place, RecoveryOutcome, RotationStep,
     SessionId, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource,
@@ -39,7 +39,7 @@ fn memory(faults: Vec<Fault>) -> Arc<MemoryRuntime> {
     }))
 }
 
-fn hang(op: Op, call: u64) -> Fault {
+fn hang(op: RuntimeOp, call: u64) -> Fault {
     Fault {
         op,
         calls: call..=call,
@@ -176,7 +176,7 @@ async fn stuck_at_spawned(
             .any(|r| r.step == RotationStep::Spawned)
     })
     .await;
-    while rt.calls(Op::Assign) < 2 {
+    while rt.calls(RuntimeOp::Assign) < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     (sup, s1)
@@ -370,7 +370,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // Spawn call 3 (item 1's successor) never returns.
-    let runtime = memory(vec![hang(Op::Spawn, 3)]);
+    let runtime = memory(vec![hang(RuntimeOp::Spawn, 3)]);
     let rt = runtime.clone();
     let p = path.clone();
     let before = on_a_system(move || async move {
@@ -398,7 +398,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
         })
         .await;
         // The hanging spawn has been entered: the crash comes after the call.
-        while rt.calls(Op::Spawn) < 3 {
+        while rt.calls(RuntimeOp::Spawn) < 3 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         sup.inventory().await.unwrap()
@@ -442,7 +442,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     assert!(r.success, "{r:?}");
     let successor = r.new_session.unwrap();
     assert_eq!(
-        runtime.calls(Op::Spawn),
+        runtime.calls(RuntimeOp::Spawn),
         3 + 1 + 2,
         "one spawn for the successor, one per requeued item"
     );
@@ -463,7 +463,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // Assign call 2 (the successor's) never returns: the successor exists, unassigned.
-    let runtime = memory(vec![hang(Op::Assign, 2)]);
+    let runtime = memory(vec![hang(RuntimeOp::Assign, 2)]);
     let rt = runtime.clone();
     let p = path.clone();
     on_a_system(move || async move {
@@ -486,7 +486,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
         Some(SessionId(2)),
         "the successor spawned before the crash"
     );
-    assert_eq!(runtime.calls(Op::Spawn), 2, "and no other");
+    assert_eq!(runtime.calls(RuntimeOp::Spawn), 2, "and no other");
     assert_eq!(
         runtime.session(SessionId(2)).unwrap().item.unwrap().id,
         WorkItemId(1)
@@ -497,7 +497,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
 fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let runtime = memory(vec![hang(Op::ReplaceHistory, 1)]);
+    let runtime = memory(vec![hang(RuntimeOp::ReplaceHistory, 1)]);
     let rt = runtime.clone();
     let p = path.clone();
     on_a_system(move || async move {
@@ -511,7 +511,7 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
             v.sessions(&Filter::default()).unwrap()[0].phase == Phase::Compacting
         })
         .await;
-        while rt.calls(Op::ReplaceHistory) == 0 {
+        while rt.calls(RuntimeOp::ReplaceHistory) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
@@ -700,7 +700,7 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         // Assign call 2 (the successor's) never returns: the rotation stays at `spawned`.
-        let runtime = memory(vec![hang(Op::Assign, 2)]);
+        let runtime = memory(vec![hang(RuntimeOp::Assign, 2)]);
         let rt = runtime.clone();
         let p = path.clone();
         on_a_system(move || async move {
@@ -815,7 +815,7 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     // Assign takes a while: the shutdown begins while the start is under way.
     let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
         base_tokens: 100,
-        latency: HashMap::from([(Op::Assign, Duration::from_millis(150))]),
+        latency: HashMap::from([(RuntimeOp::Assign, Duration::from_millis(150))]),
         ..MemoryConfig::default()
     }));
     let rt = runtime.clone();
@@ -823,7 +823,7 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     on_a_system(move || async move {
         let sup = start(&rt, journal_file(&p), config());
         sup.submit(item(1, "sonnet")).await.unwrap();
-        while rt.calls(Op::Assign) < 1 {
+        while rt.calls(RuntimeOp::Assign) < 1 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert!(sup.shutdown(Duration::from_secs(5)).await.clean);
@@ -856,7 +856,10 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     };
     assert_ne!(*session, first, "a fresh session, not the closed one");
     assert_eq!(
-        (runtime.calls(Op::Spawn), runtime.calls(Op::Assign)),
+        (
+            runtime.calls(RuntimeOp::Spawn),
+            runtime.calls(RuntimeOp::Assign)
+        ),
         (2, 2),
         "one spawn and one assign per start"
     );

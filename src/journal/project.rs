@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use super::JournalError;
 use super::schema::EndReason;
-use crate::machine::{EventKind, Phase, SessionId};
+use crate::machine::{EventKind, Phase};
 use crate::policy::RotationReason;
 use crate::record::{FleetEvent, RecoveryOutcome, RotationId, RotationRecord, RotationStep};
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 /// A step of the supervisor's, written through the journal (and, for rotation steps, awaited).
 #[derive(Debug, Clone, PartialEq)]

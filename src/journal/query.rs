@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use super::schema::{self, EndReason, Header, SCHEMA_VERSION, SessionState, WorkItemPlace};
 use super::{JournalError, Timestamp};
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord, RotationStep};
-use crate::runtime::{Handoff, WorkItemId};
+use crate::vocab::{Handoff, SessionId, WorkItemId};
 
 /// Which rows to list. Every field narrows the result; the default lists everything.
 #[derive(Debug, Clone, Default, PartialEq)]

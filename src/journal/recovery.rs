@@ -10,10 +10,10 @@ use rusqlite::Connection;
 
 use super::JournalError;
 use super::project::RotationIntent;
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
 use crate::record::RotationStep;
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 /// Where the journal last saw a work item (the name the supervisor's recovery uses).
 pub(crate) use super::schema::WorkItemPlace as StoredPlace;

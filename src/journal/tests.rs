@@ -9,11 +9,11 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
 use super::*;
-use crate::machine::{EventKind, Phase, SessionId, TransitionRecord};
+use crate::machine::{EventKind, Phase, TransitionRecord};
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord};
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 fn block<T>(f: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()

@@ -21,3 +21,75 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// What a child process left behind: its output, and its peak resident size.
+pub struct Measured {
+    /// Exit status, stdout and stderr.
+    pub output: Output,
+    /// The child's peak resident set, in bytes: `ru_maxrss` from `wait4`, which is the kernel's
+    /// high-water mark of the process's resident pages, the figure `/proc/PID/status` shows as
+    /// `VmHWM` while it lives (read here at exit, when `/proc` no longer has it).
+    pub peak_rss_bytes: u64,
+}
+
+/// Runs `baton` with `args` (and `stdin` as its standard input, when given), from the project's
+/// root, with `envs` set, and measures its peak memory. Blocking: call it off any async runtime
+/// that must keep serving the child.
+// The child is reaped by wait4, which std does not know about.
+#[allow(clippy::zombie_processes)]
+pub fn baton_measured(args: &[String], stdin: Option<Vec<u8>>, envs: &[(&str, &str)]) -> Measured {
+    use std::io::{Read, Write};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baton starts");
+    let feeder = stdin.map(|bytes| {
+        let mut pipe = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&bytes);
+        })
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        out.read_to_end(&mut b).unwrap();
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        err.read_to_end(&mut b).unwrap();
+        b
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: wait4 on our own child, with valid pointers to a status and a zeroed rusage.
+    let (waited, usage) = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let waited = libc::wait4(pid, &mut status, 0, &mut usage);
+        (waited, usage)
+    };
+    assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+    if let Some(f) = feeder {
+        f.join().unwrap();
+    }
+    Measured {
+        output: Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: out.join().unwrap(),
+            stderr: err.join().unwrap(),
+        },
+        peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
+    }
+}

@@ -55,6 +55,24 @@ pub enum Fault {
     Slow(Duration),
     /// A 200 whose body is not a chat completion.
     Garbage,
+    /// A 200 whose body never ends (64 KiB chunks of spaces, as fast as the client reads).
+    Endless,
+    /// An error status whose OpenAI-style body carries this message (control characters
+    /// included, for terminal-safety tests).
+    Error {
+        /// The status code.
+        status: u16,
+        /// The error's message.
+        message: String,
+    },
+}
+
+/// A body that never ends: 64 KiB chunks of spaces, forever.
+fn endless() -> Response {
+    let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+    let stream =
+        futures_util::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+    (StatusCode::OK, axum::body::Body::from_stream(stream)).into_response()
 }
 
 /// One request as the stub received it.
@@ -77,6 +95,8 @@ pub struct StubWindow {
     pub max_model_len: Option<u64>,
     /// Both endpoints answer 503, as a server still starting does.
     pub unavailable: bool,
+    /// Both endpoints answer 200 with a body that never ends.
+    pub endless: bool,
 }
 
 /// The stub's state, shared between the test and the handlers.
@@ -240,6 +260,12 @@ async fn chat(State(inner): State<Shared>, headers: HeaderMap, body: String) -> 
             resp
         }
         Fault::Garbage => (StatusCode::OK, "<html>not json</html>").into_response(),
+        Fault::Endless => endless(),
+        Fault::Error { status, message } => (
+            StatusCode::from_u16(status).unwrap(),
+            Json(json!({"error": {"code": status, "message": message, "type": "server_error"}})),
+        )
+            .into_response(),
     }
 }
 
@@ -306,6 +332,9 @@ async fn models(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if window.unavailable {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
+    if window.endless {
+        return endless();
+    }
     match window.max_model_len {
         Some(len) => Json(json!({"object": "list", "data": [{"id": "stub-model", "object": "model", "max_model_len": len}]})).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -317,6 +346,9 @@ async fn props(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     let window = inner.lock().unwrap().window.clone();
     if window.unavailable {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if window.endless {
+        return endless();
     }
     match window.props {
         Some((n_ctx, slots)) => {

@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-use crate::output;
+use crate::{output, usage};
 
 /// List what a journal recorded, as a table or as JSON Lines
 ///
@@ -113,18 +113,15 @@ fn parse_reason(text: &str) -> Result<RotationReason, String> {
     })
 }
 
-/// The filter the flags ask for. A usage error (a flag that does not apply to the listing)
-/// exits with status 2 here, as clap's own errors do.
-fn filter(args: &Args) -> Filter {
+/// The filter the flags ask for; a flag that does not apply to the listing is a usage error.
+fn filter(args: &Args) -> Result<Filter> {
     if args.reason.is_some() && !args.export && !matches!(args.what, What::Rotations | What::Events)
     {
-        clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            "--reason filters rotations (and rotation events) only\n",
-        )
-        .exit();
+        return Err(usage(
+            "--reason filters rotations (and rotation events) only",
+        ));
     }
-    Filter {
+    Ok(Filter {
         session: args.session.map(SessionId),
         work_item: args.work_item.map(WorkItemId),
         agent_type: args.agent_type.clone(),
@@ -133,29 +130,6 @@ fn filter(args: &Args) -> Filter {
         until: args.until,
         // Within usize: clap caps it at i64::MAX, and baton builds for 64-bit targets.
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-    }
-}
-
-pub fn run(args: Args) -> Result<()> {
-    match write(args) {
-        // The reader went away (`baton log ... | head`): not an error.
-        Err(e) if is_broken_pipe(&e) => Ok(()),
-        // Errors quote journal fields (a damaged row's value): escaped like the tables.
-        Err(e) => Err(anyhow::anyhow!("{}", output::escape(&format!("{e:#}")))),
-        Ok(()) => Ok(()),
-    }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .map(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            .or_else(|| {
-                c.downcast_ref::<serde_json::Error>()
-                    .and_then(|j| j.io_error_kind())
-                    .map(|k| k == std::io::ErrorKind::BrokenPipe)
-            })
-            .unwrap_or(false)
     })
 }
 
@@ -233,8 +207,11 @@ fn same_place(a: &Path, b: &Path) -> bool {
     a.file_name().is_some() && a.file_name() == b.file_name() && output::same_file(&dir(a), &dir(b))
 }
 
-fn write(args: Args) -> Result<()> {
-    let filter = filter(&args);
+/// Lists what the journal recorded. Errors (escaped by `main`, since they may quote a damaged
+/// row's value) exit 1, a flag that does not apply exits 2, and a closed standard output is a
+/// normal end.
+pub fn run(args: Args) -> Result<()> {
+    let filter = filter(&args)?;
     let output = args.output.as_deref().filter(|p| !output::is_stdio(p));
     let inputs = journal_files(&args.journal);
     if let Some(path) = output {
@@ -299,8 +276,10 @@ struct Typed<'a, T> {
 fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> Result<()> {
     for row in rows {
         match kind {
-            Some(kind) => serde_json::to_writer(&mut *out, &Typed { kind, row })?,
-            None => serde_json::to_writer(&mut *out, row)?,
+            // As an io::Error, so that a closed pipe is recognised as one.
+            Some(kind) => serde_json::to_writer(&mut *out, &Typed { kind, row })
+                .map_err(std::io::Error::from)?,
+            None => serde_json::to_writer(&mut *out, row).map_err(std::io::Error::from)?,
         }
         writeln!(out)?;
     }
