@@ -396,7 +396,7 @@ fn ts(t: Timestamp) -> Value {
 }
 
 /// Column `i` of `r` as JSON.
-fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+pub(super) fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
     let text: String = r.get(i)?;
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -404,7 +404,10 @@ fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Resu
 }
 
 /// Column `i` of `r` as JSON, when it is not NULL.
-fn json_opt<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<T>> {
+pub(super) fn json_opt<T: serde::de::DeserializeOwned>(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<Option<T>> {
     match r.get_ref(i)? {
         rusqlite::types::ValueRef::Null => Ok(None),
         _ => json(r, i).map(Some),
@@ -482,7 +485,7 @@ impl<'a> JournalView<'a> {
     }
 
     /// The rows of `sql`, each read by `row`.
-    fn rows<T>(
+    pub(super) fn rows<T>(
         &self,
         table: &'static str,
         sql: &str,
