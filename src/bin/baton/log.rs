@@ -272,15 +272,42 @@ struct Typed<'a, T> {
     row: &'a T,
 }
 
+/// serde_json's compact output, with every character a terminal could act on also written as a
+/// `\uXXXX` escape: serde_json escapes C0 controls itself, but not DEL, the C1 controls (U+009B
+/// is a one-character CSI) or the bidirectional overrides. The JSON means the same.
+struct TerminalSafe;
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        // The characters `output::escape` escapes (they are all in the Basic Multilingual Plane,
+        // so one `\uXXXX` each).
+        let unsafe_char = |c: char| {
+            c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        };
+        let mut start = 0;
+        for (i, c) in fragment.char_indices().filter(|(_, c)| unsafe_char(*c)) {
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 /// One JSON object per line, fields in the row's order (`"type"` first when given).
 fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> Result<()> {
     for row in rows {
+        let mut json = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
         match kind {
-            // As an io::Error, so that a closed pipe is recognised as one.
-            Some(kind) => serde_json::to_writer(&mut *out, &Typed { kind, row })
-                .map_err(std::io::Error::from)?,
-            None => serde_json::to_writer(&mut *out, row).map_err(std::io::Error::from)?,
+            Some(kind) => Typed { kind, row }.serialize(&mut json),
+            None => row.serialize(&mut json),
         }
+        // As an io::Error, so that a closed pipe is recognised as one.
+        .map_err(std::io::Error::from)?;
         writeln!(out)?;
     }
     Ok(())
@@ -499,4 +526,28 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  {count} {noun}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_acts_on_and_mean_the_same() {
+        let hostile = "a\u{1b}[2J\u{7f}\u{9b}31m\u{202e}b\tc\"é✓";
+        let mut out = Vec::new();
+        lines(
+            &[serde_json::json!({ "agent_type": hostile })],
+            None,
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"agent_type\":\"a\\u001b[2J\\u007f\\u009b31m\\u202eb\\tc\\\"é✓\"}\n"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["agent_type"], hostile);
+    }
 }
