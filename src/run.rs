@@ -13,20 +13,24 @@
 //! is taken again after a pause, a few times; past that, or on any other error, the item ends
 //! as failed and its session is closed.
 
+mod ledger;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::journal::JournalError;
 use crate::machine::{Phase, SessionId};
 use crate::provider::{self, Encoding};
-use crate::record::FleetEvent;
+use crate::record::{FleetEvent, RecoveryOutcome};
 use crate::report::{FleetReport, Tally};
 use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn, assignment_text};
 use crate::runtime::{AgentType, WorkItem, WorkItemId};
@@ -80,8 +84,10 @@ impl Default for RunConfig {
     }
 }
 
+pub use ledger::RunJournal;
+
 /// How a work item's run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ItemEnd {
     /// Its agent said it was done.
@@ -174,9 +180,29 @@ pub struct ItemReport {
     pub end: ItemEnd,
 }
 
+/// What a run on a journal an earlier run left took over from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Resumed {
+    /// Items an earlier run ended (done, at the turn limit, failed or dead-lettered): not taken
+    /// again; their ends are in the report as the earlier run left them.
+    pub already_ended: u64,
+    /// Items whose session died with the earlier run: started again in a fresh session, from
+    /// the work item and its last handoff.
+    pub requeued: u64,
+    /// Rotations the earlier run left half done, resumed from their last durable step.
+    pub rotations_resumed: u64,
+    /// Items that were waiting for a session, and wait again.
+    pub queued: u64,
+    /// Items the earlier run never submitted (it stopped while submitting): submitted now.
+    pub submitted: u64,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
+    /// What was taken over from an earlier run on the same journal; `None` without a journal,
+    /// or when the journal was new.
+    pub resumed: Option<Resumed>,
     /// How the work items ended, counted from `items`.
     pub outcomes: Outcomes,
     /// The fleet's figures: the same table as `baton simulate`. Its `done`, `dead_letters` and
@@ -235,6 +261,24 @@ pub enum RunError {
     /// The supervisor refused something.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The journal could not be opened or read.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The run's own tables in the journal could not be read or written.
+    #[error("journal: the run's records: {0}")]
+    Ledger(String),
+    /// The journal belongs to another run: its work items differ from these.
+    #[error(
+        "{} was written by a run of other work items ({difference}); resume with the same \
+         work items, or give a new journal file",
+        path.display()
+    )]
+    OtherJournal {
+        /// The journal.
+        path: PathBuf,
+        /// The first difference.
+        difference: String,
+    },
 }
 
 /// Refuses the first work item whose first prompt (its agent type's system prompt and the
@@ -345,11 +389,17 @@ fn take_turn(
 /// Runs `items` through a fleet of `agent_types` over `runtime`; must be called inside an actix
 /// system. The runtime is attached to the supervisor started here, so it must be fresh.
 /// `progress` is called after every event and turn.
+///
+/// With a `journal` ([`RunJournal::open`], for the same items), the supervisor writes through
+/// it and recovers from it, and the run continues what an earlier run on it left: items it
+/// ended are not taken again (see [`Resumed`]). The runtime's session ids must start at
+/// [`RunJournal::next_session_id`].
 pub async fn drive(
     runtime: Arc<ChatRuntime>,
     agent_types: Vec<AgentType>,
     items: Vec<WorkItem>,
     config: &RunConfig,
+    journal: Option<Arc<RunJournal>>,
     mut progress: impl FnMut(RunProgress),
 ) -> Result<RunReport, RunError> {
     if items.is_empty() || agent_types.is_empty() {
@@ -365,6 +415,9 @@ pub async fn drive(
     for agent in agent_types {
         builder = builder.agent_type(agent);
     }
+    if let Some(j) = &journal {
+        builder = builder.journal(j.journal().clone())?;
+    }
     let supervisor = builder.start();
     if !runtime.attach(&supervisor) {
         supervisor.shutdown(Duration::from_secs(1)).await;
@@ -375,19 +428,40 @@ pub async fn drive(
     let mut events = supervisor.subscribe();
     let total = items.len() as u64;
     let mut runs: BTreeMap<WorkItemId, ItemRun> = BTreeMap::new();
+    let mut resumed = journal
+        .as_ref()
+        .filter(|j| j.is_resumed())
+        .map(|_| Resumed::default());
+    let mut finished = 0;
     for item in items {
+        let prior = journal.as_ref().and_then(|j| j.ends.get(&item.id)).cloned();
+        let known = journal.as_ref().is_some_and(|j| j.known.contains(&item.id));
+        if prior.is_some() {
+            finished += 1;
+        }
+        if let Some(r) = &mut resumed {
+            if prior.is_some() {
+                r.already_ended += 1;
+            } else if !known {
+                r.submitted += 1;
+            }
+        }
         runs.insert(
             item.id,
             ItemRun {
                 agent_type: item.agent_type.clone(),
-                turns: 0,
-                sessions: 0,
+                turns: prior.as_ref().map_or(0, |p| p.turns),
+                sessions: prior.as_ref().map_or(0, |p| p.sessions),
                 current: None,
-                end: None,
+                finished: prior.is_some(),
+                end: prior.map(|p| p.end),
                 failures: 0,
-                finished: false,
             },
         );
+        if known {
+            // The supervisor recovered it from the journal.
+            continue;
+        }
         if let Err(e) = supervisor.submit(item).await {
             supervisor.shutdown(Duration::from_secs(5)).await;
             return Err(e.into());
@@ -403,7 +477,9 @@ pub async fn drive(
         turns: FuturesUnordered::new(),
         tally: Tally::default(),
         total_turns: 0,
-        finished: 0,
+        finished,
+        journal,
+        resumed,
         request: Duration::ZERO,
         overhead: Duration::ZERO,
     };
@@ -461,6 +537,7 @@ pub async fn drive(
     fleet.dead_letters = outcomes.dead_lettered;
     fleet.unfinished = outcomes.unfinished;
     Ok(RunReport {
+        resumed: driver.resumed,
         outcomes,
         fleet,
         items,
@@ -491,6 +568,10 @@ struct Driver<'a> {
     request: Duration,
     /// baton's own time in turns.
     overhead: Duration,
+    /// Where item ends are recorded, with a journal.
+    journal: Option<Arc<RunJournal>>,
+    /// What was taken over from an earlier run.
+    resumed: Option<Resumed>,
 }
 
 impl Driver<'_> {
@@ -529,6 +610,15 @@ impl Driver<'_> {
                 }
             }
             FleetEvent::WorkItemDone { work_item, .. } => self.finish(work_item, None),
+            FleetEvent::Recovered { outcome, .. } => {
+                if let Some(r) = &mut self.resumed {
+                    match outcome {
+                        RecoveryOutcome::Queued => r.queued += 1,
+                        RecoveryOutcome::Requeued { .. } => r.requeued += 1,
+                        RecoveryOutcome::RotationResumed { .. } => r.rotations_resumed += 1,
+                    }
+                }
+            }
             FleetEvent::DeadLetter { work_item, reason } => {
                 self.finish(work_item, Some(ItemEnd::Dead { reason }))
             }
@@ -554,6 +644,11 @@ impl Driver<'_> {
             return;
         };
         tracing::info!(work_item = %item, end = end.as_str(), turns = run.turns, "work item ends");
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.record_end(item, &end, run.turns, run.sessions)
+        {
+            tracing::error!(%error, work_item = %item, "the item's end could not be recorded; a resumed run takes it as done");
+        }
         run.end = Some(end);
         if let Some(session) = run.current {
             // A session that has rotated away is no longer registered: its successor is
