@@ -66,11 +66,14 @@ pub struct RunConfig {
     pub idle_timeout: Duration,
     /// The sampling seed sent with the requests, for the report (0 when none).
     pub seed: u64,
+    /// After a stop is asked for, how long turns under way may take to finish (and the fleet
+    /// to shut down) before they are cut short.
+    pub grace: Duration,
 }
 
 impl Default for RunConfig {
-    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, and
-    /// a 15-minute idle timeout (longer than a rotation's deadline).
+    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, a
+    /// 15-minute idle timeout (longer than a rotation's deadline) and a 30-second grace.
     fn default() -> Self {
         Self {
             max_turns: 20,
@@ -80,6 +83,7 @@ impl Default for RunConfig {
             turn_retries: 3,
             idle_timeout: Duration::from_secs(900),
             seed: 0,
+            grace: Duration::from_secs(30),
         }
     }
 }
@@ -200,6 +204,8 @@ pub struct Resumed {
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
+    /// The run was asked to stop before every item ended (see [`drive`]'s `stop`).
+    pub interrupted: bool,
     /// What was taken over from an earlier run on the same journal; `None` without a journal,
     /// or when the journal was new.
     pub resumed: Option<Resumed>,
@@ -394,12 +400,18 @@ fn take_turn(
 /// it and recovers from it, and the run continues what an earlier run on it left: items it
 /// ended are not taken again (see [`Resumed`]). The runtime's session ids must start at
 /// [`RunJournal::next_session_id`].
+///
+/// When `stop` completes (a signal, say), no new turn is started; the turns under way may
+/// finish within [`RunConfig::grace`] (an item whose agent then says it is done is done); then
+/// the fleet shuts down, leaving the other items unfinished (with a journal, queued for a
+/// resumed run), and the report is returned with `interrupted` set.
 pub async fn drive(
     runtime: Arc<ChatRuntime>,
     agent_types: Vec<AgentType>,
     items: Vec<WorkItem>,
     config: &RunConfig,
     journal: Option<Arc<RunJournal>>,
+    stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(RunProgress),
 ) -> Result<RunReport, RunError> {
     if items.is_empty() || agent_types.is_empty() {
@@ -482,9 +494,28 @@ pub async fn drive(
         resumed,
         request: Duration::ZERO,
         overhead: Duration::ZERO,
+        stopping: false,
     };
+    let mut stop = std::pin::pin!(stop);
+    let mut grace_ends: Option<Instant> = None;
     while driver.finished < total {
+        if grace_ends.is_some() && driver.turns.is_empty() {
+            break;
+        }
         tokio::select! {
+            () = &mut stop, if grace_ends.is_none() => {
+                tracing::warn!(
+                    turns = driver.turns.len(),
+                    grace = ?config.grace,
+                    "stopping: no new turns; the turns under way may finish"
+                );
+                grace_ends = Some(Instant::now() + config.grace);
+                driver.stopping = true;
+            }
+            () = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now)), if grace_ends.is_some() => {
+                tracing::warn!(turns = driver.turns.len(), "the grace period is over; the turns under way are cut short");
+                break;
+            }
             event = events.recv() => match event {
                 Some(event) => driver.event(event).await,
                 None => break,
@@ -512,7 +543,11 @@ pub async fn drive(
         Ok(inventory) => driver.tally.start_retries(inventory.start_retries),
         Err(error) => tracing::warn!(%error, "could not read the start retries; not counted"),
     }
-    supervisor.shutdown(Duration::from_secs(30)).await;
+    let deadline = grace_ends.map_or(Duration::from_secs(30), |end| {
+        end.saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1))
+    });
+    supervisor.shutdown(deadline).await;
     while let Ok(event) = events.try_recv() {
         driver.tally.count(&event);
     }
@@ -537,6 +572,7 @@ pub async fn drive(
     fleet.dead_letters = outcomes.dead_lettered;
     fleet.unfinished = outcomes.unfinished;
     Ok(RunReport {
+        interrupted: grace_ends.is_some(),
         resumed: driver.resumed,
         outcomes,
         fleet,
@@ -572,6 +608,8 @@ struct Driver<'a> {
     journal: Option<Arc<RunJournal>>,
     /// What was taken over from an earlier run.
     resumed: Option<Resumed>,
+    /// A stop was asked for: no new turn starts.
+    stopping: bool,
 }
 
 impl Driver<'_> {
@@ -602,7 +640,9 @@ impl Driver<'_> {
                 };
                 run.current = Some(session);
                 run.sessions += 1;
-                if run.end.is_some() {
+                if self.stopping {
+                    // Left to the shutdown (with a journal, a resumed run takes it up).
+                } else if run.end.is_some() {
                     // It ended while its successor was being prepared.
                     let _ = self.supervisor.close(session).await;
                 } else {
@@ -676,7 +716,7 @@ impl Driver<'_> {
                     self.end(item, ItemEnd::Done).await;
                 } else if run.turns >= self.config.max_turns {
                     self.end(item, ItemEnd::TurnLimit).await;
-                } else if current {
+                } else if current && !self.stopping {
                     let prompt = self.config.continue_prompt.clone();
                     self.schedule(item, session, Some(prompt), Duration::ZERO);
                 }
@@ -684,6 +724,9 @@ impl Driver<'_> {
             }
             Err(ChatRuntimeError::UnknownSession(_)) => {
                 // Closed under the turn (a rotation): the successor's start takes over.
+            }
+            Err(e) if self.stopping => {
+                tracing::warn!(work_item = %item, session = %session, error = %e, "turn failed while stopping; left unfinished");
             }
             Err(e) if e.retry_may_help() && run.failures < self.config.turn_retries => {
                 run.failures += 1;

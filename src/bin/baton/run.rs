@@ -107,6 +107,10 @@ pub struct Args {
     /// refused.
     #[arg(long, value_name = "FILE")]
     journal: Option<PathBuf>,
+    /// After the first SIGINT or SIGTERM, how long the turns under way may take to finish
+    /// before they are cut short (a second signal stops at once).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    grace: Duration,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -297,7 +301,8 @@ pub fn run(args: Args) -> Result<()> {
     let client = ChatClient::new(client_config).context("invalid --endpoint")?;
     let base_url = client.config().base_url.clone();
 
-    actix::System::new().block_on(async move {
+    let stopped = actix::System::new().block_on(async move {
+        let stop = crate::signals::Stop::install().context("cannot handle signals")?;
         let journal = match &args.journal {
             Some(path) => Some(Arc::new(RunJournal::open(path, &items).await?)),
             None => None,
@@ -381,17 +386,27 @@ pub fn run(args: Args) -> Result<()> {
                 ..SupervisorConfig::default()
             },
             seed: args.seed.unwrap_or(0),
+            grace: args.grace,
             ..RunConfig::default()
         };
         let bar = crate::table::progress_bar(items.len() as u64);
         bar.enable_steady_tick(Duration::from_millis(200));
-        let report = run::drive(runtime, agent_types, items, &config, journal, |p| {
-            bar.set_position(p.finished);
-            bar.set_message(format!(
-                "{} turns, {} compactions, {} rotations",
-                p.turns, p.compactions, p.rotations
-            ));
-        })
+        let requested = stop.requested();
+        let report = run::drive(
+            runtime,
+            agent_types,
+            items,
+            &config,
+            journal,
+            requested,
+            |p| {
+                bar.set_position(p.finished);
+                bar.set_message(format!(
+                    "{} turns, {} compactions, {} rotations",
+                    p.turns, p.compactions, p.rotations
+                ));
+            },
+        )
         .await?;
         bar.finish_and_clear();
         crate::table::write_report(args.json, &report, |out, r| {
@@ -399,6 +414,9 @@ pub fn run(args: Args) -> Result<()> {
             crate::table::write_fleet_table(out, &title, &r.fleet, &r.outcomes)?;
             write_items(out, r)
         })?;
+        if let Some(signal) = stop.signal() {
+            return Ok(Some(signal));
+        }
         let o = report.outcomes;
         if o.not_finished() > 0 {
             bail!(
@@ -410,8 +428,12 @@ pub fn run(args: Args) -> Result<()> {
                 o.unfinished
             );
         }
-        Ok(())
-    })
+        Ok(None)
+    })?;
+    match stopped {
+        Some(signal) => crate::signals::exit_interrupted(signal),
+        None => Ok(()),
+    }
 }
 
 fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
