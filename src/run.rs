@@ -28,13 +28,13 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::journal::JournalError;
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
 use crate::provider::{self, Encoding};
 use crate::record::{FleetEvent, RecoveryOutcome};
 use crate::report::{FleetReport, Tally};
 use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn, assignment_text};
-use crate::runtime::{AgentType, WorkItem, WorkItemId};
 use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The done marker `baton run` asks agents to write, on a line of its own, when a work item is
 /// finished.

@@ -23,10 +23,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::journal::Journal;
-use crate::machine::{Effect, Event, Phase, SessionId, SessionMachine, Step};
+use crate::machine::{Effect, Event, Phase, SessionMachine, Step};
 use crate::record::{CompactionRecord, EventBus, FleetEvent};
-use crate::runtime::{AgentRuntime, AgentType, RuntimeError, SummaryPurpose, WorkItemId};
+use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::usage::{Usage, UsageSource};
+use crate::vocab::{AgentType, SessionId, SummaryPurpose, WorkItemId};
 
 /// What every session of a fleet shares, behind one `Arc` so that a session stays small.
 pub(crate) struct Fleet {
@@ -607,7 +608,7 @@ impl Handler<Inspect> for SessionActor {
 /// failures, stays open for `cooldown`, then lets one trial call through (half-open); a success
 /// closes it, a failure opens it again.
 #[derive(Debug, Clone)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
     threshold: u32,
     /// How long it stays open.

@@ -18,14 +18,14 @@ use thiserror::Error;
 use tokio::time::Instant;
 
 use crate::journal::{Filter, Journal};
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
 use crate::policy::Policy;
 use crate::record::FleetEvent;
 use crate::report::{FleetReport, Tally};
 use crate::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
-use crate::runtime::{AgentType, WorkItem, WorkItemId, mix64 as mix};
 use crate::supervisor::{Inventory, SessionHandle, Supervisor, SupervisorConfig, SupervisorError};
 use crate::usage::{Usage, UsageSource};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId, mix64 as mix};
 
 /// How a recorded agent's context grew, call by call (derived numbers only).
 #[derive(Debug, Clone, Copy)]

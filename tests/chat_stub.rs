@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use baton::provider::WindowSource;
 use baton::runtime::chat::{
-    ApiKey, CharEstimate, ChatClient, ChatError, ChatRequest, ClientConfig, EndpointWindow,
-    History, MESSAGE_OVERHEAD, Message, OverflowShape, REPLY_PRIMING, SummaryBudget, SummaryPlan,
-    ToolCall, UsageReading, summarise,
+    ApiKey, CharEstimate, ChatClient, ChatError, ChatMessage, ChatRequest, ChatToolCall,
+    ClientConfig, EndpointWindow, History, MESSAGE_OVERHEAD, OverflowShape, REPLY_PRIMING,
+    SummaryBudget, SummaryPlan, UsageReading, summarise,
 };
 use support::stub::{Fault, Stub, StubWindow};
 
@@ -26,7 +26,10 @@ fn client(stub: &Stub) -> ChatClient {
 fn hello() -> ChatRequest {
     ChatRequest::new(
         "stub-model",
-        vec![Message::system("You are terse."), Message::user("Say OK.")],
+        vec![
+            ChatMessage::system("You are terse."),
+            ChatMessage::user("Say OK."),
+        ],
     )
     .max_tokens(16)
     .temperature(0.0)
@@ -345,22 +348,22 @@ async fn the_window_comes_from_props_then_from_models() {
 fn agent_history(turns: usize, output_chars: usize) -> History {
     let mut h =
         History::new("You are a coding agent. Work in /repo; run the tests after each change.");
-    h.push(Message::user(
+    h.push(ChatMessage::user(
         "The test tests/parse.rs::empty_input fails; make it pass.",
     ));
     for t in 0..turns {
         let id = format!("call_{t}");
-        h.push(Message::tool_calls(vec![ToolCall::function(
+        h.push(ChatMessage::tool_calls(vec![ChatToolCall::function(
             &id,
             "bash",
             format!(r#"{{"cmd":"sed -n {t},+40p src/parse.rs"}}"#),
         )]));
-        h.push(Message::tool_result(
+        h.push(ChatMessage::tool_result(
             &id,
             format!("{t}: fn parse(input: &str) -> Result<Ast, Error> {{ todo }}\n")
                 .repeat(output_chars / 56 + 1),
         ));
-        h.push(Message::assistant(format!(
+        h.push(ChatMessage::assistant(format!(
             "Step {t}: parse() in src/parse.rs returns Error::Empty for \"\"; checking caller {t}."
         )));
     }
@@ -386,7 +389,8 @@ async fn the_summariser_input_never_exceeds_its_budget_on_the_wire() {
     let sent = stub.chat_requests();
     assert_eq!(sent.len(), plan.parts());
     for (i, r) in sent.iter().enumerate() {
-        let messages: Vec<Message> = serde_json::from_value(r.body["messages"].clone()).unwrap();
+        let messages: Vec<ChatMessage> =
+            serde_json::from_value(r.body["messages"].clone()).unwrap();
         // Counted from the JSON the stub received, by the budget's rule (3 characters a token,
         // rounded up; the template's tokens per message and before the reply), not by the
         // plan's own counting code.

@@ -27,8 +27,9 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 
 use super::{ItemEnd, RunError};
+use crate::journal::WorkItemPlace;
 use crate::journal::{Filter, Journal};
-use crate::runtime::{WorkItem, WorkItemId};
+use crate::vocab::{WorkItem, WorkItemId};
 
 /// How an earlier run ended one item.
 #[derive(Debug, Clone, PartialEq)]
@@ -222,12 +223,12 @@ impl RunJournal {
                 .iter()
                 .filter(|s| s.work_item == row.work_item)
                 .count() as u32;
-            let end = match row.place.as_str() {
-                "dead" => ItemEnd::Dead {
+            let end = match row.place {
+                WorkItemPlace::Dead => ItemEnd::Dead {
                     reason: row.reason.clone().unwrap_or_default(),
                 },
                 // Closed without an end of the run's: taken as done.
-                "done" => ItemEnd::Done,
+                WorkItemPlace::Done => ItemEnd::Done,
                 _ => continue,
             };
             ends.entry(row.work_item).or_insert(PriorEnd {

@@ -24,7 +24,7 @@ pub mod wire;
 
 pub use client::{ChatClient, ClientConfig, Completion, DEFAULT_MAX_BODY_BYTES, EndpointWindow};
 pub use compaction::{
-    CompactionError, PlanStats, SUMMARY_INSTRUCTIONS, Summary, SummaryBudget, SummaryCall,
+    ChatSummary, CompactionError, PlanStats, SUMMARY_INSTRUCTIONS, SummaryBudget, SummaryCall,
     SummaryPlan, summarise, truncate_middle,
 };
 pub use error::{ChatError, ContextOverflow, OverflowShape, printable, recognise_overflow};
@@ -38,6 +38,6 @@ pub use runtime::{
 };
 pub use secret::{ApiKey, UrlCredentials, redact_url};
 pub use wire::{
-    ChatRequest, ChatResponse, Choice, FunctionCall, Message, Role, Timings, TokenUsage, ToolCall,
-    UsageReading,
+    ChatMessage, ChatRequest, ChatResponse, ChatToolCall, Choice, FunctionCall, Role, Timings,
+    TokenUsage, UsageReading,
 };
