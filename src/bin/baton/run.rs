@@ -481,6 +481,53 @@ fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What a work-item file is made of: JSON structure, its keys, comments, marks and controls.
+    const PIECES: &[&str] = &[
+        "{", "}", "\"", ":", ",", "\n", "\r\n", " ", "#", "\u{feff}", "\"id\"", "\"text\"",
+        "\"agent_type\"", "\"a\"", "\"b\"", "1", "-1", "1e300", "18446744073709551616",
+        "null", "\"x\"", "fix it", "\u{1b}[2J", "\u{0}",
+    ];
+
+    fn check_parse(text: &str) {
+        let names = ["a".to_owned(), "b".to_owned()];
+        if let Ok(items) = parse_items(text, "items", &names) {
+            assert!(!items.is_empty());
+            let mut ids: Vec<_> = items.iter().map(|i| i.id).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), items.len(), "ids are unique");
+            assert!(items.iter().all(|i| names.iter().any(|n| **n == *i.agent_type)));
+            assert!(items.iter().all(|i| !i.text.trim().is_empty()));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn work_item_files_of_arbitrary_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            check_parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn work_item_files_of_json_lines_soup_parse_or_are_refused(pieces in proptest::collection::vec(0..PIECES.len(), 0..200)) {
+            let text: String = pieces.iter().map(|&p| PIECES[p]).collect();
+            check_parse(&text);
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_hide_json_lines() {
+        let items = parse_items(
+            "\u{feff}{\"id\": 4, \"text\": \"fix\"}\n",
+            "items",
+            &["a".to_owned()],
+        )
+        .unwrap();
+        assert_eq!((items[0].id, items[0].text.as_str()), (WorkItemId(4), "fix"));
+    }
 
     #[test]
     fn agent_specs_take_an_optional_window_and_prompt() {
