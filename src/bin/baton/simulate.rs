@@ -136,11 +136,11 @@ fn check_shards(shards: usize) -> Result<()> {
     };
     let need = (shards as u64).saturating_mul(FILES_PER_SHARD) + FILES_RESERVED;
     if need > limit {
-        crate::policy_args::usage_error(format!(
+        return Err(crate::usage(format!(
             "--shards {shards} needs about {need} open files; this process may open {limit} \
              (ulimit -n): give at most {} shards, or raise the limit",
             limit.saturating_sub(FILES_RESERVED) / FILES_PER_SHARD
-        ));
+        )));
     }
     Ok(())
 }
@@ -182,19 +182,19 @@ fn turns(spec: &str) -> Result<(u32, u32)> {
     Ok((a, b))
 }
 
-pub fn run(args: Args) -> Result<()> {
-    use crate::policy_args::{first_duplicate, usage_error};
+pub fn run(args: Args) -> Result<crate::Exit> {
+    use crate::policy_args::first_duplicate;
     let agent_types: Vec<(String, u64)> = args
         .agent_types
         .iter()
-        .map(|s| agent_type(s).unwrap_or_else(|e| usage_error(format!("--agent-types: {e:#}"))))
-        .collect();
+        .map(|s| agent_type(s).map_err(|e| crate::usage(format!("--agent-types: {e:#}"))))
+        .collect::<Result<_>>()?;
     let names: Vec<&str> = agent_types.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(dup) = first_duplicate(&names) {
-        usage_error(format!(
+        return Err(crate::usage(format!(
             "--agent-types: agent type {:?} is given twice",
             crate::output::escape(dup)
-        ));
+        )));
     }
     let config = SimulationConfig {
         sessions: args.sessions as usize,
@@ -202,11 +202,11 @@ pub fn run(args: Args) -> Result<()> {
             .work_items
             .unwrap_or(args.sessions.saturating_mul(2).min(MAX_WORK_ITEMS)),
         agent_types,
-        policy: args.policy.policy_or_exit(),
+        policy: args.policy.checked()?,
         failure_rate: args.failure_rate,
         seed: args.seed,
         duration: args.duration,
-        turns: turns(&args.turns).unwrap_or_else(|e| usage_error(format!("{e:#}"))),
+        turns: turns(&args.turns).map_err(|e| crate::usage(format!("{e:#}")))?,
         summary_ratio: 0.5,
         shards: args.shards.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -245,7 +245,7 @@ pub fn run(args: Args) -> Result<()> {
         crate::table::write_fleet_table(out, &title, r, &outcomes)
     })?;
     if let Some(signal) = signal {
-        crate::signals::exit_interrupted(signal);
+        return Ok(signal.exit());
     }
     if outcomes.not_finished() > 0 {
         bail!(
@@ -256,7 +256,7 @@ pub fn run(args: Args) -> Result<()> {
             outcomes.unfinished
         );
     }
-    Ok(())
+    Ok(crate::Exit::Success)
 }
 
 #[cfg(test)]
