@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<Exit> {
         window: args.window,
         summary_tokens: args.summary_tokens,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout();
     let mut panels = Vec::new();
     let mut failed = 0usize;
     for path in &args.traces {
@@ -152,9 +152,15 @@ fn read(path: &Path, cap: u64) -> Result<Vec<Trace>> {
 /// terminal sequence too) and bidirectional overrides are written as `\uXXXX` here. The JSON
 /// reads back to the same strings.
 fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
-    let mut ser = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
-    value.serialize(&mut ser)?;
-    writeln!(out)?;
+    // Serialised first, so that a closed stdout is the plain `io::Error` `main` recognises, not
+    // one wrapped in serde_json's.
+    let mut line = Vec::new();
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut line,
+        TerminalSafe,
+    ))?;
+    line.push(b'\n');
+    out.write_all(&line)?;
     Ok(())
 }
 
