@@ -173,6 +173,9 @@ impl serde_json::ser::Formatter for TerminalSafe {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        if matches!(output::escape(fragment), Cow::Borrowed(_)) {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut rest = fragment;
         let unsafe_char = |c: char| {
             let mut buf = [0; 4];
