@@ -27,6 +27,7 @@ mod output;
 mod policy_args;
 mod replay;
 mod run;
+mod signals;
 mod simulate;
 mod table;
 
