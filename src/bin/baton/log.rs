@@ -45,8 +45,8 @@ pub struct Args {
     /// Only records about sessions of this agent type.
     #[arg(long, value_name = "NAME")]
     agent_type: Option<String>,
-    /// Only rotations for this reason (with `events`: only those rotations' events):
-    /// threshold, insufficient_compaction, compaction_failed, compaction_budget or manual.
+    /// Only rotations for this reason (with `events`: only those rotations' events): threshold,
+    /// insufficient_compaction, compaction_failed, compaction_budget, manual or overflow.
     #[arg(long, value_name = "REASON", value_parser = parse_reason)]
     reason: Option<RotationReason>,
     /// Only records from this time on.
@@ -108,7 +108,7 @@ fn parse_time(text: &str) -> Result<Timestamp, String> {
 fn parse_reason(text: &str) -> Result<RotationReason, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).map_err(|_| {
         "not a rotation reason (threshold, insufficient_compaction, compaction_failed, \
-         compaction_budget, manual)"
+         compaction_budget, manual, overflow)"
             .to_owned()
     })
 }
