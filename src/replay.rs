@@ -22,7 +22,8 @@
 //! ([`Format::usage_source`](crate::trace::Format::usage_source): reported by the provider, or
 //! estimated by baton for SWE-agent); later ones are modelled. Each call's recorded figures are
 //! also judged, per format, for what cannot be true ([`Distrust::judge_recorded`]): a zero
-//! prompt, a context larger than the window in use, or running totals passed off as per-call
+//! prompt, a context larger than the window the trace recorded (a smaller window of the user's
+//! is a question asked of the trace, not a flaw in it), or running totals passed off as per-call
 //! figures (a whole trace whose every prompt grew by at least the first one, each step no
 //! smaller than the last: [`Distrust::Cumulative`]). A prompt that falls is flagged only for
 //! formats whose agent never prunes its own history ([`Format::appends_only`](crate::trace::Format::appends_only), mini-swe-agent),
@@ -33,9 +34,10 @@
 //! uses the figures as recorded: the flag says the result rests on them.
 //!
 //! The [`SessionMachine`]'s own per-event warnings (a usage over the window, at every call of
-//! every session) are muted during a replay unless debug logging is on: the report and the one
-//! warning per trace say the same once, instead of once per call (46 MB of stderr for a
-//! 200,000-call trace against a small window).
+//! every session) are muted during a replay unless debug logging is on. The replay counts the
+//! modelled figures over the window instead ([`Totals::over_window`]) and says so in one
+//! warning per trace, instead of once per call (46 MB of stderr for a 200,000-call trace
+//! against a small window).
 //!
 //! [`replay_with_series`] also returns the modelled context of every call ([`ModelledCall`]),
 //! which `baton replay --chart` draws; [`replay`] returns the report alone (the `--json` shape).
@@ -185,6 +187,10 @@ pub struct Totals {
     /// Calls whose recorded prompt figure is not trustworthy (see [`ReplayReport::untrusted`]).
     #[serde(default)]
     pub untrusted_figures: usize,
+    /// Calls whose modelled context exceeded the window in use (a window too small for the
+    /// trace: every such call rotates).
+    #[serde(default)]
+    pub over_window: usize,
 }
 
 /// A call whose recorded figure cannot be true (see the module documentation).
@@ -306,6 +312,8 @@ pub fn replay_with_series(
         reductions: Vec::new(),
         in_target: 0,
         series: Vec::with_capacity(trace.calls.len()),
+        over_window: 0,
+        first_over_window: None,
         mute: (!tracing::enabled!(tracing::Level::DEBUG))
             .then(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())),
     };
@@ -321,6 +329,15 @@ pub fn replay_with_series(
             first_call = first.call,
             why = ?first.why,
             "trace has untrustworthy usage figures; the replay rests on them as recorded"
+        );
+    }
+    if let Some(first_call) = run.first_over_window {
+        tracing::warn!(
+            trace = %trace.name,
+            count = run.over_window,
+            first_call,
+            window = run.window,
+            "modelled usage exceeds the window; the window is probably too small for this trace"
         );
     }
     let series = std::mem::take(&mut run.series);
@@ -357,6 +374,10 @@ struct Run<'a> {
     in_target: usize,
     /// The modelled context of every call so far.
     series: Vec<ModelledCall>,
+    /// Calls whose modelled context exceeded the window.
+    over_window: usize,
+    /// The first of them.
+    first_over_window: Option<usize>,
     /// A dispatcher that drops every log, under which the machine runs (its per-event
     /// warnings repeat at every call); `None` when debug logging is on.
     mute: Option<tracing::Dispatch>,
@@ -394,7 +415,7 @@ impl Run<'_> {
                 previous: p.prompt_tokens,
                 reported: prompt,
             }),
-            _ => Distrust::judge_recorded(prompt, recorded.context(), self.window),
+            _ => Distrust::judge_recorded(prompt, recorded.context(), self.trace.window),
         }
         .or_else(|| {
             self.trace.format.appends_only().then(|| {
@@ -426,6 +447,10 @@ impl Run<'_> {
                 source,
             })?;
         self.peak = self.peak.max(modelled);
+        if modelled > self.window {
+            self.over_window += 1;
+            self.first_over_window.get_or_insert(call);
+        }
         let session = self.session_no;
         let events_before = self.events.len();
         let mut queue = VecDeque::new();
@@ -540,6 +565,7 @@ impl Run<'_> {
                 peak_used: self.peak,
                 peak_percent: self.peak as f64 * 100.0 / self.window as f64,
                 untrusted_figures: self.untrusted.len(),
+                over_window: self.over_window,
             },
             untrusted: self.untrusted,
             events: self.events,

@@ -13,20 +13,24 @@
 //! is taken again after a pause, a few times; past that, or on any other error, the item ends
 //! as failed and its session is closed.
 
+mod ledger;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::time::Instant;
 
+use crate::journal::JournalError;
 use crate::machine::Phase;
 use crate::provider::{self, Encoding};
-use crate::record::FleetEvent;
+use crate::record::{FleetEvent, RecoveryOutcome};
 use crate::report::{FleetReport, Tally};
 use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn, assignment_text};
 use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
@@ -62,11 +66,14 @@ pub struct RunConfig {
     pub idle_timeout: Duration,
     /// The sampling seed sent with the requests, for the report (0 when none).
     pub seed: u64,
+    /// After a stop is asked for, how long turns under way may take to finish (and the fleet
+    /// to shut down) before they are cut short.
+    pub grace: Duration,
 }
 
 impl Default for RunConfig {
-    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, and
-    /// a 15-minute idle timeout (longer than a rotation's deadline).
+    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, a
+    /// 15-minute idle timeout (longer than a rotation's deadline) and a 30-second grace.
     fn default() -> Self {
         Self {
             max_turns: 20,
@@ -76,12 +83,15 @@ impl Default for RunConfig {
             turn_retries: 3,
             idle_timeout: Duration::from_secs(900),
             seed: 0,
+            grace: Duration::from_secs(30),
         }
     }
 }
 
+pub use ledger::RunJournal;
+
 /// How a work item's run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ItemEnd {
     /// Its agent said it was done.
@@ -174,9 +184,31 @@ pub struct ItemReport {
     pub end: ItemEnd,
 }
 
+/// What a run on a journal an earlier run left took over from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Resumed {
+    /// Items an earlier run ended (done, at the turn limit, failed or dead-lettered): not taken
+    /// again; their ends are in the report as the earlier run left them.
+    pub already_ended: u64,
+    /// Items whose session died with the earlier run: started again in a fresh session, from
+    /// the work item and its last handoff.
+    pub requeued: u64,
+    /// Rotations the earlier run left half done, resumed from their last durable step.
+    pub rotations_resumed: u64,
+    /// Items that were waiting for a session, and wait again.
+    pub queued: u64,
+    /// Items the earlier run never submitted (it stopped while submitting): submitted now.
+    pub submitted: u64,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
+    /// The run was asked to stop before every item ended (see [`drive`]'s `stop`).
+    pub interrupted: bool,
+    /// What was taken over from an earlier run on the same journal; `None` without a journal,
+    /// or when the journal was new.
+    pub resumed: Option<Resumed>,
     /// How the work items ended, counted from `items`.
     pub outcomes: Outcomes,
     /// The fleet's figures: the same table as `baton simulate`. Its `done`, `dead_letters` and
@@ -235,6 +267,24 @@ pub enum RunError {
     /// The supervisor refused something.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The journal could not be opened or read.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The run's own tables in the journal could not be read or written.
+    #[error("journal: the run's records: {0}")]
+    Ledger(String),
+    /// The journal belongs to another run: its work items differ from these.
+    #[error(
+        "{} was written by a run of other work items ({difference}); resume with the same \
+         work items, or give a new journal file",
+        path.display()
+    )]
+    OtherJournal {
+        /// The journal.
+        path: PathBuf,
+        /// The first difference.
+        difference: String,
+    },
 }
 
 /// Refuses the first work item whose first prompt (its agent type's system prompt and the
@@ -345,11 +395,23 @@ fn take_turn(
 /// Runs `items` through a fleet of `agent_types` over `runtime`; must be called inside an actix
 /// system. The runtime is attached to the supervisor started here, so it must be fresh.
 /// `progress` is called after every event and turn.
+///
+/// With a `journal` ([`RunJournal::open`], for the same items), the supervisor writes through
+/// it and recovers from it, and the run continues what an earlier run on it left: items it
+/// ended are not taken again (see [`Resumed`]). The runtime's session ids must start at
+/// [`RunJournal::next_session_id`].
+///
+/// When `stop` completes (a signal, say), no new turn is started; the turns under way may
+/// finish within [`RunConfig::grace`] (an item whose agent then says it is done is done); then
+/// the fleet shuts down, leaving the other items unfinished (with a journal, queued for a
+/// resumed run), and the report is returned with `interrupted` set.
 pub async fn drive(
     runtime: Arc<ChatRuntime>,
     agent_types: Vec<AgentType>,
     items: Vec<WorkItem>,
     config: &RunConfig,
+    journal: Option<Arc<RunJournal>>,
+    stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(RunProgress),
 ) -> Result<RunReport, RunError> {
     if items.is_empty() || agent_types.is_empty() {
@@ -365,6 +427,9 @@ pub async fn drive(
     for agent in agent_types {
         builder = builder.agent_type(agent);
     }
+    if let Some(j) = &journal {
+        builder = builder.journal(j.journal().clone())?;
+    }
     let supervisor = builder.start();
     if !runtime.attach(&supervisor) {
         supervisor.shutdown(Duration::from_secs(1)).await;
@@ -375,19 +440,40 @@ pub async fn drive(
     let mut events = supervisor.subscribe();
     let total = items.len() as u64;
     let mut runs: BTreeMap<WorkItemId, ItemRun> = BTreeMap::new();
+    let mut resumed = journal
+        .as_ref()
+        .filter(|j| j.is_resumed())
+        .map(|_| Resumed::default());
+    let mut finished = 0;
     for item in items {
+        let prior = journal.as_ref().and_then(|j| j.ends.get(&item.id)).cloned();
+        let known = journal.as_ref().is_some_and(|j| j.known.contains(&item.id));
+        if prior.is_some() {
+            finished += 1;
+        }
+        if let Some(r) = &mut resumed {
+            if prior.is_some() {
+                r.already_ended += 1;
+            } else if !known {
+                r.submitted += 1;
+            }
+        }
         runs.insert(
             item.id,
             ItemRun {
                 agent_type: item.agent_type.clone(),
-                turns: 0,
-                sessions: 0,
+                turns: prior.as_ref().map_or(0, |p| p.turns),
+                sessions: prior.as_ref().map_or(0, |p| p.sessions),
                 current: None,
-                end: None,
+                finished: prior.is_some(),
+                end: prior.map(|p| p.end),
                 failures: 0,
-                finished: false,
             },
         );
+        if known {
+            // The supervisor recovered it from the journal.
+            continue;
+        }
         if let Err(e) = supervisor.submit(item).await {
             supervisor.shutdown(Duration::from_secs(5)).await;
             return Err(e.into());
@@ -403,12 +489,33 @@ pub async fn drive(
         turns: FuturesUnordered::new(),
         tally: Tally::default(),
         total_turns: 0,
-        finished: 0,
+        finished,
+        journal,
+        resumed,
         request: Duration::ZERO,
         overhead: Duration::ZERO,
+        stopping: false,
     };
+    let mut stop = std::pin::pin!(stop);
+    let mut grace_ends: Option<Instant> = None;
     while driver.finished < total {
+        if grace_ends.is_some() && driver.turns.is_empty() {
+            break;
+        }
         tokio::select! {
+            () = &mut stop, if grace_ends.is_none() => {
+                tracing::warn!(
+                    turns = driver.turns.len(),
+                    grace = ?config.grace,
+                    "stopping: no new turns; the turns under way may finish"
+                );
+                grace_ends = Some(Instant::now() + config.grace);
+                driver.stopping = true;
+            }
+            () = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now)), if grace_ends.is_some() => {
+                tracing::warn!(turns = driver.turns.len(), "the grace period is over; the turns under way are cut short");
+                break;
+            }
             event = events.recv() => match event {
                 Some(event) => driver.event(event).await,
                 None => break,
@@ -436,7 +543,11 @@ pub async fn drive(
         Ok(inventory) => driver.tally.start_retries(inventory.start_retries),
         Err(error) => tracing::warn!(%error, "could not read the start retries; not counted"),
     }
-    supervisor.shutdown(Duration::from_secs(30)).await;
+    let deadline = grace_ends.map_or(Duration::from_secs(30), |end| {
+        end.saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1))
+    });
+    supervisor.shutdown(deadline).await;
     while let Ok(event) = events.try_recv() {
         driver.tally.count(&event);
     }
@@ -461,6 +572,8 @@ pub async fn drive(
     fleet.dead_letters = outcomes.dead_lettered;
     fleet.unfinished = outcomes.unfinished;
     Ok(RunReport {
+        interrupted: grace_ends.is_some(),
+        resumed: driver.resumed,
         outcomes,
         fleet,
         items,
@@ -491,6 +604,12 @@ struct Driver<'a> {
     request: Duration,
     /// baton's own time in turns.
     overhead: Duration,
+    /// Where item ends are recorded, with a journal.
+    journal: Option<Arc<RunJournal>>,
+    /// What was taken over from an earlier run.
+    resumed: Option<Resumed>,
+    /// A stop was asked for: no new turn starts.
+    stopping: bool,
 }
 
 impl Driver<'_> {
@@ -521,7 +640,9 @@ impl Driver<'_> {
                 };
                 run.current = Some(session);
                 run.sessions += 1;
-                if run.end.is_some() {
+                if self.stopping {
+                    // Left to the shutdown (with a journal, a resumed run takes it up).
+                } else if run.end.is_some() {
                     // It ended while its successor was being prepared.
                     let _ = self.supervisor.close(session).await;
                 } else {
@@ -529,6 +650,15 @@ impl Driver<'_> {
                 }
             }
             FleetEvent::WorkItemDone { work_item, .. } => self.finish(work_item, None),
+            FleetEvent::Recovered { outcome, .. } => {
+                if let Some(r) = &mut self.resumed {
+                    match outcome {
+                        RecoveryOutcome::Queued => r.queued += 1,
+                        RecoveryOutcome::Requeued { .. } => r.requeued += 1,
+                        RecoveryOutcome::RotationResumed { .. } => r.rotations_resumed += 1,
+                    }
+                }
+            }
             FleetEvent::DeadLetter { work_item, reason } => {
                 self.finish(work_item, Some(ItemEnd::Dead { reason }))
             }
@@ -554,6 +684,11 @@ impl Driver<'_> {
             return;
         };
         tracing::info!(work_item = %item, end = end.as_str(), turns = run.turns, "work item ends");
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.record_end(item, &end, run.turns, run.sessions)
+        {
+            tracing::error!(%error, work_item = %item, "the item's end could not be recorded; a resumed run takes it as done");
+        }
         run.end = Some(end);
         if let Some(session) = run.current {
             // A session that has rotated away is no longer registered: its successor is
@@ -581,7 +716,7 @@ impl Driver<'_> {
                     self.end(item, ItemEnd::Done).await;
                 } else if run.turns >= self.config.max_turns {
                     self.end(item, ItemEnd::TurnLimit).await;
-                } else if current {
+                } else if current && !self.stopping {
                     let prompt = self.config.continue_prompt.clone();
                     self.schedule(item, session, Some(prompt), Duration::ZERO);
                 }
@@ -589,6 +724,9 @@ impl Driver<'_> {
             }
             Err(ChatRuntimeError::UnknownSession(_)) => {
                 // Closed under the turn (a rotation): the successor's start takes over.
+            }
+            Err(e) if self.stopping => {
+                tracing::warn!(work_item = %item, session = %session, error = %e, "turn failed while stopping; left unfinished");
             }
             Err(e) if e.retry_may_help() && run.failures < self.config.turn_retries => {
                 run.failures += 1;

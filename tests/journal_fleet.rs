@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::journal::{Filter, JournalView};
+use baton::journal::{EndReason, Filter, JournalView, SessionState, WorkItemPlace};
 use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
     FleetEvent, Inventory, Journal, JournalError, Phase, Place, RecoveryOutcome, RotationStep,
@@ -247,8 +247,8 @@ async fn a_rotation_s_steps_are_durable_before_its_successor_starts() {
         .await
         .unwrap();
     assert_eq!(
-        (items[0].place.as_str(), items[0].session),
-        ("live", rotations[0].new_session)
+        (items[0].place, items[0].session),
+        (WorkItemPlace::Live, rotations[0].new_session)
     );
     assert_eq!(items[0].epoch, 2, "one lease per holder");
 }
@@ -320,10 +320,10 @@ async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_
     assert_eq!(items.len() as u64, ITEMS);
     for row in &items {
         let expected = match &places[&row.work_item] {
-            Place::Queued => ("queued", None),
-            Place::Live(s) => ("live", Some(*s)),
-            Place::Done(s) => ("done", Some(*s)),
-            Place::Dead(_) => ("dead", None),
+            Place::Queued => (WorkItemPlace::Queued, None),
+            Place::Live(s) => (WorkItemPlace::Live, Some(*s)),
+            Place::Done(s) => (WorkItemPlace::Done, Some(*s)),
+            Place::Dead(_) => (WorkItemPlace::Dead, None),
             other => panic!("{other:?}"),
         };
         assert_eq!(row.place, expected.0, "{row:?}");
@@ -508,7 +508,7 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
         let s1 = started(&mut events, 1).await;
         report(&sup, &rt, s1, 850).await;
         until(&journal, "compacting", |v| {
-            v.sessions(&Filter::default()).unwrap()[0].phase == "Compacting"
+            v.sessions(&Filter::default()).unwrap()[0].phase == Phase::Compacting
         })
         .await;
         while rt.calls(RuntimeOp::ReplaceHistory) == 0 {
@@ -546,10 +546,8 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
     let compactions = reader.view().compactions(&Filter::default()).unwrap();
     assert_eq!(compactions.len(), 1);
     assert_eq!(
-        reader.view().sessions(&Filter::default()).unwrap()[0]
-            .end_reason
-            .as_deref(),
-        Some("lost")
+        reader.view().sessions(&Filter::default()).unwrap()[0].end_reason,
+        Some(EndReason::Lost)
     );
 }
 
@@ -676,12 +674,12 @@ async fn a_full_journal_is_reported_once_and_the_fleet_goes_on_without_it() {
     let row = &reader.view().work_items(&Filter::default()).unwrap()[0];
     match last.step {
         RotationStep::Done => assert_eq!(
-            (row.place.as_str(), row.session),
-            ("live", last.new_session)
+            (row.place, row.session),
+            (WorkItemPlace::Live, last.new_session)
         ),
         _ => assert_eq!(
-            (row.place.as_str(), row.session),
-            ("rotating", Some(last.old_session))
+            (row.place, row.session),
+            (WorkItemPlace::Rotating, Some(last.old_session))
         ),
     }
 }
@@ -712,7 +710,7 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
                 LeftBy::Close => {
                     sup.close(s1).await.unwrap();
                     until(&journal, "the item done", |v| {
-                        v.work_items(&Filter::default()).unwrap()[0].place == "done"
+                        v.work_items(&Filter::default()).unwrap()[0].place == WorkItemPlace::Done
                     })
                     .await;
                 }
@@ -735,8 +733,8 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
                 .await
                 .unwrap();
             let expected = match left_by {
-                LeftBy::Close => "done",
-                LeftBy::Shutdown => "queued",
+                LeftBy::Close => WorkItemPlace::Done,
+                LeftBy::Shutdown => WorkItemPlace::Queued,
             };
             assert_eq!(items[0].place, expected, "{left_by:?}");
             assert_eq!(rotations[0].step, RotationStep::Spawned, "{left_by:?}");
@@ -795,12 +793,12 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let sessions = v.sessions(&Filter::default()).unwrap();
         let row = sessions.iter().find(|s| s.session == successor).unwrap();
         assert_eq!(
-            (row.state.as_str(), row.end_reason.as_deref()),
-            ("closed", Some("rotation_failed")),
+            (row.state, row.end_reason),
+            (SessionState::Closed, Some(EndReason::RotationFailed)),
             "{left_by:?}"
         );
         assert!(
-            sessions.iter().all(|s| s.state == "closed"),
+            sessions.iter().all(|s| s.state == SessionState::Closed),
             "{left_by:?}: {sessions:?}"
         );
         assert!(
@@ -871,8 +869,8 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     assert_eq!(items[0].attempts, 0, "no attempt was charged");
     let sessions = reader.view().sessions(&Filter::default()).unwrap();
     assert_eq!(
-        sessions[0].end_reason.as_deref(),
-        Some("start_abandoned"),
+        sessions[0].end_reason,
+        Some(EndReason::StartAbandoned),
         "{sessions:?}"
     );
 }

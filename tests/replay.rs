@@ -321,14 +321,13 @@ fn a_falling_prompt_is_not_flagged_where_the_agent_prunes_its_context() {
         Format::ClaudeCode,
         Format::OpenHandsOutput,
     ] {
-        let r = replay(
-            &Trace {
-                format,
-                ..t.clone()
-            },
-            &opts(5000),
-        )
-        .unwrap();
+        let recorded = Trace {
+            format,
+            window: Some(5000),
+            ..t.clone()
+        };
+        // Judged against the recorded window, not the user's.
+        let r = replay(&recorded, &opts(8000)).unwrap();
         let flagged: Vec<(usize, Distrust)> = r.untrusted.iter().map(|u| (u.call, u.why)).collect();
         assert_eq!(
             flagged,
@@ -433,7 +432,10 @@ fn a_trace_over_a_small_window_warns_once_not_once_per_session() {
     let calls: Vec<(u64, u64)> = (0..2000).map(|i| (3000 + i, 100)).collect();
     let r = replay(&series(&calls), &opts(2500)).unwrap();
     assert!(r.totals.rotations > 1000);
-    assert_eq!(r.totals.untrusted_figures, 2000);
+    assert_eq!(
+        (r.totals.over_window, r.totals.untrusted_figures),
+        (2000, 0)
+    );
     let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
     let warnings = text.lines().filter(|l| l.contains("WARN")).count();
     assert_eq!(warnings, 1, "{}", &text[..text.len().min(2000)]);

@@ -59,7 +59,7 @@ pub use query::{
     CompactionRow, EventRow, Filter, JournalReader, JournalView, RotationRow, SessionRow,
     WorkItemRow,
 };
-pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use schema::{APPLICATION_ID, EndReason, SCHEMA_VERSION, SessionState, WorkItemPlace};
 pub use time::Timestamp;
 pub use writer::JournalStats;
 

@@ -11,8 +11,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
 use serde::Serialize;
 
-use super::schema::{self, Header, SCHEMA_VERSION};
+use super::schema::{self, EndReason, Header, SCHEMA_VERSION, SessionState, WorkItemPlace};
 use super::{JournalError, Timestamp};
+use crate::machine::Phase;
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord, RotationStep};
 use crate::vocab::{Handoff, SessionId, WorkItemId};
@@ -47,10 +48,10 @@ pub struct SessionRow {
     pub agent_type: String,
     /// The work item it held.
     pub work_item: WorkItemId,
-    /// The supervisor's view: `live`, `rotating` or `closed`.
-    pub state: String,
-    /// Its machine's last recorded state (`Normal`, `Compacting`, `Rotating`, `Closed`).
-    pub phase: String,
+    /// The supervisor's view: live, rotating or closed.
+    pub state: SessionState,
+    /// Its machine's last recorded state.
+    pub phase: Phase,
     /// Transitions recorded.
     pub transitions: u64,
     /// Compaction records (successful or not).
@@ -63,10 +64,8 @@ pub struct SessionRow {
     pub started_at: Timestamp,
     /// When it ended.
     pub ended_at: Option<Timestamp>,
-    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, `lost` (its
-    /// process died and recovery closed it), or `start_abandoned` (its start gave up on it before
-    /// it took its work item: its assign failed, or a shutdown began).
-    pub end_reason: Option<String>,
+    /// How it ended.
+    pub end_reason: Option<EndReason>,
 }
 
 /// A rotation, finished or not.
@@ -82,8 +81,8 @@ pub struct RotationRow {
     pub new_session: Option<SessionId>,
     /// The agent type of both.
     pub agent_type: String,
-    /// Why (`threshold`, `insufficient_compaction`, ...).
-    pub reason: String,
+    /// Why.
+    pub reason: RotationReason,
     /// How far it got.
     pub step: RotationStep,
     /// When it was decided.
@@ -114,8 +113,8 @@ pub struct WorkItemRow {
     pub agent_type: String,
     /// Its text.
     pub text: String,
-    /// `queued`, `live`, `rotating`, `done` or `dead`.
-    pub place: String,
+    /// Where it is.
+    pub place: WorkItemPlace,
     /// The session holding it (live, rotating) or that held it last (done).
     pub session: Option<SessionId>,
     /// Crashes and failed starts.
@@ -381,12 +380,23 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
+/// A state as stored (its serde name).
+fn stored(v: impl rusqlite::ToSql) -> Value {
+    match v.to_sql() {
+        Ok(rusqlite::types::ToSqlOutput::Owned(v)) => v,
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t))) => {
+            Value::Text(String::from_utf8_lossy(t).into_owned())
+        }
+        _ => Value::Null,
+    }
+}
+
 fn ts(t: Timestamp) -> Value {
     Value::Integer(t.0)
 }
 
 /// Column `i` of `r` as JSON.
-fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+pub(super) fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
     let text: String = r.get(i)?;
     serde_json::from_str(&text).map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
@@ -394,7 +404,10 @@ fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Resu
 }
 
 /// Column `i` of `r` as JSON, when it is not NULL.
-fn json_opt<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<T>> {
+pub(super) fn json_opt<T: serde::de::DeserializeOwned>(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<Option<T>> {
     match r.get_ref(i)? {
         rusqlite::types::ValueRef::Null => Ok(None),
         _ => json(r, i).map(Some),
@@ -472,7 +485,7 @@ impl<'a> JournalView<'a> {
     }
 
     /// The rows of `sql`, each read by `row`.
-    fn rows<T>(
+    pub(super) fn rows<T>(
         &self,
         table: &'static str,
         sql: &str,
@@ -562,7 +575,7 @@ impl<'a> JournalView<'a> {
             w.add("agent_type = ?", [text(a)]);
         }
         if let Some(r) = f.reason {
-            w.add("reason = ?", [text(r.as_str())]);
+            w.add("reason = ?", [stored(r)]);
         }
         if let Some(t) = f.since {
             w.add("started_at >= ?", [ts(t)]);
@@ -578,7 +591,6 @@ impl<'a> JournalView<'a> {
             w,
             f.limit,
             |r| {
-                let step: String = r.get(6)?;
                 Ok(RotationRow {
                     rotation: RotationId(r.get::<_, i64>(0)? as u64),
                     work_item: WorkItemId(r.get::<_, i64>(1)? as u64),
@@ -586,13 +598,7 @@ impl<'a> JournalView<'a> {
                     new_session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
                     agent_type: r.get(4)?,
                     reason: r.get(5)?,
-                    step: RotationStep::parse(&step).ok_or_else(|| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            6,
-                            rusqlite::types::Type::Text,
-                            format!("rotation step {step:?}").into(),
-                        )
-                    })?,
+                    step: r.get(6)?,
                     started_at: Timestamp(r.get(7)?),
                     finished_at: r.get::<_, Option<i64>>(8)?.map(Timestamp),
                     record: json_opt(r, 9)?,
@@ -698,7 +704,7 @@ impl<'a> JournalView<'a> {
         if let Some(r) = f.reason {
             w.add(
                 "rotation IN (SELECT id FROM rotations WHERE reason = ?)",
-                [text(r.as_str())],
+                [stored(r)],
             );
         }
         if let Some(t) = f.since {

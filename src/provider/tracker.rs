@@ -77,20 +77,18 @@ impl Distrust {
 
     /// The rule for figures an agent recorded about a history baton does not hold (a replayed
     /// trace): only what cannot be true is distrusted, a zero prompt or a context larger than
-    /// `window`. A prompt that falls is not judged here: agents prune their own context (Codex
+    /// `window` (the window the agent recorded it ran with, when it did). A prompt that falls is not judged here: agents prune their own context (Codex
     /// drops earlier reasoning and truncates tool outputs, Claude Code and OpenHands condense),
     /// so a smaller prompt is the truth there. Running totals are judged over a whole trace
     /// ([`Distrust::Cumulative`]), not one figure.
-    pub fn judge_recorded(prompt: u64, context: u64, window: u64) -> Option<Self> {
-        if prompt == 0 {
-            Some(Self::ZeroPrompt)
-        } else if context > window {
-            Some(Self::OverWindow {
+    pub fn judge_recorded(prompt: u64, context: u64, window: Option<u64>) -> Option<Self> {
+        match window {
+            _ if prompt == 0 => Some(Self::ZeroPrompt),
+            Some(window) if context > window => Some(Self::OverWindow {
                 window,
                 reported: context,
-            })
-        } else {
-            None
+            }),
+            _ => None,
         }
     }
 }

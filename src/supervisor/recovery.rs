@@ -100,7 +100,7 @@ impl Supervisor {
         );
         // A compaction in flight at the crash gets its record.
         for s in &state.sessions {
-            if s.phase == "Compacting"
+            if s.phase == crate::machine::Phase::Compacting
                 && let Some(before) = s.compacting_from
             {
                 self.bus

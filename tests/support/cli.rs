@@ -93,3 +93,90 @@ pub fn baton_measured(args: &[String], stdin: Option<Vec<u8>>, envs: &[(&str, &s
         peak_rss_bytes: usage.ru_maxrss as u64 * 1024,
     }
 }
+
+/// A `baton` child still running, its standard error read line by line as it comes.
+pub struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr_thread: std::thread::JoinHandle<()>,
+    stdout_thread: std::thread::JoinHandle<Vec<u8>>,
+}
+
+/// Starts `baton` with `args` from the project's root, its stdout collected and its stderr
+/// streamed (see [`Running::wait_for_stderr`]).
+pub fn baton_spawn(args: &[String]) -> Running {
+    use std::io::{BufRead, Read};
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("baton starts");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    let stderr_thread = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = child.stdout.take().unwrap();
+    let stdout_thread = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        out.read_to_end(&mut b).unwrap();
+        b
+    });
+    Running {
+        child,
+        lines,
+        seen: Vec::new(),
+        stderr_thread,
+        stdout_thread,
+    }
+}
+
+impl Running {
+    /// Blocks until a line of standard error contains `text` (panics, with what it printed, if
+    /// the child closes its standard error first).
+    pub fn wait_for_stderr(&mut self, text: &str) {
+        if self.seen.iter().any(|l| l.contains(text)) {
+            return;
+        }
+        while let Ok(line) = self.lines.recv() {
+            let found = line.contains(text);
+            self.seen.push(line);
+            if found {
+                return;
+            }
+        }
+        panic!(
+            "baton ended without printing {text:?}:\n{}",
+            self.seen.join("\n")
+        );
+    }
+
+    /// Sends `signal` (`libc::SIGINT`, `libc::SIGTERM`) to the child.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill with our own child's pid.
+        let done = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(done, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Waits for the child to end: its status, stdout, and all of its stderr.
+    pub fn finish(mut self) -> Output {
+        let status = self.child.wait().expect("baton ends");
+        self.stderr_thread.join().unwrap();
+        self.seen.extend(self.lines.try_iter());
+        Output {
+            status,
+            stdout: self.stdout_thread.join().unwrap(),
+            stderr: self.seen.join("\n").into_bytes(),
+        }
+    }
+}

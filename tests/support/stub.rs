@@ -114,6 +114,8 @@ struct Inner {
     window: StubWindow,
     /// The assistant's text in normal replies, when set.
     reply_text: Option<String>,
+    /// Chat requests received so far, for tests that wait for one.
+    chats: Option<tokio::sync::watch::Sender<usize>>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -132,6 +134,7 @@ impl Stub {
     /// Starts a stub on 127.0.0.1, on a free port, in the current tokio runtime.
     pub async fn start() -> Stub {
         let inner: Shared = Arc::default();
+        inner.lock().unwrap().chats = Some(tokio::sync::watch::channel(0).0);
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
@@ -177,6 +180,20 @@ impl Stub {
         self.inner.lock().unwrap().received.clone()
     }
 
+    /// Waits until at least `n` chat requests have arrived (their answers may still be under
+    /// way).
+    pub async fn wait_for_chat_requests(&self, n: usize) {
+        let mut rx = self
+            .inner
+            .lock()
+            .unwrap()
+            .chats
+            .as_ref()
+            .unwrap()
+            .subscribe();
+        rx.wait_for(|count| *count >= n).await.unwrap();
+    }
+
     /// The chat requests received so far.
     pub fn chat_requests(&self) -> Vec<Received> {
         self.received()
@@ -206,6 +223,9 @@ fn record(inner: &Shared, path: &str, headers: &HeaderMap, body: Value) {
 async fn chat(State(inner): State<Shared>, headers: HeaderMap, body: String) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     record(&inner, "/v1/chat/completions", &headers, body.clone());
+    if let Some(chats) = &inner.lock().unwrap().chats {
+        chats.send_modify(|n| *n += 1);
+    }
     let fault = inner
         .lock()
         .unwrap()

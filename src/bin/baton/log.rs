@@ -13,7 +13,7 @@ use clap::ValueEnum;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Serialize;
 
-use crate::output;
+use crate::{output, usage};
 
 /// List what a journal recorded, as a table or as JSON Lines
 ///
@@ -113,18 +113,15 @@ fn parse_reason(text: &str) -> Result<RotationReason, String> {
     })
 }
 
-/// The filter the flags ask for. A usage error (a flag that does not apply to the listing)
-/// exits with status 2 here, as clap's own errors do.
-fn filter(args: &Args) -> Filter {
+/// The filter the flags ask for; a flag that does not apply to the listing is a usage error.
+fn filter(args: &Args) -> Result<Filter> {
     if args.reason.is_some() && !args.export && !matches!(args.what, What::Rotations | What::Events)
     {
-        clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            "--reason filters rotations (and rotation events) only\n",
-        )
-        .exit();
+        return Err(usage(
+            "--reason filters rotations (and rotation events) only",
+        ));
     }
-    Filter {
+    Ok(Filter {
         session: args.session.map(SessionId),
         work_item: args.work_item.map(WorkItemId),
         agent_type: args.agent_type.clone(),
@@ -133,29 +130,6 @@ fn filter(args: &Args) -> Filter {
         until: args.until,
         // Within usize: clap caps it at i64::MAX, and baton builds for 64-bit targets.
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-    }
-}
-
-pub fn run(args: Args) -> Result<()> {
-    match write(args) {
-        // The reader went away (`baton log ... | head`): not an error.
-        Err(e) if is_broken_pipe(&e) => Ok(()),
-        // Errors quote journal fields (a damaged row's value): escaped like the tables.
-        Err(e) => Err(anyhow::anyhow!("{}", output::escape(&format!("{e:#}")))),
-        Ok(()) => Ok(()),
-    }
-}
-
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .map(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            .or_else(|| {
-                c.downcast_ref::<serde_json::Error>()
-                    .and_then(|j| j.io_error_kind())
-                    .map(|k| k == std::io::ErrorKind::BrokenPipe)
-            })
-            .unwrap_or(false)
     })
 }
 
@@ -233,8 +207,11 @@ fn same_place(a: &Path, b: &Path) -> bool {
     a.file_name().is_some() && a.file_name() == b.file_name() && output::same_file(&dir(a), &dir(b))
 }
 
-fn write(args: Args) -> Result<()> {
-    let filter = filter(&args);
+/// Lists what the journal recorded. Errors (escaped by `main`, since they may quote a damaged
+/// row's value) exit 1, a flag that does not apply exits 2, and a closed standard output is a
+/// normal end.
+pub fn run(args: Args) -> Result<()> {
+    let filter = filter(&args)?;
     let output = args.output.as_deref().filter(|p| !output::is_stdio(p));
     let inputs = journal_files(&args.journal);
     if let Some(path) = output {
@@ -295,13 +272,42 @@ struct Typed<'a, T> {
     row: &'a T,
 }
 
+/// serde_json's compact output, with every character a terminal could act on also written as a
+/// `\uXXXX` escape: serde_json escapes C0 controls itself, but not DEL, the C1 controls (U+009B
+/// is a one-character CSI) or the bidirectional overrides. The JSON means the same.
+struct TerminalSafe;
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        // The characters `output::escape` escapes (they are all in the Basic Multilingual Plane,
+        // so one `\uXXXX` each).
+        let unsafe_char = |c: char| {
+            c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        };
+        let mut start = 0;
+        for (i, c) in fragment.char_indices().filter(|(_, c)| unsafe_char(*c)) {
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 /// One JSON object per line, fields in the row's order (`"type"` first when given).
 fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> Result<()> {
     for row in rows {
+        let mut json = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
         match kind {
-            Some(kind) => serde_json::to_writer(&mut *out, &Typed { kind, row })?,
-            None => serde_json::to_writer(&mut *out, row)?,
+            Some(kind) => Typed { kind, row }.serialize(&mut json),
+            None => row.serialize(&mut json),
         }
+        // As an io::Error, so that a closed pipe is recognised as one.
+        .map_err(std::io::Error::from)?;
         writeln!(out)?;
     }
     Ok(())
@@ -356,7 +362,7 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                         r.work_item.to_string(),
                         r.agent_type.clone(),
                         format!("{} → {}", r.old_session, opt(r.new_session)),
-                        r.reason.clone(),
+                        r.reason.to_string(),
                         rec.map_or("-".into(), |x| {
                             format!("{} ({:.1}%)", x.before_tokens, x.before_percent)
                         }),
@@ -401,14 +407,14 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                         s.session.to_string(),
                         s.agent_type.clone(),
                         s.work_item.to_string(),
-                        s.state.clone(),
-                        s.phase.clone(),
+                        s.state.to_string(),
+                        format!("{:?}", s.phase),
                         s.transitions.to_string(),
                         s.compactions.to_string(),
                         opt(s.predecessor),
                         when(s.started_at),
                         opt(s.ended_at.map(when)),
-                        opt(s.end_reason.clone()),
+                        opt(s.end_reason),
                     ],
                 );
             }
@@ -473,7 +479,7 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
                     [
                         i.work_item.to_string(),
                         i.agent_type.clone(),
-                        i.place.clone(),
+                        i.place.to_string(),
                         opt(i.session),
                         i.attempts.to_string(),
                         i.spawns.to_string(),
@@ -520,4 +526,28 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
         writeln!(out, "  {count} {noun}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_escape_what_a_terminal_acts_on_and_mean_the_same() {
+        let hostile = "a\u{1b}[2J\u{7f}\u{9b}31m\u{202e}b\tc\"é✓";
+        let mut out = Vec::new();
+        lines(
+            &[serde_json::json!({ "agent_type": hostile })],
+            None,
+            &mut out,
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "{\"agent_type\":\"a\\u001b[2J\\u007f\\u009b31m\\u202eb\\tc\\\"é✓\"}\n"
+        );
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back["agent_type"], hostile);
+    }
 }

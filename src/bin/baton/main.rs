@@ -27,6 +27,7 @@ mod output;
 mod policy_args;
 mod replay;
 mod run;
+mod signals;
 mod simulate;
 mod table;
 
@@ -145,6 +146,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level)),
         )
         .with_ansi(colour_on_stderr())
+        .fmt_fields(escaped_fields())
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
@@ -160,6 +162,23 @@ fn main() -> ExitCode {
 /// `NO_COLOR` is set (<https://no-color.org>).
 fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// Log fields formatted as the default formatter does (`name=value`, the message bare), with
+/// control characters escaped in every value: log lines carry outside data (trace names, server
+/// messages, journal fields), and an ESC sequence in one must not reach the terminal.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = output::escape(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
 }
 
 /// The exit for a subcommand's result, printing its error (escaped) if it failed.

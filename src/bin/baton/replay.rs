@@ -1,5 +1,6 @@
 //! `baton replay`: the policy replayed over recorded traces.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,8 +103,7 @@ pub fn run(args: Args) -> Result<Exit> {
                 }
             };
             if args.json {
-                serde_json::to_writer(&mut out, &report)?;
-                writeln!(out)?;
+                write_json(&mut out, &report)?;
             } else {
                 write_table(&mut out, &report)?;
             }
@@ -145,6 +145,40 @@ fn read(path: &Path, cap: u64) -> Result<Vec<Trace>> {
             .unwrap_or_else(|| path.display().to_string())
     };
     Ok(trace::parse(path, &name, &bytes)?)
+}
+
+/// Writes `value` as one line of compact JSON whose strings hold no raw control character:
+/// serde_json already writes C0 controls as `\u00XX`; DEL, C1 controls (`\u009b` starts a
+/// terminal sequence too) and bidirectional overrides are written as `\uXXXX` here. The JSON
+/// reads back to the same strings.
+fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
+    let mut ser = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
+    value.serialize(&mut ser)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// serde_json's compact formatter, with the string escapes of [`write_json`].
+struct TerminalSafe;
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        let unsafe_char = |c: char| {
+            let mut buf = [0; 4];
+            matches!(output::escape(c.encode_utf8(&mut buf)), Cow::Owned(_))
+        };
+        while let Some((i, c)) = rest.char_indices().find(|&(_, c)| unsafe_char(c)) {
+            writer.write_all(&rest.as_bytes()[..i])?;
+            write!(writer, "\\u{:04x}", c as u32)?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
 }
 
 /// Prints one trace's failure (escaped) and goes on with the next.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baton::run::{
-    self, CONTINUE_PROMPT, DONE_MARKER, ItemEnd, RunConfig, RunReport, SYSTEM_PROMPT,
+    self, CONTINUE_PROMPT, DONE_MARKER, ItemEnd, RunConfig, RunJournal, RunReport, SYSTEM_PROMPT,
 };
 use baton::runtime::chat::{
     ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeConfig, ClientConfig, choose_window,
@@ -100,6 +100,17 @@ pub struct Args {
     done_marker: String,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Keep a journal in FILE (SQLite, created if missing): every event, work item and
+    /// rotation step, durably, for `baton log FILE`. Run again with the same WORK_ITEMS and the
+    /// same FILE to continue where a run stopped: items it ended are not taken again, items in
+    /// flight resume through the journal's recovery. Other work items on the same journal are
+    /// refused.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
+    /// After the first SIGINT or SIGTERM, how long the turns under way may take to finish
+    /// before they are cut short (a second signal stops at once).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    grace: Duration,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -290,7 +301,12 @@ pub fn run(args: Args) -> Result<()> {
     let client = ChatClient::new(client_config).context("invalid --endpoint")?;
     let base_url = client.config().base_url.clone();
 
-    actix::System::new().block_on(async move {
+    let stopped = actix::System::new().block_on(async move {
+        let stop = crate::signals::Stop::install().context("cannot handle signals")?;
+        let journal = match &args.journal {
+            Some(path) => Some(Arc::new(RunJournal::open(path, &items).await?)),
+            None => None,
+        };
         // One cheap request first, so that an endpoint that is down or refuses the key is a
         // clear error rather than a run of failed turns.
         match client.models().await {
@@ -313,6 +329,7 @@ pub fn run(args: Args) -> Result<()> {
                 reply_tokens: Some(args.reply_tokens),
                 temperature: args.temperature,
                 seed: args.seed,
+                first_session_id: journal.as_ref().map_or(1, |j| j.next_session_id()),
                 ..ChatRuntimeConfig::default()
             },
         ));
@@ -369,17 +386,27 @@ pub fn run(args: Args) -> Result<()> {
                 ..SupervisorConfig::default()
             },
             seed: args.seed.unwrap_or(0),
+            grace: args.grace,
             ..RunConfig::default()
         };
         let bar = crate::table::progress_bar(items.len() as u64);
         bar.enable_steady_tick(Duration::from_millis(200));
-        let report = run::drive(runtime, agent_types, items, &config, |p| {
-            bar.set_position(p.finished);
-            bar.set_message(format!(
-                "{} turns, {} compactions, {} rotations",
-                p.turns, p.compactions, p.rotations
-            ));
-        })
+        let requested = stop.requested();
+        let report = run::drive(
+            runtime,
+            agent_types,
+            items,
+            &config,
+            journal,
+            requested,
+            |p| {
+                bar.set_position(p.finished);
+                bar.set_message(format!(
+                    "{} turns, {} compactions, {} rotations",
+                    p.turns, p.compactions, p.rotations
+                ));
+            },
+        )
         .await?;
         bar.finish_and_clear();
         crate::table::write_report(args.json, &report, |out, r| {
@@ -387,6 +414,9 @@ pub fn run(args: Args) -> Result<()> {
             crate::table::write_fleet_table(out, &title, &r.fleet, &r.outcomes)?;
             write_items(out, r)
         })?;
+        if let Some(signal) = stop.signal() {
+            return Ok(Some(signal));
+        }
         let o = report.outcomes;
         if o.not_finished() > 0 {
             bail!(
@@ -398,8 +428,12 @@ pub fn run(args: Args) -> Result<()> {
                 o.unfinished
             );
         }
-        Ok(())
-    })
+        Ok(None)
+    })?;
+    match stopped {
+        Some(signal) => crate::signals::exit_interrupted(signal),
+        None => Ok(()),
+    }
 }
 
 fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
@@ -419,6 +453,14 @@ fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
             i.sessions.to_string(),
             crate::output::escape(&end).into_owned(),
         ]);
+    }
+    if let Some(r) = &r.resumed {
+        writeln!(
+            out,
+            "resumed from the journal: {} items ended before (not taken again), {} restarted, \
+             {} rotations resumed, {} queued, {} submitted now",
+            r.already_ended, r.requeued, r.rotations_resumed, r.queued, r.submitted
+        )?;
     }
     // The overhead is summed over the turns taken (the items' turns): divided by them.
     let turns = r

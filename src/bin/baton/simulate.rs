@@ -48,6 +48,10 @@ pub struct Args {
     /// Threads to run session actors on, 1 to 1024 (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     shards: Option<u64>,
+    /// Keep a journal in FILE (SQLite, created if missing; it must hold no work items):
+    /// everything the fleet does, durably, for `baton log FILE`.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -120,6 +124,15 @@ pub fn run(args: Args) -> Result<()> {
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             |s| s as usize,
         ),
+        journal: match &args.journal {
+            Some(path) => Some(baton::journal::Journal::open(path).with_context(|| {
+                format!(
+                    "--journal {}",
+                    crate::output::escape(&path.to_string_lossy())
+                )
+            })?),
+            None => None,
+        },
     };
     let bar = crate::table::progress_bar(config.work_items);
     let report = actix::System::new().block_on(simulate::run(&config, |p| {
