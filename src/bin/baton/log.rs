@@ -313,9 +313,12 @@ fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> R
     Ok(())
 }
 
-/// `2026-11-25 10:00:00` (UTC, to the second) for tables.
+/// `2026-11-25 10:00:00` (UTC, to the second) for tables; years beyond four digits (a damaged
+/// row) are shown whole.
 fn when(t: Timestamp) -> String {
-    t.to_string()[..19].replace('T', " ")
+    let text = t.to_string();
+    let seconds = text.rsplit_once('.').map_or(text.as_str(), |(s, _)| s);
+    seconds.replace('T', " ")
 }
 
 /// Adds a row of cells, each escaped: journal fields are outside data (an agent type or an
@@ -531,6 +534,14 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_times_are_shown_to_the_second_whatever_the_year() {
+        assert_eq!(when(Timestamp(0)), "1970-01-01 00:00:00");
+        assert_eq!(when(Timestamp(-1)), "1969-12-31 23:59:59");
+        assert!(when(Timestamp(i64::MAX)).starts_with("292278994-08-17 07:12:55"));
+        assert!(when(Timestamp(i64::MIN)).starts_with("-292275055-05-16 16:47:04"));
+    }
 
     #[test]
     fn json_lines_escape_what_a_terminal_acts_on_and_mean_the_same() {
