@@ -2,8 +2,7 @@
 //!
 //! Run: `cargo bench --bench accounting`. Figures to read:
 //! * `estimator_o200k` / `estimator_cl100k`: tokens counted per second on about 1 MB of mixed
-//!   prose, code and JSON (divan's `item/s` is tokens/s); `estimator_o200k_real_trace` on a real
-//!   agent trajectory;
+//!   prose, code and JSON (divan's `item/s` is tokens/s);
 //! * `counter_push_one_message`: appending one message to a 2,000-message conversation (it
 //!   must not depend on the history's length);
 //! * `read_*`: parsing a generated trace of about 1 MB in each format, in bytes per second (the
@@ -112,19 +111,6 @@ fn estimator_o200k(b: Bencher) {
 fn estimator_cl100k(b: Bencher) {
     let t = text(1 << 20, 2);
     let e = Encoding::Cl100kBase;
-    let tokens = e.count(&t);
-    b.counter(ItemsCount::new(tokens as usize))
-        .bench(|| e.count(black_box(&t)));
-}
-
-/// The estimator on real agent text: the shared DeepSeek trajectory's JSON when `../shared` is
-/// beside the project (else the generated mix).
-#[divan::bench(sample_count = 20)]
-fn estimator_o200k_real_trace(b: Bencher) {
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json");
-    let t = std::fs::read_to_string(shared).unwrap_or_else(|_| text(1 << 20, 3));
-    let e = Encoding::O200kBase;
     let tokens = e.count(&t);
     b.counter(ItemsCount::new(tokens as usize))
         .bench(|| e.count(black_box(&t)));

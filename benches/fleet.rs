@@ -19,11 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use baton::runtime::{AgentRuntime, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose};
+use baton::runtime::{AgentRuntime, RuntimeError};
 use baton::supervisor::SessionHandle;
 use baton::{
-    AgentType, Effect, Event, FleetEvent, Policy, SessionId, SessionMachine, Supervisor,
-    SupervisorConfig, Usage, UsageSource, WorkItem, WorkItemId,
+    AgentType, Effect, Event, FleetEvent, Handoff, Policy, SessionId, SessionMachine, SpawnKey,
+    Summary, SummaryPurpose, Supervisor, SupervisorConfig, Usage, UsageSource, WorkItem,
+    WorkItemId,
 };
 use tokio::sync::mpsc;
 

@@ -26,11 +26,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton::runtime::{SpawnKey, SummaryPurpose};
 use baton::{
     AgentRuntime, AgentType, FleetEvent, Handoff, Journal, Place, RuntimeError, SessionId,
-    Settled, Summary, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
-    UsageSource, WorkItem, WorkItemId,
+    Settled, SpawnKey, Summary, SummaryPurpose, Supervisor, SupervisorConfig, SupervisorError,
+    SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 
 /// One toy agent: a context that grows with each turn.

@@ -9,6 +9,7 @@
 //!
 //! | module | what it is for |
 //! | --- | --- |
+//! | [`vocab`] | the shared vocabulary: [`SessionId`], [`WorkItemId`], [`WorkItem`], [`AgentType`], [`Summary`], [`Handoff`], [`SpawnKey`] |
 //! | [`usage`] | [`Usage`]: one validated reading of a session's context, and where it came from |
 //! | [`policy`] | [`Policy`]: thresholds and limits, validated; [`Policy::decide`], the pure decision |
 //! | [`machine`] | the statig state machine (Normal, Compacting, Rotating, Closed) and its records |
@@ -42,14 +43,15 @@ pub mod simulate;
 pub mod supervisor;
 pub mod trace;
 pub mod usage;
+pub mod vocab;
 
 /// The attribute that implementing [`AgentRuntime`] needs (`#[baton::async_trait]`), so that an
 /// embedding crate needs no direct dependency on `async-trait`.
 pub use async_trait::async_trait;
 pub use journal::{Journal, JournalError, JournalOptions, JournalReader};
 pub use machine::{
-    CompactionMeasure, Effect, Event, EventKind, MachineError, Phase, Session, SessionId,
-    SessionMachine, Step, TransitionRecord,
+    CompactionMeasure, Effect, Event, EventKind, MachineError, Phase, Session, SessionMachine,
+    Step, TransitionRecord,
 };
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
@@ -58,13 +60,16 @@ pub use record::{
 };
 pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;
-pub use runtime::{AgentRuntime, AgentType, Handoff, RuntimeError, Summary, WorkItem, WorkItemId};
+pub use runtime::{AgentRuntime, RuntimeError};
 pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
     Inventory, Place, SessionHandle, Settled, ShutdownReport, Supervisor, SupervisorConfig,
     SupervisorError, SupervisorHandle,
 };
 pub use usage::{Usage, UsageError, UsageSource};
+pub use vocab::{
+    AgentType, Handoff, SessionId, SpawnKey, Summary, SummaryPurpose, WorkItem, WorkItemId,
+};
 
 /// The README's Rust examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

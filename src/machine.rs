@@ -32,17 +32,7 @@ use thiserror::Error;
 
 use crate::policy::{Action, Policy, RotationReason, reduction};
 use crate::usage::{Usage, UsageError, UsageSource};
-
-/// Identifies one agent session for its whole life; a successor gets a new id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct SessionId(pub u64);
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}", self.0)
-    }
-}
+use crate::vocab::SessionId;
 
 /// The four states, as plain data for records, snapshots and listings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -77,8 +67,20 @@ pub enum Event {
         /// What went wrong, for the record.
         error: String,
     },
-    /// Rotate now, whatever the usage (an operator, or a context-overflow error).
+    /// Rotate now, whatever the usage (an operator, the orchestrator).
     Rotate,
+    /// A request of the session did not fit its model's context window, as the endpoint said.
+    /// The machine rotates the session with [`RotationReason::Overflow`] from any live state;
+    /// the server's figures, when it gave them, become the session's latest reading (reported),
+    /// so the transition and the rotation carry them. The runtime only passes the error on:
+    /// what it means is decided here.
+    Overflow {
+        /// Tokens the server counted in the refused request's prompt, when it said.
+        prompt: Option<u64>,
+        /// The window the server enforces, when it said; absent, the window of the session's
+        /// latest reading is assumed.
+        window: Option<u64>,
+    },
     /// The successor holds the work item; this session is done.
     HandedOver {
         /// The session that took over.
@@ -106,6 +108,8 @@ pub enum EventKind {
     CompactionFailed,
     /// [`Event::Rotate`].
     Rotate,
+    /// [`Event::Overflow`].
+    Overflow,
     /// [`Event::HandedOver`].
     HandedOver,
     /// [`Event::RotationFailed`].
@@ -122,6 +126,7 @@ impl Event {
             Event::Compacted { .. } => EventKind::Compacted,
             Event::CompactionFailed { .. } => EventKind::CompactionFailed,
             Event::Rotate => EventKind::Rotate,
+            Event::Overflow { .. } => EventKind::Overflow,
             Event::HandedOver { .. } => EventKind::HandedOver,
             Event::RotationFailed { .. } => EventKind::RotationFailed,
             Event::Close => EventKind::Close,
@@ -235,31 +240,6 @@ pub enum MachineError {
     SelfSuccessor(SessionId),
 }
 
-/// A compact usage reading kept in the bounded history (the window fits in 32 bits, see
-/// [`Usage::MAX_TOKENS`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reading {
-    used: u32,
-    window: u32,
-    source: UsageSource,
-}
-
-impl Reading {
-    fn from_usage(u: &Usage) -> Self {
-        // Both figures are at most Usage::MAX_TOKENS == u32::MAX by construction.
-        Self {
-            used: u.used() as u32,
-            window: u.window() as u32,
-            source: u.source(),
-        }
-    }
-
-    fn to_usage(self) -> Usage {
-        Usage::new(self.used.into(), self.window.into(), self.source)
-            .expect("a stored reading was valid when stored")
-    }
-}
-
 /// The machine's shared storage: what one session knows about itself.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -271,13 +251,9 @@ pub struct Session {
     /// against `max_compactions`.
     compactions: u32,
     /// The latest readings, oldest first, at most `policy.history_len()`.
-    history: VecDeque<Reading>,
+    history: VecDeque<CompactReading>,
     /// Transitions so far; the next record's `seq` is this plus one.
     transitions: u64,
-    /// The reading a running compaction started from.
-    compacting_from: Option<Usage>,
-    /// Why the session is rotating, once it is.
-    rotation_reason: Option<RotationReason>,
     /// Who took over, once someone did.
     successor: Option<SessionId>,
     /// Why the rotation failed, once it did: the session closed with this error on record.
@@ -293,8 +269,6 @@ impl Session {
             compactions: 0,
             history: VecDeque::new(),
             transitions: 0,
-            compacting_from: None,
-            rotation_reason: None,
             successor: None,
             rotation_error: None,
         }
@@ -324,10 +298,6 @@ impl Session {
     pub fn transitions(&self) -> u64 {
         self.transitions
     }
-    /// Why the session rotated or is rotating.
-    pub fn rotation_reason(&self) -> Option<RotationReason> {
-        self.rotation_reason
-    }
     /// The successor, after a hand-over.
     pub fn successor(&self) -> Option<SessionId> {
         self.successor
@@ -338,11 +308,19 @@ impl Session {
         self.rotation_error.as_deref()
     }
 
+    /// The reading an overflow's figures make: the server's prompt count against its window,
+    /// or against the latest reading's window when it gave none. `None` without a prompt
+    /// count or any window. The figures were validated before dispatch.
+    fn overflow_reading(&self, prompt: Option<u64>, window: Option<u64>) -> Option<Usage> {
+        let window = window.or_else(|| self.last_usage().map(|u| u.window()))?;
+        Usage::new(prompt?, window, UsageSource::Reported).ok()
+    }
+
     fn record(&mut self, usage: &Usage) {
         if self.history.len() >= self.policy.history_len() {
             self.history.pop_front();
         }
-        self.history.push_back(Reading::from_usage(usage));
+        self.history.push_back(CompactReading::from_usage(usage));
     }
 }
 
@@ -352,6 +330,32 @@ mod states {
     #![allow(missing_docs)]
 
     use super::*;
+
+    /// A compact usage reading, kept in the bounded history and in the Compacting state (the
+    /// window fits in 32 bits, see [`Usage::MAX_TOKENS`]). Unreachable from outside the crate:
+    /// this module is private.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct CompactReading {
+        used: u32,
+        window: u32,
+        source: UsageSource,
+    }
+
+    impl CompactReading {
+        pub fn from_usage(u: &Usage) -> Self {
+            // Both figures are at most Usage::MAX_TOKENS == u32::MAX by construction.
+            Self {
+                used: u.used() as u32,
+                window: u.window() as u32,
+                source: u.source(),
+            }
+        }
+
+        pub fn to_usage(self) -> Usage {
+            Usage::new(self.used.into(), self.window.into(), self.source)
+                .expect("a stored reading was valid when stored")
+        }
+    }
 
     #[state_machine(
         // Every session starts working.
@@ -371,6 +375,12 @@ mod states {
             match event {
                 Event::Close => Transition(State::closed()),
                 Event::Rotate => self.rotate(RotationReason::Manual),
+                Event::Overflow { prompt, window } => {
+                    if let Some(usage) = self.overflow_reading(*prompt, *window) {
+                        self.record(&usage);
+                    }
+                    self.rotate(RotationReason::Overflow)
+                }
                 _ => {
                     context.ignored = true;
                     Handled
@@ -385,7 +395,9 @@ mod states {
                     self.record(usage);
                     match self.policy.decide(usage, self.compactions) {
                         Action::Continue => Handled,
-                        Action::Compact => Transition(State::compacting()),
+                        Action::Compact => {
+                            Transition(State::compacting(CompactReading::from_usage(usage)))
+                        }
                         Action::Rotate(reason) => self.rotate(reason),
                     }
                 }
@@ -393,8 +405,15 @@ mod states {
             }
         }
 
+        /// `before` is the reading the compaction started from: it exists exactly while the
+        /// session compacts.
         #[state(superstate = "live", entry_action = "enter_compacting")]
-        fn compacting(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+        fn compacting(
+            &mut self,
+            before: &CompactReading,
+            context: &mut Step,
+            event: &Event,
+        ) -> Outcome<State> {
             match event {
                 Event::Usage(usage) => {
                     self.record(usage);
@@ -407,14 +426,21 @@ mod states {
                 Event::Compacted {
                     after,
                     summary_tokens,
-                } => self.finish_compaction(context, *after, *summary_tokens),
+                } => self.finish_compaction(context, before.to_usage(), *after, *summary_tokens),
                 Event::CompactionFailed { .. } => self.rotate(RotationReason::CompactionFailed),
                 _ => Super,
             }
         }
 
+        /// `reason` is why the session rotates: it exists exactly while the session rotates.
         #[state(superstate = "live", entry_action = "enter_rotating")]
-        fn rotating(&mut self, context: &mut Step, event: &Event) -> Outcome<State> {
+        fn rotating(
+            &mut self,
+            reason: &RotationReason,
+            context: &mut Step,
+            event: &Event,
+        ) -> Outcome<State> {
+            let _ = reason; // Declares the state's storage; read by its entry action and records.
             match event {
                 // Still recorded (the record shows the context it rotated from); no state change.
                 Event::Usage(usage) => {
@@ -431,8 +457,9 @@ mod states {
                     context.rotation_error = Some(error.clone());
                     Transition(State::closed())
                 }
-                // Already rotating: a second request changes nothing.
-                Event::Rotate => {
+                // Already rotating: a second request, or an overflow of a request still in
+                // flight, changes nothing.
+                Event::Rotate | Event::Overflow { .. } => {
                     context.ignored = true;
                     Handled
                 }
@@ -448,46 +475,38 @@ mod states {
         }
 
         #[action]
-        fn enter_compacting(&mut self, context: &mut Step) {
-            let before = self
-                .last_usage()
-                .expect("Normal enters Compacting only on a usage reading");
-            self.compacting_from = Some(before);
-            context.effects.push(Effect::Compact { before });
+        fn enter_compacting(before: &CompactReading, context: &mut Step) {
+            context.effects.push(Effect::Compact {
+                before: before.to_usage(),
+            });
         }
 
         #[action]
-        fn enter_rotating(&mut self, context: &mut Step) {
-            self.compacting_from = None;
+        fn enter_rotating(&mut self, reason: &RotationReason, context: &mut Step) {
             context.effects.push(Effect::RequestRotation {
-                reason: self.rotation_reason.unwrap_or(RotationReason::Manual),
+                reason: *reason,
                 before: self.last_usage(),
             });
         }
 
         #[action]
-        fn enter_closed(&mut self, context: &mut Step) {
-            self.compacting_from = None;
+        fn enter_closed(context: &mut Step) {
             context.effects.push(Effect::Stop);
         }
     }
 
     impl Session {
         fn rotate(&mut self, reason: RotationReason) -> Outcome<State> {
-            self.rotation_reason = Some(reason);
-            Transition(State::rotating())
+            Transition(State::rotating(reason))
         }
 
         fn finish_compaction(
             &mut self,
             context: &mut Step,
+            before: Usage,
             after: u64,
             summary_tokens: u64,
         ) -> Outcome<State> {
-            let before = self
-                .compacting_from
-                .take()
-                .expect("Compacting always has the reading it started from");
             let after_usage = before
                 .with_used(after, UsageSource::Estimated)
                 .expect("figures are validated before dispatch");
@@ -515,9 +534,10 @@ mod states {
         fn after_transition(&mut self, source: &State, target: &State, context: &mut Step) {
             self.transitions += 1;
             let (from, to) = (phase(source), phase(target));
-            let reason = (to == Phase::Rotating)
-                .then_some(self.rotation_reason)
-                .flatten();
+            let reason = match target {
+                State::Rotating { reason } => Some(*reason),
+                _ => None,
+            };
             let usage = self.last_usage();
             tracing::info!(
                 session = %self.id,
@@ -542,13 +562,13 @@ mod states {
     }
 }
 
-use states::State;
+use states::{CompactReading, State};
 
 fn phase(state: &State) -> Phase {
     match state {
         State::Normal {} => Phase::Normal,
-        State::Compacting {} => Phase::Compacting,
-        State::Rotating {} => Phase::Rotating,
+        State::Compacting { .. } => Phase::Compacting,
+        State::Rotating { .. } => Phase::Rotating,
         State::Closed {} => Phase::Closed,
     }
 }
@@ -589,6 +609,22 @@ impl SessionMachine {
     /// The session's id.
     pub fn id(&self) -> SessionId {
         self.inner.id
+    }
+
+    /// Why the session is rotating, while it is (the reason lives in the Rotating state).
+    pub fn rotation_reason(&self) -> Option<RotationReason> {
+        match self.inner.state() {
+            State::Rotating { reason } => Some(*reason),
+            _ => None,
+        }
+    }
+
+    /// The reading the running compaction started from, while the session compacts.
+    pub fn compacting_from(&self) -> Option<Usage> {
+        match self.inner.state() {
+            State::Compacting { before } => Some(before.to_usage()),
+            _ => None,
+        }
     }
 
     /// Builds a reading from raw figures and handles it: the entry point for figures that come
@@ -655,6 +691,21 @@ impl SessionMachine {
             } => {
                 for (field, v) in [("after", *after), ("summary_tokens", *summary_tokens)] {
                     if v > Usage::MAX_TOKENS {
+                        return Err(bad(UsageError::Oversized {
+                            field,
+                            value: v,
+                            max: Usage::MAX_TOKENS,
+                        }));
+                    }
+                }
+                Ok(())
+            }
+            Event::Overflow { prompt, window } => {
+                if *window == Some(0) {
+                    return Err(bad(UsageError::ZeroWindow));
+                }
+                for (field, v) in [("prompt", *prompt), ("window", *window)] {
+                    if let Some(v) = v.filter(|v| *v > Usage::MAX_TOKENS) {
                         return Err(bad(UsageError::Oversized {
                             field,
                             value: v,

@@ -67,8 +67,12 @@ pub enum RotationReason {
     CompactionFailed,
     /// The session reached `compact_at` after using all its `max_compactions`.
     CompactionBudget,
-    /// Someone asked for it (an operator, the orchestrator, a context-overflow error).
+    /// Someone asked for it (an operator, the orchestrator).
     Manual,
+    /// A request did not fit the model's context window, as the endpoint said
+    /// ([`Event::Overflow`](crate::Event::Overflow)); the rotation's reading is the server's
+    /// figures when it gave them.
+    Overflow,
 }
 
 impl RotationReason {
@@ -80,6 +84,7 @@ impl RotationReason {
             Self::CompactionFailed => "compaction_failed",
             Self::CompactionBudget => "compaction_budget",
             Self::Manual => "manual",
+            Self::Overflow => "overflow",
         }
     }
 }
@@ -124,6 +129,9 @@ pub struct Policy {
     /// How many recent readings a session keeps: bounded, because a million sessions must fit
     /// in about a gigabyte.
     history_len: usize,
+    /// The largest share of the successor's window a handoff may take, the fallback included:
+    /// a handoff near the window would rotate the successor again almost at once.
+    handoff_share: f64,
 }
 
 impl Default for Policy {
@@ -176,6 +184,16 @@ impl Policy {
     /// Readings kept per session.
     pub fn history_len(&self) -> usize {
         self.history_len
+    }
+    /// The largest share of the successor's window a handoff may take.
+    pub fn handoff_share(&self) -> f64 {
+        self.handoff_share
+    }
+
+    /// The most tokens a handoff to a successor with a `window`-token context may take:
+    /// `handoff_share` of it, rounded down.
+    pub fn handoff_cap(&self, window: u64) -> u64 {
+        (self.handoff_share * window as f64).floor() as u64
     }
 
     /// The decision for one reading, given how many compactions the session has done.
@@ -242,6 +260,8 @@ pub struct PolicyBuilder {
     pub rotation_timeout: Duration,
     /// See [`Policy::history_len`].
     pub history_len: usize,
+    /// See [`Policy::handoff_share`].
+    pub handoff_share: f64,
 }
 
 impl Default for PolicyBuilder {
@@ -255,6 +275,7 @@ impl Default for PolicyBuilder {
             compaction_timeout: Duration::from_secs(120),
             rotation_timeout: Duration::from_secs(300),
             history_len: 16,
+            handoff_share: 0.25,
         }
     }
 }
@@ -270,6 +291,7 @@ impl From<Policy> for PolicyBuilder {
             compaction_timeout: p.compaction_timeout,
             rotation_timeout: p.rotation_timeout,
             history_len: p.history_len,
+            handoff_share: p.handoff_share,
         }
     }
 }
@@ -308,6 +330,8 @@ impl PolicyBuilder {
         rotation_timeout: Duration);
     setter!(/// Sets how many readings a session keeps.
         history_len: usize);
+    setter!(/// Sets the largest share of the successor's window a handoff may take (in (0, 1)).
+        handoff_share: f64);
 
     /// Checks every knob and returns the policy, or the first violation found.
     pub fn build(self) -> Result<Policy, PolicyError> {
@@ -339,6 +363,7 @@ impl PolicyBuilder {
         if self.history_len == 0 {
             return Err(PolicyError::ZeroHistory);
         }
+        ratio("handoff_share", self.handoff_share, false, "(0, 1)")?;
         Ok(Policy {
             compact_at: self.compact_at,
             rotate_at: self.rotate_at,
@@ -348,6 +373,7 @@ impl PolicyBuilder {
             compaction_timeout: self.compaction_timeout,
             rotation_timeout: self.rotation_timeout,
             history_len: self.history_len,
+            handoff_share: self.handoff_share,
         })
     }
 }
@@ -516,6 +542,52 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn handoff_share_outside_zero_to_one_is_refused_by_name() {
+        let b = Policy::builder;
+        for bad in [0.0, -0.1, 1.0, 1.5, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(
+                    b().handoff_share(bad).build(),
+                    Err(PolicyError::OutOfRange {
+                        knob: "handoff_share",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            b().handoff_share(1.0).build().unwrap_err().to_string(),
+            "handoff_share = 1 is out of range: it must be a finite number in (0, 1)"
+        );
+        assert!(b().handoff_share(0.01).build().is_ok());
+        assert!(b().handoff_share(0.99).build().is_ok());
+    }
+
+    #[test]
+    fn handoff_cap_is_the_share_of_the_successors_window_rounded_down() {
+        let p = Policy::default();
+        // The issue's case: a 24,012-token fallback in a 32k window is far above the cap.
+        assert_eq!(p.handoff_cap(32_768), 8_192);
+        assert_eq!(p.handoff_cap(1_001), 250);
+        assert_eq!(p.handoff_cap(0), 0);
+        let tight = Policy::builder().handoff_share(0.1).build().unwrap();
+        assert_eq!(tight.handoff_cap(200_000), 20_000);
+    }
+
+    #[test]
+    fn handoff_share_round_trips_through_serde_and_defaults_when_absent() {
+        let p: Policy = serde_json::from_str(r#"{"handoff_share":0.3}"#).unwrap();
+        assert_eq!(p.handoff_share(), 0.3);
+        let back: Policy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        let old: Policy = serde_json::from_str(r#"{"compact_at":0.7}"#).unwrap();
+        assert_eq!(old.handoff_share(), 0.25);
+        let bad = serde_json::from_str::<Policy>(r#"{"handoff_share":0}"#).unwrap_err();
+        assert!(bad.to_string().contains("handoff_share"), "{bad}");
+    }
+
     /// The defaults are the design's numbers (design.md, "Policy").
     #[test]
     fn defaults_match_the_design() {
@@ -528,6 +600,7 @@ mod tests {
         assert_eq!(p.compaction_timeout(), Duration::from_secs(120));
         assert_eq!(p.rotation_timeout(), Duration::from_secs(300));
         assert_eq!(p.history_len(), 16);
+        assert_eq!(p.handoff_share(), 0.25);
         assert_eq!(PolicyBuilder::default().build().unwrap(), p);
     }
 

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::journal::Journal;
-use crate::machine::{CompactionMeasure, SessionId, TransitionRecord};
+use crate::machine::{CompactionMeasure, TransitionRecord};
 use crate::policy::RotationReason;
-use crate::runtime::WorkItemId;
 use crate::usage::Usage;
+use crate::vocab::{SessionId, WorkItemId};
 
 /// Numbers a rotation for its whole life (and keys the successor's spawn).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -20,12 +20,24 @@
 //!
 //! Figures before the first compaction or rotation carry the format's source
 //! ([`Format::usage_source`](crate::trace::Format::usage_source): reported by the provider, or
-//! estimated by baton for SWE-agent); later ones are modelled. Each call's recorded prompt is
-//! also judged by the rule [`UsageTracker`](crate::provider::UsageTracker) applies to live
-//! reports ([`Distrust::judge`]; a trace's conversation is taken to only grow, as baton cannot
-//! see an agent's own rewrites): a zero prompt, or one below the last trusted prompt, is flagged
-//! in [`ReplayReport::untrusted`] and [`Totals::untrusted_figures`] and logged as a warning. The
-//! replay still uses the figure as recorded: the flag says the result rests on it.
+//! estimated by baton for SWE-agent); later ones are modelled. Each call's recorded figures are
+//! also judged, per format, for what cannot be true ([`Distrust::judge_recorded`]): a zero
+//! prompt, a context larger than the window the trace recorded (a smaller window of the user's
+//! is a question asked of the trace, not a flaw in it), or running totals passed off as per-call
+//! figures (a whole trace whose every prompt grew by at least the first one, each step no
+//! smaller than the last: [`Distrust::Cumulative`]). A prompt that falls is flagged only for
+//! formats whose agent never prunes its own history ([`Format::appends_only`](crate::trace::Format::appends_only), mini-swe-agent),
+//! by the rule [`UsageTracker`](crate::provider::UsageTracker) applies to live reports
+//! ([`Distrust::judge`]): Codex, Claude Code and OpenHands prune or condense their context, so a
+//! falling prompt there is the truth. Flagged calls are listed in [`ReplayReport::untrusted`]
+//! and counted in [`Totals::untrusted_figures`], with one warning per trace. The replay still
+//! uses the figures as recorded: the flag says the result rests on them.
+//!
+//! The [`SessionMachine`]'s own per-event warnings (a usage over the window, at every call of
+//! every session) are muted during a replay unless debug logging is on. The replay counts the
+//! modelled figures over the window instead ([`Totals::over_window`]) and says so in one
+//! warning per trace, instead of once per call (46 MB of stderr for a 200,000-call trace
+//! against a small window).
 //!
 //! [`replay_with_series`] also returns the modelled context of every call ([`ModelledCall`]),
 //! which `baton replay --chart` draws; [`replay`] returns the report alone (the `--json` shape).
@@ -36,11 +48,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::machine::{Effect, Event, MachineError, SessionId, SessionMachine};
+use crate::machine::{Effect, Event, MachineError, SessionMachine};
 use crate::policy::{Policy, RotationReason};
 use crate::provider::{Distrust, Window, WindowSource, known_window, resolve_window};
-use crate::trace::Trace;
+use crate::trace::{Call, Trace};
 use crate::usage::{Usage, UsageError, UsageSource};
+use crate::vocab::SessionId;
 
 /// How to replay.
 #[derive(Debug, Clone)]
@@ -82,6 +95,19 @@ pub enum ReplayError {
         trace: String,
         /// The model the trace names, if any (not in the table).
         model: Option<String>,
+    },
+    /// S is not below the window: a summary or handoff would fill the window on its own.
+    #[error(
+        "trace {trace}: the summary size ({summary_tokens} tokens, --summary-tokens) must be \
+         below the window ({window} tokens)"
+    )]
+    SummaryTooLarge {
+        /// The trace.
+        trace: String,
+        /// S.
+        summary_tokens: u64,
+        /// The window in use.
+        window: u64,
     },
     /// A modelled figure is not a valid usage (zero window, absurd size).
     #[error("trace {trace}, call {call}: {source}")]
@@ -161,9 +187,13 @@ pub struct Totals {
     /// Calls whose recorded prompt figure is not trustworthy (see [`ReplayReport::untrusted`]).
     #[serde(default)]
     pub untrusted_figures: usize,
+    /// Calls whose modelled context exceeded the window in use (a window too small for the
+    /// trace: every such call rotates).
+    #[serde(default)]
+    pub over_window: usize,
 }
 
-/// A call whose recorded figure fails the rule live reports are judged by.
+/// A call whose recorded figure cannot be true (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UntrustedFigure {
     /// The 1-based call.
@@ -191,8 +221,8 @@ pub struct ReplayReport {
     /// (`estimated`, SWE-agent). Figures after a compaction or rotation are modelled from them.
     #[serde(default)]
     pub source: UsageSource,
-    /// Calls whose recorded figure is not trustworthy, in call order (a zero prompt, or one
-    /// that fell while the conversation grew).
+    /// Calls whose recorded figure is not trustworthy, in call order (a zero prompt, a context
+    /// over the window, running totals, or, for formats that only append, a prompt that fell).
     #[serde(default)]
     pub untrusted: Vec<UntrustedFigure>,
     /// Compactions and rotations, in call order.
@@ -252,6 +282,13 @@ pub fn replay_with_series(
     opts: &ReplayOptions,
 ) -> Result<(ReplayReport, Vec<ModelledCall>), ReplayError> {
     let window = window_for(trace, opts)?;
+    if opts.summary_tokens >= window.tokens {
+        return Err(ReplayError::SummaryTooLarge {
+            trace: trace.name.clone(),
+            summary_tokens: opts.summary_tokens,
+            window: window.tokens,
+        });
+    }
     if window.source == WindowSource::KnownModel {
         tracing::info!(
             trace = %trace.name,
@@ -275,9 +312,14 @@ pub fn replay_with_series(
         reductions: Vec::new(),
         in_target: 0,
         series: Vec::with_capacity(trace.calls.len()),
+        over_window: 0,
+        first_over_window: None,
+        mute: (!tracing::enabled!(tracing::Level::DEBUG))
+            .then(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())),
     };
+    let cumulative = looks_cumulative(&trace.calls);
     for (i, call) in trace.calls.iter().enumerate() {
-        run.judge(i + 1, call.prompt_tokens);
+        run.judge(i + 1, call, cumulative);
         run.call(i + 1, call.context())?;
     }
     if let Some(first) = run.untrusted.first() {
@@ -287,6 +329,15 @@ pub fn replay_with_series(
             first_call = first.call,
             why = ?first.why,
             "trace has untrustworthy usage figures; the replay rests on them as recorded"
+        );
+    }
+    if let Some(first_call) = run.first_over_window {
+        tracing::warn!(
+            trace = %trace.name,
+            count = run.over_window,
+            first_call,
+            window = run.window,
+            "modelled usage exceeds the window; the window is probably too small for this trace"
         );
     }
     let series = std::mem::take(&mut run.series);
@@ -323,6 +374,30 @@ struct Run<'a> {
     in_target: usize,
     /// The modelled context of every call so far.
     series: Vec<ModelledCall>,
+    /// Calls whose modelled context exceeded the window.
+    over_window: usize,
+    /// The first of them.
+    first_over_window: Option<usize>,
+    /// A dispatcher that drops every log, under which the machine runs (its per-event
+    /// warnings repeat at every call); `None` when debug logging is on.
+    mute: Option<tracing::Dispatch>,
+}
+
+/// Whether `calls` are running totals rather than per-call figures: at least three calls, and
+/// from the second on every prompt grew by at least the first call's prompt, each step no
+/// smaller than the one before. Summed per-call prompts do exactly that (each step is the next
+/// call's own prompt, which starts from the first's and grows); a real conversation's steps are
+/// its new messages, mostly far smaller than its system prompt and task, and uneven.
+fn looks_cumulative(calls: &[Call]) -> bool {
+    let Some(first) = calls.first().map(|c| c.prompt_tokens).filter(|p| *p > 0) else {
+        return false;
+    };
+    calls.len() >= 3
+        && calls
+            .windows(2)
+            .map(|w| w[1].prompt_tokens.checked_sub(w[0].prompt_tokens))
+            .try_fold(first, |last_step, step| step.filter(|s| *s >= last_step))
+            .is_some()
 }
 
 impl Run<'_> {
@@ -330,10 +405,25 @@ impl Run<'_> {
         self.trace.calls.first().map_or(0, |c| c.prompt_tokens)
     }
 
-    /// Judges call `call`'s recorded prompt by the tracker's rule (a trace only grows).
-    fn judge(&mut self, call: usize, prompt: u64) {
-        let grew = self.last_trusted.is_some();
-        match Distrust::judge(Some(prompt), self.last_trusted, grew) {
+    /// Judges call `call`'s recorded figures (see the module documentation); `cumulative`
+    /// says the whole trace holds running totals.
+    fn judge(&mut self, call: usize, recorded: &Call, cumulative: bool) {
+        let prompt = recorded.prompt_tokens;
+        let previous = self.trace.calls.get(call.wrapping_sub(2));
+        let why = match previous {
+            Some(p) if cumulative => Some(Distrust::Cumulative {
+                previous: p.prompt_tokens,
+                reported: prompt,
+            }),
+            _ => Distrust::judge_recorded(prompt, recorded.context(), self.trace.window),
+        }
+        .or_else(|| {
+            self.trace.format.appends_only().then(|| {
+                let grew = self.last_trusted.is_some();
+                Distrust::judge(Some(prompt), self.last_trusted, grew)
+            })?
+        });
+        match why {
             None => self.last_trusted = Some(prompt),
             Some(why) => {
                 tracing::debug!(trace = %self.trace.name, call, ?why, "untrustworthy figure");
@@ -357,6 +447,10 @@ impl Run<'_> {
                 source,
             })?;
         self.peak = self.peak.max(modelled);
+        if modelled > self.window {
+            self.over_window += 1;
+            self.first_over_window.get_or_insert(call);
+        }
         let session = self.session_no;
         let events_before = self.events.len();
         let mut queue = VecDeque::new();
@@ -431,14 +525,16 @@ impl Run<'_> {
         event: Event,
         queue: &mut VecDeque<Effect>,
     ) -> Result<Option<crate::machine::CompactionMeasure>, ReplayError> {
-        let step = self
-            .machine
-            .handle(&event)
-            .map_err(|source| ReplayError::Machine {
-                trace: self.trace.name.clone(),
-                call,
-                source,
-            })?;
+        let machine = &mut self.machine;
+        let step = match &self.mute {
+            Some(mute) => tracing::dispatcher::with_default(mute, || machine.handle(&event)),
+            None => machine.handle(&event),
+        }
+        .map_err(|source| ReplayError::Machine {
+            trace: self.trace.name.clone(),
+            call,
+            source,
+        })?;
         queue.extend(step.effects);
         Ok(step.compaction)
     }
@@ -469,6 +565,7 @@ impl Run<'_> {
                 peak_used: self.peak,
                 peak_percent: self.peak as f64 * 100.0 / self.window as f64,
                 untrusted_figures: self.untrusted.len(),
+                over_window: self.over_window,
             },
             untrusted: self.untrusted,
             events: self.events,

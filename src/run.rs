@@ -13,23 +13,28 @@
 //! is taken again after a pause, a few times; past that, or on any other error, the item ends
 //! as failed and its session is closed.
 
+mod ledger;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::machine::{Phase, SessionId};
-use crate::record::FleetEvent;
+use crate::journal::JournalError;
+use crate::machine::Phase;
+use crate::provider::{self, Encoding};
+use crate::record::{FleetEvent, RecoveryOutcome};
 use crate::report::{FleetReport, Tally};
-use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn};
-use crate::runtime::{AgentType, WorkItem, WorkItemId};
+use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn, assignment_text};
 use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The done marker `baton run` asks agents to write, on a line of its own, when a work item is
 /// finished.
@@ -61,11 +66,14 @@ pub struct RunConfig {
     pub idle_timeout: Duration,
     /// The sampling seed sent with the requests, for the report (0 when none).
     pub seed: u64,
+    /// After a stop is asked for, how long turns under way may take to finish (and the fleet
+    /// to shut down) before they are cut short.
+    pub grace: Duration,
 }
 
 impl Default for RunConfig {
-    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, and
-    /// a 15-minute idle timeout (longer than a rotation's deadline).
+    /// 20 turns, [`CONTINUE_PROMPT`], [`DONE_MARKER`], the default supervisor, 3 retries, a
+    /// 15-minute idle timeout (longer than a rotation's deadline) and a 30-second grace.
     fn default() -> Self {
         Self {
             max_turns: 20,
@@ -75,12 +83,15 @@ impl Default for RunConfig {
             turn_retries: 3,
             idle_timeout: Duration::from_secs(900),
             seed: 0,
+            grace: Duration::from_secs(30),
         }
     }
 }
 
+pub use ledger::RunJournal;
+
 /// How a work item's run ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum ItemEnd {
     /// Its agent said it was done.
@@ -114,6 +125,50 @@ impl ItemEnd {
     }
 }
 
+/// How many work items ended each way: what the exit status of `baton run` follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Outcomes {
+    /// Items whose agent said they were done.
+    pub done: u64,
+    /// Items that used all their turns (`max_turns`, the user's bound) without saying so.
+    pub turn_limit: u64,
+    /// Items a turn failed for good.
+    pub failed: u64,
+    /// Items the supervisor gave up on.
+    pub dead_lettered: u64,
+    /// Items neither finished nor given up on when the run stopped.
+    pub unfinished: u64,
+}
+
+impl Outcomes {
+    /// The counts of `items`' ends.
+    pub fn of<'a>(items: impl IntoIterator<Item = &'a ItemEnd>) -> Self {
+        let mut o = Self::default();
+        for end in items {
+            match end {
+                ItemEnd::Done => o.done += 1,
+                ItemEnd::TurnLimit => o.turn_limit += 1,
+                ItemEnd::Failed { .. } => o.failed += 1,
+                ItemEnd::Dead { .. } => o.dead_lettered += 1,
+                ItemEnd::Unfinished => o.unfinished += 1,
+            }
+        }
+        o
+    }
+
+    /// Items in all.
+    pub fn total(&self) -> u64 {
+        self.done + self.turn_limit + self.failed + self.dead_lettered + self.unfinished
+    }
+
+    /// Items that did not finish: failed, dead-lettered or unfinished. A run succeeds when
+    /// there are none (an item at its turn limit ran the turns it was given, and counts as
+    /// finished).
+    pub fn not_finished(&self) -> u64 {
+        self.failed + self.dead_lettered + self.unfinished
+    }
+}
+
 /// One work item's run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ItemReport {
@@ -129,10 +184,36 @@ pub struct ItemReport {
     pub end: ItemEnd,
 }
 
+/// What a run on a journal an earlier run left took over from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Resumed {
+    /// Items an earlier run ended (done, at the turn limit, failed or dead-lettered): not taken
+    /// again; their ends are in the report as the earlier run left them.
+    pub already_ended: u64,
+    /// Items whose session died with the earlier run: started again in a fresh session, from
+    /// the work item and its last handoff.
+    pub requeued: u64,
+    /// Rotations the earlier run left half done, resumed from their last durable step.
+    pub rotations_resumed: u64,
+    /// Items that were waiting for a session, and wait again.
+    pub queued: u64,
+    /// Items the earlier run never submitted (it stopped while submitting): submitted now.
+    pub submitted: u64,
+}
+
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunReport {
-    /// The fleet's figures: the same table as `baton simulate`.
+    /// The run was asked to stop before every item ended (see [`drive`]'s `stop`).
+    pub interrupted: bool,
+    /// What was taken over from an earlier run on the same journal; `None` without a journal,
+    /// or when the journal was new.
+    pub resumed: Option<Resumed>,
+    /// How the work items ended, counted from `items`.
+    pub outcomes: Outcomes,
+    /// The fleet's figures: the same table as `baton simulate`. Its `done`, `dead_letters` and
+    /// `unfinished` agree with `outcomes` (`done` counts the items at their turn limit too;
+    /// failed items are in none of them).
     pub fleet: FleetReport,
     /// Every work item, by id.
     pub items: Vec<ItemReport>,
@@ -164,9 +245,88 @@ pub enum RunError {
     /// The input is unusable.
     #[error("invalid run: {0}")]
     Invalid(String),
+    /// A work item's first prompt (its agent type's instructions and the item) does not fit
+    /// the share of the window at which a session rotates: every session would rotate at
+    /// once. Refused before any request.
+    #[error(
+        "work item {item} is too large: its first prompt is about {tokens} tokens, and agent type \
+         {agent_type:?} rotates at {limit} of its {window}-token window"
+    )]
+    ItemTooLarge {
+        /// The work item.
+        item: WorkItemId,
+        /// Its agent type.
+        agent_type: Arc<str>,
+        /// Its first prompt's tokens (counted locally; estimated when it is far too big).
+        tokens: u64,
+        /// The agent type's window.
+        window: u64,
+        /// The tokens at which a session of the type rotates.
+        limit: u64,
+    },
     /// The supervisor refused something.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The journal could not be opened or read.
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    /// The run's own tables in the journal could not be read or written.
+    #[error("journal: the run's records: {0}")]
+    Ledger(String),
+    /// The journal belongs to another run: its work items differ from these.
+    #[error(
+        "{} was written by a run of other work items ({difference}); resume with the same \
+         work items, or give a new journal file",
+        path.display()
+    )]
+    OtherJournal {
+        /// The journal.
+        path: PathBuf,
+        /// The first difference.
+        difference: String,
+    },
+}
+
+/// Refuses the first work item whose first prompt (its agent type's system prompt and the
+/// assignment message) reaches the share of its window at which a session rotates. Counted
+/// locally with the model's encoding; a text far beyond the window (over 256 bytes per token
+/// of it) is refused without being counted, its tokens estimated at 4 bytes each.
+pub fn check_items_fit(agent_types: &[AgentType], items: &[WorkItem]) -> Result<(), RunError> {
+    for item in items {
+        let Some(agent) = agent_types.iter().find(|a| a.name == item.agent_type) else {
+            return Err(RunError::Invalid(format!(
+                "work item {} names agent type {:?}, which is not given",
+                item.id, item.agent_type
+            )));
+        };
+        let limit = (agent.policy.rotate_at() * agent.window as f64).floor() as u64;
+        let text = assignment_text(item, None);
+        let bytes = (agent.system_prompt.len() + text.len()) as u64;
+        let tokens = if bytes > agent.window.saturating_mul(256) {
+            bytes / 4
+        } else {
+            let encoding = Encoding::for_model(&agent.model);
+            let message = |role: &str, content: &str| provider::Message {
+                role: role.into(),
+                content: content.into(),
+                ..provider::Message::default()
+            };
+            encoding.prompt_tokens(&[
+                message("system", &agent.system_prompt),
+                message("user", &text),
+            ])
+        };
+        if tokens >= limit {
+            return Err(RunError::ItemTooLarge {
+                item: item.id,
+                agent_type: item.agent_type.clone(),
+                tokens,
+                window: agent.window,
+                limit,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `reply` says its work is done: one of its lines, trimmed and stripped of markdown
@@ -235,11 +395,23 @@ fn take_turn(
 /// Runs `items` through a fleet of `agent_types` over `runtime`; must be called inside an actix
 /// system. The runtime is attached to the supervisor started here, so it must be fresh.
 /// `progress` is called after every event and turn.
+///
+/// With a `journal` ([`RunJournal::open`], for the same items), the supervisor writes through
+/// it and recovers from it, and the run continues what an earlier run on it left: items it
+/// ended are not taken again (see [`Resumed`]). The runtime's session ids must start at
+/// [`RunJournal::next_session_id`].
+///
+/// When `stop` completes (a signal, say), no new turn is started; the turns under way may
+/// finish within [`RunConfig::grace`] (an item whose agent then says it is done is done); then
+/// the fleet shuts down, leaving the other items unfinished (with a journal, queued for a
+/// resumed run), and the report is returned with `interrupted` set.
 pub async fn drive(
     runtime: Arc<ChatRuntime>,
     agent_types: Vec<AgentType>,
     items: Vec<WorkItem>,
     config: &RunConfig,
+    journal: Option<Arc<RunJournal>>,
+    stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(RunProgress),
 ) -> Result<RunReport, RunError> {
     if items.is_empty() || agent_types.is_empty() {
@@ -250,9 +422,13 @@ pub async fn drive(
     if config.max_turns == 0 {
         return Err(RunError::Invalid("max_turns must be at least 1".into()));
     }
+    check_items_fit(&agent_types, &items)?;
     let mut builder = Supervisor::builder(runtime.clone()).config(config.supervisor.clone());
     for agent in agent_types {
         builder = builder.agent_type(agent);
+    }
+    if let Some(j) = &journal {
+        builder = builder.journal(j.journal().clone())?;
     }
     let supervisor = builder.start();
     if !runtime.attach(&supervisor) {
@@ -264,19 +440,40 @@ pub async fn drive(
     let mut events = supervisor.subscribe();
     let total = items.len() as u64;
     let mut runs: BTreeMap<WorkItemId, ItemRun> = BTreeMap::new();
+    let mut resumed = journal
+        .as_ref()
+        .filter(|j| j.is_resumed())
+        .map(|_| Resumed::default());
+    let mut finished = 0;
     for item in items {
+        let prior = journal.as_ref().and_then(|j| j.ends.get(&item.id)).cloned();
+        let known = journal.as_ref().is_some_and(|j| j.known.contains(&item.id));
+        if prior.is_some() {
+            finished += 1;
+        }
+        if let Some(r) = &mut resumed {
+            if prior.is_some() {
+                r.already_ended += 1;
+            } else if !known {
+                r.submitted += 1;
+            }
+        }
         runs.insert(
             item.id,
             ItemRun {
                 agent_type: item.agent_type.clone(),
-                turns: 0,
-                sessions: 0,
+                turns: prior.as_ref().map_or(0, |p| p.turns),
+                sessions: prior.as_ref().map_or(0, |p| p.sessions),
                 current: None,
-                end: None,
+                finished: prior.is_some(),
+                end: prior.map(|p| p.end),
                 failures: 0,
-                finished: false,
             },
         );
+        if known {
+            // The supervisor recovered it from the journal.
+            continue;
+        }
         if let Err(e) = supervisor.submit(item).await {
             supervisor.shutdown(Duration::from_secs(5)).await;
             return Err(e.into());
@@ -292,12 +489,33 @@ pub async fn drive(
         turns: FuturesUnordered::new(),
         tally: Tally::default(),
         total_turns: 0,
-        finished: 0,
+        finished,
+        journal,
+        resumed,
         request: Duration::ZERO,
         overhead: Duration::ZERO,
+        stopping: false,
     };
+    let mut stop = std::pin::pin!(stop);
+    let mut grace_ends: Option<Instant> = None;
     while driver.finished < total {
+        if grace_ends.is_some() && driver.turns.is_empty() {
+            break;
+        }
         tokio::select! {
+            () = &mut stop, if grace_ends.is_none() => {
+                tracing::warn!(
+                    turns = driver.turns.len(),
+                    grace = ?config.grace,
+                    "stopping: no new turns; the turns under way may finish"
+                );
+                grace_ends = Some(Instant::now() + config.grace);
+                driver.stopping = true;
+            }
+            () = tokio::time::sleep_until(grace_ends.unwrap_or_else(Instant::now)), if grace_ends.is_some() => {
+                tracing::warn!(turns = driver.turns.len(), "the grace period is over; the turns under way are cut short");
+                break;
+            }
             event = events.recv() => match event {
                 Some(event) => driver.event(event).await,
                 None => break,
@@ -325,15 +543,18 @@ pub async fn drive(
         Ok(inventory) => driver.tally.start_retries(inventory.start_retries),
         Err(error) => tracing::warn!(%error, "could not read the start retries; not counted"),
     }
-    supervisor.shutdown(Duration::from_secs(30)).await;
+    let deadline = grace_ends.map_or(Duration::from_secs(30), |end| {
+        end.saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1))
+    });
+    supervisor.shutdown(deadline).await;
     while let Ok(event) = events.try_recv() {
         driver.tally.count(&event);
     }
     let mut fleet = driver
         .tally
         .report(config.seed, total, seconds, driver.total_turns);
-    fleet.unfinished = total.saturating_sub(fleet.done + fleet.dead_letters);
-    let items = driver
+    let items: Vec<ItemReport> = driver
         .runs
         .into_iter()
         .map(|(id, r)| ItemReport {
@@ -344,7 +565,16 @@ pub async fn drive(
             end: r.end.unwrap_or(ItemEnd::Unfinished),
         })
         .collect();
+    // The fleet counts a session closed after a failed turn as done: the items' own ends are
+    // the truth.
+    let outcomes = Outcomes::of(items.iter().map(|i| &i.end));
+    fleet.done = outcomes.done + outcomes.turn_limit;
+    fleet.dead_letters = outcomes.dead_lettered;
+    fleet.unfinished = outcomes.unfinished;
     Ok(RunReport {
+        interrupted: grace_ends.is_some(),
+        resumed: driver.resumed,
+        outcomes,
         fleet,
         items,
         request_seconds: driver.request.as_secs_f64(),
@@ -374,6 +604,12 @@ struct Driver<'a> {
     request: Duration,
     /// baton's own time in turns.
     overhead: Duration,
+    /// Where item ends are recorded, with a journal.
+    journal: Option<Arc<RunJournal>>,
+    /// What was taken over from an earlier run.
+    resumed: Option<Resumed>,
+    /// A stop was asked for: no new turn starts.
+    stopping: bool,
 }
 
 impl Driver<'_> {
@@ -404,7 +640,9 @@ impl Driver<'_> {
                 };
                 run.current = Some(session);
                 run.sessions += 1;
-                if run.end.is_some() {
+                if self.stopping {
+                    // Left to the shutdown (with a journal, a resumed run takes it up).
+                } else if run.end.is_some() {
                     // It ended while its successor was being prepared.
                     let _ = self.supervisor.close(session).await;
                 } else {
@@ -412,6 +650,15 @@ impl Driver<'_> {
                 }
             }
             FleetEvent::WorkItemDone { work_item, .. } => self.finish(work_item, None),
+            FleetEvent::Recovered { outcome, .. } => {
+                if let Some(r) = &mut self.resumed {
+                    match outcome {
+                        RecoveryOutcome::Queued => r.queued += 1,
+                        RecoveryOutcome::Requeued { .. } => r.requeued += 1,
+                        RecoveryOutcome::RotationResumed { .. } => r.rotations_resumed += 1,
+                    }
+                }
+            }
             FleetEvent::DeadLetter { work_item, reason } => {
                 self.finish(work_item, Some(ItemEnd::Dead { reason }))
             }
@@ -437,6 +684,11 @@ impl Driver<'_> {
             return;
         };
         tracing::info!(work_item = %item, end = end.as_str(), turns = run.turns, "work item ends");
+        if let Some(journal) = &self.journal
+            && let Err(error) = journal.record_end(item, &end, run.turns, run.sessions)
+        {
+            tracing::error!(%error, work_item = %item, "the item's end could not be recorded; a resumed run takes it as done");
+        }
         run.end = Some(end);
         if let Some(session) = run.current {
             // A session that has rotated away is no longer registered: its successor is
@@ -464,7 +716,7 @@ impl Driver<'_> {
                     self.end(item, ItemEnd::Done).await;
                 } else if run.turns >= self.config.max_turns {
                     self.end(item, ItemEnd::TurnLimit).await;
-                } else if current {
+                } else if current && !self.stopping {
                     let prompt = self.config.continue_prompt.clone();
                     self.schedule(item, session, Some(prompt), Duration::ZERO);
                 }
@@ -472,6 +724,9 @@ impl Driver<'_> {
             }
             Err(ChatRuntimeError::UnknownSession(_)) => {
                 // Closed under the turn (a rotation): the successor's start takes over.
+            }
+            Err(e) if self.stopping => {
+                tracing::warn!(work_item = %item, session = %session, error = %e, "turn failed while stopping; left unfinished");
             }
             Err(e) if e.retry_may_help() && run.failures < self.config.turn_retries => {
                 run.failures += 1;

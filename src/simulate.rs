@@ -17,14 +17,15 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::time::Instant;
 
-use crate::machine::{Phase, SessionId};
+use crate::journal::{Filter, Journal};
+use crate::machine::Phase;
 use crate::policy::Policy;
 use crate::record::FleetEvent;
 use crate::report::{FleetReport, Tally};
 use crate::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
-use crate::runtime::{AgentType, WorkItem, WorkItemId, mix64 as mix};
 use crate::supervisor::{Inventory, SessionHandle, Supervisor, SupervisorConfig, SupervisorError};
 use crate::usage::{Usage, UsageSource};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId, mix64 as mix};
 
 /// How a recorded agent's context grew, call by call (derived numbers only).
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +90,9 @@ pub struct SimulationConfig {
     pub summary_ratio: f64,
     /// Threads to run sessions on (0: the caller's).
     pub shards: usize,
+    /// A journal to write everything through (`baton log` reads it). It must hold no work
+    /// items: a simulation numbers its items from 0 and cannot continue another.
+    pub journal: Option<Journal>,
 }
 
 impl Default for SimulationConfig {
@@ -108,6 +112,7 @@ impl Default for SimulationConfig {
             turns: (60, 240),
             summary_ratio: 0.5,
             shards: 0,
+            journal: None,
         }
     }
 }
@@ -121,6 +126,9 @@ pub enum SimulationError {
     /// The supervisor refused something.
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// The journal could not be read, or already holds work items.
+    #[error("journal: {0}")]
+    Journal(String),
     /// Nothing happened for [`STALL_LIMIT`]: no agent could take a turn and the fleet
     /// published no event, so the run could never finish.
     #[error(
@@ -270,6 +278,25 @@ async fn run_inner(
     for (name, window) in &config.agent_types {
         builder =
             builder.agent_type(AgentType::new(name, *window).with_policy(config.policy.clone()));
+    }
+    if let Some(journal) = &config.journal {
+        let held = journal
+            .read(|v| {
+                v.work_items(&Filter {
+                    limit: Some(1),
+                    ..Filter::default()
+                })
+            })
+            .await
+            .map_err(|e| SimulationError::Journal(e.to_string()))?;
+        if !held.is_empty() {
+            return Err(SimulationError::Journal(
+                "it already holds work items; a simulation needs a new journal".into(),
+            ));
+        }
+        builder = builder
+            .journal(journal.clone())
+            .map_err(|e| SimulationError::Journal(e.to_string()))?;
     }
     let supervisor = builder.start();
     let mut events = supervisor.subscribe();

@@ -51,14 +51,13 @@ use tracing::Instrument;
 
 use crate::journal::recovery::RecoveryState;
 use crate::journal::{Journal, Op};
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
 use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
-use crate::runtime::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, WorkItem, WorkItemId, mix64,
-};
+use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::session::{
     Command, Fleet, RotationRequest, SessionActor, SessionNotice, UsageSlot,
 };
+use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, WorkItem, WorkItemId, mix64};
 
 /// At most `count` events per `period`: the shape of the rotation and restart budgets
 /// (OTP's intensity and period).

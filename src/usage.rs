@@ -28,6 +28,17 @@ pub enum UsageError {
         /// The bound, [`Usage::MAX_TOKENS`].
         max: u64,
     },
+    /// A figure parsed from outside (JSON, CSV) above [`Usage::MAX_TOKENS`], shown as it was
+    /// written (`1e300`), not as the `u64` it would have been cast to.
+    #[error("{field} = {value:e} tokens is larger than the {max} tokens baton accepts")]
+    OversizedFigure {
+        /// Which figure was too large.
+        field: &'static str,
+        /// The figure as parsed.
+        value: f64,
+        /// The bound, [`Usage::MAX_TOKENS`].
+        max: u64,
+    },
     /// A figure parsed from outside (JSON, CSV) that is negative, fractional, NaN or infinite.
     #[error("{field} = {value} is not a whole, non-negative token count")]
     NotACount {
@@ -162,9 +173,9 @@ pub fn count_from_f64(field: &'static str, value: f64) -> Result<u64, UsageError
         return Err(UsageError::NotACount { field, value });
     }
     if value > Usage::MAX_TOKENS as f64 {
-        return Err(UsageError::Oversized {
+        return Err(UsageError::OversizedFigure {
             field,
-            value: value as u64,
+            value,
             max: Usage::MAX_TOKENS,
         });
     }
@@ -221,7 +232,12 @@ mod tests {
         assert!(count_from_f64("x", f64::INFINITY).is_err());
         assert!(matches!(
             count_from_f64("x", 1e12),
-            Err(UsageError::Oversized { .. })
+            Err(UsageError::OversizedFigure { .. })
         ));
+        let e = count_from_f64("x", 1e300).unwrap_err().to_string();
+        assert!(
+            e.contains("x = 1e300 tokens") && !e.contains("18446744073709551615"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! `baton::provider`: provider usage shapes, windows, the tiktoken estimate, its calibration and
 //! the per-session tracker, against samples written from each provider's documented schema
-//! (`tests/data/usage/`, `tests/data/windows/`) and the shared real traces.
+//! (`tests/data/usage/`, `tests/data/windows/`) and the figures of a real trace (`tests/data/real/`).
 
 mod support;
 
@@ -436,10 +436,12 @@ fn the_user_window_always_wins() {
 
 // ===== estimation and calibration =====
 
-/// The shared mini-swe-agent trace as (prompt messages, reported prompt_tokens) per call.
-fn deepseek_calls() -> Option<Vec<(Vec<Message>, u64)>> {
-    let path =
-        support::shared_file("traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json")?;
+/// The real mini-swe-agent DeepSeek trace as (prompt messages, reported prompt_tokens) per
+/// call. Its texts are replaced by words of one o200k token each, as many as the original had
+/// (`tests/data/real/README.md`), so every local count is the original's.
+fn deepseek_calls() -> Vec<(Vec<Message>, u64)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/real/pydicom__pydicom-901.traj.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let messages = doc["messages"].as_array().unwrap();
     let mut calls = Vec::new();
@@ -455,16 +457,14 @@ fn deepseek_calls() -> Option<Vec<(Vec<Message>, u64)>> {
             calls.push((prompt, reported));
         }
     }
-    Some(calls)
+    calls
 }
 
 /// Fit on the first half of the real DeepSeek trace, predict the second half: the median error
 /// against the reported prompt_tokens is at most 2% (uncalibrated o200k is 12-31% off).
 #[test]
 fn calibration_fitted_on_half_a_trace_predicts_the_rest_within_two_percent() {
-    let Some(calls) = deepseek_calls() else {
-        return;
-    };
+    let calls = deepseek_calls();
     assert_eq!(calls.len(), 61);
     let mut counter = PromptCounter::new(Encoding::O200kBase);
     let estimates: Vec<(u64, usize, u64)> = calls
@@ -517,9 +517,7 @@ fn calibration_fitted_on_half_a_trace_predicts_the_rest_within_two_percent() {
 /// estimates anchored on the last report, within 2% of what was really reported.
 #[test]
 fn tracker_estimates_between_reports_stay_close_to_the_real_figures() {
-    let Some(calls) = deepseek_calls() else {
-        return;
-    };
+    let calls = deepseek_calls();
     let mut t = UsageTracker::new(128_000, Encoding::O200kBase).unwrap();
     let mut worst: f64 = 0.0;
     for (i, (prompt, reported)) in calls.iter().enumerate() {

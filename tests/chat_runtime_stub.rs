@@ -8,12 +8,12 @@ mod support;
 use std::time::Duration;
 
 use baton::provider::{Distrust, Encoding, Message as ProviderMessage, Provider, WindowSource};
+use baton::runtime::AgentRuntime;
 use baton::runtime::chat::{
     ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeError, EndpointWindow, MESSAGE_OVERHEAD,
     REPLY_PRIMING, Role, SUMMARY_INSTRUCTIONS, SUMMARY_PREFIX, SummaryBudget, choose_window,
 };
-use baton::runtime::{AgentRuntime, SpawnKey, SummaryPurpose};
-use baton::{AgentType, FleetEvent, Phase, RotationReason, UsageSource};
+use baton::{AgentType, FleetEvent, Phase, RotationReason, SpawnKey, SummaryPurpose, UsageSource};
 use support::chat::{ChatFleet, quick_client, runtime_config};
 use support::stub::{Fault, Stub, StubWindow};
 

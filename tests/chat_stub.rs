@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use baton::provider::WindowSource;
 use baton::runtime::chat::{
-    ApiKey, CharEstimate, ChatClient, ChatError, ChatRequest, ClientConfig, EndpointWindow,
-    History, MESSAGE_OVERHEAD, Message, OverflowShape, REPLY_PRIMING, SummaryBudget, SummaryPlan,
-    ToolCall, UsageReading, summarise,
+    ApiKey, CharEstimate, ChatClient, ChatError, ChatMessage, ChatRequest, ChatToolCall,
+    ClientConfig, EndpointWindow, History, MESSAGE_OVERHEAD, OverflowShape, REPLY_PRIMING,
+    SummaryBudget, SummaryPlan, UsageReading, summarise,
 };
 use support::stub::{Fault, Stub, StubWindow};
 
@@ -26,7 +26,10 @@ fn client(stub: &Stub) -> ChatClient {
 fn hello() -> ChatRequest {
     ChatRequest::new(
         "stub-model",
-        vec![Message::system("You are terse."), Message::user("Say OK.")],
+        vec![
+            ChatMessage::system("You are terse."),
+            ChatMessage::user("Say OK."),
+        ],
     )
     .max_tokens(16)
     .temperature(0.0)
@@ -261,7 +264,7 @@ async fn an_unreachable_endpoint_is_retried_then_reported() {
         .unwrap()
         .port();
     let mut c = config(format!("http://127.0.0.1:{port}/v1"));
-    c.retry.max_attempts = 2;
+    c.retry = c.retry.with_max_times(1);
     let err = ChatClient::new(c)
         .unwrap()
         .chat(&hello())
@@ -345,22 +348,22 @@ async fn the_window_comes_from_props_then_from_models() {
 fn agent_history(turns: usize, output_chars: usize) -> History {
     let mut h =
         History::new("You are a coding agent. Work in /repo; run the tests after each change.");
-    h.push(Message::user(
+    h.push(ChatMessage::user(
         "The test tests/parse.rs::empty_input fails; make it pass.",
     ));
     for t in 0..turns {
         let id = format!("call_{t}");
-        h.push(Message::tool_calls(vec![ToolCall::function(
+        h.push(ChatMessage::tool_calls(vec![ChatToolCall::function(
             &id,
             "bash",
             format!(r#"{{"cmd":"sed -n {t},+40p src/parse.rs"}}"#),
         )]));
-        h.push(Message::tool_result(
+        h.push(ChatMessage::tool_result(
             &id,
             format!("{t}: fn parse(input: &str) -> Result<Ast, Error> {{ todo }}\n")
                 .repeat(output_chars / 56 + 1),
         ));
-        h.push(Message::assistant(format!(
+        h.push(ChatMessage::assistant(format!(
             "Step {t}: parse() in src/parse.rs returns Error::Empty for \"\"; checking caller {t}."
         )));
     }
@@ -386,7 +389,8 @@ async fn the_summariser_input_never_exceeds_its_budget_on_the_wire() {
     let sent = stub.chat_requests();
     assert_eq!(sent.len(), plan.parts());
     for (i, r) in sent.iter().enumerate() {
-        let messages: Vec<Message> = serde_json::from_value(r.body["messages"].clone()).unwrap();
+        let messages: Vec<ChatMessage> =
+            serde_json::from_value(r.body["messages"].clone()).unwrap();
         // Counted from the JSON the stub received, by the budget's rule (3 characters a token,
         // rounded up; the template's tokens per message and before the reply), not by the
         // plan's own counting code.
@@ -416,4 +420,102 @@ async fn the_summariser_input_never_exceeds_its_budget_on_the_wire() {
             .text()
             .contains("Goal: fix empty_input")
     );
+}
+
+#[tokio::test]
+async fn an_endless_body_is_refused_at_the_size_limit_and_never_retried() {
+    let stub = Stub::start().await;
+    stub.script([Fault::Endless]);
+    let mut c = config(stub.base_url());
+    c.max_body_bytes = 1024 * 1024;
+    let err = ChatClient::new(c)
+        .unwrap()
+        .chat(&hello())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ChatError::TooLarge { limit: 1048576, .. }),
+        "{err:?}"
+    );
+    assert!(!err.retry_may_help());
+    assert_eq!(stub.chat_requests().len(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn endless_window_answers_are_refused_at_the_size_limit() {
+    let stub = Stub::start().await;
+    stub.window(StubWindow {
+        endless: true,
+        ..StubWindow::default()
+    });
+    let mut c = config(stub.base_url());
+    c.max_body_bytes = 256 * 1024;
+    let c = ChatClient::new(c).unwrap();
+    for err in [
+        c.models().await.unwrap_err(),
+        c.props().await.unwrap_err(),
+        c.window(Some("stub-model")).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, ChatError::TooLarge { .. }), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_sent_as_basic_auth_and_never_shown() {
+    let (logs, _guard) = support::capture_logs();
+    let stub = Stub::start().await;
+    stub.script([status(500), status(500), status(500), status(500)]);
+    let url = stub.base_url().replace("http://", "http://alice:s3cr%2Ft@");
+    let c = ChatClient::new(config(url)).unwrap();
+    assert_eq!(c.config().base_url, stub.base_url());
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("s3cr") && !shown.contains("alice"),
+        "{shown}"
+    );
+    c.chat(&hello()).await.unwrap_err();
+    // Basic base64("alice:s3cr/t").
+    assert_eq!(
+        stub.chat_requests()[0].authorization.as_deref(),
+        Some("Basic YWxpY2U6czNjci90")
+    );
+    let port = stub.base_url().split(':').nth(2).unwrap().to_owned();
+    let down = format!("http://alice:s3cr3t@127.0.0.1:{}/v1", free_port());
+    let err = ChatClient::new(config(down))
+        .unwrap()
+        .chat(&hello())
+        .await
+        .unwrap_err();
+    let err = format!("{err} {err:?}");
+    assert!(!err.contains("s3cr3t") && !err.contains("alice"), "{err}");
+    let logs = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("retrying chat request"), "{logs}");
+    assert!(!logs.contains("s3cr") && !logs.contains("alice"), "{logs}");
+    let bad = ChatClient::new(config(format!("http://alice:s3cr3t@[::1:{port}/v1")))
+        .unwrap_err()
+        .to_string();
+    assert!(!bad.contains("s3cr3t"), "{bad}");
+}
+
+#[tokio::test]
+async fn control_characters_in_a_server_error_are_escaped() {
+    let stub = Stub::start().await;
+    stub.script([Fault::Error {
+        status: 400,
+        message: "bad \u{1b}]0;pwned\u{7}\u{1b}[2J request".into(),
+    }]);
+    let err = client(&stub).chat(&hello()).await.unwrap_err().to_string();
+    assert!(!err.chars().any(|c| c.is_control()), "{err:?}");
+    assert!(
+        err.contains(r"bad \u{1b}]0;pwned\u{7}\u{1b}[2J request"),
+        "{err}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -119,7 +119,7 @@ fn summary_tokens_flag_sets_the_size_after_a_compaction() {
 
 #[test]
 fn errors_name_the_file_and_exit_non_zero() {
-    let o = baton(&["replay", "no/such/trace.json", "--window", "100"]);
+    let o = baton(&["replay", "no/such/trace.json", "--window", "8192"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("no/such/trace.json: cannot read"),
@@ -131,7 +131,7 @@ fn errors_name_the_file_and_exit_non_zero() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--window"), "{}", stderr(&o));
 
-    let o = baton(&["replay", "Cargo.toml", "--window", "100"]);
+    let o = baton(&["replay", "Cargo.toml", "--window", "8192"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("Cargo.toml: unknown trace format"),
@@ -201,11 +201,7 @@ fn simulate_prints_a_reproducible_report() {
         "5..10",
     ]);
     assert!(table.status.success());
-    assert!(
-        stdout(&table).contains("work items done"),
-        "{}",
-        stdout(&table)
-    );
+    assert!(stdout(&table).contains("work items"), "{}", stdout(&table));
 }
 
 #[test]

@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, Op};
+use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, RuntimeOp};
 use baton::{
     CrashOutcome, EventKind, FleetEvent, Phase, Place, Policy, RotationReason, SupervisorConfig,
 };
@@ -35,14 +35,14 @@ fn memory() -> MemoryConfig {
     }
 }
 
-fn latency(op: Op, ms: u64) -> MemoryConfig {
+fn latency(op: RuntimeOp, ms: u64) -> MemoryConfig {
     MemoryConfig {
         latency: HashMap::from([(op, Duration::from_millis(ms))]),
         ..memory()
     }
 }
 
-fn fault(op: Op, calls: std::ops::RangeInclusive<u64>, kind: FaultKind) -> Fault {
+fn fault(op: RuntimeOp, calls: std::ops::RangeInclusive<u64>, kind: FaultKind) -> Fault {
     Fault { op, calls, kind }
 }
 
@@ -117,7 +117,7 @@ async fn rotates_at_95_percent_into_a_successor_of_the_same_type() {
 async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
     let mut h = Harness::start(
         fast_config(),
-        latency(Op::Summarise, 300),
+        latency(RuntimeOp::Summarise, 300),
         vec![agent("sonnet")],
     );
     h.supervisor.submit(item(1, "sonnet")).await.unwrap();
@@ -141,7 +141,7 @@ async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
     assert!(r.success && r.reason == RotationReason::Threshold);
     h.settle(Duration::from_millis(400)).await;
     // The compaction was cancelled: no history was replaced and nothing was recorded.
-    assert_eq!(h.runtime.calls(Op::ReplaceHistory), 0);
+    assert_eq!(h.runtime.calls(RuntimeOp::ReplaceHistory), 0);
     assert!(!h.log.iter().any(compaction));
     check_invariants(&h.inventory().await, &h.runtime, &h.log);
     pin(
@@ -153,7 +153,7 @@ async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
 #[actix::test]
 async fn failed_compaction_rotates() {
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Summarise, 1..=1, FaultKind::Permanent)],
+        faults: vec![fault(RuntimeOp::Summarise, 1..=1, FaultKind::Permanent)],
         ..memory()
     };
     let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
@@ -179,7 +179,7 @@ async fn failed_compaction_rotates() {
 #[actix::test]
 async fn failed_summary_gives_a_fallback_handoff() {
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Summarise, 1..=1, FaultKind::Transient)],
+        faults: vec![fault(RuntimeOp::Summarise, 1..=1, FaultKind::Transient)],
         ..memory()
     };
     let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
@@ -216,7 +216,7 @@ async fn failed_summary_gives_a_fallback_handoff() {
 async fn failed_spawn_is_retried_and_succeeds() {
     // Spawn call 1 starts the first session; calls 2 and 3 (the rotation's) fail.
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Spawn, 2..=3, FaultKind::Transient)],
+        faults: vec![fault(RuntimeOp::Spawn, 2..=3, FaultKind::Transient)],
         ..memory()
     };
     let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
@@ -228,7 +228,7 @@ async fn failed_spawn_is_retried_and_succeeds() {
     };
     assert!(r.success);
     assert_eq!(r.attempts, 4, "three spawns and one assign");
-    assert_eq!(h.runtime.calls(Op::Spawn), 4);
+    assert_eq!(h.runtime.calls(RuntimeOp::Spawn), 4);
     h.settle(Duration::from_millis(20)).await;
     check_invariants(&h.inventory().await, &h.runtime, &h.log);
     pin("fleet_failed_spawn_is_retried_and_succeeds", &h.log);
@@ -237,7 +237,7 @@ async fn failed_spawn_is_retried_and_succeeds() {
 #[actix::test]
 async fn spawns_that_keep_failing_send_the_item_back_to_the_queue() {
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Spawn, 2..=u64::MAX, FaultKind::Transient)],
+        faults: vec![fault(RuntimeOp::Spawn, 2..=u64::MAX, FaultKind::Transient)],
         ..memory()
     };
     let policy = Policy::builder()
@@ -291,7 +291,7 @@ async fn spawns_that_keep_failing_send_the_item_back_to_the_queue() {
 #[actix::test]
 async fn failed_close_is_not_fatal() {
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Close, 1..=1, FaultKind::Permanent)],
+        faults: vec![fault(RuntimeOp::Close, 1..=1, FaultKind::Permanent)],
         ..memory()
     };
     let mut h = Harness::start(fast_config(), mem, vec![agent("sonnet")]);
@@ -316,7 +316,7 @@ async fn failed_close_is_not_fatal() {
 async fn panicking_session_is_restarted_within_budget_then_escalates() {
     // Every compaction panics inside the session's runtime future.
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Summarise, 1..=u64::MAX, FaultKind::Panic)],
+        faults: vec![fault(RuntimeOp::Summarise, 1..=u64::MAX, FaultKind::Panic)],
         ..memory()
     };
     let config = SupervisorConfig {
@@ -373,7 +373,11 @@ async fn compaction_cap_is_never_exceeded() {
         max_concurrent_compactions: 2,
         ..fast_config()
     };
-    let mut h = Harness::start(config, latency(Op::Summarise, 30), vec![agent("sonnet")]);
+    let mut h = Harness::start(
+        config,
+        latency(RuntimeOp::Summarise, 30),
+        vec![agent("sonnet")],
+    );
     let mut sessions = Vec::new();
     for i in 1..=10 {
         h.supervisor.submit(item(i, "sonnet")).await.unwrap();
@@ -425,7 +429,11 @@ async fn rotation_handoff_summaries_share_the_compaction_cap() {
         max_concurrent_compactions: 2,
         ..fast_config()
     };
-    let mut h = Harness::start(config, latency(Op::Summarise, 40), vec![agent("sonnet")]);
+    let mut h = Harness::start(
+        config,
+        latency(RuntimeOp::Summarise, 40),
+        vec![agent("sonnet")],
+    );
     let mut sessions = Vec::new();
     for i in 1..=8 {
         h.supervisor.submit(item(i, "sonnet")).await.unwrap();
@@ -467,9 +475,9 @@ async fn a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on() {
     // (a rotation) panic: each counts as a permanent failure of that call.
     let mem = MemoryConfig {
         faults: vec![
-            fault(Op::Spawn, 1..=1, FaultKind::Panic),
-            fault(Op::Spawn, 3..=3, FaultKind::Panic),
-            fault(Op::Summarise, 1..=1, FaultKind::Panic),
+            fault(RuntimeOp::Spawn, 1..=1, FaultKind::Panic),
+            fault(RuntimeOp::Spawn, 3..=3, FaultKind::Panic),
+            fault(RuntimeOp::Summarise, 1..=1, FaultKind::Panic),
         ],
         ..memory()
     };
@@ -510,7 +518,10 @@ async fn a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on() {
 
 #[actix::test]
 async fn a_session_that_crashes_while_rotating_is_reported_and_the_rotation_goes_on() {
-    let inner = std::sync::Arc::new(baton::MemoryRuntime::new(latency(Op::Summarise, 200)));
+    let inner = std::sync::Arc::new(baton::MemoryRuntime::new(latency(
+        RuntimeOp::Summarise,
+        200,
+    )));
     let outer = std::sync::Arc::new(DoomedPolls {
         inner: inner.clone(),
         doomed: Default::default(),
@@ -573,7 +584,7 @@ async fn a_session_that_crashes_while_rotating_is_reported_and_the_rotation_goes
 async fn a_halted_agent_type_does_not_rotate_and_its_item_waits() {
     // No restarts allowed: the first crash halts the type.
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Summarise, 1..=1, FaultKind::Panic)],
+        faults: vec![fault(RuntimeOp::Summarise, 1..=1, FaultKind::Panic)],
         ..memory()
     };
     let config = SupervisorConfig {
@@ -603,7 +614,7 @@ async fn a_halted_agent_type_does_not_rotate_and_its_item_waits() {
         h.runtime.open_sessions().is_empty(),
         "no successor was spawned"
     );
-    assert_eq!(h.runtime.calls(Op::Spawn), 2);
+    assert_eq!(h.runtime.calls(RuntimeOp::Spawn), 2);
     check_invariants(&h.inventory().await, &h.runtime, &h.log);
     pin(
         "fleet_a_halted_agent_type_does_not_rotate_and_its_item_waits",
@@ -762,7 +773,7 @@ async fn polling_stops_for_the_cool_down_after_five_failures() {
         ..fast_config()
     };
     let mem = MemoryConfig {
-        faults: vec![fault(Op::Usage, 1..=u64::MAX, FaultKind::Transient)],
+        faults: vec![fault(RuntimeOp::Usage, 1..=u64::MAX, FaultKind::Transient)],
         ..memory()
     };
     let mut h = Harness::start(config, mem, vec![agent("sonnet")]);
@@ -770,7 +781,7 @@ async fn polling_stops_for_the_cool_down_after_five_failures() {
     h.started(1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Five failed polls opened the breaker; the next trial comes only after 30 s.
-    assert_eq!(h.runtime.calls(Op::Usage), 5);
+    assert_eq!(h.runtime.calls(RuntimeOp::Usage), 5);
     assert_eq!(h.supervisor.sessions().await[0].phase, Phase::Normal);
 }
 

@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use baton::runtime::memory::{MemoryConfig, Op};
+use baton::runtime::memory::{MemoryConfig, RuntimeOp};
 use baton::{AgentType, FleetEvent, Place, SessionId, SupervisorConfig, UsageSource, WorkItemId};
 use support::fleet::{Harness, check_invariants, item};
 
@@ -29,7 +29,7 @@ async fn ten_thousand_sessions_keep_every_work_item_and_record() {
     let memory = MemoryConfig {
         base_tokens: 300,
         random_failures: Some((0.01, 42)),
-        latency: HashMap::from([(Op::Summarise, Duration::from_millis(2))]),
+        latency: HashMap::from([(RuntimeOp::Summarise, Duration::from_millis(2))]),
         ..MemoryConfig::default()
     };
     let agents = vec![

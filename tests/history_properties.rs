@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use baton::runtime::chat::{
-    CharEstimate, CompactionError, History, Message, Role, SummaryBudget, SummaryPlan,
-    TokenCounter, ToolCall, request_tokens,
+    CharEstimate, ChatMessage, ChatToolCall, CompactionError, History, Role, SummaryBudget,
+    SummaryPlan, TokenCounter, request_tokens,
 };
 use proptest::prelude::*;
 
@@ -64,25 +64,27 @@ fn history() -> impl Strategy<Value = History> {
             let mut id = 0;
             for s in steps {
                 match s {
-                    Step::User(t) => h.push(Message::user(t)),
-                    Step::Assistant(t) => h.push(Message::assistant(t)),
+                    Step::User(t) => h.push(ChatMessage::user(t)),
+                    Step::Assistant(t) => h.push(ChatMessage::assistant(t)),
                     Step::ToolRound(calls) => {
                         let ids: Vec<String> =
                             (0..calls.len()).map(|k| format!("c{}", id + k)).collect();
                         id += calls.len();
-                        h.push(Message::tool_calls(
+                        h.push(ChatMessage::tool_calls(
                             calls
                                 .iter()
                                 .zip(&ids)
-                                .map(|((args, _), id)| ToolCall::function(id, "bash", args.clone()))
+                                .map(|((args, _), id)| {
+                                    ChatToolCall::function(id, "bash", args.clone())
+                                })
                                 .collect(),
                         ));
                         for ((_, output), id) in calls.iter().zip(&ids) {
-                            h.push(Message::tool_result(id, output.clone()));
+                            h.push(ChatMessage::tool_result(id, output.clone()));
                         }
                     }
                     Step::PendingCall(args) => {
-                        h.push(Message::tool_calls(vec![ToolCall::function(
+                        h.push(ChatMessage::tool_calls(vec![ChatToolCall::function(
                             format!("c{id}"),
                             "bash",
                             args,
@@ -96,7 +98,7 @@ fn history() -> impl Strategy<Value = History> {
 }
 
 /// For every call id: the index of its call and of its result, where present.
-fn calls_and_results(messages: &[Message]) -> Vec<(String, Option<usize>, Option<usize>)> {
+fn calls_and_results(messages: &[ChatMessage]) -> Vec<(String, Option<usize>, Option<usize>)> {
     let mut ids = BTreeSet::new();
     for m in messages {
         ids.extend(m.tool_calls.iter().map(|c| c.id.clone()));

@@ -29,7 +29,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::journal::{Filter, JournalOptions, JournalReader};
+use baton::journal::{Filter, JournalOptions, JournalReader, SessionState, WorkItemPlace};
 use baton::record::RotationStep;
 use baton::{
     AgentType, FleetEvent, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig, SupervisorError,
@@ -298,14 +298,14 @@ async fn check_running(
             .find(|r| r.work_item == *id)
             .expect("journaled item");
         let (expected, session) = match place {
-            Place::Queued => ("queued", None),
-            Place::Live(s) => ("live", Some(*s)),
-            Place::Done(s) => ("done", Some(*s)),
-            Place::Dead(_) => ("dead", None),
+            Place::Queued => (WorkItemPlace::Queued, None),
+            Place::Live(s) => (WorkItemPlace::Live, Some(*s)),
+            Place::Done(s) => (WorkItemPlace::Done, Some(*s)),
+            Place::Dead(_) => (WorkItemPlace::Dead, None),
             other => panic!("{other:?}"),
         };
         assert_eq!(row.place, expected, "{when}: journal place of {id}");
-        if session.is_some() || expected == "queued" {
+        if session.is_some() || expected == WorkItemPlace::Queued {
             // A queued item has no session; a held or finished one has its own.
             assert_eq!(row.session, session, "{when}: journal holder of {id}");
         }
@@ -330,7 +330,7 @@ fn check_files(dir: &Path) {
 
     assert_eq!(items.len() as u64, ITEMS);
     for i in &items {
-        assert_eq!(i.place, "done", "{i:?}");
+        assert_eq!(i.place, WorkItemPlace::Done, "{i:?}");
     }
     assert!(
         agents.open_sessions().is_empty(),
@@ -455,7 +455,7 @@ fn check_files(dir: &Path) {
             crashed.get(&id).copied().unwrap_or(0) <= 1,
             "s{id} crashed twice"
         );
-        assert_eq!(s.state, "closed", "s{id} left open: {s:?}");
+        assert_eq!(s.state, SessionState::Closed, "s{id} left open: {s:?}");
     }
     for i in &items {
         assert_eq!(
@@ -828,7 +828,7 @@ fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it() {
             .work_items(&Filter::default())
             .unwrap()
             .into_iter()
-            .filter(|i| i.place == "done")
+            .filter(|i| i.place == WorkItemPlace::Done)
             .map(|i| i.work_item.0)
             .collect();
         let seen = reported(&dir);

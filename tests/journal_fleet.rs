@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::journal::{Filter, JournalView};
-use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, Op};
+use baton::journal::{EndReason, Filter, JournalView, SessionState, WorkItemPlace};
+use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
     FleetEvent, Inventory, Journal, JournalError, Phase, Place, RecoveryOutcome, RotationStep,
     SessionId, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource,
@@ -39,7 +39,7 @@ fn memory(faults: Vec<Fault>) -> Arc<MemoryRuntime> {
     }))
 }
 
-fn hang(op: Op, call: u64) -> Fault {
+fn hang(op: RuntimeOp, call: u64) -> Fault {
     Fault {
         op,
         calls: call..=call,
@@ -176,7 +176,7 @@ async fn stuck_at_spawned(
             .any(|r| r.step == RotationStep::Spawned)
     })
     .await;
-    while rt.calls(Op::Assign) < 2 {
+    while rt.calls(RuntimeOp::Assign) < 2 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     (sup, s1)
@@ -247,8 +247,8 @@ async fn a_rotation_s_steps_are_durable_before_its_successor_starts() {
         .await
         .unwrap();
     assert_eq!(
-        (items[0].place.as_str(), items[0].session),
-        ("live", rotations[0].new_session)
+        (items[0].place, items[0].session),
+        (WorkItemPlace::Live, rotations[0].new_session)
     );
     assert_eq!(items[0].epoch, 2, "one lease per holder");
 }
@@ -320,10 +320,10 @@ async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_
     assert_eq!(items.len() as u64, ITEMS);
     for row in &items {
         let expected = match &places[&row.work_item] {
-            Place::Queued => ("queued", None),
-            Place::Live(s) => ("live", Some(*s)),
-            Place::Done(s) => ("done", Some(*s)),
-            Place::Dead(_) => ("dead", None),
+            Place::Queued => (WorkItemPlace::Queued, None),
+            Place::Live(s) => (WorkItemPlace::Live, Some(*s)),
+            Place::Done(s) => (WorkItemPlace::Done, Some(*s)),
+            Place::Dead(_) => (WorkItemPlace::Dead, None),
             other => panic!("{other:?}"),
         };
         assert_eq!(row.place, expected.0, "{row:?}");
@@ -370,7 +370,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // Spawn call 3 (item 1's successor) never returns.
-    let runtime = memory(vec![hang(Op::Spawn, 3)]);
+    let runtime = memory(vec![hang(RuntimeOp::Spawn, 3)]);
     let rt = runtime.clone();
     let p = path.clone();
     let before = on_a_system(move || async move {
@@ -398,7 +398,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
         })
         .await;
         // The hanging spawn has been entered: the crash comes after the call.
-        while rt.calls(Op::Spawn) < 3 {
+        while rt.calls(RuntimeOp::Spawn) < 3 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         sup.inventory().await.unwrap()
@@ -442,7 +442,7 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     assert!(r.success, "{r:?}");
     let successor = r.new_session.unwrap();
     assert_eq!(
-        runtime.calls(Op::Spawn),
+        runtime.calls(RuntimeOp::Spawn),
         3 + 1 + 2,
         "one spawn for the successor, one per requeued item"
     );
@@ -463,7 +463,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     // Assign call 2 (the successor's) never returns: the successor exists, unassigned.
-    let runtime = memory(vec![hang(Op::Assign, 2)]);
+    let runtime = memory(vec![hang(RuntimeOp::Assign, 2)]);
     let rt = runtime.clone();
     let p = path.clone();
     on_a_system(move || async move {
@@ -486,7 +486,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
         Some(SessionId(2)),
         "the successor spawned before the crash"
     );
-    assert_eq!(runtime.calls(Op::Spawn), 2, "and no other");
+    assert_eq!(runtime.calls(RuntimeOp::Spawn), 2, "and no other");
     assert_eq!(
         runtime.session(SessionId(2)).unwrap().item.unwrap().id,
         WorkItemId(1)
@@ -497,7 +497,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
 fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
-    let runtime = memory(vec![hang(Op::ReplaceHistory, 1)]);
+    let runtime = memory(vec![hang(RuntimeOp::ReplaceHistory, 1)]);
     let rt = runtime.clone();
     let p = path.clone();
     on_a_system(move || async move {
@@ -508,10 +508,10 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
         let s1 = started(&mut events, 1).await;
         report(&sup, &rt, s1, 850).await;
         until(&journal, "compacting", |v| {
-            v.sessions(&Filter::default()).unwrap()[0].phase == "Compacting"
+            v.sessions(&Filter::default()).unwrap()[0].phase == Phase::Compacting
         })
         .await;
-        while rt.calls(Op::ReplaceHistory) == 0 {
+        while rt.calls(RuntimeOp::ReplaceHistory) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
@@ -546,10 +546,8 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
     let compactions = reader.view().compactions(&Filter::default()).unwrap();
     assert_eq!(compactions.len(), 1);
     assert_eq!(
-        reader.view().sessions(&Filter::default()).unwrap()[0]
-            .end_reason
-            .as_deref(),
-        Some("lost")
+        reader.view().sessions(&Filter::default()).unwrap()[0].end_reason,
+        Some(EndReason::Lost)
     );
 }
 
@@ -676,12 +674,12 @@ async fn a_full_journal_is_reported_once_and_the_fleet_goes_on_without_it() {
     let row = &reader.view().work_items(&Filter::default()).unwrap()[0];
     match last.step {
         RotationStep::Done => assert_eq!(
-            (row.place.as_str(), row.session),
-            ("live", last.new_session)
+            (row.place, row.session),
+            (WorkItemPlace::Live, last.new_session)
         ),
         _ => assert_eq!(
-            (row.place.as_str(), row.session),
-            ("rotating", Some(last.old_session))
+            (row.place, row.session),
+            (WorkItemPlace::Rotating, Some(last.old_session))
         ),
     }
 }
@@ -702,7 +700,7 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_owned();
         // Assign call 2 (the successor's) never returns: the rotation stays at `spawned`.
-        let runtime = memory(vec![hang(Op::Assign, 2)]);
+        let runtime = memory(vec![hang(RuntimeOp::Assign, 2)]);
         let rt = runtime.clone();
         let p = path.clone();
         on_a_system(move || async move {
@@ -712,7 +710,7 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
                 LeftBy::Close => {
                     sup.close(s1).await.unwrap();
                     until(&journal, "the item done", |v| {
-                        v.work_items(&Filter::default()).unwrap()[0].place == "done"
+                        v.work_items(&Filter::default()).unwrap()[0].place == WorkItemPlace::Done
                     })
                     .await;
                 }
@@ -735,8 +733,8 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
                 .await
                 .unwrap();
             let expected = match left_by {
-                LeftBy::Close => "done",
-                LeftBy::Shutdown => "queued",
+                LeftBy::Close => WorkItemPlace::Done,
+                LeftBy::Shutdown => WorkItemPlace::Queued,
             };
             assert_eq!(items[0].place, expected, "{left_by:?}");
             assert_eq!(rotations[0].step, RotationStep::Spawned, "{left_by:?}");
@@ -795,12 +793,12 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let sessions = v.sessions(&Filter::default()).unwrap();
         let row = sessions.iter().find(|s| s.session == successor).unwrap();
         assert_eq!(
-            (row.state.as_str(), row.end_reason.as_deref()),
-            ("closed", Some("rotation_failed")),
+            (row.state, row.end_reason),
+            (SessionState::Closed, Some(EndReason::RotationFailed)),
             "{left_by:?}"
         );
         assert!(
-            sessions.iter().all(|s| s.state == "closed"),
+            sessions.iter().all(|s| s.state == SessionState::Closed),
             "{left_by:?}: {sessions:?}"
         );
         assert!(
@@ -817,7 +815,7 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     // Assign takes a while: the shutdown begins while the start is under way.
     let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
         base_tokens: 100,
-        latency: HashMap::from([(Op::Assign, Duration::from_millis(150))]),
+        latency: HashMap::from([(RuntimeOp::Assign, Duration::from_millis(150))]),
         ..MemoryConfig::default()
     }));
     let rt = runtime.clone();
@@ -825,7 +823,7 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     on_a_system(move || async move {
         let sup = start(&rt, journal_file(&p), config());
         sup.submit(item(1, "sonnet")).await.unwrap();
-        while rt.calls(Op::Assign) < 1 {
+        while rt.calls(RuntimeOp::Assign) < 1 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert!(sup.shutdown(Duration::from_secs(5)).await.clean);
@@ -858,7 +856,10 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     };
     assert_ne!(*session, first, "a fresh session, not the closed one");
     assert_eq!(
-        (runtime.calls(Op::Spawn), runtime.calls(Op::Assign)),
+        (
+            runtime.calls(RuntimeOp::Spawn),
+            runtime.calls(RuntimeOp::Assign)
+        ),
         (2, 2),
         "one spawn and one assign per start"
     );
@@ -868,8 +869,8 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     assert_eq!(items[0].attempts, 0, "no attempt was charged");
     let sessions = reader.view().sessions(&Filter::default()).unwrap();
     assert_eq!(
-        sessions[0].end_reason.as_deref(),
-        Some("start_abandoned"),
+        sessions[0].end_reason,
+        Some(EndReason::StartAbandoned),
         "{sessions:?}"
     );
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use baton::provider::{WindowSource, window_from_models};
 use baton::runtime::chat::{
-    CharEstimate, ChatClient, ChatError, ChatRequest, ClientConfig, History, Message,
-    OverflowShape, Role, SummaryBudget, SummaryPlan, ToolCall, request_tokens, summarise,
+    CharEstimate, ChatClient, ChatError, ChatMessage, ChatRequest, ChatToolCall, ClientConfig,
+    History, OverflowShape, Role, SummaryBudget, SummaryPlan, request_tokens, summarise,
 };
 use support::llama::{LlamaOptions, LlamaServer};
 
@@ -29,8 +29,8 @@ async fn a_chat_round_trip_returns_real_usage() {
     let request = ChatRequest::new(
         "smollm2",
         vec![
-            Message::system("You are a terse assistant."),
-            Message::user("Name one primary colour."),
+            ChatMessage::system("You are a terse assistant."),
+            ChatMessage::user("Name one primary colour."),
         ],
     )
     .max_tokens(16)
@@ -102,7 +102,7 @@ async fn a_prompt_past_the_window_is_a_typed_overflow() {
     let started = Instant::now();
     let server = LlamaServer::start(LlamaOptions::window(1024));
     let long = "The quick brown fox jumps over the lazy dog. ".repeat(300);
-    let request = ChatRequest::new("smollm2", vec![Message::user(long)]).max_tokens(8);
+    let request = ChatRequest::new("smollm2", vec![ChatMessage::user(long)]).max_tokens(8);
     let err = client(&server).chat(&request).await.unwrap_err();
     let overflow = match &err {
         ChatError::ContextOverflow(o) => o,
@@ -139,22 +139,22 @@ fn a_test_that_panics_leaves_no_server_behind() {
 fn agent_history(turns: usize) -> History {
     let mut h =
         History::new("You are a coding agent. Work in /repo. Run cargo test after every change.");
-    h.push(Message::user(
+    h.push(ChatMessage::user(
         "tests/parse.rs::empty_input fails with `assertion failed: ast.is_empty()`. Fix it.",
     ));
     for t in 0..turns {
         let id = format!("call_{t}");
-        h.push(Message::tool_calls(vec![ToolCall::function(
+        h.push(ChatMessage::tool_calls(vec![ChatToolCall::function(
             &id,
             "bash",
             format!(r#"{{"cmd":"sed -n {},+20p src/parse.rs"}}"#, t * 20),
         )]));
-        h.push(Message::tool_result(
+        h.push(ChatMessage::tool_result(
             &id,
             format!("{t}: let tokens = lex(input)?; if tokens.is_empty() {{ return Err(Error::Empty); }}\n")
                 .repeat(4),
         ));
-        h.push(Message::assistant(format!(
+        h.push(ChatMessage::assistant(format!(
             "Step {t}: src/parse.rs line {} returns Error::Empty for empty input; the test expects an empty Ast.",
             t * 20 + 3
         )));

@@ -263,3 +263,158 @@ fn log_refuses_missing_corrupt_foreign_and_newer_files_with_clear_errors() {
         "log never creates a journal"
     );
 }
+
+#[test]
+fn log_flag_values_it_cannot_use_are_usage_errors_naming_the_flag() {
+    for (args, flag) in [
+        (&["--limit", "9223372036854775808"][..], "--limit"),
+        (&["--limit=-1"][..], "--limit"),
+        (&["--since", "2026-13-01"][..], "--since"),
+        (&["--until", "99999999999999999999d"][..], "--until"),
+        (&["--reason", "boredom"][..], "--reason"),
+        (&["sessions", "--reason", "manual"][..], "--reason"),
+    ] {
+        // Checked before the journal is opened: the file need not exist.
+        let o = baton(&[&["log", "missing.db"][..], args].concat());
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(flag), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("datatype mismatch"), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn log_on_a_directory_says_it_is_not_a_journal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = baton(&["log", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("is not a journal file"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("disk I/O error"), "{}", stderr(&o));
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(unix)]
+#[test]
+fn log_reads_a_journal_in_a_read_only_directory_and_leaves_no_file_beside_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, path) = journal();
+    let before = files_in(dir.path());
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+    for what in ["rotations", "sessions", "compactions", "items", "events"] {
+        let o = baton(&["log", &path, what]);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+    }
+    let o = baton(&["log", &path, "--export"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(files_in(dir.path()), before);
+    assert!(
+        !before
+            .iter()
+            .any(|f| f.ends_with("-shm") || f.ends_with("-wal"))
+    );
+}
+
+#[test]
+fn log_names_the_table_row_and_column_of_a_damaged_row() {
+    let (_dir, path) = journal();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE sessions SET transitions = 'lots' WHERE id = 2", [])
+        .unwrap();
+    let o = baton(&["log", &path, "sessions"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("sessions row 2: column transitions"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty(), "no half listing");
+    // The other listings still read.
+    assert!(baton(&["log", &path, "rotations"]).status.success());
+}
+
+#[cfg(unix)]
+#[test]
+fn log_export_never_writes_over_the_journal_or_its_side_files() {
+    let (dir, path) = journal();
+    let original = std::fs::read(&path).unwrap();
+    let alias = dir.path().join("alias.db");
+    std::fs::hard_link(&path, &alias).unwrap();
+    let dotted = format!("{}/./baton.db", dir.path().display());
+    let wal = format!("{path}-wal");
+    for target in [
+        path.as_str(),
+        dotted.as_str(),
+        alias.to_str().unwrap(),
+        wal.as_str(),
+    ] {
+        let o = baton(&["log", &path, "--export", "-o", target]);
+        assert_eq!(o.status.code(), Some(1), "{target}");
+        assert!(stderr(&o).contains("refusing"), "{target}: {}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        original,
+        "the journal is intact"
+    );
+    assert!(!Path::new(&wal).exists());
+    // An existing output is replaced whole, and no temporary file is left.
+    let out = dir.path().join("export.jsonl");
+    std::fs::write(&out, "stale line\n".repeat(100_000)).unwrap();
+    let o = baton(&["log", &path, "--export", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with(r#"{"type":"work_item""#) && !text.contains("stale line"));
+    assert!(
+        !files_in(dir.path()).iter().any(|f| f.ends_with(".tmp")),
+        "{:?}",
+        files_in(dir.path())
+    );
+    // `-o -` is standard output.
+    let o = baton(&["log", &path, "--json", "-o", "-"]);
+    assert!(o.status.success() && stdout(&o).contains("threshold"));
+}
+
+#[test]
+fn log_tables_and_errors_escape_control_characters_from_the_journal() {
+    let (_dir, path) = journal();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "UPDATE rotations SET agent_type = 'son\u{1b}]0;pwned\u{7}net\u{1b}[2J' WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    let o = baton(&["log", &path]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stdout(&o).contains('\u{1b}'), "{}", stdout(&o));
+    assert!(stdout(&o).contains("son\\u{1b}]0;pwned"), "{}", stdout(&o));
+    c.execute_batch(
+        "PRAGMA ignore_check_constraints = ON;
+         UPDATE rotations SET step = 'sp\u{1b}[2Jun' WHERE id = 1;",
+    )
+    .unwrap();
+    drop(c);
+    let o = baton(&["log", &path]);
+    assert!(!o.status.success());
+    let error = stderr(&o)
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("rotations row 1: column step"), "{error}");
+    assert!(error.contains("sp\\u{1b}[2Jun"), "{error}");
+    assert!(!error.contains('\u{1b}'), "{error}");
+}

@@ -20,6 +20,8 @@ fn input() -> impl Strategy<Value = Input> {
         2 => (0u64..1200, 0u64..400).prop_map(|(after, summary_tokens)| Input::Event(Event::Compacted { after, summary_tokens })),
         1 => Just(Input::Event(Event::CompactionFailed { error: "boom".into() })),
         1 => Just(Input::Event(Event::Rotate)),
+        1 => (prop::option::of(0u64..1500), prop::option::of(prop_oneof![9 => Just(1000u64), 1 => Just(0u64)]))
+            .prop_map(|(prompt, window)| Input::Event(Event::Overflow { prompt, window })),
         1 => (1u64..4).prop_map(|s| Input::Event(Event::HandedOver { successor: SessionId(s) })),
         1 => Just(Input::Event(Event::RotationFailed { error: "boom".into() })),
         1 => Just(Input::Event(Event::Close)),

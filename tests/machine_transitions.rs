@@ -253,6 +253,116 @@ fn manual_rotation_from_normal() {
     pin!("manual_rotation_from_normal", log);
 }
 
+fn overflow(prompt: Option<u64>, window: Option<u64>) -> Input {
+    ev(Event::Overflow { prompt, window })
+}
+
+#[test]
+fn overflow_rotates_from_normal_with_the_servers_figures() {
+    // 600 of 1,000 by the last report, but the server refused a 1,200-token prompt against its
+    // 1,024-token window: the machine rotates, and its reading is the server's.
+    let log = run(&[usage(600), overflow(Some(1200), Some(1024)), usage(650)]);
+    assert_eq!(log[1].phase, Phase::Rotating);
+    let Outcome::Step(step) = &log[1].outcome else {
+        panic!("the overflow was refused");
+    };
+    let t = &step.transitions[0];
+    assert_eq!(t.reason, Some(RotationReason::Overflow));
+    let u = t.usage.expect("the server's figures are the reading");
+    assert_eq!(
+        (u.used(), u.window(), u.source()),
+        (1200, 1024, UsageSource::Reported)
+    );
+    pin!("overflow_rotates_from_normal_with_the_servers_figures", log);
+}
+
+#[test]
+fn overflow_without_a_window_is_measured_against_the_last_reading() {
+    let log = run(&[usage(300), overflow(Some(1100), None)]);
+    let Outcome::Step(step) = &log[1].outcome else {
+        panic!("the overflow was refused");
+    };
+    let u = step.transitions[0].usage.unwrap();
+    assert_eq!((u.used(), u.window()), (1100, 1000));
+    pin!(
+        "overflow_without_a_window_is_measured_against_the_last_reading",
+        log
+    );
+}
+
+#[test]
+fn overflow_without_figures_rotates_on_the_last_reading() {
+    // No prompt count: the session still rotates, for overflow, on what it knew. Before any
+    // reading, it rotates with none.
+    let log = run(&[usage(300), overflow(None, Some(1024))]);
+    let Outcome::Step(step) = &log[1].outcome else {
+        panic!("the overflow was refused");
+    };
+    assert_eq!(step.transitions[0].reason, Some(RotationReason::Overflow));
+    assert_eq!(step.transitions[0].usage.map(|u| u.used()), Some(300));
+    let bare = run(&[overflow(None, None)]);
+    assert_eq!(bare[0].phase, Phase::Rotating);
+    pin!(
+        "overflow_without_figures_rotates_on_the_last_reading",
+        (log, bare)
+    );
+}
+
+#[test]
+fn overflow_during_compaction_rotates_and_the_late_result_is_ignored() {
+    let log = run(&[usage(850), overflow(Some(1010), Some(1000)), compacted(300)]);
+    assert_eq!(log[0].phase, Phase::Compacting);
+    assert_eq!(log[1].phase, Phase::Rotating);
+    assert_eq!(log[2].phase, Phase::Rotating);
+    let Outcome::Step(late) = &log[2].outcome else {
+        panic!("the late result was refused");
+    };
+    assert!(late.ignored && late.compaction.is_none());
+    pin!(
+        "overflow_during_compaction_rotates_and_the_late_result_is_ignored",
+        log
+    );
+}
+
+#[test]
+fn overflow_while_rotating_or_closed_changes_nothing() {
+    let log = run(&[
+        usage(960),
+        overflow(Some(1100), Some(1000)),
+        ev(Event::Close),
+        overflow(Some(1100), Some(1000)),
+    ]);
+    assert_eq!(log[1].phase, Phase::Rotating);
+    assert_eq!(log[3].phase, Phase::Closed);
+    for i in [1, 3] {
+        let Outcome::Step(step) = &log[i].outcome else {
+            panic!("the overflow was refused");
+        };
+        assert!(step.ignored && step.transitions.is_empty() && step.effects.is_empty());
+    }
+    pin!("overflow_while_rotating_or_closed_changes_nothing", log);
+}
+
+#[test]
+fn overflow_with_bad_figures_is_rejected_without_state_change() {
+    let log = run(&[
+        usage(100),
+        overflow(Some(1200), Some(0)),
+        overflow(Some(Usage::MAX_TOKENS + 1), Some(1000)),
+        overflow(Some(10), Some(Usage::MAX_TOKENS + 1)),
+    ]);
+    assert!(log.iter().all(|e| e.phase == Phase::Normal));
+    assert!(
+        log[1..]
+            .iter()
+            .all(|e| matches!(e.outcome, Outcome::Rejected(_)))
+    );
+    pin!(
+        "overflow_with_bad_figures_is_rejected_without_state_change",
+        log
+    );
+}
+
 #[test]
 fn close_from_normal() {
     let log = run(&[usage(100), ev(Event::Close)]);
@@ -284,6 +394,7 @@ fn closed_ignores_everything() {
             error: "late".into(),
         }),
         ev(Event::Rotate),
+        overflow(Some(1100), Some(1000)),
         ev(Event::HandedOver {
             successor: SessionId(9),
         }),
@@ -367,4 +478,35 @@ fn history_is_bounded_by_policy() {
         m.session().last_usage().unwrap().source(),
         UsageSource::Estimated
     );
+}
+
+#[test]
+fn the_compactions_start_and_the_rotations_reason_live_only_in_their_states() {
+    let mut m = SessionMachine::new(SessionId(1), Arc::new(Policy::default()));
+    assert_eq!((m.compacting_from(), m.rotation_reason()), (None, None));
+    m.report_usage(850, 1000, UsageSource::Reported).unwrap();
+    assert_eq!(
+        m.compacting_from(),
+        Some(Usage::reported(850, 1000).unwrap())
+    );
+    assert_eq!(m.rotation_reason(), None);
+    m.report_usage(900, 1000, UsageSource::Estimated).unwrap();
+    // A later reading does not move the compaction's start.
+    assert_eq!(m.compacting_from().map(|u| u.used()), Some(850));
+    m.handle(&Event::Compacted {
+        after: 800,
+        summary_tokens: 100,
+    })
+    .unwrap();
+    assert_eq!(m.compacting_from(), None);
+    assert_eq!(
+        m.rotation_reason(),
+        Some(RotationReason::InsufficientCompaction)
+    );
+    m.handle(&Event::HandedOver {
+        successor: SessionId(2),
+    })
+    .unwrap();
+    assert_eq!((m.compacting_from(), m.rotation_reason()), (None, None));
+    assert_eq!(m.session().successor(), Some(SessionId(2)));
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use baton::provider::{Distrust, WindowSource, known_window};
-use baton::replay::{ReplayEventKind, ReplayOptions, replay};
+use baton::replay::{ReplayError, ReplayEventKind, ReplayOptions, replay};
 use baton::trace::{self, Call, Format, Trace, TraceError};
 use baton::{Policy, RotationReason, UsageSource};
 
@@ -46,20 +46,15 @@ fn kinds(r: &baton::replay::ReplayReport) -> Vec<(usize, ReplayEventKind, Option
         .collect()
 }
 
-/// The committed series is the shared DeepSeek trajectory's per-call usage, number for number.
+/// The committed series is the real DeepSeek trajectory's per-call usage, number for number.
 #[test]
-fn committed_series_matches_the_shared_trajectory() {
-    let Some(path) =
-        support::shared_file("traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json")
-    else {
-        return;
-    };
-    let shared = trace::read_path(&path).unwrap();
+fn committed_series_matches_the_real_trajectory() {
+    let real = trace::read_path(&data("real/pydicom__pydicom-901.traj.json")).unwrap();
     let ours = trace::read_path(&data("deepseek-pydicom-901.jsonl")).unwrap();
-    assert_eq!(shared[0].format, Format::MiniSweAgent);
-    assert_eq!(shared[0].name, "pydicom__pydicom-901");
-    assert_eq!(shared[0].calls.len(), 61);
-    assert_eq!(shared[0].calls, ours[0].calls);
+    assert_eq!(real[0].format, Format::MiniSweAgent);
+    assert_eq!(real[0].name, "pydicom__pydicom-901");
+    assert_eq!(real[0].calls.len(), 61);
+    assert_eq!(real[0].calls, ours[0].calls);
 }
 
 /// Replaying the real DeepSeek trace at an 8k window: three compactions, each when the modelled
@@ -253,12 +248,13 @@ fn the_report_carries_the_source_of_the_formats_figures() {
     assert_eq!(r.source, UsageSource::Estimated);
 }
 
+/// mini-swe-agent only appends to its history, so there the live tracker's rule applies.
 #[test]
 fn untrustworthy_figures_are_flagged_counted_and_logged() {
     let (logs, _guard) = support::capture_logs();
     // Call 3 reports a zero prompt (a cache hit), call 5 a prompt below call 4's while the
     // conversation only grew; call 6 is back above the last trusted figure.
-    let t = series(&[
+    let mut t = series(&[
         (1000, 10),
         (1200, 10),
         (0, 10),
@@ -266,6 +262,7 @@ fn untrustworthy_figures_are_flagged_counted_and_logged() {
         (300, 10),
         (1700, 10),
     ]);
+    t.format = Format::MiniSweAgent;
     let r = replay(&t, &opts(100_000)).unwrap();
     let flagged: Vec<(usize, Distrust)> = r.untrusted.iter().map(|u| (u.call, u.why)).collect();
     assert_eq!(
@@ -303,6 +300,172 @@ fn untrustworthy_figures_are_flagged_counted_and_logged() {
     assert_eq!(live, flagged);
     let clean = replay(&series(&[(1000, 10), (1200, 10)]), &opts(100_000)).unwrap();
     assert!(clean.untrusted.is_empty());
+}
+
+/// Agents that prune their own context (and series of unknown origin) are judged only on what
+/// cannot be true: a falling prompt is not flagged, a zero prompt and a context over the window
+/// are.
+#[test]
+fn a_falling_prompt_is_not_flagged_where_the_agent_prunes_its_context() {
+    let t = series(&[
+        (1000, 10),
+        (1500, 10),
+        (900, 10),
+        (0, 10),
+        (1200, 10),
+        (9000, 10),
+    ]);
+    for format in [
+        Format::SeriesJsonl,
+        Format::CodexRollout,
+        Format::ClaudeCode,
+        Format::OpenHandsOutput,
+    ] {
+        let recorded = Trace {
+            format,
+            window: Some(5000),
+            ..t.clone()
+        };
+        // Judged against the recorded window, not the user's.
+        let r = replay(&recorded, &opts(8000)).unwrap();
+        let flagged: Vec<(usize, Distrust)> = r.untrusted.iter().map(|u| (u.call, u.why)).collect();
+        assert_eq!(
+            flagged,
+            [
+                (4, Distrust::ZeroPrompt),
+                (
+                    6,
+                    Distrust::OverWindow {
+                        window: 5000,
+                        reported: 9010
+                    }
+                )
+            ],
+            "{format}"
+        );
+    }
+}
+
+/// Running totals passed off as per-call figures (each step the next call's whole prompt) are
+/// flagged from the second call on; an uneven real conversation is not.
+#[test]
+fn running_totals_passed_off_as_per_call_figures_are_flagged() {
+    let per_call = [3000u64, 3400, 3900, 4100, 4800];
+    let mut sum = 0;
+    let totals: Vec<(u64, u64)> = per_call
+        .iter()
+        .map(|p| {
+            sum += p;
+            (sum, 50)
+        })
+        .collect();
+    let r = replay(&series(&totals), &opts(1_000_000)).unwrap();
+    let calls: Vec<usize> = r.untrusted.iter().map(|u| u.call).collect();
+    assert_eq!(calls, [2, 3, 4, 5]);
+    assert_eq!(
+        r.untrusted[0].why,
+        Distrust::Cumulative {
+            previous: 3000,
+            reported: 6400
+        }
+    );
+    let real = series(&[(3000, 50), (3400, 50), (7000, 50), (7300, 50), (9000, 50)]);
+    assert!(
+        replay(&real, &opts(1_000_000))
+            .unwrap()
+            .untrusted
+            .is_empty()
+    );
+}
+
+/// A Codex rollout of our own making (`tests/data/traces/codex-pruning-rollout.jsonl`, written
+/// for baton) that prunes its context five times, as Codex does under its `truncation_policy`:
+/// the prompt falls while the conversation grows. None of its figures is flagged, although the
+/// live tracker's rule would flag the falls.
+#[test]
+fn a_codex_rollout_that_prunes_its_context_has_no_untrustworthy_figure() {
+    let t = &trace::read_path(&data("traces/codex-pruning-rollout.jsonl")).unwrap()[0];
+    assert_eq!(
+        (t.format, t.calls.len(), t.window),
+        (Format::CodexRollout, 40, Some(272_000))
+    );
+    let falls = t
+        .calls
+        .windows(2)
+        .filter(|w| w[1].prompt_tokens < w[0].prompt_tokens)
+        .count();
+    assert_eq!(falls, 5, "the rollout prunes five times");
+    let mut last = None;
+    let live_rule_flags = t
+        .calls
+        .iter()
+        .filter(
+            |c| match Distrust::judge(Some(c.prompt_tokens), last, last.is_some()) {
+                None => {
+                    last = Some(c.prompt_tokens);
+                    false
+                }
+                Some(_) => true,
+            },
+        )
+        .count();
+    assert!(live_rule_flags >= 5, "the live rule would cry wolf here");
+    let r = replay(t, &ReplayOptions::default()).unwrap();
+    assert!(r.untrusted.is_empty(), "{:?}", r.untrusted);
+    assert_eq!(r.totals.untrusted_figures, 0);
+}
+
+/// A trace whose every call is over a small window rotates at every call; the machine's
+/// per-event warning is not repeated for each of them: the replay says it once.
+#[test]
+fn a_trace_over_a_small_window_warns_once_not_once_per_session() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    // What `baton replay` logs by default: warnings and errors.
+    let logs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = logs.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_writer(move || Sink(sink.clone()))
+        .finish()
+        .set_default();
+    let calls: Vec<(u64, u64)> = (0..2000).map(|i| (3000 + i, 100)).collect();
+    let r = replay(&series(&calls), &opts(2500)).unwrap();
+    assert!(r.totals.rotations > 1000);
+    assert_eq!(
+        (r.totals.over_window, r.totals.untrusted_figures),
+        (2000, 0)
+    );
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let warnings = text.lines().filter(|l| l.contains("WARN")).count();
+    assert_eq!(warnings, 1, "{}", &text[..text.len().min(2000)]);
+}
+
+/// A `Write` into a shared buffer, for a subscriber at a chosen level.
+struct Sink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_summary_not_below_the_window_is_refused_before_any_call() {
+    let err = replay(
+        &series(&[(1000, 10)]),
+        &ReplayOptions {
+            summary_tokens: 4096,
+            ..opts(4096)
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(err, ReplayError::SummaryTooLarge { .. }), "{err}");
 }
 
 fn parse(text: &str) -> Result<Vec<Trace>, TraceError> {

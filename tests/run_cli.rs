@@ -73,8 +73,10 @@ async fn run_works_through_plain_text_items_until_each_agent_says_done() {
         out.contains("baton run, stub-model on http://127.0.0.1:"),
         "{out}"
     );
-    assert!(out.contains("work items done"), "{out}");
-    assert!(out.contains("3 of 3 (0 unfinished)"), "{out}");
+    assert!(
+        out.contains("3 of 3 done; 0 failed, 0 dead-lettered, 0 unfinished"),
+        "{out}"
+    );
     assert!(
         out.contains("reduction mean / p50 / p95"),
         "the simulation's table: {out}"

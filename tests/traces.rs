@@ -1,7 +1,6 @@
 //! `baton::trace` readers of every format: samples of our own making (`tests/data/traces/`), the
-//! shared real traces, detection from content, and the error paths.
-
-mod support;
+//! figures of three public real traces (`tests/data/real/`, see its README), detection from
+//! content, and the error paths.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +11,13 @@ use baton::{UsageError, UsageSource};
 fn sample(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/traces")
+        .join(name)
+}
+
+/// A real trace's figures, derived into `tests/data/real` (texts replaced by words of one token).
+fn real(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/real")
         .join(name)
 }
 
@@ -195,16 +201,13 @@ fn every_format_reports_where_its_figures_come_from() {
     }
 }
 
-// ===== the shared real traces =====
+// ===== the real traces (their figures, derived into tests/data/real) =====
 
 /// Golden: the GPT-4 SWE-agent run, rebuilt call by call with cl100k_base and the chat formula,
 /// adds up to exactly the totals it recorded.
 #[test]
 fn swe_agent_trace_rebuilt_with_cl100k_matches_its_recorded_totals() {
-    let Some(path) = support::shared_file("traces/swe-agent/pydicom__pydicom-1458.traj") else {
-        return;
-    };
-    let t = &trace::read_path(&path).unwrap()[0];
+    let t = &trace::read_path(&real("pydicom__pydicom-1458.traj")).unwrap()[0];
     assert_eq!(t.format, Format::SweAgent);
     assert_eq!(t.calls.len(), 12, "api_calls");
     let sent: u64 = t.calls.iter().map(|c| c.prompt_tokens).sum();
@@ -221,10 +224,7 @@ fn swe_agent_trace_rebuilt_with_cl100k_matches_its_recorded_totals() {
 /// with Anthropic's cache folded into the prompt.
 #[test]
 fn openhands_event_trace_yields_four_calls_not_eight() {
-    let Some(path) = support::shared_file("traces/openhands/basic_gui_mode.json") else {
-        return;
-    };
-    let t = &trace::read_path(&path).unwrap()[0];
+    let t = &trace::read_path(&real("basic_gui_mode.json")).unwrap()[0];
     assert_eq!(t.format, Format::OpenHandsEvents);
     assert_eq!(t.calls.len(), 4);
     let prompts: Vec<u64> = t.calls.iter().map(|c| c.prompt_tokens).collect();
@@ -233,12 +233,7 @@ fn openhands_event_trace_yields_four_calls_not_eight() {
 
 #[test]
 fn the_mini_swe_agent_trace_is_still_read() {
-    let Some(path) =
-        support::shared_file("traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json")
-    else {
-        return;
-    };
-    let t = &trace::read_path(&path).unwrap()[0];
+    let t = &trace::read_path(&real("pydicom__pydicom-901.traj.json")).unwrap()[0];
     assert_eq!((t.format, t.calls.len()), (Format::MiniSweAgent, 61));
 }
 

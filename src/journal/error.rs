@@ -55,6 +55,51 @@ pub enum JournalError {
         /// The newest version this build knows.
         supported: i32,
     },
+    /// The file says it is a baton journal but carries a schema version no baton ever wrote
+    /// (a negative `user_version`): damaged or tampered with, so it is neither read nor
+    /// migrated.
+    #[error("{path} has journal schema version {found}, which no baton writes: it is damaged")]
+    UnknownSchema {
+        /// The file.
+        path: PathBuf,
+        /// The file's schema version (`PRAGMA user_version`).
+        found: i32,
+    },
+    /// The path names a directory (or another thing that is not a regular file).
+    #[error("{0} is not a journal file (it is a directory or a special file)")]
+    NotAFile(PathBuf),
+    /// A reader found the journal's `-wal` file holding records not yet copied into the main
+    /// file, with no `-shm` index beside it (the journal was copied without it). Reading those
+    /// records needs SQLite to create `<file>-shm`, and a reader never creates files beside a
+    /// journal, so it says what it needs instead.
+    #[error(
+        "{wal} holds records not yet in {path}, and reading them needs {shm}, which a reader never creates: open the journal once for writing (a supervisor with this journal folds them in), or read a copy of both files on which `sqlite3 COPY 'PRAGMA wal_checkpoint'` has run"
+    )]
+    NeedsIndex {
+        /// The journal.
+        path: PathBuf,
+        /// Its write-ahead log.
+        wal: PathBuf,
+        /// The shared-memory index that is missing.
+        shm: PathBuf,
+    },
+    /// A reader opened a journal without SQLite's locks (no writer was there), and a writer
+    /// changed the file while the query ran: the rows may mix two states, so none are given.
+    /// Opening it again reads it through the writer's locks.
+    #[error("{0} changed while it was being read (a writer started): read it again")]
+    Changed(PathBuf),
+    /// A row that cannot be read as what its table holds (a wrong type, a value out of range,
+    /// unreadable JSON, an unknown state): written by a buggy or tampered-with program. The
+    /// listing stops at it and names it.
+    #[error("bad row in the journal: {table} row {row}: {message}")]
+    BadRow {
+        /// The table.
+        table: &'static str,
+        /// The row's id (`seq` for events).
+        row: i64,
+        /// What is wrong with it, naming the column.
+        message: String,
+    },
     /// The journal was written by an older baton and has not been migrated yet: a reader
     /// never migrates (it never writes), so it asks for the journal to be opened for writing
     /// once ([`Journal::open`](super::Journal::open) migrates it).
@@ -147,7 +192,10 @@ impl JournalError {
     /// file, any SQLite failure not known to be a record's own) stops the journal, so that what
     /// is on disk stays a prefix of what was sent.
     pub(crate) fn is_fatal(&self) -> bool {
-        !matches!(self, Self::Refused { .. } | Self::BadRecord(_))
+        !matches!(
+            self,
+            Self::Refused { .. } | Self::BadRecord(_) | Self::BadRow { .. }
+        )
     }
 }
 

@@ -63,11 +63,11 @@ pub use query::{
     CompactionRow, EventRow, Filter, JournalReader, JournalView, RotationRow, SessionRow,
     WorkItemRow,
 };
-pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use schema::{APPLICATION_ID, EndReason, SCHEMA_VERSION, SessionState, WorkItemPlace};
 pub use time::Timestamp;
 pub use writer::JournalStats;
 
-use crate::machine::SessionId;
+use crate::vocab::SessionId;
 use crate::record::{FleetEvent, Subscribers};
 use project::Write;
 use writer::{Command, Shared, Writer};

@@ -19,11 +19,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::JournalError;
-use crate::machine::{EventKind, Phase, SessionId};
+use super::schema::EndReason;
+use crate::machine::{EventKind, Phase};
 use crate::policy::RotationReason;
-use crate::record::{FleetEvent, RecoveryOutcome, RotationId, RotationRecord};
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
+use crate::record::{FleetEvent, RecoveryOutcome, RotationId, RotationRecord, RotationStep};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 /// A step of the supervisor's, written through the journal (and, for rotation steps, awaited).
 #[derive(Debug, Clone, PartialEq)]
@@ -162,16 +163,6 @@ pub(crate) fn sql_id(v: u64) -> i64 {
     v as i64
 }
 
-/// The phase as stored (`Normal`, `Compacting`, ...).
-pub(crate) fn phase_name(p: Phase) -> &'static str {
-    match p {
-        Phase::Normal => "Normal",
-        Phase::Compacting => "Compacting",
-        Phase::Rotating => "Rotating",
-        Phase::Closed => "Closed",
-    }
-}
-
 /// Applies one record at time `at` (milliseconds since the epoch).
 pub(crate) fn apply(
     conn: &Connection,
@@ -275,7 +266,7 @@ fn requeue(conn: &Connection, at: i64, item: WorkItemId, reason: Option<&str>) -
     Ok(())
 }
 
-fn close_session(conn: &Connection, at: i64, session: SessionId, why: &str) -> Applied {
+fn close_session(conn: &Connection, at: i64, session: SessionId, why: EndReason) -> Applied {
     conn.prepare_cached(
         "UPDATE sessions SET state = 'closed', ended_at = coalesce(ended_at, ?2),
              end_reason = coalesce(end_reason, ?3)
@@ -319,9 +310,9 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
         }
         FleetEvent::Transition(t) => {
             let closed_why = match t.cause {
-                EventKind::HandedOver => "rotated",
-                EventKind::RotationFailed => "rotation_failed",
-                _ => "closed",
+                EventKind::HandedOver => EndReason::Rotated,
+                EventKind::RotationFailed => EndReason::RotationFailed,
+                _ => EndReason::Closed,
             };
             let usage = t.usage.map(|u| serde_json::to_string(&u)).transpose()?;
             conn.prepare_cached(
@@ -334,7 +325,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
             )?
             .execute(params![
                 sql_id(t.session.0),
-                phase_name(t.to),
+                t.to,
                 t.seq as i64,
                 usage,
                 at,
@@ -380,7 +371,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
             outcome,
         } => {
             let (s, w) = (sql_id(session.0), sql_id(work_item.0));
-            close_session(conn, at, *session, "crashed")?;
+            close_session(conn, at, *session, EndReason::Crashed)?;
             conn.prepare_cached(
                 "UPDATE work_items SET attempts = attempts + 1, updated_at = ?3
                  WHERE id = ?1 AND place = 'live' AND session = ?2",
@@ -416,7 +407,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 "UPDATE sessions SET end_reason = 'done' WHERE id = ?1 AND end_reason = 'closed'",
             )?
             .execute([sql_id(session.0)])?;
-            close_session(conn, at, *session, "done")?;
+            close_session(conn, at, *session, EndReason::Done)?;
             insert_event(
                 conn,
                 at,
@@ -444,7 +435,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
             let (session, rotation) = match outcome {
                 RecoveryOutcome::Queued => (None, None),
                 RecoveryOutcome::Requeued { session } => {
-                    close_session(conn, at, *session, "lost")?;
+                    close_session(conn, at, *session, EndReason::Lost)?;
                     requeue(
                         conn,
                         at,
@@ -504,10 +495,14 @@ fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &s
     if !fresh {
         return Ok(());
     }
-    let step = if r.success { "done" } else { "failed" };
+    let step = if r.success {
+        RotationStep::Done
+    } else {
+        RotationStep::Failed
+    };
     let record = serde_json::to_string(r)?;
     let id = sql_id(r.rotation.0);
-    let existing: Option<(String, Option<String>, Option<i64>)> = conn
+    let existing: Option<(RotationStep, Option<String>, Option<i64>)> = conn
         .prepare_cached("SELECT step, handoff, new_session FROM rotations WHERE id = ?1")?
         .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .optional()?;
@@ -524,13 +519,13 @@ fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &s
                 sql_id(r.old_session.0),
                 r.new_session.map(|s| sql_id(s.0)),
                 r.agent_type.as_ref(),
-                r.reason.as_str(),
+                r.reason,
                 step,
                 record,
                 at
             ])?;
         }
-        Some((current, _, _)) if current == "done" || current == "failed" => {}
+        Some((current, _, _)) if current.is_final() => {}
         Some((_, handoff, spawned)) => {
             conn.prepare_cached(
                 "UPDATE rotations SET step = ?2, record = ?3,
@@ -545,7 +540,7 @@ fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &s
                 at
             ])?;
             if !r.success {
-                close_session(conn, at, r.old_session, "rotation_failed")?;
+                close_session(conn, at, r.old_session, EndReason::RotationFailed)?;
             }
             if let Some(successor) = spawned.filter(|_| !r.success) {
                 // A successor spawned for a rotation that failed: known, closed, and to be
@@ -640,7 +635,7 @@ fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
                     sql_id(i.work_item.0),
                     sql_id(i.old_session.0),
                     i.agent_type.as_ref(),
-                    i.reason.as_str(),
+                    i.reason,
                     sql_id(i.spawn_key.0),
                     request,
                     at
@@ -785,7 +780,7 @@ fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Hando
             ))),
         };
     }
-    close_session(conn, at, r.old_session, "rotated")?;
+    close_session(conn, at, r.old_session, EndReason::Rotated)?;
     conn.prepare_cached(
         "INSERT INTO sessions (id, agent_type, work_item, state, phase, predecessor, rotation, started_at)
          VALUES (?1, ?2, ?3, 'live', 'Normal', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",

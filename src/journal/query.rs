@@ -11,12 +11,12 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
 use serde::Serialize;
 
-use super::schema::{self, Header, SCHEMA_VERSION};
+use super::schema::{self, EndReason, Header, SCHEMA_VERSION, SessionState, WorkItemPlace};
 use super::{JournalError, Timestamp};
-use crate::machine::SessionId;
+use crate::machine::Phase;
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord, RotationStep};
-use crate::runtime::{Handoff, WorkItemId};
+use crate::vocab::{Handoff, SessionId, WorkItemId};
 
 /// Which rows to list. Every field narrows the result; the default lists everything.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -48,10 +48,10 @@ pub struct SessionRow {
     pub agent_type: String,
     /// The work item it held.
     pub work_item: WorkItemId,
-    /// The supervisor's view: `live`, `rotating` or `closed`.
-    pub state: String,
-    /// Its machine's last recorded state (`Normal`, `Compacting`, `Rotating`, `Closed`).
-    pub phase: String,
+    /// The supervisor's view: live, rotating or closed.
+    pub state: SessionState,
+    /// Its machine's last recorded state.
+    pub phase: Phase,
     /// Transitions recorded.
     pub transitions: u64,
     /// Compaction records (successful or not).
@@ -64,10 +64,8 @@ pub struct SessionRow {
     pub started_at: Timestamp,
     /// When it ended.
     pub ended_at: Option<Timestamp>,
-    /// How it ended: `rotated`, `closed`, `done`, `rotation_failed`, `crashed`, `lost` (its
-    /// process died and recovery closed it), or `start_abandoned` (its start gave up on it before
-    /// it took its work item: its assign failed, or a shutdown began).
-    pub end_reason: Option<String>,
+    /// How it ended.
+    pub end_reason: Option<EndReason>,
 }
 
 /// A rotation, finished or not.
@@ -83,8 +81,8 @@ pub struct RotationRow {
     pub new_session: Option<SessionId>,
     /// The agent type of both.
     pub agent_type: String,
-    /// Why (`threshold`, `insufficient_compaction`, ...).
-    pub reason: String,
+    /// Why.
+    pub reason: RotationReason,
     /// How far it got.
     pub step: RotationStep,
     /// When it was decided.
@@ -115,8 +113,8 @@ pub struct WorkItemRow {
     pub agent_type: String,
     /// Its text.
     pub text: String,
-    /// `queued`, `live`, `rotating`, `done` or `dead`.
-    pub place: String,
+    /// Where it is.
+    pub place: WorkItemPlace,
     /// The session holding it (live, rotating) or that held it last (done).
     pub session: Option<SessionId>,
     /// Crashes and failed starts.
@@ -163,48 +161,158 @@ impl EventRow {
 }
 
 /// Read-only access to a journal file.
+///
+/// A reader never writes, creates or deletes a file, beside the journal or anywhere else:
+///
+/// * With no writer's records pending (no `-wal` file, or an empty one), the file is opened
+///   `immutable` (SQLite takes no locks and needs no `-shm` index), so it reads from a
+///   read-only directory too. Every query then checks that the file and its `-wal` are as they
+///   were at open; if a writer started meanwhile, the query fails with
+///   [`JournalError::Changed`] and a new reader (which then reads through the writer's locks)
+///   gets a consistent answer.
+/// * With records in the `-wal` file (a writer is running, or one crashed), it is opened
+///   read-only through SQLite's locks, using the writer's `-shm` index. Without that index
+///   (the journal was copied without it), reading would make SQLite create one, so the reader
+///   refuses with [`JournalError::NeedsIndex`], which says what to do.
 pub struct JournalReader {
     /// A read-only connection.
-    conn: Connection,
+    pub(super) conn: Connection,
     /// The file, for messages.
     path: PathBuf,
+    /// For a journal opened without locks: the files as they were, to check after each query.
+    pub(super) unlocked: Option<FileState>,
 }
 
 impl std::fmt::Debug for JournalReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JournalReader")
             .field("path", &self.path)
+            .field("locked", &self.unlocked.is_none())
             .finish()
     }
 }
 
+/// `<journal><suffix>`: the files SQLite keeps beside a database (`-wal`, `-shm`, `-journal`).
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// What a journal's file and its `-wal` look like from outside: any write changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FileState {
+    /// The journal's identity, length and modification time.
+    main: (u64, u64, Option<std::time::SystemTime>),
+    /// The `-wal` file's length and modification time, if it exists.
+    wal: Option<(u64, Option<std::time::SystemTime>)>,
+}
+
+impl FileState {
+    fn read(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let inode = 0;
+        let wal = std::fs::metadata(beside(path, "-wal"))
+            .ok()
+            .map(|w| (w.len(), w.modified().ok()));
+        Ok(Self {
+            main: (inode, m.len(), m.modified().ok()),
+            wal,
+        })
+    }
+}
+
+/// A `file:` URI for `path` with `query`: every byte but the unreserved ones and `/`
+/// percent-encoded, so that no file name can add a parameter.
+fn uri(path: &Path, query: &str) -> String {
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().into_owned().into_bytes();
+    let mut out = String::from("file:");
+    for b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push('?');
+    out.push_str(query);
+    out
+}
+
 impl JournalReader {
-    /// Opens the journal at `path` read-only. A missing file, a file that is not SQLite,
-    /// another program's database, a journal from a newer baton, and one from an older baton not
-    /// yet migrated are refused with a typed error; nothing is ever written. The file is not
-    /// scanned (a damaged page is reported as [`JournalError::Corrupt`] by the query that
-    /// reads it).
+    /// Opens the journal at `path` read-only (see [`JournalReader`] for how). A missing file, a
+    /// directory, a file that is not SQLite, another program's database, a journal from a newer
+    /// baton, one with a schema version no baton writes, and one from an older baton not yet
+    /// migrated are refused with a typed error; nothing is ever written. The file is not
+    /// scanned (a damaged page is reported as [`JournalError::Corrupt`] by the query that reads
+    /// it).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, JournalError> {
         let path = path.as_ref().to_owned();
-        if !path.exists() {
-            return Err(JournalError::Missing(path));
+        let meta = match std::fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(JournalError::Missing(path));
+            }
+            Err(e) => {
+                return Err(JournalError::Io {
+                    message: format!("cannot read {}: {e}", path.display()),
+                });
+            }
+        };
+        if !meta.is_file() {
+            return Err(JournalError::NotAFile(path));
         }
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| JournalError::sqlite(&e, &path))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(|e| JournalError::sqlite(&e, &path))?;
-        match schema::inspect(&conn, &path)? {
-            Header::Journal(SCHEMA_VERSION) => Ok(Self { conn, path }),
-            Header::Journal(found) => Err(JournalError::OlderSchema {
+        let state = FileState::read(&path)?;
+        let pending = state.wal.is_some_and(|(len, _)| len > 0);
+        let shm = beside(&path, "-shm");
+        if pending && !shm.exists() {
+            return Err(JournalError::NeedsIndex {
+                wal: beside(&path, "-wal"),
+                shm,
                 path,
+            });
+        }
+        // A rollback journal beside it means a write in progress (or cut short) in the old
+        // journal mode: SQLite's locks decide what is committed.
+        let unlocked = !pending && !beside(&path, "-journal").exists();
+        let query = if unlocked {
+            "mode=ro&immutable=1"
+        } else {
+            "mode=ro"
+        };
+        let sql = |e: rusqlite::Error| JournalError::sqlite(&e, &path);
+        let conn = Connection::open_with_flags(
+            uri(&path, query),
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
+        let reader = Self {
+            conn,
+            unlocked: unlocked.then_some(state),
+            path,
+        };
+        match schema::inspect(&reader.conn, &reader.path)? {
+            Header::Journal(SCHEMA_VERSION) => {
+                reader.view().unchanged()?;
+                Ok(reader)
+            }
+            Header::Journal(found) => Err(JournalError::OlderSchema {
+                path: reader.path,
                 found,
                 supported: SCHEMA_VERSION,
             }),
             Header::Empty => Err(JournalError::Foreign {
-                path,
+                path: reader.path,
                 application_id: 0,
                 tables: 0,
             }),
@@ -216,6 +324,7 @@ impl JournalReader {
         JournalView {
             conn: &self.conn,
             path: &self.path,
+            unlocked: self.unlocked.as_ref(),
         }
     }
 }
@@ -227,6 +336,8 @@ pub struct JournalView<'a> {
     conn: &'a Connection,
     /// The file, for messages.
     path: &'a Path,
+    /// For a reader opened without locks: the files as they were at open.
+    unlocked: Option<&'a FileState>,
 }
 
 /// A `WHERE` clause being built, with its parameters.
@@ -269,46 +380,142 @@ fn text(s: &str) -> Value {
     Value::Text(s.to_owned())
 }
 
+/// A state as stored (its serde name).
+fn stored(v: impl rusqlite::ToSql) -> Value {
+    match v.to_sql() {
+        Ok(rusqlite::types::ToSqlOutput::Owned(v)) => v,
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t))) => {
+            Value::Text(String::from_utf8_lossy(t).into_owned())
+        }
+        _ => Value::Null,
+    }
+}
+
 fn ts(t: Timestamp) -> Value {
     Value::Integer(t.0)
 }
 
-fn json<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+/// Column `i` of `r` as JSON.
+pub(super) fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
+}
+
+/// Column `i` of `r` as JSON, when it is not NULL.
+pub(super) fn json_opt<T: serde::de::DeserializeOwned>(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<Option<T>> {
+    match r.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => Ok(None),
+        _ => json(r, i).map(Some),
+    }
+}
+
+/// The column a row-reading error is about, when it names one.
+fn column_index(e: &rusqlite::Error) -> Option<usize> {
+    match e {
+        rusqlite::Error::InvalidColumnType(i, _, _)
+        | rusqlite::Error::FromSqlConversionFailure(i, _, _)
+        | rusqlite::Error::IntegralValueOutOfRange(i, _) => Some(*i),
+        _ => None,
+    }
+}
+
+/// What is wrong with a value, without rusqlite's positional wording.
+fn reason(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::InvalidColumnType(_, _, found) => {
+            format!("a {found} value of the wrong type")
+        }
+        rusqlite::Error::FromSqlConversionFailure(_, _, cause) => cause.to_string(),
+        rusqlite::Error::IntegralValueOutOfRange(_, v) => format!("{v} is out of range"),
+        e => e.to_string(),
+    }
 }
 
 impl<'a> JournalView<'a> {
     pub(crate) fn new(conn: &'a Connection, path: &'a Path) -> Self {
-        Self { conn, path }
+        Self {
+            conn,
+            path,
+            unlocked: None,
+        }
     }
 
-    /// Runs `select` (which must order by `order`) with the filter and the limit.
+    /// For a reader opened without locks: fails if a writer changed the files since the open.
+    fn unchanged(&self) -> Result<(), JournalError> {
+        match self.unlocked {
+            Some(before) if FileState::read(self.path).ok().as_ref() != Some(before) => {
+                Err(JournalError::Changed(self.path.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `select` on `table` (its first column the row's id, ordered by `order`) with the
+    /// filter and the limit. A row that does not read as its type stops the listing with
+    /// [`JournalError::BadRow`], naming the table, the row and the column.
     fn list<T>(
         &self,
+        table: &'static str,
         select: &str,
         order: &str,
-        w: Where,
+        mut w: Where,
         limit: Option<usize>,
-        row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        mut row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, JournalError> {
         let inner = format!("{select} {} ORDER BY {order}", w.sql());
         let sql = match limit {
-            Some(n) => format!("SELECT * FROM ({inner} DESC LIMIT {n}) ORDER BY {order}"),
+            Some(n) => {
+                // SQLite's integers stop at i64::MAX; a larger limit is no limit.
+                w.params
+                    .push(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+                let n = w.params.len();
+                format!("SELECT * FROM ({inner} DESC LIMIT ?{n}) ORDER BY {order}")
+            }
             None => inner,
         };
-        let fail = |e: rusqlite::Error| match e {
-            rusqlite::Error::FromSqlConversionFailure(_, _, e) => {
-                JournalError::BadRecord(e.to_string())
+        let result = self.rows(table, &sql, w.params, &mut row);
+        // A writer that started under a reader without locks explains any failure.
+        self.unchanged()?;
+        result
+    }
+
+    /// The rows of `sql`, each read by `row`.
+    pub(super) fn rows<T>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        params: Vec<Value>,
+        row: &mut impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, JournalError> {
+        let sql_err = |e: rusqlite::Error| JournalError::sqlite(&e, self.path);
+        let mut stmt = self.conn.prepare(sql).map_err(sql_err)?;
+        let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+        let mut rows = stmt.query(params_from_iter(params)).map_err(sql_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(sql_err)? {
+            match row(r) {
+                Ok(t) => out.push(t),
+                Err(e) => {
+                    let id = r.get::<_, i64>(0).unwrap_or_default();
+                    let column = column_index(&e)
+                        .and_then(|i| names.get(i))
+                        .map_or_else(String::new, |c| format!("column {c}: "));
+                    let error = JournalError::BadRow {
+                        table,
+                        row: id,
+                        message: format!("{column}{}", reason(&e)),
+                    };
+                    tracing::warn!(path = %self.path.display(), %error, "unreadable journal row");
+                    return Err(error);
+                }
             }
-            e => JournalError::sqlite(&e, self.path),
-        };
-        let mut stmt = self.conn.prepare(&sql).map_err(fail)?;
-        let rows = stmt
-            .query_map(params_from_iter(w.params), row)
-            .map_err(fail)?;
-        rows.collect::<rusqlite::Result<Vec<T>>>().map_err(fail)
+        }
+        Ok(out)
     }
 
     /// Sessions, by id.
@@ -330,6 +537,7 @@ impl<'a> JournalView<'a> {
             w.add("started_at <= ?", [ts(t)]);
         }
         self.list(
+            "sessions",
             "SELECT id, agent_type, work_item, state, phase, transitions, compactions, predecessor,
                     rotation, started_at, ended_at, end_reason FROM sessions",
             "id",
@@ -367,7 +575,7 @@ impl<'a> JournalView<'a> {
             w.add("agent_type = ?", [text(a)]);
         }
         if let Some(r) = f.reason {
-            w.add("reason = ?", [text(r.as_str())]);
+            w.add("reason = ?", [stored(r)]);
         }
         if let Some(t) = f.since {
             w.add("started_at >= ?", [ts(t)]);
@@ -376,13 +584,13 @@ impl<'a> JournalView<'a> {
             w.add("started_at <= ?", [ts(t)]);
         }
         self.list(
+            "rotations",
             "SELECT id, work_item, old_session, new_session, agent_type, reason, step, started_at,
                     finished_at, record FROM rotations",
             "id",
             w,
             f.limit,
             |r| {
-                let step: String = r.get(6)?;
                 Ok(RotationRow {
                     rotation: RotationId(r.get::<_, i64>(0)? as u64),
                     work_item: WorkItemId(r.get::<_, i64>(1)? as u64),
@@ -390,20 +598,10 @@ impl<'a> JournalView<'a> {
                     new_session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
                     agent_type: r.get(4)?,
                     reason: r.get(5)?,
-                    step: RotationStep::parse(&step).ok_or_else(|| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            6,
-                            rusqlite::types::Type::Text,
-                            format!("rotation step {step:?}").into(),
-                        )
-                    })?,
+                    step: r.get(6)?,
                     started_at: Timestamp(r.get(7)?),
                     finished_at: r.get::<_, Option<i64>>(8)?.map(Timestamp),
-                    record: r
-                        .get::<_, Option<String>>(9)?
-                        .as_deref()
-                        .map(json)
-                        .transpose()?,
+                    record: json_opt(r, 9)?,
                 })
             },
         )
@@ -428,6 +626,7 @@ impl<'a> JournalView<'a> {
             w.add("at <= ?", [ts(t)]);
         }
         self.list(
+            "compactions",
             "SELECT id, at, record FROM compactions",
             "id",
             w,
@@ -436,7 +635,7 @@ impl<'a> JournalView<'a> {
                 Ok(CompactionRow {
                     id: r.get::<_, i64>(0)? as u64,
                     at: Timestamp(r.get(1)?),
-                    record: json(&r.get::<_, String>(2)?)?,
+                    record: json(r, 2)?,
                 })
             },
         )
@@ -461,6 +660,7 @@ impl<'a> JournalView<'a> {
             w.add("submitted_at <= ?", [ts(t)]);
         }
         self.list(
+            "work_items",
             "SELECT id, agent_type, text, place, session, attempts, spawns, epoch, handoff, reason,
                     submitted_at, updated_at FROM work_items",
             "id",
@@ -476,11 +676,7 @@ impl<'a> JournalView<'a> {
                     attempts: r.get(5)?,
                     spawns: r.get(6)?,
                     epoch: r.get::<_, i64>(7)? as u64,
-                    handoff: r
-                        .get::<_, Option<String>>(8)?
-                        .as_deref()
-                        .map(json)
-                        .transpose()?,
+                    handoff: json_opt(r, 8)?,
                     reason: r.get(9)?,
                     submitted_at: Timestamp(r.get(10)?),
                     updated_at: Timestamp(r.get(11)?),
@@ -508,7 +704,7 @@ impl<'a> JournalView<'a> {
         if let Some(r) = f.reason {
             w.add(
                 "rotation IN (SELECT id FROM rotations WHERE reason = ?)",
-                [text(r.as_str())],
+                [stored(r)],
             );
         }
         if let Some(t) = f.since {
@@ -518,6 +714,7 @@ impl<'a> JournalView<'a> {
             w.add("at <= ?", [ts(t)]);
         }
         self.list(
+            "events",
             "SELECT seq, at, kind, session, work_item, rotation, payload FROM events",
             "seq",
             w,
@@ -530,7 +727,7 @@ impl<'a> JournalView<'a> {
                     session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
                     work_item: r.get::<_, Option<i64>>(4)?.map(|s| WorkItemId(s as u64)),
                     rotation: r.get::<_, Option<i64>>(5)?.map(|s| RotationId(s as u64)),
-                    payload: json(&r.get::<_, String>(6)?)?,
+                    payload: json(r, 6)?,
                 })
             },
         )

@@ -10,25 +10,14 @@ use rusqlite::Connection;
 
 use super::JournalError;
 use super::project::RotationIntent;
-use crate::machine::SessionId;
+use super::query::{JournalView, json, json_opt};
+use crate::machine::Phase;
 use crate::record::RotationStep;
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
-/// Where the journal last saw a work item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoredPlace {
-    /// Waiting for a session.
-    Queued,
-    /// Held by a live session.
-    Live,
-    /// Held by a session whose rotation is under way.
-    Rotating,
-    /// Finished.
-    Done,
-    /// Given up on.
-    Dead,
-}
+/// Where the journal last saw a work item (the name the supervisor's recovery uses).
+pub(crate) use super::schema::WorkItemPlace as StoredPlace;
 
 /// A work item as the journal holds it.
 #[derive(Debug, Clone)]
@@ -73,10 +62,10 @@ pub(crate) struct OpenSession {
     pub work_item: WorkItemId,
     /// Its agent type.
     pub agent_type: Arc<str>,
-    /// Its last recorded phase (`Compacting` means a compaction was in flight).
-    pub phase: String,
+    /// Its last recorded phase ([`Phase::Compacting`] means a compaction was in flight).
+    pub phase: Phase,
     /// The reading its compaction under way started from: set when the session enters
-    /// Compacting, cleared when a compaction record arrives. With `phase == "Compacting"`, a
+    /// Compacting, cleared when a compaction record arrives. In [`Phase::Compacting`], a
     /// compaction that a crash cut short.
     pub compacting_from: Option<Usage>,
 }
@@ -107,138 +96,76 @@ impl RecoveryState {
     }
 }
 
-fn json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, JournalError> {
-    serde_json::from_str(text).map_err(|e| JournalError::BadRecord(format!("{e}: {text}")))
-}
-
-/// Reads the recovery state.
+/// Reads the recovery state. A row that does not read as its type is refused with
+/// [`JournalError::BadRow`], naming its table, id and column: a supervisor does not start from a
+/// journal it cannot read.
 pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, JournalError> {
-    let sql = |e: rusqlite::Error| JournalError::sqlite(&e, path);
-    let mut state = RecoveryState::default();
-
-    let mut stmt = conn
-        .prepare(
+    let view = JournalView::new(conn, path);
+    let mut state = RecoveryState {
+        items: view.rows(
+            "work_items",
             "SELECT id, agent_type, text, place, session, attempts, spawns, pending_spawn_key,
                     handoff, reason
              FROM work_items ORDER BY queue_seq, id",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<i64>>(4)?,
-                r.get::<_, u32>(5)?,
-                r.get::<_, u32>(6)?,
-                r.get::<_, Option<i64>>(7)?,
-                r.get::<_, Option<String>>(8)?,
-                r.get::<_, Option<String>>(9)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in rows {
-        let (id, agent_type, text, place, session, attempts, spawns, pending, handoff, reason) =
-            row.map_err(sql)?;
-        let place = match place.as_str() {
-            "queued" => StoredPlace::Queued,
-            "live" => StoredPlace::Live,
-            "rotating" => StoredPlace::Rotating,
-            "done" => StoredPlace::Done,
-            "dead" => StoredPlace::Dead,
-            other => {
-                return Err(JournalError::BadRecord(format!(
-                    "work item place {other:?}"
-                )));
-            }
-        };
-        state.items.push(StoredItem {
-            item: WorkItem {
-                id: WorkItemId(id as u64),
-                agent_type: agent_type.into(),
-                text,
+            Vec::new(),
+            &mut |r| {
+                Ok(StoredItem {
+                    item: WorkItem {
+                        id: WorkItemId(r.get::<_, i64>(0)? as u64),
+                        agent_type: r.get::<_, String>(1)?.into(),
+                        text: r.get(2)?,
+                    },
+                    place: r.get(3)?,
+                    session: r.get::<_, Option<i64>>(4)?.map(|s| SessionId(s as u64)),
+                    attempts: r.get(5)?,
+                    spawns: r.get(6)?,
+                    pending_key: r.get::<_, Option<i64>>(7)?.map(|k| SpawnKey(k as u64)),
+                    handoff: json_opt(r, 8)?,
+                    reason: r.get(9)?,
+                })
             },
-            place,
-            session: session.map(|s| SessionId(s as u64)),
-            attempts,
-            spawns,
-            pending_key: pending.map(|k| SpawnKey(k as u64)),
-            handoff: handoff.as_deref().map(json).transpose()?,
-            reason,
-        });
-    }
-
-    let mut stmt = conn
-        .prepare(
-            "SELECT request, step, handoff, new_session FROM rotations
+        )?,
+        rotations: view.rows(
+            "rotations",
+            "SELECT id, request, step, handoff, new_session FROM rotations
              WHERE step IN ('intent', 'handoff', 'spawned') ORDER BY id",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in rows {
-        let (request, step, handoff, successor) = row.map_err(sql)?;
-        state.rotations.push(OpenRotation {
-            intent: json(&request)?,
-            step: RotationStep::parse(&step)
-                .ok_or_else(|| JournalError::BadRecord(format!("rotation step {step:?}")))?,
-            handoff: handoff.as_deref().map(json).transpose()?,
-            successor: successor.map(|s| SessionId(s as u64)),
-        });
-    }
-
-    let mut stmt = conn
-        .prepare(
+            Vec::new(),
+            &mut |r| {
+                Ok(OpenRotation {
+                    intent: json(r, 1)?,
+                    step: r.get(2)?,
+                    handoff: json_opt(r, 3)?,
+                    successor: r.get::<_, Option<i64>>(4)?.map(|s| SessionId(s as u64)),
+                })
+            },
+        )?,
+        sessions: view.rows(
+            "sessions",
             "SELECT id, work_item, agent_type, phase, compacting_from FROM sessions
              WHERE state != 'closed' ORDER BY id",
-        )
-        .map_err(sql)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })
-        .map_err(sql)?;
-    for row in rows {
-        let (id, work_item, agent_type, phase, from) = row.map_err(sql)?;
-        state.sessions.push(OpenSession {
-            id: SessionId(id as u64),
-            work_item: WorkItemId(work_item as u64),
-            agent_type: agent_type.into(),
-            phase,
-            compacting_from: from.as_deref().map(json).transpose()?,
-        });
-    }
-
-    let mut stmt = conn
-        .prepare("SELECT id FROM sessions WHERE state = 'closed' AND released = 0 ORDER BY id")
-        .map_err(sql)?;
-    state.unreleased = stmt
-        .query_map([], |r| r.get::<_, i64>(0))
-        .map_err(sql)?
-        .map(|r| r.map(|id| SessionId(id as u64)))
-        .collect::<Result<_, _>>()
-        .map_err(sql)?;
-
+            Vec::new(),
+            &mut |r| {
+                Ok(OpenSession {
+                    id: SessionId(r.get::<_, i64>(0)? as u64),
+                    work_item: WorkItemId(r.get::<_, i64>(1)? as u64),
+                    agent_type: r.get::<_, String>(2)?.into(),
+                    phase: r.get(3)?,
+                    compacting_from: json_opt(r, 4)?,
+                })
+            },
+        )?,
+        unreleased: view.rows(
+            "sessions",
+            "SELECT id FROM sessions WHERE state = 'closed' AND released = 0 ORDER BY id",
+            Vec::new(),
+            &mut |r| Ok(SessionId(r.get::<_, i64>(0)? as u64)),
+        )?,
+        last_rotation: 0,
+    };
     state.last_rotation = conn
         .query_row("SELECT coalesce(max(id), 0) FROM rotations", [], |r| {
             r.get::<_, i64>(0)
         })
-        .map_err(sql)? as u64;
+        .map_err(|e| JournalError::sqlite(&e, path))? as u64;
     Ok(state)
 }

@@ -6,12 +6,22 @@
 //! refused with a typed error and left untouched. Migrations run one version at a time, each in
 //! its own `BEGIN IMMEDIATE` transaction that also bumps `user_version`, so a crash during a
 //! migration leaves the file at the version before it.
+//!
+//! The states the tables hold ([`WorkItemPlace`], [`SessionState`], [`EndReason`], and the
+//! machine's `Phase`, `RotationStep` and `RotationReason`) are stored as their serde names
+//! through `ToSql` / `FromSql`: the `CHECK` constraints below list the same names.
 
+use std::fmt;
 use std::path::Path;
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 
 use super::JournalError;
+use crate::machine::Phase;
+use crate::policy::RotationReason;
+use crate::record::RotationStep;
 
 /// The `application_id` in a baton journal's header: `"batn"` in ASCII.
 pub const APPLICATION_ID: i32 = 0x6261_746e;
@@ -108,7 +118,7 @@ CREATE INDEX events_by_work_item ON events (work_item);
 pub(crate) enum Header {
     /// An empty database (a new or zero-length file): baton may make it a journal.
     Empty,
-    /// A baton journal at this schema version (at most [`SCHEMA_VERSION`]).
+    /// A baton journal at this schema version (from 0 to [`SCHEMA_VERSION`]).
     Journal(i32),
 }
 
@@ -134,6 +144,10 @@ pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Header, JournalE
             found: version,
             supported: SCHEMA_VERSION,
         }),
+        APPLICATION_ID if version < 0 => Err(JournalError::UnknownSchema {
+            path: path.to_owned(),
+            found: version,
+        }),
         APPLICATION_ID => Ok(Header::Journal(version)),
         0 if version == 0 && tables == 0 => Ok(Header::Empty),
         _ => Err(JournalError::Foreign {
@@ -155,12 +169,17 @@ pub(crate) fn migrate(
         Header::Empty => 0,
         Header::Journal(v) => v,
     };
-    for version in from..SCHEMA_VERSION {
+    // `inspect` refuses versions outside 0..=SCHEMA_VERSION; a version that still has no
+    // migration is refused here rather than indexed.
+    let first = usize::try_from(from).map_err(|_| JournalError::UnknownSchema {
+        path: path.to_owned(),
+        found: from,
+    })?;
+    for (version, migration) in (from..SCHEMA_VERSION).zip(MIGRATIONS.iter().skip(first)) {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
-        tx.execute_batch(MIGRATIONS[version as usize])
-            .map_err(sql)?;
+        tx.execute_batch(migration).map_err(sql)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(sql)?;
         tx.pragma_update(None, "user_version", version + 1)
@@ -169,4 +188,113 @@ pub(crate) fn migrate(
         tracing::info!(path = %path.display(), version = version + 1, "journal schema migrated");
     }
     Ok(())
+}
+
+/// Where the journal last saw a work item: its `work_items.place`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkItemPlace {
+    /// Waiting for a session.
+    Queued,
+    /// Held by a live session.
+    Live,
+    /// Held by a session whose rotation is under way.
+    Rotating,
+    /// Finished.
+    Done,
+    /// Given up on (dead-lettered).
+    Dead,
+}
+
+/// The supervisor's view of a session: its `sessions.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Working on its item.
+    Live,
+    /// Being replaced by a rotation.
+    Rotating,
+    /// Ended (see [`EndReason`]).
+    Closed,
+}
+
+/// How a session ended: its `sessions.end_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// A rotation handed its item to a successor.
+    Rotated,
+    /// Closed on request (its machine reached Closed).
+    Closed,
+    /// Its item was finished.
+    Done,
+    /// Its rotation failed.
+    RotationFailed,
+    /// It crashed.
+    Crashed,
+    /// Its process died and recovery closed it.
+    Lost,
+    /// Its start gave up on it before it took its work item (its assign failed, or a shutdown
+    /// began).
+    StartAbandoned,
+}
+
+/// The name a unit variant of `value` has in serde (and so in SQL and JSON).
+fn stored_name<T: Serialize>(value: &T) -> Option<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => Some(name),
+        _ => None,
+    }
+}
+
+/// The journal's state types are stored as their serde names: one spelling for SQL, JSON and
+/// the tables, and no string compared by hand. A stored name that no variant has reads as a
+/// conversion error naming the value (escaped) and the type.
+macro_rules! stored_as_text {
+    ($($t:ty => $what:literal),* $(,)?) => {$(
+        impl ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                stored_name(self).map(ToSqlOutput::from).ok_or_else(|| {
+                    rusqlite::Error::ToSqlConversionFailure(
+                        format!("{self:?} has no name as a {}", $what).into(),
+                    )
+                })
+            }
+        }
+
+        impl FromSql for $t {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let name = value.as_str()?;
+                serde_json::from_value(serde_json::Value::String(name.to_owned()))
+                    .map_err(|_| FromSqlError::Other(format!("{name:?} is not a {}", $what).into()))
+            }
+        }
+    )*};
+}
+
+stored_as_text!(
+    WorkItemPlace => "work item place",
+    SessionState => "session state",
+    EndReason => "session end reason",
+    Phase => "phase",
+    RotationStep => "rotation step",
+    RotationReason => "rotation reason",
+);
+
+impl fmt::Display for WorkItemPlace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&stored_name(self).unwrap_or_default())
+    }
+}
+
+impl fmt::Display for SessionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&stored_name(self).unwrap_or_default())
+    }
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&stored_name(self).unwrap_or_default())
+    }
 }

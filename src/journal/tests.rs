@@ -9,11 +9,11 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 
 use super::*;
-use crate::machine::{EventKind, Phase, SessionId, TransitionRecord};
+use crate::machine::{EventKind, Phase, TransitionRecord};
 use crate::policy::RotationReason;
 use crate::record::{CompactionRecord, FleetEvent, RotationId, RotationRecord};
-use crate::runtime::{Handoff, SpawnKey, WorkItem, WorkItemId};
 use crate::usage::Usage;
+use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
 fn block<T>(f: impl Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
@@ -782,11 +782,8 @@ fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending() {
     );
     let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
     assert_eq!(
-        (
-            sessions[0].state.as_str(),
-            sessions[0].end_reason.as_deref()
-        ),
-        ("closed", Some("start_abandoned"))
+        (sessions[0].state, sessions[0].end_reason),
+        (SessionState::Closed, Some(EndReason::StartAbandoned))
     );
     j.note(Op::Released {
         session: SessionId(5),
@@ -830,7 +827,7 @@ fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction(
     let items = block(j.read(|v| v.work_items(&Filter::default()))).unwrap();
     assert_eq!(items[0].handoff, Some(handoff()));
     let sessions = block(j.read(|v| v.sessions(&Filter::default()))).unwrap();
-    assert_eq!(sessions[0].end_reason.as_deref(), Some("rotation_failed"));
+    assert_eq!(sessions[0].end_reason, Some(EndReason::RotationFailed));
 
     // The supervisor's requeue that follows, and any duplicate, change nothing.
     let once = snapshot(&j);
@@ -893,4 +890,385 @@ fn a_reader_asks_for_an_older_journal_to_be_migrated() {
         }
     );
     assert!(e.to_string().contains("open it once for writing"), "{e}");
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn a_reader_opens_a_closed_journal_read_only_and_creates_no_file_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    let before = files_in(dir.path());
+    assert!(!before.iter().any(|f| f.ends_with("-wal")), "{before:?}");
+    // A read-only directory (root ignores the mode; then the file list below is the check).
+    set_mode(dir.path(), 0o555);
+    let reader = JournalReader::open(&path).unwrap();
+    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    assert!(
+        reader.unlocked.is_some(),
+        "no writer's records: opened immutable"
+    );
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        300
+    );
+    assert_eq!(
+        files_in(dir.path()),
+        before,
+        "nothing created while reading"
+    );
+    drop(reader);
+    set_mode(dir.path(), 0o755);
+    assert_eq!(files_in(dir.path()), before, "nothing left behind");
+}
+
+#[test]
+fn a_reader_beside_a_live_writer_reads_its_records_through_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(1)));
+    sync(&j);
+    let before = files_in(dir.path());
+    assert!(before.contains(&"baton.db-wal".to_string()), "{before:?}");
+    let reader = JournalReader::open(&path).unwrap();
+    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    assert!(
+        reader.unlocked.is_none(),
+        "records in the WAL: read through locks"
+    );
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        1
+    );
+    // It sees what the writer commits after it opened.
+    j.note(Op::Submitted(item(2)));
+    sync(&j);
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        2
+    );
+    drop(reader);
+    assert_eq!(files_in(dir.path()), before);
+}
+
+#[test]
+fn a_reader_refuses_a_wal_without_its_index_and_says_what_it_needs() {
+    let live = tempfile::tempdir().unwrap();
+    let path = live.path().join("baton.db");
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(1)));
+    sync(&j);
+    // A copy of the journal and its WAL, without the -shm index.
+    let copy = tempfile::tempdir().unwrap();
+    let copied = copy.path().join("baton.db");
+    std::fs::copy(&path, &copied).unwrap();
+    std::fs::copy(
+        live.path().join("baton.db-wal"),
+        copy.path().join("baton.db-wal"),
+    )
+    .unwrap();
+    let before = files_in(copy.path());
+    let e = JournalReader::open(&copied).unwrap_err();
+    assert!(matches!(e, JournalError::NeedsIndex { .. }), "{e}");
+    assert!(e.to_string().contains("baton.db-shm"), "{e}");
+    assert!(
+        e.to_string().contains("open the journal once for writing"),
+        "{e}"
+    );
+    assert_eq!(files_in(copy.path()), before, "no index created");
+    drop(j);
+}
+
+#[test]
+fn a_writer_starting_under_a_reader_without_locks_makes_its_next_query_fail_as_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    let reader = JournalReader::open(&path).unwrap();
+    assert!(reader.unlocked.is_some());
+    assert_eq!(
+        reader.view().work_items(&Filter::default()).unwrap().len(),
+        300
+    );
+    let j = Journal::open(&path).unwrap();
+    j.note(Op::Submitted(item(301)));
+    sync(&j);
+    let e = reader.view().work_items(&Filter::default()).unwrap_err();
+    assert_eq!(e, JournalError::Changed(path.clone()));
+    // A new reader reads through the writer's locks and sees everything.
+    let again = JournalReader::open(&path).unwrap();
+    assert_eq!(
+        again.view().work_items(&Filter::default()).unwrap().len(),
+        301
+    );
+}
+
+#[test]
+fn a_directory_is_refused_as_not_a_journal_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = JournalReader::open(dir.path()).unwrap_err();
+    assert_eq!(e, JournalError::NotAFile(dir.path().to_owned()));
+    assert!(e.to_string().contains("is not a journal file"), "{e}");
+}
+
+#[test]
+fn a_negative_schema_version_is_refused_by_the_writer_and_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    drop(Journal::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", -1)
+        .unwrap();
+    let expected = JournalError::UnknownSchema {
+        path: path.clone(),
+        found: -1,
+    };
+    assert_eq!(JournalReader::open(&path).unwrap_err(), expected);
+    assert_eq!(Journal::open(&path).unwrap_err(), expected);
+    let version: i32 = Connection::open(&path)
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, -1, "left as it was");
+}
+
+#[test]
+fn a_damaged_row_is_named_by_its_table_row_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    Connection::open(&path)
+        .unwrap()
+        .execute("UPDATE work_items SET attempts = 'many' WHERE id = 17", [])
+        .unwrap();
+    let e = JournalReader::open(&path)
+        .unwrap()
+        .view()
+        .work_items(&Filter::default())
+        .unwrap_err();
+    assert!(
+        matches!(&e, JournalError::BadRow { table: "work_items", row: 17, message } if message.starts_with("column attempts: ")),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_limit_beyond_sqlite_s_integers_is_no_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = journal_of_300_items(dir.path());
+    let reader = JournalReader::open(&path).unwrap();
+    let all = Filter {
+        limit: Some(usize::MAX),
+        ..Filter::default()
+    };
+    assert_eq!(reader.view().work_items(&all).unwrap().len(), 300);
+}
+
+/// `value` written through SQL and read back, with the text SQLite holds.
+fn through_sql<T: rusqlite::ToSql + rusqlite::types::FromSql>(value: T) -> (String, T) {
+    let c = Connection::open_in_memory().unwrap();
+    c.query_row("SELECT ?1, ?1", [value], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+}
+
+#[test]
+fn journal_states_are_stored_by_their_names_and_read_back_as_themselves() {
+    use crate::record::RotationStep;
+    use schema::{EndReason as E, SessionState as S, WorkItemPlace as W};
+    let places = [W::Queued, W::Live, W::Rotating, W::Done, W::Dead];
+    let names: Vec<String> = places
+        .map(through_sql)
+        .iter()
+        .map(|(n, p)| {
+            assert_eq!(n, &p.to_string());
+            n.clone()
+        })
+        .collect();
+    // The names the schema's CHECK constraint allows.
+    assert_eq!(names, ["queued", "live", "rotating", "done", "dead"]);
+    for s in [S::Live, S::Rotating, S::Closed] {
+        assert_eq!(through_sql(s).1, s);
+    }
+    assert_eq!(through_sql(S::Rotating).0, "rotating");
+    for e in [
+        E::Rotated,
+        E::Closed,
+        E::Done,
+        E::RotationFailed,
+        E::Crashed,
+        E::Lost,
+        E::StartAbandoned,
+    ] {
+        assert_eq!(through_sql(e).1, e);
+    }
+    assert_eq!(through_sql(E::StartAbandoned).0, "start_abandoned");
+    for p in [
+        Phase::Normal,
+        Phase::Compacting,
+        Phase::Rotating,
+        Phase::Closed,
+    ] {
+        let (name, back) = through_sql(p);
+        assert_eq!((name, back), (format!("{p:?}"), p));
+    }
+    for step in [
+        RotationStep::Intent,
+        RotationStep::Handoff,
+        RotationStep::Spawned,
+        RotationStep::Done,
+        RotationStep::Failed,
+    ] {
+        assert_eq!(through_sql(step), (step.as_str().to_string(), step));
+    }
+    for r in [
+        RotationReason::Threshold,
+        RotationReason::InsufficientCompaction,
+        RotationReason::CompactionFailed,
+        RotationReason::CompactionBudget,
+        RotationReason::Manual,
+    ] {
+        assert_eq!(through_sql(r), (r.as_str().to_string(), r));
+    }
+}
+
+#[test]
+fn an_unknown_stored_state_is_a_conversion_error_quoting_it_escaped() {
+    let c = Connection::open_in_memory().unwrap();
+    let e = c
+        .query_row("SELECT 'wandering\u{1b}[2J'", [], |r| {
+            r.get::<_, schema::WorkItemPlace>(0)
+        })
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains(r#""wandering\u{1b}[2J" is not a work item place"#),
+        "{text}"
+    );
+    let e = c
+        .query_row("SELECT 3", [], |r| r.get::<_, Phase>(0))
+        .unwrap_err();
+    assert!(matches!(e, rusqlite::Error::InvalidColumnType(..)), "{e}");
+}
+
+/// A closed journal's bytes with every kind of row recovery reads: a queued item, a live
+/// session compacting with its reading, an unfinished rotation at its handoff step, and a
+/// closed session not yet released.
+fn unfinished_journal() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let j = Journal::open(&path).unwrap();
+        for w in rotation_steps().into_iter().take(8) {
+            send(&j, w);
+        }
+        send(&j, Write::Op(Op::Submitted(item(8))));
+        send(&j, Write::Event(started(3, 8)));
+        send(
+            &j,
+            Write::Event(transition(3, 1, Phase::Normal, Phase::Compacting, 850)),
+        );
+        send(&j, Write::Op(Op::Submitted(item(9))));
+        send(
+            &j,
+            Write::Op(Op::SpawnAbandoned {
+                work_item: WorkItemId(9),
+                session: SessionId(4),
+            }),
+        );
+    }
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn recovery_reads_every_kind_of_unfinished_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    std::fs::write(&path, unfinished_journal()).unwrap();
+    let state = recovery::load(&Connection::open(&path).unwrap(), &path).unwrap();
+    assert_eq!(state.items.len(), 3);
+    assert_eq!(state.rotations.len(), 1);
+    assert_eq!(
+        state.rotations[0].step,
+        crate::record::RotationStep::Handoff
+    );
+    let compacting: Vec<_> = state.sessions.iter().map(|s| (s.id.0, s.phase)).collect();
+    assert_eq!(compacting, [(1, Phase::Rotating), (3, Phase::Compacting)]);
+    assert!(state.sessions[1].compacting_from.is_some());
+    assert_eq!(state.unreleased, [SessionId(4)]);
+}
+
+/// Any SQLite value, extremes and control characters weighted in.
+fn any_sql_value() -> impl proptest::strategy::Strategy<Value = rusqlite::types::Value> {
+    use proptest::prelude::*;
+    use rusqlite::types::Value;
+    prop_oneof![
+        Just(Value::Null),
+        prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(-1i64), any::<i64>()]
+            .prop_map(Value::Integer),
+        any::<f64>().prop_map(Value::Real),
+        prop_oneof![
+            any::<String>(),
+            Just("\u{1b}[2J{\"rotation\":1}".to_string()),
+            Just("Compacting".to_string()),
+            Just("queued".to_string()),
+            Just("spawned".to_string()),
+        ]
+        .prop_map(Value::Text),
+        proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Blob),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+    /// A restarting supervisor reads what a damaged journal holds as a typed error naming the
+    /// row, or as the row (when the damage still reads), never a panic.
+    #[test]
+    fn recovery_from_a_damaged_row_names_its_table_or_reads_it(
+        table in 0..3usize,
+        column in 0..16usize,
+        value in any_sql_value(),
+    ) {
+        let table = ["work_items", "sessions", "rotations"][table];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("baton.db");
+        std::fs::write(&path, unfinished_journal_bytes()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA ignore_check_constraints = ON").unwrap();
+        let columns: Vec<String> = conn
+            .prepare(&format!("SELECT * FROM {table}"))
+            .unwrap()
+            .column_names()
+            .map(str::to_owned)
+            .collect();
+        let name = &columns[column % columns.len()];
+        // SQLite may refuse the damage (a NULL in a NOT NULL column): then nothing changed.
+        let _ = conn.execute(&format!("UPDATE {table} SET {name} = ?1"), [value]);
+        match recovery::load(&conn, &path) {
+            Ok(_) => {}
+            Err(JournalError::BadRow { table: bad, .. }) => proptest::prop_assert_eq!(bad, table),
+            Err(e) => proptest::prop_assert!(false, "{table}.{name}: {e}"),
+        }
+    }
+}
+
+/// [`unfinished_journal`], made once.
+fn unfinished_journal_bytes() -> &'static [u8] {
+    static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    BYTES.get_or_init(unfinished_journal)
 }

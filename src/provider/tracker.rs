@@ -41,6 +41,23 @@ pub enum Distrust {
         /// The figure reported now.
         reported: u64,
     },
+    /// The recorded context (prompt + completion) is larger than the window: no model holds
+    /// more than its window, so the figure or the window is wrong.
+    OverWindow {
+        /// The window the figure was judged against.
+        window: u64,
+        /// The recorded context.
+        reported: u64,
+    },
+    /// The figures are running totals passed off as per-call ones: from the second call on,
+    /// every prompt grew by at least the whole first prompt, each step by no less than the one
+    /// before (what summing per-call prompts gives, and what a conversation does not).
+    Cumulative {
+        /// The previous call's recorded prompt.
+        previous: u64,
+        /// The recorded prompt now.
+        reported: u64,
+    },
 }
 
 impl Distrust {
@@ -54,6 +71,23 @@ impl Distrust {
             (Some(reported), Some(previous)) if grew && reported < previous => {
                 Some(Self::Fell { previous, reported })
             }
+            _ => None,
+        }
+    }
+
+    /// The rule for figures an agent recorded about a history baton does not hold (a replayed
+    /// trace): only what cannot be true is distrusted, a zero prompt or a context larger than
+    /// `window` (the window the agent recorded it ran with, when it did). A prompt that falls is not judged here: agents prune their own context (Codex
+    /// drops earlier reasoning and truncates tool outputs, Claude Code and OpenHands condense),
+    /// so a smaller prompt is the truth there. Running totals are judged over a whole trace
+    /// ([`Distrust::Cumulative`]), not one figure.
+    pub fn judge_recorded(prompt: u64, context: u64, window: Option<u64>) -> Option<Self> {
+        match window {
+            _ if prompt == 0 => Some(Self::ZeroPrompt),
+            Some(window) if context > window => Some(Self::OverWindow {
+                window,
+                reported: context,
+            }),
             _ => None,
         }
     }

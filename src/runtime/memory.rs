@@ -15,16 +15,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose, WorkItem,
-};
-use crate::machine::SessionId;
+use super::{AgentRuntime, RuntimeError};
 use crate::usage::{Usage, UsageSource};
+use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, Summary, SummaryPurpose, WorkItem};
 
 /// The runtime operations, for latencies, faults and counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Op {
+pub enum RuntimeOp {
     /// [`AgentRuntime::summarise`].
     Summarise,
     /// [`AgentRuntime::replace_history`].
@@ -39,14 +37,14 @@ pub enum Op {
     Usage,
 }
 
-impl Op {
-    const ALL: [Op; 6] = [
-        Op::Summarise,
-        Op::ReplaceHistory,
-        Op::Close,
-        Op::Spawn,
-        Op::Assign,
-        Op::Usage,
+impl RuntimeOp {
+    const ALL: [RuntimeOp; 6] = [
+        RuntimeOp::Summarise,
+        RuntimeOp::ReplaceHistory,
+        RuntimeOp::Close,
+        RuntimeOp::Spawn,
+        RuntimeOp::Assign,
+        RuntimeOp::Usage,
     ];
 
     fn index(self) -> usize {
@@ -71,7 +69,7 @@ pub enum FaultKind {
 #[derive(Debug, Clone)]
 pub struct Fault {
     /// The operation.
-    pub op: Op,
+    pub op: RuntimeOp,
     /// Which calls of it, 1-based.
     pub calls: RangeInclusive<u64>,
     /// What happens.
@@ -103,7 +101,7 @@ impl Default for SummaryModel {
 #[derive(Debug, Clone, Default)]
 pub struct MemoryConfig {
     /// Latency of each operation (zero by default).
-    pub latency: HashMap<Op, Duration>,
+    pub latency: HashMap<RuntimeOp, Duration>,
     /// Summary sizes.
     pub summary: SummaryModel,
     /// Tokens a fresh session starts with (system prompt), before its work item.
@@ -160,7 +158,7 @@ pub struct MemoryRuntime {
     spawned: Mutex<HashMap<SpawnKey, SessionId>>,
     /// The last id handed out.
     next_id: AtomicU64,
-    /// Calls per operation, indexed by `Op as usize`.
+    /// Calls per operation, indexed by `RuntimeOp as usize`.
     calls: [AtomicU64; 6],
     /// Summarise calls running now.
     summarising: AtomicUsize,
@@ -169,7 +167,7 @@ pub struct MemoryRuntime {
     /// Calls so far per (operation, subject), for seeded random failures: a call fails when
     /// a hash of (seed, operation, subject, call number) falls below the rate, so the same
     /// seed fails the same calls however concurrent callers interleave.
-    subject_calls: Mutex<HashMap<(Op, u64), u64>>,
+    subject_calls: Mutex<HashMap<(RuntimeOp, u64), u64>>,
 }
 
 impl Default for MemoryRuntime {
@@ -238,13 +236,16 @@ impl MemoryRuntime {
     }
 
     /// How many times `op` was called.
-    pub fn calls(&self, op: Op) -> u64 {
+    pub fn calls(&self, op: RuntimeOp) -> u64 {
         self.calls[op.index()].load(Ordering::SeqCst)
     }
 
     /// Calls per operation, for reports.
-    pub fn all_calls(&self) -> Vec<(Op, u64)> {
-        Op::ALL.iter().map(|op| (*op, self.calls(*op))).collect()
+    pub fn all_calls(&self) -> Vec<(RuntimeOp, u64)> {
+        RuntimeOp::ALL
+            .iter()
+            .map(|op| (*op, self.calls(*op)))
+            .collect()
     }
 
     /// The most summarise calls that were ever running at the same time.
@@ -276,7 +277,7 @@ impl MemoryRuntime {
 
     /// Whether the random-failure model fails this call of `op` on `subject`: `Some(n)`, the
     /// call's number among the calls of `op` on `subject`, when it does.
-    fn random_fault(&self, op: Op, subject: u64) -> Option<u64> {
+    fn random_fault(&self, op: RuntimeOp, subject: u64) -> Option<u64> {
         let (rate, seed) = self.config.random_failures?;
         let n = {
             let mut calls = self.subject_calls.lock().expect("lock");
@@ -284,7 +285,7 @@ impl MemoryRuntime {
             *c += 1;
             *c
         };
-        let z = super::mix64(seed ^ subject.rotate_left(17) ^ (n << 8) ^ op as u64);
+        let z = crate::vocab::mix64(seed ^ subject.rotate_left(17) ^ (n << 8) ^ op as u64);
         (((z >> 11) as f64 / (1u64 << 53) as f64) < rate).then_some(n)
     }
 
@@ -295,7 +296,7 @@ impl MemoryRuntime {
     /// the script counts); a random fault's, by its number among the calls of `op` on
     /// `subject`, so that the message (which may end up in a fallback handoff, and so in a
     /// successor's size) is the same however the fleet's threads interleave.
-    async fn enter(&self, op: Op, subject: u64) -> Result<(), RuntimeError> {
+    async fn enter(&self, op: RuntimeOp, subject: u64) -> Result<(), RuntimeError> {
         let n = self.calls[op.index()].fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(d) = self.config.latency.get(&op).filter(|d| !d.is_zero()) {
             tokio::time::sleep(*d).await;
@@ -337,7 +338,8 @@ impl AgentRuntime for MemoryRuntime {
         let now = self.summarising.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_summarising.fetch_max(now, Ordering::SeqCst);
         let _in_flight = InFlight(&self.summarising);
-        self.enter(Op::Summarise, self.subject(session)).await?;
+        self.enter(RuntimeOp::Summarise, self.subject(session))
+            .await?;
         let m = self.config.summary;
         self.with_session(session, |s| {
             let own = s.used.saturating_sub(s.base) as f64;
@@ -358,7 +360,7 @@ impl AgentRuntime for MemoryRuntime {
         session: SessionId,
         summary: &Summary,
     ) -> Result<u64, RuntimeError> {
-        self.enter(Op::ReplaceHistory, self.subject(session))
+        self.enter(RuntimeOp::ReplaceHistory, self.subject(session))
             .await?;
         self.with_session(session, |s| {
             s.used = s.base + summary.tokens;
@@ -368,12 +370,12 @@ impl AgentRuntime for MemoryRuntime {
     }
 
     async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
-        self.enter(Op::Close, self.subject(session)).await?;
+        self.enter(RuntimeOp::Close, self.subject(session)).await?;
         self.with_session(session, |s| s.closed = true)
     }
 
     async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
-        self.enter(Op::Spawn, key.0).await?;
+        self.enter(RuntimeOp::Spawn, key.0).await?;
         let mut spawned = self.spawned.lock().expect("lock");
         if let Some(id) = spawned.get(&key) {
             return Ok(*id);
@@ -405,7 +407,7 @@ impl AgentRuntime for MemoryRuntime {
     ) -> Result<(), RuntimeError> {
         // Keyed by the item being assigned: the new session holds no item yet, and its id
         // depends on the order in which the fleet's spawns happened.
-        self.enter(Op::Assign, item.id.0).await?;
+        self.enter(RuntimeOp::Assign, item.id.0).await?;
         self.with_session(session, |s| {
             let added = tokens_of(&item.text) + handoff.map_or(0, |h| h.tokens);
             s.used += added;
@@ -416,7 +418,7 @@ impl AgentRuntime for MemoryRuntime {
     }
 
     async fn usage(&self, session: SessionId) -> Result<Usage, RuntimeError> {
-        self.enter(Op::Usage, self.subject(session)).await?;
+        self.enter(RuntimeOp::Usage, self.subject(session)).await?;
         self.with_session(session, |s| s.usage())?
     }
 }

@@ -9,9 +9,10 @@ use tokio::sync::oneshot;
 
 use super::{ItemEntry, Place, SessionHandle, Spent, Supervisor, SupervisorError};
 use crate::journal::Op;
-use crate::machine::{Phase, SessionId};
+use crate::machine::Phase;
+use crate::vocab::SessionId;
 use crate::record::FleetEvent;
-use crate::runtime::{WorkItem, WorkItemId};
+use crate::vocab::{WorkItem, WorkItemId};
 use crate::session::{Command, Inspect, ReportUsage, SessionInfo};
 
 /// Queue a work item.

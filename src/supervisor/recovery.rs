@@ -32,10 +32,9 @@ use super::rotation::{Resume, Rotation};
 use super::{ItemEntry, Place, Spent, Supervisor, SupervisorBuilder, rotation_record};
 use crate::journal::recovery::{self, OpenRotation, RecoveryState, StoredPlace};
 use crate::journal::{Journal, JournalError, Op, RotationIntent};
-use crate::machine::SessionId;
 use crate::record::{CompactionRecord, FleetEvent, RecoveryOutcome, RotationStep};
-use crate::runtime::{AgentType, WorkItemId};
 use crate::session::RotationRequest;
+use crate::vocab::{AgentType, SessionId, WorkItemId};
 
 /// What a compaction in flight at a crash is recorded as.
 const INTERRUPTED: &str =
@@ -100,7 +99,7 @@ impl Supervisor {
         );
         // A compaction in flight at the crash gets its record.
         for s in &state.sessions {
-            if s.phase == "Compacting"
+            if s.phase == crate::machine::Phase::Compacting
                 && let Some(before) = s.compacting_from
             {
                 self.bus

@@ -30,12 +30,10 @@ use super::{
     unpanicked,
 };
 use crate::journal::{Journal, JournalError, Op, RotationIntent};
-use crate::machine::SessionId;
 use crate::record::{FleetEvent, RotationId, RotationRecord};
-use crate::runtime::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, SummaryPurpose, WorkItem,
-};
+use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::session::{Command, RotationRequest, SessionActor};
+use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, SummaryPurpose, WorkItem};
 
 /// One rotation, from the decision to its record.
 pub(super) struct Rotation {

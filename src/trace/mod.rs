@@ -56,7 +56,7 @@ pub struct Call {
 impl Call {
     /// The context occupied once the reply has arrived: prompt plus completion.
     pub fn context(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
@@ -119,6 +119,15 @@ impl Format {
             Format::SweAgent => UsageSource::Estimated,
             _ => UsageSource::Reported,
         }
+    }
+
+    /// Whether the agent that writes this format only ever appends to the history it sends, so
+    /// that a recorded prompt below an earlier one cannot be true (mini-swe-agent keeps every
+    /// message). Agents that prune or condense their own context (Codex, Claude Code, OpenHands)
+    /// and sources of unknown origin (plain series) are `false`; SWE-agent's figures are baton's
+    /// own count of its history, so there is nothing to distrust.
+    pub fn appends_only(&self) -> bool {
+        matches!(self, Format::MiniSweAgent)
     }
 
     /// What the format looks like, for error messages and `--help`.
@@ -198,6 +207,14 @@ pub enum TraceError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_TRACE_BYTES`]; it was not read further.
+    #[error("{path}: larger than the {max}-byte limit for a trace")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit.
+        max: u64,
+    },
     /// The file is empty or holds no model calls.
     #[error("{path}: no model calls found (expected {expected})")]
     Empty {
@@ -271,12 +288,30 @@ fn list_formats() -> String {
         .join("; ")
 }
 
-/// Reads every trace in the file at `path` (most formats hold one).
+/// The largest trace [`read_path`] reads, 256 MiB: far above real traces (a 200,000-call Codex
+/// rollout is tens of MB), and a bound on what an endless file (`/dev/zero`) costs.
+pub const MAX_TRACE_BYTES: u64 = 256 << 20;
+
+/// Reads every trace in the file at `path` (most formats hold one), refusing a file larger than
+/// [`MAX_TRACE_BYTES`] after reading no more than one byte past it.
 pub fn read_path(path: &Path) -> Result<Vec<Trace>, TraceError> {
-    let bytes = std::fs::read(path).map_err(|source| TraceError::Io {
+    use std::io::Read;
+    let io = |source| TraceError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_TRACE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_TRACE_BYTES {
+        return Err(TraceError::TooLarge {
+            path: path.to_owned(),
+            max: MAX_TRACE_BYTES,
+        });
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -285,8 +320,10 @@ pub fn read_path(path: &Path) -> Result<Vec<Trace>, TraceError> {
 }
 
 /// Detects the format of `bytes` and reads it. `path` is used in errors, `name` names the
-/// traces.
+/// traces. A leading byte-order mark is skipped (editors on Windows write one; it must not hide
+/// the first line's JSON).
 pub fn parse(path: &Path, name: &str, bytes: &[u8]) -> Result<Vec<Trace>, TraceError> {
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| TraceError::Unknown {
         path: path.to_owned(),
         hint: format!(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::record::{CompactionRecord, RotationRecord};
-use baton::runtime::chat::{ChatRuntime, ChatRuntimeConfig, ClientConfig, RetryPolicy};
+use baton::runtime::chat::{ChatRuntime, ChatRuntimeConfig, ClientConfig};
 use baton::{
     AgentType, FleetEvent, SessionId, Supervisor, SupervisorConfig, SupervisorHandle, WorkItem,
     WorkItemId,
@@ -16,12 +16,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 pub fn quick_client(base_url: String) -> ClientConfig {
     let mut c = ClientConfig::new(base_url);
     c.request_timeout = Duration::from_secs(5);
-    c.retry = RetryPolicy {
-        max_attempts: 4,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(100),
-        max_retry_after: Duration::from_secs(5),
-    };
+    c.retry = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(100))
+        .with_max_times(3)
+        .with_jitter();
+    c.max_retry_after = Duration::from_secs(5);
     c
 }
 

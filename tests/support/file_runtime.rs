@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use baton::runtime::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose, WorkItem,
+use baton::runtime::{AgentRuntime, RuntimeError};
+use baton::{
+    AgentType, Handoff, SessionId, SpawnKey, Summary, SummaryPurpose, Usage, UsageSource, WorkItem,
 };
-use baton::{SessionId, Usage, UsageSource};
 use serde::{Deserialize, Serialize};
 
 /// A simulated session.

@@ -209,7 +209,7 @@ impl baton::AgentRuntime for DoomedPolls {
     async fn summarise(
         &self,
         session: SessionId,
-        purpose: baton::runtime::SummaryPurpose,
+        purpose: baton::SummaryPurpose,
     ) -> Result<baton::Summary, baton::RuntimeError> {
         self.inner.summarise(session, purpose).await
     }
@@ -229,7 +229,7 @@ impl baton::AgentRuntime for DoomedPolls {
     async fn spawn(
         &self,
         agent: &AgentType,
-        key: baton::runtime::SpawnKey,
+        key: baton::SpawnKey,
     ) -> Result<SessionId, baton::RuntimeError> {
         self.inner.spawn(agent, key).await
     }

@@ -11,22 +11,6 @@ pub fn snapshot_settings() -> insta::Settings {
     s
 }
 
-/// The shared research folder beside the project, when it is there. CI always has it; a
-/// user's clone may not, so tests that read it require it only under `CI`.
-pub fn shared_file(rel: &str) -> Option<std::path::PathBuf> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel);
-    if p.exists() {
-        Some(p)
-    } else if std::env::var_os("CI").is_some_and(|v| v != "false" && v != "0" && !v.is_empty()) {
-        panic!("CI must have ../shared/{rel}");
-    } else {
-        eprintln!("note: ../shared/{rel} is not here; this check runs in CI");
-        None
-    }
-}
-
 pub mod chat;
 pub mod cli;
 pub mod file_runtime;

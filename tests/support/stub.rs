@@ -55,6 +55,24 @@ pub enum Fault {
     Slow(Duration),
     /// A 200 whose body is not a chat completion.
     Garbage,
+    /// A 200 whose body never ends (64 KiB chunks of spaces, as fast as the client reads).
+    Endless,
+    /// An error status whose OpenAI-style body carries this message (control characters
+    /// included, for terminal-safety tests).
+    Error {
+        /// The status code.
+        status: u16,
+        /// The error's message.
+        message: String,
+    },
+}
+
+/// A body that never ends: 64 KiB chunks of spaces, forever.
+fn endless() -> Response {
+    let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+    let stream =
+        futures_util::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+    (StatusCode::OK, axum::body::Body::from_stream(stream)).into_response()
 }
 
 /// One request as the stub received it.
@@ -77,6 +95,8 @@ pub struct StubWindow {
     pub max_model_len: Option<u64>,
     /// Both endpoints answer 503, as a server still starting does.
     pub unavailable: bool,
+    /// Both endpoints answer 200 with a body that never ends.
+    pub endless: bool,
 }
 
 /// The stub's state, shared between the test and the handlers.
@@ -94,6 +114,8 @@ struct Inner {
     window: StubWindow,
     /// The assistant's text in normal replies, when set.
     reply_text: Option<String>,
+    /// Chat requests received so far, for tests that wait for one.
+    chats: Option<tokio::sync::watch::Sender<usize>>,
 }
 
 type Shared = Arc<Mutex<Inner>>;
@@ -112,6 +134,7 @@ impl Stub {
     /// Starts a stub on 127.0.0.1, on a free port, in the current tokio runtime.
     pub async fn start() -> Stub {
         let inner: Shared = Arc::default();
+        inner.lock().unwrap().chats = Some(tokio::sync::watch::channel(0).0);
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/models", get(models))
@@ -157,6 +180,20 @@ impl Stub {
         self.inner.lock().unwrap().received.clone()
     }
 
+    /// Waits until at least `n` chat requests have arrived (their answers may still be under
+    /// way).
+    pub async fn wait_for_chat_requests(&self, n: usize) {
+        let mut rx = self
+            .inner
+            .lock()
+            .unwrap()
+            .chats
+            .as_ref()
+            .unwrap()
+            .subscribe();
+        rx.wait_for(|count| *count >= n).await.unwrap();
+    }
+
     /// The chat requests received so far.
     pub fn chat_requests(&self) -> Vec<Received> {
         self.received()
@@ -186,6 +223,9 @@ fn record(inner: &Shared, path: &str, headers: &HeaderMap, body: Value) {
 async fn chat(State(inner): State<Shared>, headers: HeaderMap, body: String) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     record(&inner, "/v1/chat/completions", &headers, body.clone());
+    if let Some(chats) = &inner.lock().unwrap().chats {
+        chats.send_modify(|n| *n += 1);
+    }
     let fault = inner
         .lock()
         .unwrap()
@@ -240,6 +280,12 @@ async fn chat(State(inner): State<Shared>, headers: HeaderMap, body: String) -> 
             resp
         }
         Fault::Garbage => (StatusCode::OK, "<html>not json</html>").into_response(),
+        Fault::Endless => endless(),
+        Fault::Error { status, message } => (
+            StatusCode::from_u16(status).unwrap(),
+            Json(json!({"error": {"code": status, "message": message, "type": "server_error"}})),
+        )
+            .into_response(),
     }
 }
 
@@ -306,6 +352,9 @@ async fn models(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     if window.unavailable {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
+    if window.endless {
+        return endless();
+    }
     match window.max_model_len {
         Some(len) => Json(json!({"object": "list", "data": [{"id": "stub-model", "object": "model", "max_model_len": len}]})).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -317,6 +366,9 @@ async fn props(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     let window = inner.lock().unwrap().window.clone();
     if window.unavailable {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if window.endless {
+        return endless();
     }
     match window.props {
         Some((n_ctx, slots)) => {

@@ -4,12 +4,17 @@
 //! window and the two thresholds as horizontal lines, and a marker at every compaction (circle)
 //! and rotation (triangle), placed at the context that triggered it. A compaction or rotation
 //! drops the line to what it left (base + S) at the same call.
+//!
+//! The picture is drawn in memory and written with [`output::write_atomic`]: whole or not at
+//! all, and never over one of the traces it was drawn from.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use baton::replay::{ModelledCall, ReplayEventKind, ReplayReport};
 use plotters::prelude::*;
+
+use crate::output::{self, Escaped};
 
 /// Width of the picture, in pixels.
 const WIDTH: u32 = 1100;
@@ -37,23 +42,31 @@ pub struct Panel {
 }
 
 /// Draws `panels` into the SVG file at `path`, with the thresholds `compact_at` and
-/// `rotate_at` (ratios of each trace's window).
-pub fn draw(path: &Path, panels: &[Panel], compact_at: f64, rotate_at: f64) -> Result<()> {
+/// `rotate_at` (ratios of each trace's window). Refuses a `path` that is one of `inputs`.
+pub fn draw<'a>(
+    path: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+    panels: &[Panel],
+    compact_at: f64,
+    rotate_at: f64,
+) -> Result<()> {
     let height = PANEL_HEIGHT * panels.len().max(1) as u32;
-    let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_error)?;
-    let areas = root.split_evenly((panels.len().max(1), 1));
-    for (area, panel) in areas.iter().zip(panels) {
-        draw_panel(area, panel, compact_at, rotate_at)?;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let areas = root.split_evenly((panels.len().max(1), 1));
+        for (area, panel) in areas.iter().zip(panels) {
+            draw_panel(area, panel, compact_at, rotate_at)?;
+        }
+        root.present().map_err(plot_error)?;
     }
-    root.present()
-        .map_err(plot_error)
-        .with_context(|| format!("writing {}", path.display()))?;
+    output::write_atomic(path, inputs, |w| w.write_all(svg.as_bytes()))?;
     Ok(())
 }
 
 fn draw_panel(
-    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     panel: &Panel,
     compact_at: f64,
     rotate_at: f64,
@@ -66,7 +79,7 @@ fn draw_panel(
     let (compactions, rotations) = (r.totals.compactions, r.totals.rotations);
     let caption = format!(
         "{}: {} calls, window {}, {} compaction{}, {} rotation{}",
-        r.trace,
+        Escaped(&r.trace),
         r.calls,
         thousands(r.window),
         compactions,
@@ -139,7 +152,7 @@ fn draw_panel(
 
 /// The legend, in its own column: a sample of each line and marker, and what it means.
 fn draw_legend(
-    side: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    side: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     window: u64,
     compact_at: f64,
     rotate_at: f64,

@@ -1,18 +1,21 @@
 //! `baton replay`: the policy replayed over recorded traces.
 
+use std::borrow::Cow;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use baton::UsageSource;
 use baton::provider::{Distrust, WindowSource};
 use baton::replay::{ReplayEventKind, ReplayOptions, ReplayReport, replay_with_series};
-use baton::trace;
+use baton::trace::{self, Trace};
+use baton::{Usage, UsageSource};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::chart::{Panel, draw};
+use crate::output::{self, Escaped};
 use crate::policy_args::PolicyArgs;
+use crate::{Exit, chain_message, usage};
 
 /// Replay the policy over recorded agent traces: when would baton have compacted and rotated?
 ///
@@ -24,35 +27,52 @@ use crate::policy_args::PolicyArgs;
 /// trajectories (*.traj; calls rebuilt from the history with cl100k_base), OpenHands event
 /// streams and evaluation output.jsonl, Codex rollouts (rollout-*.jsonl), Claude Code session
 /// logs, and plain series as JSON Lines or CSV with prompt_tokens and completion_tokens per call.
+///
+/// Every trace is replayed even when another fails; each failure is printed as an error and the
+/// exit code is then 1. `-` reads a trace from standard input.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Trace files to replay, one report per trace (an OpenHands output.jsonl holds one per
-    /// instance).
+    /// instance); `-` is standard input.
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Context window in tokens. Without it, a trace's own window is used, else baton's table
     /// for the model the trace names; required when neither applies.
-    #[arg(long, value_name = "TOKENS")]
+    #[arg(long, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(1..=Usage::MAX_TOKENS))]
     window: Option<u64>,
     #[command(flatten)]
     policy: PolicyArgs,
-    /// Size of a compaction summary or a rotation handoff, in tokens (S).
-    #[arg(long, default_value_t = ReplayOptions::DEFAULT_SUMMARY_TOKENS, value_name = "TOKENS")]
+    /// Size of a compaction summary or a rotation handoff, in tokens (S); below the window.
+    #[arg(long, default_value_t = ReplayOptions::DEFAULT_SUMMARY_TOKENS, value_name = "TOKENS", value_parser = clap::value_parser!(u64).range(0..=Usage::MAX_TOKENS))]
     summary_tokens: u64,
     /// Print one JSON object per trace instead of tables.
     #[arg(long)]
     json: bool,
     /// Also draw each trace's modelled context per call, with the thresholds and a marker at
-    /// every compaction and rotation, into this SVG file.
+    /// every compaction and rotation, into this SVG file (written whole or not at all; never
+    /// one of the traces).
     #[arg(long, value_name = "FILE.svg")]
     chart: Option<PathBuf>,
+    /// Largest trace read, in bytes (256 MiB by default); a larger one is refused without being
+    /// read further.
+    #[arg(long, default_value_t = trace::MAX_TRACE_BYTES, value_name = "BYTES")]
+    max_trace_bytes: u64,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let policy = args.policy.policy()?;
-    if args.window == Some(0) {
-        anyhow::bail!("--window must be at least 1 token");
+pub fn run(args: Args) -> Result<Exit> {
+    let policy = args.policy.policy().map_err(|e| usage(chain_message(&e)))?;
+    if let Some(window) = args.window
+        && args.summary_tokens >= window
+    {
+        return Err(usage(format!(
+            "--summary-tokens ({}) must be below --window ({window})",
+            args.summary_tokens
+        )));
+    }
+    if let Some(chart) = &args.chart {
+        output::refuse_overwrite(chart, args.traces.iter().map(PathBuf::as_path))
+            .map_err(|e| usage(format!("--chart: {e}")))?;
     }
     let opts = ReplayOptions {
         policy: Arc::new(policy),
@@ -61,13 +81,29 @@ pub fn run(args: Args) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     let mut panels = Vec::new();
+    let mut failed = 0usize;
     for path in &args.traces {
-        for t in trace::read_path(path)? {
-            let (report, series) = replay_with_series(&t, &opts)
-                .with_context(|| format!("replaying {}", path.display()))?;
+        let traces = match read(path, args.max_trace_bytes) {
+            Ok(traces) => traces,
+            Err(e) => {
+                report_failure(&e);
+                failed += 1;
+                continue;
+            }
+        };
+        for t in traces {
+            let (report, series) = match replay_with_series(&t, &opts)
+                .with_context(|| format!("replaying {}", path.display()))
+            {
+                Ok(replayed) => replayed,
+                Err(e) => {
+                    report_failure(&e);
+                    failed += 1;
+                    continue;
+                }
+            };
             if args.json {
-                serde_json::to_writer(&mut out, &report)?;
-                writeln!(out)?;
+                write_json(&mut out, &report)?;
             } else {
                 write_table(&mut out, &report)?;
             }
@@ -76,16 +112,78 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
     }
+    out.flush()?;
     if let Some(chart) = &args.chart {
-        draw(
-            chart,
-            &panels,
-            args.policy.compact_at,
-            args.policy.rotate_at,
-        )?;
-        tracing::info!(path = %chart.display(), traces = panels.len(), "chart written");
+        if panels.is_empty() {
+            tracing::warn!(path = %chart.display(), "no trace replayed; no chart written");
+        } else {
+            draw(
+                chart,
+                args.traces.iter().map(PathBuf::as_path),
+                &panels,
+                args.policy.compact_at,
+                args.policy.rotate_at,
+            )?;
+            tracing::info!(path = %chart.display(), traces = panels.len(), "chart written");
+        }
     }
+    Ok(if failed == 0 {
+        Exit::Success
+    } else {
+        Exit::Failure
+    })
+}
+
+/// Reads every trace in `path` (`-`: standard input), refusing more than `cap` bytes.
+fn read(path: &Path, cap: u64) -> Result<Vec<Trace>> {
+    let bytes = output::read_capped(path, cap, "; raise it with --max-trace-bytes")?;
+    let name = if output::is_stdio(path) {
+        "stdin".to_owned()
+    } else {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string())
+    };
+    Ok(trace::parse(path, &name, &bytes)?)
+}
+
+/// Writes `value` as one line of compact JSON whose strings hold no raw control character:
+/// serde_json already writes C0 controls as `\u00XX`; DEL, C1 controls (`\u009b` starts a
+/// terminal sequence too) and bidirectional overrides are written as `\uXXXX` here. The JSON
+/// reads back to the same strings.
+fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
+    let mut ser = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
+    value.serialize(&mut ser)?;
+    writeln!(out)?;
     Ok(())
+}
+
+/// serde_json's compact formatter, with the string escapes of [`write_json`].
+struct TerminalSafe;
+
+impl serde_json::ser::Formatter for TerminalSafe {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut rest = fragment;
+        let unsafe_char = |c: char| {
+            let mut buf = [0; 4];
+            matches!(output::escape(c.encode_utf8(&mut buf)), Cow::Owned(_))
+        };
+        while let Some((i, c)) = rest.char_indices().find(|&(_, c)| unsafe_char(c)) {
+            writer.write_all(&rest.as_bytes()[..i])?;
+            write!(writer, "\\u{:04x}", c as u32)?;
+            rest = &rest[i + c.len_utf8()..];
+        }
+        writer.write_all(rest.as_bytes())
+    }
+}
+
+/// Prints one trace's failure (escaped) and goes on with the next.
+fn report_failure(e: &anyhow::Error) {
+    eprintln!("error: {}", output::escape(&chain_message(e)));
 }
 
 fn write_table(out: &mut impl Write, r: &ReplayReport) -> Result<()> {
@@ -94,7 +192,7 @@ fn write_table(out: &mut impl Write, r: &ReplayReport) -> Result<()> {
         WindowSource::User => String::new(),
         WindowSource::KnownModel => format!(
             " (baton's table for {})",
-            r.model.as_deref().unwrap_or("the model")
+            Escaped(r.model.as_deref().unwrap_or("the model"))
         ),
         _ => " (recorded in the trace)".to_owned(),
     };
@@ -106,7 +204,9 @@ fn write_table(out: &mut impl Write, r: &ReplayReport) -> Result<()> {
     writeln!(
         out,
         "{}: {} calls, window {} tokens{window_from}; figures {source}",
-        r.trace, r.calls, r.window
+        Escaped(&r.trace),
+        r.calls,
+        r.window
     )?;
     if let Some(first) = r.untrusted.first() {
         writeln!(
@@ -119,6 +219,12 @@ fn write_table(out: &mut impl Write, r: &ReplayReport) -> Result<()> {
                 Distrust::ZeroPrompt => "prompt_tokens 0".to_owned(),
                 Distrust::Fell { previous, reported } => {
                     format!("prompt fell from {previous} to {reported} while the conversation grew")
+                }
+                Distrust::OverWindow { window, reported } => {
+                    format!("context {reported} over the window {window}")
+                }
+                Distrust::Cumulative { .. } => {
+                    "running totals, not per-call figures".to_owned()
                 }
             }
         )?;

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use baton::run::{
-    self, CONTINUE_PROMPT, DONE_MARKER, ItemEnd, RunConfig, RunReport, SYSTEM_PROMPT,
+    self, CONTINUE_PROMPT, DONE_MARKER, ItemEnd, RunConfig, RunJournal, RunReport, SYSTEM_PROMPT,
 };
 use baton::runtime::chat::{
     ApiKey, ChatClient, ChatError, ChatRuntime, ChatRuntimeConfig, ClientConfig, choose_window,
 };
-use baton::{AgentType, SupervisorConfig, WorkItem, WorkItemId};
+use baton::{AgentType, SupervisorConfig, Usage, WorkItem, WorkItemId};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::Deserialize;
 
@@ -31,12 +31,20 @@ use crate::policy_args::PolicyArgs;
 /// WORK_ITEMS is JSON Lines, one object per line: {"id": 7, "agent_type": "coder", "text":
 /// "..."} ("id" defaults to the line's position, "agent_type" to the first --agent-type); or
 /// plain text: every non-blank line that does not start with '#' is one work item. The format is
-/// told by the first non-blank line: JSON Lines when it starts with '{'.
+/// told by the first non-blank line: JSON Lines when it starts with '{'. A leading byte-order
+/// mark is ignored; `-` reads standard input.
+///
+/// Exit status: 0 when every work item is done (its agent said so, or it used its
+/// --max-turns); 1 when any failed, was dead-lettered or is unfinished, or on an error; 2 on a
+/// usage error.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The file of work items (JSON Lines or plain text, see above).
+    /// The file of work items (JSON Lines or plain text, see above; `-`: standard input).
     #[arg(value_name = "WORK_ITEMS")]
     items: PathBuf,
+    /// The largest work-item file read, in MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    max_items_mib: u64,
     /// The endpoint's API root with its version: http://127.0.0.1:8080/v1 (llama-server),
     /// https://api.openai.com/v1, https://openrouter.ai/api/v1. A bare host gets /v1.
     #[arg(long, value_name = "URL")]
@@ -63,23 +71,27 @@ pub struct Args {
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
     /// Turns a work item may take across its sessions.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_turns: u32,
     /// Agents working at once (default: the endpoint's slots when it says, else 4).
-    #[arg(long, value_name = "N")]
-    sessions: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    sessions: Option<u32>,
     /// The longest reply of one turn, in tokens.
-    #[arg(long, default_value_t = 256, value_name = "TOKENS")]
+    #[arg(long, default_value_t = 256, value_name = "TOKENS", value_parser = clap::value_parser!(u32).range(1..))]
     reply_tokens: u32,
-    /// Sampling temperature (default: the server's).
-    #[arg(long)]
+    /// Sampling temperature, 0 to 2 (default: the server's).
+    #[arg(long, value_parser = temperature)]
     temperature: Option<f32>,
     /// Sampling seed, for servers that honour it.
     #[arg(long)]
     seed: Option<u64>,
     /// The longest one request may take (e.g. 90s, 5m).
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "120s", value_parser = positive_duration, value_name = "DURATION")]
     request_timeout: Duration,
+    /// The largest response body accepted from the endpoint, in MiB (chat replies, /models,
+    /// /props); a larger one is refused after reading this much.
+    #[arg(long, default_value_t = 16, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    max_response_mib: u64,
     /// What the agent is told after each reply until it is done.
     #[arg(long, default_value = CONTINUE_PROMPT, hide_default_value = true)]
     continue_prompt: String,
@@ -88,12 +100,45 @@ pub struct Args {
     done_marker: String,
     #[command(flatten)]
     policy: PolicyArgs,
+    /// Keep a journal in FILE (SQLite, created if missing): every event, work item and
+    /// rotation step, durably, for `baton log FILE`. Run again with the same WORK_ITEMS and the
+    /// same FILE to continue where a run stopped: items it ended are not taken again, items in
+    /// flight resume through the journal's recovery. Other work items on the same journal are
+    /// refused.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<PathBuf>,
+    /// After the first SIGINT or SIGTERM, how long the turns under way may take to finish
+    /// before they are cut short (a second signal stops at once).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    grace: Duration,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
 
+/// A sampling temperature: a number from 0 to 2 (NaN and infinities refused).
+fn temperature(s: &str) -> Result<f32, String> {
+    let t: f32 = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a number: {e}"))?;
+    if !(0.0..=2.0).contains(&t) {
+        return Err(format!("{s:?} is not between 0 and 2"));
+    }
+    Ok(t)
+}
+
+/// A duration above zero (`90s`, `5m`).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?} is zero; give a duration above zero"));
+    }
+    Ok(d)
+}
+
 /// An agent type from `NAME[:WINDOW][=PROMPT]`.
+#[derive(Clone)]
 struct AgentSpec {
     name: String,
     window: Option<u64>,
@@ -110,8 +155,11 @@ fn agent_spec(spec: &str) -> Result<AgentSpec> {
             let window: u64 = window.trim().parse().with_context(|| {
                 format!("--agent-type {spec:?}: window {window:?} is not a number")
             })?;
-            if window == 0 {
-                bail!("--agent-type {spec:?}: the window must be at least 1 token");
+            if window == 0 || window > Usage::MAX_TOKENS {
+                bail!(
+                    "--agent-type {spec:?}: the window must be 1 to {} tokens",
+                    Usage::MAX_TOKENS
+                );
             }
             (name.trim(), Some(window))
         }
@@ -136,10 +184,21 @@ struct ItemLine {
     text: String,
 }
 
-/// Reads the work items (see [`Args`] for the formats), checking ids and agent types.
-fn load_items(path: &Path, agent_types: &[String]) -> Result<Vec<WorkItem>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the work items in {}", path.display()))?;
+/// Reads the work items (see [`Args`] for the formats) from `path` (`-`: standard input), at
+/// most `cap` bytes.
+fn read_items(path: &Path, cap: u64, agent_types: &[String]) -> Result<Vec<WorkItem>> {
+    let shown = crate::output::escape(&path.to_string_lossy()).into_owned();
+    let bytes = crate::output::read_capped(path, cap, "; raise it with --max-items-mib")
+        .with_context(|| format!("cannot read the work items in {shown}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|e| anyhow::anyhow!("the work items in {shown} are not UTF-8 text: {e}"))?;
+    parse_items(&text, &shown, agent_types)
+}
+
+/// Parses work items (see [`Args`] for the formats), checking ids and agent types; `source`
+/// names the input in errors.
+fn parse_items(text: &str, source: &str, agent_types: &[String]) -> Result<Vec<WorkItem>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let json = text
         .lines()
         .find(|l| !l.trim().is_empty())
@@ -151,7 +210,7 @@ fn load_items(path: &Path, agent_types: &[String]) -> Result<Vec<WorkItem>> {
         if line.is_empty() || (!json && line.starts_with('#')) {
             continue;
         }
-        let at = || format!("{} line {n}", path.display());
+        let at = || format!("{source} line {n}");
         let (id, agent_type, text) = if json {
             let parsed: ItemLine = serde_json::from_str(line).with_context(|| {
                 format!(
@@ -176,8 +235,9 @@ fn load_items(path: &Path, agent_types: &[String]) -> Result<Vec<WorkItem>> {
         }
         if !agent_types.contains(&agent_type) {
             bail!(
-                "{}: agent type {agent_type:?} is not one of --agent-type ({})",
+                "{}: agent type {:?} is not one of --agent-type ({})",
                 at(),
+                crate::output::escape(&agent_type),
                 agent_types.join(", ")
             );
         }
@@ -194,7 +254,7 @@ fn load_items(path: &Path, agent_types: &[String]) -> Result<Vec<WorkItem>> {
         });
     }
     if items.is_empty() {
-        bail!("{} holds no work items", path.display());
+        bail!("{source} holds no work items");
     }
     Ok(items)
 }
@@ -213,21 +273,20 @@ fn api_root(endpoint: &str) -> String {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let policy = args.policy.policy()?;
+    let policy = args.policy.policy_or_exit();
     let specs = args
         .agent_types
         .iter()
-        .map(|s| agent_spec(s))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|s| agent_spec(s).unwrap_or_else(|e| crate::policy_args::usage_error(e)))
+        .collect::<Vec<_>>();
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-    if let Some(dup) = names
-        .iter()
-        .enumerate()
-        .find(|(i, n)| names[..*i].contains(n))
-    {
-        bail!("agent type {:?} is given twice", dup.1);
+    if let Some(dup) = crate::policy_args::first_duplicate(&names) {
+        crate::policy_args::usage_error(format!(
+            "--agent-type {:?} is given twice",
+            crate::output::escape(dup)
+        ));
     }
-    let items = load_items(&args.items, &names)?;
+    let items = read_items(&args.items, args.max_items_mib * 1024 * 1024, &names)?;
     let api_key = match &args.api_key_env {
         Some(var) => Some(
             ApiKey::from_env(var)?
@@ -238,10 +297,16 @@ pub fn run(args: Args) -> Result<()> {
     let mut client_config = ClientConfig::new(api_root(&args.endpoint));
     client_config.api_key = api_key;
     client_config.request_timeout = args.request_timeout;
+    client_config.max_body_bytes = args.max_response_mib * 1024 * 1024;
     let client = ChatClient::new(client_config).context("invalid --endpoint")?;
     let base_url = client.config().base_url.clone();
 
-    actix::System::new().block_on(async move {
+    let stopped = actix::System::new().block_on(async move {
+        let stop = crate::signals::Stop::install().context("cannot handle signals")?;
+        let journal = match &args.journal {
+            Some(path) => Some(Arc::new(RunJournal::open(path, &items).await?)),
+            None => None,
+        };
         // One cheap request first, so that an endpoint that is down or refuses the key is a
         // clear error rather than a run of failed turns.
         match client.models().await {
@@ -264,6 +329,7 @@ pub fn run(args: Args) -> Result<()> {
                 reply_tokens: Some(args.reply_tokens),
                 temperature: args.temperature,
                 seed: args.seed,
+                first_session_id: journal.as_ref().map_or(1, |j| j.next_session_id()),
                 ..ChatRuntimeConfig::default()
             },
         ));
@@ -295,7 +361,12 @@ pub fn run(args: Args) -> Result<()> {
         }
         let sessions = args
             .sessions
-            .unwrap_or_else(|| endpoint.and_then(|e| e.slots).map_or(4, |s| s as usize))
+            .map(|s| s as usize)
+            .unwrap_or_else(|| {
+                endpoint
+                    .and_then(|e| e.slots)
+                    .map_or(4, |s| s.min(100_000) as usize)
+            })
             .clamp(1, items.len());
         if let Some(slots) = endpoint.and_then(|e| e.slots)
             && sessions as u64 > slots
@@ -315,34 +386,54 @@ pub fn run(args: Args) -> Result<()> {
                 ..SupervisorConfig::default()
             },
             seed: args.seed.unwrap_or(0),
+            grace: args.grace,
             ..RunConfig::default()
         };
         let bar = crate::table::progress_bar(items.len() as u64);
         bar.enable_steady_tick(Duration::from_millis(200));
-        let report = run::drive(runtime, agent_types, items, &config, |p| {
-            bar.set_position(p.finished);
-            bar.set_message(format!(
-                "{} turns, {} compactions, {} rotations",
-                p.turns, p.compactions, p.rotations
-            ));
-        })
+        let requested = stop.requested();
+        let report = run::drive(
+            runtime,
+            agent_types,
+            items,
+            &config,
+            journal,
+            requested,
+            |p| {
+                bar.set_position(p.finished);
+                bar.set_message(format!(
+                    "{} turns, {} compactions, {} rotations",
+                    p.turns, p.compactions, p.rotations
+                ));
+            },
+        )
         .await?;
         bar.finish_and_clear();
         crate::table::write_report(args.json, &report, |out, r| {
             let title = format!("baton run, {} on {base_url}", args.model);
-            crate::table::write_fleet_table(out, &title, &r.fleet)?;
+            crate::table::write_fleet_table(out, &title, &r.fleet, &r.outcomes)?;
             write_items(out, r)
         })?;
-        let failed = report
-            .items
-            .iter()
-            .filter(|i| matches!(i.end, ItemEnd::Failed { .. }))
-            .count();
-        if failed > 0 {
-            bail!("{failed} of {} work items failed", report.items.len());
+        if let Some(signal) = stop.signal() {
+            return Ok(Some(signal));
         }
-        Ok(())
-    })
+        let o = report.outcomes;
+        if o.not_finished() > 0 {
+            bail!(
+                "{} of {} work items did not finish ({} failed, {} dead-lettered, {} unfinished)",
+                o.not_finished(),
+                o.total(),
+                o.failed,
+                o.dead_lettered,
+                o.unfinished
+            );
+        }
+        Ok(None)
+    })?;
+    match stopped {
+        Some(signal) => crate::signals::exit_interrupted(signal),
+        None => Ok(()),
+    }
 }
 
 fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
@@ -357,11 +448,19 @@ fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
         };
         t.add_row([
             i.id.to_string(),
-            i.agent_type.to_string(),
+            crate::output::escape(&i.agent_type).into_owned(),
             i.turns.to_string(),
             i.sessions.to_string(),
-            end,
+            crate::output::escape(&end).into_owned(),
         ]);
+    }
+    if let Some(r) = &r.resumed {
+        writeln!(
+            out,
+            "resumed from the journal: {} items ended before (not taken again), {} restarted, \
+             {} rotations resumed, {} queued, {} submitted now",
+            r.already_ended, r.requeued, r.rotations_resumed, r.queued, r.submitted
+        )?;
     }
     // The overhead is summed over the turns taken (the items' turns): divided by them.
     let turns = r

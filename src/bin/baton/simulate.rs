@@ -17,11 +17,11 @@ use crate::policy_args::PolicyArgs;
 /// Seeded: the same flags give the same totals.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Live sessions at most.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
-    sessions: usize,
-    /// Work items to get done (default: twice --sessions).
-    #[arg(long, value_name = "N")]
+    /// Live sessions at most (1 to 10,000,000).
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_SESSIONS))]
+    sessions: u64,
+    /// Work items to get done, 1 to 100,000,000 (default: twice --sessions).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_WORK_ITEMS))]
     work_items: Option<u64>,
     /// Agent types as NAME:WINDOW, comma-separated; work items are spread over them.
     #[arg(
@@ -45,13 +45,22 @@ pub struct Args {
     /// Turns per work item, as MIN..MAX.
     #[arg(long, default_value = "60..240", value_name = "MIN..MAX")]
     turns: String,
-    /// Threads to run session actors on (default: one per core).
-    #[arg(long, value_name = "N")]
-    shards: Option<usize>,
+    /// Threads to run session actors on, 1 to 1024 (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    shards: Option<u64>,
+    /// Keep a journal in FILE (SQLite, created if missing; it must hold no work items):
+    /// everything the fleet does, durably, for `baton log FILE`.
+    #[arg(long, value_name = "FILE")]
+    journal: Option<std::path::PathBuf>,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
 }
+
+/// The most sessions a simulation takes.
+const MAX_SESSIONS: u64 = 10_000_000;
+/// The most work items a simulation takes.
+const MAX_WORK_ITEMS: u64 = 100_000_000;
 
 fn agent_type(spec: &str) -> Result<(String, u64)> {
     let (name, window) = spec
@@ -73,7 +82,12 @@ fn turns(spec: &str) -> Result<(u32, u32)> {
     let (a, b) = spec
         .split_once("..")
         .with_context(|| format!("--turns {spec:?} is not MIN..MAX"))?;
-    let (a, b): (u32, u32) = (a.trim().parse()?, b.trim().parse()?);
+    let number = |n: &str, which: &str| -> Result<u32> {
+        n.trim()
+            .parse()
+            .with_context(|| format!("--turns {spec:?}: {which} {n:?} is not a whole number"))
+    };
+    let (a, b) = (number(a, "MIN")?, number(b, "MAX")?);
     if a == 0 || a > b {
         bail!("--turns {spec:?}: need 1 <= MIN <= MAX");
     }
@@ -81,23 +95,44 @@ fn turns(spec: &str) -> Result<(u32, u32)> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    use crate::policy_args::{first_duplicate, usage_error};
+    let agent_types: Vec<(String, u64)> = args
+        .agent_types
+        .iter()
+        .map(|s| agent_type(s).unwrap_or_else(|e| usage_error(format!("--agent-types: {e:#}"))))
+        .collect();
+    let names: Vec<&str> = agent_types.iter().map(|(n, _)| n.as_str()).collect();
+    if let Some(dup) = first_duplicate(&names) {
+        usage_error(format!(
+            "--agent-types: agent type {:?} is given twice",
+            crate::output::escape(dup)
+        ));
+    }
     let config = SimulationConfig {
-        sessions: args.sessions,
-        work_items: args.work_items.unwrap_or(args.sessions as u64 * 2),
-        agent_types: args
-            .agent_types
-            .iter()
-            .map(|s| agent_type(s))
-            .collect::<Result<_>>()?,
-        policy: args.policy.policy()?,
+        sessions: args.sessions as usize,
+        work_items: args
+            .work_items
+            .unwrap_or(args.sessions.saturating_mul(2).min(MAX_WORK_ITEMS)),
+        agent_types,
+        policy: args.policy.policy_or_exit(),
         failure_rate: args.failure_rate,
         seed: args.seed,
         duration: args.duration,
-        turns: turns(&args.turns)?,
+        turns: turns(&args.turns).unwrap_or_else(|e| usage_error(format!("{e:#}"))),
         summary_ratio: 0.5,
-        shards: args
-            .shards
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        shards: args.shards.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |s| s as usize,
+        ),
+        journal: match &args.journal {
+            Some(path) => Some(baton::journal::Journal::open(path).with_context(|| {
+                format!(
+                    "--journal {}",
+                    crate::output::escape(&path.to_string_lossy())
+                )
+            })?),
+            None => None,
+        },
     };
     let bar = crate::table::progress_bar(config.work_items);
     let report = actix::System::new().block_on(simulate::run(&config, |p| {
@@ -105,15 +140,40 @@ pub fn run(args: Args) -> Result<()> {
         bar.set_message(format!("{} usage messages", p.messages));
     }))?;
     bar.finish_and_clear();
+    let outcomes = crate::table::simulated_outcomes(&report);
     crate::table::write_report(args.json, &report, |out, r| {
         let title = format!("baton simulate, seed {}", r.seed);
-        crate::table::write_fleet_table(out, &title, r)
-    })
+        crate::table::write_fleet_table(out, &title, r, &outcomes)
+    })?;
+    if outcomes.not_finished() > 0 {
+        bail!(
+            "{} of {} work items did not finish ({} dead-lettered, {} unfinished)",
+            outcomes.not_finished(),
+            outcomes.total(),
+            outcomes.dead_lettered,
+            outcomes.unfinished
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_turns_range_error_names_the_flag_and_the_bad_end() {
+        for (bad, expected) in [
+            ("..5", "--turns \"..5\": MIN \"\" is not a whole number"),
+            ("3..x", "--turns \"3..x\": MAX \"x\" is not a whole number"),
+            ("7", "--turns \"7\" is not MIN..MAX"),
+            ("5..3", "--turns \"5..3\": need 1 <= MIN <= MAX"),
+        ] {
+            let error = format!("{:#}", turns(bad).unwrap_err());
+            assert!(error.contains(expected), "{bad}: {error}");
+        }
+        assert_eq!(turns(" 2 .. 9 ").unwrap(), (2, 9));
+    }
 
     #[test]
     fn agent_type_windows_outside_what_usage_holds_are_refused() {

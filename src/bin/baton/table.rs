@@ -5,6 +5,7 @@ use std::io::Write;
 
 use anyhow::Result;
 use baton::report::FleetReport;
+use baton::run::Outcomes;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -36,8 +37,37 @@ pub fn write_report<T: serde::Serialize>(
     }
 }
 
-/// Writes the results table under `title`.
-pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> Result<()> {
+/// How a simulation's work items ended (a simulated agent never fails a turn, and always says
+/// it is done).
+pub fn simulated_outcomes(r: &FleetReport) -> Outcomes {
+    Outcomes {
+        done: r.done,
+        dead_lettered: r.dead_letters,
+        unfinished: r.unfinished,
+        ..Outcomes::default()
+    }
+}
+
+/// The work items row: each way an item can end, counted separately.
+fn outcomes_row(o: &Outcomes) -> String {
+    let mut row = format!("{} of {} done", o.done, o.total());
+    if o.turn_limit > 0 {
+        row.push_str(&format!(", {} at the turn limit", o.turn_limit));
+    }
+    row.push_str(&format!(
+        "; {} failed, {} dead-lettered, {} unfinished",
+        o.failed, o.dead_lettered, o.unfinished
+    ));
+    row
+}
+
+/// Writes the results table under `title` (escaped: it may quote outside data).
+pub fn write_fleet_table(
+    out: &mut impl Write,
+    title: &str,
+    r: &FleetReport,
+    outcomes: &Outcomes,
+) -> Result<()> {
     let c = &r.compactions;
     let rotations: u64 = r.rotations.values().sum();
     let by_reason = r
@@ -50,14 +80,7 @@ pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> 
     t.load_style(UTF8_FULL_CONDENSED);
     t.set_header(["", "value"]);
     let rows: Vec<(&str, String)> = vec![
-        (
-            "work items done",
-            format!(
-                "{} of {} ({} unfinished)",
-                r.done, r.work_items, r.unfinished
-            ),
-        ),
-        ("dead letters", r.dead_letters.to_string()),
+        ("work items", outcomes_row(outcomes)),
         ("sessions started", r.sessions_started.to_string()),
         ("compactions", format!("{} ({} failed)", c.count, c.failed)),
         (
@@ -95,7 +118,7 @@ pub fn write_fleet_table(out: &mut impl Write, title: &str, r: &FleetReport) -> 
     for (k, v) in rows {
         t.add_row([k.to_string(), v]);
     }
-    writeln!(out, "{title}\n{t}")?;
+    writeln!(out, "{}\n{t}", crate::output::escape(title))?;
     Ok(())
 }
 
@@ -105,5 +128,33 @@ fn rate(per_second: f64) -> String {
         format!("{per_second:.0}")
     } else {
         format!("{per_second:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_way_an_item_ends_is_counted_apart() {
+        let o = Outcomes {
+            done: 3,
+            turn_limit: 1,
+            failed: 1,
+            dead_lettered: 2,
+            unfinished: 4,
+        };
+        assert_eq!(
+            outcomes_row(&o),
+            "3 of 11 done, 1 at the turn limit; 1 failed, 2 dead-lettered, 4 unfinished"
+        );
+        let clean = Outcomes {
+            done: 2,
+            ..Outcomes::default()
+        };
+        assert_eq!(
+            outcomes_row(&clean),
+            "2 of 2 done; 0 failed, 0 dead-lettered, 0 unfinished"
+        );
     }
 }

@@ -8,25 +8,33 @@
 //! the server root, so it is `{base without its /v1}/props`.
 
 use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use reqwest::{Client, StatusCode};
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{Client, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{ChatError, recognise_overflow};
-use super::retry::{RetryPolicy, retry_after};
-use super::secret::ApiKey;
+use super::error::{ChatError, printable, recognise_overflow};
+use super::retry::{default_backoff, retry_after, wait_before_retry};
+use super::secret::{ApiKey, UrlCredentials, redact_url};
 use super::wire::{ChatRequest, ChatResponse, UsageReading};
 use crate::provider::{
     Window, WindowSource, slots_from_props, window_from_models, window_from_props,
 };
 
+/// The default cap on one response body: 16 MiB, hundreds of times a long chat reply, and far
+/// below what would strain a machine.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How to reach an endpoint and how patient to be with it.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The API root with its version, e.g. `http://127.0.0.1:8080/v1` (see the module doc).
+    /// Credentials in it (`http://user:pass@host/v1`) are taken out when the client is built
+    /// and sent as basic authentication: the client's own copy never carries them.
     pub base_url: String,
     /// The bearer token, when the endpoint needs one; redacted in `Debug`.
     pub api_key: Option<ApiKey>,
@@ -35,20 +43,31 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// The longest a connection may take to open, so an unreachable host fails fast.
     pub connect_timeout: Duration,
-    /// When to retry.
-    pub retry: RetryPolicy,
+    /// The waits between attempts of a chat request, and how many retries (backon's). Only
+    /// HTTP 429, 5xx and failed connections are retried.
+    pub retry: ExponentialBuilder,
+    /// The longest wait a server may ask for (`Retry-After`) that is honoured; a longer one
+    /// ends the retries at once, so that the caller decides.
+    pub max_retry_after: Duration,
+    /// The largest response body read, in bytes: a body that says or turns out to be larger is
+    /// refused ([`ChatError::TooLarge`]) after reading at most this much, so an endpoint that
+    /// streams without end cannot exhaust memory.
+    pub max_body_bytes: u64,
 }
 
 impl ClientConfig {
     /// A configuration for `base_url` with no key, a 120 s request timeout, a 10 s connect
-    /// timeout and the default [`RetryPolicy`].
+    /// timeout, the [`default_backoff`](super::retry::default_backoff) (3 retries), server
+    /// waits of up to 60 s honoured, and bodies of up to [`DEFAULT_MAX_BODY_BYTES`].
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
             api_key: None,
             request_timeout: Duration::from_secs(120),
             connect_timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
+            retry: default_backoff(),
+            max_retry_after: Duration::from_secs(60),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }
@@ -85,8 +104,11 @@ impl Completion {
 pub struct ChatClient {
     /// The HTTP client: pooled connections, HTTP/1.1 only, rustls with ring.
     http: Client,
-    /// What the client was built from (its key is redacted in `Debug`).
+    /// What the client was built from, its base URL without credentials (its key is redacted
+    /// in `Debug`).
     config: ClientConfig,
+    /// The base URL's credentials, sent as basic authentication when there is no key.
+    credentials: Option<UrlCredentials>,
     /// `{base}/chat/completions`.
     chat_url: String,
     /// `{base}/models`.
@@ -104,18 +126,57 @@ fn install_crypto_provider() {
     });
 }
 
+/// One failed attempt of a chat request: the error, and the wait the server asked for.
+struct Failed {
+    error: ChatError,
+    retry_after: Option<Duration>,
+}
+
+/// Why a body could not be read whole.
+enum ReadError {
+    /// The transport failed (or timed out).
+    Http(reqwest::Error),
+    /// It is larger than the limit.
+    TooLarge,
+}
+
+/// Reads a response's body, refusing one that says (`Content-Length`) or turns out to be longer
+/// than `limit` bytes: never more than `limit` bytes (plus one chunk) are held.
+async fn read_capped(mut resp: reqwest::Response, limit: u64) -> Result<Vec<u8>, ReadError> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Http)? {
+        if body.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ReadError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 impl ChatClient {
-    /// Builds a client. Fails on a base URL that is not http(s).
-    pub fn new(config: ClientConfig) -> Result<Self, ChatError> {
+    /// Builds a client. Fails on a base URL that is not http(s). Credentials in the base URL
+    /// are taken out of it (see [`ClientConfig::base_url`]).
+    pub fn new(mut config: ClientConfig) -> Result<Self, ChatError> {
         install_crypto_provider();
-        let base = config.base_url.trim_end_matches('/').to_owned();
-        let url = reqwest::Url::parse(&base)
-            .map_err(|e| ChatError::Config(format!("base URL {base:?}: {e}")))?;
+        let given = config.base_url.trim().trim_end_matches('/').to_owned();
+        let mut url = reqwest::Url::parse(&given)
+            .map_err(|e| ChatError::Config(format!("base URL {:?}: {e}", redact_url(&given))))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ChatError::Config(format!(
-                "base URL {base:?} is not http or https"
+                "base URL {:?} is not http or https",
+                redact_url(&given)
             )));
         }
+        let credentials = UrlCredentials::take(&mut url);
+        let base = if credentials.is_some() {
+            url.as_str().trim_end_matches('/').to_owned()
+        } else {
+            given
+        };
+        config.base_url = base.clone();
         let host = url.host_str().unwrap_or_default();
         let loopback = host == "localhost"
             || host
@@ -138,11 +199,12 @@ impl ChatClient {
             chat_url: format!("{base}/chat/completions"),
             models_url: format!("{base}/models"),
             props_url: format!("{root}/props"),
+            credentials,
             config,
         })
     }
 
-    /// The configuration the client was built from.
+    /// The configuration the client was built from, its base URL without credentials.
     pub fn config(&self) -> &ClientConfig {
         &self.config
     }
@@ -154,8 +216,9 @@ impl ChatClient {
     }
 
     /// Sends `request`, giving each attempt at most `timeout`. Retries 429, 5xx and failed
-    /// connections as the [`RetryPolicy`] says; returns a context overflow at once, never
-    /// retried; does not retry a timeout.
+    /// connections as [`ClientConfig::retry`] says (a server's `Retry-After` replaces the
+    /// computed wait); returns a context overflow at once, never retried; does not retry a
+    /// timeout or a body over the size limit.
     pub async fn chat_with_timeout(
         &self,
         request: &ChatRequest,
@@ -164,11 +227,13 @@ impl ChatClient {
         let body = serde_json::to_vec(request)
             .map_err(|e| ChatError::Config(format!("request does not serialise: {e}")))?;
         let started = Instant::now();
-        let max = self.config.retry.max_attempts.max(1);
-        let mut attempt = 0;
-        let mut waiting = Duration::ZERO;
-        loop {
-            attempt += 1;
+        let attempts = AtomicU32::new(0);
+        let waiting_nanos = AtomicU64::new(0);
+        let wait = |d: Duration| {
+            waiting_nanos.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        };
+        let attempt = || async {
+            let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::debug!(
                 url = %self.chat_url,
                 attempt,
@@ -177,109 +242,168 @@ impl ChatClient {
                 "chat request"
             );
             let sent = Instant::now();
-            let outcome = self.send(&body, timeout).await;
-            waiting += sent.elapsed();
-            let (error, retry_after) = match outcome {
-                Ok((status, _, text)) if status.is_success() => {
-                    let malformed = |e: serde_json::Error| ChatError::Malformed {
-                        endpoint: self.chat_url.clone(),
-                        reason: format!("{e}; body starts {:?}", excerpt(&text)),
-                    };
-                    let body: Value = serde_json::from_str(&text).map_err(malformed)?;
-                    let response = ChatResponse::deserialize(&body).map_err(malformed)?;
-                    let completion = Completion {
-                        response,
-                        body,
-                        attempts: attempt,
-                        elapsed: started.elapsed(),
-                        waiting,
-                    };
-                    tracing::debug!(
-                        attempt,
-                        elapsed_ms = completion.elapsed.as_millis() as u64,
-                        usage = ?completion.usage(),
-                        "chat reply"
-                    );
-                    return Ok(completion);
+            let outcome = self.attempt(&body, timeout, attempt).await;
+            wait(sent.elapsed());
+            outcome
+        };
+        let max_retry_after = self.config.max_retry_after;
+        let (response, body) = attempt
+            .retry(self.config.retry)
+            .when(|f: &Failed| f.error.retry_may_help() && !matches!(f.error, ChatError::Timeout { .. }))
+            .adjust(|f, computed| {
+                let delay = wait_before_retry(computed, f.retry_after, max_retry_after);
+                if delay.is_none() && computed.is_some() {
+                    tracing::warn!(error = %f.error, "server asks to wait longer than the client allows");
                 }
-                Ok((status, headers, text)) => {
-                    let code = status.as_u16();
-                    if let Some(overflow) = recognise_overflow(code, &text) {
-                        tracing::warn!(%overflow, "context overflow");
-                        return Err(ChatError::ContextOverflow(overflow));
-                    }
-                    let (kind, message) = error_message(&text);
-                    let wait = retry_after(&headers);
-                    let error = if status == StatusCode::TOO_MANY_REQUESTS {
-                        ChatError::RateLimited {
-                            attempts: attempt,
-                            retry_after: wait,
-                            message,
-                        }
-                    } else if status.is_server_error() {
-                        ChatError::Server {
-                            status: code,
-                            attempts: attempt,
-                            message,
-                        }
-                    } else {
-                        return Err(ChatError::Refused {
-                            status: code,
-                            kind,
-                            message,
-                        });
-                    };
-                    (error, wait)
-                }
-                Err(e) if e.is_timeout() => {
-                    tracing::warn!(attempt, ?timeout, "chat request timed out");
-                    return Err(ChatError::Timeout {
-                        timeout,
-                        attempts: attempt,
-                    });
-                }
-                Err(e) => (
-                    ChatError::Unreachable {
-                        endpoint: self.chat_url.clone(),
-                        attempts: attempt,
-                        reason: error_chain(&e),
-                    },
-                    None,
-                ),
-            };
-            if attempt >= max {
-                return Err(error);
-            }
-            let Some(delay) = self.config.retry.delay(attempt, retry_after) else {
-                tracing::warn!(%error, "server asks to wait longer than the retry policy allows");
-                return Err(error);
-            };
-            tracing::warn!(%error, attempt, delay_ms = delay.as_millis() as u64, "retrying chat request");
-            tokio::time::sleep(delay).await;
-            waiting += delay;
-        }
+                delay
+            })
+            .notify(|f, delay| {
+                tracing::warn!(error = %f.error, delay_ms = delay.as_millis() as u64, "retrying chat request");
+                wait(delay);
+            })
+            .await
+            .map_err(|f| f.error)?;
+        let completion = Completion {
+            response,
+            body,
+            attempts: attempts.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            waiting: Duration::from_nanos(waiting_nanos.load(Ordering::Relaxed)),
+        };
+        tracing::debug!(
+            attempts = completion.attempts,
+            elapsed_ms = completion.elapsed.as_millis() as u64,
+            usage = ?completion.usage(),
+            "chat reply"
+        );
+        Ok(completion)
     }
 
-    /// One POST of the serialised request; the status, headers and body text.
-    async fn send(
+    /// One POST of the serialised request, its answer read (under the size limit) and parsed.
+    async fn attempt(
         &self,
         body: &[u8],
         timeout: Duration,
-    ) -> Result<(StatusCode, reqwest::header::HeaderMap, String), reqwest::Error> {
-        let mut req = self
+        attempt: u32,
+    ) -> Result<(ChatResponse, Value), Failed> {
+        let fail = |error| Failed {
+            error,
+            retry_after: None,
+        };
+        let req = self
             .http
             .post(&self.chat_url)
             .timeout(timeout)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_vec());
+        let (status, headers, text) = match self.send(req, &self.chat_url).await {
+            Ok(answer) => answer,
+            Err(ChatError::Timeout { .. }) => {
+                tracing::warn!(attempt, ?timeout, "chat request timed out");
+                return Err(fail(ChatError::Timeout {
+                    timeout,
+                    attempts: attempt,
+                }));
+            }
+            Err(ChatError::Unreachable {
+                endpoint, reason, ..
+            }) => {
+                return Err(fail(ChatError::Unreachable {
+                    endpoint,
+                    attempts: attempt,
+                    reason,
+                }));
+            }
+            Err(other) => return Err(fail(other)),
+        };
+        if status.is_success() {
+            let malformed = |e: serde_json::Error| {
+                fail(ChatError::Malformed {
+                    endpoint: self.chat_url.clone(),
+                    reason: format!("{e}; body starts {:?}", excerpt(&text)),
+                })
+            };
+            let body: Value = serde_json::from_str(&text).map_err(malformed)?;
+            let response = ChatResponse::deserialize(&body).map_err(malformed)?;
+            return Ok((response, body));
+        }
+        let code = status.as_u16();
+        if let Some(overflow) = recognise_overflow(code, &text) {
+            tracing::warn!(%overflow, "context overflow");
+            return Err(fail(ChatError::ContextOverflow(overflow)));
+        }
+        let (kind, message) = error_message(&text);
+        let retry_after = retry_after(&headers);
+        let error = if status == StatusCode::TOO_MANY_REQUESTS {
+            ChatError::RateLimited {
+                attempts: attempt,
+                retry_after,
+                message,
+            }
+        } else if status.is_server_error() {
+            ChatError::Server {
+                status: code,
+                attempts: attempt,
+                message,
+            }
+        } else {
+            ChatError::Refused {
+                status: code,
+                kind,
+                message,
+            }
+        };
+        Err(Failed { error, retry_after })
+    }
+
+    /// Sends `req` (to `url`) with the client's authentication, and reads the answer under the
+    /// size limit: its status, headers and body (as text, invalid UTF-8 replaced). Errors are
+    /// [`ChatError::Timeout`], [`ChatError::Unreachable`] (one attempt) or
+    /// [`ChatError::TooLarge`].
+    async fn send(
+        &self,
+        mut req: RequestBuilder,
+        url: &str,
+    ) -> Result<(StatusCode, HeaderMap, String), ChatError> {
         if let Some(key) = &self.config.api_key {
             req = req.header(AUTHORIZATION, bearer(key));
+        } else if let Some(credentials) = &self.credentials {
+            let (user, password) = credentials.expose();
+            req = req.basic_auth(user, password);
         }
-        let resp = req.send().await?;
+        let fail = |e: reqwest::Error| {
+            if e.is_timeout() {
+                ChatError::Timeout {
+                    timeout: self.config.request_timeout,
+                    attempts: 1,
+                }
+            } else {
+                ChatError::Unreachable {
+                    endpoint: url.to_owned(),
+                    attempts: 1,
+                    reason: error_chain(&e.without_url()),
+                }
+            }
+        };
+        let resp = req.send().await.map_err(fail)?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let text = resp.text().await?;
-        Ok((status, headers, text))
+        let limit = self.config.max_body_bytes;
+        let bytes = read_capped(resp, limit).await.map_err(|e| match e {
+            ReadError::Http(e) => fail(e),
+            ReadError::TooLarge => {
+                tracing::warn!(url, limit, "response body over the limit; refused");
+                ChatError::TooLarge {
+                    endpoint: url.to_owned(),
+                    limit,
+                }
+            }
+        })?;
+        Ok((
+            status,
+            headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
     }
 
     /// `GET {base}/models`, as JSON. Sent once, with no retries (a failure falls back to the
@@ -316,29 +440,9 @@ impl ChatClient {
         }
     }
 
-    /// `GET url` with the key, once; the body of a success status.
+    /// `GET url` with the key, once; the body of a success status (under the size limit).
     async fn get_text(&self, url: &str) -> Result<String, ChatError> {
-        let mut req = self.http.get(url);
-        if let Some(key) = &self.config.api_key {
-            req = req.header(AUTHORIZATION, bearer(key));
-        }
-        let fail = |e: reqwest::Error| {
-            if e.is_timeout() {
-                ChatError::Timeout {
-                    timeout: self.config.request_timeout,
-                    attempts: 1,
-                }
-            } else {
-                ChatError::Unreachable {
-                    endpoint: url.to_owned(),
-                    attempts: 1,
-                    reason: error_chain(&e),
-                }
-            }
-        };
-        let resp = req.send().await.map_err(fail)?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(fail)?;
+        let (status, _, text) = self.send(self.http.get(url), url).await?;
         if !status.is_success() {
             let (kind, message) = error_message(&text);
             return Err(ChatError::Refused {
@@ -384,7 +488,7 @@ impl EndpointWindow {
 fn parse_json(url: &str, text: &str) -> Result<Value, ChatError> {
     serde_json::from_str(text).map_err(|e| ChatError::Malformed {
         endpoint: url.to_owned(),
-        reason: e.to_string(),
+        reason: printable(&e.to_string()),
     })
 }
 
@@ -409,13 +513,13 @@ fn error_message(body: &str) -> (Option<String>, String) {
         .get("type")
         .or_else(|| err.get("code").filter(|c| c.is_string()))
         .and_then(Value::as_str)
-        .map(str::to_owned);
+        .map(printable);
     let message = err
         .get("message")
         .and_then(Value::as_str)
         .or_else(|| json.get("error").and_then(Value::as_str))
-        .map(str::to_owned)
-        .unwrap_or_else(|| excerpt(body).to_owned());
+        .map(printable)
+        .unwrap_or_else(|| printable(excerpt(body)));
     (kind, message)
 }
 

@@ -28,7 +28,7 @@ use thiserror::Error;
 use super::client::ChatClient;
 use super::error::ChatError;
 use super::history::{History, Split, TokenCounter, request_tokens};
-use super::wire::{ChatRequest, Message, Role, UsageReading};
+use super::wire::{ChatMessage, ChatRequest, Role, UsageReading};
 
 /// What the summariser is asked to write. Its headings are what a successor needs to continue
 /// without the history.
@@ -152,7 +152,7 @@ impl Item {
     }
 }
 
-fn item(message: &Message) -> Item {
+fn item(message: &ChatMessage) -> Item {
     let mut header = match message.role {
         Role::System => "[system]".to_owned(),
         Role::User => "[user]".to_owned(),
@@ -394,7 +394,7 @@ impl SummaryPlan {
         running: Option<&str>,
         part: usize,
         parts: usize,
-    ) -> Vec<Message> {
+    ) -> Vec<ChatMessage> {
         let mut user = if parts > 1 {
             format!(
                 "Summarise part {part} of {parts} of the conversation of an AI agent, merging in \
@@ -411,7 +411,10 @@ impl SummaryPlan {
         }
         user.push_str("Conversation:\n");
         user.push_str(chunk);
-        vec![Message::system(SUMMARY_INSTRUCTIONS), Message::user(user)]
+        vec![
+            ChatMessage::system(SUMMARY_INSTRUCTIONS),
+            ChatMessage::user(user),
+        ]
     }
 
     /// The budget the plan was built for.
@@ -437,7 +440,7 @@ impl SummaryPlan {
         part: usize,
         running: Option<&str>,
         counter: &dyn TokenCounter,
-    ) -> Vec<Message> {
+    ) -> Vec<ChatMessage> {
         let parts = self.chunks.len();
         let chunk = &self.chunks[part.min(parts - 1)];
         let input = self.budget.input_tokens();
@@ -529,7 +532,7 @@ pub struct SummaryCall {
 
 /// A finished summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Summary {
+pub struct ChatSummary {
     /// The model's text, to put into [`History::rewrite`].
     pub text: String,
     /// Each request made, in order.
@@ -544,7 +547,7 @@ pub async fn summarise(
     model: &str,
     plan: &SummaryPlan,
     counter: &dyn TokenCounter,
-) -> Result<Summary, ChatError> {
+) -> Result<ChatSummary, ChatError> {
     let mut running: Option<String> = None;
     let mut calls = Vec::with_capacity(plan.parts());
     for part in 0..plan.parts() {
@@ -575,7 +578,7 @@ pub async fn summarise(
         }
         running = Some(text);
     }
-    Ok(Summary {
+    Ok(ChatSummary {
         text: running.unwrap_or_default(),
         calls,
     })
@@ -585,23 +588,23 @@ pub async fn summarise(
 mod tests {
     use super::*;
     use crate::runtime::chat::history::CharEstimate;
-    use crate::runtime::chat::wire::ToolCall;
+    use crate::runtime::chat::wire::ChatToolCall;
 
     fn long_history(turns: usize, tool_output_chars: usize) -> History {
         let mut h = History::new("You are a coding agent working on baton.");
-        h.push(Message::user("Make the test suite pass."));
+        h.push(ChatMessage::user("Make the test suite pass."));
         for t in 0..turns {
             let id = format!("call_{t}");
-            h.push(Message::tool_calls(vec![ToolCall::function(
+            h.push(ChatMessage::tool_calls(vec![ChatToolCall::function(
                 &id,
                 "bash",
                 format!(r#"{{"cmd":"cargo test -- case_{t}"}}"#),
             )]));
-            h.push(Message::tool_result(
+            h.push(ChatMessage::tool_result(
                 &id,
                 format!("line {t}\n").repeat(tool_output_chars / 8),
             ));
-            h.push(Message::assistant(format!(
+            h.push(ChatMessage::assistant(format!(
                 "Turn {t}: case_{t} fails in src/case_{t}.rs"
             )));
         }
@@ -663,7 +666,7 @@ mod tests {
     #[test]
     fn nothing_to_summarise_is_an_error() {
         let mut h = History::new("sys");
-        h.push(Message::user("hello"));
+        h.push(ChatMessage::user("hello"));
         let c = CharEstimate::default();
         let err = SummaryPlan::build(&h, &h.split(&c, 0), &c, SummaryBudget::for_window(4096))
             .unwrap_err();

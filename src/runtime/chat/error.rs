@@ -74,6 +74,17 @@ pub enum ChatError {
         /// The transport's explanation, causes included.
         reason: String,
     },
+    /// The response body is larger than the client accepts ([`ClientConfig::max_body_bytes`]);
+    /// refused, never retried, and read no further than the limit.
+    ///
+    /// [`ClientConfig::max_body_bytes`]: super::ClientConfig::max_body_bytes
+    #[error("the response from {endpoint} is larger than {limit} bytes; refused")]
+    TooLarge {
+        /// The URL that answered.
+        endpoint: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// A success status with a body that is not what the wire format says.
     #[error("malformed response from {endpoint}: {reason}")]
     Malformed {
@@ -111,6 +122,21 @@ impl ChatError {
     }
 }
 
+/// `text` from a server with its control characters (and the bidirectional overrides that
+/// reorder what a terminal shows) escaped as `\u{..}`, so that an error message cannot move the
+/// cursor, clear a screen or retitle a window when it is printed or logged.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Which server family's error shape an overflow was recognised from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -140,7 +166,7 @@ pub struct ContextOverflow {
     /// The window the server enforces (llama.cpp `n_ctx`, the slot's share; vLLM's "maximum
     /// context length"), when it said.
     pub window: Option<u64>,
-    /// The server's message, verbatim.
+    /// The server's message, its control characters escaped ([`printable`]).
     pub message: String,
 }
 
@@ -184,7 +210,7 @@ pub fn recognise_overflow(status: u16, body: &str) -> Option<ContextOverflow> {
             status,
             prompt_tokens,
             window,
-            message: message.clone(),
+            message: printable(&message),
         })
     };
 
@@ -305,6 +331,15 @@ mod tests {
         let o = recognise_overflow(400, body).unwrap();
         assert_eq!(o.shape, OverflowShape::Anthropic);
         assert_eq!((o.prompt_tokens, o.window), (Some(210000), Some(200000)));
+    }
+
+    #[test]
+    fn control_characters_from_a_server_are_escaped() {
+        assert_eq!(
+            printable("bad\u{1b}]0;pwned\u{7}\u{1b}[2J\nnext \u{202e}x"),
+            "bad\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{a}next \\u{202e}x"
+        );
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
     }
 
     #[test]

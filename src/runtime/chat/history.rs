@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 
-use super::wire::{Message, Role};
+use super::wire::{ChatMessage, Role};
 use crate::provider::Encoding;
 
 /// Counts the tokens of a text. Implemented for any `Fn(&str) -> usize`.
@@ -88,7 +88,7 @@ pub const SUMMARY_PREFIX: &str = "Summary of the conversation so far. It replace
 messages, which are gone; continue the work from it:";
 
 /// Estimated tokens of one message: its text, its tool calls and ids, and the template overhead.
-pub fn message_tokens(counter: &dyn TokenCounter, message: &Message) -> usize {
+pub fn message_tokens(counter: &dyn TokenCounter, message: &ChatMessage) -> usize {
     let calls: usize = message
         .tool_calls
         .iter()
@@ -107,7 +107,7 @@ pub fn message_tokens(counter: &dyn TokenCounter, message: &Message) -> usize {
 }
 
 /// Estimated prompt tokens of a request carrying `messages`.
-pub fn request_tokens(counter: &dyn TokenCounter, messages: &[Message]) -> usize {
+pub fn request_tokens(counter: &dyn TokenCounter, messages: &[ChatMessage]) -> usize {
     messages
         .iter()
         .map(|m| message_tokens(counter, m))
@@ -119,7 +119,7 @@ pub fn request_tokens(counter: &dyn TokenCounter, messages: &[Message]) -> usize
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct History {
     /// The messages as sent to the model, oldest first.
-    messages: Vec<Message>,
+    messages: Vec<ChatMessage>,
 }
 
 /// Which messages a compaction keeps verbatim; everything else is summarised. Indices refer to
@@ -171,22 +171,22 @@ impl History {
     /// A history that starts with a system prompt.
     pub fn new(system: impl Into<String>) -> Self {
         Self {
-            messages: vec![Message::system(system)],
+            messages: vec![ChatMessage::system(system)],
         }
     }
 
     /// A history made of these messages, as they are.
-    pub fn from_messages(messages: Vec<Message>) -> Self {
+    pub fn from_messages(messages: Vec<ChatMessage>) -> Self {
         Self { messages }
     }
 
     /// Appends a message.
-    pub fn push(&mut self, message: Message) {
+    pub fn push(&mut self, message: ChatMessage) {
         self.messages.push(message);
     }
 
     /// The messages, oldest first.
-    pub fn messages(&self) -> &[Message] {
+    pub fn messages(&self) -> &[ChatMessage] {
         &self.messages
     }
 
@@ -255,7 +255,7 @@ impl History {
         if let Some(i) = split.assignment.filter(|&i| Some(i) != split.latest_user) {
             messages.push(self.messages[i].clone());
         }
-        messages.push(Message::user(format!(
+        messages.push(ChatMessage::user(format!(
             "{SUMMARY_PREFIX}\n\n{}",
             summary.trim()
         )));
@@ -270,27 +270,30 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::chat::wire::ToolCall;
+    use crate::runtime::chat::wire::ChatToolCall;
 
     fn agent_history() -> History {
         let mut h = History::new("You are a coding agent.");
-        h.push(Message::user("Fix the failing test in src/lib.rs"));
-        h.push(Message::tool_calls(vec![
-            ToolCall::function("c1", "bash", r#"{"cmd":"cargo test"}"#),
-            ToolCall::function("c2", "bash", r#"{"cmd":"cat src/lib.rs"}"#),
+        h.push(ChatMessage::user("Fix the failing test in src/lib.rs"));
+        h.push(ChatMessage::tool_calls(vec![
+            ChatToolCall::function("c1", "bash", r#"{"cmd":"cargo test"}"#),
+            ChatToolCall::function("c2", "bash", r#"{"cmd":"cat src/lib.rs"}"#),
         ]));
-        h.push(Message::tool_result("c1", "test result: FAILED. 1 failed"));
-        h.push(Message::tool_result(
+        h.push(ChatMessage::tool_result(
+            "c1",
+            "test result: FAILED. 1 failed",
+        ));
+        h.push(ChatMessage::tool_result(
             "c2",
             "pub fn add(a: i32, b: i32) -> i32 { a - b }",
         ));
-        h.push(Message::assistant("The add function subtracts."));
-        h.push(Message::tool_calls(vec![ToolCall::function(
+        h.push(ChatMessage::assistant("The add function subtracts."));
+        h.push(ChatMessage::tool_calls(vec![ChatToolCall::function(
             "c3",
             "edit",
             r#"{"file":"src/lib.rs"}"#,
         )]));
-        h.push(Message::tool_result("c3", "ok"));
+        h.push(ChatMessage::tool_result("c3", "ok"));
         h
     }
 
@@ -329,7 +332,7 @@ mod tests {
     fn a_closure_is_a_token_counter() {
         let words = |t: &str| t.split_whitespace().count();
         assert_eq!(
-            message_tokens(&words, &Message::user("a b c")),
+            message_tokens(&words, &ChatMessage::user("a b c")),
             3 + MESSAGE_OVERHEAD
         );
     }
@@ -365,13 +368,13 @@ mod tests {
     #[test]
     fn the_assignment_is_kept_before_the_summary_and_only_once() {
         let mut h = agent_history();
-        h.push(Message::user("Continue."));
+        h.push(ChatMessage::user("Continue."));
         let split = h
             .split(&CharEstimate::default(), 0)
             .keeping_assignment(Some(1));
         assert!(!split.is_summarised(1) && split.is_summarised(2));
         let out = h.rewrite(&split, "did things");
-        let texts: Vec<&str> = out.messages().iter().map(Message::text).collect();
+        let texts: Vec<&str> = out.messages().iter().map(ChatMessage::text).collect();
         assert_eq!(texts[1], "Fix the failing test in src/lib.rs");
         assert!(texts[2].starts_with(SUMMARY_PREFIX));
         assert_eq!((texts[3], texts.len()), ("Continue.", 4));

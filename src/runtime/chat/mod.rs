@@ -5,10 +5,10 @@
 //! | module | what it is for |
 //! | --- | --- |
 //! | [`wire`] | request and response types; the usage a response reports, judged |
-//! | [`client`] | [`ChatClient`]: timeouts, retries, typed errors, the endpoint's window (parsed by [`crate::provider`]) |
+//! | [`client`] | [`ChatClient`]: timeouts, retries, bounded bodies, typed errors, the endpoint's window (parsed by [`crate::provider`]) |
 //! | [`error`] | [`ChatError`]; recognising context-overflow errors of every server family |
-//! | [`retry`] | [`RetryPolicy`]: exponential backoff with jitter, `Retry-After` |
-//! | [`secret`] | [`ApiKey`]: a key that never prints |
+//! | [`retry`] | backon's backoff for chat requests; a server's `Retry-After` |
+//! | [`secret`] | [`ApiKey`] and [`UrlCredentials`]: secrets that never print; [`redact_url`] |
 //! | [`history`] | [`History`], its segments (a tool call and its results), the compaction split and rewrite; pluggable [`TokenCounter`] |
 //! | [`compaction`] | [`SummaryPlan`]: the summary requests, budgeted up front; [`summarise`] sends them |
 //! | [`runtime`] | [`ChatRuntime`]: an [`AgentRuntime`](crate::runtime::AgentRuntime) whose agents are conversations held by baton; [`Turn`] |
@@ -22,22 +22,22 @@ pub mod runtime;
 pub mod secret;
 pub mod wire;
 
-pub use client::{ChatClient, ClientConfig, Completion, EndpointWindow};
+pub use client::{ChatClient, ClientConfig, Completion, DEFAULT_MAX_BODY_BYTES, EndpointWindow};
 pub use compaction::{
-    CompactionError, PlanStats, SUMMARY_INSTRUCTIONS, Summary, SummaryBudget, SummaryCall,
+    ChatSummary, CompactionError, PlanStats, SUMMARY_INSTRUCTIONS, SummaryBudget, SummaryCall,
     SummaryPlan, summarise, truncate_middle,
 };
-pub use error::{ChatError, ContextOverflow, OverflowShape, recognise_overflow};
+pub use error::{ChatError, ContextOverflow, OverflowShape, printable, recognise_overflow};
 pub use history::{
     CharEstimate, History, MESSAGE_OVERHEAD, REPLY_PRIMING, SUMMARY_PREFIX, ScaledTiktoken, Split,
     TokenCounter, message_tokens, request_tokens,
 };
-pub use retry::RetryPolicy;
+pub use retry::default_backoff;
 pub use runtime::{
     ChatRuntime, ChatRuntimeConfig, ChatRuntimeError, Turn, assignment_text, choose_window,
 };
-pub use secret::ApiKey;
+pub use secret::{ApiKey, UrlCredentials, redact_url};
 pub use wire::{
-    ChatRequest, ChatResponse, Choice, FunctionCall, Message, Role, Timings, TokenUsage, ToolCall,
-    UsageReading,
+    ChatMessage, ChatRequest, ChatResponse, ChatToolCall, Choice, FunctionCall, Role, Timings,
+    TokenUsage, UsageReading,
 };

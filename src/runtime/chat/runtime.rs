@@ -40,19 +40,19 @@ use super::client::{ChatClient, EndpointWindow};
 use super::compaction::{CompactionError, SummaryBudget, SummaryPlan, summarise};
 use super::error::{ChatError, ContextOverflow};
 use super::history::{History, ScaledTiktoken, Split, TokenCounter};
-use super::wire::{ChatRequest, Message, Role};
-use crate::machine::{Phase, SessionId};
+use super::wire::{ChatMessage, ChatRequest, Role};
+use crate::machine::Phase;
 use crate::policy::Policy;
 use crate::provider::{
     self, Encoding, Provider, Reading, UsageTracker, Window, WindowSource, known_window,
     resolve_window,
 };
-use crate::runtime::{
-    AgentRuntime, AgentType, Handoff, RuntimeError, SpawnKey, Summary, SummaryPurpose, WorkItem,
-    WorkItemId,
-};
+use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::supervisor::{SessionHandle, SupervisorHandle};
 use crate::usage::{UsageError, UsageSource};
+use crate::vocab::{
+    AgentType, Handoff, SessionId, SpawnKey, Summary, SummaryPurpose, WorkItem, WorkItemId,
+};
 
 /// How a [`ChatRuntime`] talks to its endpoint and compacts its sessions.
 #[derive(Debug, Clone)]
@@ -148,7 +148,7 @@ pub struct Turn {
     /// The session that took the turn.
     pub session: SessionId,
     /// The model's reply; `None` when the request overflowed the window.
-    pub reply: Option<Message>,
+    pub reply: Option<ChatMessage>,
     /// The usage as accounted (reported, or estimated when the report was not trusted) and what
     /// the server said; `None` after an overflow.
     pub reading: Option<Reading>,
@@ -179,7 +179,7 @@ impl Turn {
 
     /// The reply's text, or `""`.
     pub fn text(&self) -> &str {
-        self.reply.as_ref().map_or("", Message::text)
+        self.reply.as_ref().map_or("", ChatMessage::text)
     }
 
     /// baton's own time in the turn: everything but waiting on the endpoint and waiting for a
@@ -256,7 +256,7 @@ struct Transcript {
 }
 
 impl Transcript {
-    fn push(&mut self, message: Message) {
+    fn push(&mut self, message: ChatMessage) {
         self.counted.push(counted(&message));
         self.history.push(message);
     }
@@ -344,7 +344,7 @@ impl std::fmt::Debug for ChatRuntime {
 }
 
 /// A message as the tracker counts it.
-fn counted(m: &Message) -> provider::Message {
+fn counted(m: &ChatMessage) -> provider::Message {
     let role = match m.role {
         Role::System => "system",
         Role::User => "user",
@@ -547,7 +547,7 @@ impl ChatRuntime {
     }
 
     /// A copy of the session's messages, oldest first (`None` when it is not open).
-    pub async fn history(&self, session: SessionId) -> Option<Vec<Message>> {
+    pub async fn history(&self, session: SessionId) -> Option<Vec<ChatMessage>> {
         let conv = self.conversation(session)?;
         let t = conv.transcript.lock().await;
         (!t.closed).then(|| t.history.messages().to_vec())
@@ -565,7 +565,7 @@ impl ChatRuntime {
         session: SessionId,
         message: impl Into<String>,
     ) -> Result<Turn, ChatRuntimeError> {
-        self.turn(session, Some(Message::user(message))).await
+        self.turn(session, Some(ChatMessage::user(message))).await
     }
 
     /// Asks for the reply to the history as it stands (after [`AgentRuntime::assign`], the
@@ -577,7 +577,7 @@ impl ChatRuntime {
     async fn turn(
         &self,
         session: SessionId,
-        message: Option<Message>,
+        message: Option<ChatMessage>,
     ) -> Result<Turn, ChatRuntimeError> {
         let started = Instant::now();
         let supervisor = self.supervisor.get().ok_or(ChatRuntimeError::Detached)?;
@@ -1035,7 +1035,7 @@ impl AgentRuntime for ChatRuntime {
             return Ok(());
         }
         t.assignment = Some(t.history.messages().len());
-        t.push(Message::user(assignment_text(item, handoff)));
+        t.push(ChatMessage::user(assignment_text(item, handoff)));
         t.item = Some(item.id);
         self.holders.lock().expect("lock").insert(item.id, session);
         Ok(())

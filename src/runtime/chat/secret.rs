@@ -1,4 +1,5 @@
-//! API keys, which must never reach a log line, a record or an error message.
+//! API keys and URL credentials, which must never reach a log line, a record or an error
+//! message.
 //!
 //! [`ApiKey`] holds the key and prints as `<redacted>` through both `Debug` and `Display`, so a
 //! `?config` or `%key` in a tracing call, a derived `Debug` on a containing struct, or a panic
@@ -72,9 +73,122 @@ impl<'de> Deserialize<'de> for ApiKey {
     }
 }
 
+/// The user and password of an endpoint URL (`http://user:pass@host/v1`), taken out of the URL
+/// so that no URL baton prints, logs or sends carries them; sent as HTTP basic authentication
+/// instead. Prints as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UrlCredentials {
+    /// The user, percent-decoded.
+    user: String,
+    /// The password, percent-decoded, when the URL has one.
+    password: Option<String>,
+}
+
+impl UrlCredentials {
+    /// Takes the credentials out of `url`, leaving it without them; `None` when it has none.
+    pub fn take(url: &mut reqwest::Url) -> Option<Self> {
+        if url.username().is_empty() && url.password().is_none() {
+            return None;
+        }
+        let credentials = Self {
+            user: percent_decode(url.username()),
+            password: url.password().map(percent_decode),
+        };
+        // Only fails for URLs that cannot have credentials, which these just had.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        Some(credentials)
+    }
+
+    /// The user and the password. Only for building the request header (which reqwest marks
+    /// sensitive): never log or store what this returns.
+    pub fn expose(&self) -> (&str, Option<&str>) {
+        (&self.user, self.password.as_deref())
+    }
+}
+
+impl fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("UrlCredentials(<redacted>)")
+    }
+}
+
+/// `%XX` escapes decoded; invalid UTF-8 replaced.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `text` with the credentials of any URL in it (`scheme://user:pass@host`) replaced by `***`,
+/// for printing a URL that came from the user or from an error: works on text that does not
+/// parse as a URL too.
+pub fn redact_url(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                out.push_str(&authority[user_end..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_leave_the_url_decoded_and_never_print() {
+        let mut url = reqwest::Url::parse("http://bob:p%40ss%20word@127.0.0.1:8080/v1").unwrap();
+        let c = UrlCredentials::take(&mut url).unwrap();
+        assert_eq!(url.as_str(), "http://127.0.0.1:8080/v1");
+        assert_eq!(c.expose(), ("bob", Some("p@ss word")));
+        assert!(!format!("{c:?}").contains("bob"));
+        let mut plain = reqwest::Url::parse("http://127.0.0.1/v1").unwrap();
+        assert_eq!(UrlCredentials::take(&mut plain), None);
+    }
+
+    #[test]
+    fn urls_in_any_text_lose_their_credentials() {
+        assert_eq!(
+            redact_url("cannot reach http://user:pass@host:8080/v1 (refused)"),
+            "cannot reach http://***@host:8080/v1 (refused)"
+        );
+        assert_eq!(redact_url("https://a:b@c@d/x?y"), "https://***@d/x?y");
+        assert_eq!(redact_url("http://host/v1"), "http://host/v1");
+        assert_eq!(redact_url("no url: at@all"), "no url: at@all");
+        assert_eq!(redact_url("x://"), "x://");
+    }
 
     #[test]
     fn debug_and_display_never_show_the_key() {

@@ -29,7 +29,7 @@ pub enum Role {
 
 /// One message of a conversation, in the shape the wire carries it both ways.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Message {
+pub struct ChatMessage {
     /// Who wrote it.
     pub role: Role,
     /// The text. `None` (sent as `null`) for an assistant message that only calls tools.
@@ -38,7 +38,7 @@ pub struct Message {
     /// The tool calls of an assistant message; never sent when empty, because some servers reject
     /// an empty list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<ToolCall>,
+    pub tool_calls: Vec<ChatToolCall>,
     /// For a `tool` message: the id of the call it answers. The pair must never be separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
@@ -49,7 +49,7 @@ pub struct Message {
     pub reasoning_content: Option<String>,
 }
 
-impl Message {
+impl ChatMessage {
     fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
             role,
@@ -76,7 +76,7 @@ impl Message {
     }
 
     /// An assistant message that calls tools (its content is `null` on the wire).
-    pub fn tool_calls(calls: Vec<ToolCall>) -> Self {
+    pub fn tool_calls(calls: Vec<ChatToolCall>) -> Self {
         Self {
             role: Role::Assistant,
             content: None,
@@ -102,7 +102,7 @@ impl Message {
 
 /// One tool call made by the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ToolCall {
+pub struct ChatToolCall {
     /// The call's id, which its result quotes as `tool_call_id`.
     pub id: String,
     /// Always `"function"` today; kept so that a future kind round-trips unchanged.
@@ -116,7 +116,7 @@ fn function_kind() -> String {
     "function".to_owned()
 }
 
-impl ToolCall {
+impl ChatToolCall {
     /// A function call with JSON `arguments` already encoded as a string, as the wire wants.
     pub fn function(
         id: impl Into<String>,
@@ -134,7 +134,7 @@ impl ToolCall {
     }
 }
 
-/// The function half of a [`ToolCall`].
+/// The function half of a [`ChatToolCall`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FunctionCall {
     /// The function's name, as declared in the request's `tools`.
@@ -151,7 +151,7 @@ pub struct ChatRequest {
     /// The model to use. llama.cpp serves its one model whatever this says; others route by it.
     pub model: String,
     /// The whole conversation: servers keep no state between requests.
-    pub messages: Vec<Message>,
+    pub messages: Vec<ChatMessage>,
     /// The longest reply wanted, in tokens. Also what a summary request reserves in its budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
@@ -172,7 +172,7 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     /// A request for `model` with these messages and no other options.
-    pub fn new(model: impl Into<String>, messages: Vec<Message>) -> Self {
+    pub fn new(model: impl Into<String>, messages: Vec<ChatMessage>) -> Self {
         Self {
             model: model.into(),
             messages,
@@ -238,7 +238,7 @@ pub struct Choice {
     #[serde(default)]
     pub index: u32,
     /// The assistant's message.
-    pub message: Message,
+    pub message: ChatMessage,
     /// `stop`, `length` (cut at `max_tokens` or at the window), `tool_calls`, ...
     #[serde(default)]
     pub finish_reason: Option<String>,
@@ -323,13 +323,13 @@ impl UsageReading {
 
 impl ChatResponse {
     /// The first choice's message, which is the reply.
-    pub fn message(&self) -> Option<&Message> {
+    pub fn message(&self) -> Option<&ChatMessage> {
         self.choices.first().map(|c| &c.message)
     }
 
     /// The reply's text, or `""`.
     pub fn text(&self) -> &str {
-        self.message().map(Message::text).unwrap_or("")
+        self.message().map(ChatMessage::text).unwrap_or("")
     }
 
     /// Reads `usage` (see [`UsageReading`]).
@@ -427,7 +427,7 @@ mod tests {
 
     #[test]
     fn tool_calls_round_trip_and_content_null_is_sent() {
-        let m = Message::tool_calls(vec![ToolCall::function(
+        let m = ChatMessage::tool_calls(vec![ChatToolCall::function(
             "call_1",
             "bash",
             r#"{"command":"ls"}"#,
@@ -435,8 +435,8 @@ mod tests {
         let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v["content"], Value::Null);
         assert_eq!(v["tool_calls"][0]["type"], "function");
-        assert_eq!(serde_json::from_value::<Message>(v).unwrap(), m);
-        let t = serde_json::to_value(Message::tool_result("call_1", "a b")).unwrap();
+        assert_eq!(serde_json::from_value::<ChatMessage>(v).unwrap(), m);
+        let t = serde_json::to_value(ChatMessage::tool_result("call_1", "a b")).unwrap();
         assert_eq!(
             t,
             json!({"role":"tool","content":"a b","tool_call_id":"call_1"})
@@ -445,7 +445,7 @@ mod tests {
 
     #[test]
     fn reasoning_content_is_read_but_never_sent() {
-        let m: Message = serde_json::from_value(
+        let m: ChatMessage = serde_json::from_value(
             json!({"role":"assistant","content":"4","reasoning_content":"2+2"}),
         )
         .unwrap();
@@ -460,7 +460,7 @@ mod tests {
 
     #[test]
     fn requests_leave_out_unset_options_and_never_stream() {
-        let r = ChatRequest::new("m", vec![Message::user("hi")]).max_tokens(16);
+        let r = ChatRequest::new("m", vec![ChatMessage::user("hi")]).max_tokens(16);
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(
             v,

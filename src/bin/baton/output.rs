@@ -1,0 +1,282 @@
+//! What reaches the user from outside data: escaped text, bounded inputs, and outputs that never
+//! destroy an input.
+//!
+//! Every subcommand prints strings that came from outside (trace ids, server error messages,
+//! journal fields, work-item text). [`escape`] makes them inert before they reach a terminal:
+//! an ESC sequence in a trace's `instance_id` must not clear the screen or set the window title.
+//!
+//! Every file an output flag names is written through [`write_atomic`]: to a temporary file in
+//! the same directory, then renamed over the target, so a failure leaves the old file whole. It
+//! refuses a target that *is* one of the command's inputs (compared by device and inode, so
+//! `./j.db`, `j.db` and a hard link are all caught): `baton log j.db --export -o j.db` used to
+//! leave the journal at 0 bytes.
+//!
+//! Inputs are read through [`read_capped`]: `-` is standard input, and nothing larger than the
+//! cap is read into memory (`replay /dev/zero` used to grow without bound).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Whether `c` must not reach a terminal raw: C0 and C1 controls, DEL, and the bidirectional
+/// overrides and isolates that reorder what is shown ("Trojan Source").
+fn is_unsafe(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with every control character (newlines and tabs included), DEL, C1 control and
+/// bidirectional override written as a visible escape (`\n`, `\t`, `\u{1b}`). Text without
+/// any is returned as it is, without copying.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if is_unsafe(c) {
+            // `escape_default` writes `\n`, `\r`, `\t` and `\u{..}` for the rest.
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// [`escape`] as a `Display` adapter, for `format!("{}", Escaped(&s))` without an allocation
+/// when nothing needs escaping.
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&escape(self.0))
+    }
+}
+
+/// The path a user wrote that means standard input (or output).
+pub const STDIO: &str = "-";
+
+/// Whether `path` is the `-` that stands for standard input.
+pub fn is_stdio(path: &Path) -> bool {
+    path.as_os_str() == STDIO
+}
+
+/// Why an output was not written.
+#[derive(Debug, Error)]
+pub enum OutputError {
+    /// The output is one of the command's inputs: writing it would destroy what is being read.
+    #[error("{output}: refusing to overwrite an input of this command ({input})", output = .output.display(), input = .input.display())]
+    WouldOverwriteInput {
+        /// The output path, as given.
+        output: PathBuf,
+        /// The input it is the same file as.
+        input: PathBuf,
+    },
+    /// Creating, writing or renaming failed.
+    #[error("{path}: cannot write: {source}", path = .path.display())]
+    Io {
+        /// The output path, as given.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether `a` and `b` name the same existing file (same device and inode). A path that does not
+/// exist is the same as nothing.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Refuses `output` when it is the same file as any of `inputs` (`-` is never compared).
+pub fn refuse_overwrite<'a>(
+    output: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+) -> Result<(), OutputError> {
+    if is_stdio(output) {
+        return Ok(());
+    }
+    for input in inputs {
+        if !is_stdio(input) && same_file(output, input) {
+            return Err(OutputError::WouldOverwriteInput {
+                output: output.to_owned(),
+                input: input.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes `path` atomically: `write` fills a temporary file beside it, which is flushed, synced
+/// and renamed over `path` only when `write` succeeded. Refuses first when `path` is one of
+/// `inputs`. On any error the old file (if any) is untouched and the temporary file is removed.
+pub fn write_atomic<'a>(
+    path: &Path,
+    inputs: impl IntoIterator<Item = &'a Path>,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), OutputError> {
+    refuse_overwrite(path, inputs)?;
+    let io_err = |source| OutputError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".baton-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io_err)?;
+    let mut out = BufWriter::new(tmp);
+    write(&mut out).map_err(io_err)?;
+    let tmp = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(())
+}
+
+/// Why an input was not read.
+#[derive(Debug, Error)]
+pub enum InputError {
+    /// The input holds more than the cap allows.
+    #[error("{path}: larger than the {cap}-byte limit{hint}", path = .path.display())]
+    TooLarge {
+        /// The input, as given.
+        path: PathBuf,
+        /// The cap in bytes.
+        cap: u64,
+        /// How to raise the cap, when a flag does (for example `; raise it with --max-bytes`).
+        hint: String,
+    },
+    /// The input is a directory.
+    #[error("{path}: is a directory", path = .path.display())]
+    IsDirectory {
+        /// The input, as given.
+        path: PathBuf,
+    },
+    /// Opening or reading failed.
+    #[error("{path}: cannot read: {source}", path = .path.display())]
+    Io {
+        /// The input, as given.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads `path` whole (`-`: standard input), refusing anything above `cap` bytes without reading
+/// more than `cap + 1` of it. `hint` is appended to the size error (for example
+/// `"; raise it with --max-input-bytes"`).
+pub fn read_capped(path: &Path, cap: u64, hint: &str) -> Result<Vec<u8>, InputError> {
+    let io_err = |source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let reader: Box<dyn Read> = if is_stdio(path) {
+        Box::new(io::stdin().lock())
+    } else {
+        if std::fs::metadata(path).map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(InputError::IsDirectory {
+                path: path.to_owned(),
+            });
+        }
+        Box::new(File::open(path).map_err(io_err)?)
+    };
+    let mut bytes = Vec::new();
+    reader
+        .take(cap.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(io_err)?;
+    if bytes.len() as u64 > cap {
+        return Err(InputError::TooLarge {
+            path: path.to_owned(),
+            cap,
+            hint: hint.to_owned(),
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_makes_terminal_sequences_visible() {
+        let hostile = "id\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nnext\u{9b}\u{202E}";
+        let shown = escape(hostile);
+        assert!(!shown.chars().any(is_unsafe), "{shown:?}");
+        assert_eq!(
+            shown,
+            "id\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\r\\nnext\\u{9b}\\u{202e}"
+        );
+    }
+
+    #[test]
+    fn escape_borrows_clean_text() {
+        assert!(matches!(escape("héllo wörld ✓"), Cow::Borrowed(_)));
+        assert_eq!(Escaped("a\tb").to_string(), "a\\tb");
+    }
+
+    #[test]
+    fn write_atomic_refuses_an_input_by_inode_and_leaves_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("j.db");
+        std::fs::write(&input, b"precious").unwrap();
+        let link = dir.path().join("alias.db");
+        std::fs::hard_link(&input, &link).unwrap();
+        let err = write_atomic(&link, [input.as_path()], |w| w.write_all(b"x")).unwrap_err();
+        assert!(
+            matches!(err, OutputError::WouldOverwriteInput { .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&input).unwrap(), b"precious");
+    }
+
+    #[test]
+    fn write_atomic_keeps_the_old_file_when_writing_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.csv");
+        std::fs::write(&out, b"old").unwrap();
+        let err = write_atomic(&out, [], |w| {
+            w.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+        assert_eq!(std::fs::read(&out).unwrap(), b"old");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "the temporary file is removed");
+        write_atomic(&out, [], |w| w.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+    }
+
+    #[test]
+    fn read_capped_refuses_endless_input_after_cap_bytes() {
+        let err = read_capped(Path::new("/dev/zero"), 1024, "; raise it with --x").unwrap_err();
+        assert!(
+            matches!(err, InputError::TooLarge { cap: 1024, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().ends_with("raise it with --x"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_capped(dir.path(), 1024, "").unwrap_err();
+        assert!(matches!(err, InputError::IsDirectory { .. }), "{err}");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(read_capped(&file, 5, "").unwrap(), b"12345");
+        assert!(read_capped(&file, 4, "").is_err());
+    }
+}
