@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::{
-    AgentRuntime, AgentType, FleetEvent, Handoff, Journal, Place, RuntimeError, SessionId,
-    Settled, SpawnKey, Summary, SummaryPurpose, Supervisor, SupervisorConfig, SupervisorError,
+    AgentRuntime, AgentType, FleetEvent, Handoff, Journal, Place, RuntimeError, SessionId, Settled,
+    SpawnKey, Summary, SummaryPurpose, Supervisor, SupervisorConfig, SupervisorError,
     SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 
@@ -270,6 +270,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = args.get(1).map_or("orchestrator.db", String::as_str);
     let items = args.get(2).map_or(Ok(12), |n| n.parse())?;
     let finished = run(Path::new(path), items).await?;
-    println!("all {items} work items are done ({} in this run)", finished.len());
+    println!(
+        "all {items} work items are done ({} in this run)",
+        finished.len()
+    );
     Ok(())
 }

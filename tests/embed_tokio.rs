@@ -65,7 +65,10 @@ async fn a_fleet_started_from_multi_thread_tokio_finishes_its_work() {
         let session = started(&mut events, id).await;
         let (fleet, runtime) = (fleet.clone(), runtime.clone());
         agents.push(tokio::spawn(async move {
-            let mut handle = fleet.session(session).await.expect("registered before started");
+            let mut handle = fleet
+                .session(session)
+                .await
+                .expect("registered before started");
             for _ in 0..40 {
                 let used = runtime.grow(handle.session, 60).unwrap().used();
                 match handle
@@ -75,7 +78,10 @@ async fn a_fleet_started_from_multi_thread_tokio_finishes_its_work() {
                 {
                     Settled::Normal => {}
                     Settled::Rotated { successor } => {
-                        handle = fleet.session(successor).await.expect("successor registered");
+                        handle = fleet
+                            .session(successor)
+                            .await
+                            .expect("successor registered");
                     }
                     Settled::Closed => panic!("nobody closed {}", handle.session),
                 }
@@ -125,7 +131,10 @@ fn a_fleet_started_from_a_plain_thread_is_usable_from_any_runtime() {
                 let Settled::Rotated { successor } = settled else {
                     panic!("expected a rotation, got {settled:?}");
                 };
-                let next = fleet.session(successor).await.expect("successor registered");
+                let next = fleet
+                    .session(successor)
+                    .await
+                    .expect("successor registered");
                 assert_eq!(next.info().await.unwrap().phase, Phase::Normal);
                 // The old session is gone: asking it again is an error, not a hang.
                 assert!(handle.settled().await.is_err());
@@ -143,8 +152,7 @@ fn a_fleet_started_from_a_plain_thread_is_usable_from_any_runtime() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overflow_rotates_the_session_and_names_its_successor() {
     let runtime = runtime();
-    let builder =
-        Supervisor::builder(runtime.clone()).agent_type(AgentType::new("coder", 1000));
+    let builder = Supervisor::builder(runtime.clone()).agent_type(AgentType::new("coder", 1000));
     let mut events = builder.subscribe();
     let fleet = builder.start();
     fleet.submit(item(1)).await.unwrap();

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use baton::journal::{Filter, JournalOptions, JournalReader, SessionState, WorkItemPlace};
 use baton::record::RotationStep;
 use baton::{
-    AgentType, FleetEvent, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig, SupervisorError,
-    SupervisorHandle, UsageSource, WorkItem, WorkItemId,
+    AgentType, FleetEvent, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig,
+    SupervisorError, SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 use support::file_runtime::{FileRuntime, State};
 
@@ -849,6 +849,11 @@ fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it() {
         let count = all.len();
         all.sort_unstable();
         all.dedup();
-        assert_eq!(all.len(), count, "{at}: an item was done twice: {:?}", reported(&dir));
+        assert_eq!(
+            all.len(),
+            count,
+            "{at}: an item was done twice: {:?}",
+            reported(&dir)
+        );
     }
 }

@@ -67,8 +67,8 @@ pub use schema::{APPLICATION_ID, EndReason, SCHEMA_VERSION, SessionState, WorkIt
 pub use time::Timestamp;
 pub use writer::JournalStats;
 
-use crate::vocab::SessionId;
 use crate::record::{FleetEvent, Subscribers};
+use crate::vocab::SessionId;
 use project::Write;
 use writer::{Command, Shared, Writer};
 

@@ -10,10 +10,10 @@ use tokio::sync::oneshot;
 use super::{ItemEntry, Place, SessionHandle, Spent, Supervisor, SupervisorError};
 use crate::journal::Op;
 use crate::machine::Phase;
-use crate::vocab::SessionId;
 use crate::record::FleetEvent;
-use crate::vocab::{WorkItem, WorkItemId};
 use crate::session::{Command, Inspect, ReportUsage, SessionInfo};
+use crate::vocab::SessionId;
+use crate::vocab::{WorkItem, WorkItemId};
 
 /// Queue a work item.
 #[derive(Debug, Message)]
@@ -244,4 +244,3 @@ impl Handler<Shutdown> for Supervisor {
         )
     }
 }
-

@@ -14,14 +14,14 @@ use super::api::{
 use super::{Inventory, ShutdownReport, Supervisor, SupervisorError};
 use crate::journal::Journal;
 use crate::machine::Phase;
-use crate::vocab::SessionId;
 use crate::record::{EventBus, FleetEvent};
-use crate::vocab::WorkItem;
 use crate::session::{
     Command, Input, Inspect, ReportUsage, SessionActor, SessionInfo, SessionStatus, UsageSlot,
     Watch,
 };
 use crate::usage::UsageSource;
+use crate::vocab::SessionId;
+use crate::vocab::WorkItem;
 
 /// The embedding orchestrator's handle on a running supervisor. Cheap to clone.
 #[derive(Clone)]
