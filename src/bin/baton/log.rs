@@ -19,8 +19,8 @@ use crate::{output, usage};
 ///
 /// Lists rotations (the default), sessions, compactions, work items or the event log.
 ///
-/// The journal is only read (never created or changed), so this is safe while a supervisor is
-/// writing it. Filters combine; --reason applies to rotations, and to events, where it keeps
+/// The journal is only read (never created or changed, and no file is made beside it), so this
+/// is safe while a supervisor is writing it, and works in a read-only directory. Filters combine; --reason applies to rotations, and to events, where it keeps
 /// only the events of rotations for that reason.
 /// Times are RFC 3339 in UTC (2026-11-25T10:00:00Z, or just 2026-11-25) or an age before now
 /// (90s, 30m, 2h, 7d, 1h 30m).
