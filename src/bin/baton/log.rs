@@ -536,6 +536,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn times_are_rfc_3339_or_ages_humantime_reads() {
+        assert_eq!(
+            parse_time("2026-11-25").unwrap(),
+            Timestamp::parse("2026-11-25T00:00:00Z").unwrap()
+        );
+        let before = Timestamp::now().millis();
+        let t = parse_time("1h 30m").unwrap().millis();
+        let after = Timestamp::now().millis();
+        assert!((before - 5_400_000..=after - 5_400_000).contains(&t), "{t}");
+        // An age beyond the epoch's range is clamped, not wrapped.
+        assert!(parse_time("500000000years").unwrap().millis() < 0);
+        for bad in ["yesterday", "-5m", "5 parsecs", ""] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.starts_with("not a time"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn table_times_are_shown_to_the_second_whatever_the_year() {
         assert_eq!(when(Timestamp(0)), "1970-01-01 00:00:00");
         assert_eq!(when(Timestamp(-1)), "1969-12-31 23:59:59");
