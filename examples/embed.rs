@@ -9,13 +9,19 @@
 //! publishes every transition, compaction and rotation on the event stream printed here.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime, SummaryModel};
-use baton::{AgentType, FleetEvent, Journal, Supervisor, UsageSource, WorkItem, WorkItemId};
+use baton::{
+    AgentType, FleetEvent, Journal, Settled, Supervisor, SupervisorHandle, UsageSource, WorkItem,
+    WorkItemId,
+};
 
-#[actix::main]
+/// Turns each work item takes in all (its sessions share them).
+const TURNS: u64 = 60;
+
+#[tokio::main]
 async fn main() {
     // ===== The runtime: your agents (here simulated) =====
     // Summaries keep about half of a session's own conversation.
@@ -45,9 +51,10 @@ async fn main() {
         let journal = Journal::open(path).expect("the journal opens");
         builder = builder.journal(journal).expect("the journal reads");
     }
+    let mut events = builder.subscribe();
     let supervisor = builder.start();
-    let mut events = supervisor.subscribe();
-    for (id, agent_type) in [(1, "sonnet"), (2, "sonnet"), (3, "local-qwen")] {
+    let items = [(1, "sonnet"), (2, "sonnet"), (3, "local-qwen")];
+    for (id, agent_type) in items {
         let item = WorkItem {
             id: WorkItemId(id),
             agent_type: agent_type.into(),
@@ -56,38 +63,72 @@ async fn main() {
         supervisor.submit(item).await.expect("known agent type");
     }
 
-    // ===== The orchestrator loop: agents work, usage is reported =====
-    let mut holder = HashMap::new();
-    for turn in 0..60u64 {
-        while let Ok(event) = events.try_recv() {
-            print_event(&event);
-            if let FleetEvent::SessionStarted {
+    // ===== The orchestrator: one task per session, events printed as they come =====
+    let progress = Arc::new(Mutex::new(HashMap::new()));
+    let mut done = 0;
+    while done < items.len() {
+        let Some(event) = events.recv().await else {
+            break;
+        };
+        print_event(&event);
+        match event {
+            FleetEvent::SessionStarted {
                 session, work_item, ..
-            } = event
-            {
-                holder.insert(work_item, session);
+            } => {
+                let (supervisor, runtime, progress) =
+                    (supervisor.clone(), runtime.clone(), progress.clone());
+                tokio::spawn(agent(supervisor, runtime, progress, session, work_item));
             }
+            FleetEvent::WorkItemDone { .. } | FleetEvent::DeadLetter { .. } => done += 1,
+            _ => {}
         }
-        for session in holder.values() {
-            // A model response added some tokens to this session's context.
-            if let Ok(usage) = runtime.grow(*session, 250 + (turn * 37) % 400) {
-                let _ = supervisor
-                    .report_usage(*session, usage.used(), None, UsageSource::Reported)
-                    .await;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
     // ===== Done: close everything =====
     let report = supervisor.shutdown(Duration::from_secs(5)).await;
-    while let Ok(event) = events.try_recv() {
-        print_event(&event);
-    }
     println!(
         "shutdown: clean = {}, sessions left = {}",
         report.clean, report.remaining
     );
+}
+
+/// One session's agent: each turn, a model response adds some tokens to its context and the
+/// new usage is reported; baton compacts at 80% and rotates at 95%, and `report_and_settle`
+/// returns once that is over. After `TURNS` turns on the work item (its sessions' turns
+/// together), the work is done.
+async fn agent(
+    supervisor: SupervisorHandle,
+    runtime: Arc<MemoryRuntime>,
+    progress: Arc<Mutex<HashMap<WorkItemId, u64>>>,
+    session: baton::SessionId,
+    item: WorkItemId,
+) {
+    let Some(handle) = supervisor.session(session).await else {
+        return;
+    };
+    loop {
+        let turn = {
+            let mut progress = progress.lock().expect("lock");
+            let turn = progress.entry(item).or_default();
+            *turn += 1;
+            *turn
+        };
+        if turn > TURNS {
+            handle.close();
+            return;
+        }
+        let Ok(usage) = runtime.grow(session, 250 + (turn * 37) % 400) else {
+            return;
+        };
+        match handle
+            .report_and_settle(usage.used(), None, UsageSource::Reported)
+            .await
+        {
+            Ok(Settled::Normal) => {}
+            // The successor's own start event gives it its agent task.
+            Ok(Settled::Rotated { .. } | Settled::Closed) | Err(_) => return,
+        }
+    }
 }
 
 fn print_event(event: &FleetEvent) {

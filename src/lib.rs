@@ -45,6 +45,9 @@ pub mod trace;
 pub mod usage;
 pub mod vocab;
 
+/// The attribute that implementing [`AgentRuntime`] needs (`#[baton::async_trait]`), so that an
+/// embedding crate needs no direct dependency on `async-trait`.
+pub use async_trait::async_trait;
 pub use journal::{Journal, JournalError, JournalOptions, JournalReader};
 pub use machine::{
     CompactionMeasure, Effect, Event, EventKind, MachineError, Phase, Session, SessionMachine,
@@ -52,15 +55,16 @@ pub use machine::{
 };
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
-    CompactionRecord, CrashOutcome, EventBus, EventSink, FleetEvent, RecoveryOutcome, RotationId,
+    CompactionRecord, CrashOutcome, EventBus, FleetEvent, RecoveryOutcome, RotationId,
     RotationRecord, RotationStep,
 };
 pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, RuntimeError};
-pub use session::{SessionActor, SessionInfo};
+pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
-    Inventory, Place, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
+    Inventory, Place, SessionHandle, Settled, ShutdownReport, Supervisor, SupervisorConfig,
+    SupervisorError, SupervisorHandle,
 };
 pub use usage::{Usage, UsageError, UsageSource};
 pub use vocab::{

@@ -1,9 +1,9 @@
 //! What baton tells the world: records of compactions and rotations, and the event stream.
 //!
 //! Every transition, compaction, rotation, restart and rejected input is published as a
-//! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to, and which
-//! hands every event to its [`EventSink`] (the journal) in publication order. Each compaction or
-//! rotation that took effect is published exactly once.
+//! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to. With a
+//! journal, every event is durable before any subscriber sees it. Each compaction or rotation
+//! that took effect is published exactly once.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
+use crate::journal::Journal;
 use crate::machine::{CompactionMeasure, TransitionRecord};
 use crate::policy::RotationReason;
 use crate::usage::Usage;
@@ -336,59 +337,15 @@ pub enum CrashOutcome {
     RotationContinues,
 }
 
-/// Something that must see every event, in publication order, without ever making the publisher
-/// wait: the journal. Called under the bus's lock, so it must only hand the event on (a channel
-/// send), never block.
-pub trait EventSink: Send + Sync {
-    /// Takes note of `event`.
-    fn record(&self, event: &FleetEvent);
-}
+/// The subscribers of one bus: one unbounded sender each, so that events are never dropped
+/// for a slow reader. A subscriber that dropped its receiver is forgotten.
+#[derive(Default)]
+pub(crate) struct Subscribers(Mutex<Vec<UnboundedSender<FleetEvent>>>);
 
-/// Fans events out to subscribers. Cheap to clone; every clone publishes to the same
-/// subscribers. A subscriber that dropped its receiver is forgotten.
-#[derive(Clone, Default)]
-pub struct EventBus {
-    /// One unbounded sender per subscriber: events are never dropped for a slow reader.
-    subscribers: Arc<Mutex<Vec<UnboundedSender<FleetEvent>>>>,
-    /// Sees every event first, under the same lock, so that its order is the order in which
-    /// events were published, even from several threads.
-    sink: Option<Arc<dyn EventSink>>,
-}
-
-impl std::fmt::Debug for EventBus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventBus")
-            .field(
-                "subscribers",
-                &self.subscribers.lock().map_or(0, |s| s.len()),
-            )
-            .field("sink", &self.sink.is_some())
-            .finish()
-    }
-}
-
-impl EventBus {
-    /// A bus that also hands every event to `sink` (the journal).
-    pub fn with_sink(sink: Arc<dyn EventSink>) -> Self {
-        Self {
-            subscribers: Arc::default(),
-            sink: Some(sink),
-        }
-    }
-
-    /// A new stream of every event published from now on.
-    pub fn subscribe(&self) -> UnboundedReceiver<FleetEvent> {
-        let (tx, rx) = unbounded_channel();
-        self.subscribers.lock().expect("lock").push(tx);
-        rx
-    }
-
+impl Subscribers {
     /// Sends `event` to every subscriber.
-    pub fn publish(&self, event: FleetEvent) {
-        let mut subs = self.subscribers.lock().expect("lock");
-        if let Some(sink) = &self.sink {
-            sink.record(&event);
-        }
+    pub(crate) fn deliver(&self, event: FleetEvent) {
+        let mut subs = self.0.lock().expect("lock");
         match subs.len() {
             0 => {}
             1 => {
@@ -397,6 +354,63 @@ impl EventBus {
                 }
             }
             _ => subs.retain(|s| s.send(event.clone()).is_ok()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map_or(0, |s| s.len())
+    }
+}
+
+/// Fans events out to subscribers. Cheap to clone; every clone publishes to the same
+/// subscribers, in one order that all of them see.
+///
+/// With a journal ([`EventBus::with_journal`]), an event is handed to the journal's writer and
+/// reaches subscribers from there, once the transaction holding it is durable: no subscriber
+/// ever sees an event that a crash could take back, and every subscriber sees events in the
+/// journal's order. Without one, events reach subscribers at once.
+#[derive(Clone, Default)]
+pub struct EventBus {
+    /// Who receives events.
+    subscribers: Arc<Subscribers>,
+    /// Where events are made durable before they are delivered, if anywhere.
+    journal: Option<Journal>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("subscribers", &self.subscribers.len())
+            .field("journal", &self.journal.is_some())
+            .finish()
+    }
+}
+
+impl EventBus {
+    /// A bus that delivers every event once `journal` holds it durably (see the type's docs).
+    /// Subscribers of this bus made before stay subscribed.
+    pub fn with_journal(&self, journal: Journal) -> Self {
+        journal.deliver_to(self.subscribers.clone());
+        Self {
+            subscribers: self.subscribers.clone(),
+            journal: Some(journal),
+        }
+    }
+
+    /// A new stream of every event published from now on (with a journal: every event made
+    /// durable from now on).
+    pub fn subscribe(&self) -> UnboundedReceiver<FleetEvent> {
+        let (tx, rx) = unbounded_channel();
+        self.subscribers.0.lock().expect("lock").push(tx);
+        rx
+    }
+
+    /// Publishes `event`: to the journal, which delivers it once durable, or straight to every
+    /// subscriber. Never waits.
+    pub fn publish(&self, event: FleetEvent) {
+        match &self.journal {
+            Some(j) => j.record_owned(event),
+            None => self.subscribers.deliver(event),
         }
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::task::AtomicWaker;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -255,6 +255,24 @@ pub struct SessionInfo {
     pub history: Vec<Usage>,
 }
 
+/// What a session's watchers see (see [`SessionHandle::status`](crate::SessionHandle::status)):
+/// its phase, updated at each transition, and the successor it handed its work item to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// The session's phase now. `Closed` is final: the session's actor stops right after.
+    pub phase: Phase,
+    /// The session that took the work item over, once a rotation handed it over (set just
+    /// before the phase becomes `Closed`).
+    pub successor: Option<SessionId>,
+}
+
+/// Handles `reading` (if any) as [`ReportUsage`] would, then answers a receiver of the
+/// session's [`SessionStatus`] whose current value is the status after the reading: a caller
+/// that awaits its changes cannot miss one that the reading caused.
+#[derive(Debug, Message)]
+#[rtype(result = "watch::Receiver<SessionStatus>")]
+pub(crate) struct Watch(pub Option<ReportUsage>);
+
 /// Asks a session for its [`SessionInfo`].
 #[derive(Debug, Message)]
 #[rtype(result = "SessionInfo")]
@@ -289,6 +307,9 @@ pub struct SessionActor {
     finished: bool,
     /// Coalesced usage readings from session handles.
     slot: Arc<UsageSlot>,
+    /// Where watchers of the session's status are told of each transition; made when the first
+    /// watcher asks (an unwatched session pays one word for it).
+    watchers: Option<watch::Sender<SessionStatus>>,
 }
 
 impl SessionActor {
@@ -315,6 +336,7 @@ impl SessionActor {
             poller,
             finished: false,
             slot,
+            watchers: None,
         }
     }
 
@@ -376,6 +398,9 @@ impl SessionActor {
                     tracing::info!(to = ?t.to, cause = ?t.cause, "compaction cancelled: the session left Compacting; a late result is ignored");
                 });
                 ctx.cancel_future(handle);
+            }
+            if let Some(w) = &self.watchers {
+                w.send_modify(|s| s.phase = t.to);
             }
             self.fleet.supervisor.do_send(SessionNotice::PhaseChanged {
                 session: t.session,
@@ -579,10 +604,34 @@ impl Handler<Command> for SessionActor {
         let event = match msg {
             Command::Close => Event::Close,
             Command::Rotate => Event::Rotate,
-            Command::HandedOver(successor) => Event::HandedOver { successor },
+            Command::HandedOver(successor) => {
+                if let Some(w) = &self.watchers {
+                    w.send_modify(|s| s.successor = Some(successor));
+                }
+                Event::HandedOver { successor }
+            }
             Command::RotationFailed(error) => Event::RotationFailed { error },
         };
         self.dispatch(&event, ctx);
+    }
+}
+
+impl Handler<Watch> for SessionActor {
+    type Result = MessageResult<Watch>;
+
+    fn handle(&mut self, Watch(reading): Watch, ctx: &mut Self::Context) -> Self::Result {
+        self.take_waiting(ctx);
+        if let Some(r) = reading {
+            self.usage(r.used, r.window, r.source, ctx);
+        }
+        let phase = self.machine.phase();
+        let watchers = self.watchers.get_or_insert_with(|| {
+            watch::Sender::new(SessionStatus {
+                phase,
+                successor: None,
+            })
+        });
+        MessageResult(watchers.subscribe())
     }
 }
 

@@ -25,8 +25,13 @@
 //! (`supervisor/rotation.rs`), and a restarted supervisor recovers from the journal
 //! (`supervisor/recovery.rs`).
 
+mod api;
+mod handle;
 mod recovery;
 mod rotation;
+
+pub use api::{Inventory, ShutdownReport};
+pub use handle::{SessionHandle, Settled, SupervisorHandle};
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -49,11 +54,7 @@ use crate::journal::{Journal, Op};
 use crate::machine::Phase;
 use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
 use crate::runtime::{AgentRuntime, RuntimeError};
-use crate::session::{
-    Command, Fleet, Inspect, ReportUsage, RotationRequest, SessionActor, SessionInfo,
-    SessionNotice, UsageSlot,
-};
-use crate::usage::UsageSource;
+use crate::session::{Command, Fleet, RotationRequest, SessionActor, SessionNotice, UsageSlot};
 use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, WorkItem, WorkItemId, mix64};
 
 /// At most `count` events per `period`: the shape of the rotation and restart budgets
@@ -264,14 +265,15 @@ pub struct Supervisor {
     journal: Option<Journal>,
     /// What the journal said was unfinished; taken when the actor starts.
     recovery: Option<RecoveryState>,
-    /// `JournalFailed` was published (it is published once).
-    journal_failed: bool,
     /// Spawn and assign calls retried while starting sessions (rotations count theirs in their
     /// records), for reports.
     start_retries: u64,
     /// Rotations whose runtime work runs as its own task (see `run_rotation`): aborted if the
     /// supervisor goes away first, as an actor future would be.
     rotation_tasks: HashMap<RotationId, tokio::task::AbortHandle>,
+    /// The supervisor runs on an actix system baton started for it (see
+    /// [`SupervisorBuilder::start`]): stopping the supervisor stops that system and its thread.
+    owns_system: bool,
 }
 
 /// Builds and starts a [`Supervisor`].
@@ -284,6 +286,9 @@ pub struct SupervisorBuilder {
     agents: Vec<AgentType>,
     /// The journal and what it said was unfinished (see `supervisor/recovery.rs`).
     journal: Option<(Journal, RecoveryState)>,
+    /// The event bus, made with the builder so that subscriptions made before `start` see
+    /// every event (recovery's included).
+    bus: EventBus,
 }
 
 impl SupervisorBuilder {
@@ -299,13 +304,24 @@ impl SupervisorBuilder {
         self
     }
 
-    /// Starts the supervisor on the current actix system.
+    /// A stream of every event the supervisor will publish, from its very first: subscribed
+    /// before [`start`](Self::start), it cannot miss recovery's `Recovered` events or anything
+    /// else, however long the caller takes after `start` (see `docs/semantics.md`, "Events").
+    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
+        self.bus.subscribe()
+    }
+
+    /// Starts the supervisor, from any thread, async or not.
+    ///
+    /// Called inside an actix system (an actix program, `#[actix::test]`), the supervisor and
+    /// its sessions join that system, so they share its thread and its clock (paused tokio
+    /// time included). Called anywhere else (`#[tokio::main]`, any tokio runtime, a plain
+    /// thread), baton starts an actix system of its own on a thread it owns
+    /// (`baton-supervisor`), which stops when the supervisor stops. Either way the handle is
+    /// `Send + Sync + Clone` and every call on it works from any runtime.
     pub fn start(self) -> SupervisorHandle {
         let (journal, recovery) = self.journal.unzip();
-        let bus = match &journal {
-            Some(j) => EventBus::with_sink(Arc::new(j.clone())),
-            None => EventBus::default(),
-        };
+        let bus = self.bus;
         let agents = self
             .agents
             .into_iter()
@@ -340,16 +356,38 @@ impl SupervisorBuilder {
             next_shard: 0,
             journal: journal.clone(),
             recovery,
-            journal_failed: false,
             start_retries: 0,
             rotation_tasks: HashMap::new(),
+            owns_system: false,
         };
-        SupervisorHandle {
-            addr: sup.start(),
-            bus,
-            journal,
-        }
+        let addr = if Arbiter::try_current().is_some() {
+            sup.start()
+        } else {
+            host(sup)
+        };
+        SupervisorHandle { addr, bus, journal }
     }
+}
+
+/// Starts `sup` on an actix system of its own, on a new thread that runs until the supervisor
+/// stops.
+fn host(mut sup: Supervisor) -> Addr<Supervisor> {
+    sup.owns_system = true;
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("baton-supervisor".into())
+        .spawn(move || {
+            let system = System::new();
+            system.block_on(async move {
+                let _ = tx.send(sup.start());
+            });
+            if let Err(e) = system.run() {
+                tracing::error!(error = %e, "the supervisor's actix system failed");
+            }
+        })
+        .expect("spawn the supervisor's thread");
+    rx.recv()
+        .expect("the supervisor's thread starts the supervisor")
 }
 
 impl Supervisor {
@@ -360,6 +398,7 @@ impl Supervisor {
             config: SupervisorConfig::default(),
             agents: Vec::new(),
             journal: None,
+            bus: EventBus::default(),
         }
     }
 
@@ -941,6 +980,12 @@ impl Actor for Supervisor {
             self.recover(state, ctx);
         }
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if self.owns_system {
+            System::current().stop();
+        }
+    }
 }
 
 impl Drop for Supervisor {
@@ -968,409 +1013,5 @@ impl Handler<SessionNotice> for Supervisor {
             SessionNotice::Ended { session } => self.ended(session, ctx),
             SessionNotice::Crashed { session } => self.crashed(session, ctx),
         }
-    }
-}
-
-// ===== API messages =====
-
-/// Queue a work item.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-struct Submit(WorkItem);
-
-impl Handler<Submit> for Supervisor {
-    type Result = Result<(), SupervisorError>;
-
-    fn handle(&mut self, Submit(item): Submit, ctx: &mut Self::Context) -> Self::Result {
-        if self.shutdown.is_some() {
-            return Err(SupervisorError::ShuttingDown);
-        }
-        if !self.agents.contains_key(&item.agent_type) {
-            return Err(SupervisorError::UnknownAgentType(
-                item.agent_type.to_string(),
-            ));
-        }
-        if self.items.contains_key(&item.id) {
-            return Err(SupervisorError::DuplicateWorkItem(item.id));
-        }
-        let id = item.id;
-        self.note(Op::Submitted(item.clone()));
-        self.items.insert(
-            id,
-            ItemEntry {
-                item,
-                place: Place::Queued,
-                attempts: 0,
-                rotations: Spent::default(),
-                handoff: None,
-                spawns: 0,
-            },
-        );
-        self.queue.push_back(id);
-        self.pump(ctx);
-        Ok(())
-    }
-}
-
-/// Something for a live session, routed by the supervisor.
-#[derive(Debug)]
-enum ForSession {
-    /// A usage reading.
-    Usage(ReportUsage),
-    /// An order.
-    Command(Command),
-}
-
-/// Route a message to a live session; an unknown session is an error (and, for usage, a
-/// rejected input on the event stream).
-#[derive(Debug, Message)]
-#[rtype(result = "Result<(), SupervisorError>")]
-struct ToSession(SessionId, ForSession);
-
-impl Handler<ToSession> for Supervisor {
-    type Result = Result<(), SupervisorError>;
-
-    fn handle(
-        &mut self,
-        ToSession(session, msg): ToSession,
-        _: &mut Self::Context,
-    ) -> Self::Result {
-        let Some(e) = self.sessions.get(&session) else {
-            let error = SupervisorError::UnknownSession(session);
-            if matches!(msg, ForSession::Usage(_)) {
-                self.bus.publish(FleetEvent::Rejected {
-                    session: Some(session),
-                    error: error.to_string(),
-                });
-            }
-            return Err(error);
-        };
-        match msg {
-            ForSession::Usage(usage) => e.addr.do_send(usage),
-            ForSession::Command(cmd) => e.addr.do_send(cmd),
-        }
-        Ok(())
-    }
-}
-
-/// A live session's address, to report usage to it directly (the hot path bypasses the
-/// supervisor's mailbox).
-#[derive(Debug, Message)]
-#[rtype(result = "Option<SessionHandle>")]
-struct Lookup(SessionId);
-
-impl Handler<Lookup> for Supervisor {
-    type Result = Option<SessionHandle>;
-
-    fn handle(&mut self, Lookup(session): Lookup, _: &mut Self::Context) -> Self::Result {
-        self.sessions.get(&session).map(|e| SessionHandle {
-            session,
-            shard: e.shard,
-            addr: e.addr.clone(),
-            slot: e.slot.clone(),
-        })
-    }
-}
-
-/// Every live session with its state and usage.
-#[derive(Debug, Message)]
-#[rtype(result = "Vec<SessionInfo>")]
-struct ListSessions;
-
-impl Handler<ListSessions> for Supervisor {
-    type Result = ResponseFuture<Vec<SessionInfo>>;
-
-    fn handle(&mut self, _: ListSessions, _: &mut Self::Context) -> Self::Result {
-        let asks: Vec<_> = self
-            .sessions
-            .values()
-            .map(|e| e.addr.send(Inspect))
-            .collect();
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(asks.len());
-            for ask in asks {
-                // A session that stopped meanwhile is simply not listed.
-                if let Ok(info) = ask.await {
-                    out.push(info);
-                }
-            }
-            out.sort_by_key(|i| i.session);
-            out
-        })
-    }
-}
-
-/// The threads sessions run on.
-#[derive(Debug, Message)]
-#[rtype(result = "Vec<ArbiterHandle>")]
-struct Shards;
-
-impl Handler<Shards> for Supervisor {
-    type Result = MessageResult<Shards>;
-
-    fn handle(&mut self, _: Shards, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.shards.iter().map(|a| a.handle()).collect())
-    }
-}
-
-/// Where every work item is, and which session holds what.
-#[derive(Debug, Message)]
-#[rtype(result = "Inventory")]
-struct TakeInventory;
-
-/// Where every work item is, for checks and reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Inventory {
-    /// Every submitted item and its place, by id.
-    pub items: Vec<(WorkItemId, Place)>,
-    /// Every registered session, its item and last known phase.
-    pub sessions: Vec<(SessionId, WorkItemId, Phase)>,
-    /// Items waiting, in queue order.
-    pub queue: Vec<WorkItemId>,
-    /// Starts and rotations under way.
-    pub in_flight: usize,
-    /// Spawn and assign calls retried while starting sessions so far (a rotation's retries
-    /// are in its [`RotationRecord`]).
-    pub start_retries: u64,
-}
-
-impl Handler<TakeInventory> for Supervisor {
-    type Result = MessageResult<TakeInventory>;
-
-    fn handle(&mut self, _: TakeInventory, _: &mut Self::Context) -> Self::Result {
-        let mut items: Vec<_> = self
-            .items
-            .iter()
-            .map(|(id, e)| (*id, e.place.clone()))
-            .collect();
-        items.sort_by_key(|(id, _)| *id);
-        let mut sessions: Vec<_> = self
-            .sessions
-            .iter()
-            .map(|(id, e)| (*id, e.item, e.phase))
-            .collect();
-        sessions.sort_by_key(|(id, _, _)| *id);
-        MessageResult(Inventory {
-            items,
-            sessions,
-            queue: self.queue.iter().copied().collect(),
-            in_flight: self.in_flight,
-            start_retries: self.start_retries,
-        })
-    }
-}
-
-/// Close every session, wait up to the deadline, then stop.
-#[derive(Debug, Message)]
-#[rtype(result = "ShutdownReport")]
-struct Shutdown(Duration);
-
-/// How a shutdown went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ShutdownReport {
-    /// Every session closed and every runtime call finished before the deadline.
-    pub clean: bool,
-    /// Sessions still registered when the supervisor stopped.
-    pub remaining: usize,
-}
-
-impl Handler<Shutdown> for Supervisor {
-    type Result = ResponseActFuture<Self, ShutdownReport>;
-
-    fn handle(&mut self, Shutdown(deadline): Shutdown, _: &mut Self::Context) -> Self::Result {
-        let (tx, rx) = oneshot::channel();
-        self.shutdown.get_or_insert_with(Vec::new).push(tx);
-        // In id order, so that a shutdown's event log is deterministic.
-        let mut ids: Vec<_> = self.sessions.keys().copied().collect();
-        ids.sort_unstable();
-        for id in ids {
-            self.sessions[&id].addr.do_send(Command::Close);
-        }
-        self.check_shutdown();
-        Box::pin(
-            async move { tokio::time::timeout(deadline, rx).await.is_ok() }
-                .into_actor(self)
-                .map(|clean, act, ctx| {
-                    let report = ShutdownReport {
-                        clean,
-                        remaining: act.sessions.len(),
-                    };
-                    tracing::info!(clean, remaining = report.remaining, "supervisor stopped");
-                    ctx.stop();
-                    report
-                }),
-        )
-    }
-}
-
-// ===== Handles =====
-
-/// The embedding orchestrator's handle on a running supervisor. Cheap to clone.
-#[derive(Clone)]
-pub struct SupervisorHandle {
-    /// The actor.
-    addr: Addr<Supervisor>,
-    /// Its event stream.
-    bus: EventBus,
-    /// Its journal, to wait for durability where the API promises it.
-    journal: Option<Journal>,
-}
-
-/// A direct handle on one live session: usage reported here skips the supervisor's mailbox.
-#[derive(Clone)]
-pub struct SessionHandle {
-    /// The session.
-    pub session: SessionId,
-    /// The shard (see [`SupervisorHandle::shards`]) it runs on; reports sent from a task on
-    /// the same shard avoid waking another thread.
-    pub shard: Option<usize>,
-    /// Its actor.
-    addr: Addr<SessionActor>,
-    /// Where readings wait for it.
-    slot: Arc<UsageSlot>,
-}
-
-impl SessionHandle {
-    /// Reports a reading to the session (fire and forget; bad figures are published as
-    /// [`FleetEvent::Rejected`]). Coalesced: if the session has not yet handled an earlier
-    /// reading sent this way, the newer one replaces it, so a session that falls behind does
-    /// one dispatch for the newest figure instead of one per report.
-    pub fn report_usage(&self, used: u64, window: Option<u64>, source: UsageSource) {
-        if !self.slot.put(used, window, source) {
-            self.addr.do_send(ReportUsage {
-                used,
-                window,
-                source,
-            });
-        }
-    }
-
-    /// Reports a reading and waits until the session handled it; answers its state then
-    /// (`None` when it has stopped). Every event the reading caused has been published by the
-    /// time the answer arrives.
-    pub async fn report_usage_and_wait(
-        &self,
-        used: u64,
-        window: Option<u64>,
-        source: UsageSource,
-    ) -> Option<Phase> {
-        self.addr
-            .send(ReportUsage {
-                used,
-                window,
-                source,
-            })
-            .await
-            .ok()
-    }
-
-    /// The session's state, once every message sent to it before has been handled; `None`
-    /// when it has stopped.
-    pub async fn info(&self) -> Option<SessionInfo> {
-        self.addr.send(Inspect).await.ok()
-    }
-}
-
-fn gone<T>(_: MailboxError) -> Result<T, SupervisorError> {
-    Err(SupervisorError::ShuttingDown)
-}
-
-impl SupervisorHandle {
-    /// Every event published from now on.
-    pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
-        self.bus.subscribe()
-    }
-
-    /// Queues a work item; a session starts for it when there is room. With a journal, returns
-    /// once the item is durable.
-    pub async fn submit(&self, item: WorkItem) -> Result<(), SupervisorError> {
-        self.addr.send(Submit(item)).await.or_else(gone)??;
-        if let Some(journal) = &self.journal {
-            journal.flush().await.map_err(SupervisorError::Journal)?;
-        }
-        Ok(())
-    }
-
-    /// Reports a usage reading for a session (the window defaults to its agent type's).
-    pub async fn report_usage(
-        &self,
-        session: SessionId,
-        used: u64,
-        window: Option<u64>,
-        source: UsageSource,
-    ) -> Result<(), SupervisorError> {
-        self.addr
-            .send(ToSession(
-                session,
-                ForSession::Usage(ReportUsage {
-                    used,
-                    window,
-                    source,
-                }),
-            ))
-            .await
-            .or_else(gone)?
-    }
-
-    /// A direct handle on a live session, for reporting usage without the supervisor.
-    pub async fn session(&self, session: SessionId) -> Option<SessionHandle> {
-        self.addr.send(Lookup(session)).await.ok().flatten()
-    }
-
-    /// Closes a session: its work item is done.
-    pub async fn close(&self, session: SessionId) -> Result<(), SupervisorError> {
-        self.addr
-            .send(ToSession(session, ForSession::Command(Command::Close)))
-            .await
-            .or_else(gone)?
-    }
-
-    /// Rotates a session now (reason `manual`).
-    pub async fn rotate(&self, session: SessionId) -> Result<(), SupervisorError> {
-        self.addr
-            .send(ToSession(session, ForSession::Command(Command::Rotate)))
-            .await
-            .or_else(gone)?
-    }
-
-    /// The threads sessions run on (empty when they run on the supervisor's): an orchestrator
-    /// can run its own per-shard tasks there to report usage without crossing threads.
-    pub async fn shards(&self) -> Vec<ArbiterHandle> {
-        self.addr.send(Shards).await.unwrap_or_default()
-    }
-
-    /// Every live session with its state and usage, by id.
-    pub async fn sessions(&self) -> Vec<SessionInfo> {
-        self.addr.send(ListSessions).await.unwrap_or_default()
-    }
-
-    /// Where every work item is.
-    pub async fn inventory(&self) -> Result<Inventory, SupervisorError> {
-        self.addr.send(TakeInventory).await.or_else(gone)
-    }
-
-    /// Asks every session to close, waits until all have (or the deadline passes), then stops
-    /// the supervisor. Work items held by sessions go back to the queue (the journal keeps
-    /// them across restarts).
-    pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
-        let report = self
-            .addr
-            .send(Shutdown(deadline))
-            .await
-            .unwrap_or(ShutdownReport {
-                clean: false,
-                remaining: 0,
-            });
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal.flush().await
-        {
-            tracing::error!(error = %e, "the journal could not be flushed at shutdown");
-        }
-        report
-    }
-
-    /// The journal the supervisor writes through, if it has one.
-    pub fn journal(&self) -> Option<&Journal> {
-        self.journal.as_ref()
     }
 }

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 use baton::journal::{Filter, JournalOptions, JournalReader, SessionState, WorkItemPlace};
 use baton::record::RotationStep;
 use baton::{
-    AgentType, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig, SupervisorError,
-    SupervisorHandle, UsageSource, WorkItem, WorkItemId,
+    AgentType, FleetEvent, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig,
+    SupervisorError, SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 use support::file_runtime::{FileRuntime, State};
 
@@ -42,6 +42,8 @@ const CHILD: &str = "crash_child_runs_the_workload_to_completion";
 const ITEMS: u64 = 4;
 /// Each item is closed (done) after this many rotations.
 const ROTATIONS_PER_ITEM: usize = 2;
+/// The file where the child appends each work item the event stream reported done.
+const REPORTED: &str = "reported";
 
 // ===== The child =====
 
@@ -135,12 +137,28 @@ async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
         retry_max_delay: Duration::from_millis(5),
         ..SupervisorConfig::default()
     };
-    let sup = Supervisor::builder(runtime.clone())
+    let builder = Supervisor::builder(runtime.clone())
         .config(config)
         .agent_type(AgentType::new("sonnet", 1000))
         .journal(journal.clone())
-        .unwrap()
-        .start();
+        .unwrap();
+    // What the event stream reported done, appended to a file as it arrives (a kill loses
+    // nothing written).
+    let mut events = builder.subscribe();
+    let reported = dir.join(REPORTED);
+    actix::spawn(async move {
+        while let Some(e) = events.recv().await {
+            if let FleetEvent::WorkItemDone { work_item, .. } = e {
+                let mut f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&reported)
+                    .unwrap();
+                writeln!(f, "{}", work_item.0).unwrap();
+            }
+        }
+    });
+    let sup = builder.start();
 
     // Recovery (if the journal holds anything) runs as the supervisor starts.
     settle(&sup).await;
@@ -713,6 +731,15 @@ fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_ke
             });
             let (rotation, key, successor) =
                 hit.unwrap_or_else(|| panic!("{at} did not stop a rotation at its {point}"));
+            // baton gives a restarted runtime a first session id above every id the journal
+            // holds: a successor recorded only in its rotation (killed at its assign) included.
+            let next = Journal::open(dir.join("baton.db"))
+                .unwrap()
+                .next_session_id()
+                .unwrap();
+            if point == "assign" {
+                assert!(next.0 > successor, "{at}: next id {next} vs s{successor}");
+            }
 
             spawn_child(&dir, None).finish();
             check_files(&dir);
@@ -776,4 +803,57 @@ fn a_fleet_killed_at_random_moments_recovers_to_completion() {
         check_files(&dir);
     }
     assert!(kills > 0, "no run was ever killed");
+}
+
+/// The work items the children's event streams reported done, in order, duplicates kept.
+fn reported(dir: &Path) -> Vec<u64> {
+    std::fs::read_to_string(dir.join(REPORTED))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it() {
+    for n in [1, 2, 3] {
+        // Killed after the n-th `WorkItemDone` committed and before it was delivered.
+        let at = format!("work_item_done:{n}");
+        eprintln!("killed at {at}");
+        let (_keep, dir) = fresh_dir();
+        spawn_child(&dir, Some(&at)).kill_at_marker(&at);
+        let durable: Vec<u64> = JournalReader::open(dir.join("baton.db"))
+            .unwrap()
+            .view()
+            .work_items(&Filter::default())
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.place == baton::journal::WorkItemPlace::Done)
+            .map(|i| i.work_item.0)
+            .collect();
+        let seen = reported(&dir);
+        assert!(
+            seen.iter().all(|w| durable.contains(w)),
+            "{at}: reported {seen:?}, durable {durable:?}"
+        );
+        assert!(
+            seen.len() < durable.len(),
+            "{at}: the last done was durable and never reported: reported {seen:?}, durable {durable:?}"
+        );
+
+        spawn_child(&dir, None).finish();
+        check_files(&dir);
+        // No item was reported done twice, by the killed run and the restarted one together:
+        // an item the first reported (or made durable) is never done again.
+        let mut all = reported(&dir);
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            count,
+            "{at}: an item was done twice: {:?}",
+            reported(&dir)
+        );
+    }
 }

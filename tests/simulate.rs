@@ -88,7 +88,11 @@ async fn simulation_accounts_for_every_work_item_and_effect() {
         "{r:?}"
     );
     assert!(r.compactions.failed > 0, "1% failures were injected");
-    check_invariants(&run.inventory, &run.runtime, &run.events);
+    let inventory = run
+        .inventory
+        .as_ref()
+        .expect("no duration: the inventory is taken");
+    check_invariants(inventory, &run.runtime, &run.events);
     // Each item, one by one: it ended exactly once, and where the inventory says it is.
     let mut ends: HashMap<WorkItemId, Vec<&FleetEvent>> = HashMap::new();
     for e in &run.events {
@@ -98,8 +102,8 @@ async fn simulation_accounts_for_every_work_item_and_effect() {
             ends.entry(*work_item).or_default().push(e);
         }
     }
-    assert_eq!(run.inventory.items.len() as u64, r.work_items);
-    for (id, place) in &run.inventory.items {
+    assert_eq!(inventory.items.len() as u64, r.work_items);
+    for (id, place) in &inventory.items {
         let end = ends.get(id).map_or(&[][..], |v| &v[..]);
         match (end, place) {
             ([FleetEvent::WorkItemDone { session, .. }], Place::Done(s)) => assert_eq!(session, s),

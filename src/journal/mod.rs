@@ -10,9 +10,13 @@
 //! # How it is written
 //!
 //! * One writer thread owns the write connection. Records reach it over an unbounded channel:
-//!   events straight from the [`EventBus`](crate::record::EventBus) (an [`EventSink`]), and the
-//!   supervisor's own steps. No actor ever waits on SQLite; a supervisor's rotation awaits the
-//!   acknowledgement of its steps inside its rotation future, with its mailbox flowing.
+//!   events straight from the [`EventBus`](crate::record::EventBus), and the supervisor's own
+//!   steps. No actor ever waits on SQLite; a supervisor's rotation awaits the acknowledgement
+//!   of its steps inside its rotation task, with its mailbox flowing.
+//! * Durable before published: the writer delivers each event to the bus's subscribers only
+//!   after the transaction holding it has committed (and the commit hook has run). If the
+//!   journal fails, subscribers get `JournalFailed` first, once, then the events it could not
+//!   make durable, and from then on every event undurably.
 //! * Group commit: whatever is queued when the writer wakes (up to
 //!   [`JournalOptions::max_batch`] records) is written in one `BEGIN IMMEDIATE` transaction,
 //!   one fsync for all of them.
@@ -63,7 +67,8 @@ pub use schema::{APPLICATION_ID, EndReason, SCHEMA_VERSION, SessionState, WorkIt
 pub use time::Timestamp;
 pub use writer::JournalStats;
 
-use crate::record::{EventSink, FleetEvent};
+use crate::record::{FleetEvent, Subscribers};
+use crate::vocab::SessionId;
 use project::Write;
 use writer::{Command, Shared, Writer};
 
@@ -261,13 +266,43 @@ impl Journal {
     }
 
     /// Hands `event` to the writer and returns at once; it becomes durable with the next
-    /// commit. (The supervisor's event bus does this for every event it publishes.)
+    /// commit, and is then delivered to the subscribers of the event bus the journal serves
+    /// (the supervisor's bus does this for every event it publishes).
     pub fn record(&self, event: &FleetEvent) {
-        self.send(Command::Write {
+        self.record_owned(event.clone());
+    }
+
+    /// [`record`](Self::record), without a copy. Should the writer be gone (it panicked), the
+    /// event is delivered at once rather than lost to subscribers.
+    pub(crate) fn record_owned(&self, event: FleetEvent) {
+        let cmd = Command::Write {
             at: Timestamp::now().0,
-            write: Write::Event(event.clone()),
+            write: Write::Event(event),
             ack: None,
-        });
+        };
+        let unsent = match &self.inner.tx {
+            Some(tx) => tx.send(cmd).err().map(|e| e.0),
+            None => Some(cmd),
+        };
+        if let Some(Command::Write {
+            write: Write::Event(event),
+            ..
+        }) = unsent
+        {
+            tracing::error!(
+                "the journal's writer is gone; an event is delivered without being durable"
+            );
+            if let Some(subs) = self.inner.shared.deliver.lock().expect("lock").as_ref() {
+                subs.deliver(event);
+            }
+        }
+    }
+
+    /// From now on, every event the journal commits is delivered to `subscribers` (in commit
+    /// order, after the commit and its hook). The event bus calls this when it is given the
+    /// journal.
+    pub(crate) fn deliver_to(&self, subscribers: Arc<Subscribers>) {
+        *self.inner.shared.deliver.lock().expect("lock") = Some(subscribers);
     }
 
     /// Waits until everything sent before this call is durable (or the journal failed).
@@ -346,6 +381,30 @@ impl Journal {
         });
     }
 
+    /// The first session id above every id any record of the journal holds (sessions,
+    /// rotations' old and new sessions, compactions, events, work items' holders), or 1 for an
+    /// empty journal: give it to a runtime that numbers its sessions, so that no id of a
+    /// session the journal knows (a resumed rotation's recorded successor included) is ever
+    /// handed out again after a restart. Waits for everything sent before to be committed.
+    pub fn next_session_id(&self) -> Result<SessionId, JournalError> {
+        self.read_blocking(|conn, path| {
+            let max: Option<i64> = conn
+                .query_row(
+                    "SELECT MAX(m) FROM (
+                        SELECT MAX(id) AS m FROM sessions
+                        UNION ALL SELECT MAX(old_session) FROM rotations
+                        UNION ALL SELECT MAX(new_session) FROM rotations
+                        UNION ALL SELECT MAX(session) FROM compactions
+                        UNION ALL SELECT MAX(session) FROM events
+                        UNION ALL SELECT MAX(session) FROM work_items)",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| JournalError::sqlite(&e, path))?;
+            Ok(SessionId(max.map_or(1, |m| (m as u64).saturating_add(1))))
+        })
+    }
+
     /// Commits and records written so far.
     pub fn stats(&self) -> JournalStats {
         let c = &self.inner.shared.counters;
@@ -358,12 +417,6 @@ impl Journal {
     /// The failure that stopped the journal, if one did.
     pub fn failure(&self) -> Option<JournalError> {
         self.inner.shared.failure.lock().expect("lock").clone()
-    }
-}
-
-impl EventSink for Journal {
-    fn record(&self, event: &FleetEvent) {
-        Journal::record(self, event);
     }
 }
 

@@ -9,8 +9,9 @@
 //! I/O error, damage, ...): it rolls the whole batch back and stops the journal, so that what is
 //! on disk stays a prefix of what was sent, in order.
 //!
-//! A writer that is waited on (a rotation step, a flush) is answered only after its batch is
-//! durable, and after the commit hook (if any) has run.
+//! After a commit (and the commit hook, if any), the batch's events are delivered to the event
+//! bus's subscribers, in order; only then are the writers waiting on the batch (a rotation
+//! step, a flush) answered.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::project::{self, Write};
 use super::{CommitHook, JournalError};
+use crate::record::{FleetEvent, Subscribers};
 
 /// Where a waiting writer is answered.
 pub(crate) type Ack = oneshot::Sender<Result<(), JournalError>>;
@@ -59,6 +61,8 @@ pub(crate) struct Shared {
     pub failure: Mutex<Option<JournalError>>,
     /// What was written so far.
     pub counters: Counters,
+    /// Where committed events are delivered (the event bus's subscribers), if anywhere.
+    pub deliver: Mutex<Option<Arc<Subscribers>>>,
 }
 
 /// The writer thread's state.
@@ -119,7 +123,10 @@ impl Writer {
         tracing::debug!(path = %self.path.display(), "journal writer stopped");
     }
 
-    /// Writes the batch in one transaction and answers everyone waiting on it.
+    /// Writes the batch in one transaction, delivers its events to the bus's subscribers, and
+    /// answers everyone waiting on it, in that order: an event reaches subscribers only once
+    /// it is durable (or once the journal has failed, see below), and a waiter answered has
+    /// had the events committed before it delivered.
     fn commit(&mut self, batch: &mut Batch) {
         if batch.is_empty() {
             return;
@@ -127,17 +134,15 @@ impl Writer {
         let Batch { writes, flushes } = std::mem::take(batch);
         let failed = self.shared.failure.lock().expect("lock").clone();
         if let Some(failure) = failed {
+            // The journal refuses writes: the fleet goes on without durability.
             let refused = JournalError::Failed(Box::new(failure));
-            for ack in writes.into_iter().filter_map(|(_, _, a)| a).chain(flushes) {
-                let _ = ack.send(Err(refused.clone()));
-            }
+            let outcomes = vec![Err(refused.clone()); writes.len()];
+            self.answer(writes, outcomes, flushes, Err(refused));
             return;
         }
         if writes.is_empty() {
             // Everything before is committed already.
-            for ack in flushes {
-                let _ = ack.send(Ok(()));
-            }
+            self.answer(writes, Vec::new(), flushes, Ok(()));
             return;
         }
         match self.write_all(&writes) {
@@ -150,30 +155,55 @@ impl Writer {
                         writes.iter().map(|(_, w, _)| w.label()).collect();
                     hook(&labels);
                 }
-                for ((_, write, ack), outcome) in writes.into_iter().zip(outcomes) {
-                    match ack {
-                        Some(ack) => {
-                            let _ = ack.send(outcome);
-                        }
-                        None => {
-                            if let Err(e) = outcome {
-                                tracing::error!(error = %e, record = write.label(), "journal record dropped");
-                            }
-                        }
+                for ((_, write, ack), outcome) in writes.iter().zip(&outcomes) {
+                    if let (None, Err(e)) = (ack, outcome) {
+                        tracing::error!(error = %e, record = write.label(), "journal record dropped");
                     }
                 }
-                for ack in flushes {
-                    let _ = ack.send(Ok(()));
-                }
+                self.answer(writes, outcomes, flushes, Ok(()));
             }
             Err(fatal) => {
                 tracing::error!(error = %fatal, path = %self.path.display(), records = writes.len(),
                     "journal write failed; the batch was rolled back and the journal refuses further writes");
                 *self.shared.failure.lock().expect("lock") = Some(fatal.clone());
-                for ack in writes.into_iter().filter_map(|(_, _, a)| a).chain(flushes) {
-                    let _ = ack.send(Err(fatal.clone()));
-                }
+                // Subscribers learn of the failure before any event it left undurable.
+                self.deliver(FleetEvent::JournalFailed {
+                    error: fatal.to_string(),
+                });
+                let outcomes = vec![Err(fatal.clone()); writes.len()];
+                self.answer(writes, outcomes, flushes, Err(fatal));
             }
+        }
+    }
+
+    /// Delivers the batch's events, then answers its waiters and flushes.
+    fn answer(
+        &self,
+        writes: Vec<(i64, Write, Option<Ack>)>,
+        outcomes: Vec<Result<(), JournalError>>,
+        flushes: Vec<Ack>,
+        flushed: Result<(), JournalError>,
+    ) {
+        let mut acks = Vec::new();
+        for ((_, write, ack), outcome) in writes.into_iter().zip(outcomes) {
+            if let Write::Event(event) = write {
+                self.deliver(event);
+            }
+            if let Some(ack) = ack {
+                acks.push((ack, outcome));
+            }
+        }
+        for (ack, outcome) in acks {
+            let _ = ack.send(outcome);
+        }
+        for ack in flushes {
+            let _ = ack.send(flushed.clone());
+        }
+    }
+
+    fn deliver(&self, event: FleetEvent) {
+        if let Some(subs) = self.shared.deliver.lock().expect("lock").as_ref() {
+            subs.deliver(event);
         }
     }
 

@@ -60,8 +60,12 @@ impl SupervisorBuilder {
     /// Writes every event, work item and rotation step through `journal`, and recovers from
     /// what it holds when the supervisor starts (see `docs/semantics.md`, "Journal"). Reads the
     /// journal now: fails if it cannot be read.
+    ///
+    /// From then on every event is durable before any subscriber sees it (the journal's writer
+    /// delivers it after the commit that holds it).
     pub fn journal(mut self, journal: Journal) -> Result<Self, JournalError> {
         let state = journal.read_blocking(recovery::load)?;
+        self.bus = self.bus.with_journal(journal.clone());
         self.journal = Some((journal, state));
         Ok(self)
     }
@@ -75,15 +79,10 @@ impl Supervisor {
         }
     }
 
-    /// A journal write failed: say so once.
-    pub(super) fn journal_failed(&mut self, e: &JournalError) {
+    /// A journal write the supervisor waited on failed. (Subscribers hear of it from the
+    /// journal itself, `JournalFailed`, once, whichever write failed first.)
+    pub(super) fn journal_failed(&self, e: &JournalError) {
         tracing::error!(error = %e, "journal write failed");
-        if !self.journal_failed {
-            self.journal_failed = true;
-            self.bus.publish(FleetEvent::JournalFailed {
-                error: e.to_string(),
-            });
-        }
     }
 
     /// Rebuilds the registry from the journal and resumes what was under way.
