@@ -253,7 +253,8 @@ pub fn run(args: Args) -> Result<()> {
             render(out).map_err(std::io::Error::other)
         })?,
         None => {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // Through main's stdout: a reader that went away (`| head`) is a quiet end.
+            let mut out = std::io::BufWriter::new(crate::stdout());
             render(&mut out)?;
             out.flush()?;
         }
