@@ -377,8 +377,8 @@ type TurnResult = (
 
 /// Takes one turn of `handle`'s session on `runtime` (`message` as the next user message, or
 /// `None` to answer the history as it stands) and reports it through the handle: the reading
-/// with [`SessionHandle::report_and_settle`], a context overflow as a rotation the machine
-/// makes. Returns once the session has settled (compacted, rotated, or closed), the turn's
+/// with [`SessionHandle::report_and_settle`], a context overflow as the machine's overflow
+/// event ([`SessionHandle::overflow_and_settle`]: the machine decides, and rotates). Returns once the session has settled (compacted, rotated, or closed), the turn's
 /// `phase` and `successor` saying which. This is how a [`ChatRuntime`]'s usage reaches its
 /// session: the runtime itself knows nothing of the supervisor.
 pub async fn take_turn(
@@ -394,12 +394,9 @@ pub async fn take_turn(
     let waited = Instant::now();
     let settled = match (&turn.overflow, &turn.reading) {
         (Some(overflow), _) => {
-            // The machine's overflow event reaches a session through
-            // `SessionHandle::overflow_and_settle` (the seam branch); until it is on main, the
-            // overflow rotates the session by hand, with no figure judged here.
-            tracing::debug!(prompt = ?overflow.prompt_tokens, window = ?overflow.window, "overflow: rotating");
-            handle.rotate();
-            handle.settled().await
+            handle
+                .overflow_and_settle(overflow.prompt_tokens, overflow.window)
+                .await
         }
         (None, Some(reading)) => {
             handle
@@ -418,7 +415,7 @@ pub async fn take_turn(
         // Closed, or stopped before the report reached it.
         Ok(Settled::Closed) | Err(_) => (Phase::Closed, None),
     };
-    Ok(turn.settled(phase, successor, waited.elapsed().into()))
+    Ok(turn.settled(phase, successor, waited.elapsed()))
 }
 
 fn schedule_turn(

@@ -122,8 +122,7 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
     fleet.reply(s).await.unwrap();
 
     let turn = fleet
-        .runtime
-        .chat(s, &"a very long tool output ".repeat(50))
+        .chat(s, "a very long tool output ".repeat(50))
         .await
         .expect("an overflow is not an error");
 
@@ -137,7 +136,7 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
     assert_eq!(rotations.len(), 1);
     let r = &rotations[0];
     assert!(r.success);
-    assert_eq!(r.reason, RotationReason::Threshold);
+    assert_eq!(r.reason, RotationReason::Overflow, "the machine's decision");
     assert_eq!(r.before_tokens, 2300, "the server's own count");
     assert_eq!((r.old_session, r.new_session), (s, Some(successor)));
     assert_eq!(&*r.agent_type, "coder");
@@ -180,10 +179,11 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
 }
 
 #[actix::test]
-async fn a_vllm_overflow_below_the_rotation_threshold_rotates_by_hand() {
+async fn a_vllm_overflow_below_the_rotation_threshold_rotates_for_the_overflow() {
     let stub = Stub::start().await;
     stub.usage_series(vec![(600, 20)]);
-    // 1,800 of 2,000 tokens is 90%: reporting it would compact, so the session is rotated.
+    // 1,800 of 2,000 tokens is 90%: as a reading it would compact, but an overflow is the
+    // machine's to judge, and it rotates (the runtime makes no policy decision of its own).
     stub.script([
         Fault::Reply,
         Fault::OverflowVllm {
@@ -198,8 +198,8 @@ async fn a_vllm_overflow_below_the_rotation_threshold_rotates_by_hand() {
     assert_eq!(turn.phase, Phase::Closed);
     assert!(turn.successor.is_some());
     let r = &fleet.rotations()[0];
-    assert_eq!(r.reason, RotationReason::Manual);
-    assert_eq!(r.before_tokens, 620, "the last reading before the overflow");
+    assert_eq!(r.reason, RotationReason::Overflow);
+    assert_eq!(r.before_tokens, 1800, "the server's figure");
     assert!(fleet.compactions().is_empty());
     fleet.stop().await;
 }
