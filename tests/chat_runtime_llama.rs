@@ -80,7 +80,11 @@ async fn a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_
     let mut fleet = fleet(&server, agent(2048, policy().build().unwrap()));
     let s = fleet.start_item(1, "engineer", ITEM).await;
 
-    let turns = chat_until(&fleet, s, 12, |t| t.settle_time > Duration::ZERO).await;
+    // The turn whose reading crossed 80%: take_turn returned once its compaction was done.
+    let turns = chat_until(&fleet, s, 12, |t| {
+        t.reading.is_some_and(|r| r.usage.ratio() >= 0.8)
+    })
+    .await;
 
     let crossing = turns.last().unwrap();
     assert_eq!(
@@ -255,7 +259,7 @@ async fn a_request_that_overflows_the_window_is_turned_into_a_rotation() {
     let successor = turn.successor.expect("a successor holds the item");
     let r = &fleet.rotations()[0];
     assert!(r.success, "{r:?}");
-    assert_eq!(r.reason, RotationReason::Threshold);
+    assert_eq!(r.reason, RotationReason::Overflow, "the machine's decision");
     assert_eq!(
         r.before_tokens, prompt,
         "the server's count of the refused prompt"
