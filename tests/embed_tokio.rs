@@ -59,10 +59,20 @@ async fn a_fleet_started_from_multi_thread_tokio_finishes_its_work() {
     for id in 1..=4 {
         fleet.submit(item(id)).await.unwrap();
     }
-    // Each item's agent loop runs as its own tokio task, on any worker thread.
+    // Each item's agent loop runs as its own tokio task, on any worker thread; sessions start
+    // in whatever order their spawns finish.
     let mut agents = Vec::new();
-    for id in 1..=4 {
-        let session = started(&mut events, id).await;
+    let mut first_starts = std::collections::HashSet::new();
+    while agents.len() < 4 {
+        let FleetEvent::SessionStarted {
+            session, work_item, ..
+        } = events.recv().await.unwrap()
+        else {
+            continue;
+        };
+        if !first_starts.insert(work_item) {
+            continue; // a successor: the item's agent follows it itself
+        }
         let (fleet, runtime) = (fleet.clone(), runtime.clone());
         agents.push(tokio::spawn(async move {
             let mut handle = fleet
