@@ -74,19 +74,11 @@ fn replay_series_jsonl(b: Bencher) {
 
 #[divan::bench]
 fn replay_mini_swe_agent_trajectory(b: Bencher) {
-    // The real trajectory when ../shared is beside the project; else a generated one.
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/traces/mini-swe-agent-deepseek/pydicom__pydicom-901.traj.json");
-    let text = std::fs::read_to_string(&shared).unwrap_or_else(|_| {
-        let msg = |p: u64| {
-            format!(
-                "{{\"role\":\"assistant\",\"content\":\"{}\",\"extra\":{{\"response\":{{\"usage\":{{\"prompt_tokens\":{p},\"completion_tokens\":80}}}}}}}}",
-                "x".repeat(4000)
-            )
-        };
-        let msgs: Vec<String> = (1..=80).map(|i| msg(i * 300)).collect();
-        format!("{{\"messages\":[{}]}}", msgs.join(","))
-    });
+    // The real trajectory's figures, derived into tests/data/real (hermetic: nothing outside
+    // the project is read).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/real/pydicom__pydicom-901.traj.json");
+    let text = std::fs::read_to_string(&path).unwrap();
     let opts = ReplayOptions {
         window: Some(8192),
         ..ReplayOptions::default()

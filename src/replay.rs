@@ -96,6 +96,16 @@ pub enum ReplayError {
         /// The model the trace names, if any (not in the table).
         model: Option<String>,
     },
+    /// The window is not one a usage can be measured against (above [`Usage::MAX_TOKENS`]).
+    #[error("trace {trace}: window of {window} tokens: {source}")]
+    BadWindow {
+        /// The trace.
+        trace: String,
+        /// The window asked for.
+        window: u64,
+        /// What is wrong with it.
+        source: UsageError,
+    },
     /// S is not below the window: a summary or handoff would fill the window on its own.
     #[error(
         "trace {trace}: the summary size ({summary_tokens} tokens, --summary-tokens) must be \
@@ -282,6 +292,13 @@ pub fn replay_with_series(
     opts: &ReplayOptions,
 ) -> Result<(ReplayReport, Vec<ModelledCall>), ReplayError> {
     let window = window_for(trace, opts)?;
+    Usage::new(0, window.tokens, UsageSource::Modelled).map_err(|source| {
+        ReplayError::BadWindow {
+            trace: trace.name.clone(),
+            window: window.tokens,
+            source,
+        }
+    })?;
     if opts.summary_tokens >= window.tokens {
         return Err(ReplayError::SummaryTooLarge {
             trace: trace.name.clone(),

@@ -82,7 +82,8 @@ pub struct SimulationConfig {
     pub failure_rate: f64,
     /// Seeds the workload and the failures.
     pub seed: u64,
-    /// Stop after this long even if work remains.
+    /// Stop after this long even if work remains: the whole run, from submitting the work items
+    /// to the end of the shutdown, takes about this long at most.
     pub duration: Option<Duration>,
     /// Turns per work item: each item draws a number in this range.
     pub turns: (u32, u32),
@@ -203,8 +204,9 @@ pub struct Recorded {
     pub events: Vec<FleetEvent>,
     /// The simulated agents, as the run left them.
     pub runtime: Arc<MemoryRuntime>,
-    /// Where every work item was when the run stopped (before shutdown).
-    pub inventory: Inventory,
+    /// Where every work item was when the run stopped (before shutdown); `None` when the
+    /// duration was up before the supervisor could answer.
+    pub inventory: Option<Inventory>,
 }
 
 /// Runs a simulation; must be called inside an actix system. `progress` is called after every
@@ -213,7 +215,17 @@ pub async fn run(
     config: &SimulationConfig,
     progress: impl FnMut(Progress),
 ) -> Result<SimulationReport, SimulationError> {
-    Ok(run_inner(config, progress, false).await?.report)
+    run_until(config, progress, std::future::pending()).await
+}
+
+/// [`run`], stopping early (as when the duration is up) once `stop` completes: no new turn is
+/// taken, the fleet shuts down, and the report counts what was left as unfinished.
+pub async fn run_until(
+    config: &SimulationConfig,
+    progress: impl FnMut(Progress),
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<SimulationReport, SimulationError> {
+    Ok(run_inner(config, progress, false, stop).await?.report)
 }
 
 /// Runs a simulation and keeps every event, the runtime and the final inventory, so that a
@@ -222,14 +234,23 @@ pub async fn run_recorded(
     config: &SimulationConfig,
     progress: impl FnMut(Progress),
 ) -> Result<Recorded, SimulationError> {
-    run_inner(config, progress, true).await
+    run_inner(config, progress, true, std::future::pending()).await
 }
+
+/// The shortest shutdown a run ending on its duration or a stop allows, so that sessions are
+/// closed in order even when the time is up.
+const MIN_SHUTDOWN: Duration = Duration::from_millis(100);
 
 async fn run_inner(
     config: &SimulationConfig,
     mut progress: impl FnMut(Progress),
     record: bool,
+    stop: impl std::future::Future<Output = ()>,
 ) -> Result<Recorded, SimulationError> {
+    let begun = Instant::now();
+    let deadline = config.duration.map(|d| begun + d);
+    let mut stop = std::pin::pin!(stop);
+    let mut stopped = false;
     if config.agent_types.is_empty() || config.work_items == 0 || config.sessions == 0 {
         return Err(SimulationError::Invalid(
             "need at least one agent type, work item and session".into(),
@@ -304,6 +325,14 @@ async fn run_inner(
     // The workload: each item's profile, turns and starting point come from (seed, item).
     let mut items: HashMap<WorkItemId, ItemRun> = HashMap::new();
     for i in 0..config.work_items {
+        if i % 1024 == 0
+            && (deadline.is_some_and(|d| Instant::now() >= d)
+                || futures_util::FutureExt::now_or_never(stop.as_mut()).is_some())
+        {
+            // Out of time while submitting: the rest stays unsubmitted (and unfinished).
+            stopped = true;
+            break;
+        }
         let r = mix(config.seed ^ mix(i));
         let (name, window) = &config.agent_types[(i % config.agent_types.len() as u64) as usize];
         let profile = &PROFILES[(r % PROFILES.len() as u64) as usize];
@@ -343,6 +372,11 @@ async fn run_inner(
     loop {
         // Apply everything that happened, in order.
         while let Some(event) = backlog.pop_front().or_else(|| events.try_recv().ok()) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Out of time: what is still unread is counted at the end.
+                backlog.push_front(event);
+                break;
+            }
             tally.count(&event);
             if record {
                 kept.push(event.clone());
@@ -399,7 +433,10 @@ async fn run_inner(
             total: config.work_items,
             messages,
         });
-        if finished == config.work_items || config.duration.is_some_and(|d| started.elapsed() >= d)
+        if !stopped && futures_util::FutureExt::now_or_never(stop.as_mut()).is_some() {
+            stopped = true;
+        }
+        if stopped || finished == config.work_items || deadline.is_some_and(|d| Instant::now() >= d)
         {
             break;
         }
@@ -425,10 +462,17 @@ async fn run_inner(
             }
         }
         if turns.is_empty() {
-            // Nothing to do until something happens, or the duration is up.
-            let left = config.duration.map(|d| d.saturating_sub(started.elapsed()));
+            // Nothing to do until something happens, the duration is up, or a stop comes.
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let wait = left.map_or(STALL_LIMIT, |l| l.min(STALL_LIMIT));
-            match tokio::time::timeout(wait, events.recv()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(wait, events.recv()) => next,
+                () = stop.as_mut() => {
+                    stopped = true;
+                    continue;
+                }
+            };
+            match next {
                 Ok(Some(event)) => backlog.push_back(event),
                 Err(_) if left.is_some_and(|l| l <= STALL_LIMIT) => {} // the duration is up
                 Ok(None) => {
@@ -482,9 +526,52 @@ async fn run_inner(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let inventory = supervisor.inventory().await?;
-    supervisor.shutdown(Duration::from_secs(30)).await;
-    tally.start_retries(inventory.start_retries);
+    // A fleet still starting has a long mailbox: with a duration, its answer is not waited
+    // for past the time.
+    let inventory = match deadline {
+        None => Some(supervisor.inventory().await?),
+        Some(d) => {
+            let left = d
+                .saturating_duration_since(Instant::now())
+                .max(MIN_SHUTDOWN);
+            match tokio::time::timeout(left, supervisor.inventory()).await {
+                Ok(inventory) => Some(inventory?),
+                Err(_) => None,
+            }
+        }
+    };
+    match deadline {
+        None => {
+            supervisor.shutdown(Duration::from_secs(30)).await;
+        }
+        Some(d) => {
+            // The duration bounds the shutdown too: closing a large fleet one session at a time
+            // takes seconds, and whatever is left when the time is up is dropped with the
+            // process (a journal keeps what it committed, consistent).
+            let left = d
+                .saturating_duration_since(Instant::now())
+                .max(MIN_SHUTDOWN);
+            if tokio::time::timeout(left, supervisor.shutdown(left))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    ?left,
+                    "the duration is up: the fleet's shutdown is cut short"
+                );
+            }
+        }
+    }
+    // Events the loop had no time to apply (and the shutdown's own) are counted all the same.
+    while let Some(event) = backlog.pop_front().or_else(|| events.try_recv().ok()) {
+        tally.count(&event);
+        if record {
+            kept.push(event);
+        }
+    }
+    if let Some(inventory) = &inventory {
+        tally.start_retries(inventory.start_retries);
+    }
     let mut report = tally.report(config.seed, config.work_items, seconds, messages);
     report.unfinished = config
         .work_items

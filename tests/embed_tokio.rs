@@ -59,20 +59,19 @@ async fn a_fleet_started_from_multi_thread_tokio_finishes_its_work() {
     for id in 1..=4 {
         fleet.submit(item(id)).await.unwrap();
     }
-    // Each item's agent loop runs as its own tokio task, on any worker thread; sessions start
-    // in whatever order their spawns finish.
-    let mut agents = Vec::new();
-    let mut first_starts = std::collections::HashSet::new();
-    while agents.len() < 4 {
-        let FleetEvent::SessionStarted {
+    // Each item's agent loop runs as its own tokio task, on any worker thread.
+    // Sessions start concurrently: their starts arrive in any order.
+    let mut sessions = std::collections::BTreeMap::new();
+    while sessions.len() < 4 {
+        if let FleetEvent::SessionStarted {
             session, work_item, ..
-        } = events.recv().await.unwrap()
-        else {
-            continue;
-        };
-        if !first_starts.insert(work_item) {
-            continue; // a successor: the item's agent follows it itself
+        } = events.recv().await.expect("the event stream stays open")
+        {
+            sessions.insert(work_item.0, session);
         }
+    }
+    let mut agents = Vec::new();
+    for session in sessions.into_values() {
         let (fleet, runtime) = (fleet.clone(), runtime.clone());
         agents.push(tokio::spawn(async move {
             let mut handle = fleet

@@ -1,6 +1,9 @@
 //! Fleet scenarios on the real supervisor and session actors over a `MemoryRuntime`, each
 //! pinned by an insta snapshot of the event log (durations redacted; session ids are
 //! deterministic, handed out by the runtime from 1).
+//!
+//! Every scenario but the sharded one runs on paused tokio time, and each waits for the events
+//! it pins (or for a quiet inventory) before pinning them: never for a quiet spell.
 
 mod support;
 
@@ -11,7 +14,9 @@ use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, RuntimeOp};
 use baton::{
     CrashOutcome, EventKind, FleetEvent, Phase, Place, Policy, RotationReason, SupervisorConfig,
 };
-use support::fleet::{DoomedPolls, Harness, agent, check_invariants, item};
+use support::fleet::{
+    DoomedPolls, Harness, agent, check_invariants, count, entered, item, pause_clock,
+};
 
 fn pin(name: &str, log: &[FleetEvent]) {
     pin_redacted(name, log, &[]);
@@ -64,6 +69,7 @@ fn compaction(e: &FleetEvent) -> bool {
 
 #[actix::test]
 async fn compacts_at_80_percent_and_returns_to_normal() {
+    pause_clock();
     let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
     h.supervisor.submit(item(1, "sonnet")).await.unwrap();
     let s = h.started(1).await;
@@ -73,7 +79,8 @@ async fn compacts_at_80_percent_and_returns_to_normal() {
     };
     assert!(c.success && c.sufficient);
     assert!(c.after_tokens < c.before_tokens);
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_for("back to normal", entered(s, Phase::Normal))
+        .await;
     let sessions = h.supervisor.sessions().await;
     assert_eq!(sessions[0].phase, Phase::Normal);
     assert_eq!(sessions[0].compactions, 1);
@@ -87,6 +94,7 @@ async fn compacts_at_80_percent_and_returns_to_normal() {
 
 #[actix::test]
 async fn rotates_at_95_percent_into_a_successor_of_the_same_type() {
+    pause_clock();
     let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet"), agent("glm")]);
     h.supervisor.submit(item(1, "glm")).await.unwrap();
     let old = h.started(1).await;
@@ -104,9 +112,10 @@ async fn rotates_at_95_percent_into_a_successor_of_the_same_type() {
     let handoff = successor.handoff.unwrap();
     assert!(!handoff.fallback && handoff.tokens == r.handoff_tokens);
     assert!(h.runtime.session(old).unwrap().closed);
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_for("the old session closed", entered(old, Phase::Closed))
+        .await;
     assert_eq!(h.place(1).await, Place::Live(new));
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    check_invariants(&h.quiet().await, &h.runtime, &h.log);
     pin(
         "fleet_rotates_at_95_percent_into_a_successor_of_the_same_type",
         &h.log,
@@ -115,6 +124,7 @@ async fn rotates_at_95_percent_into_a_successor_of_the_same_type() {
 
 #[actix::test]
 async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
+    pause_clock();
     let mut h = Harness::start(
         fast_config(),
         latency(RuntimeOp::Summarise, 300),
@@ -139,11 +149,15 @@ async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
         unreachable!()
     };
     assert!(r.success && r.reason == RotationReason::Threshold);
-    h.settle(Duration::from_millis(400)).await;
-    // The compaction was cancelled: no history was replaced and nothing was recorded.
+    h.wait_for("the old session closed", entered(s, Phase::Closed))
+        .await;
+    // The compaction was cancelled: well past the 300 ms its summary would have taken, no
+    // history was replaced and nothing was recorded.
+    h.elapse(Duration::from_secs(1)).await;
+    h.drain();
     assert_eq!(h.runtime.calls(RuntimeOp::ReplaceHistory), 0);
     assert!(!h.log.iter().any(compaction));
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    check_invariants(&h.quiet().await, &h.runtime, &h.log);
     pin(
         "fleet_usage_rise_during_a_slow_compaction_rotates_at_once",
         &h.log,
@@ -152,6 +166,7 @@ async fn usage_rise_during_a_slow_compaction_rotates_at_once() {
 
 #[actix::test]
 async fn failed_compaction_rotates() {
+    pause_clock();
     let mem = MemoryConfig {
         faults: vec![fault(RuntimeOp::Summarise, 1..=1, FaultKind::Permanent)],
         ..memory()
@@ -172,12 +187,14 @@ async fn failed_compaction_rotates() {
         r.success && !r.handoff_fallback,
         "the handoff summary (2nd call) worked"
     );
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_for("the old session closed", entered(s, Phase::Closed))
+        .await;
     pin("fleet_failed_compaction_rotates", &h.log);
 }
 
 #[actix::test]
 async fn failed_summary_gives_a_fallback_handoff() {
+    pause_clock();
     let mem = MemoryConfig {
         // (A transient failure is retried within the handoff's limit: see tests/handoffs.rs.)
         faults: vec![fault(RuntimeOp::Summarise, 1..=1, FaultKind::Permanent)],
@@ -209,12 +226,14 @@ async fn failed_summary_gives_a_fallback_handoff() {
         "{}",
         handoff.text
     );
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_for("the old session closed", entered(s, Phase::Closed))
+        .await;
     pin("fleet_failed_summary_gives_a_fallback_handoff", &h.log);
 }
 
 #[actix::test]
 async fn failed_spawn_is_retried_and_succeeds() {
+    pause_clock();
     // Spawn call 1 starts the first session; calls 2 and 3 (the rotation's) fail.
     let mem = MemoryConfig {
         faults: vec![fault(RuntimeOp::Spawn, 2..=3, FaultKind::Transient)],
@@ -230,13 +249,15 @@ async fn failed_spawn_is_retried_and_succeeds() {
     assert!(r.success);
     assert_eq!(r.attempts, 4, "three spawns and one assign");
     assert_eq!(h.runtime.calls(RuntimeOp::Spawn), 4);
-    h.settle(Duration::from_millis(20)).await;
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    h.wait_for("the old session closed", entered(s, Phase::Closed))
+        .await;
+    check_invariants(&h.quiet().await, &h.runtime, &h.log);
     pin("fleet_failed_spawn_is_retried_and_succeeds", &h.log);
 }
 
 #[actix::test]
 async fn spawns_that_keep_failing_send_the_item_back_to_the_queue() {
+    pause_clock();
     let mem = MemoryConfig {
         faults: vec![fault(RuntimeOp::Spawn, 2..=u64::MAX, FaultKind::Transient)],
         ..memory()
@@ -279,8 +300,11 @@ async fn spawns_that_keep_failing_send_the_item_back_to_the_queue() {
     .await;
     assert!(h.runtime.session(s).unwrap().closed);
     assert!(matches!(h.place(1).await, Place::Dead(_)));
-    h.settle(Duration::from_millis(20)).await;
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    h.wait_until("the old session closed", |log| {
+        log.iter().any(entered(s, Phase::Closed))
+    })
+    .await;
+    check_invariants(&h.quiet().await, &h.runtime, &h.log);
     // How many retries fit in the timeout depends on timing (and jitter).
     pin_redacted(
         "fleet_spawns_that_keep_failing_send_the_item_back_to_the_queue",
@@ -291,6 +315,7 @@ async fn spawns_that_keep_failing_send_the_item_back_to_the_queue() {
 
 #[actix::test]
 async fn failed_close_is_not_fatal() {
+    pause_clock();
     let mem = MemoryConfig {
         faults: vec![fault(RuntimeOp::Close, 1..=1, FaultKind::Permanent)],
         ..memory()
@@ -303,18 +328,20 @@ async fn failed_close_is_not_fatal() {
         unreachable!()
     };
     assert!(r.success);
-    h.settle(Duration::from_millis(20)).await;
-    assert!(
-        h.log
-            .iter()
-            .any(|e| matches!(e, FleetEvent::RuntimeWarning { session, .. } if *session == s))
-    );
+    h.wait_until("the close warning and the old session closed", |log| {
+        log.iter().any(entered(s, Phase::Closed))
+            && log
+                .iter()
+                .any(|e| matches!(e, FleetEvent::RuntimeWarning { session, .. } if *session == s))
+    })
+    .await;
     assert_eq!(h.place(1).await, Place::Live(r.new_session.unwrap()));
     pin("fleet_failed_close_is_not_fatal", &h.log);
 }
 
 #[actix::test]
 async fn panicking_session_is_restarted_within_budget_then_escalates() {
+    pause_clock();
     // Every compaction panics inside the session's runtime future.
     let mem = MemoryConfig {
         faults: vec![fault(RuntimeOp::Summarise, 1..=u64::MAX, FaultKind::Panic)],
@@ -357,11 +384,15 @@ async fn panicking_session_is_restarted_within_budget_then_escalates() {
     ));
     h.wait_for("halt", |e| matches!(e, FleetEvent::AgentTypeHalted { .. }))
         .await;
-    h.settle(Duration::from_millis(50)).await;
+    h.wait_for("requeue", |e| {
+        matches!(e, FleetEvent::WorkItemRequeued { .. })
+    })
+    .await;
     // No session of the halted type is started: the item waits in the queue.
+    let inv = h.quiet().await;
     assert_eq!(h.place(1).await, Place::Queued);
     assert!(h.supervisor.sessions().await.is_empty());
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    check_invariants(&inv, &h.runtime, &h.log);
     pin(
         "fleet_panicking_session_is_restarted_within_budget_then_escalates",
         &h.log,
@@ -370,6 +401,7 @@ async fn panicking_session_is_restarted_within_budget_then_escalates() {
 
 #[actix::test]
 async fn compaction_cap_is_never_exceeded() {
+    pause_clock();
     let config = SupervisorConfig {
         max_concurrent_compactions: 2,
         ..fast_config()
@@ -400,8 +432,13 @@ async fn compaction_cap_is_never_exceeded() {
             .iter()
             .all(|e| !matches!(e, FleetEvent::Compaction(c) if !c.success))
     );
-    h.settle(Duration::from_millis(20)).await;
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    h.wait_until("every session back to normal", |log| {
+        sessions
+            .iter()
+            .all(|s| log.iter().any(entered(*s, Phase::Normal)))
+    })
+    .await;
+    check_invariants(&h.quiet().await, &h.runtime, &h.log);
     // Which of two compactions that share a slot finishes first is up to the timer, so the
     // log is pinned session by session (each session's events keep their order).
     let mut by_session = h.log.clone();
@@ -426,6 +463,7 @@ fn session_of(e: &FleetEvent) -> Option<baton::SessionId> {
 
 #[actix::test]
 async fn rotation_handoff_summaries_share_the_compaction_cap() {
+    pause_clock();
     let config = SupervisorConfig {
         max_concurrent_compactions: 2,
         ..fast_config()
@@ -466,12 +504,23 @@ async fn rotation_handoff_summaries_share_the_compaction_cap() {
         2,
         "handoff summaries wait for a slot like compactions"
     );
-    h.settle(Duration::from_millis(20)).await;
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    h.wait_until("every session back to normal or closed", |log| {
+        sessions.iter().enumerate().all(|(n, s)| {
+            let phase = if n % 2 == 0 {
+                Phase::Normal
+            } else {
+                Phase::Closed
+            };
+            log.iter().any(entered(*s, phase))
+        })
+    })
+    .await;
+    check_invariants(&h.quiet().await, &h.runtime, &h.log);
 }
 
 #[actix::test]
 async fn a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on() {
+    pause_clock();
     // The first spawn (a start) panics, then the handoff summary and the successor's spawn
     // (a rotation) panic: each counts as a permanent failure of that call.
     let mem = MemoryConfig {
@@ -507,10 +556,14 @@ async fn a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on() {
     let second = h.started(1).await;
     let handoff = h.runtime.session(second).unwrap().handoff.unwrap();
     assert!(handoff.fallback && handoff.text.contains("the runtime panicked"));
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_until("the first session closed", |log| {
+        log.iter().any(entered(first, Phase::Closed))
+    })
+    .await;
+    let inv = h.quiet().await;
     assert_eq!(h.place(1).await, Place::Live(second));
     assert!(h.runtime.session(first).unwrap().closed);
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    check_invariants(&inv, &h.runtime, &h.log);
     pin(
         "fleet_a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on",
         &h.log,
@@ -519,6 +572,7 @@ async fn a_panicking_runtime_call_fails_that_call_and_the_fleet_goes_on() {
 
 #[actix::test]
 async fn a_session_that_crashes_while_rotating_is_reported_and_the_rotation_goes_on() {
+    pause_clock();
     let inner = std::sync::Arc::new(baton::MemoryRuntime::new(latency(
         RuntimeOp::Summarise,
         200,
@@ -561,7 +615,7 @@ async fn a_session_that_crashes_while_rotating_is_reported_and_the_rotation_goes
         unreachable!()
     };
     assert!(r.success, "{r:?}");
-    h.settle(Duration::from_millis(30)).await;
+    let inv = h.quiet().await;
     assert_eq!(h.place(1).await, Place::Live(r.new_session.unwrap()));
     assert!(
         !h.log
@@ -578,11 +632,12 @@ async fn a_session_that_crashes_while_rotating_is_reported_and_the_rotation_goes
         .filter(|e| !matches!(e, FleetEvent::Rotation(r) if r.old_session == old))
         .cloned()
         .collect();
-    check_invariants(&h.inventory().await, &h.runtime, &log);
+    check_invariants(&inv, &h.runtime, &log);
 }
 
 #[actix::test]
 async fn a_halted_agent_type_does_not_rotate_and_its_item_waits() {
+    pause_clock();
     // No restarts allowed: the first crash halts the type.
     let mem = MemoryConfig {
         faults: vec![fault(RuntimeOp::Summarise, 1..=1, FaultKind::Panic)],
@@ -609,14 +664,18 @@ async fn a_halted_agent_type_does_not_rotate_and_its_item_waits() {
     };
     assert!(!r.success && r.new_session.is_none());
     assert!(r.error.as_deref().unwrap().contains("halted"), "{r:?}");
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_until("the rotating session closed", |log| {
+        log.iter().any(entered(other, Phase::Closed))
+    })
+    .await;
+    let inv = h.quiet().await;
     assert_eq!(h.place(2).await, Place::Queued);
     assert!(
         h.runtime.open_sessions().is_empty(),
         "no successor was spawned"
     );
     assert_eq!(h.runtime.calls(RuntimeOp::Spawn), 2);
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    check_invariants(&inv, &h.runtime, &h.log);
     pin(
         "fleet_a_halted_agent_type_does_not_rotate_and_its_item_waits",
         &h.log,
@@ -625,6 +684,7 @@ async fn a_halted_agent_type_does_not_rotate_and_its_item_waits() {
 
 #[actix::test]
 async fn work_item_that_keeps_rotating_lands_in_dead_letter() {
+    pause_clock();
     let config = SupervisorConfig {
         rotation_budget: baton::supervisor::Budget {
             count: 2,
@@ -635,10 +695,13 @@ async fn work_item_that_keeps_rotating_lands_in_dead_letter() {
     let mut h = Harness::start(config, memory(), vec![agent("sonnet")]);
     h.supervisor.submit(item(1, "sonnet")).await.unwrap();
     // Each successor is immediately over the window again (its floor exceeds the window).
+    let mut last = None;
     for _ in 0..3 {
         let s = h.started(1).await;
         h.report(s, 999).await;
+        last = Some(s);
     }
+    let last = last.unwrap();
     let dead = h
         .wait_for("dead letter", |e| {
             matches!(e, FleetEvent::DeadLetter { .. })
@@ -648,10 +711,14 @@ async fn work_item_that_keeps_rotating_lands_in_dead_letter() {
         unreachable!()
     };
     assert!(reason.contains("rotation budget"), "{reason}");
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_until("the last session closed", |log| {
+        log.iter().any(entered(last, Phase::Closed))
+    })
+    .await;
+    let inv = h.quiet().await;
     assert!(matches!(h.place(1).await, Place::Dead(_)));
     assert!(h.runtime.open_sessions().is_empty());
-    check_invariants(&h.inventory().await, &h.runtime, &h.log);
+    check_invariants(&inv, &h.runtime, &h.log);
     pin(
         "fleet_work_item_that_keeps_rotating_lands_in_dead_letter",
         &h.log,
@@ -660,6 +727,7 @@ async fn work_item_that_keeps_rotating_lands_in_dead_letter() {
 
 #[actix::test]
 async fn graceful_shutdown_closes_everything() {
+    pause_clock();
     let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
     for i in 1..=3 {
         h.supervisor.submit(item(i, "sonnet")).await.unwrap();
@@ -667,7 +735,14 @@ async fn graceful_shutdown_closes_everything() {
     }
     let report = h.supervisor.shutdown(Duration::from_secs(5)).await;
     assert!(report.clean && report.remaining == 0, "{report:?}");
-    h.settle(Duration::from_millis(20)).await;
+    h.wait_until("three closes and three requeues", |log| {
+        count(
+            log,
+            |e| matches!(e, FleetEvent::Transition(t) if t.to == Phase::Closed),
+        ) == 3
+            && count(log, |e| matches!(e, FleetEvent::WorkItemRequeued { .. })) == 3
+    })
+    .await;
     assert!(h.runtime.open_sessions().is_empty());
     let closed = h
         .log
@@ -689,6 +764,7 @@ async fn graceful_shutdown_closes_everything() {
 
 #[actix::test]
 async fn closing_a_session_finishes_its_work_item_and_starts_the_next() {
+    pause_clock();
     let config = SupervisorConfig {
         max_sessions: 1,
         ..fast_config()
@@ -710,6 +786,7 @@ async fn closing_a_session_finishes_its_work_item_and_starts_the_next() {
 
 #[actix::test]
 async fn manual_rotation_and_bad_input() {
+    pause_clock();
     let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
     assert!(
         h.supervisor.submit(item(1, "opus")).await.is_err(),
@@ -752,6 +829,7 @@ async fn manual_rotation_and_bad_input() {
 
 #[actix::test]
 async fn polling_reports_usage_without_the_orchestrator() {
+    pause_clock();
     let config = SupervisorConfig {
         poll_interval: Some(Duration::from_millis(10)),
         ..fast_config()
@@ -769,6 +847,7 @@ async fn polling_reports_usage_without_the_orchestrator() {
 
 #[actix::test]
 async fn polling_stops_for_the_cool_down_after_five_failures() {
+    pause_clock();
     let config = SupervisorConfig {
         poll_interval: Some(Duration::from_millis(5)),
         ..fast_config()
@@ -780,14 +859,28 @@ async fn polling_stops_for_the_cool_down_after_five_failures() {
     let mut h = Harness::start(config, mem, vec![agent("sonnet")]);
     h.supervisor.submit(item(1, "sonnet")).await.unwrap();
     h.started(1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Five failed polls opened the breaker; the next trial comes only after 30 s.
+    // Five failed polls (5 ms apart) opened the breaker; the next trial comes only after its
+    // 30 s cool-down, then fails and opens it again.
+    h.elapse(Duration::from_secs(29)).await;
     assert_eq!(h.runtime.calls(RuntimeOp::Usage), 5);
     assert_eq!(h.supervisor.sessions().await[0].phase, Phase::Normal);
+    h.elapse(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.runtime.calls(RuntimeOp::Usage),
+        6,
+        "one trial after the cool-down"
+    );
+    h.elapse(Duration::from_secs(20)).await;
+    assert_eq!(
+        h.runtime.calls(RuntimeOp::Usage),
+        6,
+        "open again after the trial"
+    );
 }
 
 #[actix::test]
 async fn readings_sent_through_a_session_handle_are_coalesced_to_the_newest() {
+    pause_clock();
     let mut h = Harness::start(fast_config(), memory(), vec![agent("sonnet")]);
     h.supervisor.submit(item(1, "sonnet")).await.unwrap();
     let s = h.started(1).await;

@@ -345,3 +345,67 @@ fn a_simulation_stopped_by_its_duration_exits_1_and_counts_the_unfinished() {
     assert!(report["unfinished"].as_u64().unwrap() > 0, "{report}");
     assert!(stderr(&m.output).contains("did not finish"));
 }
+
+#[test]
+fn a_simulation_beyond_the_machines_memory_is_refused_up_front() {
+    let m = simulate(&["--sessions", "10000000", "--work-items", "100000000"]);
+    let err = stderr(&m.output);
+    assert_eq!(code(&m), Some(1), "{err}");
+    assert!(
+        err.contains("need about 100.0 GB of memory; this machine has"),
+        "{err}"
+    );
+    assert!(m.peak_rss_bytes < 100 << 20, "refused before allocating");
+}
+
+#[test]
+fn more_shards_than_the_process_can_open_files_for_are_refused() {
+    let script = format!(
+        "ulimit -n 256 && exec {} simulate --shards 400 --sessions 10",
+        env!("CARGO_BIN_EXE_baton")
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--shards 400 needs about 1664 open files; this process may open 256"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_simulation_stopped_by_sigint_prints_its_report_and_exits_130() {
+    let args: Vec<String> = [
+        "simulate",
+        "--sessions",
+        "4",
+        "--work-items",
+        "8",
+        "--turns",
+        "100000..100000",
+        "--json",
+        "-v",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = support::cli::baton_spawn(&args);
+    // Turns are being taken: the handlers were installed before the fleet started.
+    child.wait_for_stderr("session transition");
+    child.signal(libc::SIGINT);
+    let o = child.finish();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(report["unfinished"], 8, "{report}");
+}

@@ -455,6 +455,23 @@ impl std::io::Write for Sink {
     }
 }
 
+/// A window no usage can be measured against is the window's fault, not call 1's.
+#[test]
+fn an_absurd_window_is_refused_as_the_window() {
+    let err = replay(&series(&[(1000, 10)]), &opts(1 << 32)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ReplayError::BadWindow {
+                window: 4_294_967_296,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("call"), "{err}");
+}
+
 #[test]
 fn a_summary_not_below_the_window_is_refused_before_any_call() {
     let err = replay(

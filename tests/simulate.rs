@@ -88,7 +88,11 @@ async fn simulation_accounts_for_every_work_item_and_effect() {
         "{r:?}"
     );
     assert!(r.compactions.failed > 0, "1% failures were injected");
-    check_invariants(&run.inventory, &run.runtime, &run.events);
+    let inventory = run
+        .inventory
+        .as_ref()
+        .expect("no duration: the inventory is taken");
+    check_invariants(inventory, &run.runtime, &run.events);
     // Each item, one by one: it ended exactly once, and where the inventory says it is.
     let mut ends: HashMap<WorkItemId, Vec<&FleetEvent>> = HashMap::new();
     for e in &run.events {
@@ -98,8 +102,8 @@ async fn simulation_accounts_for_every_work_item_and_effect() {
             ends.entry(*work_item).or_default().push(e);
         }
     }
-    assert_eq!(run.inventory.items.len() as u64, r.work_items);
-    for (id, place) in &run.inventory.items {
+    assert_eq!(inventory.items.len() as u64, r.work_items);
+    for (id, place) in &inventory.items {
         let end = ends.get(id).map_or(&[][..], |v| &v[..]);
         match (end, place) {
             ([FleetEvent::WorkItemDone { session, .. }], Place::Done(s)) => assert_eq!(session, s),
@@ -130,16 +134,19 @@ async fn the_same_seed_gives_the_same_totals() {
 }
 
 #[actix::test]
-async fn the_same_seed_gives_the_same_rotations_when_handoffs_fall_back() {
+async fn the_same_seed_gives_the_same_rotations_in_a_failure_storm() {
     let a = run_recorded(&stormy(11), |_| {}).await.unwrap();
     let b = run_recorded(&stormy(11), |_| {}).await.unwrap();
     let r = &a.report;
+    // Transient handoff failures are retried within the rotation's limit, so the storm's
+    // handoffs rarely fall back now; its retries and failed compactions still decide the rest.
     assert!(
-        r.fallback_handoffs > 20 && r.retries > 0,
-        "the storm exercised fallbacks and retries: {r:?}"
+        r.retries > 100 && r.compactions.failed > 100,
+        "the storm exercised retries and failures: {r:?}"
     );
-    // Fallback handoffs carry the injected error and the last compaction summary: their sizes
-    // (and so everything after them) must not depend on which thread got there first.
+    // Handoffs (fallbacks included) carry the injected error and the last compaction summary:
+    // their sizes (and so everything after them) must not depend on which thread got there
+    // first.
     assert_eq!(rotations_by_item(&a.events), rotations_by_item(&b.events));
     assert_eq!(handoffs_by_item(&a), handoffs_by_item(&b));
     assert_eq!(a.report.totals(), b.report.totals());

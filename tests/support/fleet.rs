@@ -1,12 +1,18 @@
 //! A harness for fleet scenarios: a supervisor over a `MemoryRuntime`, with the event stream
 //! collected and helpers to wait for what a scenario expects.
+//!
+//! Nothing here waits for a quiet spell: a scenario waits for the events it expects
+//! ([`Harness::wait_for`], [`Harness::wait_until`]) or for an explicit condition on the
+//! supervisor's inventory ([`Harness::quiet`]). Scenarios on one thread run on paused tokio time
+//! ([`pause_clock`]), so that latencies, timeouts, retries and polls cost no wall time and fire
+//! in the order of their deadlines, whatever the machine's load.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::{
-    AgentType, FleetEvent, Inventory, Place, SessionId, Supervisor, SupervisorConfig,
+    AgentType, FleetEvent, Inventory, Phase, Place, SessionId, Supervisor, SupervisorConfig,
     SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -43,27 +49,78 @@ impl Harness {
     pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&FleetEvent) -> bool) -> FleetEvent {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(e)) => {
-                    self.log.push(e.clone());
-                    if pred(&e) {
-                        return e;
-                    }
-                }
-                Ok(None) => panic!(
-                    "event stream closed while waiting for {what}; log: {:#?}",
-                    self.log
-                ),
-                Err(_) => panic!("timed out waiting for {what}; log: {:#?}", self.log),
+            let e = self.next(what, deadline).await;
+            if pred(&e) {
+                return e;
             }
         }
     }
 
-    /// Collects whatever arrives within `quiet` of the last event.
-    pub async fn settle(&mut self, quiet: Duration) {
-        while let Ok(Some(e)) = tokio::time::timeout(quiet, self.events.recv()).await {
+    /// Waits (up to 10 s) until the whole log so far satisfies `pred`: a barrier on the events
+    /// a scenario expects, which holds at once if they have all arrived already.
+    pub async fn wait_until(&mut self, what: &str, pred: impl Fn(&[FleetEvent]) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !pred(&self.log) {
+            self.next(what, deadline).await;
+        }
+    }
+
+    /// The next event, kept in `log`; panics with the log at `deadline` or if the stream ends.
+    async fn next(&mut self, what: &str, deadline: tokio::time::Instant) -> FleetEvent {
+        match tokio::time::timeout_at(deadline, self.events.recv()).await {
+            Ok(Some(e)) => {
+                self.log.push(e.clone());
+                e
+            }
+            Ok(None) => panic!(
+                "event stream closed while waiting for {what}; log: {:#?}",
+                self.log
+            ),
+            Err(_) => panic!("timed out waiting for {what}; log: {:#?}", self.log),
+        }
+    }
+
+    /// Keeps every event published so far, without waiting for more.
+    pub fn drain(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
             self.log.push(e);
         }
+    }
+
+    /// Waits (up to 60 s) until the supervisor's inventory shows a quiet fleet, and returns
+    /// it: no start, rotation or close under way, and no session compacting or rotating. The
+    /// condition is checked again on every event, and every millisecond besides, since a
+    /// close that succeeds publishes nothing; on paused time the millisecond is virtual.
+    pub async fn quiet(&mut self) -> Inventory {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            self.drain();
+            let inv = self.inventory().await;
+            if inv.in_flight == 0
+                && inv
+                    .sessions
+                    .iter()
+                    .all(|(_, _, p)| matches!(p, Phase::Normal | Phase::Closed))
+            {
+                return inv;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the fleet never went quiet: {inv:?}"
+            );
+            if let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(1), self.events.recv()).await
+            {
+                self.log.push(e);
+            }
+        }
+    }
+
+    /// Lets `d` of virtual time pass on a paused clock, every timer due meanwhile firing in
+    /// order: a scenario's way to show that nothing happens within `d` (time control, not a
+    /// wait for something to happen).
+    pub async fn elapse(&self, d: Duration) {
+        tokio::time::sleep(d).await;
     }
 
     /// Waits for the session started for `item` (the next one, if it already had some).
@@ -272,4 +329,21 @@ impl Harness {
             log: Vec::new(),
         }
     }
+}
+
+/// Pauses tokio's clock for a scenario whose fleet runs on the test's own thread (no shards, no
+/// journal thread): timers then fire in deadline order as soon as every task waits, so a
+/// latency, timeout, retry or poll costs no wall time and cannot be reordered by load.
+pub fn pause_clock() {
+    tokio::time::pause();
+}
+
+/// The event of `session` entering `phase`.
+pub fn entered(session: SessionId, phase: Phase) -> impl Fn(&FleetEvent) -> bool {
+    move |e| matches!(e, FleetEvent::Transition(t) if t.session == session && t.to == phase)
+}
+
+/// How many events of `log` match `pred`.
+pub fn count(log: &[FleetEvent], pred: impl Fn(&FleetEvent) -> bool) -> usize {
+    log.iter().filter(|e| pred(e)).count()
 }

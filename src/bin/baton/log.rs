@@ -19,8 +19,8 @@ use crate::{output, usage};
 ///
 /// Lists rotations (the default), sessions, compactions, work items or the event log.
 ///
-/// The journal is only read (never created or changed), so this is safe while a supervisor is
-/// writing it. Filters combine; --reason applies to rotations, and to events, where it keeps
+/// The journal is only read (never created or changed, and no file is made beside it), so this
+/// is safe while a supervisor is writing it, and works in a read-only directory. Filters combine; --reason applies to rotations, and to events, where it keeps
 /// only the events of rotations for that reason.
 /// Times are RFC 3339 in UTC (2026-11-25T10:00:00Z, or just 2026-11-25) or an age before now
 /// (90s, 30m, 2h, 7d, 1h 30m).
@@ -253,7 +253,8 @@ pub fn run(args: Args) -> Result<()> {
             render(out).map_err(std::io::Error::other)
         })?,
         None => {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // Through main's stdout: a reader that went away (`| head`) is a quiet end.
+            let mut out = std::io::BufWriter::new(crate::stdout());
             render(&mut out)?;
             out.flush()?;
         }
@@ -313,9 +314,12 @@ fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> R
     Ok(())
 }
 
-/// `2026-11-25 10:00:00` (UTC, to the second) for tables.
+/// `2026-11-25 10:00:00` (UTC, to the second) for tables; years beyond four digits (a damaged
+/// row) are shown whole.
 fn when(t: Timestamp) -> String {
-    t.to_string()[..19].replace('T', " ")
+    let text = t.to_string();
+    let seconds = text.rsplit_once('.').map_or(text.as_str(), |(s, _)| s);
+    seconds.replace('T', " ")
 }
 
 /// Adds a row of cells, each escaped: journal fields are outside data (an agent type or an
@@ -531,6 +535,32 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_or_ages_humantime_reads() {
+        assert_eq!(
+            parse_time("2026-11-25").unwrap(),
+            Timestamp::parse("2026-11-25T00:00:00Z").unwrap()
+        );
+        let before = Timestamp::now().millis();
+        let t = parse_time("1h 30m").unwrap().millis();
+        let after = Timestamp::now().millis();
+        assert!((before - 5_400_000..=after - 5_400_000).contains(&t), "{t}");
+        // An age beyond the epoch's range is clamped, not wrapped.
+        assert!(parse_time("500000000years").unwrap().millis() < 0);
+        for bad in ["yesterday", "-5m", "5 parsecs", ""] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.starts_with("not a time"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn table_times_are_shown_to_the_second_whatever_the_year() {
+        assert_eq!(when(Timestamp(0)), "1970-01-01 00:00:00");
+        assert_eq!(when(Timestamp(-1)), "1969-12-31 23:59:59");
+        assert!(when(Timestamp(i64::MAX)).starts_with("292278994-08-17 07:12:55"));
+        assert!(when(Timestamp(i64::MIN)).starts_with("-292275055-05-16 16:47:04"));
+    }
 
     #[test]
     fn json_lines_escape_what_a_terminal_acts_on_and_mean_the_same() {

@@ -9,7 +9,7 @@
 //!
 //! | code | meaning |
 //! | --- | --- |
-//! | 0 | success: every item done, every trace replayed; also when the reader of standard output went away (`baton replay ... \| head -1`): a closed pipe is a normal end, not a failure |
+//! | 0 | success: every item done, every trace replayed; also when the reader of standard output went away (`baton replay ... \| head -1`): a closed pipe is a normal end, not a failure (subcommands write through [`stdout`] for this) |
 //! | 1 | failure: work failed, dead-lettered or unfinished, an input could not be read, or another runtime error |
 //! | 2 | usage error: a flag or argument refused (by clap, or by baton's own checks through [`UsageError`]) |
 //! | 130 | interrupted by SIGINT |
@@ -185,7 +185,7 @@ fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + 
 fn finish(result: anyhow::Result<Exit>) -> Exit {
     match result {
         Ok(exit) => exit,
-        Err(e) if is_broken_pipe(&e) => Exit::Success,
+        Err(e) if is_stdout_closed(&e) => Exit::Success,
         Err(e) => {
             eprintln!("error: {}", output::escape(&chain_message(&e)));
             if e.chain().any(|c| c.is::<UsageError>()) {
@@ -197,13 +197,51 @@ fn finish(result: anyhow::Result<Exit>) -> Exit {
     }
 }
 
-/// Whether `e` is standard output closed by its reader (`| head -1`): writing more is pointless,
-/// and nothing failed.
-fn is_broken_pipe(e: &anyhow::Error) -> bool {
+/// Whether `e` is standard output closed by its reader (`| head -1`), as [`stdout`] reports
+/// it: writing more is pointless, and nothing failed. A broken pipe elsewhere (a server that hung
+/// up) is a real failure and is not taken for this.
+fn is_stdout_closed(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        c.is::<StdoutClosed>()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<StdoutClosed>())
     })
+}
+
+/// Standard output closed by its reader: the error [`stdout`]'s writes fail with then.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output closed by its reader")]
+pub struct StdoutClosed;
+
+/// Standard output for a subcommand's results (locked, buffered by std per line). A write
+/// that fails because the reader went away fails with [`StdoutClosed`] inside the `io::Error`,
+/// which `main` turns into a quiet exit 0; every other error is passed through unchanged.
+pub fn stdout() -> Stdout {
+    Stdout(std::io::stdout().lock())
+}
+
+/// See [`stdout`].
+pub struct Stdout(std::io::StdoutLock<'static>);
+
+impl Stdout {
+    fn closed(e: std::io::Error) -> std::io::Error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, StdoutClosed)
+        } else {
+            e
+        }
+    }
+}
+
+impl std::io::Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf).map_err(Self::closed)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush().map_err(Self::closed)
+    }
 }
 
 /// The error and its causes on one line, each cause once: the library's errors already name
@@ -261,11 +299,18 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_standard_output_is_a_normal_end() {
-        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+    fn a_closed_standard_output_is_a_normal_end_and_another_broken_pipe_a_failure() {
+        let closed = Stdout::closed(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
         assert_eq!(
-            finish(Err(anyhow::Error::new(pipe).context("writing"))),
+            finish(Err(anyhow::Error::new(closed).context("writing"))),
             Exit::Success
+        );
+        let server = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(
+            finish(Err(
+                anyhow::Error::new(server).context("sending the request")
+            )),
+            Exit::Failure
         );
     }
 }

@@ -1,20 +1,7 @@
-//! The policy flags shared by the subcommands, and how a subcommand reports a usage error it
-//! finds after parsing (exit status 2, as clap's own).
-
-use std::fmt::Display;
+//! The policy flags shared by the subcommands, and the checks of flags clap cannot express.
 
 use anyhow::{Context, Result};
 use baton::Policy;
-
-/// Ends the process as clap does for a usage error: `error: MESSAGE` on stderr, exit status 2.
-/// Only for checks made before any work starts.
-pub fn usage_error(message: impl Display) -> ! {
-    clap::Error::raw(
-        clap::error::ErrorKind::ValueValidation,
-        format!("{message}\n"),
-    )
-    .exit()
-}
 
 /// The first name given twice, if any.
 pub fn first_duplicate<T: PartialEq>(names: &[T]) -> Option<&T> {
@@ -55,8 +42,7 @@ impl PolicyArgs {
     }
 
     /// The validated policy; an invalid one is a usage error (exit status 2).
-    pub fn policy_or_exit(&self) -> Policy {
-        self.policy()
-            .unwrap_or_else(|e| usage_error(format!("{e:#}")))
+    pub fn checked(&self) -> Result<Policy> {
+        self.policy().map_err(|e| crate::usage(format!("{e:#}")))
     }
 }

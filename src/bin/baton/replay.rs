@@ -79,7 +79,7 @@ pub fn run(args: Args) -> Result<Exit> {
         window: args.window,
         summary_tokens: args.summary_tokens,
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout();
     let mut panels = Vec::new();
     let mut failed = 0usize;
     for path in &args.traces {
@@ -152,9 +152,15 @@ fn read(path: &Path, cap: u64) -> Result<Vec<Trace>> {
 /// terminal sequence too) and bidirectional overrides are written as `\uXXXX` here. The JSON
 /// reads back to the same strings.
 fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()> {
-    let mut ser = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
-    value.serialize(&mut ser)?;
-    writeln!(out)?;
+    // Serialised first, so that a closed stdout is the plain `io::Error` `main` recognises, not
+    // one wrapped in serde_json's.
+    let mut line = Vec::new();
+    value.serialize(&mut serde_json::Serializer::with_formatter(
+        &mut line,
+        TerminalSafe,
+    ))?;
+    line.push(b'\n');
+    out.write_all(&line)?;
     Ok(())
 }
 
@@ -167,6 +173,9 @@ impl serde_json::ser::Formatter for TerminalSafe {
         writer: &mut W,
         fragment: &str,
     ) -> std::io::Result<()> {
+        if matches!(output::escape(fragment), Cow::Borrowed(_)) {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut rest = fragment;
         let unsafe_char = |c: char| {
             let mut buf = [0; 4];

@@ -272,19 +272,19 @@ fn api_root(endpoint: &str) -> String {
     }
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let policy = args.policy.policy_or_exit();
+pub fn run(args: Args) -> Result<crate::Exit> {
+    let policy = args.policy.checked()?;
     let specs = args
         .agent_types
         .iter()
-        .map(|s| agent_spec(s).unwrap_or_else(|e| crate::policy_args::usage_error(e)))
-        .collect::<Vec<_>>();
+        .map(|s| agent_spec(s).map_err(|e| crate::usage(format!("{e:#}"))))
+        .collect::<Result<Vec<_>>>()?;
     let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
     if let Some(dup) = crate::policy_args::first_duplicate(&names) {
-        crate::policy_args::usage_error(format!(
+        return Err(crate::usage(format!(
             "--agent-type {:?} is given twice",
             crate::output::escape(dup)
-        ));
+        )));
     }
     let items = read_items(&args.items, args.max_items_mib * 1024 * 1024, &names)?;
     let api_key = match &args.api_key_env {
@@ -430,10 +430,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         Ok(None)
     })?;
-    match stopped {
-        Some(signal) => crate::signals::exit_interrupted(signal),
-        None => Ok(()),
-    }
+    Ok(stopped.map_or(crate::Exit::Success, crate::signals::Signal::exit))
 }
 
 fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
@@ -481,6 +478,81 @@ fn write_items(out: &mut impl Write, r: &RunReport) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// What a work-item file is made of: JSON structure, its keys, comments, marks and controls.
+    const PIECES: &[&str] = &[
+        "{",
+        "}",
+        "\"",
+        ":",
+        ",",
+        "\n",
+        "\r\n",
+        " ",
+        "#",
+        "\u{feff}",
+        "\"id\"",
+        "\"text\"",
+        "\"agent_type\"",
+        "\"a\"",
+        "\"b\"",
+        "1",
+        "-1",
+        "1e300",
+        "18446744073709551616",
+        "null",
+        "\"x\"",
+        "fix it",
+        "\u{1b}[2J",
+        "\u{0}",
+    ];
+
+    fn check_parse(text: &str) {
+        let names = ["a".to_owned(), "b".to_owned()];
+        if let Ok(items) = parse_items(text, "items", &names) {
+            assert!(!items.is_empty());
+            let mut ids: Vec<_> = items.iter().map(|i| i.id).collect();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), items.len(), "ids are unique");
+            assert!(
+                items
+                    .iter()
+                    .all(|i| names.iter().any(|n| **n == *i.agent_type))
+            );
+            assert!(items.iter().all(|i| !i.text.trim().is_empty()));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn work_item_files_of_arbitrary_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            check_parse(&String::from_utf8_lossy(&bytes));
+        }
+
+        #[test]
+        fn work_item_files_of_json_lines_soup_parse_or_are_refused(pieces in proptest::collection::vec(0..PIECES.len(), 0..200)) {
+            let text: String = pieces.iter().map(|&p| PIECES[p]).collect();
+            check_parse(&text);
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_does_not_hide_json_lines() {
+        let items = parse_items(
+            "\u{feff}{\"id\": 4, \"text\": \"fix\"}\n",
+            "items",
+            &["a".to_owned()],
+        )
+        .unwrap();
+        assert_eq!(
+            (items[0].id, items[0].text.as_str()),
+            (WorkItemId(4), "fix")
+        );
+    }
 
     #[test]
     fn agent_specs_take_an_optional_window_and_prompt() {

@@ -19,11 +19,12 @@ pub enum Signal {
 }
 
 impl Signal {
-    /// The exit status of a process stopped by it: 128 plus the signal's number.
-    pub fn exit_code(self) -> i32 {
+    /// How a run stopped by it exits (after its report): 130 or 143, 128 plus the signal's
+    /// number.
+    pub fn exit(self) -> crate::Exit {
         match self {
-            Self::Interrupt => 130,
-            Self::Terminate => 143,
+            Self::Interrupt => crate::Exit::Interrupted,
+            Self::Terminate => crate::Exit::Terminated,
         }
     }
 
@@ -64,7 +65,7 @@ impl Stop {
                 _ = terminate.recv() => Signal::Terminate,
             };
             eprintln!("baton: {} again: stopping at once", second.name());
-            std::process::exit(second.exit_code());
+            std::process::exit(i32::from(second.exit().code()));
         });
         Ok(Self { rx })
     }
@@ -81,12 +82,4 @@ impl Stop {
     pub fn signal(&self) -> Option<Signal> {
         *self.rx.borrow()
     }
-}
-
-/// Ends the process with the status of `signal` (after flushing what was printed), for a run
-/// that stopped on it and printed its report.
-pub fn exit_interrupted(signal: Signal) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    std::process::exit(signal.exit_code())
 }

@@ -57,6 +57,94 @@ pub struct Args {
     json: bool,
 }
 
+/// Resident bytes a simulation holds, measured (`/usr/bin/time -f %M baton simulate ...` at
+/// 10k and 100k sessions, 100k and 400k work items, turns 1..1): about 3.1 KB per live session
+/// (its actor, machine and simulated agent) and 0.52 KB per work item, on a base of about
+/// 20 MB. The estimate rounds each up.
+const SESSION_BYTES: u64 = 3_600;
+/// See [`SESSION_BYTES`].
+const WORK_ITEM_BYTES: u64 = 640;
+/// See [`SESSION_BYTES`].
+const BASE_BYTES: u64 = 40 << 20;
+
+/// The memory a simulation needs, estimated up front.
+fn memory_estimate(config: &SimulationConfig) -> u64 {
+    let live = (config.sessions as u64).min(config.work_items);
+    BASE_BYTES
+        .saturating_add(live.saturating_mul(SESSION_BYTES))
+        .saturating_add(config.work_items.saturating_mul(WORK_ITEM_BYTES))
+}
+
+/// The memory the machine can give now (`MemAvailable` in /proc/meminfo), when it says.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// Refuses a simulation whose estimated memory is beyond what the machine has available
+/// (leaving a tenth of it to everything else), saying both figures.
+fn check_memory(config: &SimulationConfig, journaled: bool) -> Result<()> {
+    let need = memory_estimate(config);
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let usable = available / 10 * 9;
+    if need > usable {
+        bail!(
+            "{} sessions and {} work items need about {:.1} GB of memory; this machine has {:.1} GB \
+             available: give fewer --sessions or --work-items",
+            config.sessions,
+            config.work_items,
+            need as f64 / 1e9,
+            available as f64 / 1e9
+        );
+    }
+    if journaled {
+        tracing::debug!(
+            need,
+            available,
+            "memory estimate (the journal's writer adds its own queue)"
+        );
+    }
+    Ok(())
+}
+
+/// Open files a shard needs (its runtime's poller and waker, and a margin); the process keeps
+/// this many more for itself.
+const FILES_PER_SHARD: u64 = 4;
+/// See [`FILES_PER_SHARD`].
+const FILES_RESERVED: u64 = 64;
+
+/// The soft limit on open files (`RLIMIT_NOFILE`, from /proc/self/limits), when it says.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    soft.parse().ok() // "unlimited" is no limit
+}
+
+/// Refuses more shards than the process can open files for, instead of failing inside the
+/// actor runtime.
+fn check_shards(shards: usize) -> Result<()> {
+    let Some(limit) = open_file_limit() else {
+        return Ok(());
+    };
+    let need = (shards as u64).saturating_mul(FILES_PER_SHARD) + FILES_RESERVED;
+    if need > limit {
+        return Err(crate::usage(format!(
+            "--shards {shards} needs about {need} open files; this process may open {limit} \
+             (ulimit -n): give at most {} shards, or raise the limit",
+            limit.saturating_sub(FILES_RESERVED) / FILES_PER_SHARD
+        )));
+    }
+    Ok(())
+}
+
 /// The most sessions a simulation takes.
 const MAX_SESSIONS: u64 = 10_000_000;
 /// The most work items a simulation takes.
@@ -94,19 +182,19 @@ fn turns(spec: &str) -> Result<(u32, u32)> {
     Ok((a, b))
 }
 
-pub fn run(args: Args) -> Result<()> {
-    use crate::policy_args::{first_duplicate, usage_error};
+pub fn run(args: Args) -> Result<crate::Exit> {
+    use crate::policy_args::first_duplicate;
     let agent_types: Vec<(String, u64)> = args
         .agent_types
         .iter()
-        .map(|s| agent_type(s).unwrap_or_else(|e| usage_error(format!("--agent-types: {e:#}"))))
-        .collect();
+        .map(|s| agent_type(s).map_err(|e| crate::usage(format!("--agent-types: {e:#}"))))
+        .collect::<Result<_>>()?;
     let names: Vec<&str> = agent_types.iter().map(|(n, _)| n.as_str()).collect();
     if let Some(dup) = first_duplicate(&names) {
-        usage_error(format!(
+        return Err(crate::usage(format!(
             "--agent-types: agent type {:?} is given twice",
             crate::output::escape(dup)
-        ));
+        )));
     }
     let config = SimulationConfig {
         sessions: args.sessions as usize,
@@ -114,11 +202,11 @@ pub fn run(args: Args) -> Result<()> {
             .work_items
             .unwrap_or(args.sessions.saturating_mul(2).min(MAX_WORK_ITEMS)),
         agent_types,
-        policy: args.policy.policy_or_exit(),
+        policy: args.policy.checked()?,
         failure_rate: args.failure_rate,
         seed: args.seed,
         duration: args.duration,
-        turns: turns(&args.turns).unwrap_or_else(|e| usage_error(format!("{e:#}"))),
+        turns: turns(&args.turns).map_err(|e| crate::usage(format!("{e:#}")))?,
         summary_ratio: 0.5,
         shards: args.shards.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -134,17 +222,31 @@ pub fn run(args: Args) -> Result<()> {
             None => None,
         },
     };
+    check_memory(&config, args.journal.is_some())?;
+    check_shards(config.shards)?;
     let bar = crate::table::progress_bar(config.work_items);
-    let report = actix::System::new().block_on(simulate::run(&config, |p| {
-        bar.set_position(p.finished);
-        bar.set_message(format!("{} usage messages", p.messages));
-    }))?;
+    let (report, signal) = actix::System::new().block_on(async {
+        let stop = crate::signals::Stop::install().context("cannot handle signals")?;
+        let report = simulate::run_until(
+            &config,
+            |p| {
+                bar.set_position(p.finished);
+                bar.set_message(format!("{} usage messages", p.messages));
+            },
+            stop.requested(),
+        )
+        .await?;
+        anyhow::Ok((report, stop.signal()))
+    })?;
     bar.finish_and_clear();
     let outcomes = crate::table::simulated_outcomes(&report);
     crate::table::write_report(args.json, &report, |out, r| {
         let title = format!("baton simulate, seed {}", r.seed);
         crate::table::write_fleet_table(out, &title, r, &outcomes)
     })?;
+    if let Some(signal) = signal {
+        return Ok(signal.exit());
+    }
     if outcomes.not_finished() > 0 {
         bail!(
             "{} of {} work items did not finish ({} dead-lettered, {} unfinished)",
@@ -154,7 +256,7 @@ pub fn run(args: Args) -> Result<()> {
             outcomes.unfinished
         );
     }
-    Ok(())
+    Ok(crate::Exit::Success)
 }
 
 #[cfg(test)]
