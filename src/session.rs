@@ -266,12 +266,27 @@ pub struct SessionStatus {
     pub successor: Option<SessionId>,
 }
 
-/// Handles `reading` (if any) as [`ReportUsage`] would, then answers a receiver of the
-/// session's [`SessionStatus`] whose current value is the status after the reading: a caller
-/// that awaits its changes cannot miss one that the reading caused.
+/// What a [`Watch`] hands the session before it answers.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A usage reading, as [`ReportUsage`].
+    Usage(ReportUsage),
+    /// The endpoint refused a request of the session as too big for its window:
+    /// [`Event::Overflow`], with the server's figures when it gave them.
+    Overflow {
+        /// Tokens the server counted in the refused prompt.
+        prompt: Option<u64>,
+        /// The window the server enforces.
+        window: Option<u64>,
+    },
+}
+
+/// Handles `input` (if any), then answers a receiver of the session's [`SessionStatus`] whose
+/// current value is the status after the input: a caller that awaits its changes cannot miss
+/// one that the input caused.
 #[derive(Debug, Message)]
 #[rtype(result = "watch::Receiver<SessionStatus>")]
-pub(crate) struct Watch(pub Option<ReportUsage>);
+pub(crate) struct Watch(pub Option<Input>);
 
 /// Asks a session for its [`SessionInfo`].
 #[derive(Debug, Message)]
@@ -619,10 +634,14 @@ impl Handler<Command> for SessionActor {
 impl Handler<Watch> for SessionActor {
     type Result = MessageResult<Watch>;
 
-    fn handle(&mut self, Watch(reading): Watch, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, Watch(input): Watch, ctx: &mut Self::Context) -> Self::Result {
         self.take_waiting(ctx);
-        if let Some(r) = reading {
-            self.usage(r.used, r.window, r.source, ctx);
+        match input {
+            Some(Input::Usage(r)) => self.usage(r.used, r.window, r.source, ctx),
+            Some(Input::Overflow { prompt, window }) => {
+                self.dispatch(&Event::Overflow { prompt, window }, ctx)
+            }
+            None => {}
         }
         let phase = self.machine.phase();
         let watchers = self.watchers.get_or_insert_with(|| {

@@ -606,6 +606,18 @@ impl Supervisor {
     /// Closes a session at the runtime in the background, retrying transient failures within
     /// the close deadline; a final failure is reported, not fatal.
     fn close_at_runtime(&mut self, session: SessionId, ctx: &mut Context<Self>) {
+        self.close_in_background(session, false, ctx);
+    }
+
+    /// Closes a session that died with an earlier process (recovery): as
+    /// [`close_at_runtime`](Self::close_at_runtime), except that a runtime which no longer
+    /// knows the session (its agents died with that process too) is what was expected, not a
+    /// warning.
+    pub(super) fn close_stale(&mut self, session: SessionId, ctx: &mut Context<Self>) {
+        self.close_in_background(session, true, ctx);
+    }
+
+    fn close_in_background(&mut self, session: SessionId, stale: bool, ctx: &mut Context<Self>) {
         let runtime = self.runtime.clone();
         let (retry, limit) = (self.retry_policy(), self.config.close_timeout);
         self.in_flight += 1;
@@ -619,8 +631,12 @@ impl Supervisor {
                     if matches!(result, Ok(()) | Err(RuntimeError::UnknownSession(_))) {
                         act.note(Op::Released { session });
                     }
-                    if let Err(e) = result {
-                        act.runtime_warning(session, format!("close failed: {e}"));
+                    match result {
+                        Ok(()) => {}
+                        Err(RuntimeError::UnknownSession(_)) if stale => {
+                            tracing::debug!(%session, "a session of the previous process is unknown to the runtime: nothing to close");
+                        }
+                        Err(e) => act.runtime_warning(session, format!("close failed: {e}")),
                     }
                     act.check_shutdown();
                 }),

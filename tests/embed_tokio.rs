@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::{
-    AgentType, FleetEvent, Phase, SessionHandle, Settled, Supervisor, SupervisorHandle,
-    UsageSource, WorkItem, WorkItemId,
+    AgentType, FleetEvent, Journal, Phase, RotationReason, SessionHandle, Settled, Supervisor,
+    SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 
 fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
@@ -156,4 +156,69 @@ fn a_fleet_started_from_a_plain_thread_is_usable_from_any_runtime() {
             })
     });
     assert!(worker.join().unwrap().clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflow_rotates_the_session_and_names_its_successor() {
+    let runtime = runtime();
+    let builder = Supervisor::builder(runtime.clone()).agent_type(AgentType::new("coder", 1000));
+    let mut events = builder.subscribe();
+    let fleet = builder.start();
+    fleet.submit(item(1)).await.unwrap();
+    let session = started(&mut events, 1).await;
+    let handle = fleet.session(session).await.unwrap();
+    let settled = handle
+        .overflow_and_settle(Some(1200), Some(1000))
+        .await
+        .unwrap();
+    let Settled::Rotated { successor } = settled else {
+        panic!("an overflow rotates: got {settled:?}");
+    };
+    let record = loop {
+        if let FleetEvent::Rotation(r) = events.recv().await.unwrap() {
+            break r;
+        }
+    };
+    assert_eq!(record.reason, RotationReason::Overflow);
+    assert_eq!(record.old_session, session);
+    assert_eq!(record.new_session, Some(successor));
+    assert!(fleet.session(successor).await.is_some());
+    assert!(fleet.shutdown(Duration::from_secs(5)).await.clean);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_on_the_builder_sees_every_recovered_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.db");
+    {
+        let fleet = Supervisor::builder(runtime())
+            .agent_type(AgentType::new("coder", 1000))
+            .journal(Journal::open(&path).unwrap())
+            .unwrap()
+            .start();
+        for id in 1..=5 {
+            fleet.submit(item(id)).await.unwrap();
+        }
+        // Shut down with the items held or queued: the journal keeps them unfinished.
+        fleet.shutdown(Duration::from_secs(5)).await;
+    }
+    let journal = Journal::open(&path).unwrap();
+    let builder = Supervisor::builder(runtime())
+        .agent_type(AgentType::new("coder", 1000))
+        .journal(journal)
+        .unwrap();
+    let mut events = builder.subscribe();
+    let fleet = builder.start();
+    // However long the caller takes after start, nothing published since is lost.
+    fleet.inventory().await.unwrap();
+    tokio::task::yield_now().await;
+    let mut recovered = Vec::new();
+    while recovered.len() < 5 {
+        if let FleetEvent::Recovered { work_item, .. } = events.recv().await.unwrap() {
+            recovered.push(work_item.0);
+        }
+    }
+    recovered.sort_unstable();
+    assert_eq!(recovered, [1, 2, 3, 4, 5]);
+    fleet.shutdown(Duration::from_secs(5)).await;
 }

@@ -828,7 +828,7 @@ fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it() {
             .work_items(&Filter::default())
             .unwrap()
             .into_iter()
-            .filter(|i| i.place == baton::journal::WorkItemPlace::Done)
+            .filter(|i| i.place == WorkItemPlace::Done)
             .map(|i| i.work_item.0)
             .collect();
         let seen = reported(&dir);

@@ -874,3 +874,75 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
         "{sessions:?}"
     );
 }
+
+#[test]
+fn a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let p = path.clone();
+    on_a_system(move || async move {
+        let journal = journal_file(&p);
+        let rt = memory(vec![]);
+        let sup = start(&rt, journal, config());
+        let mut events = sup.subscribe();
+        for i in 1..=3 {
+            sup.submit(item(i, "sonnet")).await.unwrap();
+        }
+        for i in 1..=3 {
+            started(&mut events, i).await;
+        }
+        // Dropped here with three live sessions: a crash; their agents die with it.
+    });
+    let (log, inv) = on_a_system(move || async move {
+        let journal = journal_file(&path);
+        let first = journal.next_session_id().unwrap();
+        assert_eq!(first, SessionId(4), "above the three the journal holds");
+        // A new runtime: it knows none of the old sessions, and numbers from `first`.
+        let rt = Arc::new(
+            MemoryRuntime::new(MemoryConfig {
+                base_tokens: 100,
+                ..MemoryConfig::default()
+            })
+            .numbering_from(first),
+        );
+        let builder = Supervisor::builder(rt.clone())
+            .config(config())
+            .agent_type(agent("sonnet"))
+            .journal(journal)
+            .unwrap();
+        let mut events = builder.subscribe();
+        let sup = builder.start();
+        let mut log = Vec::new();
+        // The three items start again (in whatever order).
+        for _ in 1..=3 {
+            log.extend(
+                wait_for(&mut events, "restart", |e| {
+                    matches!(e, FleetEvent::SessionStarted { .. })
+                })
+                .await,
+            );
+        }
+        let inv = settle(&sup).await;
+        sup.shutdown(Duration::from_secs(5)).await;
+        while let Ok(e) = events.try_recv() {
+            log.push(e);
+        }
+        (log, inv)
+    });
+    let requeued = recovered(&log)
+        .into_iter()
+        .filter(|(_, o)| matches!(o, RecoveryOutcome::Requeued { .. }))
+        .count();
+    assert_eq!(requeued, 3, "{log:#?}");
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, FleetEvent::RuntimeWarning { .. })),
+        "closing sessions that died with the old process is not a warning: {log:#?}"
+    );
+    for (_, place) in &inv.items {
+        let Place::Live(s) = place else {
+            panic!("{place:?}")
+        };
+        assert!(s.0 >= 4, "a fresh id, not one the journal knows: {s}");
+    }
+}

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use baton::JournalReader;
-use baton::journal::Filter;
+use baton::journal::{Filter, WorkItemPlace};
 
 /// The test that doubles as the child process.
 const CHILD: &str = "orchestrator_child_runs_the_example";
@@ -87,7 +87,7 @@ fn the_orchestrator_killed_mid_run_and_restarted_finishes_every_item_exactly_onc
     let items = v.work_items(&Filter::default()).unwrap();
     assert_eq!(items.len() as u64, ITEMS);
     for i in &items {
-        assert_eq!(i.place, baton::journal::WorkItemPlace::Done, "{i:?}");
+        assert_eq!(i.place, WorkItemPlace::Done, "{i:?}");
     }
     let mut done: HashMap<u64, usize> = HashMap::new();
     for e in v.events(&Filter::default()).unwrap() {

@@ -134,16 +134,19 @@ async fn the_same_seed_gives_the_same_totals() {
 }
 
 #[actix::test]
-async fn the_same_seed_gives_the_same_rotations_when_handoffs_fall_back() {
+async fn the_same_seed_gives_the_same_rotations_in_a_failure_storm() {
     let a = run_recorded(&stormy(11), |_| {}).await.unwrap();
     let b = run_recorded(&stormy(11), |_| {}).await.unwrap();
     let r = &a.report;
+    // Transient handoff failures are retried within the rotation's limit, so the storm's
+    // handoffs rarely fall back now; its retries and failed compactions still decide the rest.
     assert!(
-        r.fallback_handoffs > 20 && r.retries > 0,
-        "the storm exercised fallbacks and retries: {r:?}"
+        r.retries > 100 && r.compactions.failed > 100,
+        "the storm exercised retries and failures: {r:?}"
     );
-    // Fallback handoffs carry the injected error and the last compaction summary: their sizes
-    // (and so everything after them) must not depend on which thread got there first.
+    // Handoffs (fallbacks included) carry the injected error and the last compaction summary:
+    // their sizes (and so everything after them) must not depend on which thread got there
+    // first.
     assert_eq!(rotations_by_item(&a.events), rotations_by_item(&b.events));
     assert_eq!(handoffs_by_item(&a), handoffs_by_item(&b));
     assert_eq!(a.report.totals(), b.report.totals());

@@ -1,9 +1,11 @@
 //! Reading a journal: sessions, rotations, compactions, work items and events, filtered.
 //!
 //! [`JournalReader`] opens a journal file read-only (it never creates, migrates or changes
-//! one, so it is safe beside a running supervisor: SQLite's WAL lets readers and the writer work
-//! at once). [`Journal::read`](super::Journal::read) runs the same queries on a journal in use,
-//! in memory ones included. Both hand out a [`JournalView`].
+//! one, nor any file beside it, so it is safe beside a running supervisor and in a read-only
+//! directory; see its documentation for how). [`Journal::read`](super::Journal::read) runs the
+//! same queries on a journal in use, in memory ones included. Both hand out a [`JournalView`].
+//! A row that does not read as its type stops its listing with [`JournalError::BadRow`], which
+//! names the table, the row and the column.
 
 use std::path::{Path, PathBuf};
 

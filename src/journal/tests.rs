@@ -1141,6 +1141,7 @@ fn journal_states_are_stored_by_their_names_and_read_back_as_themselves() {
         RotationReason::CompactionFailed,
         RotationReason::CompactionBudget,
         RotationReason::Manual,
+        RotationReason::Overflow,
     ] {
         assert_eq!(through_sql(r), (r.as_str().to_string(), r));
     }

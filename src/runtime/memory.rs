@@ -200,6 +200,15 @@ impl MemoryRuntime {
         }
     }
 
+    /// The same runtime, numbering its sessions from `first` (instead of 1): give it
+    /// [`Journal::next_session_id`](crate::Journal::next_session_id) when it replaces agents
+    /// that died with an earlier process, so that no id the journal knows is handed out again.
+    pub fn numbering_from(self, first: crate::vocab::SessionId) -> Self {
+        self.next_id
+            .store(first.0.saturating_sub(1), Ordering::SeqCst);
+        self
+    }
+
     /// The agent "works": its context grows by `tokens`. Returns the new usage, to report.
     pub fn grow(&self, session: SessionId, tokens: u64) -> Result<Usage, RuntimeError> {
         self.with_session(session, |s| {

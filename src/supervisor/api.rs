@@ -12,7 +12,8 @@ use crate::journal::Op;
 use crate::machine::Phase;
 use crate::record::FleetEvent;
 use crate::session::{Command, Inspect, ReportUsage, SessionInfo};
-use crate::vocab::{SessionId, WorkItem, WorkItemId};
+use crate::vocab::SessionId;
+use crate::vocab::{WorkItem, WorkItemId};
 
 /// Queue a work item.
 #[derive(Debug, Message)]

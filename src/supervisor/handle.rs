@@ -16,10 +16,12 @@ use crate::journal::Journal;
 use crate::machine::Phase;
 use crate::record::{EventBus, FleetEvent};
 use crate::session::{
-    Command, Inspect, ReportUsage, SessionActor, SessionInfo, SessionStatus, UsageSlot, Watch,
+    Command, Input, Inspect, ReportUsage, SessionActor, SessionInfo, SessionStatus, UsageSlot,
+    Watch,
 };
 use crate::usage::UsageSource;
-use crate::vocab::{SessionId, WorkItem};
+use crate::vocab::SessionId;
+use crate::vocab::WorkItem;
 
 /// The embedding orchestrator's handle on a running supervisor. Cheap to clone.
 #[derive(Clone)]
@@ -135,7 +137,22 @@ impl SessionHandle {
             window,
             source,
         };
-        Ok(settle(self.watch(Some(reading)).await?).await)
+        Ok(settle(self.watch(Some(Input::Usage(reading))).await?).await)
+    }
+
+    /// Tells the session that its endpoint refused a request as too big for the context
+    /// window (a context overflow), with the server's figures when it gave them: the refused
+    /// prompt's tokens and the window it enforces. The machine decides what that means (it
+    /// rotates the session, reason `overflow`, from any live state; see `docs/semantics.md`),
+    /// and this waits as [`report_and_settle`](Self::report_and_settle) does, so it normally
+    /// returns [`Settled::Rotated`] with the successor to retry with.
+    pub async fn overflow_and_settle(
+        &self,
+        prompt: Option<u64>,
+        window: Option<u64>,
+    ) -> Result<Settled, SupervisorError> {
+        let input = Input::Overflow { prompt, window };
+        Ok(settle(self.watch(Some(input)).await?).await)
     }
 
     /// Waits, without reporting anything, until the session is Normal, has handed over, or
@@ -154,10 +171,10 @@ impl SessionHandle {
 
     async fn watch(
         &self,
-        reading: Option<ReportUsage>,
+        input: Option<Input>,
     ) -> Result<watch::Receiver<SessionStatus>, SupervisorError> {
         self.addr
-            .send(Watch(reading))
+            .send(Watch(input))
             .await
             .map_err(|_| SupervisorError::UnknownSession(self.session))
     }

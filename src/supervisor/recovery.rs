@@ -169,7 +169,7 @@ impl Supervisor {
                     (Place::Starting, Some(outcome))
                 }
                 (StoredPlace::Live | StoredPlace::Rotating, Some(session), _) => {
-                    self.close_at_runtime(session, ctx);
+                    self.close_stale(session, ctx);
                     self.queue.push_back(id);
                     (Place::Queued, Some(RecoveryOutcome::Requeued { session }))
                 }
@@ -198,7 +198,7 @@ impl Supervisor {
         }
         // Closes that a crash cut short.
         for session in state.unreleased {
-            self.close_at_runtime(session, ctx);
+            self.close_stale(session, ctx);
         }
         for r in resumed {
             self.resume_rotation(r, ctx);
@@ -236,10 +236,10 @@ impl Supervisor {
         // The record first: it registers the successor (closed), whose release follows.
         self.bus.publish(FleetEvent::Rotation(record));
         if let Some(successor) = r.successor {
-            self.close_at_runtime(successor, ctx);
+            self.close_stale(successor, ctx);
         }
         if open.contains(&i.old_session) && held != Some(i.old_session) {
-            self.close_at_runtime(i.old_session, ctx);
+            self.close_stale(i.old_session, ctx);
         }
     }
 

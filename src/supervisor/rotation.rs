@@ -27,7 +27,6 @@ use tracing::Instrument;
 
 use super::{
     Place, Supervisor, call_with_retry, close_with_retry, fallback_handoff, rotation_record,
-    unpanicked,
 };
 use crate::journal::{Journal, JournalError, Op, RotationIntent};
 use crate::record::{FleetEvent, RotationId, RotationRecord};
@@ -238,15 +237,21 @@ impl Job {
         };
         // Waiting for a summary slot counts against the limit (and so against the rotation's
         // deadline): a rotation storm queues behind the cap instead of bursting the summariser.
+        // A transient failure is tried again (backoff) within the same limit; the slot is held
+        // across the tries.
         let summary = async {
             let _slot = self
                 .summary_slots
                 .acquire()
                 .await
                 .map_err(|_| RuntimeError::permanent("summary slots closed"))?;
-            unpanicked(self.runtime.summarise(old, SummaryPurpose::Handoff)).await
+            let tries = Cell::new(0);
+            call_with_retry(self.retry, &tries, || {
+                self.runtime.summarise(old, SummaryPurpose::Handoff)
+            })
+            .await
         };
-        match tokio::time::timeout(limit, summary).await {
+        let handoff = match tokio::time::timeout(limit, summary).await {
             Ok(Ok(s)) => Handoff {
                 text: s.text,
                 tokens: s.tokens,
@@ -254,7 +259,9 @@ impl Job {
             },
             Ok(Err(e)) => fallback(&e.to_string()),
             Err(_) => fallback(&format!("timed out after {limit:?}")),
-        }
+        };
+        let cap = self.agent.policy.handoff_cap(self.agent.window);
+        cap_handoff(handoff, cap)
     }
 
     /// Closes the old session at the runtime; notes in the journal when it is released.
@@ -323,8 +330,14 @@ impl Supervisor {
         if let Some(e) = &w.journal_error {
             self.journal_failed(e);
         }
-        if let Some(e) = &w.close {
-            self.runtime_warning(old, format!("closing the rotated session failed: {e}"));
+        match &w.close {
+            // A resumed rotation's old session died with the earlier process: a runtime that
+            // no longer knows it is what was expected.
+            Some(RuntimeError::UnknownSession(_)) if rot.old_addr.is_none() => {}
+            Some(e) => {
+                self.runtime_warning(old, format!("closing the rotated session failed: {e}"))
+            }
+            None => {}
         }
         let duration = rot.started.elapsed();
         let still_ours = self.items[&rot.item.id].place == rot.holding() && self.shutdown.is_none();
@@ -442,5 +455,85 @@ impl Supervisor {
         }
         self.pump(ctx);
         self.check_shutdown();
+    }
+}
+
+/// What a handoff cut to the cap ends with.
+const CUT: &str = "\n[cut by baton to fit the successor's window]";
+
+/// Cuts a handoff to at most `cap` tokens (the policy's `handoff_share` of the successor's
+/// window), the fallback included: a handoff near the window would rotate the successor again
+/// almost at once. The text keeps its beginning (the fallback's work item and figures come
+/// first, its embedded summary last), in proportion to the tokens counted for it, and ends
+/// with a marker saying it was cut.
+fn cap_handoff(mut h: Handoff, cap: u64) -> Handoff {
+    if h.tokens <= cap {
+        return h;
+    }
+    tracing::warn!(
+        tokens = h.tokens,
+        cap,
+        fallback = h.fallback,
+        "handoff cut to the cap"
+    );
+    let share = h.text.len() as u128 * u128::from(cap) / u128::from(h.tokens);
+    let mut keep = usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .saturating_sub(CUT.len())
+        .min(h.text.len());
+    while !h.text.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    h.text.truncate(keep);
+    h.text.push_str(CUT);
+    h.tokens = cap;
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handoff(text: &str, tokens: u64, fallback: bool) -> Handoff {
+        Handoff {
+            text: text.into(),
+            tokens,
+            fallback,
+        }
+    }
+
+    #[test]
+    fn a_handoff_within_the_cap_is_kept_whole() {
+        let h = handoff("short summary", 100, false);
+        assert_eq!(cap_handoff(h.clone(), 100), h);
+    }
+
+    #[test]
+    fn a_handoff_over_the_cap_keeps_its_beginning_in_proportion_and_says_it_was_cut() {
+        // 24,012 tokens in a 32k window, as a fallback once embedded: capped at 25% = 8,000.
+        let text = "é".repeat(40_000) + &"x".repeat(16_048); // 96,048 bytes, ~4 bytes a token
+        let h = cap_handoff(handoff(&text, 24_012, true), 8_000);
+        assert_eq!(h.tokens, 8_000);
+        assert!(h.fallback);
+        assert!(h.text.ends_with(CUT));
+        let kept = h.text.len() - CUT.len();
+        // In proportion: 96,048 * 8,000 / 24,012 = 32,000 bytes, less the marker, back to a
+        // character boundary (the text begins with two-byte characters).
+        let budget = 32_000 - CUT.len();
+        assert!(
+            kept == budget || kept == budget - 1,
+            "kept {kept} of {budget}"
+        );
+        assert!(text.starts_with(&h.text[..kept]), "the beginning is kept");
+    }
+
+    #[test]
+    fn the_default_policy_caps_a_handoff_at_a_quarter_of_the_window() {
+        let agent = AgentType::new("coder", 32_000);
+        let cap = agent.policy.handoff_cap(agent.window);
+        assert_eq!(cap, 8_000);
+        let h = cap_handoff(handoff(&"y".repeat(96_048), 24_012, false), cap);
+        assert!(h.tokens <= cap);
+        assert!(h.text.len() <= 32_000);
     }
 }

@@ -19,8 +19,8 @@ use crate::{output, usage};
 ///
 /// Lists rotations (the default), sessions, compactions, work items or the event log.
 ///
-/// The journal is only read (never created or changed), so this is safe while a supervisor is
-/// writing it. Filters combine; --reason applies to rotations, and to events, where it keeps
+/// The journal is only read (never created or changed, and no file is made beside it), so this
+/// is safe while a supervisor is writing it, and works in a read-only directory. Filters combine; --reason applies to rotations, and to events, where it keeps
 /// only the events of rotations for that reason.
 /// Times are RFC 3339 in UTC (2026-11-25T10:00:00Z, or just 2026-11-25) or an age before now
 /// (90s, 30m, 2h, 7d, 1h 30m).
@@ -253,7 +253,8 @@ pub fn run(args: Args) -> Result<()> {
             render(out).map_err(std::io::Error::other)
         })?,
         None => {
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // Through main's stdout: a reader that went away (`| head`) is a quiet end.
+            let mut out = std::io::BufWriter::new(crate::stdout());
             render(&mut out)?;
             out.flush()?;
         }
@@ -534,6 +535,24 @@ fn table(rows: &Rows, what: What, out: &mut dyn Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_or_ages_humantime_reads() {
+        assert_eq!(
+            parse_time("2026-11-25").unwrap(),
+            Timestamp::parse("2026-11-25T00:00:00Z").unwrap()
+        );
+        let before = Timestamp::now().millis();
+        let t = parse_time("1h 30m").unwrap().millis();
+        let after = Timestamp::now().millis();
+        assert!((before - 5_400_000..=after - 5_400_000).contains(&t), "{t}");
+        // An age beyond the epoch's range is clamped, not wrapped.
+        assert!(parse_time("500000000years").unwrap().millis() < 0);
+        for bad in ["yesterday", "-5m", "5 parsecs", ""] {
+            let e = parse_time(bad).unwrap_err();
+            assert!(e.starts_with("not a time"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn table_times_are_shown_to_the_second_whatever_the_year() {

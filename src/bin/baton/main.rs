@@ -21,8 +21,6 @@
 
 mod chart;
 mod log;
-// Used by every subcommand as they are hardened; until then some of it is used by tests only.
-#[allow(dead_code)]
 mod output;
 mod policy_args;
 mod replay;
