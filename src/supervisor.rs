@@ -27,14 +27,18 @@
 
 mod api;
 mod handle;
+mod ledger;
 mod recovery;
 mod rotation;
 
 pub use api::{Inventory, ShutdownReport};
 pub use handle::{SessionHandle, Settled, SupervisorHandle};
+pub use ledger::Budget;
+
+use ledger::{ItemEntry, Ledger, spawn_key};
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -55,43 +59,7 @@ use crate::machine::Phase;
 use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
 use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::session::{Command, Fleet, RotationRequest, SessionActor, SessionNotice, UsageSlot};
-use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, WorkItem, WorkItemId, mix64};
-
-/// At most `count` events per `period`: the shape of the rotation and restart budgets
-/// (OTP's intensity and period).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Budget {
-    /// Events allowed in any window of `period`.
-    pub count: u32,
-    /// The window.
-    pub period: Duration,
-}
-
-/// A [`Budget`] being spent: the times of recent events.
-#[derive(Debug, Clone, Default)]
-struct Spent {
-    /// Events inside the current window, oldest first.
-    times: VecDeque<Instant>,
-}
-
-impl Spent {
-    /// Records an event at `now` if the budget allows it.
-    fn try_take(&mut self, budget: Budget, now: Instant) -> bool {
-        while self
-            .times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= budget.period)
-        {
-            self.times.pop_front();
-        }
-        if self.times.len() < budget.count as usize {
-            self.times.push_back(now);
-            true
-        } else {
-            false
-        }
-    }
-}
+use crate::vocab::{AgentType, Handoff, SessionId, WorkItem, WorkItemId};
 
 /// How the supervisor runs the fleet.
 #[derive(Debug, Clone)]
@@ -183,37 +151,6 @@ pub enum SupervisorError {
     Journal(#[source] crate::journal::JournalError),
 }
 
-struct AgentEntry {
-    /// The type, shared with its sessions.
-    agent: Arc<AgentType>,
-    /// Crash restarts spent.
-    restarts: Spent,
-    /// Past the restart budget: no more sessions of this type are started.
-    halted: bool,
-}
-
-struct ItemEntry {
-    /// The item itself.
-    item: WorkItem,
-    /// Where it is.
-    place: Place,
-    /// Crashes and failed starts so far.
-    attempts: u32,
-    /// Rotations spent.
-    rotations: Spent,
-    /// The handoff from its last rotation, kept when the item goes back to the queue.
-    handoff: Option<Handoff>,
-    /// Sessions spawned for it so far; with its id, names each spawn (see [`spawn_key`]).
-    spawns: u32,
-}
-
-/// The key of a work item's `n`-th spawn: unique per (item, n), and independent of the order in
-/// which the fleet's other items spawn, so a seeded simulation gives the same faults however its
-/// threads interleave.
-fn spawn_key(item: WorkItemId, n: u32) -> SpawnKey {
-    SpawnKey(mix64(item.0 ^ (u64::from(n) << 48)))
-}
-
 struct SessionEntry {
     /// The actor.
     addr: Addr<SessionActor>,
@@ -238,12 +175,8 @@ pub struct Supervisor {
     /// The fleet-wide cap on summaries: compactions and rotations' handoff summaries each take
     /// a slot while they run, so no burst overloads the summariser.
     compaction_slots: Arc<Semaphore>,
-    /// The agent types work items may name, with their restart budgets.
-    agents: HashMap<Arc<str>, AgentEntry>,
-    /// Every submitted work item and where it is.
-    items: HashMap<WorkItemId, ItemEntry>,
-    /// Items waiting for a session, in start order.
-    queue: VecDeque<WorkItemId>,
+    /// Work items, where each is, the queue, and the agent types with their budgets.
+    ledger: Ledger,
     /// The registry of live sessions (Live or Rotating items point back at them).
     sessions: HashMap<SessionId, SessionEntry>,
     /// Sessions being spawned and assigned for queued items: they count against
@@ -322,20 +255,6 @@ impl SupervisorBuilder {
     pub fn start(self) -> SupervisorHandle {
         let (journal, recovery) = self.journal.unzip();
         let bus = self.bus;
-        let agents = self
-            .agents
-            .into_iter()
-            .map(|a| {
-                (
-                    a.name.clone(),
-                    AgentEntry {
-                        agent: Arc::new(a),
-                        restarts: Spent::default(),
-                        halted: false,
-                    },
-                )
-            })
-            .collect();
         let sup = Supervisor {
             compaction_slots: Arc::new(Semaphore::new(
                 self.config.max_concurrent_compactions.max(1),
@@ -343,9 +262,7 @@ impl SupervisorBuilder {
             config: self.config,
             runtime: self.runtime,
             bus: bus.clone(),
-            agents,
-            items: HashMap::new(),
-            queue: VecDeque::new(),
+            ledger: Ledger::new(self.agents),
             sessions: HashMap::new(),
             starting: 0,
             in_flight: 0,
@@ -414,9 +331,7 @@ impl Supervisor {
     }
 
     fn item(&mut self, id: WorkItemId) -> &mut ItemEntry {
-        self.items
-            .get_mut(&id)
-            .expect("every registered item has an entry")
+        self.ledger.item(id)
     }
 
     /// Starts sessions for queued items while there is room.
@@ -425,35 +340,26 @@ impl Supervisor {
             return;
         }
         while self.sessions.len() + self.starting < self.config.max_sessions {
-            let agents = &self.agents;
-            let items = &self.items;
-            let Some(pos) = self
-                .queue
-                .iter()
-                .position(|id| !agents[&items[id].item.agent_type].halted)
-            else {
+            let Some(id) = self.ledger.next_startable() else {
                 break;
             };
-            let id = self.queue.remove(pos).expect("position is in range");
             self.start_item(id, ctx);
         }
     }
 
     /// Spawns and assigns a session for a queued item.
     fn start_item(&mut self, id: WorkItemId, ctx: &mut Context<Self>) {
+        let (key, n) = self.ledger.begin_start(id);
         let entry = self.item(id);
-        entry.place = Place::Starting;
-        entry.spawns += 1;
-        let key = spawn_key(id, entry.spawns);
         let spawning = Op::Spawning {
             work_item: id,
-            n: entry.spawns,
+            n,
             key,
             attempts: entry.attempts,
         };
         let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
         let journal = self.journal.clone();
-        let agent = self.agents[&item.agent_type].agent.clone();
+        let agent = self.ledger.agents[&item.agent_type].agent.clone();
         self.starting += 1;
         self.in_flight += 1;
         let runtime = self.runtime.clone();
@@ -533,8 +439,8 @@ impl Supervisor {
     }
 
     fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
-        let agent_type = self.items[&item].item.agent_type.clone();
-        let agent = self.agents[&agent_type].agent.clone();
+        let agent_type = self.ledger.items[&item].item.agent_type.clone();
+        let agent = self.ledger.agents[&agent_type].agent.clone();
         let slot = Arc::new(UsageSlot::default());
         let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
         let (addr, shard) = if self.shards.is_empty() {
@@ -566,10 +472,10 @@ impl Supervisor {
 
     /// Back to the queue, or to dead letter past the attempt limit.
     fn requeue_or_bury(&mut self, id: WorkItemId, reason: String) {
-        if self.items[&id].attempts >= self.config.max_attempts {
+        if self.ledger.items[&id].attempts >= self.config.max_attempts {
             let reason = format!(
                 "{reason} (attempt {} of {})",
-                self.items[&id].attempts, self.config.max_attempts
+                self.ledger.items[&id].attempts, self.config.max_attempts
             );
             self.bury(id, reason);
         } else {
@@ -578,8 +484,7 @@ impl Supervisor {
     }
 
     fn requeue(&mut self, id: WorkItemId, reason: String) {
-        self.item(id).place = Place::Queued;
-        self.queue.push_back(id);
+        self.ledger.requeue(id);
         self.bus.publish(FleetEvent::WorkItemRequeued {
             work_item: id,
             reason,
@@ -658,10 +563,10 @@ impl Supervisor {
         let old_addr = entry.addr.clone();
         let rotation = RotationId(self.key());
         let budget = self.config.rotation_budget;
-        let agent_type = self.items[&item_id].item.agent_type.clone();
-        let AgentEntry { agent, halted, .. } = &self.agents[&agent_type];
-        let agent = agent.clone();
-        if *halted {
+        let agent_type = self.ledger.items[&item_id].item.agent_type.clone();
+        let entry = &self.ledger.agents[&agent_type];
+        let (agent, halted) = (entry.agent.clone(), entry.halted);
+        if halted {
             // A successor is a new session of the type, which a halt forbids: the item waits in
             // the queue like the type's other items.
             let error = format!("agent type {agent_type} is halted (restart budget spent)");
@@ -669,8 +574,7 @@ impl Supervisor {
             self.requeue(item_id, format!("rotation refused: {error}"));
             return;
         }
-        let item = self.item(item_id);
-        if !item.rotations.try_take(budget, Instant::now()) {
+        if !self.ledger.take_rotation(item_id, budget, Instant::now()) {
             let error = format!(
                 "rotation budget spent: more than {} rotations in {:?}",
                 budget.count, budget.period
@@ -731,11 +635,11 @@ impl Supervisor {
             return;
         };
         let id = entry.item;
-        match self.items[&id].place {
+        match self.ledger.items[&id].place {
             // Closed by the orchestrator, or by shutdown; or closed while its rotation is under
             // way, in which case the rotation closes it at the runtime and finds the item gone.
             Place::Live(s) | Place::Rotating(s) if s == session => {
-                if self.items[&id].place == Place::Live(session) {
+                if self.ledger.items[&id].place == Place::Live(session) {
                     self.close_at_runtime(session, ctx);
                 }
                 if self.shutdown.is_some() {
@@ -760,7 +664,7 @@ impl Supervisor {
             return;
         };
         let id = entry.item;
-        match self.items[&id].place {
+        match self.ledger.items[&id].place {
             Place::Live(s) if s == session => self.crashed_live(session, id, ctx),
             Place::Rotating(s) if s == session => self.crashed_rotating(session, id),
             // The item already moved on (handed over, or its rotation failed).
@@ -773,28 +677,25 @@ impl Supervisor {
     /// A live session crashed: its item is restarted, requeued (the type halts) or buried.
     fn crashed_live(&mut self, session: SessionId, id: WorkItemId, ctx: &mut Context<Self>) {
         self.close_at_runtime(session, ctx);
-        let agent_type = self.items[&id].item.agent_type.clone();
-        self.item(id).attempts += 1;
-        let outcome = if self.items[&id].attempts >= self.config.max_attempts {
-            CrashOutcome::DeadLetter
-        } else if self.shutdown.is_none() && self.spend_restart(&agent_type) {
-            CrashOutcome::Restarted
-        } else {
-            CrashOutcome::Requeued
-        };
+        let agent_type = self.ledger.items[&id].item.agent_type.clone();
+        let outcome = self.ledger.crash(
+            id,
+            self.config.max_attempts,
+            self.config.restart_budget,
+            self.shutdown.is_some(),
+            Instant::now(),
+        );
         self.bus.publish(FleetEvent::Crashed {
             session,
             work_item: id,
             outcome: outcome.clone(),
         });
         match outcome {
-            CrashOutcome::DeadLetter => {
-                self.bury(id, format!("crashed {} times", self.items[&id].attempts))
-            }
-            CrashOutcome::Restarted => {
-                self.item(id).place = Place::Queued;
-                self.queue.push_front(id);
-            }
+            CrashOutcome::DeadLetter => self.bury(
+                id,
+                format!("crashed {} times", self.ledger.items[&id].attempts),
+            ),
+            CrashOutcome::Restarted => self.ledger.restart(id),
             // (A live session's crash is never `RotationContinues`.)
             CrashOutcome::Requeued | CrashOutcome::RotationContinues => {
                 self.halt(&agent_type);
@@ -807,7 +708,7 @@ impl Supervisor {
     /// actor (it closes the old session at the runtime itself), so the item needs no restart;
     /// the crash still spends its agent type's restart budget, and past it the type halts.
     fn crashed_rotating(&mut self, session: SessionId, id: WorkItemId) {
-        let agent_type = self.items[&id].item.agent_type.clone();
+        let agent_type = self.ledger.items[&id].item.agent_type.clone();
         self.bus.publish(FleetEvent::Crashed {
             session,
             work_item: id,
@@ -821,27 +722,23 @@ impl Supervisor {
     /// Takes one restart from the agent type's budget, if it allows one now.
     fn spend_restart(&mut self, agent_type: &str) -> bool {
         let budget = self.config.restart_budget;
-        self.agents
-            .get_mut(agent_type)
-            .expect("known agent type")
-            .restarts
-            .try_take(budget, Instant::now())
+        self.ledger
+            .spend_restart(agent_type, budget, Instant::now())
     }
 
     /// Halts an agent type whose restart budget is spent (once; not while shutting down): no
     /// more sessions of it are started.
     fn halt(&mut self, agent_type: &Arc<str>) {
-        let budget = self.config.restart_budget;
-        let agent = self.agents.get_mut(agent_type).expect("known agent type");
-        if !agent.halted && self.shutdown.is_none() {
-            agent.halted = true;
-            tracing::error!(agent_type = %agent_type, "restart budget spent; no more sessions of this type are started");
-            self.bus.publish(FleetEvent::AgentTypeHalted {
-                agent_type: agent_type.clone(),
-                intensity: budget.count,
-                period: budget.period,
-            });
+        if self.shutdown.is_some() || !self.ledger.halt(agent_type) {
+            return;
         }
+        let budget = self.config.restart_budget;
+        tracing::error!(agent_type = %agent_type, "restart budget spent; no more sessions of this type are started");
+        self.bus.publish(FleetEvent::AgentTypeHalted {
+            agent_type: agent_type.clone(),
+            intensity: budget.count,
+            period: budget.period,
+        });
     }
 
     fn check_shutdown(&mut self) {

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{ItemEntry, Place, SessionHandle, Spent, Supervisor, SupervisorError};
+use super::{Place, SessionHandle, Supervisor, SupervisorError};
 use crate::journal::Op;
 use crate::machine::Phase;
 use crate::record::FleetEvent;
@@ -27,28 +27,9 @@ impl Handler<Submit> for Supervisor {
         if self.shutdown.is_some() {
             return Err(SupervisorError::ShuttingDown);
         }
-        if !self.agents.contains_key(&item.agent_type) {
-            return Err(SupervisorError::UnknownAgentType(
-                item.agent_type.to_string(),
-            ));
-        }
-        if self.items.contains_key(&item.id) {
-            return Err(SupervisorError::DuplicateWorkItem(item.id));
-        }
-        let id = item.id;
+        self.ledger.check_submit(&item)?;
         self.note(Op::Submitted(item.clone()));
-        self.items.insert(
-            id,
-            ItemEntry {
-                item,
-                place: Place::Queued,
-                attempts: 0,
-                rotations: Spent::default(),
-                handoff: None,
-                spawns: 0,
-            },
-        );
-        self.queue.push_back(id);
+        self.ledger.submit(item);
         self.pump(ctx);
         Ok(())
     }
@@ -181,6 +162,7 @@ impl Handler<TakeInventory> for Supervisor {
 
     fn handle(&mut self, _: TakeInventory, _: &mut Self::Context) -> Self::Result {
         let mut items: Vec<_> = self
+            .ledger
             .items
             .iter()
             .map(|(id, e)| (*id, e.place.clone()))
@@ -195,7 +177,7 @@ impl Handler<TakeInventory> for Supervisor {
         MessageResult(Inventory {
             items,
             sessions,
-            queue: self.queue.iter().copied().collect(),
+            queue: self.ledger.queue.iter().copied().collect(),
             in_flight: self.in_flight,
             start_retries: self.start_retries,
         })

@@ -28,8 +28,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
+use super::ledger::{ItemEntry, Spent};
 use super::rotation::{Resume, Rotation};
-use super::{ItemEntry, Place, Spent, Supervisor, SupervisorBuilder, rotation_record};
+use super::{Place, Supervisor, SupervisorBuilder, rotation_record};
 use crate::journal::recovery::{self, OpenRotation, RecoveryState, StoredPlace};
 use crate::journal::{Journal, JournalError, Op, RotationIntent};
 use crate::record::{CompactionRecord, FleetEvent, RecoveryOutcome, RotationStep};
@@ -122,7 +123,7 @@ impl Supervisor {
         for stored in state.items {
             let id = stored.item.id;
             let mut unfinished = rotations.remove(&id).unwrap_or_default();
-            if !self.agents.contains_key(&stored.item.agent_type) {
+            if !self.ledger.agents.contains_key(&stored.item.agent_type) {
                 tracing::warn!(work_item = %id, agent_type = %stored.item.agent_type,
                     "the journal holds a work item of an agent type this supervisor does not know; left as it is");
                 continue;
@@ -146,7 +147,7 @@ impl Supervisor {
                     .map(|i| unfinished.remove(i)),
                 _ => None,
             };
-            let agent = self.agents[&stored.item.agent_type].agent.clone();
+            let agent = self.ledger.agents[&stored.item.agent_type].agent.clone();
             for r in unfinished {
                 self.fail_left_behind(r, &agent, &open, held, ctx);
             }
@@ -170,15 +171,15 @@ impl Supervisor {
                 }
                 (StoredPlace::Live | StoredPlace::Rotating, Some(session), _) => {
                     self.close_stale(session, ctx);
-                    self.queue.push_back(id);
+                    self.ledger.queue.push_back(id);
                     (Place::Queued, Some(RecoveryOutcome::Requeued { session }))
                 }
                 (_, _, _) => {
-                    self.queue.push_back(id);
+                    self.ledger.queue.push_back(id);
                     (Place::Queued, Some(RecoveryOutcome::Queued))
                 }
             };
-            self.items.insert(
+            self.ledger.items.insert(
                 id,
                 ItemEntry {
                     item: stored.item,
@@ -246,10 +247,14 @@ impl Supervisor {
     /// Resumes a rotation from its last recorded step.
     fn resume_rotation(&mut self, r: recovery::OpenRotation, ctx: &mut Context<Self>) {
         let i = r.intent;
-        let entry = self.items.get_mut(&i.work_item).expect("recovered above");
+        let entry = self
+            .ledger
+            .items
+            .get_mut(&i.work_item)
+            .expect("recovered above");
         entry.spawns = entry.spawns.max(i.spawn_n);
         let item = entry.item.clone();
-        let agent = self.agents[&item.agent_type].agent.clone();
+        let agent = self.ledger.agents[&item.agent_type].agent.clone();
         let from = match (r.step, r.handoff, r.successor) {
             (RotationStep::Spawned, Some(h), Some(s)) => Resume::Spawned(h, s),
             (RotationStep::Handoff | RotationStep::Spawned, Some(h), _) => Resume::Handoff(h),

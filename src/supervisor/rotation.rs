@@ -340,7 +340,8 @@ impl Supervisor {
             None => {}
         }
         let duration = rot.started.elapsed();
-        let still_ours = self.items[&rot.item.id].place == rot.holding() && self.shutdown.is_none();
+        let still_ours =
+            self.ledger.items[&rot.item.id].place == rot.holding() && self.shutdown.is_none();
         let outcome = match w.result {
             Ok(new) if still_ours => Ok(new),
             Ok(new) => {
@@ -441,7 +442,7 @@ impl Supervisor {
             addr.do_send(Command::RotationFailed(error.clone()));
         }
         self.bus.publish(FleetEvent::Rotation(record));
-        if self.items[&id].place == rot.holding() {
+        if self.ledger.items[&id].place == rot.holding() {
             self.item(id).handoff = Some(handoff);
             self.requeue(id, format!("rotation failed: {error}"));
         }

@@ -1,0 +1,344 @@
+//! The supervisor's ledger: every work item and where it is, the queue, the agent types with
+//! their restart budgets, and the decisions made from them (which item starts next, what a
+//! crash leads to, whether a rotation is allowed, when a type halts). Plain Rust, no actix and
+//! no runtime calls, as `machine.rs` is to `session.rs`: the actor (`supervisor.rs`) carries
+//! out what the ledger decides.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{Place, SupervisorError};
+use crate::record::CrashOutcome;
+use crate::vocab::{AgentType, Handoff, SpawnKey, WorkItem, WorkItemId, mix64};
+
+/// At most `count` events per `period`: the shape of the rotation and restart budgets
+/// (OTP's intensity and period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Budget {
+    /// Events allowed in any window of `period`.
+    pub count: u32,
+    /// The window.
+    pub period: Duration,
+}
+
+/// A [`Budget`] being spent: the times of recent events.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Spent {
+    /// Events inside the current window, oldest first.
+    times: VecDeque<Instant>,
+}
+
+impl Spent {
+    /// Records an event at `now` if the budget allows it.
+    pub(super) fn try_take(&mut self, budget: Budget, now: Instant) -> bool {
+        while self
+            .times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= budget.period)
+        {
+            self.times.pop_front();
+        }
+        if self.times.len() < budget.count as usize {
+            self.times.push_back(now);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(super) struct AgentEntry {
+    /// The type, shared with its sessions.
+    pub(super) agent: Arc<AgentType>,
+    /// Crash restarts spent.
+    pub(super) restarts: Spent,
+    /// Past the restart budget: no more sessions of this type are started.
+    pub(super) halted: bool,
+}
+
+pub(super) struct ItemEntry {
+    /// The item itself.
+    pub(super) item: WorkItem,
+    /// Where it is.
+    pub(super) place: Place,
+    /// Crashes and failed starts so far.
+    pub(super) attempts: u32,
+    /// Rotations spent.
+    pub(super) rotations: Spent,
+    /// The handoff from its last rotation, kept when the item goes back to the queue.
+    pub(super) handoff: Option<Handoff>,
+    /// Sessions spawned for it so far; with its id, names each spawn (see [`spawn_key`]).
+    pub(super) spawns: u32,
+}
+
+/// The key of a work item's `n`-th spawn: unique per (item, n), and independent of the order in
+/// which the fleet's other items spawn, so a seeded simulation gives the same faults however its
+/// threads interleave.
+pub(super) fn spawn_key(item: WorkItemId, n: u32) -> SpawnKey {
+    SpawnKey(mix64(item.0 ^ (u64::from(n) << 48)))
+}
+
+/// Work items, agent types and the queue, with the rules that move items between places.
+#[derive(Default)]
+pub(super) struct Ledger {
+    /// The agent types work items may name, with their restart budgets.
+    pub(super) agents: HashMap<Arc<str>, AgentEntry>,
+    /// Every submitted work item and where it is.
+    pub(super) items: HashMap<WorkItemId, ItemEntry>,
+    /// Items waiting for a session, in start order.
+    pub(super) queue: VecDeque<WorkItemId>,
+}
+
+impl Ledger {
+    /// A ledger over these agent types, with no work items.
+    pub(super) fn new(agents: Vec<AgentType>) -> Self {
+        let agents = agents
+            .into_iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AgentEntry {
+                        agent: Arc::new(a),
+                        restarts: Spent::default(),
+                        halted: false,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            agents,
+            ..Self::default()
+        }
+    }
+
+    /// The entry of a registered item.
+    pub(super) fn item(&mut self, id: WorkItemId) -> &mut ItemEntry {
+        self.items
+            .get_mut(&id)
+            .expect("every registered item has an entry")
+    }
+
+    /// Whether `item` may be submitted: its agent type is known and its id is new.
+    pub(super) fn check_submit(&self, item: &WorkItem) -> Result<(), SupervisorError> {
+        if !self.agents.contains_key(&item.agent_type) {
+            return Err(SupervisorError::UnknownAgentType(
+                item.agent_type.to_string(),
+            ));
+        }
+        if self.items.contains_key(&item.id) {
+            return Err(SupervisorError::DuplicateWorkItem(item.id));
+        }
+        Ok(())
+    }
+
+    /// Registers a checked item as queued, at the back of the queue.
+    pub(super) fn submit(&mut self, item: WorkItem) {
+        let id = item.id;
+        self.items.insert(
+            id,
+            ItemEntry {
+                item,
+                place: Place::Queued,
+                attempts: 0,
+                rotations: Spent::default(),
+                handoff: None,
+                spawns: 0,
+            },
+        );
+        self.queue.push_back(id);
+    }
+
+    /// Takes the first queued item whose agent type is not halted off the queue.
+    pub(super) fn next_startable(&mut self) -> Option<WorkItemId> {
+        let (agents, items) = (&self.agents, &self.items);
+        let pos = self
+            .queue
+            .iter()
+            .position(|id| !agents[&items[id].item.agent_type].halted)?;
+        self.queue.remove(pos)
+    }
+
+    /// Marks a taken item as starting and counts its spawn; answers the spawn's key and number.
+    pub(super) fn begin_start(&mut self, id: WorkItemId) -> (SpawnKey, u32) {
+        let entry = self.item(id);
+        entry.place = Place::Starting;
+        entry.spawns += 1;
+        (spawn_key(id, entry.spawns), entry.spawns)
+    }
+
+    /// Puts an item at the back of the queue.
+    pub(super) fn requeue(&mut self, id: WorkItemId) {
+        self.item(id).place = Place::Queued;
+        self.queue.push_back(id);
+    }
+
+    /// Puts an item at the head of the queue (a restart within budget).
+    pub(super) fn restart(&mut self, id: WorkItemId) {
+        self.item(id).place = Place::Queued;
+        self.queue.push_front(id);
+    }
+
+    /// Whether an item has used up its attempts.
+    pub(super) fn attempts_spent(&self, id: WorkItemId, max_attempts: u32) -> bool {
+        self.items[&id].attempts >= max_attempts
+    }
+
+    /// A live session of `id` crashed: counts an attempt and decides what happens to the item.
+    /// Past `max_attempts` it goes to dead letter; otherwise it restarts if its agent type's
+    /// restart budget allows (never while shutting down), or waits in the queue. (The caller
+    /// carries the outcome out: [`restart`](Self::restart), a halt and
+    /// [`requeue`](Self::requeue), or a burial.)
+    pub(super) fn crash(
+        &mut self,
+        id: WorkItemId,
+        max_attempts: u32,
+        budget: Budget,
+        shutting_down: bool,
+        now: Instant,
+    ) -> CrashOutcome {
+        let agent_type = self.items[&id].item.agent_type.clone();
+        self.item(id).attempts += 1;
+        if self.attempts_spent(id, max_attempts) {
+            CrashOutcome::DeadLetter
+        } else if !shutting_down && self.spend_restart(&agent_type, budget, now) {
+            CrashOutcome::Restarted
+        } else {
+            CrashOutcome::Requeued
+        }
+    }
+
+    /// Takes one restart from the agent type's budget, if it allows one at `now`.
+    pub(super) fn spend_restart(&mut self, agent_type: &str, budget: Budget, now: Instant) -> bool {
+        self.agents
+            .get_mut(agent_type)
+            .expect("known agent type")
+            .restarts
+            .try_take(budget, now)
+    }
+
+    /// Halts an agent type: no more sessions of it start. True only the first time.
+    pub(super) fn halt(&mut self, agent_type: &str) -> bool {
+        let agent = self.agents.get_mut(agent_type).expect("known agent type");
+        !std::mem::replace(&mut agent.halted, true)
+    }
+
+    /// Takes one rotation from the item's budget, if it allows one at `now`.
+    pub(super) fn take_rotation(&mut self, id: WorkItemId, budget: Budget, now: Instant) -> bool {
+        self.item(id).rotations.try_take(budget, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: u64, agent_type: &str) -> WorkItem {
+        WorkItem {
+            id: WorkItemId(id),
+            agent_type: agent_type.into(),
+            text: String::new(),
+        }
+    }
+
+    fn ledger() -> Ledger {
+        let mut l = Ledger::new(vec![AgentType::new("a", 1000), AgentType::new("b", 1000)]);
+        for (id, t) in [(1, "a"), (2, "b"), (3, "a")] {
+            l.check_submit(&item(id, t)).unwrap();
+            l.submit(item(id, t));
+        }
+        l
+    }
+
+    const EVERY_30S: Budget = Budget {
+        count: 2,
+        period: Duration::from_secs(30),
+    };
+
+    #[test]
+    fn submissions_of_an_unknown_type_or_a_known_id_are_refused() {
+        let l = ledger();
+        assert_eq!(
+            l.check_submit(&item(9, "c")),
+            Err(SupervisorError::UnknownAgentType("c".into()))
+        );
+        assert_eq!(
+            l.check_submit(&item(2, "a")),
+            Err(SupervisorError::DuplicateWorkItem(WorkItemId(2)))
+        );
+    }
+
+    #[test]
+    fn items_start_in_submission_order_skipping_halted_types() {
+        let mut l = ledger();
+        assert!(l.halt("a"));
+        assert!(!l.halt("a"), "a type halts once");
+        assert_eq!(l.next_startable(), Some(WorkItemId(2)));
+        assert_eq!(l.next_startable(), None, "items of a halted type wait");
+        assert_eq!(l.queue, [WorkItemId(1), WorkItemId(3)]);
+    }
+
+    #[test]
+    fn each_spawn_of_an_item_has_its_own_key_independent_of_other_items() {
+        let mut l = ledger();
+        let id = l.next_startable().unwrap();
+        let (k1, n1) = l.begin_start(id);
+        assert_eq!((l.items[&id].place.clone(), n1), (Place::Starting, 1));
+        l.requeue(id);
+        assert_eq!(l.queue.back(), Some(&id));
+        let (k2, n2) = l.begin_start(id);
+        assert_eq!(n2, 2);
+        assert_ne!(k1, k2);
+        assert_eq!(k1, spawn_key(id, 1), "the key depends on (item, n) only");
+    }
+
+    #[test]
+    fn a_crash_restarts_within_the_budget_then_requeues_then_buries() {
+        let mut l = ledger();
+        let t0 = Instant::now();
+        let id = WorkItemId(1);
+        assert_eq!(
+            l.crash(id, 4, EVERY_30S, false, t0),
+            CrashOutcome::Restarted
+        );
+        l.restart(id);
+        assert_eq!(l.queue.front(), Some(&id), "a restart goes first");
+        assert_eq!(
+            l.crash(id, 4, EVERY_30S, false, t0),
+            CrashOutcome::Restarted
+        );
+        assert_eq!(
+            l.crash(id, 4, EVERY_30S, false, t0),
+            CrashOutcome::Requeued,
+            "the type's budget is spent"
+        );
+        assert_eq!(
+            l.crash(id, 4, EVERY_30S, false, t0),
+            CrashOutcome::DeadLetter
+        );
+        // Later, the budget is back; while shutting down no restart is spent.
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(
+            l.crash(WorkItemId(3), 4, EVERY_30S, true, later),
+            CrashOutcome::Requeued
+        );
+        assert_eq!(
+            l.crash(WorkItemId(3), 4, EVERY_30S, false, later),
+            CrashOutcome::Restarted
+        );
+    }
+
+    #[test]
+    fn an_item_rotates_at_most_its_budget_per_period() {
+        let mut l = ledger();
+        let t0 = Instant::now();
+        let id = WorkItemId(2);
+        assert!(l.take_rotation(id, EVERY_30S, t0));
+        assert!(l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(1)));
+        assert!(!l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(2)));
+        assert!(l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(30)));
+    }
+}
