@@ -142,10 +142,10 @@ impl RunJournal {
             .collect::<Result<_, _>>()
             .map_err(&err)?
         };
-        let (rows, sessions, rotations) = journal
+        let (rows, sessions) = journal
             .read(|v| {
                 let all = Filter::default();
-                Ok((v.work_items(&all)?, v.sessions(&all)?, v.rotations(&all)?))
+                Ok((v.work_items(&all)?, v.sessions(&all)?))
             })
             .await?;
         if stored.is_empty() {
@@ -237,13 +237,7 @@ impl RunJournal {
                 sessions,
             });
         }
-        let next_session = sessions
-            .iter()
-            .map(|s| s.session.0)
-            .chain(rotations.iter().filter_map(|r| r.new_session.map(|s| s.0)))
-            .chain(rotations.iter().map(|r| r.old_session.0))
-            .max()
-            .map_or(1, |max| max.saturating_add(1));
+        let next_session = journal.next_session_id()?.0;
         Ok(Self {
             journal,
             ledger: Mutex::new(conn),
