@@ -128,7 +128,15 @@ async fn ten_thousand_sessions_keep_every_work_item_and_record() {
         compactions > 1_000 && threshold > 100 && failed_compactions > 0,
         "the run exercised every path"
     );
-    assert!(rotations > threshold);
+    // Rotations for other reasons than the threshold (insufficient or failed compactions)
+    // happened too.
+    let other = count(
+        |e| matches!(e, FleetEvent::Rotation(r) if r.success && r.reason != baton::RotationReason::Threshold),
+    );
+    assert!(
+        other > 0,
+        "{other} rotations for other reasons, {threshold} at the threshold"
+    );
     assert!(done >= 900, "closed sessions finished their items ({done})");
     assert_eq!(
         h.runtime.peak_concurrent_summaries(),
