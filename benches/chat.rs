@@ -24,15 +24,18 @@ mod stub;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::run::take_turn;
 use baton::runtime::chat::{ChatClient, ChatRuntime, ChatRuntimeConfig, ClientConfig, Turn};
-use baton::{AgentType, FleetEvent, SessionId, Supervisor, SupervisorHandle, WorkItem, WorkItemId};
+use baton::{
+    AgentType, FleetEvent, SessionHandle, Supervisor, SupervisorHandle, WorkItem, WorkItemId,
+};
 
 /// A fleet of one agent over `base_url`, and its session.
 async fn one_session(
     base_url: String,
     window: u64,
     reply_tokens: u32,
-) -> (Arc<ChatRuntime>, SupervisorHandle, SessionId) {
+) -> (Arc<ChatRuntime>, SupervisorHandle, SessionHandle) {
     let mut client = ClientConfig::new(base_url);
     client.request_timeout = Duration::from_secs(300);
     let runtime = Arc::new(ChatRuntime::with_config(
@@ -49,11 +52,9 @@ async fn one_session(
         system_prompt: "You are a terse assistant.".into(),
         ..AgentType::new("bench", window)
     };
-    let supervisor = Supervisor::builder(runtime.clone())
-        .agent_type(agent)
-        .start();
-    runtime.attach(&supervisor);
-    let mut events = supervisor.subscribe();
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent);
+    let mut events = builder.subscribe();
+    let supervisor = builder.start();
     supervisor
         .submit(WorkItem {
             id: WorkItemId(1),
@@ -67,7 +68,8 @@ async fn one_session(
             break session;
         }
     };
-    (runtime, supervisor, session)
+    let handle = supervisor.session(session).await.expect("registered");
+    (runtime, supervisor, handle)
 }
 
 /// Median and 95th percentile, in microseconds.
@@ -89,7 +91,7 @@ async fn overhead(sizes: &[usize], turns: usize) -> Vec<((usize, usize), (f64, f
     let stub = stub::Stub::start().await;
     // The stub's usage is a quarter of the request's characters: as big as the history.
     let (runtime, supervisor, s) = one_session(stub.base_url(), 1_000_000, 64).await;
-    runtime.reply(s).await.unwrap();
+    take_turn(&runtime, &s, None).await.unwrap();
     let mut rows = Vec::new();
     let mut history_tokens = 0;
     let mut turn = 0;
@@ -97,7 +99,9 @@ async fn overhead(sizes: &[usize], turns: usize) -> Vec<((usize, usize), (f64, f
         // Grow the history to `size` with turns of 500-token tool outputs (not measured).
         while history_tokens < size {
             turn += 1;
-            let t = runtime.chat(s, tool_output(turn, 500)).await.unwrap();
+            let t = take_turn(&runtime, &s, Some(&tool_output(turn, 500)))
+                .await
+                .unwrap();
             history_tokens = t.reading.unwrap().usage.used() as usize;
         }
         // Then measure turns that each add a small message, so the size stays put.
@@ -105,14 +109,17 @@ async fn overhead(sizes: &[usize], turns: usize) -> Vec<((usize, usize), (f64, f
         let mut samples = Vec::with_capacity(turns);
         for _ in 0..turns {
             turn += 1;
-            let t: Turn = runtime
-                .chat(s, format!("Next question, number {turn}?"))
-                .await
-                .unwrap();
+            let t: Turn = take_turn(
+                &runtime,
+                &s,
+                Some(&format!("Next question, number {turn}?")),
+            )
+            .await
+            .unwrap();
             history_tokens = t.reading.unwrap().usage.used() as usize;
             samples.push(t.overhead());
         }
-        let messages = runtime.history(s).await.unwrap().len();
+        let messages = runtime.history(s.session).await.unwrap().len();
         rows.push(((start, history_tokens), stats(samples), messages));
     }
     supervisor.shutdown(Duration::from_secs(5)).await;
@@ -124,12 +131,11 @@ async fn real(turns: usize) -> ((f64, f64), (f64, f64)) {
     let server = llama::LlamaServer::start(llama::LlamaOptions::window(2048));
     let (runtime, supervisor, s) = one_session(server.base_url(), 2048, 16).await;
     // The first reply warms the server's cache; not measured.
-    runtime.reply(s).await.unwrap();
+    take_turn(&runtime, &s, None).await.unwrap();
     let mut latency = Vec::with_capacity(turns);
     let mut own = Vec::with_capacity(turns);
     for i in 0..turns {
-        let t = runtime
-            .chat(s, format!("Name prime number {}.", i + 1))
+        let t = take_turn(&runtime, &s, Some(&format!("Name prime number {}.", i + 1)))
             .await
             .unwrap();
         latency.push(t.request_time);

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::run::take_turn;
 use baton::runtime::chat::{ApiKey, ChatClient, ChatRuntime, ClientConfig};
 use baton::{AgentType, FleetEvent, Supervisor, WorkItem, WorkItemId};
 
@@ -43,11 +44,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         system_prompt: "You are a concise software engineer.".into(),
         ..AgentType::new("engineer", window)
     };
-    let fleet = Supervisor::builder(runtime.clone())
-        .agent_type(agent)
-        .start();
-    runtime.attach(&fleet);
-    let mut events = fleet.subscribe();
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent);
+    let mut events = builder.subscribe();
+    let fleet = builder.start();
     fleet
         .submit(WorkItem {
             id: WorkItemId(1),
@@ -56,13 +55,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
 
-    // ===== The orchestrator: talk to the agent; baton compacts and rotates underneath =====
+    // ===== The orchestrator: talk to the agent; each turn is reported through the session's
+    // handle, and baton compacts and rotates underneath =====
     let mut session = loop {
         if let Some(FleetEvent::SessionStarted { session, .. }) = events.recv().await {
             break session;
         }
     };
-    let mut turn = runtime.reply(session).await?;
+    let mut handle = fleet.session(session).await.ok_or("no session")?;
+    let mut turn = take_turn(&runtime, &handle, None).await?;
     for _ in 0..6 {
         let usage = turn.reading.map(|r| r.usage);
         println!(
@@ -70,8 +71,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             turn.text().lines().next().unwrap_or(""),
             usage.map_or("overflow".into(), |u| format!("{:.0}% used", u.percent()))
         );
-        session = turn.next_session().ok_or("the work item has no session")?;
-        turn = runtime.chat(session, "Go on with the next step.").await?;
+        if turn.next_session() != Some(session) {
+            session = turn.next_session().ok_or("the work item has no session")?;
+            handle = fleet.session(session).await.ok_or("no session")?;
+        }
+        turn = take_turn(&runtime, &handle, Some("Go on with the next step.")).await?;
     }
 
     // ===== What baton did =====

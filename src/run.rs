@@ -33,7 +33,9 @@ use crate::provider::{self, Encoding};
 use crate::record::{FleetEvent, RecoveryOutcome};
 use crate::report::{FleetReport, Tally};
 use crate::runtime::chat::{ChatRuntime, ChatRuntimeError, Turn, assignment_text};
-use crate::supervisor::{Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle};
+use crate::supervisor::{
+    SessionHandle, Settled, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle,
+};
 use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The done marker `baton run` asks agents to write, on a line of its own, when a work item is
@@ -368,15 +370,58 @@ struct ItemRun {
 /// as it stands), and what came of it.
 type TurnResult = (
     WorkItemId,
-    SessionId,
+    SessionHandle,
     Option<String>,
     Result<Turn, ChatRuntimeError>,
 );
 
-fn take_turn(
+/// Takes one turn of `handle`'s session on `runtime` (`message` as the next user message, or
+/// `None` to answer the history as it stands) and reports it through the handle: the reading
+/// with [`SessionHandle::report_and_settle`], a context overflow as the machine's overflow
+/// event ([`SessionHandle::overflow_and_settle`]: the machine decides, and rotates). Returns once the session has settled (compacted, rotated, or closed), the turn's
+/// `phase` and `successor` saying which. This is how a [`ChatRuntime`]'s usage reaches its
+/// session: the runtime itself knows nothing of the supervisor.
+pub async fn take_turn(
+    runtime: &ChatRuntime,
+    handle: &SessionHandle,
+    message: Option<&str>,
+) -> Result<Turn, ChatRuntimeError> {
+    let session = handle.session;
+    let turn = match message {
+        Some(m) => runtime.chat(session, m).await?,
+        None => runtime.reply(session).await?,
+    };
+    let waited = Instant::now();
+    let settled = match (&turn.overflow, &turn.reading) {
+        (Some(overflow), _) => {
+            handle
+                .overflow_and_settle(overflow.prompt_tokens, overflow.window)
+                .await
+        }
+        (None, Some(reading)) => {
+            handle
+                .report_and_settle(
+                    reading.usage.used(),
+                    Some(turn.window),
+                    reading.usage.source(),
+                )
+                .await
+        }
+        (None, None) => handle.settled().await,
+    };
+    let (phase, successor) = match settled {
+        Ok(Settled::Normal) => (Phase::Normal, None),
+        Ok(Settled::Rotated { successor }) => (Phase::Closed, Some(successor)),
+        // Closed, or stopped before the report reached it.
+        Ok(Settled::Closed) | Err(_) => (Phase::Closed, None),
+    };
+    Ok(turn.settled(phase, successor, waited.elapsed()))
+}
+
+fn schedule_turn(
     runtime: Arc<ChatRuntime>,
     item: WorkItemId,
-    session: SessionId,
+    handle: SessionHandle,
     message: Option<String>,
     delay: Duration,
 ) -> BoxFuture<'static, TurnResult> {
@@ -384,17 +429,13 @@ fn take_turn(
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        let result = match &message {
-            Some(m) => runtime.chat(session, m.as_str()).await,
-            None => runtime.reply(session).await,
-        };
-        (item, session, message, result)
+        let result = take_turn(&runtime, &handle, message.as_deref()).await;
+        (item, handle, message, result)
     })
 }
 
-/// Runs `items` through a fleet of `agent_types` over `runtime`; must be called inside an actix
-/// system. The runtime is attached to the supervisor started here, so it must be fresh.
-/// `progress` is called after every event and turn.
+/// Runs `items` through a fleet of `agent_types` over `runtime`, each turn reported through the
+/// session's handle ([`take_turn`]). `progress` is called after every event and turn.
 ///
 /// With a `journal` ([`RunJournal::open`], for the same items), the supervisor writes through
 /// it and recovers from it, and the run continues what an earlier run on it left: items it
@@ -430,14 +471,9 @@ pub async fn drive(
     if let Some(j) = &journal {
         builder = builder.journal(j.journal().clone())?;
     }
+    // Subscribed before the start: recovery's events cannot be missed.
+    let mut events = builder.subscribe();
     let supervisor = builder.start();
-    if !runtime.attach(&supervisor) {
-        supervisor.shutdown(Duration::from_secs(1)).await;
-        return Err(RunError::Invalid(
-            "the chat runtime is already attached to another supervisor".into(),
-        ));
-    }
-    let mut events = supervisor.subscribe();
     let total = items.len() as u64;
     let mut runs: BTreeMap<WorkItemId, ItemRun> = BTreeMap::new();
     let mut resumed = journal
@@ -616,14 +652,14 @@ impl Driver<'_> {
     fn schedule(
         &mut self,
         item: WorkItemId,
-        session: SessionId,
+        handle: SessionHandle,
         message: Option<String>,
         delay: Duration,
     ) {
-        self.turns.push(take_turn(
+        self.turns.push(schedule_turn(
             self.runtime.clone(),
             item,
-            session,
+            handle,
             message,
             delay,
         ));
@@ -646,7 +682,11 @@ impl Driver<'_> {
                     // It ended while its successor was being prepared.
                     let _ = self.supervisor.close(session).await;
                 } else {
-                    self.schedule(work_item, session, None, Duration::ZERO);
+                    match self.supervisor.session(session).await {
+                        Some(handle) => self.schedule(work_item, handle, None, Duration::ZERO),
+                        // Gone already (closed under its start): its end arrives as an event.
+                        None => tracing::debug!(%session, "session gone before its first turn"),
+                    }
                 }
             }
             FleetEvent::WorkItemDone { work_item, .. } => self.finish(work_item, None),
@@ -697,7 +737,8 @@ impl Driver<'_> {
         }
     }
 
-    async fn turn_done(&mut self, (item, session, message, result): TurnResult) {
+    async fn turn_done(&mut self, (item, handle, message, result): TurnResult) {
+        let session = handle.session;
         let Some(run) = self.runs.get_mut(&item) else {
             return;
         };
@@ -718,7 +759,7 @@ impl Driver<'_> {
                     self.end(item, ItemEnd::TurnLimit).await;
                 } else if current && !self.stopping {
                     let prompt = self.config.continue_prompt.clone();
-                    self.schedule(item, session, Some(prompt), Duration::ZERO);
+                    self.schedule(item, handle, Some(prompt), Duration::ZERO);
                 }
                 // Otherwise the session rotated: its successor's start schedules the next turn.
             }
@@ -732,7 +773,7 @@ impl Driver<'_> {
                 run.failures += 1;
                 let delay = Duration::from_secs(1) * 2u32.pow(run.failures - 1);
                 tracing::warn!(work_item = %item, session = %session, error = %e, ?delay, "turn failed; taking it again");
-                self.schedule(item, session, message, delay);
+                self.schedule(item, handle, message, delay);
             }
             Err(e) => {
                 tracing::warn!(work_item = %item, session = %session, error = %e, "turn failed; the work item ends");

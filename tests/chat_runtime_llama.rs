@@ -62,12 +62,12 @@ async fn chat_until(
     max: usize,
     stop: impl Fn(&Turn) -> bool,
 ) -> Vec<Turn> {
-    let mut turns = vec![fleet.runtime.reply(session).await.unwrap()];
+    let mut turns = vec![fleet.reply(session).await.unwrap()];
     for n in 1..max {
         if stop(turns.last().unwrap()) {
             return turns;
         }
-        turns.push(fleet.runtime.chat(session, log_part(n)).await.unwrap());
+        turns.push(fleet.chat(session, log_part(n)).await.unwrap());
     }
     panic!("still going after {max} turns: {:#?}", turns.last());
 }
@@ -80,7 +80,11 @@ async fn a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_
     let mut fleet = fleet(&server, agent(2048, policy().build().unwrap()));
     let s = fleet.start_item(1, "engineer", ITEM).await;
 
-    let turns = chat_until(&fleet, s, 12, |t| t.settle_time > Duration::ZERO).await;
+    // The turn whose reading crossed 80%: take_turn returned once its compaction was done.
+    let turns = chat_until(&fleet, s, 12, |t| {
+        t.reading.is_some_and(|r| r.usage.ratio() >= 0.8)
+    })
+    .await;
 
     let crossing = turns.last().unwrap();
     assert_eq!(
@@ -120,7 +124,7 @@ async fn a_session_past_80_percent_compacts_with_the_models_own_summary_and_the_
 
     // The next request is measured by the server: a reply to the rewritten history as it
     // stands (no new message), so its prompt is exactly what the recorded `after` estimated.
-    let next = fleet.runtime.reply(s).await.unwrap();
+    let next = fleet.reply(s).await.unwrap();
     let measured = next.reading.unwrap();
     assert_eq!(
         measured.distrust, None,
@@ -191,7 +195,7 @@ async fn a_session_that_keeps_going_rotates_into_a_successor_that_starts_from_th
     // Its first request carries the handoff: a reply sends the history as it stands (the
     // reply is appended after those two messages), and the server's count of the prompt is
     // its own count of those two texts plus the chat template's few tokens.
-    let first = fleet.runtime.reply(successor).await.unwrap();
+    let first = fleet.reply(successor).await.unwrap();
     let prompt = first.reading.unwrap().reported.unwrap().prompt_tokens;
     let after = fleet.runtime.history(successor).await.unwrap();
     assert_eq!(
@@ -239,10 +243,10 @@ async fn a_request_that_overflows_the_window_is_turned_into_a_rotation() {
     let server = LlamaServer::start(LlamaOptions::window(1024));
     let mut fleet = fleet(&server, agent(1024, policy().build().unwrap()));
     let s = fleet.start_item(1, "engineer", ITEM).await;
-    fleet.runtime.reply(s).await.unwrap();
+    fleet.reply(s).await.unwrap();
 
     let huge = (1..8).map(log_part).collect::<Vec<_>>().join("\n");
-    let turn = fleet.runtime.chat(s, huge).await.expect("not an error");
+    let turn = fleet.chat(s, huge).await.expect("not an error");
 
     let overflow = turn
         .overflow
@@ -255,13 +259,13 @@ async fn a_request_that_overflows_the_window_is_turned_into_a_rotation() {
     let successor = turn.successor.expect("a successor holds the item");
     let r = &fleet.rotations()[0];
     assert!(r.success, "{r:?}");
-    assert_eq!(r.reason, RotationReason::Threshold);
+    assert_eq!(r.reason, RotationReason::Overflow, "the machine's decision");
     assert_eq!(
         r.before_tokens, prompt,
         "the server's count of the refused prompt"
     );
     assert_eq!(r.new_session, Some(successor));
-    let next = fleet.runtime.reply(successor).await.unwrap();
+    let next = fleet.reply(successor).await.unwrap();
     assert_eq!(next.phase, Phase::Normal);
     fleet.stop().await;
     server.report_timing(

@@ -55,7 +55,7 @@ async fn usage_is_reported_after_each_reply_without_the_caller_reporting_anythin
     stub.usage_series(vec![(100, 10), (500, 20), (1700, 20), (300, 60)]);
     let (mut fleet, s) = fleet(&stub).await;
 
-    let first = fleet.runtime.reply(s).await.unwrap();
+    let first = fleet.reply(s).await.unwrap();
     assert_eq!(first.phase, Phase::Normal);
     let info = phase_of(&fleet, s).await.unwrap();
     assert_eq!(
@@ -63,7 +63,7 @@ async fn usage_is_reported_after_each_reply_without_the_caller_reporting_anythin
         Some((110, UsageSource::Reported))
     );
 
-    let second = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let second = fleet.chat(s, "Go on.").await.unwrap();
     assert_eq!(second.reading.unwrap().usage.used(), 520);
     assert_eq!(
         phase_of(&fleet, s).await.unwrap().usage.unwrap().used(),
@@ -71,7 +71,7 @@ async fn usage_is_reported_after_each_reply_without_the_caller_reporting_anythin
     );
 
     // Crossing 80% compacts the session before the turn returns.
-    let third = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let third = fleet.chat(s, "Go on.").await.unwrap();
     assert_eq!(third.phase, Phase::Normal, "the compaction was waited out");
     assert!(third.settle_time > Duration::ZERO);
     let compactions = fleet.compactions();
@@ -97,7 +97,7 @@ async fn usage_is_reported_after_each_reply_without_the_caller_reporting_anythin
     assert!(history[2].text().starts_with(SUMMARY_PREFIX));
     assert_eq!(history[3].text(), "Go on.");
     // The next request still carries the work item, outside the summary.
-    fleet.runtime.chat(s, "Go on.").await.unwrap();
+    fleet.chat(s, "Go on.").await.unwrap();
     let next = &stub.chat_requests()[4].body["messages"];
     assert!(
         next[1]["content"].as_str().unwrap().contains(ITEM),
@@ -119,11 +119,10 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
     ]);
     stub.reply_text("Handoff: tests/parse.rs fails with `assertion failed: ast.is_empty()`.");
     let (mut fleet, s) = fleet(&stub).await;
-    fleet.runtime.reply(s).await.unwrap();
+    fleet.reply(s).await.unwrap();
 
     let turn = fleet
-        .runtime
-        .chat(s, &"a very long tool output ".repeat(50))
+        .chat(s, "a very long tool output ".repeat(50))
         .await
         .expect("an overflow is not an error");
 
@@ -137,7 +136,7 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
     assert_eq!(rotations.len(), 1);
     let r = &rotations[0];
     assert!(r.success);
-    assert_eq!(r.reason, RotationReason::Threshold);
+    assert_eq!(r.reason, RotationReason::Overflow, "the machine's decision");
     assert_eq!(r.before_tokens, 2300, "the server's own count");
     assert_eq!((r.old_session, r.new_session), (s, Some(successor)));
     assert_eq!(&*r.agent_type, "coder");
@@ -162,7 +161,7 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
         assert_eq!(r.body["messages"][0]["content"], SUMMARY_INSTRUCTIONS);
     }
     // The successor starts from the handoff, and its first request carries it.
-    let next = fleet.runtime.reply(successor).await.unwrap();
+    let next = fleet.reply(successor).await.unwrap();
     assert_eq!(next.phase, Phase::Normal);
     let first = &stub.chat_requests()[requests.len()].body["messages"];
     assert_eq!(first[0]["content"], "You are a careful coding agent.");
@@ -180,10 +179,11 @@ async fn a_llama_cpp_overflow_rotates_the_session_at_once_and_is_never_retried()
 }
 
 #[actix::test]
-async fn a_vllm_overflow_below_the_rotation_threshold_rotates_by_hand() {
+async fn a_vllm_overflow_below_the_rotation_threshold_rotates_for_the_overflow() {
     let stub = Stub::start().await;
     stub.usage_series(vec![(600, 20)]);
-    // 1,800 of 2,000 tokens is 90%: reporting it would compact, so the session is rotated.
+    // 1,800 of 2,000 tokens is 90%: as a reading it would compact, but an overflow is the
+    // machine's to judge, and it rotates (the runtime makes no policy decision of its own).
     stub.script([
         Fault::Reply,
         Fault::OverflowVllm {
@@ -192,14 +192,14 @@ async fn a_vllm_overflow_below_the_rotation_threshold_rotates_by_hand() {
         },
     ]);
     let (mut fleet, s) = fleet(&stub).await;
-    fleet.runtime.reply(s).await.unwrap();
-    let turn = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    fleet.reply(s).await.unwrap();
+    let turn = fleet.chat(s, "Go on.").await.unwrap();
     assert_eq!(turn.overflow.unwrap().prompt_tokens, Some(1800));
     assert_eq!(turn.phase, Phase::Closed);
     assert!(turn.successor.is_some());
     let r = &fleet.rotations()[0];
-    assert_eq!(r.reason, RotationReason::Manual);
-    assert_eq!(r.before_tokens, 620, "the last reading before the overflow");
+    assert_eq!(r.reason, RotationReason::Overflow);
+    assert_eq!(r.before_tokens, 1800, "the server's figure");
     assert!(fleet.compactions().is_empty());
     fleet.stop().await;
 }
@@ -209,7 +209,7 @@ async fn a_reply_without_usage_is_reported_as_an_estimate() {
     let stub = Stub::start().await;
     stub.script([Fault::NoUsage]);
     let (fleet, s) = fleet(&stub).await;
-    let turn = fleet.runtime.reply(s).await.unwrap();
+    let turn = fleet.reply(s).await.unwrap();
     let reading = turn.reading.unwrap();
     assert_eq!(reading.distrust, Some(Distrust::NoReport));
     assert_eq!(reading.usage.source(), UsageSource::Estimated);
@@ -231,8 +231,8 @@ async fn zero_prompt_tokens_are_distrusted_and_estimated() {
     stub.usage_series(vec![(400, 20)]);
     stub.script([Fault::Reply, Fault::ZeroPrompt]);
     let (fleet, s) = fleet(&stub).await;
-    fleet.runtime.reply(s).await.unwrap();
-    let turn = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    fleet.reply(s).await.unwrap();
+    let turn = fleet.chat(s, "Go on.").await.unwrap();
     let reading = turn.reading.unwrap();
     assert_eq!(reading.distrust, Some(Distrust::ZeroPrompt));
     assert_eq!(reading.usage.source(), UsageSource::Estimated);
@@ -258,7 +258,7 @@ async fn a_rate_limit_then_success_is_one_turn_and_one_report() {
         Fault::Reply,
     ]);
     let (mut fleet, s) = fleet(&stub).await;
-    let turn = fleet.runtime.reply(s).await.unwrap();
+    let turn = fleet.reply(s).await.unwrap();
     assert_eq!(turn.phase, Phase::Normal);
     assert_eq!(stub.chat_requests().len(), 2);
     assert_eq!(turn.reading.unwrap().usage.used(), 310);
@@ -281,7 +281,7 @@ async fn a_slow_reply_past_the_timeout_fails_the_turn_and_leaves_the_history_as_
     let mut fleet = ChatFleet::start(runtime, agent());
     let s = fleet.start_item(1, "coder", "Fix it").await;
     let before = fleet.runtime.history(s).await.unwrap();
-    let err = fleet.runtime.chat(s, "Go on.").await.unwrap_err();
+    let err = fleet.chat(s, "Go on.").await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -292,7 +292,7 @@ async fn a_slow_reply_past_the_timeout_fails_the_turn_and_leaves_the_history_as_
     assert!(err.retry_may_help());
     assert_eq!(fleet.runtime.history(s).await.unwrap(), before);
     // The same turn, taken again, goes through.
-    let turn = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let turn = fleet.chat(s, "Go on.").await.unwrap();
     assert_eq!(turn.phase, Phase::Normal);
     assert_eq!(
         fleet.runtime.history(s).await.unwrap().len(),
@@ -329,11 +329,11 @@ async fn no_api_key_appears_in_any_log_line_or_record() {
     // A long first reply: the history grows by about what the figures say, and the
     // compaction summarises it away.
     stub.reply_text(&"The build fails in src/parse.rs at line 12.\n".repeat(110));
-    fleet.runtime.reply(s).await.unwrap();
+    fleet.reply(s).await.unwrap();
     stub.reply_text("Looking at src/parse.rs.");
-    let compacting = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let compacting = fleet.chat(s, "Go on.").await.unwrap();
     assert_eq!(compacting.phase, Phase::Normal);
-    let rotated = fleet.runtime.chat(s, "Go on.").await.unwrap();
+    let rotated = fleet.chat(s, "Go on.").await.unwrap();
     assert!(rotated.overflow.is_some() && rotated.successor.is_some());
     let events = fleet.stop().await;
 
@@ -372,7 +372,7 @@ async fn the_agent_types_window_wins_over_a_smaller_endpoint_window_with_one_war
     });
     let (mut fleet, s) = fleet(&stub).await;
     assert_eq!(fleet.runtime.session_window(s), Some(WINDOW));
-    let turn = fleet.runtime.reply(s).await.unwrap();
+    let turn = fleet.reply(s).await.unwrap();
     assert_eq!(turn.reading.unwrap().usage.window(), WINDOW);
     let other = fleet.start_item(2, "coder", "Fix tests/lex.rs").await;
     assert_eq!(fleet.runtime.session_window(other), Some(WINDOW));
@@ -491,7 +491,7 @@ async fn llama_cpp_timings_alone_are_read_as_the_servers_figures() {
     stub.usage_series(vec![(300, 12)]);
     stub.script([Fault::TimingsOnly]);
     let (fleet, s) = fleet(&stub).await;
-    let turn = fleet.runtime.reply(s).await.unwrap();
+    let turn = fleet.reply(s).await.unwrap();
     let reading = turn.reading.unwrap();
     assert_eq!(reading.distrust, None);
     assert_eq!(reading.usage.source(), UsageSource::Reported);
@@ -510,7 +510,7 @@ async fn an_overflow_that_states_a_smaller_window_budgets_the_handoff_for_it() {
     let (mut fleet, s) = fleet(&stub).await;
     // No usage: the token scale stays at 1.0 until the overflow measures it.
     stub.script([Fault::NoUsage]);
-    fleet.runtime.reply(s).await.unwrap();
+    fleet.reply(s).await.unwrap();
     let long = "error[E0308]: mismatched types in src/parse.rs, expected `Ast`. ".repeat(100);
     let encoding = Encoding::for_model("stub-model");
     let mut sent: Vec<ProviderMessage> = fleet
@@ -532,7 +532,7 @@ async fn an_overflow_that_states_a_smaller_window_budgets_the_handoff_for_it() {
     }]);
     let before = stub.chat_requests().len();
 
-    let turn = fleet.runtime.chat(s, long.as_str()).await.unwrap();
+    let turn = fleet.chat(s, long.as_str()).await.unwrap();
 
     assert!(turn.overflow.is_some() && turn.successor.is_some());
     let r = &fleet.rotations()[0];
@@ -588,17 +588,38 @@ async fn spawn_is_idempotent_per_key_and_ids_are_new() {
 }
 
 #[actix::test]
-async fn a_turn_needs_an_attached_runtime_and_an_open_session() {
+async fn the_runtime_takes_a_turn_on_its_own_and_leaves_the_report_to_the_caller() {
     let stub = Stub::start().await;
+    stub.usage_series(vec![(120, 8)]);
     let runtime = runtime(&stub);
+    // No supervisor at all: the runtime is an edge.
     let s = runtime.spawn(&agent(), SpawnKey(1)).await.unwrap();
+    let turn = runtime.chat(s, "hello").await.unwrap();
+    assert!(turn.reply.is_some() && turn.reading.is_some(), "{turn:?}");
+    assert_eq!((turn.phase, turn.successor), (Phase::Normal, None));
+    assert_eq!(turn.window, agent().window, "the window to report with");
+    runtime.close(s).await.unwrap();
     assert_eq!(
-        runtime.chat(s, "hello").await.unwrap_err(),
-        ChatRuntimeError::Detached
+        runtime.chat(s, "again").await.unwrap_err(),
+        ChatRuntimeError::UnknownSession(s)
     );
-    let (fleet, s) = fleet(&stub).await;
+    assert_eq!(
+        stub.chat_requests().len(),
+        1,
+        "no request for a closed session"
+    );
+}
+
+#[actix::test]
+async fn a_turn_on_a_closed_session_spends_no_request() {
+    let stub = Stub::start().await;
+    let (mut fleet, s) = fleet(&stub).await;
     fleet.supervisor.close(s).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    fleet
+        .wait_for("the item done", Duration::from_secs(10), |e| {
+            matches!(e, FleetEvent::WorkItemDone { .. })
+        })
+        .await;
     assert!(matches!(
         fleet.runtime.chat(s, "hello").await.unwrap_err(),
         ChatRuntimeError::UnknownSession(_)
@@ -612,15 +633,15 @@ async fn a_summary_replaces_the_history_it_was_written_from_and_later_messages_a
     let stub = Stub::start().await;
     stub.usage_series(vec![(300, 20)]);
     let (fleet, s) = fleet(&stub).await;
-    fleet.runtime.reply(s).await.unwrap();
-    fleet.runtime.chat(s, "First question?").await.unwrap();
+    fleet.reply(s).await.unwrap();
+    fleet.chat(s, "First question?").await.unwrap();
     // Summarised now; a turn lands before the history is replaced.
     let summary = fleet
         .runtime
         .summarise(s, SummaryPurpose::Compaction)
         .await
         .unwrap();
-    fleet.runtime.chat(s, "Second question?").await.unwrap();
+    fleet.chat(s, "Second question?").await.unwrap();
     let after = fleet.runtime.replace_history(s, &summary).await.unwrap();
 
     let history = fleet.runtime.history(s).await.unwrap();

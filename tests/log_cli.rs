@@ -362,7 +362,7 @@ fn log_export_never_writes_over_the_journal_or_its_side_files() {
         wal.as_str(),
     ] {
         let o = baton(&["log", &path, "--export", "-o", target]);
-        assert_eq!(o.status.code(), Some(1), "{target}");
+        assert_eq!(o.status.code(), Some(2), "refused usage: {target}");
         assert!(stderr(&o).contains("refusing"), "{target}: {}", stderr(&o));
     }
     assert_eq!(

@@ -116,6 +116,10 @@ fn flag_errors_exit_2_and_name_the_flag() {
         ),
         (&["replay", SERIES, "--compact-at", "0.99"][..], "rotate_at"),
         (&["replay", SERIES, "--chart", SERIES][..], "--chart"),
+        (
+            &["replay", SERIES, "--max-trace-bytes", "0"][..],
+            "--max-trace-bytes",
+        ),
     ] {
         let o = baton(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));

@@ -3,7 +3,7 @@
 //! baton decides *when* to compact or rotate; the runtime does it: it summarises a session,
 //! replaces its history, closes it, spawns a fresh session of an agent type, and assigns a work
 //! item to it. An orchestrator implements [`AgentRuntime`] over its own agents (or uses the
-//! built-in ones) and hands it to the [`Supervisor`](crate::supervisor::Supervisor) behind an
+//! built-in ones) and hands it to the [`Supervisor`](crate::Supervisor) behind an
 //! `Arc`.
 //!
 //! [`memory::MemoryRuntime`] is a complete in-memory runtime for tests, examples and

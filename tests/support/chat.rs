@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::record::{CompactionRecord, RotationRecord};
-use baton::runtime::chat::{ChatRuntime, ChatRuntimeConfig, ClientConfig};
+use baton::run::take_turn;
+use baton::runtime::chat::{ChatRuntime, ChatRuntimeConfig, ChatRuntimeError, ClientConfig, Turn};
 use baton::{
-    AgentType, FleetEvent, SessionId, Supervisor, SupervisorConfig, SupervisorHandle, WorkItem,
-    WorkItemId,
+    AgentType, FleetEvent, SessionHandle, SessionId, Supervisor, SupervisorConfig,
+    SupervisorHandle, WorkItem, WorkItemId,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -48,25 +49,49 @@ pub struct ChatFleet {
 }
 
 impl ChatFleet {
-    /// Starts a supervisor over `runtime` with one agent type, and attaches the runtime.
+    /// Starts a supervisor over `runtime` with one agent type.
     pub fn start(runtime: ChatRuntime, agent: AgentType) -> Self {
         let runtime = Arc::new(runtime);
-        let supervisor = Supervisor::builder(runtime.clone())
+        let builder = Supervisor::builder(runtime.clone())
             .config(SupervisorConfig {
                 retry_min_delay: Duration::from_millis(5),
                 retry_max_delay: Duration::from_millis(50),
                 ..SupervisorConfig::default()
             })
-            .agent_type(agent)
-            .start();
-        assert!(runtime.attach(&supervisor));
-        let events = supervisor.subscribe();
+            .agent_type(agent);
+        let events = builder.subscribe();
+        let supervisor = builder.start();
         Self {
             runtime,
             supervisor,
             events,
             log: Vec::new(),
         }
+    }
+
+    /// Takes a turn on `session` with `message` as the next user message, reported through the
+    /// session's handle as `baton run` does ([`baton::run::take_turn`]).
+    pub async fn chat(
+        &self,
+        session: SessionId,
+        message: impl Into<String>,
+    ) -> Result<Turn, ChatRuntimeError> {
+        let handle = self.handle(session).await;
+        take_turn(&self.runtime, &handle, Some(&message.into())).await
+    }
+
+    /// Takes a turn answering the history as it stands, reported as [`Self::chat`] does.
+    pub async fn reply(&self, session: SessionId) -> Result<Turn, ChatRuntimeError> {
+        let handle = self.handle(session).await;
+        take_turn(&self.runtime, &handle, None).await
+    }
+
+    /// The registered session's handle (a session whose start was announced is registered).
+    pub async fn handle(&self, session: SessionId) -> SessionHandle {
+        self.supervisor
+            .session(session)
+            .await
+            .unwrap_or_else(|| panic!("{session} is not registered"))
     }
 
     /// Submits work item `id` for `agent_type` and waits for its session.

@@ -320,8 +320,9 @@ impl Harness {
         for a in agents {
             b = b.agent_type(a);
         }
+        // Subscribed before the start: not one event can be missed.
+        let events = b.subscribe();
         let supervisor = b.start();
-        let events = supervisor.subscribe();
         Self {
             runtime,
             supervisor,

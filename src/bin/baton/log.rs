@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use baton::journal::{
     CompactionRow, EventRow, Filter, JournalError, JournalView, RotationRow, SessionRow, Timestamp,
     WorkItemRow,
@@ -208,8 +208,8 @@ fn same_place(a: &Path, b: &Path) -> bool {
 }
 
 /// Lists what the journal recorded. Errors (escaped by `main`, since they may quote a damaged
-/// row's value) exit 1, a flag that does not apply exits 2, and a closed standard output is a
-/// normal end.
+/// row's value) exit 1; a flag that does not apply, or an output over the journal, exits 2; a
+/// closed standard output is a normal end.
 pub fn run(args: Args) -> Result<()> {
     let filter = filter(&args)?;
     let output = args.output.as_deref().filter(|p| !output::is_stdio(p));
@@ -220,11 +220,11 @@ pub fn run(args: Args) -> Result<()> {
         // A side file that does not exist yet is refused by its name: an export written as
         // `J.db-wal` would be taken for the journal's write-ahead log.
         if let Some(side) = inputs.iter().find(|side| same_place(path, side)) {
-            bail!(
+            return Err(crate::usage(format_args!(
                 "{}: refusing to write over the journal's own file {}",
                 path.display(),
                 side.display()
-            );
+            )));
         }
     }
     let rows = read(&args, &filter)?;

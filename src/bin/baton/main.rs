@@ -21,8 +21,6 @@
 
 mod chart;
 mod log;
-// Used by every subcommand as they are hardened; until then some of it is used by tests only.
-#[allow(dead_code)]
 mod output;
 mod policy_args;
 mod replay;
@@ -188,7 +186,15 @@ fn finish(result: anyhow::Result<Exit>) -> Exit {
         Err(e) if is_stdout_closed(&e) => Exit::Success,
         Err(e) => {
             eprintln!("error: {}", output::escape(&chain_message(&e)));
-            if e.chain().any(|c| c.is::<UsageError>()) {
+            // Refusing to write over an input is refused usage, whichever subcommand it was.
+            let refused = |c: &(dyn std::error::Error + 'static)| {
+                c.is::<UsageError>()
+                    || matches!(
+                        c.downcast_ref::<output::OutputError>(),
+                        Some(output::OutputError::WouldOverwriteInput { .. })
+                    )
+            };
+            if e.chain().any(refused) {
                 Exit::Usage
             } else {
                 Exit::Failure
@@ -295,6 +301,16 @@ mod tests {
         let e = usage("--window must be at least 1").context("replay");
         assert_eq!(finish(Err(e)), Exit::Usage);
         assert_eq!(finish(Err(anyhow::anyhow!("boom"))), Exit::Failure);
+        let over_input = output::OutputError::WouldOverwriteInput {
+            output: "j.db".into(),
+            input: "j.db".into(),
+        };
+        let e = anyhow::Error::new(over_input).context("writing the export");
+        assert_eq!(
+            finish(Err(e)),
+            Exit::Usage,
+            "an output over an input is refused usage"
+        );
         assert_eq!(finish(Ok(Exit::Interrupted)), Exit::Interrupted);
     }
 

@@ -119,30 +119,61 @@ pub fn refuse_overwrite<'a>(
 /// Writes `path` atomically: `write` fills a temporary file beside it, which is flushed, synced
 /// and renamed over `path` only when `write` succeeded. Refuses first when `path` is one of
 /// `inputs`. On any error the old file (if any) is untouched and the temporary file is removed.
+///
+/// The result looks as if written in place: an existing file keeps its permissions, a new one
+/// gets the usual `0666` less the umask, and a symbolic link is written through (its target is
+/// replaced, the link stays).
 pub fn write_atomic<'a>(
     path: &Path,
     inputs: impl IntoIterator<Item = &'a Path>,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<(), OutputError> {
+    use std::os::unix::fs::PermissionsExt;
     refuse_overwrite(path, inputs)?;
     let io_err = |source| OutputError::Io {
         path: path.to_owned(),
         source,
     };
-    let dir = match path.parent() {
+    // Through a symbolic link to the file it names, so the link survives the rename.
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path).map_err(io_err)?,
+        _ => path.to_owned(),
+    };
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(io_err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no directory {}", dir.display()),
+        )));
+    }
+    let permissions = match std::fs::metadata(&target) {
+        Ok(m) => m.permissions(),
+        // Created with open(2)'s mode, so the umask applies as for any new file.
+        Err(_) => std::fs::Permissions::from_mode(0o666),
     };
     let tmp = tempfile::Builder::new()
         .prefix(".baton-")
         .suffix(".tmp")
+        .permissions(permissions.clone())
         .tempfile_in(dir)
-        .map_err(io_err)?;
+        .map_err(|e| {
+            io_err(io::Error::new(
+                e.kind(),
+                "cannot create a file in its directory",
+            ))
+        })?;
     let mut out = BufWriter::new(tmp);
     write(&mut out).map_err(io_err)?;
     let tmp = out.into_inner().map_err(|e| io_err(e.into_error()))?;
+    // The mode given at creation was cut by the umask; an existing file's is restored whole.
+    if std::fs::metadata(&target).is_ok() {
+        tmp.as_file().set_permissions(permissions).map_err(io_err)?;
+    }
     tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    tmp.persist(&target).map_err(|e| io_err(e.error))?;
     Ok(())
 }
 
@@ -261,6 +292,45 @@ mod tests {
         assert_eq!(left.len(), 1, "the temporary file is removed");
         write_atomic(&out, [], |w| w.write_all(b"new")).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), b"new");
+    }
+
+    #[test]
+    fn write_atomic_looks_like_a_write_in_place() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("kept.jsonl");
+        std::fs::write(&kept, b"old").unwrap();
+        std::fs::set_permissions(&kept, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&kept, [], |w| w.write_all(b"new")).unwrap();
+        let mode = std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "an existing file keeps its permissions");
+
+        let fresh = dir.path().join("fresh.svg");
+        write_atomic(&fresh, [], |w| w.write_all(b"<svg/>")).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_ne!(
+            mode & 0o044,
+            0,
+            "a new file is readable as any new file is: {mode:o}"
+        );
+
+        let link = dir.path().join("link.jsonl");
+        std::os::unix::fs::symlink(&kept, &link).unwrap();
+        write_atomic(&link, [], |w| w.write_all(b"through")).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read(&kept).unwrap(), b"through");
+
+        let err = write_atomic(&dir.path().join("none/x.jsonl"), [], |_| Ok(())).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("none/x.jsonl") && !shown.contains(".baton-"),
+            "{shown}"
+        );
     }
 
     #[test]

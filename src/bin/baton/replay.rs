@@ -54,9 +54,9 @@ pub struct Args {
     /// one of the traces).
     #[arg(long, value_name = "FILE.svg")]
     chart: Option<PathBuf>,
-    /// Largest trace read, in bytes (256 MiB by default); a larger one is refused without being
-    /// read further.
-    #[arg(long, default_value_t = trace::MAX_TRACE_BYTES, value_name = "BYTES")]
+    /// Largest trace read, in bytes (256 MiB by default, at least 1); a larger one is refused
+    /// without being read further.
+    #[arg(long, default_value_t = trace::MAX_TRACE_BYTES, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     max_trace_bytes: u64,
 }
 

@@ -6,29 +6,31 @@
 //! ([`AgentRuntime::spawn`]); a work item (and the handoff it continues from, after a rotation)
 //! becomes a user message ([`AgentRuntime::assign`], [`assignment_text`]). The embedding program
 //! then talks to the agent with [`ChatRuntime::chat`] (or [`ChatRuntime::reply`], to answer the
-//! history as it stands): the history is sent, the reply appended, and the reply's usage is
-//! reported to the session's actor by the runtime itself, so compaction and rotation happen
-//! without the caller doing anything. A turn returns once baton has acted on its reading: after
-//! a compaction it triggered, or after a rotation, with the successor named in the [`Turn`].
+//! history as it stands): the history is sent, the reply appended, and the [`Turn`] carries the
+//! reading to report (or the context overflow the endpoint answered).
+//!
+//! The runtime is an edge: it knows nothing of the supervisor or of sessions' actors. The
+//! embedder reports each turn through its own handle on the session, and that is where baton
+//! decides what the turn means: [`crate::run::take_turn`] takes a turn, reports its reading with
+//! `SessionHandle::report_and_settle` (or passes an overflow on as the machine's overflow event)
+//! and returns once the session has settled, compacted or rotated, with the successor named.
 //!
 //! Usage figures go through a per-session [`UsageTracker`]: a report that is missing, zero, or
 //! falls while the conversation only grew is replaced by the calibrated local estimate and
-//! marked [`UsageSource::Estimated`]. Compaction summaries are budgeted up front
+//! marked [`UsageSource::Estimated`](crate::usage::UsageSource::Estimated). Compaction summaries are budgeted up front
 //! ([`SummaryPlan`]) with a [`ScaledTiktoken`] counter that learns the server's tokens per local
 //! token from the session's own reports, so a summary request never overflows. A context
-//! overflow from a turn is turned into an immediate rotation, never retried, whose handoff is
-//! budgeted for the window and token count the error states.
+//! overflow from a turn is never retried; the runtime learns the window and token count the
+//! error states (so the handoff that follows is budgeted for them) and returns it in the
+//! [`Turn`]: what it means (a rotation) is the machine's decision.
 //!
 //! An agent type's window is the user's and always wins, even over a smaller one the endpoint
 //! states (with a warning); [`ChatRuntime::window_for`] and [`choose_window`] resolve a window
 //! the user did not give (the endpoint's, else baton's table of well-known models).
-//!
-//! The runtime must be attached to the supervisor it serves ([`ChatRuntime::attach`]) before
-//! turns are taken: that is how it finds each session's actor.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -42,14 +44,12 @@ use super::error::{ChatError, ContextOverflow};
 use super::history::{History, ScaledTiktoken, Split, TokenCounter};
 use super::wire::{ChatMessage, ChatRequest, Role};
 use crate::machine::Phase;
-use crate::policy::Policy;
 use crate::provider::{
     self, Encoding, Provider, Reading, UsageTracker, Window, WindowSource, known_window,
     resolve_window,
 };
 use crate::runtime::{AgentRuntime, RuntimeError};
-use crate::supervisor::{SessionHandle, SupervisorHandle};
-use crate::usage::{UsageError, UsageSource};
+use crate::usage::UsageError;
 use crate::vocab::{
     AgentType, Handoff, SessionId, SpawnKey, Summary, SummaryPurpose, WorkItem, WorkItemId,
 };
@@ -76,9 +76,6 @@ pub struct ChatRuntimeConfig {
     /// Server tokens per local tiktoken token, assumed until a session's first trusted report
     /// measures it.
     pub initial_scale: f64,
-    /// The longest a turn waits for its session's actor to appear and for a compaction or
-    /// rotation it triggered to finish.
-    pub settle_timeout: Duration,
     /// The first session id handed out; later ones count up from it. Session ids must be new
     /// across restarts when a journal is kept: start past the journal's highest.
     pub first_session_id: u64,
@@ -86,8 +83,7 @@ pub struct ChatRuntimeConfig {
 
 impl Default for ChatRuntimeConfig {
     /// Replies of at most 512 tokens, server sampling defaults, no verbatim tail, window
-    /// discovery on, usage shape detected, scale 1.0, turns that wait up to 10 minutes (the
-    /// default rotation deadline is 5), and session ids from 1.
+    /// discovery on, usage shape detected, scale 1.0, and session ids from 1.
     fn default() -> Self {
         Self {
             reply_tokens: Some(512),
@@ -97,32 +93,18 @@ impl Default for ChatRuntimeConfig {
             discover_window: true,
             provider: None,
             initial_scale: 1.0,
-            settle_timeout: Duration::from_secs(600),
             first_session_id: 1,
         }
     }
 }
 
-/// Why a turn failed. A context overflow is not among them: it becomes a rotation, reported in
-/// the [`Turn`].
+/// Why a turn failed. A context overflow is not among them: it is an answer, returned in the
+/// [`Turn`] for the machine to act on.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ChatRuntimeError {
-    /// The runtime was not attached to a supervisor, so it cannot report usage.
-    #[error(
-        "the chat runtime is not attached to a supervisor: call ChatRuntime::attach after starting it"
-    )]
-    Detached,
     /// The runtime holds no open conversation for the session (closed, or never spawned).
     #[error("unknown session {0}")]
     UnknownSession(SessionId),
-    /// The supervisor did not register the session's actor in time.
-    #[error("session {session} has no actor after {waited:?}")]
-    NoActor {
-        /// The session.
-        session: SessionId,
-        /// How long the turn waited.
-        waited: Duration,
-    },
     /// The request failed (already retried where retrying may help).
     #[error(transparent)]
     Chat(#[from] ChatError),
@@ -136,7 +118,6 @@ impl ChatRuntimeError {
     pub fn retry_may_help(&self) -> bool {
         match self {
             Self::Chat(e) => e.retry_may_help(),
-            Self::NoActor { .. } => true,
             _ => false,
         }
     }
@@ -152,23 +133,44 @@ pub struct Turn {
     /// The usage as accounted (reported, or estimated when the report was not trusted) and what
     /// the server said; `None` after an overflow.
     pub reading: Option<Reading>,
-    /// The overflow the request ran into, which rotated the session.
+    /// The overflow the request ran into: to pass on to the session's machine, which rotates
+    /// it.
     pub overflow: Option<ContextOverflow>,
-    /// The session's state once baton had acted on the turn: `Normal`, or `Closed` after a
-    /// rotation (`Compacting` and `Rotating` are waited out, up to the settle timeout).
+    /// The window the reading is measured against (the session's, or the smaller one an
+    /// overflow stated): to report with it.
+    pub window: u64,
+    /// The session's state once the reading was reported and the session settled: `Normal`, or
+    /// `Closed` after a rotation or a close. The runtime returns `Normal`; whoever reports the
+    /// turn sets it ([`Turn::settled`], as [`crate::run::take_turn`] does).
     pub phase: Phase,
-    /// The session now holding the work item, when it is another one (after a rotation).
+    /// The session now holding the work item, when it is another one (after a rotation); set
+    /// with `phase`.
     pub successor: Option<SessionId>,
     /// Time spent waiting on the endpoint: the HTTP exchanges of every attempt and the pauses
     /// between them (for an overflow, the whole failed call).
     pub request_time: Duration,
-    /// Time spent waiting for a compaction or rotation the turn triggered.
+    /// Time spent waiting for a compaction or rotation the turn triggered; set with `phase`.
     pub settle_time: Duration,
     /// The whole turn, from the call to the return.
     pub elapsed: Duration,
 }
 
 impl Turn {
+    /// The turn as its report left the session: its `phase` then, the `successor` holding the
+    /// work item after a rotation, and the time waited for it to settle.
+    pub fn settled(
+        mut self,
+        phase: Phase,
+        successor: Option<SessionId>,
+        settle_time: Duration,
+    ) -> Self {
+        self.phase = phase;
+        self.successor = successor;
+        self.settle_time = settle_time;
+        self.elapsed += settle_time;
+        self
+    }
+
     /// The session to take the next turn on: this one while it is live, else its successor.
     pub fn next_session(&self) -> Option<SessionId> {
         match self.phase {
@@ -276,8 +278,6 @@ impl Transcript {
 
 /// One session as the runtime knows it.
 struct Conversation {
-    /// The session.
-    id: SessionId,
     /// Its agent type's name, for logs.
     agent_type: Arc<str>,
     /// The model named in its requests.
@@ -285,14 +285,10 @@ struct Conversation {
     /// The window its readings are measured against; lowered when an overflow shows that the
     /// server's is smaller.
     window: AtomicU64,
-    /// Its agent type's policy: an overflow below `rotate_at` rotates by hand.
-    policy: Arc<Policy>,
     /// The vocabulary its local counts use.
     encoding: Encoding,
     /// The client for its agent type.
     client: ChatClient,
-    /// Its actor, once the supervisor registered it.
-    actor: OnceLock<SessionHandle>,
     /// The conversation; held across a request, so one turn or summary at a time.
     transcript: tokio::sync::Mutex<Transcript>,
 }
@@ -316,8 +312,6 @@ pub struct ChatRuntime {
     clients: HashMap<Arc<str>, ChatClient>,
     /// Settings.
     config: ChatRuntimeConfig,
-    /// The supervisor the sessions belong to, set by `attach`.
-    supervisor: OnceLock<SupervisorHandle>,
     /// Open conversations.
     conversations: Mutex<HashMap<SessionId, Arc<Conversation>>>,
     /// Spawns by key, so a repeated key returns the same session.
@@ -338,7 +332,6 @@ impl std::fmt::Debug for ChatRuntime {
             .field("client", &self.client)
             .field("clients", &self.clients)
             .field("config", &self.config)
-            .field("attached", &self.supervisor.get().is_some())
             .finish_non_exhaustive()
     }
 }
@@ -399,7 +392,6 @@ impl ChatRuntime {
         Self {
             client,
             clients: HashMap::new(),
-            supervisor: OnceLock::new(),
             conversations: Mutex::default(),
             spawned: Mutex::default(),
             holders: Mutex::default(),
@@ -414,17 +406,6 @@ impl ChatRuntime {
     pub fn agent_client(mut self, name: &str, client: ChatClient) -> Self {
         self.clients.insert(name.into(), client);
         self
-    }
-
-    /// Attaches the runtime to the supervisor it was given to, so that turns can report usage
-    /// to their sessions' actors. Call it once, right after `start()`; a second call is ignored
-    /// (with a warning) and returns false.
-    pub fn attach(&self, supervisor: &SupervisorHandle) -> bool {
-        let fresh = self.supervisor.set(supervisor.clone()).is_ok();
-        if !fresh {
-            tracing::warn!("chat runtime already attached; ignored");
-        }
-        fresh
     }
 
     /// The settings.
@@ -580,13 +561,11 @@ impl ChatRuntime {
         message: Option<ChatMessage>,
     ) -> Result<Turn, ChatRuntimeError> {
         let started = Instant::now();
-        let supervisor = self.supervisor.get().ok_or(ChatRuntimeError::Detached)?;
         let conv = self
             .conversation(session)
             .ok_or(ChatRuntimeError::UnknownSession(session))?;
         let span = tracing::info_span!("turn", session = %session, agent_type = %conv.agent_type);
         async move {
-            let actor = self.actor(&conv, supervisor).await?;
             let mut t = conv.transcript.lock().await;
             if t.closed {
                 return Err(ChatRuntimeError::UnknownSession(session));
@@ -611,10 +590,19 @@ impl ChatRuntime {
                     }
                     learn_from_overflow(&conv, &mut t, &overflow);
                     drop(t);
-                    let request_time = sent.elapsed();
-                    return self
-                        .overflowed(&conv, supervisor, &actor, overflow, started, request_time)
-                        .await;
+                    tracing::warn!(%overflow, "context overflow; passed on to the session");
+                    return Ok(Turn {
+                        session,
+                        reply: None,
+                        reading: None,
+                        window: conv.window(),
+                        overflow: Some(overflow),
+                        phase: Phase::Normal,
+                        successor: None,
+                        request_time: sent.elapsed(),
+                        settle_time: Duration::ZERO,
+                        elapsed: started.elapsed(),
+                    });
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -641,7 +629,7 @@ impl ChatRuntime {
             };
             // Accounted under the lock, which is released before the report: a compaction the
             // report starts needs it.
-            let (reading, item) = {
+            let reading = {
                 let t = &mut *t;
                 // The prompt as sent is the history and the message; both join the history
                 // only once the reading is made, so a refused figure leaves it as it was.
@@ -664,7 +652,7 @@ impl ChatRuntime {
                     t.scale = scale(r.prompt_tokens, t.tracker.local_tokens());
                 }
                 t.push(reply.clone());
-                (reading, t.item)
+                reading
             };
             drop(t);
             tracing::debug!(
@@ -674,131 +662,21 @@ impl ChatRuntime {
                 request_ms = request_time.as_millis() as u64,
                 "turn"
             );
-            let phase = actor
-                .report_usage_and_wait(
-                    reading.usage.used(),
-                    Some(conv.window()),
-                    reading.usage.source(),
-                )
-                .await;
-            let (phase, settle_time) = self.settle(&actor, phase).await;
             Ok(Turn {
                 session,
                 reply: Some(reply),
                 reading: Some(reading),
+                window: conv.window(),
                 overflow: None,
-                phase,
-                successor: self.successor(session, item),
+                phase: Phase::Normal,
+                successor: None,
                 request_time,
-                settle_time,
+                settle_time: Duration::ZERO,
                 elapsed: started.elapsed(),
             })
         }
         .instrument(span)
         .await
-    }
-
-    /// A turn that overflowed: the session rotates at once. The server's prompt count is
-    /// reported when it says one and it reaches `rotate_at` (the rotation record then carries
-    /// the server's figure); otherwise the session is rotated by hand.
-    async fn overflowed(
-        &self,
-        conv: &Conversation,
-        supervisor: &SupervisorHandle,
-        actor: &SessionHandle,
-        overflow: ContextOverflow,
-        started: Instant,
-        request_time: Duration,
-    ) -> Result<Turn, ChatRuntimeError> {
-        let window = overflow.window.unwrap_or(conv.window());
-        tracing::warn!(%overflow, "context overflow; rotating the session");
-        let phase = match overflow.prompt_tokens {
-            Some(prompt) if prompt as f64 >= conv.policy.rotate_at() * window as f64 => {
-                actor
-                    .report_usage_and_wait(prompt, Some(window), UsageSource::Reported)
-                    .await
-            }
-            _ => {
-                if let Err(e) = supervisor.rotate(conv.id).await {
-                    tracing::warn!(error = %e, "could not rotate after an overflow");
-                }
-                actor.info().await.map(|i| i.phase)
-            }
-        };
-        let (phase, settle_time) = self.settle(actor, phase).await;
-        let item = conv.transcript.lock().await.item;
-        Ok(Turn {
-            session: conv.id,
-            reply: None,
-            reading: None,
-            overflow: Some(overflow),
-            phase,
-            successor: self.successor(conv.id, item),
-            request_time,
-            settle_time,
-            elapsed: started.elapsed(),
-        })
-    }
-
-    /// The session's actor: cached after the first lookup; until the supervisor registers it
-    /// (right after spawn and assign), looked up again with a growing pause.
-    async fn actor(
-        &self,
-        conv: &Conversation,
-        supervisor: &SupervisorHandle,
-    ) -> Result<SessionHandle, ChatRuntimeError> {
-        if let Some(handle) = conv.actor.get() {
-            return Ok(handle.clone());
-        }
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if let Some(handle) = supervisor.session(conv.id).await {
-                return Ok(conv.actor.get_or_init(|| handle).clone());
-            }
-            if self.conversation(conv.id).is_none() {
-                return Err(ChatRuntimeError::UnknownSession(conv.id));
-            }
-            if started.elapsed() >= self.config.settle_timeout {
-                return Err(ChatRuntimeError::NoActor {
-                    session: conv.id,
-                    waited: started.elapsed(),
-                });
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits while the session compacts or rotates (the actor's own answer, asked with a
-    /// growing pause); its phase then (`Closed` once its actor has stopped), and how long it
-    /// waited (zero when it did not have to).
-    async fn settle(&self, actor: &SessionHandle, phase: Option<Phase>) -> (Phase, Duration) {
-        let started = Instant::now();
-        let mut phase = phase;
-        let mut pause = Duration::from_millis(2);
-        let mut waited = Duration::ZERO;
-        loop {
-            match phase {
-                None => return (Phase::Closed, waited),
-                Some(p @ (Phase::Normal | Phase::Closed)) => return (p, waited),
-                Some(p) if started.elapsed() >= self.config.settle_timeout => {
-                    tracing::warn!(phase = ?p, "the session did not settle in time");
-                    return (p, started.elapsed());
-                }
-                Some(_) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                    phase = actor.info().await.map(|i| i.phase);
-                    waited = started.elapsed();
-                }
-            }
-        }
-    }
-
-    /// The open session holding `item`, when it is not `session`.
-    fn successor(&self, session: SessionId, item: Option<WorkItemId>) -> Option<SessionId> {
-        item.and_then(|i| self.holder(i)).filter(|s| *s != session)
     }
 }
 
@@ -1002,14 +880,11 @@ impl AgentRuntime for ChatRuntime {
         };
         transcript.set_history(history);
         let conv = Conversation {
-            id,
             agent_type: agent.name.clone(),
             model,
             window: AtomicU64::new(window),
-            policy: agent.policy.clone(),
             encoding,
             client: self.client_for(&agent.name).clone(),
-            actor: OnceLock::new(),
             transcript: tokio::sync::Mutex::new(transcript),
         };
         self.conversations
