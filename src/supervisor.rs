@@ -20,10 +20,23 @@
 //! attempt limit per work item. A runtime call that panics fails that call (a permanent
 //! [`RuntimeError`]); it never takes the supervisor down.
 //!
-//! Durability (optional): with a [`Journal`], every event reaches the journal through the event
-//! bus, each rotation step is durable before the runtime call that follows it
-//! (`supervisor/rotation.rs`), and a restarted supervisor recovers from the journal
-//! (`supervisor/recovery.rs`).
+//! Durability (optional): with a [`Journal`], every event is durable before any subscriber sees
+//! it (the journal's writer delivers it after its commit), each rotation step is durable before
+//! the runtime call that follows it (`supervisor/rotation.rs`), and a restarted supervisor
+//! recovers from the journal (`supervisor/recovery.rs`).
+//!
+//! Hosting: [`SupervisorBuilder::start`] joins the caller's actix system if there is one, and
+//! otherwise starts one of its own on a thread baton owns, so any tokio program (or plain thread)
+//! can embed a fleet; the handles work from any runtime.
+//!
+//! | file | what it is for |
+//! | --- | --- |
+//! | `supervisor.rs` | configuration, the builder, the actor: starts, closes, crashes, shutdown |
+//! | `ledger.rs` | the pure core: items and places, the queue, budgets, crash and halt decisions |
+//! | `rotation.rs` | a rotation's runtime work, step by step, and its conclusion |
+//! | `recovery.rs` | writing through the journal, and recovering from it at start-up |
+//! | `api.rs` | one message per handle call, with its handler |
+//! | `handle.rs` | [`SupervisorHandle`], [`SessionHandle`], [`Settled`] |
 
 mod api;
 mod handle;

@@ -237,20 +237,17 @@ impl Job {
         };
         // Waiting for a summary slot counts against the limit (and so against the rotation's
         // deadline): a rotation storm queues behind the cap instead of bursting the summariser.
-        // A transient failure is tried again (backoff) within the same limit; the slot is held
-        // across the tries.
-        let summary = async {
+        // A transient failure is tried again (backoff) within the same limit; each try takes a
+        // slot of its own, so the backoff between tries does not hold one.
+        let tries = Cell::new(0);
+        let summary = call_with_retry(self.retry, &tries, || async {
             let _slot = self
                 .summary_slots
                 .acquire()
                 .await
                 .map_err(|_| RuntimeError::permanent("summary slots closed"))?;
-            let tries = Cell::new(0);
-            call_with_retry(self.retry, &tries, || {
-                self.runtime.summarise(old, SummaryPurpose::Handoff)
-            })
-            .await
-        };
+            self.runtime.summarise(old, SummaryPurpose::Handoff).await
+        });
         let handoff = match tokio::time::timeout(limit, summary).await {
             Ok(Ok(s)) => Handoff {
                 text: s.text,
