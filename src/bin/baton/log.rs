@@ -273,36 +273,10 @@ struct Typed<'a, T> {
     row: &'a T,
 }
 
-/// serde_json's compact output, with every character a terminal could act on also written as a
-/// `\uXXXX` escape: serde_json escapes C0 controls itself, but not DEL, the C1 controls (U+009B
-/// is a one-character CSI) or the bidirectional overrides. The JSON means the same.
-struct TerminalSafe;
-
-impl serde_json::ser::Formatter for TerminalSafe {
-    fn write_string_fragment<W: ?Sized + Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        // The characters `output::escape` escapes (they are all in the Basic Multilingual Plane,
-        // so one `\uXXXX` each).
-        let unsafe_char = |c: char| {
-            c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-        };
-        let mut start = 0;
-        for (i, c) in fragment.char_indices().filter(|(_, c)| unsafe_char(*c)) {
-            writer.write_all(&fragment.as_bytes()[start..i])?;
-            write!(writer, "\\u{:04x}", u32::from(c))?;
-            start = i + c.len_utf8();
-        }
-        writer.write_all(&fragment.as_bytes()[start..])
-    }
-}
-
 /// One JSON object per line, fields in the row's order (`"type"` first when given).
 fn lines<T: Serialize>(rows: &[T], kind: Option<&str>, out: &mut dyn Write) -> Result<()> {
     for row in rows {
-        let mut json = serde_json::Serializer::with_formatter(&mut *out, TerminalSafe);
+        let mut json = serde_json::Serializer::with_formatter(&mut *out, output::TerminalSafeJson);
         match kind {
             Some(kind) => Typed { kind, row }.serialize(&mut json),
             None => row.serialize(&mut json),

@@ -57,6 +57,28 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// serde_json's compact formatter, with every character [`escape`] would escape also written
+/// as a `\uXXXX` escape: serde_json escapes C0 controls itself, but not DEL, the C1 controls
+/// (U+009B is a one-character CSI) or the bidirectional overrides. They are all in the Basic
+/// Multilingual Plane, so one `\uXXXX` each; the JSON reads back to the same strings.
+pub struct TerminalSafeJson;
+
+impl serde_json::ser::Formatter for TerminalSafeJson {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices().filter(|(_, c)| is_unsafe(*c)) {
+            writer.write_all(&fragment.as_bytes()[start..i])?;
+            write!(writer, "\\u{:04x}", u32::from(c))?;
+            start = i + c.len_utf8();
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 /// The path a user wrote that means standard input (or output).
 pub const STDIO: &str = "-";
 
@@ -253,6 +275,24 @@ mod tests {
             shown,
             "id\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\r\\nnext\\u{9b}\\u{202e}"
         );
+    }
+
+    #[test]
+    fn terminal_safe_json_escapes_what_a_terminal_acts_on_and_reads_back_the_same() {
+        let text = "a\u{7f}b\u{9b}2J\u{202e}c\u{1b}d ✓";
+        let mut line = Vec::new();
+        serde::Serialize::serialize(
+            &text,
+            &mut serde_json::Serializer::with_formatter(&mut line, TerminalSafeJson),
+        )
+        .unwrap();
+        let line = String::from_utf8(line).unwrap();
+        assert!(!line.chars().any(is_unsafe), "{line}");
+        assert!(
+            line.contains("\\u009b") && line.contains("\\u202e"),
+            "{line}"
+        );
+        assert_eq!(serde_json::from_str::<String>(&line).unwrap(), text);
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `baton replay`: the policy replayed over recorded traces.
 
-use std::borrow::Cow;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,37 +156,11 @@ fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> Result<()>
     let mut line = Vec::new();
     value.serialize(&mut serde_json::Serializer::with_formatter(
         &mut line,
-        TerminalSafe,
+        output::TerminalSafeJson,
     ))?;
     line.push(b'\n');
     out.write_all(&line)?;
     Ok(())
-}
-
-/// serde_json's compact formatter, with the string escapes of [`write_json`].
-struct TerminalSafe;
-
-impl serde_json::ser::Formatter for TerminalSafe {
-    fn write_string_fragment<W: ?Sized + Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
-        if matches!(output::escape(fragment), Cow::Borrowed(_)) {
-            return writer.write_all(fragment.as_bytes());
-        }
-        let mut rest = fragment;
-        let unsafe_char = |c: char| {
-            let mut buf = [0; 4];
-            matches!(output::escape(c.encode_utf8(&mut buf)), Cow::Owned(_))
-        };
-        while let Some((i, c)) = rest.char_indices().find(|&(_, c)| unsafe_char(c)) {
-            writer.write_all(&rest.as_bytes()[..i])?;
-            write!(writer, "\\u{:04x}", c as u32)?;
-            rest = &rest[i + c.len_utf8()..];
-        }
-        writer.write_all(rest.as_bytes())
-    }
 }
 
 /// Prints one trace's failure (escaped) and goes on with the next.
