@@ -182,7 +182,7 @@ async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
     sup.shutdown(Duration::from_secs(10)).await;
 }
 
-/// Waits for the next journal commit after `seen` (bounded).
+/// Waits (until `deadline`) for a journal commit after the receiver was last marked.
 async fn next_commit(commits: &mut watch::Receiver<u64>, deadline: Instant, what: &str) {
     let left = deadline.saturating_duration_since(Instant::now());
     match tokio::time::timeout(left, commits.changed()).await {
