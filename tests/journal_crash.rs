@@ -36,6 +36,7 @@ use baton::{
     SupervisorError, SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 use support::file_runtime::{FileRuntime, State};
+use tokio::sync::watch;
 
 /// The test that doubles as the child process.
 const CHILD: &str = "crash_child_runs_the_workload_to_completion";
@@ -123,11 +124,16 @@ async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
         Arc::new(move |point: &str| at_runtime.hit(point)),
     ));
     let at_commit = crash.clone();
+    // Bumped after every journal commit: every change of the fleet's state is journaled, so
+    // the driver waits for the next commit instead of polling on a timer.
+    let commits = Arc::new(watch::Sender::new(0u64));
+    let committed = commits.clone();
     let options = JournalOptions {
         on_commit: Some(Arc::new(move |labels: &[&'static str]| {
             for label in labels {
                 at_commit.hit(label);
             }
+            committed.send_modify(|n| *n += 1);
         })),
         ..JournalOptions::default()
     };
@@ -161,7 +167,7 @@ async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
     let sup = builder.start();
 
     // Recovery (if the journal holds anything) runs as the supervisor starts.
-    settle(&sup).await;
+    settle(&sup, &commits).await;
     check_running(&sup, &runtime, &journal, "after recovery").await;
 
     for i in 1..=ITEMS {
@@ -170,16 +176,31 @@ async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
             Err(e) => panic!("submit: {e}"),
         }
     }
-    drive(&sup, &runtime, &journal).await;
-    settle(&sup).await;
+    drive(&sup, &runtime, &journal, &commits).await;
+    settle(&sup, &commits).await;
     check_running(&sup, &runtime, &journal, "at the end").await;
     sup.shutdown(Duration::from_secs(10)).await;
 }
 
-/// Waits until nothing is under way: no start, rotation or close in flight.
-async fn settle(sup: &SupervisorHandle) {
+/// Waits (until `deadline`) for a journal commit after the receiver was last marked.
+async fn next_commit(commits: &mut watch::Receiver<u64>, deadline: Instant, what: &str) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(left, commits.changed()).await {
+        Ok(changed) => changed.expect("the journal's hook lives as long as the workload"),
+        Err(_) => panic!("{what}"),
+    }
+}
+
+/// Waits until nothing is under way: no start, rotation or close in flight. Each start,
+/// rotation and close ends with a journal commit (an event, a record, a confirmed close), after
+/// the supervisor's state changed: the inventory is asked again after each commit, never on a
+/// timer.
+async fn settle(sup: &SupervisorHandle, commits: &watch::Sender<u64>) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = commits.subscribe();
     loop {
+        // Marked before asking: a commit from here on wakes the wait below.
+        seen.borrow_and_update();
         let inv = sup.inventory().await.unwrap();
         let moving = inv
             .items
@@ -188,29 +209,37 @@ async fn settle(sup: &SupervisorHandle) {
         if inv.in_flight == 0 && !moving {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the fleet never settled: {inv:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        next_commit(
+            &mut seen,
+            deadline,
+            &format!("the fleet never settled: {inv:?}"),
+        )
+        .await;
     }
 }
 
 /// Drives every live session: compact it once, rotate it, and close it (the item is done) once
-/// its item has rotated `ROTATIONS_PER_ITEM` times.
-async fn drive(sup: &SupervisorHandle, runtime: &FileRuntime, journal: &Journal) {
+/// its item has rotated `ROTATIONS_PER_ITEM` times. Each round either ends the work or starts
+/// or awaits something that commits (a report's compaction or rotation, a close, a start under
+/// way), so the next round waits for the next commit.
+async fn drive(
+    sup: &SupervisorHandle,
+    runtime: &FileRuntime,
+    journal: &Journal,
+    commits: &watch::Sender<u64>,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = commits.subscribe();
     loop {
+        // Marked before looking: a commit from here on wakes the wait at the end.
+        seen.borrow_and_update();
         let inv = sup.inventory().await.unwrap();
         if inv.items.len() as u64 == ITEMS
             && inv.items.iter().all(|(_, p)| matches!(p, Place::Done(_)))
         {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the workload never finished: {inv:?}"
-        );
+        let waiting = format!("the workload never finished: {inv:?}");
         let rotations = journal
             .read(|v| v.rotations(&Filter::default()))
             .await
@@ -240,7 +269,7 @@ async fn drive(sup: &SupervisorHandle, runtime: &FileRuntime, journal: &Journal)
                     .await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        next_commit(&mut seen, deadline, &waiting).await;
     }
 }
 
@@ -579,18 +608,19 @@ impl Run {
     fn kill_at_marker(mut self, at: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.lines.recv_timeout(Duration::from_millis(50)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains("CRASHPOINT") => break,
                 Ok(_) => {}
-                Err(_) => {
-                    if let Some(status) = self.child.try_wait().unwrap() {
-                        panic!(
-                            "the child ended ({status}) without reaching {at}; stderr:\n{}",
-                            self.stderr.lock().unwrap()
-                        );
-                    }
-                    assert!(Instant::now() < deadline, "{at} was never reached");
+                // Its standard output closed: the child ended.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().unwrap();
+                    panic!(
+                        "the child ended ({status}) without reaching {at}; stderr:\n{}",
+                        self.stderr.lock().unwrap()
+                    );
                 }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("{at} was never reached"),
             }
         }
         self.child.kill().unwrap();
@@ -600,16 +630,22 @@ impl Run {
     /// Kills the child after `delay` unless it finished before; returns whether it was killed.
     fn kill_after(mut self, delay: Duration) -> bool {
         let deadline = Instant::now() + delay;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "child failed:\n{}",
-                    self.stderr.lock().unwrap()
-                );
-                return false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => {}
+                // Its standard output closed: the child ended before the moment.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().unwrap();
+                    assert!(
+                        status.success(),
+                        "child failed:\n{}",
+                        self.stderr.lock().unwrap()
+                    );
+                    return false;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
         self.child.kill().unwrap();
         self.child.wait().unwrap();

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::journal::{EndReason, Filter, JournalView, SessionState, WorkItemPlace};
+use baton::journal::{EndReason, Filter, SessionState, WorkItemPlace};
 use baton::runtime::memory::{Fault, FaultKind, MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
     FleetEvent, Inventory, Journal, JournalError, Phase, Place, RecoveryOutcome, RotationStep,
@@ -112,39 +112,156 @@ async fn report(sup: &SupervisorHandle, runtime: &MemoryRuntime, s: SessionId, u
         .unwrap();
 }
 
-/// Polls the journal until `done` holds.
-async fn until(
-    journal: &Journal,
-    what: &str,
-    done: impl Fn(JournalView<'_>) -> bool + Send + Sync + Copy + 'static,
-) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !journal.read(move |v| Ok(done(v))).await.unwrap() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the journal never showed {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+/// Waits (bounded) until the runtime has been called `n` times for `op`: the call has begun.
+async fn calls(rt: &MemoryRuntime, op: RuntimeOp, n: u64) {
+    tokio::time::timeout(Duration::from_secs(10), rt.wait_calls(op, n))
+        .await
+        .unwrap_or_else(|_| panic!("{op:?} was never called {n} times"));
 }
 
-/// Waits until no start, rotation or close is under way.
-async fn settle(sup: &SupervisorHandle) -> Inventory {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let inv = sup.inventory().await.unwrap();
-        let moving = inv
-            .items
-            .iter()
-            .any(|(_, p)| matches!(p, Place::Starting | Place::Rotating(_)));
-        if inv.in_flight == 0 && !moving {
-            return inv;
+/// Waits (bounded) until the runtime has closed `session`.
+async fn closed_at_runtime(rt: &MemoryRuntime, session: SessionId) {
+    let closed = move |rt: &MemoryRuntime| rt.session(session).is_some_and(|s| s.closed);
+    tokio::time::timeout(Duration::from_secs(10), rt.wait_until(closed))
+        .await
+        .unwrap_or_else(|_| panic!("{session} was never closed at the runtime"));
+}
+
+/// Starts a (restarted) fleet subscribed from its first event, so that recovery's events are
+/// all seen (a subscription made after `start` may miss them).
+fn start_subscribed(
+    runtime: &Arc<MemoryRuntime>,
+    journal: Journal,
+) -> (SupervisorHandle, UnboundedReceiver<FleetEvent>) {
+    let builder = Supervisor::builder(runtime.clone())
+        .config(config())
+        .agent_type(agent("sonnet"))
+        .journal(journal)
+        .expect("the journal reads");
+    let events = builder.subscribe();
+    (builder.start(), events)
+}
+
+/// Everything the fleet published before this call: an inventory (a round-trip with the
+/// supervisor, which publishes recovery's events before it handles any message), then a flush
+/// of the journal (which delivers every committed event before it answers).
+async fn published_so_far(
+    sup: &SupervisorHandle,
+    journal: &Journal,
+    events: &mut UnboundedReceiver<FleetEvent>,
+    log: &mut Vec<FleetEvent>,
+) -> Inventory {
+    let inv = sup.inventory().await.unwrap();
+    journal.flush().await.unwrap();
+    while let Ok(e) = events.try_recv() {
+        log.push(e);
+    }
+    inv
+}
+
+/// What the event stream says of a fleet, to tell when it has gone quiet: every work item held
+/// by a Normal session (or given up), no compaction or rotation without its record, and every
+/// session that no longer holds an item closed. Nothing is then under way, so nothing more is
+/// published until the fleet is told something.
+#[derive(Default)]
+struct Quiet {
+    /// Each work item's holder, from its latest start; none while it waits for a new one.
+    holder: HashMap<WorkItemId, SessionId>,
+    /// Each announced session's phase, from its transitions.
+    phase: HashMap<SessionId, Phase>,
+    /// Sessions that closed or crashed.
+    ended: HashSet<SessionId>,
+    /// Sessions whose compaction began and is not yet recorded.
+    compacting: HashSet<SessionId>,
+    /// Sessions whose rotation began and is not yet recorded.
+    rotating: HashSet<SessionId>,
+    /// Items given up.
+    dead: HashSet<WorkItemId>,
+}
+
+impl Quiet {
+    fn see(&mut self, e: &FleetEvent) {
+        match e {
+            FleetEvent::SessionStarted {
+                session, work_item, ..
+            } => {
+                self.holder.insert(*work_item, *session);
+                self.phase.insert(*session, Phase::Normal);
+            }
+            FleetEvent::Transition(t) => {
+                self.phase.insert(t.session, t.to);
+                match t.to {
+                    Phase::Compacting => self.compacting.insert(t.session),
+                    Phase::Rotating => self.rotating.insert(t.session),
+                    Phase::Closed => self.ended.insert(t.session),
+                    Phase::Normal => false,
+                };
+            }
+            FleetEvent::Compaction(c) => {
+                self.compacting.remove(&c.session);
+            }
+            FleetEvent::Rotation(r) => {
+                self.rotating.remove(&r.old_session);
+            }
+            FleetEvent::Crashed {
+                session, work_item, ..
+            } => {
+                self.ended.insert(*session);
+                self.holder.remove(work_item);
+            }
+            FleetEvent::WorkItemRequeued { work_item, .. } => {
+                self.holder.remove(work_item);
+            }
+            FleetEvent::DeadLetter { work_item, .. } => {
+                self.holder.remove(work_item);
+                self.dead.insert(*work_item);
+            }
+            _ => {}
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never settled: {inv:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    fn holds(&self, items: u64) -> bool {
+        let held: HashSet<SessionId> = self.holder.values().copied().collect();
+        (1..=items).map(WorkItemId).all(|id| {
+            self.dead.contains(&id)
+                || self.holder.get(&id).is_some_and(|s| {
+                    self.phase.get(s) == Some(&Phase::Normal) && !self.ended.contains(s)
+                })
+        }) && self.compacting.is_empty()
+            && self.rotating.is_empty()
+            && self
+                .phase
+                .keys()
+                .all(|s| held.contains(s) || self.ended.contains(s))
+    }
+
+    /// The sessions holding items, in id order.
+    fn holders(&self) -> Vec<SessionId> {
+        let mut all: Vec<SessionId> = self.holder.values().copied().collect();
+        all.sort();
+        all
+    }
+
+    /// Receives events (into `log`) until the fleet of `items` items is quiet.
+    async fn wait(
+        &mut self,
+        items: u64,
+        events: &mut UnboundedReceiver<FleetEvent>,
+        log: &mut Vec<FleetEvent>,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.holds(items) {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(e)) => {
+                    self.see(&e);
+                    log.push(e);
+                }
+                _ => panic!(
+                    "never quiet: holders {:?}, compacting {:?}, rotating {:?}",
+                    self.holder, self.compacting, self.rotating
+                ),
+            }
+        }
     }
 }
 
@@ -159,43 +276,24 @@ fn recovered(log: &[FleetEvent]) -> Vec<(WorkItemId, RecoveryOutcome)> {
 
 /// Starts item 1 on a journaled fleet over `rt` (whose second assign hangs) and drives its
 /// session to 96%, returning once the rotation is durable at `spawned` and the successor's
-/// assign call has begun: the supervisor and the rotating session.
+/// assign call has begun: the supervisor, the rotating session and the subscription.
 async fn stuck_at_spawned(
     rt: &Arc<MemoryRuntime>,
     journal: &Journal,
-) -> (SupervisorHandle, SessionId) {
+) -> (SupervisorHandle, SessionId, UnboundedReceiver<FleetEvent>) {
     let sup = start(rt, journal.clone(), config());
     let mut events = sup.subscribe();
     sup.submit(item(1, "sonnet")).await.unwrap();
     let s1 = started(&mut events, 1).await;
     report(&sup, rt, s1, 960).await;
-    until(journal, "the successor", |v| {
-        v.rotations(&Filter::default())
-            .unwrap()
-            .iter()
-            .any(|r| r.step == RotationStep::Spawned)
-    })
-    .await;
-    while rt.calls(RuntimeOp::Assign) < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    (sup, s1)
-}
-
-/// Waits on a (restarted) fleet for its first rotation record, then until it settles: the
-/// events seen until shortly after, and the final inventory.
-async fn until_rotation_settled(
-    sup: &SupervisorHandle,
-    what: &str,
-) -> (Vec<FleetEvent>, Inventory) {
-    let mut events = sup.subscribe();
-    let mut log = wait_for(&mut events, what, |e| matches!(e, FleetEvent::Rotation(_))).await;
-    let inv = settle(sup).await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    while let Ok(e) = events.try_recv() {
-        log.push(e);
-    }
-    (log, inv)
+    calls(rt, RuntimeOp::Assign, 2).await;
+    // The successor's id was durable before its assign was called.
+    let rotations = journal
+        .read(|v| v.rotations(&Filter::default()))
+        .await
+        .unwrap();
+    assert_eq!(rotations[0].step, RotationStep::Spawned, "{rotations:?}");
+    (sup, s1, events)
 }
 
 fn journal_file(dir: &Path) -> Journal {
@@ -277,31 +375,42 @@ async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_
         sup.submit(item(i, "sonnet")).await.unwrap();
     }
     let mut log = Vec::new();
+    let mut quiet = Quiet::default();
     let mut rng = fastrand::Rng::with_seed(3);
     for _ in 0..12 {
-        let inv = settle(&sup).await;
-        while let Ok(e) = events.try_recv() {
-            log.push(e);
-        }
-        for (s, _, phase) in inv.sessions {
-            if phase != Phase::Normal || runtime.session(s).is_none() {
+        // Every item held by a Normal session, nothing under way.
+        quiet.wait(ITEMS, &mut events, &mut log).await;
+        let mut readings = Vec::new();
+        for s in quiet.holders() {
+            if runtime.session(s).is_none() {
                 continue;
             }
             let used: u64 = [400, 850, 960][rng.usize(0..3)];
             let now = runtime.session(s).unwrap().used;
             if runtime.grow(s, used.saturating_sub(now)).is_ok() {
-                let _ = sup
-                    .report_usage(s, used.max(now), None, UsageSource::Reported)
-                    .await;
+                let Some(handle) = sup.session(s).await else {
+                    continue;
+                };
+                readings.push(async move {
+                    // Until the session is Normal again, handed over or closed.
+                    let _ = handle
+                        .report_and_settle(used.max(now), None, UsageSource::Reported)
+                        .await;
+                });
             }
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        futures_util::future::join_all(readings).await;
+        // What the readings caused is published: delivered once durable.
+        journal.flush().await.unwrap();
+        while let Ok(e) = events.try_recv() {
+            quiet.see(&e);
+            log.push(e);
+        }
     }
-    let inv = settle(&sup).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    while let Ok(e) = events.try_recv() {
-        log.push(e);
-    }
+    // The events that end the work (restarts, closes of the rotated-out sessions, records),
+    // then the registry.
+    quiet.wait(ITEMS, &mut events, &mut log).await;
+    let inv = sup.inventory().await.unwrap();
     journal.flush().await.unwrap();
     let (items, rotations, compactions, rows) = journal
         .read(|v| {
@@ -315,6 +424,11 @@ async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_
         })
         .await
         .unwrap();
+    // Anything committed before the read was delivered before this flush answered.
+    journal.flush().await.unwrap();
+    while let Ok(e) = events.try_recv() {
+        log.push(e);
+    }
     // Places.
     let places: HashMap<_, _> = inv.items.iter().cloned().collect();
     assert_eq!(items.len() as u64, ITEMS);
@@ -390,17 +504,14 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
         let s1 = started(&mut events, 1).await;
         started(&mut events, 2).await;
         report(&sup, &rt, s1, 960).await;
-        until(&journal, "the rotation's handoff", |v| {
-            v.rotations(&Filter::default())
-                .unwrap()
-                .iter()
-                .any(|r| r.step == RotationStep::Handoff)
-        })
-        .await;
         // The hanging spawn has been entered: the crash comes after the call.
-        while rt.calls(RuntimeOp::Spawn) < 3 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        calls(&rt, RuntimeOp::Spawn, 3).await;
+        // The handoff was durable before the successor's spawn was called.
+        let rotations = journal
+            .read(|v| v.rotations(&Filter::default()))
+            .await
+            .unwrap();
+        assert_eq!(rotations[0].step, RotationStep::Handoff, "{rotations:?}");
         sup.inventory().await.unwrap()
     });
     assert_eq!(before.items[0].1, Place::Rotating(SessionId(1)));
@@ -409,8 +520,33 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     let rt = runtime.clone();
     let (log, inv) = on_a_system(move || async move {
         let journal = journal_file(&path);
-        let sup = start(&rt, journal.clone(), config());
-        until_rotation_settled(&sup, "the resumed rotation").await
+        let (sup, mut events) = start_subscribed(&rt, journal.clone());
+        // The resumed rotation's record and the three items' starts (the successor's, and
+        // the two requeued items').
+        let mut log = Vec::new();
+        let mut started = HashSet::new();
+        let mut rotated = false;
+        while !(rotated && started.len() == 3) {
+            let seen = wait_for(&mut events, "the resumed rotation and the starts", |e| {
+                matches!(
+                    e,
+                    FleetEvent::Rotation(_) | FleetEvent::SessionStarted { .. }
+                )
+            })
+            .await;
+            match seen.last() {
+                Some(FleetEvent::SessionStarted { work_item, .. }) => {
+                    started.insert(*work_item);
+                }
+                _ => rotated = true,
+            }
+            log.extend(seen);
+        }
+        // The rotation's old session and the lost one are closed at the runtime.
+        closed_at_runtime(&rt, SessionId(1)).await;
+        closed_at_runtime(&rt, SessionId(2)).await;
+        let inv = published_so_far(&sup, &journal, &mut events, &mut log).await;
+        (log, inv)
     });
     assert_eq!(
         recovered(&log),
@@ -471,8 +607,7 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
     });
     let rt = runtime.clone();
     let log = on_a_system(move || async move {
-        let sup = start(&rt, journal_file(&path), config());
-        let mut events = sup.subscribe();
+        let (_sup, mut events) = start_subscribed(&rt, journal_file(&path));
         wait_for(&mut events, "the resumed rotation", |e| {
             matches!(e, FleetEvent::Rotation(_))
         })
@@ -507,19 +642,18 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
         sup.submit(item(1, "sonnet")).await.unwrap();
         let s1 = started(&mut events, 1).await;
         report(&sup, &rt, s1, 850).await;
-        until(&journal, "compacting", |v| {
-            v.sessions(&Filter::default()).unwrap()[0].phase == Phase::Compacting
-        })
-        .await;
-        while rt.calls(RuntimeOp::ReplaceHistory) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        calls(&rt, RuntimeOp::ReplaceHistory, 1).await;
+        // The compaction's start was durable before the history was replaced.
+        let sessions = journal
+            .read(|v| v.sessions(&Filter::default()))
+            .await
+            .unwrap();
+        assert_eq!(sessions[0].phase, Phase::Compacting, "{sessions:?}");
     });
     let rt = runtime.clone();
     let p = path.clone();
     let log = on_a_system(move || async move {
-        let sup = start(&rt, journal_file(&p), config());
-        let mut events = sup.subscribe();
+        let (_sup, mut events) = start_subscribed(&rt, journal_file(&p));
         wait_for(&mut events, "a new session", |e| {
             matches!(e, FleetEvent::SessionStarted { .. })
         })
@@ -582,7 +716,8 @@ fn after_a_graceful_shutdown_a_restart_picks_every_item_up_again() {
         })
         .await;
         let again = sup.submit(item(1, "sonnet")).await;
-        (log, again, settle(&sup).await)
+        // Item 2's session is registered before its start is announced.
+        (log, again, sup.inventory().await.unwrap())
     });
     assert_eq!(
         recovered(&log),
@@ -705,12 +840,13 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let p = path.clone();
         on_a_system(move || async move {
             let journal = journal_file(&p);
-            let (sup, s1) = stuck_at_spawned(&rt, &journal).await;
+            let (sup, s1, mut events) = stuck_at_spawned(&rt, &journal).await;
             match left_by {
                 LeftBy::Close => {
                     sup.close(s1).await.unwrap();
-                    until(&journal, "the item done", |v| {
-                        v.work_items(&Filter::default()).unwrap()[0].place == WorkItemPlace::Done
+                    // Durable before it is delivered.
+                    wait_for(&mut events, "the item done", |e| {
+                        matches!(e, FleetEvent::WorkItemDone { .. })
                     })
                     .await;
                 }
@@ -745,9 +881,24 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
         let rt = runtime.clone();
         let p = path.clone();
         let (log, inv) = on_a_system(move || async move {
-            let sup = start(&rt, journal_file(&p), config());
-            let (log, inv) =
-                until_rotation_settled(&sup, "the left-behind rotation's record").await;
+            let journal = journal_file(&p);
+            let (sup, mut events) = start_subscribed(&rt, journal.clone());
+            let mut log = wait_for(&mut events, "the left-behind rotation's record", |e| {
+                matches!(e, FleetEvent::Rotation(_))
+            })
+            .await;
+            if left_by == LeftBy::Shutdown {
+                log.extend(
+                    wait_for(&mut events, "the item started again", |e| {
+                        matches!(e, FleetEvent::SessionStarted { .. })
+                    })
+                    .await,
+                );
+            }
+            // What the rotation left open is closed at the runtime.
+            closed_at_runtime(&rt, SessionId(2)).await;
+            closed_at_runtime(&rt, SessionId(1)).await;
+            let inv = published_so_far(&sup, &journal, &mut events, &mut log).await;
             sup.shutdown(Duration::from_secs(5)).await;
             (log, inv)
         });
@@ -823,9 +974,7 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     on_a_system(move || async move {
         let sup = start(&rt, journal_file(&p), config());
         sup.submit(item(1, "sonnet")).await.unwrap();
-        while rt.calls(RuntimeOp::Assign) < 1 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        calls(&rt, RuntimeOp::Assign, 1).await;
         assert!(sup.shutdown(Duration::from_secs(5)).await.clean);
     });
     let first = SessionId(1);
@@ -842,7 +991,8 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
             matches!(e, FleetEvent::SessionStarted { .. })
         })
         .await;
-        let inv = settle(&sup).await;
+        // Its session is registered before its start is announced.
+        let inv = sup.inventory().await.unwrap();
         sup.shutdown(Duration::from_secs(5)).await;
         (log, inv)
     });
@@ -908,7 +1058,7 @@ fn a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids(
         let builder = Supervisor::builder(rt.clone())
             .config(config())
             .agent_type(agent("sonnet"))
-            .journal(journal)
+            .journal(journal.clone())
             .unwrap();
         let mut events = builder.subscribe();
         let sup = builder.start();
@@ -922,8 +1072,11 @@ fn a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids(
                 .await,
             );
         }
-        let inv = settle(&sup).await;
+        // Each session is registered before its start is announced.
+        let inv = sup.inventory().await.unwrap();
+        // The shutdown waits for recovery's closes; the flush delivers what they published.
         sup.shutdown(Duration::from_secs(5)).await;
+        journal.flush().await.unwrap();
         while let Ok(e) = events.try_recv() {
             log.push(e);
         }

@@ -4,7 +4,8 @@
 //! as its agent "works". Summaries follow a size model; every operation can be given a
 //! latency; failures can be injected by script ("the 2nd spawn fails") or at random with a
 //! seed. The runtime counts its calls and the peak number of concurrent summarise calls, so
-//! tests can assert on them.
+//! tests can assert on them, and lets them await a count or a state
+//! ([`MemoryRuntime::wait_calls`], [`MemoryRuntime::wait_until`]) instead of polling for it.
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::{AgentRuntime, RuntimeError};
 use crate::usage::{Usage, UsageSource};
@@ -168,11 +170,25 @@ pub struct MemoryRuntime {
     /// a hash of (seed, operation, subject, call number) falls below the rate, so the same
     /// seed fails the same calls however concurrent callers interleave.
     subject_calls: Mutex<HashMap<(RuntimeOp, u64), u64>>,
+    /// Bumped whenever a call is counted, a call returns (or is dropped) and a session grows,
+    /// so that [`wait_until`](MemoryRuntime::wait_until) re-checks its condition then, and
+    /// only then.
+    changed: watch::Sender<()>,
 }
 
 impl Default for MemoryRuntime {
     fn default() -> Self {
         Self::new(MemoryConfig::default())
+    }
+}
+
+/// Bumps [`MemoryRuntime::changed`] when a call returns, fails, panics or is cancelled: held
+/// for the whole of each call, so a waiter sees the call's effect.
+struct Returned<'a>(&'a watch::Sender<()>);
+
+impl Drop for Returned<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(());
     }
 }
 
@@ -197,6 +213,7 @@ impl MemoryRuntime {
             summarising: AtomicUsize::new(0),
             peak_summarising: AtomicUsize::new(0),
             subject_calls: Mutex::default(),
+            changed: watch::Sender::new(()),
         }
     }
 
@@ -211,6 +228,7 @@ impl MemoryRuntime {
 
     /// The agent "works": its context grows by `tokens`. Returns the new usage, to report.
     pub fn grow(&self, session: SessionId, tokens: u64) -> Result<Usage, RuntimeError> {
+        let _changed = Returned(&self.changed);
         self.with_session(session, |s| {
             s.used = s.used.saturating_add(tokens);
             s.usage()
@@ -247,6 +265,27 @@ impl MemoryRuntime {
     /// How many times `op` was called.
     pub fn calls(&self, op: RuntimeOp) -> u64 {
         self.calls[op.index()].load(Ordering::SeqCst)
+    }
+
+    /// Waits until `op` has been called at least `n` times (counted as each call begins, as
+    /// [`calls`](Self::calls) counts them: a call that never returns counts). For tests that
+    /// must act while a call is under way, or once it has been made, without polling.
+    pub async fn wait_calls(&self, op: RuntimeOp, n: u64) {
+        self.wait_until(|rt| rt.calls(op) >= n).await;
+    }
+
+    /// Waits until `done` holds of the runtime. It is checked now, then again each time a call
+    /// begins or returns (whatever its outcome) and each time a session grows, so a condition
+    /// on the runtime's counters or its sessions' state ("session 2 is closed") is seen as soon
+    /// as the call that made it true returns. No timeout: wrap it in one.
+    pub async fn wait_until(&self, done: impl Fn(&Self) -> bool) {
+        // Subscribed before the first check: a change after it marks the receiver, so none is
+        // missed between a check and the wait.
+        let mut changes = self.changed.subscribe();
+        while !done(self) {
+            // The sender lives in `self`, which outlives this borrow.
+            let _ = changes.changed().await;
+        }
     }
 
     /// Calls per operation, for reports.
@@ -307,6 +346,7 @@ impl MemoryRuntime {
     /// successor's size) is the same however the fleet's threads interleave.
     async fn enter(&self, op: RuntimeOp, subject: u64) -> Result<(), RuntimeError> {
         let n = self.calls[op.index()].fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed.send_replace(());
         if let Some(d) = self.config.latency.get(&op).filter(|d| !d.is_zero()) {
             tokio::time::sleep(*d).await;
         }
@@ -344,6 +384,7 @@ impl AgentRuntime for MemoryRuntime {
         session: SessionId,
         purpose: SummaryPurpose,
     ) -> Result<Summary, RuntimeError> {
+        let _returned = Returned(&self.changed);
         let now = self.summarising.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak_summarising.fetch_max(now, Ordering::SeqCst);
         let _in_flight = InFlight(&self.summarising);
@@ -369,6 +410,7 @@ impl AgentRuntime for MemoryRuntime {
         session: SessionId,
         summary: &Summary,
     ) -> Result<u64, RuntimeError> {
+        let _returned = Returned(&self.changed);
         self.enter(RuntimeOp::ReplaceHistory, self.subject(session))
             .await?;
         self.with_session(session, |s| {
@@ -379,11 +421,13 @@ impl AgentRuntime for MemoryRuntime {
     }
 
     async fn close(&self, session: SessionId) -> Result<(), RuntimeError> {
+        let _returned = Returned(&self.changed);
         self.enter(RuntimeOp::Close, self.subject(session)).await?;
         self.with_session(session, |s| s.closed = true)
     }
 
     async fn spawn(&self, agent: &AgentType, key: SpawnKey) -> Result<SessionId, RuntimeError> {
+        let _returned = Returned(&self.changed);
         self.enter(RuntimeOp::Spawn, key.0).await?;
         let mut spawned = self.spawned.lock().expect("lock");
         if let Some(id) = spawned.get(&key) {
@@ -414,6 +458,7 @@ impl AgentRuntime for MemoryRuntime {
         item: &WorkItem,
         handoff: Option<&Handoff>,
     ) -> Result<(), RuntimeError> {
+        let _returned = Returned(&self.changed);
         // Keyed by the item being assigned: the new session holds no item yet, and its id
         // depends on the order in which the fleet's spawns happened.
         self.enter(RuntimeOp::Assign, item.id.0).await?;
@@ -427,7 +472,79 @@ impl AgentRuntime for MemoryRuntime {
     }
 
     async fn usage(&self, session: SessionId) -> Result<Usage, RuntimeError> {
+        let _returned = Returned(&self.changed);
         self.enter(RuntimeOp::Usage, self.subject(session)).await?;
         self.with_session(session, |s| s.usage())?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn agent() -> AgentType {
+        AgentType::new("sonnet", 1000)
+    }
+
+    #[tokio::test]
+    async fn wait_calls_returns_once_the_nth_call_has_begun_even_one_that_never_returns() {
+        let rt = Arc::new(MemoryRuntime::new(MemoryConfig {
+            faults: vec![Fault {
+                op: RuntimeOp::Spawn,
+                calls: 2..=2,
+                kind: FaultKind::Hang,
+            }],
+            ..MemoryConfig::default()
+        }));
+        // Already true: returns at once.
+        rt.wait_calls(RuntimeOp::Spawn, 0).await;
+        let waiter = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.wait_calls(RuntimeOp::Spawn, 2).await }
+        });
+        rt.spawn(&agent(), SpawnKey(1)).await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "one call of two");
+        let hanging = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.spawn(&agent(), SpawnKey(2)).await }
+        });
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the second call woke the waiter")
+            .unwrap();
+        assert_eq!(rt.calls(RuntimeOp::Spawn), 2);
+        assert!(!hanging.is_finished(), "the call itself still hangs");
+        hanging.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_until_sees_a_call_s_effect_once_the_call_returns() {
+        let rt = Arc::new(MemoryRuntime::new(MemoryConfig {
+            latency: HashMap::from([(RuntimeOp::Close, Duration::from_millis(30))]),
+            ..MemoryConfig::default()
+        }));
+        let s = rt.spawn(&agent(), SpawnKey(1)).await.unwrap();
+        let closed = move |rt: &MemoryRuntime| rt.session(s).is_some_and(|s| s.closed);
+        let waiter = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.wait_until(closed).await }
+        });
+        let closing = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.close(s).await }
+        });
+        // The close has begun (counted) but not taken effect: the waiter still waits.
+        rt.wait_calls(RuntimeOp::Close, 1).await;
+        assert!(!closed(&rt));
+        assert!(!waiter.is_finished());
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the close's return woke the waiter")
+            .unwrap();
+        assert!(closed(&rt));
+        closing.await.unwrap().unwrap();
     }
 }
