@@ -538,8 +538,7 @@ async fn run_inner(
                     }
                 }
             }
-        }))
-        ;
+        }));
         let answers = match deadline {
             None => answers.await,
             // A supervisor flooded with reports answers late: not past the duration.

@@ -308,7 +308,8 @@ pub fn run(args: Args) -> Result<crate::Exit> {
     let base_url = client.config().base_url.clone();
 
     let stopped = actix::System::new().block_on(async move {
-        let stop = crate::signals::Stop::install(crate::signals::RUN_STOPPING).context("cannot handle signals")?;
+        let stop = crate::signals::Stop::install(crate::signals::RUN_STOPPING)
+            .context("cannot handle signals")?;
         let journal = match &args.journal {
             Some(path) => Some(Arc::new(RunJournal::open(path, &items).await?)),
             None => None,

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 /// What `baton run` does on the first signal.
 pub const RUN_STOPPING: &str = "finishing the turns under way (up to --grace)";
 /// What `baton simulate` does on the first signal: what it does when `--duration` is up.
-pub const SIMULATE_STOPPING: &str = "taking no new turn and closing the fleet, as when --duration is up";
+pub const SIMULATE_STOPPING: &str =
+    "taking no new turn and closing the fleet, as when --duration is up";
 
 /// A signal that stops a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,7 +39,9 @@ pub struct Args {
     /// Seed for the workload and the failures.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Stop after this long (e.g. 30s, 2m) even if work remains.
+    /// Stop after this long (e.g. 30s, 2m) even if work remains. The fleet's shutdown then takes
+    /// at most 1 s more: the whole run ends within DURATION + 1 s, and sessions not closed by
+    /// then are left, their work items counted unfinished. SIGINT and SIGTERM stop the same way.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     duration: Option<Duration>,
     /// Turns per work item, as MIN..MAX.
@@ -243,7 +245,8 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         .build()
         .context("cannot start the async runtime")?;
     let (report, signal) = runtime.block_on(async {
-        let stop = crate::signals::Stop::install(crate::signals::SIMULATE_STOPPING).context("cannot handle signals")?;
+        let stop = crate::signals::Stop::install(crate::signals::SIMULATE_STOPPING)
+            .context("cannot handle signals")?;
         let report = simulate::run_until(
             &config,
             |p| {
