@@ -601,7 +601,7 @@ async fn run_inner(
     let mut counted = 0u64;
     while let Some(event) = backlog.pop_front().or_else(|| events.try_recv().ok()) {
         counted += 1;
-        if counted % 1024 == 0 && hard_deadline.is_some_and(|h| Instant::now() >= h) {
+        if counted.is_multiple_of(1024) && hard_deadline.is_some_and(|h| Instant::now() >= h) {
             tracing::warn!("the shutdown allowance is up: the fleet's last events are not counted");
             break;
         }
