@@ -25,13 +25,20 @@
 //! the runtime call that follows it (`supervisor/rotation.rs`), and a restarted supervisor
 //! recovers from the journal (`supervisor/recovery.rs`).
 //!
+//! Starts and rotations run the same way: their runtime calls (behind one retry, timeout and
+//! panic wrapper) run as a task of their own on the supervisor's thread, and the outcome comes
+//! back as a message the actor handles (`run_work`). Nothing is counted by hand: starts under
+//! way are the ledger's items in `Starting`, and runtime work under way (starts, rotations,
+//! closes) is a [`TaskTracker`] whose tokens the work holds until its outcome is handled;
+//! shutdown waits until both the registry and the tracker are empty.
+//!
 //! Hosting: [`SupervisorBuilder::start`] joins the caller's actix system if there is one, and
 //! otherwise starts one of its own on a thread baton owns, so any tokio program (or plain thread)
 //! can embed a fleet; the handles work from any runtime.
 //!
 //! | file | what it is for |
 //! | --- | --- |
-//! | `supervisor.rs` | configuration, the builder, the actor: starts, closes, crashes, shutdown |
+//! | `supervisor.rs` | configuration, the builder, the actor: starts (`run_work`), closes, crashes, shutdown |
 //! | `ledger.rs` | the pure core: items and places, the queue, budgets, crash and halt decisions |
 //! | `rotation.rs` | a rotation's runtime work, step by step, and its conclusion |
 //! | `recovery.rs` | writing through the journal, and recovering from it at start-up |
@@ -53,7 +60,6 @@ use ledger::{ItemEntry, Ledger, spawn_key};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +70,9 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::Instrument;
 
 use crate::journal::recovery::RecoveryState;
@@ -192,11 +201,12 @@ pub struct Supervisor {
     ledger: Ledger,
     /// The registry of live sessions (Live or Rotating items point back at them).
     sessions: HashMap<SessionId, SessionEntry>,
-    /// Sessions being spawned and assigned for queued items: they count against
-    /// `max_sessions`.
-    starting: usize,
-    /// Runtime work under way (starts, rotations, closes): shutdown waits for it.
-    in_flight: usize,
+    /// Runtime work under way (starts, rotations, closes): each holds one of its tokens until
+    /// its outcome is handled, and shutdown waits until none is left.
+    work: TaskTracker,
+    /// Cancelled when the supervisor goes away: the tasks of `run_work` end with it, as actor
+    /// futures would.
+    cancel: CancellationToken,
     /// Shared with every session; made when the actor starts (it needs the actor's address).
     fleet: Option<Arc<Fleet>>,
     /// The last spawn key / rotation number handed out.
@@ -214,9 +224,6 @@ pub struct Supervisor {
     /// Spawn and assign calls retried while starting sessions (rotations count theirs in their
     /// records), for reports.
     start_retries: u64,
-    /// Rotations whose runtime work runs as its own task (see `run_rotation`): aborted if the
-    /// supervisor goes away first, as an actor future would be.
-    rotation_tasks: HashMap<RotationId, tokio::task::AbortHandle>,
     /// The supervisor runs on an actix system baton started for it (see
     /// [`SupervisorBuilder::start`]): stopping the supervisor stops that system and its thread.
     owns_system: bool,
@@ -277,8 +284,8 @@ impl SupervisorBuilder {
             bus: bus.clone(),
             ledger: Ledger::new(self.agents),
             sessions: HashMap::new(),
-            starting: 0,
-            in_flight: 0,
+            work: TaskTracker::new(),
+            cancel: CancellationToken::new(),
             fleet: None,
             next_key: 0,
             shutdown: None,
@@ -287,7 +294,6 @@ impl SupervisorBuilder {
             journal: journal.clone(),
             recovery,
             start_retries: 0,
-            rotation_tasks: HashMap::new(),
             owns_system: false,
         };
         let addr = if Arbiter::try_current().is_some() {
@@ -352,7 +358,7 @@ impl Supervisor {
         if self.shutdown.is_some() {
             return;
         }
-        while self.sessions.len() + self.starting < self.config.max_sessions {
+        while self.sessions.len() + self.ledger.starting() < self.config.max_sessions {
             let Some(id) = self.ledger.next_startable() else {
                 break;
             };
@@ -373,15 +379,10 @@ impl Supervisor {
         let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
         let journal = self.journal.clone();
         let agent = self.ledger.agents[&item.agent_type].agent.clone();
-        self.starting += 1;
-        self.in_flight += 1;
         let runtime = self.runtime.clone();
         let retry = self.retry_policy();
         let limit = agent.policy.rotation_timeout();
-        let spawned = Rc::new(Cell::new(None));
-        let spawned_in = spawned.clone();
-        let attempts = Rc::new(Cell::new(0u32));
-        let attempts_in = attempts.clone();
+        let token = self.work.token();
         let span = tracing::info_span!("start", work_item = %id, agent_type = %agent.name);
         let work = async move {
             // The key is durable before the spawn, so a restart finds this session again.
@@ -390,30 +391,53 @@ impl Supervisor {
             {
                 tracing::error!(work_item = %id, error = %e, "spawn key not durable");
             }
-            tokio::time::timeout(limit, async {
+            let (spawned, attempts) = (Cell::new(None), Cell::new(0u32));
+            let result = tokio::time::timeout(limit, async {
                 let session =
-                    call_with_retry(retry, &attempts_in, || runtime.spawn(&agent, key)).await?;
-                spawned_in.set(Some(session));
-                call_with_retry(retry, &attempts_in, || {
+                    call_with_retry(retry, &attempts, || runtime.spawn(&agent, key)).await?;
+                spawned.set(Some(session));
+                call_with_retry(retry, &attempts, || {
                     runtime.assign(session, &item, handoff.as_ref())
                 })
                 .await?;
                 Ok::<_, RuntimeError>(session)
             })
             .await
-            .unwrap_or(Err(RuntimeError::Timeout(limit)))
-        }
-        .instrument(span);
-        ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
-            act.starting -= 1;
-            act.in_flight -= 1;
-            // One call of spawn, and of assign once a session was spawned, is no retry.
-            let first_calls = if spawned.get().is_some() { 2 } else { 1 };
-            act.start_retries += u64::from(attempts.get().saturating_sub(first_calls));
-            act.finish_start(id, result, spawned.get(), ctx);
-            act.pump(ctx);
-            act.check_shutdown();
-        }));
+            .unwrap_or(Err(RuntimeError::Timeout(limit)));
+            StartWorked {
+                id,
+                result,
+                spawned: spawned.get(),
+                attempts: attempts.get(),
+                _work: token,
+            }
+        };
+        self.run_work(ctx, work, span);
+    }
+
+    /// Runs a start's or a rotation's runtime work as a task of its own on the supervisor's
+    /// thread, and hands what it produced back to the supervisor as a message. Not an actor
+    /// future: actix polls every pending actor future whenever one of them wakes, so a storm
+    /// of starts or rotations waiting (for a summary slot, a backoff) would cost quadratic
+    /// time. The task ends if the supervisor goes away first.
+    fn run_work<M>(
+        &self,
+        ctx: &mut Context<Self>,
+        work: impl Future<Output = M> + 'static,
+        span: tracing::Span,
+    ) where
+        M: Message<Result = ()> + Send + 'static,
+        Self: Handler<M>,
+    {
+        let (addr, cancel) = (ctx.address(), self.cancel.clone());
+        actix::spawn(
+            async move {
+                if let Some(done) = cancel.run_until_cancelled(work).await {
+                    addr.do_send(done);
+                }
+            }
+            .instrument(span),
+        );
     }
 
     fn finish_start(
@@ -425,7 +449,7 @@ impl Supervisor {
     ) {
         match result {
             Ok(session) if self.shutdown.is_none() => {
-                self.item(id).place = Place::Live(session);
+                self.ledger.set_place(id, Place::Live(session));
                 self.start_actor(session, id);
             }
             Ok(session) => {
@@ -506,7 +530,7 @@ impl Supervisor {
 
     fn bury(&mut self, id: WorkItemId, reason: String) {
         tracing::warn!(work_item = %id, %reason, "work item sent to dead letter");
-        self.item(id).place = Place::Dead(reason.clone());
+        self.ledger.set_place(id, Place::Dead(reason.clone()));
         self.bus.publish(FleetEvent::DeadLetter {
             work_item: id,
             reason,
@@ -538,14 +562,14 @@ impl Supervisor {
     fn close_in_background(&mut self, session: SessionId, stale: bool, ctx: &mut Context<Self>) {
         let runtime = self.runtime.clone();
         let (retry, limit) = (self.retry_policy(), self.config.close_timeout);
-        self.in_flight += 1;
+        let token = self.work.token();
         let span = tracing::info_span!("close", %session);
         ctx.spawn(
             async move { close_with_retry(&*runtime, session, retry, limit).await }
                 .instrument(span)
                 .into_actor(self)
                 .map(move |result, act, _| {
-                    act.in_flight -= 1;
+                    drop(token);
                     if matches!(result, Ok(()) | Err(RuntimeError::UnknownSession(_))) {
                         act.note(Op::Released { session });
                     }
@@ -596,8 +620,8 @@ impl Supervisor {
             self.bury(item_id, error);
             return;
         }
+        self.ledger.set_place(item_id, Place::Rotating(req.session));
         let item = self.item(item_id);
-        item.place = Place::Rotating(req.session);
         item.spawns += 1;
         let rot = rotation::Rotation {
             id: rotation,
@@ -608,8 +632,8 @@ impl Supervisor {
             req,
             started: Instant::now(),
             old_addr: Some(old_addr),
+            _work: self.work.token(),
         };
-        self.in_flight += 1;
         self.run_rotation(rot, rotation::Resume::Start, ctx);
     }
 
@@ -648,17 +672,17 @@ impl Supervisor {
             return;
         };
         let id = entry.item;
-        match self.ledger.items[&id].place {
+        match *self.ledger.items[&id].place() {
             // Closed by the orchestrator, or by shutdown; or closed while its rotation is under
             // way, in which case the rotation closes it at the runtime and finds the item gone.
             Place::Live(s) | Place::Rotating(s) if s == session => {
-                if self.ledger.items[&id].place == Place::Live(session) {
+                if *self.ledger.items[&id].place() == Place::Live(session) {
                     self.close_at_runtime(session, ctx);
                 }
                 if self.shutdown.is_some() {
                     self.requeue(id, "shutdown".into());
                 } else {
-                    self.item(id).place = Place::Done(session);
+                    self.ledger.set_place(id, Place::Done(session));
                     self.bus.publish(FleetEvent::WorkItemDone {
                         work_item: id,
                         session,
@@ -677,7 +701,7 @@ impl Supervisor {
             return;
         };
         let id = entry.item;
-        match self.ledger.items[&id].place {
+        match *self.ledger.items[&id].place() {
             Place::Live(s) if s == session => self.crashed_live(session, id, ctx),
             Place::Rotating(s) if s == session => self.crashed_rotating(session, id),
             // The item already moved on (handed over, or its rotation failed).
@@ -756,7 +780,7 @@ impl Supervisor {
 
     fn check_shutdown(&mut self) {
         if self.sessions.is_empty()
-            && self.in_flight == 0
+            && self.work.is_empty()
             && let Some(waiters) = self.shutdown.as_mut()
         {
             for w in waiters.drain(..) {
@@ -916,12 +940,42 @@ impl Actor for Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        for task in self.rotation_tasks.values() {
-            task.abort();
-        }
+        self.cancel.cancel();
         for shard in &self.shards {
             shard.stop();
         }
+    }
+}
+
+/// A session start's runtime work has finished (see `Supervisor::run_work`).
+struct StartWorked {
+    /// The work item it was for.
+    id: WorkItemId,
+    /// The session holding the item, or why not.
+    result: Result<SessionId, RuntimeError>,
+    /// A session that was spawned (to close if the start fails).
+    spawned: Option<SessionId>,
+    /// Spawn and assign attempts.
+    attempts: u32,
+    /// Counts the start as work under way until it is handled.
+    _work: TaskTrackerToken,
+}
+
+impl Message for StartWorked {
+    type Result = ();
+}
+
+impl Handler<StartWorked> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartWorked, ctx: &mut Self::Context) {
+        // One call of spawn, and of assign once a session was spawned, is no retry.
+        let first_calls = if msg.spawned.is_some() { 2 } else { 1 };
+        self.start_retries += u64::from(msg.attempts.saturating_sub(first_calls));
+        self.finish_start(msg.id, msg.result, msg.spawned, ctx);
+        drop(msg._work);
+        self.pump(ctx);
+        self.check_shutdown();
     }
 }
 

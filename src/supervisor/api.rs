@@ -150,10 +150,10 @@ pub struct Inventory {
     pub sessions: Vec<(SessionId, WorkItemId, Phase)>,
     /// Items waiting, in queue order.
     pub queue: Vec<WorkItemId>,
-    /// Starts and rotations under way.
+    /// Runtime work under way: starts, rotations and closes.
     pub in_flight: usize,
     /// Spawn and assign calls retried while starting sessions so far (a rotation's retries
-    /// are in its [`RotationRecord`]).
+    /// are in its [`RotationRecord`](crate::record::RotationRecord)).
     pub start_retries: u64,
 }
 
@@ -165,7 +165,7 @@ impl Handler<TakeInventory> for Supervisor {
             .ledger
             .items
             .iter()
-            .map(|(id, e)| (*id, e.place.clone()))
+            .map(|(id, e)| (*id, e.place().clone()))
             .collect();
         items.sort_by_key(|(id, _)| *id);
         let mut sessions: Vec<_> = self
@@ -178,7 +178,7 @@ impl Handler<TakeInventory> for Supervisor {
             items,
             sessions,
             queue: self.ledger.queue.iter().copied().collect(),
-            in_flight: self.in_flight,
+            in_flight: self.work.len(),
             start_retries: self.start_retries,
         })
     }

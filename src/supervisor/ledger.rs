@@ -63,8 +63,9 @@ pub(super) struct AgentEntry {
 pub(super) struct ItemEntry {
     /// The item itself.
     pub(super) item: WorkItem,
-    /// Where it is.
-    pub(super) place: Place,
+    /// Where it is; moved only by [`Ledger::set_place`], which keeps the ledger's count of
+    /// starts.
+    place: Place,
     /// Crashes and failed starts so far.
     pub(super) attempts: u32,
     /// Rotations spent.
@@ -73,6 +74,25 @@ pub(super) struct ItemEntry {
     pub(super) handoff: Option<Handoff>,
     /// Sessions spawned for it so far; with its id, names each spawn (see [`spawn_key`]).
     pub(super) spawns: u32,
+}
+
+impl ItemEntry {
+    /// A new entry for `item` at `place`, with no attempts, rotations, handoff or spawns yet.
+    pub(super) fn new(item: WorkItem, place: Place) -> Self {
+        Self {
+            item,
+            place,
+            attempts: 0,
+            rotations: Spent::default(),
+            handoff: None,
+            spawns: 0,
+        }
+    }
+
+    /// Where the item is.
+    pub(super) fn place(&self) -> &Place {
+        &self.place
+    }
 }
 
 /// The key of a work item's `n`-th spawn: unique per (item, n), and independent of the order in
@@ -91,6 +111,10 @@ pub(super) struct Ledger {
     pub(super) items: HashMap<WorkItemId, ItemEntry>,
     /// Items waiting for a session, in start order.
     pub(super) queue: VecDeque<WorkItemId>,
+    /// How many items are [`Place::Starting`]: an index of `items`, kept by the only two
+    /// functions that place an item ([`insert`](Self::insert) and
+    /// [`set_place`](Self::set_place)), so it cannot drift from the places themselves.
+    starting: usize,
 }
 
 impl Ledger {
@@ -138,18 +162,30 @@ impl Ledger {
     /// Registers a checked item as queued, at the back of the queue.
     pub(super) fn submit(&mut self, item: WorkItem) {
         let id = item.id;
-        self.items.insert(
-            id,
-            ItemEntry {
-                item,
-                place: Place::Queued,
-                attempts: 0,
-                rotations: Spent::default(),
-                handoff: None,
-                spawns: 0,
-            },
-        );
+        self.insert(id, ItemEntry::new(item, Place::Queued));
         self.queue.push_back(id);
+    }
+
+    /// Registers an entry (a submission, or an item recovered from the journal).
+    pub(super) fn insert(&mut self, id: WorkItemId, entry: ItemEntry) {
+        self.starting += usize::from(entry.place == Place::Starting);
+        if let Some(old) = self.items.insert(id, entry) {
+            self.starting -= usize::from(old.place == Place::Starting);
+        }
+    }
+
+    /// Moves an item to `place`.
+    pub(super) fn set_place(&mut self, id: WorkItemId, place: Place) {
+        let entry = self.item(id);
+        let was = std::mem::replace(&mut entry.place, place);
+        let is = entry.place == Place::Starting;
+        self.starting = self.starting + usize::from(is) - usize::from(was == Place::Starting);
+    }
+
+    /// Items whose session is being started (a start, a resumed rotation, or a rotation's
+    /// successor being committed): they count against `max_sessions` alongside the registry.
+    pub(super) fn starting(&self) -> usize {
+        self.starting
     }
 
     /// Takes the first queued item whose agent type is not halted off the queue.
@@ -164,21 +200,21 @@ impl Ledger {
 
     /// Marks a taken item as starting and counts its spawn; answers the spawn's key and number.
     pub(super) fn begin_start(&mut self, id: WorkItemId) -> (SpawnKey, u32) {
+        self.set_place(id, Place::Starting);
         let entry = self.item(id);
-        entry.place = Place::Starting;
         entry.spawns += 1;
         (spawn_key(id, entry.spawns), entry.spawns)
     }
 
     /// Puts an item at the back of the queue.
     pub(super) fn requeue(&mut self, id: WorkItemId) {
-        self.item(id).place = Place::Queued;
+        self.set_place(id, Place::Queued);
         self.queue.push_back(id);
     }
 
     /// Puts an item at the head of the queue (a restart within budget).
     pub(super) fn restart(&mut self, id: WorkItemId) {
-        self.item(id).place = Place::Queued;
+        self.set_place(id, Place::Queued);
         self.queue.push_front(id);
     }
 
@@ -287,7 +323,9 @@ mod tests {
         let id = l.next_startable().unwrap();
         let (k1, n1) = l.begin_start(id);
         assert_eq!((l.items[&id].place.clone(), n1), (Place::Starting, 1));
+        assert_eq!(l.starting(), 1);
         l.requeue(id);
+        assert_eq!(l.starting(), 0);
         assert_eq!(l.queue.back(), Some(&id));
         let (k2, n2) = l.begin_start(id);
         assert_eq!(n2, 2);
@@ -340,5 +378,32 @@ mod tests {
         assert!(l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(1)));
         assert!(!l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(2)));
         assert!(l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_count_of_starts_follows_the_places_through_every_move() {
+        let mut l = ledger();
+        let count = |l: &Ledger| {
+            l.items
+                .values()
+                .filter(|e| *e.place() == Place::Starting)
+                .count()
+        };
+        let (a, b) = (l.next_startable().unwrap(), l.next_startable().unwrap());
+        l.begin_start(a);
+        l.begin_start(b);
+        assert_eq!((l.starting(), count(&l)), (2, 2));
+        l.set_place(a, Place::Live(crate::vocab::SessionId(1)));
+        l.set_place(b, Place::Starting);
+        assert_eq!((l.starting(), count(&l)), (1, 1));
+        l.set_place(a, Place::Starting);
+        l.restart(b);
+        l.set_place(b, Place::Dead("gone".into()));
+        assert_eq!((l.starting(), count(&l)), (1, 1));
+        let mut recovered = ItemEntry::new(item(9, "a"), Place::Starting);
+        recovered.spawns = 2;
+        l.insert(WorkItemId(9), recovered);
+        l.insert(a, ItemEntry::new(item(1, "a"), Place::Queued));
+        assert_eq!((l.starting(), count(&l)), (1, 1));
     }
 }

@@ -28,7 +28,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::time::Instant;
 
-use super::ledger::{ItemEntry, Spent};
+use super::ledger::ItemEntry;
 use super::rotation::{Resume, Rotation};
 use super::{Place, Supervisor, SupervisorBuilder, rotation_record};
 use crate::journal::recovery::{self, OpenRotation, RecoveryState, StoredPlace};
@@ -179,17 +179,11 @@ impl Supervisor {
                     (Place::Queued, Some(RecoveryOutcome::Queued))
                 }
             };
-            self.ledger.items.insert(
-                id,
-                ItemEntry {
-                    item: stored.item,
-                    place,
-                    attempts: stored.attempts,
-                    rotations: Spent::default(),
-                    handoff: stored.handoff,
-                    spawns,
-                },
-            );
+            let mut entry = ItemEntry::new(stored.item, place);
+            entry.attempts = stored.attempts;
+            entry.handoff = stored.handoff;
+            entry.spawns = spawns;
+            self.ledger.insert(id, entry);
             if let Some(outcome) = outcome {
                 self.bus.publish(FleetEvent::Recovered {
                     work_item: id,
@@ -271,9 +265,8 @@ impl Supervisor {
             spawn_n: i.spawn_n,
             started: Instant::now(),
             old_addr: None,
+            _work: self.work.token(),
         };
-        self.in_flight += 1;
-        self.starting += 1;
         self.run_rotation(rot, from, ctx);
     }
 }

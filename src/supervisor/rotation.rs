@@ -10,10 +10,12 @@
 //! 4. in one transaction: the old session closed, the successor live and holding the item, the
 //!    rotation done with its record. Only then does the successor's actor start.
 //!
-//! Each acknowledgement is awaited inside the rotation's own task (on the supervisor's thread,
-//! its result sent back as a message), so the supervisor's mailbox keeps flowing. Without a journal the same code runs with the steps skipped. If the
-//! journal itself fails (a full disk), the failure is reported once (`JournalFailed`) and the
-//! rotation goes on without durability: a fleet is not stopped for want of a record.
+//! Each acknowledgement is awaited inside the rotation's own task (run like a session start's,
+//! by `Supervisor::run_work`: on the supervisor's thread, its result sent back as a message), so
+//! the supervisor's mailbox keeps flowing. Without a journal the same code runs with the steps
+//! skipped. If the journal itself fails (a full disk), the failure is reported once
+//! (`JournalFailed`) and the rotation goes on without durability: a fleet is not stopped for
+//! want of a record.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use actix::prelude::*;
 use backon::ExponentialBuilder;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::Instrument;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{
     Place, Supervisor, call_with_retry, close_with_retry, fallback_handoff, rotation_record,
@@ -52,6 +54,9 @@ pub(super) struct Rotation {
     pub started: Instant,
     /// The old session's actor; `None` when resumed after a restart (it died with the process).
     pub old_addr: Option<Addr<SessionActor>>,
+    /// Counts the rotation as runtime work under way (shutdown waits for it) until the
+    /// rotation is dropped, once concluded.
+    pub _work: TaskTrackerToken,
 }
 
 impl Rotation {
@@ -110,7 +115,6 @@ impl Handler<RotationWorked> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: RotationWorked, ctx: &mut Self::Context) {
-        self.rotation_tasks.remove(&msg.rot.id);
         self.conclude_rotation(msg.rot, msg.worked, ctx);
     }
 }
@@ -275,8 +279,8 @@ impl Job {
 }
 
 impl Supervisor {
-    /// Runs a rotation's runtime work from `from`, then concludes it. `in_flight` was counted
-    /// by the caller and is released when the rotation is over.
+    /// Runs a rotation's runtime work from `from`, then concludes it. The rotation's token
+    /// counts it as work under way until it is concluded.
     pub(super) fn run_rotation(&mut self, rot: Rotation, from: Resume, ctx: &mut Context<Self>) {
         let job = Job {
             runtime: self.runtime.clone(),
@@ -302,20 +306,14 @@ impl Supervisor {
             deadline: rot.started + rot.agent.policy.rotation_timeout(),
         };
         let span = tracing::info_span!("rotation", rotation = rot.id.0, session = %rot.req.session, work_item = %rot.item.id);
-        // The work runs as its own task on the supervisor's thread, not as an actor future:
-        // actix polls every pending actor future whenever one of them wakes, so a storm of
-        // rotations waiting for summary slots would cost quadratic time. Its result comes back
-        // as a message; the task is aborted if the supervisor goes away first.
-        let id = rot.id;
-        let addr = ctx.address();
-        let task = actix::spawn(
+        self.run_work(
+            ctx,
             async move {
                 let worked = job.run(from).await;
-                addr.do_send(RotationWorked { rot, worked });
-            }
-            .instrument(span),
+                RotationWorked { rot, worked }
+            },
+            span,
         );
-        self.rotation_tasks.insert(id, task.abort_handle());
     }
 
     /// Decides how the rotation ends, from the work's result and where the item is now. A
@@ -338,7 +336,7 @@ impl Supervisor {
         }
         let duration = rot.started.elapsed();
         let still_ours =
-            self.ledger.items[&rot.item.id].place == rot.holding() && self.shutdown.is_none();
+            *self.ledger.items[&rot.item.id].place() == rot.holding() && self.shutdown.is_none();
         let outcome = match w.result {
             Ok(new) if still_ours => Ok(new),
             Ok(new) => {
@@ -371,7 +369,7 @@ impl Supervisor {
             (Ok(new), Some(journal)) => {
                 // Step 4 is durable before the successor's actor starts. Meanwhile the item is
                 // `Starting`: a late close of the old session no longer takes it back.
-                self.item(rot.item.id).place = Place::Starting;
+                self.ledger.set_place(rot.item.id, Place::Starting);
                 let step = Op::RotationDone {
                     record: record.clone(),
                     handoff: w.handoff.clone(),
@@ -385,17 +383,17 @@ impl Supervisor {
                                 act.journal_failed(&e);
                             }
                             act.hand_over(&rot, new, handoff, record);
-                            act.end_rotation(&rot, ctx);
+                            act.end_rotation(rot, ctx);
                         }),
                 );
             }
             (Ok(new), None) => {
                 self.hand_over(&rot, new, w.handoff, record);
-                self.end_rotation(&rot, ctx);
+                self.end_rotation(rot, ctx);
             }
             (Err(error), _) => {
                 self.fail_rotation(&rot, w.handoff, record, error);
-                self.end_rotation(&rot, ctx);
+                self.end_rotation(rot, ctx);
             }
         }
     }
@@ -408,9 +406,8 @@ impl Supervisor {
         handoff: Handoff,
         record: RotationRecord,
     ) {
-        let item = self.item(rot.item.id);
-        item.place = Place::Live(new);
-        item.handoff = Some(handoff);
+        self.ledger.set_place(rot.item.id, Place::Live(new));
+        self.item(rot.item.id).handoff = Some(handoff);
         self.start_actor(new, rot.item.id);
         if let Some(old) = &rot.old_addr {
             old.do_send(Command::HandedOver(new));
@@ -439,18 +436,16 @@ impl Supervisor {
             addr.do_send(Command::RotationFailed(error.clone()));
         }
         self.bus.publish(FleetEvent::Rotation(record));
-        if self.ledger.items[&id].place == rot.holding() {
+        if *self.ledger.items[&id].place() == rot.holding() {
             self.item(id).handoff = Some(handoff);
             self.requeue(id, format!("rotation failed: {error}"));
         }
     }
 
-    fn end_rotation(&mut self, rot: &Rotation, ctx: &mut Context<Self>) {
-        self.in_flight -= 1;
-        if rot.old_addr.is_none() {
-            // Resumed rotations count as starts (their old session has no actor).
-            self.starting -= 1;
-        }
+    /// The rotation is over: dropping it releases its work token (its item's place already
+    /// says whether it still counts as a start).
+    fn end_rotation(&mut self, rot: Rotation, ctx: &mut Context<Self>) {
+        drop(rot);
         self.pump(ctx);
         self.check_shutdown();
     }
