@@ -209,8 +209,12 @@ pub struct Recorded {
     pub inventory: Option<Inventory>,
 }
 
-/// Runs a simulation; must be called inside an actix system. `progress` is called after every
-/// round of turns.
+/// Runs a simulation, inside an actix system or any tokio runtime. `progress` is called after
+/// every round of turns. Inside an actix system the fleet shares the caller's thread, so a
+/// flooded supervisor delays the caller's timers and with them the end of a `duration`; in a
+/// plain tokio runtime the supervisor runs on a thread of its own (see
+/// [`SupervisorBuilder::start`](crate::supervisor::SupervisorBuilder::start)) and the run ends
+/// within its duration plus [`SHUTDOWN_ALLOWANCE`].
 pub async fn run(
     config: &SimulationConfig,
     progress: impl FnMut(Progress),
@@ -241,6 +245,12 @@ pub async fn run_recorded(
 /// closed in order even when the time is up.
 const MIN_SHUTDOWN: Duration = Duration::from_millis(100);
 
+/// How long past its duration a run may take to shut its fleet down and count what happened:
+/// the duration plus this bounds the run's whole wall time (given a driver whose clock the
+/// fleet does not hold up, see [`run`]). A fleet not closed by then is left as it is, its work
+/// items unfinished.
+pub const SHUTDOWN_ALLOWANCE: Duration = Duration::from_secs(1);
+
 async fn run_inner(
     config: &SimulationConfig,
     mut progress: impl FnMut(Progress),
@@ -249,6 +259,7 @@ async fn run_inner(
 ) -> Result<Recorded, SimulationError> {
     let begun = Instant::now();
     let deadline = config.duration.map(|d| begun + d);
+    let hard_deadline = deadline.map(|d| d + SHUTDOWN_ALLOWANCE);
     let mut stop = std::pin::pin!(stop);
     let mut stopped = false;
     if config.agent_types.is_empty() || config.work_items == 0 || config.sessions == 0 {
@@ -353,16 +364,25 @@ async fn run_inner(
             "simulated work item {i} ({}, profile {})",
             name, profile.name
         );
-        supervisor
-            .submit(WorkItem {
-                id: WorkItemId(i),
-                agent_type: name.as_str().into(),
-                text,
-            })
-            .await?;
+        let submit = supervisor.submit(WorkItem {
+            id: WorkItemId(i),
+            agent_type: name.as_str().into(),
+            text,
+        });
+        match deadline {
+            None => submit.await?,
+            // A supervisor busy starting sessions answers late: not past the duration.
+            Some(d) => match tokio::time::timeout_at(d, submit).await {
+                Ok(submitted) => submitted?,
+                Err(_) => {
+                    stopped = true;
+                    break;
+                }
+            },
+        }
     }
 
-    let started = Instant::now();
+    tracing::debug!(elapsed = ?begun.elapsed(), stopped, "work items submitted");
     let mut tally = Tally::default();
     let mut owner: HashMap<SessionId, WorkItemId> = HashMap::new();
     let mut backlog: VecDeque<FleetEvent> = VecDeque::new();
@@ -386,7 +406,13 @@ async fn run_inner(
                     session, work_item, ..
                 } => {
                     owner.insert(*session, *work_item);
-                    let handle = supervisor.session(*session).await;
+                    let handle = match deadline {
+                        None => supervisor.session(*session).await,
+                        // Past the duration the answer no longer matters.
+                        Some(d) => tokio::time::timeout_at(d, supervisor.session(*session))
+                            .await
+                            .unwrap_or(None),
+                    };
                     if let Some(item) = items
                         .get_mut(work_item)
                         .filter(|i| i.agent != Agent::Finished)
@@ -512,8 +538,15 @@ async fn run_inner(
                     }
                 }
             }
-        }))
-        .await;
+        }));
+        let answers = match deadline {
+            None => answers.await,
+            // A supervisor flooded with reports answers late: not past the duration.
+            Some(d) => match tokio::time::timeout_at(d, answers).await {
+                Ok(answers) => answers,
+                Err(_) => break,
+            },
+        };
         for ((id, _, used), phase) in turns.iter().zip(answers) {
             let item = items.get_mut(id).expect("known item");
             if item.agent == Agent::InFlight {
@@ -525,33 +558,33 @@ async fn run_inner(
             }
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
+    tracing::debug!(elapsed = ?begun.elapsed(), "turns over");
+    // With a duration, each step of the shutdown ends at the duration (but takes at least
+    // MIN_SHUTDOWN), and never past the hard deadline.
+    let step_end = |d: Instant, hard: Instant| d.max(Instant::now() + MIN_SHUTDOWN).min(hard);
     // A fleet still starting has a long mailbox: with a duration, its answer is not waited
     // for past the time.
-    let inventory = match deadline {
+    let inventory = match deadline.zip(hard_deadline) {
         None => Some(supervisor.inventory().await?),
-        Some(d) => {
-            let left = d
-                .saturating_duration_since(Instant::now())
-                .max(MIN_SHUTDOWN);
-            match tokio::time::timeout(left, supervisor.inventory()).await {
+        Some((d, hard)) => {
+            match tokio::time::timeout_at(step_end(d, hard), supervisor.inventory()).await {
                 Ok(inventory) => Some(inventory?),
                 Err(_) => None,
             }
         }
     };
-    match deadline {
+    tracing::debug!(elapsed = ?begun.elapsed(), "inventory taken");
+    match deadline.zip(hard_deadline) {
         None => {
             supervisor.shutdown(Duration::from_secs(30)).await;
         }
-        Some(d) => {
+        Some((d, hard)) => {
             // The duration bounds the shutdown too: closing a large fleet one session at a time
             // takes seconds, and whatever is left when the time is up is dropped with the
             // process (a journal keeps what it committed, consistent).
-            let left = d
-                .saturating_duration_since(Instant::now())
-                .max(MIN_SHUTDOWN);
-            if tokio::time::timeout(left, supervisor.shutdown(left))
+            let end = step_end(d, hard);
+            let left = end.saturating_duration_since(Instant::now());
+            if tokio::time::timeout_at(end, supervisor.shutdown(left))
                 .await
                 .is_err()
             {
@@ -562,8 +595,16 @@ async fn run_inner(
             }
         }
     }
-    // Events the loop had no time to apply (and the shutdown's own) are counted all the same.
+    tracing::debug!(elapsed = ?begun.elapsed(), "fleet shut down");
+    // Events the loop had no time to apply (and the shutdown's own) are counted all the same,
+    // until the hard deadline: a fleet still closing sessions may publish more all along.
+    let mut counted = 0u64;
     while let Some(event) = backlog.pop_front().or_else(|| events.try_recv().ok()) {
+        counted += 1;
+        if counted.is_multiple_of(1024) && hard_deadline.is_some_and(|h| Instant::now() >= h) {
+            tracing::warn!("the shutdown allowance is up: the fleet's last events are not counted");
+            break;
+        }
         tally.count(&event);
         if record {
             kept.push(event);
@@ -572,6 +613,9 @@ async fn run_inner(
     if let Some(inventory) = &inventory {
         tally.start_retries(inventory.start_retries);
     }
+    // The whole run: submitting, the turns, and the shutdown.
+    let seconds = begun.elapsed().as_secs_f64();
+    tracing::debug!(seconds, "events counted");
     let mut report = tally.report(config.seed, config.work_items, seconds, messages);
     report.unfinished = config
         .work_items

@@ -340,10 +340,20 @@ fn a_simulation_stopped_by_its_duration_exits_1_and_counts_the_unfinished() {
         "200ms",
         "--json",
     ]);
-    assert_eq!(code(&m), Some(1), "{}", stderr(&m.output));
+    let err = stderr(&m.output);
+    assert_eq!(code(&m), Some(1), "{err}");
     let report: serde_json::Value = serde_json::from_str(stdout(&m.output).trim()).unwrap();
-    assert!(report["unfinished"].as_u64().unwrap() > 0, "{report}");
-    assert!(stderr(&m.output).contains("did not finish"));
+    let unfinished = report["unfinished"].as_u64().unwrap();
+    assert!(unfinished > 0, "{report}");
+    assert_eq!(report["interrupted"], false, "{report}");
+    // Every way an item may not finish is named, as `baton run` names them.
+    let dead = &report["dead_letters"];
+    assert!(
+        err.contains(&format!(
+            "did not finish (0 failed, {dead} dead-lettered, {unfinished} unfinished)"
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -408,4 +418,116 @@ fn a_simulation_stopped_by_sigint_prints_its_report_and_exits_130() {
     );
     let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(report["unfinished"], 8, "{report}");
+}
+
+/// Runs `baton` with `args` with its standard output already closed by its reader (as
+/// `baton ... | head -0` leaves it), off the async runtime so that a stub keeps answering.
+async fn with_stdout_closed(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("baton starts");
+        drop(child.stdout.take()); // the reader goes away before the report
+        child.wait_with_output().expect("baton ends")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_run_and_simulate_quietly_with_0() {
+    let stub = Stub::start().await;
+    stub.reply_text("DONE");
+    let dir = tempfile::tempdir().unwrap();
+    let file = items_file(&dir, b"Fix one\nFix two\n");
+    let endpoint = stub.base_url();
+    let run: Vec<String> = [
+        "run",
+        &file,
+        "--endpoint",
+        &endpoint,
+        "--model",
+        "stub-model",
+        "--agent-type",
+        "a:4096",
+    ]
+    .map(str::to_owned)
+    .into();
+    let simulate: Vec<String> = ["simulate", "--sessions", "20", "--turns", "2..4"]
+        .map(str::to_owned)
+        .into();
+    let json: Vec<String> = simulate.iter().cloned().chain(["--json".into()]).collect();
+    for args in [run, simulate, json] {
+        let o = with_stdout_closed(args.clone()).await;
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            !err.contains("Broken pipe") && !err.contains("error:"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(stub.chat_requests().len(), 2, "the run itself happened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_the_endpoint_query_is_sent_but_never_printed() {
+    let stub = Stub::start().await;
+    stub.reply_text("DONE");
+    let dir = tempfile::tempdir().unwrap();
+    let file = items_file(&dir, b"Fix it\n");
+    let endpoint = format!(
+        "{}?key=s3cretpw",
+        stub.base_url().replace("http://", "http://u:p@")
+    );
+    for verbosity in ["", "-v", "-vv"] {
+        let mut extra = vec!["--agent-type", "a:4096"];
+        extra.extend(Some(verbosity).filter(|v| !v.is_empty()));
+        let m = run(&file, &endpoint, &extra, None).await;
+        let (out, err) = (stdout(&m.output), stderr(&m.output));
+        assert_eq!(code(&m), Some(0), "{verbosity}: {err}");
+        assert!(
+            out.contains(&format!(
+                "baton run, stub-model on {}?key=REDACTED",
+                stub.base_url()
+            )),
+            "{verbosity}: {out}"
+        );
+        if verbosity == "-vv" {
+            assert!(err.contains("chat request"), "-vv logs are on: {err}");
+        }
+        for text in [&out, &err] {
+            assert!(!text.contains("s3cretpw"), "{verbosity}: {text}");
+        }
+    }
+    // The requests went to the endpoint's paths (the query is not glued onto the path).
+    assert!(
+        stub.chat_requests()
+            .iter()
+            .all(|r| r.path == "/v1/chat/completions"),
+        "{:?}",
+        stub.chat_requests()
+    );
+    // An endpoint that is down: the error names it, without the secret.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{port}/v1?key=s3cretpw");
+    let m = run(&file, &down, &["--agent-type", "a:4096", "-vv"], None).await;
+    let err = stderr(&m.output);
+    assert_eq!(code(&m), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot reach the endpoint http://127.0.0.1:{port}/v1?key=REDACTED"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("s3cretpw"), "{err}");
 }

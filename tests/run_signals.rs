@@ -145,3 +145,40 @@ async fn a_second_signal_ends_at_once_and_leaves_a_readable_journal() {
         "{listed}"
     );
 }
+
+#[test]
+fn a_first_sigint_stops_a_simulation_as_its_duration_would_and_exits_130() {
+    // A fleet that would run for minutes; -vv says when the signal handlers are in place.
+    let args: Vec<String> = [
+        "simulate",
+        "--sessions",
+        "50",
+        "--work-items",
+        "100000",
+        "--turns",
+        "1000..1000",
+        "--json",
+        "-vv",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut child = baton_spawn(&args);
+    child.wait_for_stderr("SIGINT and SIGTERM now stop the fleet gracefully");
+    child.signal(libc::SIGINT);
+    child.wait_for_stderr("baton: SIGINT:");
+    let o = child.finish();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let said = err
+        .lines()
+        .find(|l| l.contains("baton: SIGINT:"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        said.contains("as when --duration is up") && !said.contains("--grace"),
+        "simulate has no --grace: {said}"
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(report["interrupted"], true, "{report}");
+    assert!(report["unfinished"].as_u64().unwrap() > 0, "{report}");
+}

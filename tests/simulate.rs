@@ -186,3 +186,36 @@ async fn windows_beyond_what_a_reading_can_hold_are_refused() {
         }
     }
 }
+
+/// `baton simulate --duration 2s` on a fleet far too big to finish: the whole run, shutdown
+/// included, ends within the duration plus baton's shutdown allowance (1 s, `--help`), with
+/// generous slack for a loaded machine and a debug build; the wall time it reports is the
+/// run's, not the part after submitting. Before: 7.6-13.6 s for `--duration 5s` at 200k
+/// sessions, reporting 0.00003 s.
+#[test]
+fn a_simulation_ends_within_its_duration_and_the_shutdown_allowance() {
+    let args: Vec<String> = [
+        "simulate",
+        "--sessions",
+        "100000",
+        "--duration",
+        "2s",
+        "--json",
+    ]
+    .map(str::to_owned)
+    .into();
+    let began = std::time::Instant::now();
+    let m = support::cli::baton_measured(&args, None, &[]);
+    let measured = began.elapsed().as_secs_f64();
+    let err = support::cli::stderr(&m.output);
+    assert_eq!(m.output.status.code(), Some(1), "{err}");
+    assert!(measured < 2.0 + 1.0 + 10.0, "took {measured:.2} s");
+    let report: serde_json::Value =
+        serde_json::from_str(support::cli::stdout(&m.output).trim()).unwrap();
+    let seconds = report["seconds"].as_f64().unwrap();
+    assert!(seconds >= 2.0, "{report}");
+    assert!(
+        seconds <= measured && measured - seconds < 2.0,
+        "reported {seconds:.2} s of a {measured:.2} s run"
+    );
+}

@@ -259,16 +259,22 @@ fn parse_items(text: &str, source: &str, agent_types: &[String]) -> Result<Vec<W
     Ok(items)
 }
 
-/// The API root with its version: a bare `http://host:port` gets `/v1`.
+/// The API root with its version: a bare `http://host:port` gets `/v1` (before a query, which
+/// is kept).
 fn api_root(endpoint: &str) -> String {
-    let trimmed = endpoint.trim().trim_end_matches('/');
+    let endpoint = endpoint.trim();
+    let (url, query) = match endpoint.find('?') {
+        Some(q) => endpoint.split_at(q),
+        None => (endpoint, ""),
+    };
+    let trimmed = url.trim_end_matches('/');
     let path_empty = trimmed
         .split_once("://")
         .is_some_and(|(_, rest)| !rest.contains('/'));
     if path_empty {
-        format!("{trimmed}/v1")
+        format!("{trimmed}/v1{query}")
     } else {
-        trimmed.to_owned()
+        format!("{trimmed}{query}")
     }
 }
 
@@ -302,7 +308,8 @@ pub fn run(args: Args) -> Result<crate::Exit> {
     let base_url = client.config().base_url.clone();
 
     let stopped = actix::System::new().block_on(async move {
-        let stop = crate::signals::Stop::install().context("cannot handle signals")?;
+        let stop = crate::signals::Stop::install(crate::signals::RUN_STOPPING)
+            .context("cannot handle signals")?;
         let journal = match &args.journal {
             Some(path) => Some(Arc::new(RunJournal::open(path, &items).await?)),
             None => None,
@@ -581,6 +588,10 @@ mod tests {
         assert_eq!(
             api_root("https://openrouter.ai/api/v1/"),
             "https://openrouter.ai/api/v1"
+        );
+        assert_eq!(
+            api_root("http://127.0.0.1:8080?key=k"),
+            "http://127.0.0.1:8080/v1?key=k"
         );
     }
 }

@@ -9,6 +9,12 @@ use std::future::Future;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
+/// What `baton run` does on the first signal.
+pub const RUN_STOPPING: &str = "finishing the turns under way (up to --grace)";
+/// What `baton simulate` does on the first signal: what it does when `--duration` is up.
+pub const SIMULATE_STOPPING: &str =
+    "taking no new turn and closing the fleet, as when --duration is up";
+
 /// A signal that stops a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -44,19 +50,21 @@ pub struct Stop {
 
 impl Stop {
     /// Installs the handlers; must be called inside the async runtime that runs the fleet.
-    /// From now on SIGINT and SIGTERM no longer end the process by themselves.
-    pub fn install() -> std::io::Result<Self> {
+    /// From now on SIGINT and SIGTERM no longer end the process by themselves. `stopping` says
+    /// on stderr what the subcommand does on the first signal (before the report), e.g.
+    /// [`RUN_STOPPING`].
+    pub fn install(stopping: &'static str) -> std::io::Result<Self> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
         let (tx, rx) = watch::channel(None);
+        tracing::debug!("SIGINT and SIGTERM now stop the fleet gracefully");
         tokio::spawn(async move {
             let first = tokio::select! {
                 _ = interrupt.recv() => Signal::Interrupt,
                 _ = terminate.recv() => Signal::Terminate,
             };
             eprintln!(
-                "baton: {}: finishing the turns under way (up to --grace), then the report; \
-                 send it again to stop at once",
+                "baton: {}: {stopping}, then the report; send it again to stop at once",
                 first.name()
             );
             let _ = tx.send(Some(first));

@@ -39,7 +39,9 @@ pub struct Args {
     /// Seed for the workload and the failures.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Stop after this long (e.g. 30s, 2m) even if work remains.
+    /// Stop after this long (e.g. 30s, 2m) even if work remains. The fleet's shutdown then takes
+    /// at most 1 s more: the whole run ends within DURATION + 1 s, and sessions not closed by
+    /// then are left, their work items counted unfinished. SIGINT and SIGTERM stop the same way.
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     duration: Option<Duration>,
     /// Turns per work item, as MIN..MAX.
@@ -55,6 +57,17 @@ pub struct Args {
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The report as `--json` prints it: the fleet's report, and whether a signal stopped the run
+/// (as `baton run`'s report says).
+#[derive(serde::Serialize)]
+struct Json<'a> {
+    /// The fleet's report.
+    #[serde(flatten)]
+    report: &'a baton::report::FleetReport,
+    /// Whether SIGINT or SIGTERM stopped the simulation before it was done.
+    interrupted: bool,
 }
 
 /// Resident bytes a simulation holds, measured (`/usr/bin/time -f %M baton simulate ...` at
@@ -225,8 +238,15 @@ pub fn run(args: Args) -> Result<crate::Exit> {
     check_memory(&config, args.journal.is_some())?;
     check_shards(config.shards)?;
     let bar = crate::table::progress_bar(config.work_items);
-    let (report, signal) = actix::System::new().block_on(async {
-        let stop = crate::signals::Stop::install().context("cannot handle signals")?;
+    // A plain tokio runtime, not an actix system: the supervisor then runs on a thread of its
+    // own, so that however flooded its mailbox, the driver's clock ends the run on time.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (report, signal) = runtime.block_on(async {
+        let stop = crate::signals::Stop::install(crate::signals::SIMULATE_STOPPING)
+            .context("cannot handle signals")?;
         let report = simulate::run_until(
             &config,
             |p| {
@@ -240,18 +260,23 @@ pub fn run(args: Args) -> Result<crate::Exit> {
     })?;
     bar.finish_and_clear();
     let outcomes = crate::table::simulated_outcomes(&report);
-    crate::table::write_report(args.json, &report, |out, r| {
-        let title = format!("baton simulate, seed {}", r.seed);
-        crate::table::write_fleet_table(out, &title, r, &outcomes)
+    let json = Json {
+        report: &report,
+        interrupted: signal.is_some(),
+    };
+    crate::table::write_report(args.json, &json, |out, j| {
+        let title = format!("baton simulate, seed {}", j.report.seed);
+        crate::table::write_fleet_table(out, &title, j.report, &outcomes)
     })?;
     if let Some(signal) = signal {
         return Ok(signal.exit());
     }
     if outcomes.not_finished() > 0 {
         bail!(
-            "{} of {} work items did not finish ({} dead-lettered, {} unfinished)",
+            "{} of {} work items did not finish ({} failed, {} dead-lettered, {} unfinished)",
             outcomes.not_finished(),
             outcomes.total(),
+            outcomes.failed,
             outcomes.dead_lettered,
             outcomes.unfinished
         );

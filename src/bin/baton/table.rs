@@ -21,19 +21,26 @@ pub fn progress_bar(work_items: u64) -> ProgressBar {
     bar
 }
 
-/// Writes `report` as one line of JSON, or through `table` when `json` is off.
+/// Writes `report` as one line of JSON, or through `table` when `json` is off, on standard
+/// output through [`crate::stdout`]: a reader that went away (`| head -1`) is a quiet end.
 pub fn write_report<T: serde::Serialize>(
     json: bool,
     report: &T,
-    table: impl FnOnce(&mut std::io::StdoutLock<'static>, &T) -> Result<()>,
+    table: impl FnOnce(&mut crate::Stdout, &T) -> Result<()>,
 ) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::stdout();
     if json {
-        serde_json::to_writer(&mut out, report)?;
-        writeln!(out)?;
+        // Serialised first, so that a closed stdout is the plain `io::Error` `main` recognises,
+        // not one wrapped in serde_json's.
+        let mut line = serde_json::to_vec(report)?;
+        line.push(b'\n');
+        out.write_all(&line)?;
+        out.flush()?;
         Ok(())
     } else {
-        table(&mut out, report)
+        table(&mut out, report)?;
+        out.flush()?;
+        Ok(())
     }
 }
 

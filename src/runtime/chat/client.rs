@@ -34,7 +34,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 pub struct ClientConfig {
     /// The API root with its version, e.g. `http://127.0.0.1:8080/v1` (see the module doc).
     /// Credentials in it (`http://user:pass@host/v1`) are taken out when the client is built
-    /// and sent as basic authentication: the client's own copy never carries them.
+    /// and sent as basic authentication: the client's own copy never carries them. A query
+    /// (`/v1?key=...`) is sent with every request; the client's own copy shows its values as
+    /// `REDACTED`, as every URL the client logs or puts in an error does.
     pub base_url: String,
     /// The bearer token, when the endpoint needs one; redacted in `Debug`.
     pub api_key: Option<ApiKey>,
@@ -109,12 +111,23 @@ pub struct ChatClient {
     config: ClientConfig,
     /// The base URL's credentials, sent as basic authentication when there is no key.
     credentials: Option<UrlCredentials>,
-    /// `{base}/chat/completions`.
-    chat_url: String,
-    /// `{base}/models`.
-    models_url: String,
-    /// `{root}/props` (llama.cpp).
-    props_url: String,
+    /// `{base}/chat/completions{query}`.
+    chat_url: RequestUrl,
+    /// `{base}/models{query}`.
+    models_url: RequestUrl,
+    /// `{root}/props{query}` (llama.cpp).
+    props_url: RequestUrl,
+}
+
+/// A URL requests are sent to, with the base URL's query, which may hold a key: shown through
+/// `Debug` with the query's values redacted.
+#[derive(Clone)]
+struct RequestUrl(String);
+
+impl std::fmt::Debug for RequestUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
 }
 
 /// rustls needs a process-wide crypto provider; reqwest is built without one so that ring, not
@@ -171,12 +184,16 @@ impl ChatClient {
             )));
         }
         let credentials = UrlCredentials::take(&mut url);
-        let base = if credentials.is_some() {
+        // A query (an API key, for some services) goes after each endpoint's path.
+        let query = url.query().map(|q| format!("?{q}")).unwrap_or_default();
+        url.set_query(None);
+        url.set_fragment(None);
+        let base = if credentials.is_some() || given.contains(['?', '#']) {
             url.as_str().trim_end_matches('/').to_owned()
         } else {
             given
         };
-        config.base_url = base.clone();
+        config.base_url = redact_url(&format!("{base}{query}"));
         let host = url.host_str().unwrap_or_default();
         let loopback = host == "localhost"
             || host
@@ -196,9 +213,9 @@ impl ChatClient {
         let root = base.strip_suffix("/v1").unwrap_or(&base);
         Ok(Self {
             http,
-            chat_url: format!("{base}/chat/completions"),
-            models_url: format!("{base}/models"),
-            props_url: format!("{root}/props"),
+            chat_url: RequestUrl(format!("{base}/chat/completions{query}")),
+            models_url: RequestUrl(format!("{base}/models{query}")),
+            props_url: RequestUrl(format!("{root}/props{query}")),
             credentials,
             config,
         })
@@ -235,7 +252,7 @@ impl ChatClient {
         let attempt = || async {
             let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::debug!(
-                url = %self.chat_url,
+                url = %redact_url(&self.chat_url.0),
                 attempt,
                 messages = request.messages.len(),
                 bytes = body.len(),
@@ -292,11 +309,11 @@ impl ChatClient {
         };
         let req = self
             .http
-            .post(&self.chat_url)
+            .post(&self.chat_url.0)
             .timeout(timeout)
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_vec());
-        let (status, headers, text) = match self.send(req, &self.chat_url).await {
+        let (status, headers, text) = match self.send(req, &self.chat_url.0).await {
             Ok(answer) => answer,
             Err(ChatError::Timeout { .. }) => {
                 tracing::warn!(attempt, ?timeout, "chat request timed out");
@@ -319,7 +336,7 @@ impl ChatClient {
         if status.is_success() {
             let malformed = |e: serde_json::Error| {
                 fail(ChatError::Malformed {
-                    endpoint: self.chat_url.clone(),
+                    endpoint: redact_url(&self.chat_url.0),
                     reason: format!("{e}; body starts {:?}", excerpt(&text)),
                 })
             };
@@ -371,6 +388,8 @@ impl ChatClient {
             let (user, password) = credentials.expose();
             req = req.basic_auth(user, password);
         }
+        let url = redact_url(url);
+        let url = url.as_str();
         let fail = |e: reqwest::Error| {
             if e.is_timeout() {
                 ChatError::Timeout {
@@ -409,14 +428,14 @@ impl ChatClient {
     /// `GET {base}/models`, as JSON. Sent once, with no retries (a failure falls back to the
     /// profile's window).
     pub async fn models(&self) -> Result<Value, ChatError> {
-        let text = self.get_text(&self.models_url).await?;
-        parse_json(&self.models_url, &text)
+        let text = self.get_text(&self.models_url.0).await?;
+        parse_json(&self.models_url.0, &text)
     }
 
     /// `GET {root}/props` (llama.cpp only), as JSON. Sent once, with no retries.
     pub async fn props(&self) -> Result<Value, ChatError> {
-        let text = self.get_text(&self.props_url).await?;
-        parse_json(&self.props_url, &text)
+        let text = self.get_text(&self.props_url.0).await?;
+        parse_json(&self.props_url.0, &text)
     }
 
     /// The window the endpoint states for `model`, read by the [`provider`](crate::provider)
@@ -425,12 +444,12 @@ impl ChatClient {
     /// `meta.n_ctx_train`). `Ok(None)` when neither says; an error only when `/v1/models` itself
     /// cannot be fetched.
     pub async fn window(&self, model: Option<&str>) -> Result<Option<EndpointWindow>, ChatError> {
-        if let Ok(props) = self.get_text(&self.props_url).await
+        if let Ok(props) = self.get_text(&self.props_url.0).await
             && let Ok(window) = window_from_props(&props)
         {
             return Ok(Some(EndpointWindow::new(window, slots_from_props(&props))));
         }
-        let models = self.get_text(&self.models_url).await?;
+        let models = self.get_text(&self.models_url.0).await?;
         match window_from_models(&models, model) {
             Ok(window) => Ok(Some(EndpointWindow::new(window, None))),
             Err(e) => {
@@ -487,7 +506,7 @@ impl EndpointWindow {
 
 fn parse_json(url: &str, text: &str) -> Result<Value, ChatError> {
     serde_json::from_str(text).map_err(|e| ChatError::Malformed {
-        endpoint: url.to_owned(),
+        endpoint: redact_url(url),
         reason: printable(&e.to_string()),
     })
 }
@@ -552,9 +571,9 @@ mod tests {
     #[test]
     fn urls_follow_the_sdk_convention_and_props_sit_at_the_root() {
         let c = ChatClient::new(ClientConfig::new("http://127.0.0.1:8080/v1/")).unwrap();
-        assert_eq!(c.chat_url, "http://127.0.0.1:8080/v1/chat/completions");
-        assert_eq!(c.models_url, "http://127.0.0.1:8080/v1/models");
-        assert_eq!(c.props_url, "http://127.0.0.1:8080/props");
+        assert_eq!(c.chat_url.0, "http://127.0.0.1:8080/v1/chat/completions");
+        assert_eq!(c.models_url.0, "http://127.0.0.1:8080/v1/models");
+        assert_eq!(c.props_url.0, "http://127.0.0.1:8080/props");
     }
 
     #[test]

@@ -137,9 +137,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `text` with the credentials of any URL in it (`scheme://user:pass@host`) replaced by `***`,
-/// for printing a URL that came from the user or from an error: works on text that does not
-/// parse as a URL too.
+/// `text` with the credentials of any URL in it (`scheme://user:pass@host`) replaced by `***`
+/// and the values of its query (`?key=...`, where services put API keys) by `REDACTED`, for
+/// printing a URL that came from the user or from an error: works on text that does not parse
+/// as a URL too.
 pub fn redact_url(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -158,9 +159,45 @@ pub fn redact_url(text: &str) -> String {
             None => out.push_str(authority),
         }
         rest = &tail[authority_end..];
+        // The path, then the query up to a fragment or the URL's end.
+        let url_end = rest.find(ends_url).unwrap_or(rest.len());
+        let (url, after) = rest.split_at(url_end);
+        match url.split_once('?') {
+            Some((path, query)) => {
+                let (query, fragment) = match query.find('#') {
+                    Some(f) => query.split_at(f),
+                    None => (query, ""),
+                };
+                out.push_str(path);
+                out.push('?');
+                out.push_str(&redact_query(query));
+                out.push_str(fragment);
+            }
+            None => out.push_str(url),
+        }
+        rest = after;
     }
     out.push_str(rest);
     out
+}
+
+/// Where a URL quoted in text ends: whitespace, or a quote or bracket around it.
+fn ends_url(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '"' | '\'' | '`' | '<' | '>')
+}
+
+/// A query's values replaced by `REDACTED` (its names kept: they say what was sent); a bare
+/// part with no `=` may itself be a key, and is replaced whole.
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|part| match part.split_once('=') {
+            Some((name, _)) => format!("{name}=REDACTED"),
+            None if part.is_empty() => String::new(),
+            None => "REDACTED".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 #[cfg(test)]
@@ -184,10 +221,26 @@ mod tests {
             redact_url("cannot reach http://user:pass@host:8080/v1 (refused)"),
             "cannot reach http://***@host:8080/v1 (refused)"
         );
-        assert_eq!(redact_url("https://a:b@c@d/x?y"), "https://***@d/x?y");
+        assert_eq!(
+            redact_url("https://a:b@c@d/x?y"),
+            "https://***@d/x?REDACTED"
+        );
         assert_eq!(redact_url("http://host/v1"), "http://host/v1");
         assert_eq!(redact_url("no url: at@all"), "no url: at@all");
         assert_eq!(redact_url("x://"), "x://");
+    }
+
+    #[test]
+    fn query_values_in_any_text_are_redacted_and_their_names_kept() {
+        assert_eq!(
+            redact_url("GET http://h:1/v1/models?key=s3cret&x=&y (refused)"),
+            "GET http://h:1/v1/models?key=REDACTED&x=REDACTED&REDACTED (refused)"
+        );
+        assert_eq!(
+            redact_url("base URL \"http://h/v1?api-key=s3cret#top\": bad"),
+            "base URL \"http://h/v1?api-key=REDACTED#top\": bad"
+        );
+        assert_eq!(redact_url("plain? text=1"), "plain? text=1");
     }
 
     #[test]
