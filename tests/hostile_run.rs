@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::cli::{Measured, baton_measured, stderr, stdout};
+use support::cli::{Measured, baton_measured, stderr, stdout, stub_run_args};
 use support::stub::{Fault, Stub, StubWindow};
 
 /// The most a `baton run` child may hold resident while refusing an endless body: the 16 MiB
@@ -17,18 +17,7 @@ const RUN_PEAK_LIMIT: u64 = 200 * 1024 * 1024;
 /// `baton run ITEMS --endpoint STUB --model stub-model EXTRA...`, measured, off the async
 /// runtime so that the stub keeps answering.
 async fn run(items: &str, endpoint: &str, extra: &[&str], stdin: Option<Vec<u8>>) -> Measured {
-    let mut args: Vec<String> = [
-        "run",
-        items,
-        "--endpoint",
-        endpoint,
-        "--model",
-        "stub-model",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
+    let args = stub_run_args(items, endpoint, extra);
     tokio::task::spawn_blocking(move || baton_measured(&args, stdin, &[]))
         .await
         .unwrap()

@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::cli::{Measured, baton_measured, stderr, stdout};
+use support::cli::{Measured, baton_measured, stderr, stdout, stub_run_args};
 use support::stub::Stub;
 
 async fn baton(args: Vec<String>) -> Measured {
@@ -13,22 +13,8 @@ async fn baton(args: Vec<String>) -> Measured {
 }
 
 fn run_args(items: &str, journal: &str, endpoint: &str) -> Vec<String> {
-    [
-        "run",
-        items,
-        "--endpoint",
-        endpoint,
-        "--model",
-        "stub-model",
-        "--agent-type",
-        "a:4096",
-        "--journal",
-        journal,
-        "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let extra = ["--agent-type", "a:4096", "--journal", journal, "--json"];
+    stub_run_args(items, endpoint, &extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

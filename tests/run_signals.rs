@@ -7,26 +7,17 @@ mod support;
 
 use std::time::Duration;
 
-use support::cli::{baton_measured, baton_spawn, stderr, stdout};
+use support::cli::{baton_measured, baton_spawn, stderr, stdout, stub_run_args};
 use support::stub::{Fault, Stub};
 
 fn run_args(items: &str, endpoint: &str, extra: &[&str]) -> Vec<String> {
-    [
-        "run",
+    let mut args = stub_run_args(
         items,
-        "--endpoint",
         endpoint,
-        "--model",
-        "stub-model",
-        "--agent-type",
-        "a:4096",
-        "--sessions",
-        "2",
-    ]
-    .iter()
-    .chain(extra)
-    .map(|s| s.to_string())
-    .collect()
+        &["--agent-type", "a:4096", "--sessions", "2"],
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 fn three_items(dir: &tempfile::TempDir) -> String {

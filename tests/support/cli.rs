@@ -13,6 +13,23 @@ pub fn baton(args: &[&str]) -> Output {
 }
 
 /// What it printed on standard output.
+/// The arguments of `baton run ITEMS` against a loopback stub at `endpoint` (model
+/// `stub-model`), then `extra`.
+pub fn stub_run_args(items: &str, endpoint: &str, extra: &[&str]) -> Vec<String> {
+    [
+        "run",
+        items,
+        "--endpoint",
+        endpoint,
+        "--model",
+        "stub-model",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
