@@ -63,6 +63,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::WeakAddr;
 use actix::prelude::*;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::FutureExt;
@@ -173,17 +174,72 @@ pub enum SupervisorError {
     Journal(#[source] crate::journal::JournalError),
 }
 
+/// A live session in the registry: three words. The actor is kept by a weak address (a
+/// strong one costs two allocations per session; the session keeps itself alive until it
+/// closes, see `session::Readings`), and its phase and shard live in the slot it shares with
+/// its handles.
 struct SessionEntry {
     /// The actor.
-    addr: Addr<SessionActor>,
+    addr: SessionAddr,
     /// The work item it holds.
     item: WorkItemId,
-    /// Its state, as last reported.
-    phase: Phase,
-    /// The shard it runs on, if sessions are sharded.
-    shard: Option<usize>,
-    /// Where session handles leave usage readings for it.
+    /// Where session handles leave usage readings for it; also its phase and shard.
     slot: Arc<UsageSlot>,
+}
+
+impl SessionEntry {
+    /// Its state, as of its last transition.
+    fn phase(&self) -> Phase {
+        self.slot.phase()
+    }
+
+    /// The shard it runs on, if sessions are sharded.
+    fn shard(&self) -> Option<usize> {
+        self.slot.shard()
+    }
+}
+
+/// A session actor's address as the registry keeps it: weak, upgraded for each use. A message
+/// to a session whose actor has stopped is dropped, as actix drops one sent to a stopped actor.
+#[derive(Clone)]
+pub(super) struct SessionAddr(WeakAddr<SessionActor>);
+
+impl SessionAddr {
+    /// A strong address, while the actor runs.
+    pub(super) fn upgrade(&self) -> Option<Addr<SessionActor>> {
+        self.0.upgrade()
+    }
+
+    /// Sends `msg` if the actor still runs.
+    pub(super) fn do_send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        if let Some(addr) = self.upgrade() {
+            addr.do_send(msg);
+        }
+    }
+
+    /// Sends `msg` and waits for the answer (an error when the actor has stopped).
+    pub(super) fn send<M>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Result, MailboxError>> + use<M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        let request = self.upgrade().map(|addr| addr.send(msg));
+        async move {
+            match request {
+                Some(r) => r.await,
+                None => Err(MailboxError::Closed),
+            }
+        }
+    }
 }
 
 /// The supervisor actor. Start it with [`Supervisor::builder`].
@@ -478,28 +534,27 @@ impl Supervisor {
     fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
         let agent_type = self.ledger.items[&item].item.agent_type.clone();
         let agent = self.ledger.agents[&agent_type].agent.clone();
-        let slot = Arc::new(UsageSlot::default());
-        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
-        let (addr, shard) = if self.shards.is_empty() {
-            (actor.start(), None)
-        } else {
+        let shard = (!self.shards.is_empty()).then(|| {
             self.next_shard = (self.next_shard + 1) % self.shards.len();
-            let shard = self.next_shard;
-            (
-                SessionActor::start_in_arbiter(&self.shards[shard].handle(), |_| actor),
-                Some(shard),
-            )
+            self.next_shard
+        });
+        let slot = Arc::new(UsageSlot::new(shard));
+        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
+        // The mailbox is made here and its only strong sender dropped before the actor first
+        // runs (so the drop wakes nobody): the registry keeps the weak address.
+        let (tx, rx) = actix::dev::channel::channel(16);
+        let addr = SessionAddr(Addr::new(tx).downgrade());
+        let run = move || {
+            actix::spawn(Context::with_receiver(rx).into_future(actor));
         };
-        self.sessions.insert(
-            session,
-            SessionEntry {
-                addr,
-                item,
-                phase: Phase::Normal,
-                shard,
-                slot,
-            },
-        );
+        match shard {
+            None => run(),
+            Some(s) => {
+                self.shards[s].spawn_fn(run);
+            }
+        }
+        self.sessions
+            .insert(session, SessionEntry { addr, item, slot });
         self.bus.publish(FleetEvent::SessionStarted {
             session,
             agent_type,
@@ -940,6 +995,12 @@ impl Actor for Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        // The registry's addresses are weak: tell each session it is on its own, so that it
+        // stops once nobody holds its address (as it would have when the registry's strong
+        // address was dropped).
+        for e in self.sessions.values() {
+            e.slot.orphan();
+        }
         self.cancel.cancel();
         for shard in &self.shards {
             shard.stop();
@@ -985,11 +1046,6 @@ impl Handler<SessionNotice> for Supervisor {
     fn handle(&mut self, msg: SessionNotice, ctx: &mut Self::Context) {
         match msg {
             SessionNotice::RotationRequested(req) => self.rotate(req, ctx),
-            SessionNotice::PhaseChanged { session, phase } => {
-                if let Some(e) = self.sessions.get_mut(&session) {
-                    e.phase = phase;
-                }
-            }
             SessionNotice::Ended { session } => self.ended(session, ctx),
             SessionNotice::Crashed { session } => self.crashed(session, ctx),
         }
