@@ -64,6 +64,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::WeakAddr;
+use actix::dev::channel::AddressReceiver;
 use actix::prelude::*;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::FutureExt;
@@ -273,6 +274,9 @@ pub struct Supervisor {
     shards: Vec<Arbiter>,
     /// The shard the next session goes to.
     next_shard: usize,
+    /// Session actors waiting to be sent to their shard, a batch per shard: one cross-thread
+    /// send (and wake-up) per batch instead of one per session (see `start_actor`).
+    batches: Vec<Vec<(SessionActor, AddressReceiver<SessionActor>)>>,
     /// The durable record, if any (see `supervisor/recovery.rs`).
     journal: Option<Journal>,
     /// What the journal said was unfinished; taken when the actor starts.
@@ -347,6 +351,7 @@ impl SupervisorBuilder {
             shutdown: None,
             shards: Vec::new(),
             next_shard: 0,
+            batches: Vec::new(),
             journal: journal.clone(),
             recovery,
             start_retries: 0,
@@ -485,6 +490,9 @@ impl Supervisor {
         M: Message<Result = ()> + Send + 'static,
         Self: Handler<M>,
     {
+        // Boxed once here: the work's future is large (its retries and deadlines), and
+        // the task's wrappers would otherwise copy it again at each layer.
+        let work = Box::pin(work);
         let (addr, cancel) = (ctx.address(), self.cancel.clone());
         actix::spawn(
             async move {
@@ -506,7 +514,7 @@ impl Supervisor {
         match result {
             Ok(session) if self.shutdown.is_none() => {
                 self.ledger.set_place(id, Place::Live(session));
-                self.start_actor(session, id);
+                self.start_actor(session, id, ctx);
             }
             Ok(session) => {
                 self.note(Op::SpawnAbandoned {
@@ -531,7 +539,7 @@ impl Supervisor {
         }
     }
 
-    fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
+    fn start_actor(&mut self, session: SessionId, item: WorkItemId, ctx: &mut Context<Self>) {
         let agent_type = self.ledger.items[&item].item.agent_type.clone();
         let agent = self.ledger.agents[&agent_type].agent.clone();
         let shard = (!self.shards.is_empty()).then(|| {
@@ -544,13 +552,19 @@ impl Supervisor {
         // runs (so the drop wakes nobody): the registry keeps the weak address.
         let (tx, rx) = actix::dev::channel::channel(16);
         let addr = SessionAddr(Addr::new(tx).downgrade());
-        let run = move || {
-            actix::spawn(Context::with_receiver(rx).into_future(actor));
-        };
         match shard {
-            None => run(),
+            None => {
+                actix::spawn(Context::with_receiver(rx).into_future(actor));
+            }
+            // Batched: the batch leaves once the supervisor has handled what its mailbox
+            // holds now (`SendBatches`). Meanwhile the session is registered, and messages to
+            // it wait in its mailbox as they would while its shard had yet to start it.
             Some(s) => {
-                self.shards[s].spawn_fn(run);
+                if self.batches.iter().all(Vec::is_empty) {
+                    ctx.notify(SendBatches);
+                }
+                self.batches.resize_with(self.shards.len(), Vec::new);
+                self.batches[s].push((actor, rx));
             }
         }
         self.sessions
@@ -1001,6 +1015,7 @@ impl Drop for Supervisor {
         for e in self.sessions.values() {
             e.slot.orphan();
         }
+        self.send_batches();
         self.cancel.cancel();
         for shard in &self.shards {
             shard.stop();
@@ -1037,6 +1052,38 @@ impl Handler<StartWorked> for Supervisor {
         drop(msg._work);
         self.pump(ctx);
         self.check_shutdown();
+    }
+}
+
+/// Sends the batches of session actors to their shards (see `Supervisor::start_actor`).
+struct SendBatches;
+
+impl Message for SendBatches {
+    type Result = ();
+}
+
+impl Handler<SendBatches> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: SendBatches, _: &mut Self::Context) {
+        self.send_batches();
+    }
+}
+
+impl Supervisor {
+    /// Sends each shard its batch of session actors, started there in order.
+    fn send_batches(&mut self) {
+        for (shard, batch) in self.shards.iter().zip(&mut self.batches) {
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(batch);
+            shard.spawn_fn(move || {
+                for (actor, rx) in batch {
+                    actix::spawn(Context::with_receiver(rx).into_future(actor));
+                }
+            });
+        }
     }
 }
 

@@ -389,13 +389,13 @@ impl Supervisor {
                             if let Err(e) = committed {
                                 act.journal_failed(&e);
                             }
-                            act.hand_over(&rot, new, handoff, record);
+                            act.hand_over(&rot, new, handoff, record, ctx);
                             act.end_rotation(rot, ctx);
                         }),
                 );
             }
             (Ok(new), None) => {
-                self.hand_over(&rot, new, w.handoff, record);
+                self.hand_over(&rot, new, w.handoff, record, ctx);
                 self.end_rotation(rot, ctx);
             }
             (Err(error), _) => {
@@ -412,10 +412,11 @@ impl Supervisor {
         new: SessionId,
         handoff: Handoff,
         record: RotationRecord,
+        ctx: &mut Context<Self>,
     ) {
         self.ledger.set_place(rot.item.id, Place::Live(new));
         self.item(rot.item.id).handoff = Some(handoff);
-        self.start_actor(new, rot.item.id);
+        self.start_actor(new, rot.item.id, ctx);
         if let Some(old) = &rot.old_addr {
             old.do_send(Command::HandedOver(new));
         }
