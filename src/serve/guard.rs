@@ -80,7 +80,7 @@ pub async fn require_token(
     if !open {
         let token = req
             .app_data::<web::Data<Token>>()
-            .ok_or_else(|| ApiError::unauthorized())?;
+            .ok_or_else(ApiError::unauthorized)?;
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
