@@ -12,12 +12,16 @@
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
 //! | `store.rs` | the agent types kept in the journal file across restarts |
 //! | `agent_types.rs` | `/v1/agent-types` |
+//! | `sessions.rs` | `/v1/sessions`: list, get, close, rotate |
+//! | `readings.rs` | usage reports: `/v1/sessions/{id}/usage`, `/v1/usage` |
 
 pub mod agent_types;
 pub mod error;
 pub mod fleet;
 pub mod guard;
 pub mod openapi;
+pub mod readings;
+pub mod sessions;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -71,6 +75,8 @@ pub struct Parts {
 fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
+    sessions::configure(cfg);
+    readings::configure(cfg);
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and
@@ -92,6 +98,7 @@ pub fn bind(
             .app_data(web::PayloadConfig::new(max_body))
             .configure(|cfg| configure(cfg, &parts))
             .default_service(web::to(error::not_found))
+            .wrap(from_fn(error::json_errors))
             .wrap(from_fn(guard::deadline))
             .wrap(from_fn(guard::require_token))
     })

@@ -40,6 +40,8 @@ impl Modify for BearerAuth {
 pub fn document() -> utoipa::openapi::OpenApi {
     // Resource modules merge their parts here, one line each.
     Frame::openapi()
+        .merge_from(super::sessions::Api::openapi())
+        .merge_from(super::readings::Api::openapi())
 }
 
 /// The OpenAPI 3 document of this server.
@@ -59,5 +61,5 @@ async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse 
 /// Serves `/openapi.json`, built once.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(document()))
-        .route("/openapi.json", web::get().to(openapi_json));
+        .service(web::resource("/openapi.json").route(web::get().to(openapi_json)));
 }
