@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::journal::{EventRow, Filter};
-use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::runtime::memory::{MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
-    FleetEvent, Journal, JournalReader, Sequenced, SessionId, Settled, Supervisor,
-    SupervisorHandle, UsageSource,
+    AgentType, FleetEvent, Journal, JournalReader, PutOutcome, Sequenced, SessionId, Settled,
+    Supervisor, SupervisorError, SupervisorHandle, UsageSource,
 };
 use support::fleet::{agent, item};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -268,5 +268,102 @@ async fn without_a_journal_sequenced_events_are_numbered_from_one() {
             "same events, same order"
         );
     }
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+fn policy(compact_at: f64) -> baton::Policy {
+    baton::Policy::builder()
+        .compact_at(compact_at)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_update_decides_the_next_reading_of_a_live_session() {
+    let runtime = memory();
+    let coder = agent("coder").with_policy(policy(0.9));
+    let builder = Supervisor::builder(runtime.clone()).agent_type(coder.clone());
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "coder")).await.unwrap();
+    let s = started(&mut rx, &mut seen, 1).await;
+
+    assert_eq!(report(&sup, &runtime, s, 850).await, Settled::Normal);
+    assert_eq!(runtime.calls(RuntimeOp::Summarise), 0, "85% is under 0.9");
+
+    let updated = coder.clone().with_policy(policy(0.8));
+    assert_eq!(
+        sup.put_agent_type(updated.clone()).await,
+        Ok(PutOutcome::Updated)
+    );
+    assert_eq!(sup.agent_type("coder").await, Some(updated.clone()));
+    assert_eq!(
+        sup.put_agent_type(updated.clone()).await,
+        Ok(PutOutcome::Unchanged)
+    );
+
+    assert_eq!(report(&sup, &runtime, s, 860).await, Settled::Normal);
+    assert_eq!(runtime.calls(RuntimeOp::Summarise), 1, "86% is over 0.8");
+    wait_seq(
+        &mut rx,
+        &mut seen,
+        "the compaction",
+        |e| matches!(e, FleetEvent::Compaction(c) if c.session == s && c.success),
+    )
+    .await;
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_types_are_created_at_run_time_and_only_their_policy_may_change() {
+    let runtime = memory();
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent("sonnet"));
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    assert_eq!(
+        sup.submit(item(1, "glm")).await,
+        Err(SupervisorError::UnknownAgentType("glm".into()))
+    );
+    let glm = agent("glm");
+    assert_eq!(
+        sup.put_agent_type(glm.clone()).await,
+        Ok(PutOutcome::Created)
+    );
+    let names: Vec<String> = sup
+        .agent_types()
+        .await
+        .iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["glm", "sonnet"]);
+    for other in [
+        AgentType::new("glm", 2000),
+        AgentType {
+            model: "glm-4".into(),
+            ..glm.clone()
+        },
+        AgentType {
+            system_prompt: "be terse".into(),
+            ..glm.clone()
+        }
+        .with_policy(policy(0.5)),
+    ] {
+        assert!(matches!(
+            sup.put_agent_type(other).await,
+            Err(SupervisorError::AgentTypeConflict(_))
+        ));
+    }
+    assert_eq!(
+        sup.agent_type("glm").await,
+        Some(glm),
+        "a conflict changes nothing"
+    );
+    assert_eq!(sup.agent_type("nope").await, None);
+
+    sup.submit(item(1, "glm")).await.unwrap();
+    let mut seen = Vec::new();
+    let s = started(&mut rx, &mut seen, 1).await;
+    assert_eq!(runtime.session(s).unwrap().agent_type, "glm");
     sup.shutdown(Duration::from_secs(5)).await;
 }
