@@ -64,7 +64,7 @@ pub use runtime::{AgentRuntime, RuntimeError};
 pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
     Inventory, Place, PutOutcome, SessionHandle, Settled, ShutdownReport, Supervisor,
-    SupervisorConfig, SupervisorError, SupervisorHandle,
+    SupervisorConfig, SupervisorError, SupervisorHandle, WorkItemInfo,
 };
 pub use usage::{Usage, UsageError, UsageSource};
 pub use vocab::{

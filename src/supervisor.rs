@@ -153,6 +153,21 @@ pub enum Place {
     Dead(String),
 }
 
+/// A work item and where it is: what [`SupervisorHandle::work_item`] and
+/// [`SupervisorHandle::work_items`] answer, so that a server can show an item and check a
+/// resubmission against it (same id: same agent type and text, or a conflict).
+///
+/// The supervisor keeps every item it was given or recovered, done and dead ones included,
+/// with its text, for its whole life. (After a restart, an item of an agent type the new
+/// supervisor does not know is not recovered, so not listed.)
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkItemInfo {
+    /// The item as submitted.
+    pub item: WorkItem,
+    /// Where it is now.
+    pub place: Place,
+}
+
 /// What [`SupervisorHandle::put_agent_type`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

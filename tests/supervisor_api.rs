@@ -12,8 +12,9 @@ use std::time::Duration;
 use baton::journal::{EventRow, Filter};
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
-    AgentType, FleetEvent, Journal, JournalReader, PutOutcome, Sequenced, SessionId, Settled,
-    Supervisor, SupervisorError, SupervisorHandle, UsageSource,
+    AgentType, FleetEvent, Journal, JournalReader, Place, PutOutcome, Sequenced, SessionId,
+    Settled, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource,
+    WorkItemId,
 };
 use support::fleet::{agent, item};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -365,5 +366,67 @@ async fn agent_types_are_created_at_run_time_and_only_their_policy_may_change() 
     let mut seen = Vec::new();
     let s = started(&mut rx, &mut seen, 1).await;
     assert_eq!(runtime.session(s).unwrap().agent_type, "glm");
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+fn one_at_a_time() -> SupervisorConfig {
+    SupervisorConfig {
+        max_sessions: 1,
+        ..SupervisorConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_items_are_found_with_their_text_and_place_done_ones_included_after_a_restart() {
+    let runtime = memory();
+    let journal = Journal::in_memory().unwrap();
+    let builder = Supervisor::builder(runtime.clone())
+        .config(one_at_a_time())
+        .agent_type(agent("sonnet"))
+        .journal(journal.clone())
+        .unwrap();
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    for id in [3, 1, 2] {
+        sup.submit(item(id, "sonnet")).await.unwrap();
+    }
+    let s3 = started(&mut rx, &mut seen, 3).await;
+    sup.close(s3).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+
+    let info = sup.work_item(WorkItemId(3)).await.expect("a known item");
+    assert_eq!(info.item, item(3, "sonnet"), "the text is kept once done");
+    assert_eq!(info.place, Place::Done(s3));
+    let all = sup.work_items().await;
+    let places: Vec<(u64, Place)> = all.iter().map(|i| (i.item.id.0, i.place.clone())).collect();
+    assert_eq!(
+        places,
+        [
+            (1, Place::Live(s1)),
+            (2, Place::Queued),
+            (3, Place::Done(s3))
+        ],
+        "id order"
+    );
+    assert_eq!(sup.work_item(WorkItemId(9)).await, None);
+    sup.shutdown(Duration::from_secs(5)).await;
+
+    // A restarted supervisor knows the finished item, text included.
+    let sup = Supervisor::builder(runtime.clone())
+        .config(one_at_a_time())
+        .agent_type(agent("sonnet"))
+        .journal(journal)
+        .unwrap()
+        .start();
+    let info = sup.work_item(WorkItemId(3)).await.expect("recovered");
+    assert_eq!(
+        (info.item, info.place),
+        (item(3, "sonnet"), Place::Done(s3))
+    );
+    assert_eq!(
+        sup.work_item(WorkItemId(2)).await.map(|i| i.item),
+        Some(item(2, "sonnet"))
+    );
     sup.shutdown(Duration::from_secs(5)).await;
 }

@@ -7,7 +7,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Place, PutOutcome, SessionHandle, Supervisor, SupervisorError};
+use super::{Place, PutOutcome, SessionHandle, Supervisor, SupervisorError, WorkItemInfo};
 use crate::journal::Op;
 use crate::machine::Phase;
 use crate::record::FleetEvent;
@@ -280,5 +280,27 @@ impl Handler<PutAgentType> for Supervisor {
             PutOutcome::Unchanged => {}
         }
         Ok(outcome)
+    }
+}
+
+/// One work item, or every one (`None`), with its place.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<WorkItemInfo>")]
+pub(super) struct WorkItems(pub(super) Option<WorkItemId>);
+
+impl Handler<WorkItems> for Supervisor {
+    type Result = MessageResult<WorkItems>;
+
+    fn handle(&mut self, WorkItems(id): WorkItems, _: &mut Self::Context) -> Self::Result {
+        let info = |e: &super::ItemEntry| WorkItemInfo {
+            item: e.item.clone(),
+            place: e.place().clone(),
+        };
+        let mut items: Vec<WorkItemInfo> = match id {
+            Some(id) => self.ledger.items.get(&id).map(info).into_iter().collect(),
+            None => self.ledger.items.values().map(info).collect(),
+        };
+        items.sort_by_key(|i| i.item.id);
+        MessageResult(items)
     }
 }

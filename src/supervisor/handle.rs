@@ -10,9 +10,9 @@ use tokio::sync::watch;
 
 use super::api::{
     ForSession, ListAgentTypes, ListSessions, Lookup, PutAgentType, Shards, Shutdown, Submit,
-    TakeInventory, ToSession,
+    TakeInventory, ToSession, WorkItems,
 };
-use super::{Inventory, PutOutcome, ShutdownReport, Supervisor, SupervisorError};
+use super::{Inventory, PutOutcome, ShutdownReport, Supervisor, SupervisorError, WorkItemInfo};
 use crate::journal::Journal;
 use crate::machine::Phase;
 use crate::record::{EventBus, FleetEvent, Sequenced};
@@ -21,7 +21,7 @@ use crate::session::{
     Watch,
 };
 use crate::usage::UsageSource;
-use crate::vocab::{AgentType, SessionId, WorkItem};
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The embedding orchestrator's handle on a running supervisor. Cheap to clone.
 #[derive(Clone)]
@@ -333,6 +333,17 @@ impl SupervisorHandle {
     /// knows the types its builder is given.
     pub async fn put_agent_type(&self, agent: AgentType) -> Result<PutOutcome, SupervisorError> {
         self.addr.send(PutAgentType(agent)).await.or_else(gone)?
+    }
+
+    /// A work item with its place; `None` when the supervisor was never given it (done and
+    /// dead items are kept, see [`WorkItemInfo`]).
+    pub async fn work_item(&self, id: WorkItemId) -> Option<WorkItemInfo> {
+        self.addr.send(WorkItems(Some(id))).await.ok()?.pop()
+    }
+
+    /// Every work item with its place, in id order.
+    pub async fn work_items(&self) -> Vec<WorkItemInfo> {
+        self.addr.send(WorkItems(None)).await.unwrap_or_default()
     }
 
     /// The journal the supervisor writes through, if it has one.
