@@ -9,10 +9,14 @@
 //! | `error.rs` | [`ApiError`](error::ApiError): every failure as a status and a typed JSON body |
 //! | `guard.rs` | what every request passes: the bearer [`Token`](guard::Token), the deadline |
 //! | `openapi.rs` | the OpenAPI 3 document, merged from each resource module's part |
+//! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
+//! | `commands.rs` | the command queue's endpoints: long-poll and results |
 
+pub mod commands;
 pub mod error;
 pub mod guard;
 pub mod openapi;
+pub mod queue;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,12 +60,18 @@ impl ServeConfig {
 pub struct Parts {
     /// The fleet.
     pub supervisor: SupervisorHandle,
+    /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
+    /// `None` when commands go out by webhook.
+    pub commands: Option<std::sync::Arc<queue::CommandQueue>>,
 }
 
 /// Registers every route and the handlers' shared data.
 fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
+    if let Some(queue) = &parts.commands {
+        commands::configure(cfg, queue.clone());
+    }
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and
