@@ -43,6 +43,7 @@ impl Served {
         let parts = Parts {
             supervisor: supervisor.clone(),
             store: None,
+            commands: None,
         };
         let (addr, server) = serve::bind(&config, parts).unwrap();
         let handle = server.handle();
@@ -327,6 +328,7 @@ async fn serve_with_cap(s: &Served, cap: usize) -> String {
     let parts = Parts {
         supervisor: s.supervisor.clone(),
         store: None,
+        commands: None,
     };
     let (addr, server) = serve::bind(&config, parts).unwrap();
     actix_web::rt::spawn(server);

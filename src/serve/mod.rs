@@ -14,12 +14,16 @@
 //! | `agent_types.rs` | `/v1/agent-types` |
 //! | `sessions.rs` | `/v1/sessions`: list, get, close, rotate |
 //! | `readings.rs` | usage reports: `/v1/sessions/{id}/usage`, `/v1/usage` |
+//! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
+//! | `commands.rs` | the command queue's endpoints: long-poll and results |
 
 pub mod agent_types;
+pub mod commands;
 pub mod error;
 pub mod fleet;
 pub mod guard;
 pub mod openapi;
+pub mod queue;
 pub mod readings;
 pub mod sessions;
 pub mod store;
@@ -69,6 +73,9 @@ pub struct Parts {
     pub supervisor: SupervisorHandle,
     /// Where agent types created over HTTP are kept (the journal file); `None` without one.
     pub store: Option<Arc<store::AgentTypeStore>>,
+    /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
+    /// `None` when commands go out by webhook.
+    pub commands: Option<Arc<queue::CommandQueue>>,
 }
 
 /// Registers every route and the handlers' shared data.
@@ -77,6 +84,9 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     openapi::configure(cfg);
     sessions::configure(cfg);
     readings::configure(cfg);
+    if let Some(queue) = &parts.commands {
+        commands::configure(cfg, queue.clone());
+    }
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and

@@ -39,9 +39,11 @@ impl Modify for BearerAuth {
 /// The whole document: the frame merged with every resource module's part.
 pub fn document() -> utoipa::openapi::OpenApi {
     // Resource modules merge their parts here, one line each.
-    Frame::openapi()
-        .merge_from(super::sessions::Api::openapi())
-        .merge_from(super::readings::Api::openapi())
+    let mut doc = Frame::openapi();
+    doc.merge(super::sessions::Api::openapi());
+    doc.merge(super::readings::Api::openapi());
+    doc.merge(super::commands::CommandsApi::openapi());
+    doc
 }
 
 /// The OpenAPI 3 document of this server.
