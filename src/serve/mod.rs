@@ -84,6 +84,7 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     openapi::configure(cfg);
     sessions::configure(cfg);
     readings::configure(cfg);
+    agent_types::configure(cfg, parts.store.clone());
     if let Some(queue) = &parts.commands {
         commands::configure(cfg, queue.clone());
     }

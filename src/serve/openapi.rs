@@ -42,6 +42,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = Frame::openapi();
     doc.merge(super::sessions::Api::openapi());
     doc.merge(super::readings::Api::openapi());
+    doc.merge(super::agent_types::Api::openapi());
     doc.merge(super::commands::CommandsApi::openapi());
     doc
 }
