@@ -58,7 +58,7 @@ pub use machine::{
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
     CompactionRecord, CrashOutcome, EventBus, FleetEvent, RecoveryOutcome, RotationId,
-    RotationRecord, RotationStep,
+    RotationRecord, RotationStep, Sequenced,
 };
 pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;

@@ -78,7 +78,7 @@ use tracing::Instrument;
 use crate::journal::recovery::RecoveryState;
 use crate::journal::{Journal, Op};
 use crate::machine::Phase;
-use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
+use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord, Sequenced};
 use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::session::{Command, Fleet, RotationRequest, SessionActor, SessionNotice, UsageSlot};
 use crate::vocab::{AgentType, Handoff, SessionId, WorkItem, WorkItemId};
@@ -262,6 +262,13 @@ impl SupervisorBuilder {
     /// else, however long the caller takes after `start` (see `docs/semantics.md`, "Events").
     pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
         self.bus.subscribe()
+    }
+
+    /// [`subscribe`](Self::subscribe), each event with its sequence number (with a journal,
+    /// its row in the journal's log): what an event stream that resumes from the journal
+    /// needs (see [`Sequenced`] and `docs/semantics.md`, "Events").
+    pub fn subscribe_sequenced(&self) -> tokio::sync::mpsc::UnboundedReceiver<Sequenced> {
+        self.bus.subscribe_sequenced()
     }
 
     /// Starts the supervisor, from any thread, async or not.

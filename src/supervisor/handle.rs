@@ -14,7 +14,7 @@ use super::api::{
 use super::{Inventory, ShutdownReport, Supervisor, SupervisorError};
 use crate::journal::Journal;
 use crate::machine::Phase;
-use crate::record::{EventBus, FleetEvent};
+use crate::record::{EventBus, FleetEvent, Sequenced};
 use crate::session::{
     Command, Input, Inspect, ReportUsage, SessionActor, SessionInfo, SessionStatus, UsageSlot,
     Watch,
@@ -204,6 +204,15 @@ impl SupervisorHandle {
     /// Every event published from now on.
     pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
         self.bus.subscribe()
+    }
+
+    /// Every event published from now on, each with its sequence number (with a journal, its
+    /// `seq` in the journal's log, delivered after its commit): a stream that resumes from the
+    /// journal subscribes here first, then reads the backlog with
+    /// [`Filter::after`](crate::journal::Filter::after), then forwards the live events numbered
+    /// above the backlog's last (see [`Sequenced`]).
+    pub fn subscribe_sequenced(&self) -> tokio::sync::mpsc::UnboundedReceiver<Sequenced> {
+        self.bus.subscribe_sequenced()
     }
 
     /// Queues a work item; a session starts for it when there is room. With a journal, returns
