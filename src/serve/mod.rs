@@ -9,10 +9,18 @@
 //! | `error.rs` | [`ApiError`](error::ApiError): every failure as a status and a typed JSON body |
 //! | `guard.rs` | what every request passes: the bearer [`Token`](guard::Token), the deadline |
 //! | `openapi.rs` | the OpenAPI 3 document, merged from each resource module's part |
+//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
+//! | `sse.rs` | server-sent events framing |
+//! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
+//! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 
 pub mod error;
+pub mod events;
 pub mod guard;
+pub mod metrics;
 pub mod openapi;
+pub mod page;
+pub mod sse;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,12 +64,19 @@ impl ServeConfig {
 pub struct Parts {
     /// The fleet.
     pub supervisor: SupervisorHandle,
+    /// The fan-out of live events to the event streams.
+    pub events: events::EventHub,
+    /// The fleet's metrics, served at `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Registers every route and the handlers' shared data.
 fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
+    events::configure(cfg, &parts.events);
+    metrics::configure(cfg, &parts.metrics);
+    page::configure(cfg);
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and
