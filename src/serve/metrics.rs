@@ -190,8 +190,9 @@ impl FromEvents {
 struct Inner {
     registry: Registry,
     events: FromEvents,
-    /// The subscription, drained by the feeding task and by every scrape.
-    feed: Mutex<UnboundedReceiver<FleetEvent>>,
+    /// The subscription (once [`Metrics::follow`] gave it), drained by the feeding task and by
+    /// every scrape.
+    feed: Mutex<Option<UnboundedReceiver<FleetEvent>>>,
     sessions: Family<PhaseLabels, Gauge>,
     ratios: Arc<UsageRatios>,
     queue_depth: Gauge,
@@ -207,6 +208,12 @@ pub struct Metrics {
     inner: Arc<Inner>,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
@@ -214,11 +221,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics fed by `events`, a subscription to the fleet's events (take it from the
-    /// supervisor's builder, before `start`, to count every event). Call
-    /// [`spawn_feed`](Self::spawn_feed) in a tokio runtime so that the subscription is drained
-    /// between scrapes too.
-    pub fn new(events: UnboundedReceiver<FleetEvent>) -> Self {
+    /// Metrics with nothing counted yet. Give them the fleet's events with
+    /// [`follow`](Self::follow); wrap the runtime in a [`MeteredRuntime`] for call latencies.
+    pub fn new() -> Self {
         let mut registry = Registry::default();
         let from = FromEvents {
             compactions: Family::default(),
@@ -284,7 +289,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 events: from,
-                feed: Mutex::new(events),
+                feed: Mutex::new(None),
                 sessions,
                 ratios,
                 queue_depth,
@@ -293,6 +298,13 @@ impl Metrics {
                 scrape: tokio::sync::Mutex::new(()),
             }),
         }
+    }
+
+    /// Counts the events of `events`, a subscription to the fleet's events: take it from the
+    /// supervisor's builder ([`SupervisorBuilder::subscribe`](crate::supervisor::SupervisorBuilder::subscribe)),
+    /// before `start`, to count every event. Then call [`spawn_feed`](Self::spawn_feed).
+    pub fn follow(&self, events: UnboundedReceiver<FleetEvent>) {
+        *self.inner.feed.lock().expect("lock") = Some(events);
     }
 
     /// Drains the subscription as events arrive, on the current tokio runtime, until the
@@ -304,7 +316,10 @@ impl Metrics {
             // The lock is held only while polling, never across a wait: a scrape drains in
             // between.
             poll_fn(|cx| {
-                let mut rx = inner.feed.lock().expect("lock");
+                let mut feed = inner.feed.lock().expect("lock");
+                let Some(rx) = feed.as_mut() else {
+                    return Poll::Ready(());
+                };
                 loop {
                     match rx.poll_recv(cx) {
                         Poll::Ready(Some(event)) => inner.events.apply(&event),
@@ -319,7 +334,8 @@ impl Metrics {
 
     /// Counts every event waiting in the subscription.
     fn drain(&self) {
-        let mut rx = self.inner.feed.lock().expect("lock");
+        let mut feed = self.inner.feed.lock().expect("lock");
+        let Some(rx) = feed.as_mut() else { return };
         while let Ok(event) = rx.try_recv() {
             self.inner.events.apply(&event);
         }
