@@ -596,3 +596,77 @@ pub fn configure(cfg: &mut web::ServiceConfig, hub: &EventHub) {
         .route("/v1/events", web::get().to(list))
         .route("/v1/events/stream", web::get().to(stream));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::memory::MemoryRuntime;
+    use crate::supervisor::Supervisor;
+    use crate::vocab::{AgentType, WorkItem};
+
+    fn fleet() -> SupervisorHandle {
+        Supervisor::builder(Arc::new(MemoryRuntime::default()))
+            .agent_type(AgentType::new("coder", 1000))
+            .start()
+    }
+
+    fn work(id: u64) -> WorkItem {
+        WorkItem {
+            id: WorkItemId(id),
+            agent_type: "coder".into(),
+            text: format!("item {id}"),
+        }
+    }
+
+    #[actix::test]
+    async fn a_stream_that_falls_further_behind_than_the_buffer_is_ended_with_a_note() {
+        let sup = fleet();
+        let config = EventsConfig {
+            buffer: 2,
+            ..EventsConfig::default()
+        };
+        let hub = EventHub::with_config(&sup, config);
+        let mut follow = Follow::new(hub.clone(), 0);
+        let mut probe = hub.inner.tx.subscribe();
+        for id in 1..=3 {
+            sup.submit(work(id)).await.unwrap();
+        }
+        // Until the hub has offered more events than the buffer holds.
+        let mut offered = 0;
+        while offered < 3 {
+            match tokio::time::timeout(Duration::from_secs(10), probe.recv())
+                .await
+                .expect("the hub forwards events")
+            {
+                Ok(_) => offered += 1,
+                Err(RecvError::Lagged(n)) => offered += n,
+                Err(RecvError::Closed) => panic!("the hub closed"),
+            }
+        }
+        let note = follow.next().await.expect("a closing note");
+        let note = String::from_utf8_lossy(&note);
+        assert!(note.starts_with(": this stream fell"), "{note}");
+        assert!(note.contains("Last-Event-ID: 0"), "{note}");
+        assert_eq!(follow.next().await, None, "the stream ended");
+        sup.shutdown(Duration::from_secs(5)).await;
+    }
+
+    #[actix::test]
+    async fn an_idle_stream_sends_a_comment_each_keep_alive_period_and_ends_on_close() {
+        tokio::time::pause();
+        let sup = fleet();
+        let hub = EventHub::new(&sup);
+        let mut follow = Follow::new(hub.clone(), 0);
+        let start = tokio::time::Instant::now();
+        for n in 1..=2 {
+            assert_eq!(follow.next().await, Some(sse::comment("keep-alive")));
+            // The timer's millisecond granularity may add one.
+            let at = start.elapsed();
+            let due = Duration::from_secs(15 * n);
+            assert!(at >= due && at <= due + Duration::from_millis(5), "{at:?}");
+        }
+        hub.close();
+        assert_eq!(follow.next().await, None);
+        sup.shutdown(Duration::from_secs(5)).await;
+    }
+}
