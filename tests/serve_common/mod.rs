@@ -144,6 +144,13 @@ impl Served {
         }
     }
 
+    /// Takes every event delivered so far into `seen`, without waiting.
+    pub fn drain(&mut self) {
+        while let Ok(e) = self.events.try_recv() {
+            self.seen.push(e);
+        }
+    }
+
     /// Waits for item `id`'s session to start.
     pub async fn started(&mut self, id: u64) -> SessionId {
         match self
