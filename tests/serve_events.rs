@@ -10,7 +10,7 @@ use serve_common::{Frame, Served, SseReader, done, published};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_sends_every_event_in_order_with_the_journal_seq_as_its_id() {
     let mut served = Served::start(true, &["coder"], EventsConfig::default()).await;
-    let mut stream = SseReader::open(&served, None, "").await;
+    let mut stream = SseReader::open(&served, None, "?after=0").await;
     let (_, successor) = served.compact_and_rotate(1, "coder").await;
     served.finish(successor, 1).await;
     let got = stream.until(done(1)).await;
@@ -65,17 +65,21 @@ async fn a_stream_resumed_with_last_event_id_gives_every_later_event_once() {
 
     // A client that saw everything resumes to nothing old: the next event it gets is new.
     let last = *expected.last().unwrap();
+    // So does a stream opened without a position: it starts with the next live event.
     let mut caught_up = SseReader::open(&served, Some(last), "").await;
+    let mut fresh = SseReader::open(&served, None, "").await;
     served
         .supervisor
         .submit(serve_common::item(3, "coder"))
         .await
         .unwrap();
-    let Some(Frame::Event { id, kind, .. }) = caught_up.next().await else {
-        panic!("an event");
-    };
-    assert!(id > last, "{id} after {last}");
-    assert_eq!(kind, "session_started");
+    for stream in [&mut caught_up, &mut fresh] {
+        let Some(Frame::Event { id, kind, .. }) = stream.next().await else {
+            panic!("an event");
+        };
+        assert!(id > last, "{id} after {last}");
+        assert_eq!(kind, "session_started");
+    }
     served.stop().await;
 }
 
@@ -134,9 +138,15 @@ async fn the_paged_list_filters_like_baton_log_and_pages_with_next_after() {
         "steps are listed"
     );
 
-    // Default page: 100 rows from the start.
-    let all = page(&served, "").await;
-    assert_eq!(all.events.len(), log.len().min(100));
+    // Without `after`: the latest `limit` rows, oldest first, as `baton log --limit`.
+    let latest = page(&served, "?limit=3").await;
+    let tail: Vec<u64> = log[log.len() - 3..].iter().map(|r| r.seq).collect();
+    assert_eq!(
+        latest.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        tail
+    );
+    assert_eq!(latest.next_after, *tail.last().unwrap());
+    assert_eq!(page(&served, "").await.events.len(), log.len().min(100));
 
     let by_session = page(&served, &format!("?session={}", old1.0)).await;
     assert!(!by_session.events.is_empty());

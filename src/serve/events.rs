@@ -9,8 +9,9 @@
 //! [`tokio::sync::broadcast`] channel: every open stream shares the one buffer, so many streams
 //! cost little and none can make the server hold more than [`EventsConfig::buffer`] events.
 //!
-//! A stream that resumes (`Last-Event-ID: N`, or `?after=N`) sends every event with a sequence
-//! number above `N` exactly once, in order:
+//! A stream opened without a position starts with the next live event. A stream that resumes
+//! (`Last-Event-ID: N`, or `?after=N`; `?after=0` replays the whole log) sends every event with
+//! a sequence number above `N` exactly once, in order:
 //!
 //! 1. it subscribes to the hub first;
 //! 2. it reads the journal's log after `N` a page at a time (an event is committed to the
@@ -192,16 +193,17 @@ impl EventHub {
         self.inner.tx.receiver_count()
     }
 
-    /// Up to `limit` log rows with `seq > after` that match `filter`, read with a
+    /// Up to `limit` log rows that match `filter`: the first ones with `seq > after`, or
+    /// without `after` the latest ones (oldest first either way), read with a
     /// [`JournalReader`] for a journal file (the writer is not disturbed) or through the
     /// journal for one in memory. `None` without a journal.
     async fn log(
         &self,
         mut filter: Filter,
-        after: u64,
+        after: Option<u64>,
         limit: usize,
     ) -> Option<Result<Vec<EventRow>, JournalError>> {
-        filter.after = Some(after);
+        filter.after = after;
         filter.limit = Some(limit);
         let journal = self.inner.supervisor.journal()?.clone();
         let Some(path) = journal.path().map(|p| p.to_path_buf()) else {
@@ -317,7 +319,8 @@ const DEFAULT_LIMIT: usize = 100;
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Only events with a sequence number above this (0: from the start).
+    /// Only events with a sequence number above this, the first `limit` of them (0: from the
+    /// start). Without it, the latest `limit` events.
     pub after: Option<u64>,
     /// Only events about this session.
     pub session: Option<u64>,
@@ -391,18 +394,18 @@ async fn list(
         limit: None,
         after: None,
     };
-    let after = q.after.unwrap_or(0);
     let rows = hub
-        .log(filter, after, limit)
+        .log(filter, q.after, limit)
         .await
         .ok_or_else(|| ApiError::conflict("the server runs without a journal (--no-journal)"))?
         .map_err(journal_error)?;
     let events: Vec<Event> = rows.into_iter().map(Event::from_row).collect();
-    let next_after = events.last().map_or(after, |e| e.seq);
+    let next_after = events.last().map_or(q.after.unwrap_or(0), |e| e.seq);
     Ok(web::Json(EventPage { events, next_after }))
 }
 
-/// Where a stream starts: after the `Last-Event-ID` header's number, else after `?after=`.
+/// Where a stream starts: after the `Last-Event-ID` header's number, else after `?after=`, else
+/// with the next live event.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -441,7 +444,7 @@ async fn stream(
                 .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be a sequence number"))
         })
         .transpose()?;
-    let after = header.or(query.after).unwrap_or(0);
+    let after = header.or(query.after);
     let follow = Follow::new(hub.get_ref().clone(), after);
     let body = futures_util::stream::unfold(follow, |mut f| async move {
         f.next().await.map(|b| (Ok::<_, Infallible>(b), f))
@@ -480,13 +483,14 @@ struct Follow {
 }
 
 impl Follow {
-    fn new(hub: EventHub, after: u64) -> Self {
+    /// A stream that resumes after `after`, or (`None`) starts with the next live event.
+    fn new(hub: EventHub, after: Option<u64>) -> Self {
         // Subscribed before anything is read: nothing falls between the backlog and the live.
         let rx = hub.inner.tx.subscribe();
         let period = hub.inner.config.keep_alive;
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stage = if hub.inner.supervisor.journal().is_some() {
+        let stage = if after.is_some() && hub.inner.supervisor.journal().is_some() {
             Stage::Backlog
         } else {
             Stage::Live
@@ -494,7 +498,7 @@ impl Follow {
         Self {
             hub,
             rx,
-            last: after,
+            last: after.unwrap_or(0),
             stage,
             ready: VecDeque::new(),
             keep_alive,
@@ -536,7 +540,7 @@ impl Follow {
         self.rx = self.hub.inner.tx.subscribe();
         let page = self.hub.inner.config.page;
         let read = tokio::select! {
-            read = self.hub.log(Filter::default(), self.last, page) => read,
+            read = self.hub.log(Filter::default(), Some(self.last), page) => read,
             () = self.hub.inner.closed.cancelled() => {
                 self.stage = Stage::Done;
                 return;
@@ -626,7 +630,7 @@ mod tests {
             ..EventsConfig::default()
         };
         let hub = EventHub::with_config(&sup, config);
-        let mut follow = Follow::new(hub.clone(), 0);
+        let mut follow = Follow::new(hub.clone(), Some(0));
         let mut probe = hub.inner.tx.subscribe();
         for id in 1..=3 {
             sup.submit(work(id)).await.unwrap();
@@ -656,7 +660,7 @@ mod tests {
         tokio::time::pause();
         let sup = fleet();
         let hub = EventHub::new(&sup);
-        let mut follow = Follow::new(hub.clone(), 0);
+        let mut follow = Follow::new(hub.clone(), Some(0));
         let start = tokio::time::Instant::now();
         for n in 1..=2 {
             assert_eq!(follow.next().await, Some(sse::comment("keep-alive")));
