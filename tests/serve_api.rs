@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
+use baton::serve::metrics::Metrics;
 use baton::serve::{self, Parts, ServeConfig};
 use baton::{AgentType, FleetEvent, SessionId, Supervisor, SupervisorHandle, WorkItem, WorkItemId};
 use reqwest::StatusCode;
@@ -14,6 +16,17 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 const TOKEN: &str = "test-token-0123456789";
+
+/// What the handlers share, over `supervisor` (no journal, no command queue).
+fn parts(supervisor: &SupervisorHandle) -> Parts {
+    Parts {
+        supervisor: supervisor.clone(),
+        store: None,
+        commands: None,
+        events: EventHub::new(supervisor),
+        metrics: Metrics::new(),
+    }
+}
 
 /// A served fleet: the server's base URL, the supervisor behind it and its events.
 struct Served {
@@ -40,12 +53,7 @@ impl Served {
             workers: 1,
             ..ServeConfig::new(Token::new(TOKEN).unwrap())
         };
-        let parts = Parts {
-            supervisor: supervisor.clone(),
-            store: None,
-            commands: None,
-        };
-        let (addr, server) = serve::bind(&config, parts).unwrap();
+        let (addr, server) = serve::bind(&config, parts(&supervisor)).unwrap();
         let handle = server.handle();
         actix_web::rt::spawn(server);
         Self {
@@ -325,12 +333,7 @@ async fn serve_with_cap(s: &Served, cap: usize) -> String {
         workers: 1,
         ..ServeConfig::new(Token::new(TOKEN).unwrap())
     };
-    let parts = Parts {
-        supervisor: s.supervisor.clone(),
-        store: None,
-        commands: None,
-    };
-    let (addr, server) = serve::bind(&config, parts).unwrap();
+    let (addr, server) = serve::bind(&config, parts(&s.supervisor)).unwrap();
     actix_web::rt::spawn(server);
     format!("http://{addr}")
 }

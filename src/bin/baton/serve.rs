@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton::serve::agent_types::AgentTypeView;
+use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
 use baton::serve::queue::CommandQueue;
 use baton::serve::{self, Parts, ServeConfig, fleet};
@@ -186,10 +187,13 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         };
         let queue = command_queue(journal.as_ref())?;
         let fleet = fleet::start(queue.clone(), journal, given, supervisor_config)?;
+        fleet.metrics.spawn_feed();
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
             commands: Some(queue),
+            events: EventHub::new(&fleet.supervisor),
+            metrics: fleet.metrics.clone(),
         };
         let (addr, server) = serve::bind(&config, parts)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
