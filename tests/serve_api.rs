@@ -531,6 +531,13 @@ async fn the_openapi_document_describes_every_route_with_its_error_bodies() {
         ("/v1/sessions/{id}/rotate", "post"),
         ("/v1/sessions/{id}/usage", "post"),
         ("/v1/usage", "post"),
+        ("/v1/agent-types", "get"),
+        ("/v1/agent-types/{name}", "get"),
+        ("/v1/agent-types/{name}", "put"),
+        ("/v1/work-items", "get"),
+        ("/v1/work-items", "post"),
+        ("/v1/work-items/batch", "post"),
+        ("/v1/work-items/{id}", "get"),
     ] {
         let op = &paths[path][method];
         assert!(op.is_object(), "{path} {method} is documented");
@@ -547,5 +554,232 @@ async fn the_openapi_document_describes_every_route_with_its_error_bodies() {
         }
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    s.stop().await;
+}
+
+impl Served {
+    async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        answer(
+            self.client
+                .put(self.url(path))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+#[actix_web::test]
+async fn a_work_item_is_201_when_new_200_when_retried_and_409_with_other_content() {
+    let mut s = Served::start().await;
+    let item = json!({"id": 7, "agent_type": "coder", "text": "fix the build"});
+    let (status, created) = s.post("/v1/work-items", item.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (created["id"].as_u64(), &created["text"]),
+        (Some(7), &json!("fix the build"))
+    );
+    s.wait_for(|e| matches!(e, FleetEvent::SessionStarted { work_item, .. } if work_item.0 == 7))
+        .await;
+    let (status, again) = s.post("/v1/work-items", item).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["place"], "live", "{again}");
+    assert!(again["session"].is_u64(), "{again}");
+    let other = json!({"id": 7, "agent_type": "coder", "text": "fix the tests"});
+    let (status, body) = s.post("/v1/work-items", other).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"));
+    let (status, one) = s.get("/v1/work-items/7").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["text"], "fix the build");
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn a_work_item_of_an_unknown_agent_type_is_404_and_an_empty_one_400() {
+    let s = Served::start().await;
+    let (status, body) = s
+        .post(
+            "/v1/work-items",
+            json!({"id": 1, "agent_type": "poet", "text": "a sonnet"}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    let (status, body) = s
+        .post(
+            "/v1/work-items",
+            json!({"id": 1, "agent_type": "coder", "text": "  "}),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let (status, body) = s.get("/v1/work-items/1").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn a_work_item_batch_answers_each_item_in_order() {
+    let s = Served::start().await;
+    let (status, r) = s
+        .post(
+            "/v1/work-items/batch",
+            json!({"items": [
+                {"id": 10, "agent_type": "coder", "text": "one"},
+                {"id": 11, "agent_type": "poet", "text": "two"},
+                {"id": 10, "agent_type": "coder", "text": "one"},
+                {"id": 10, "agent_type": "coder", "text": "other"},
+                {"id": 12, "agent_type": "writer", "text": "three"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let statuses: Vec<(u64, &str)> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["id"].as_u64().unwrap(), x["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (10, "created"),
+            (11, "rejected"),
+            (10, "exists"),
+            (10, "conflict"),
+            (12, "created")
+        ]
+    );
+    assert!(r["results"][1]["message"].is_string(), "{r}");
+    let (_, listed) = s.get("/v1/work-items?agent_type=writer").await;
+    let ids: Vec<_> = listed["work_items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(12)]);
+    let (_, limited) = s.get("/v1/work-items?limit=1").await;
+    assert_eq!(limited["work_items"].as_array().unwrap().len(), 1);
+    let (status, body) = s.get("/v1/work-items?place=elsewhere").await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn a_batch_of_more_than_a_thousand_work_items_is_400() {
+    let s = Served::start().await;
+    let big = serve_with_cap(&s, 1 << 20).await;
+    let items: Vec<Value> = (0..1001)
+        .map(|i| json!({"id": i, "agent_type": "coder", "text": "x"}))
+        .collect();
+    let r = s
+        .client
+        .post(format!("{big}/v1/work-items/batch"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"items": items}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answer(r).await;
+    assert_eq!(
+        (status, code(&body)),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let (_, listed) = s.get("/v1/work-items").await;
+    assert_eq!(
+        listed["work_items"],
+        json!([]),
+        "nothing of a refused batch was submitted"
+    );
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn an_agent_type_is_created_201_updated_200_and_conflicts_409_on_anything_but_its_policy() {
+    let mut s = Served::start().await;
+    let (status, list) = s.get("/v1/agent-types").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<_> = list["agent_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("coder"), json!("writer")]);
+
+    let reviewer = json!({"window": 2000, "model": "m", "policy": {"compact_at": 0.7}});
+    let (status, created) = s.put("/v1/agent-types/reviewer", reviewer.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["policy"]["compact_at"], 0.7);
+    assert_eq!(
+        created["policy"]["rotate_at"], 0.95,
+        "absent keys take their defaults"
+    );
+    let (status, _) = s.put("/v1/agent-types/reviewer", reviewer).await;
+    assert_eq!(status, StatusCode::OK);
+    let stricter = json!({"window": 2000, "model": "m", "policy": {"compact_at": 0.5}});
+    let (status, _) = s.put("/v1/agent-types/reviewer", stricter).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = s.get("/v1/agent-types/reviewer").await;
+    assert_eq!(shown["policy"]["compact_at"], 0.5);
+
+    let (status, body) = s
+        .put(
+            "/v1/agent-types/reviewer",
+            json!({"window": 4000, "model": "m"}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"));
+
+    // The new type takes work, under its new policy: 0.6 of its window compacts.
+    let (status, _) = s
+        .post(
+            "/v1/work-items",
+            json!({"id": 1, "agent_type": "reviewer", "text": "review"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = match s
+        .wait_for(|e| matches!(e, FleetEvent::SessionStarted { work_item, .. } if work_item.0 == 1))
+        .await
+    {
+        FleetEvent::SessionStarted { session, .. } => session.0,
+        _ => unreachable!(),
+    };
+    let (_, r) = s
+        .post(&format!("/v1/sessions/{id}/usage"), json!({"used": 1200}))
+        .await;
+    assert_eq!(r["phase"], "compacting", "{r}");
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn an_invalid_agent_type_is_400_and_an_unknown_one_404() {
+    let s = Served::start().await;
+    for body in [
+        json!({"window": 0}),
+        json!({"window": 1000, "policy": {"compact_at": 0.99}}),
+        json!({"window": 1000, "policy": {"compact_now": 0.5}}),
+        json!({"window": 1000, "policy": {"history_len": 1_000_000}}),
+        json!({"window": 1000, "colour": "red"}),
+        json!({"window": "big"}),
+    ] {
+        let (status, answer) = s.put("/v1/agent-types/x", body.clone()).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::BAD_REQUEST, "bad_request"),
+            "{body}"
+        );
+    }
+    let (status, body) = s.get("/v1/agent-types/x").await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
     s.stop().await;
 }

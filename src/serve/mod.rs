@@ -14,6 +14,7 @@
 //! | `agent_types.rs` | `/v1/agent-types` |
 //! | `sessions.rs` | `/v1/sessions`: list, get, close, rotate |
 //! | `readings.rs` | usage reports: `/v1/sessions/{id}/usage`, `/v1/usage` |
+//! | `work_items.rs` | `/v1/work-items`: submit one or a batch, list, get, cancel |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
 //! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
@@ -35,6 +36,7 @@ pub mod readings;
 pub mod sessions;
 pub mod sse;
 pub mod store;
+pub mod work_items;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,6 +99,7 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     sessions::configure(cfg);
     readings::configure(cfg);
     agent_types::configure(cfg, parts.store.clone());
+    work_items::configure(cfg);
     if let Some(queue) = &parts.commands {
         commands::configure(cfg, queue.clone());
     }

@@ -43,6 +43,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::sessions::Api::openapi());
     doc.merge(super::readings::Api::openapi());
     doc.merge(super::agent_types::Api::openapi());
+    doc.merge(super::work_items::Api::openapi());
     doc.merge(super::commands::CommandsApi::openapi());
     doc.merge(super::events::EventsApi::openapi());
     doc.merge(super::metrics::MetricsApi::openapi());
