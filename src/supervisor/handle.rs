@@ -366,7 +366,11 @@ impl SupervisorHandle {
         Ok(place)
     }
 
-    /// The journal the supervisor writes through, if it has one.
+    /// The journal the supervisor writes through, if it has one: to read the backlog of a
+    /// resumed event stream ([`Journal::read`] on the writer's own connection, which works for a
+    /// journal in memory too, or a [`JournalReader`](crate::journal::JournalReader) opened on
+    /// [`Journal::path`] beside the writer), to wait for durability ([`Journal::flush`]), and to
+    /// observe commits for metrics ([`Journal::on_commit`], [`Journal::stats`]).
     pub fn journal(&self) -> Option<&Journal> {
         self.journal.as_ref()
     }
