@@ -581,3 +581,67 @@ async fn an_item_cancelled_while_its_session_starts_has_that_session_closed_neve
         "never registered: {log:#?}"
     );
 }
+
+#[actix::test]
+async fn an_item_cancelled_while_rotating_has_its_successor_closed_and_its_rotation_failed() {
+    tokio::time::pause();
+    let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        base_tokens: 100,
+        latency: [(RuntimeOp::Summarise, Duration::from_secs(1))].into(),
+        ..MemoryConfig::default()
+    }));
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent("sonnet"));
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+    runtime.grow(s1, 890).unwrap();
+    sup.report_usage(s1, 990, None, UsageSource::Reported)
+        .await
+        .unwrap();
+    wait_seq(&mut rx, &mut seen, "the rotation's start", |e| {
+        matches!(e, FleetEvent::Transition(t) if t.session == s1 && t.to == baton::Phase::Rotating)
+    })
+    .await;
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(Place::Rotating(s1))
+    );
+
+    assert_eq!(sup.cancel(WorkItemId(1)).await, Ok(cancelled()));
+    assert!(sup.shutdown(Duration::from_secs(60)).await.clean);
+    while let Ok(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    let records: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match &e.event {
+            FleetEvent::Rotation(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{seen:#?}");
+    assert!(!records[0].success, "the item left the rotation");
+    assert_eq!(
+        runtime.calls(RuntimeOp::Spawn),
+        2,
+        "the rotation spawned its successor"
+    );
+    assert!(
+        runtime.open_sessions().is_empty(),
+        "old session and successor closed at the runtime"
+    );
+    let starts = seen
+        .iter()
+        .filter(|e| matches!(e.event, FleetEvent::SessionStarted { .. }))
+        .count();
+    assert_eq!(starts, 1, "the successor was never started");
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e.event,
+            FleetEvent::WorkItemDone { .. } | FleetEvent::WorkItemRequeued { .. }
+        )),
+        "{seen:#?}"
+    );
+}
