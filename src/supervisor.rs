@@ -32,6 +32,13 @@
 //! closes) is a [`TaskTracker`] whose tokens the work holds until its outcome is handled;
 //! shutdown waits until both the registry and the tracker are empty.
 //!
+//! At run time (for a server such as `baton serve`): agent types can be listed, created, or
+//! have their policy updated (`put_agent_type`; live sessions of the type get the new policy),
+//! work items looked up with their place (`work_item`, `work_items`) and cancelled (`cancel`),
+//! and events followed with their journal sequence numbers (`subscribe_sequenced`), so that an
+//! event stream can resume from the journal. `docs/semantics.md` (Supervisor, rules 14 to 18)
+//! states the guarantees.
+//!
 //! Hosting: [`SupervisorBuilder::start`] joins the caller's actix system if there is one, and
 //! otherwise starts one of its own on a thread baton owns, so any tokio program (or plain thread)
 //! can embed a fleet; the handles work from any runtime.
