@@ -538,6 +538,7 @@ async fn the_openapi_document_describes_every_route_with_its_error_bodies() {
         ("/v1/work-items", "post"),
         ("/v1/work-items/batch", "post"),
         ("/v1/work-items/{id}", "get"),
+        ("/v1/work-items/{id}/cancel", "post"),
     ] {
         let op = &paths[path][method];
         assert!(op.is_object(), "{path} {method} is documented");
@@ -781,5 +782,29 @@ async fn an_invalid_agent_type_is_400_and_an_unknown_one_404() {
     }
     let (status, body) = s.get("/v1/agent-types/x").await;
     assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn a_cancelled_work_item_ends_dead_and_a_second_cancel_is_409() {
+    let mut s = Served::start().await;
+    let session = s.session_for(3, "coder").await;
+    let (status, item) = s.post("/v1/work-items/3/cancel", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{item}");
+    assert_eq!(
+        (&item["place"], &item["reason"]),
+        (&json!("dead"), &json!("cancelled"))
+    );
+    let (_, shown) = s.get("/v1/work-items/3").await;
+    assert_eq!(shown["place"], "dead");
+    let (status, body) = s.post("/v1/work-items/3/cancel", json!({})).await;
+    assert_eq!((status, code(&body)), (StatusCode::CONFLICT, "conflict"));
+    let (status, body) = s.post("/v1/work-items/99/cancel", json!({})).await;
+    assert_eq!((status, code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    // Its session was closed.
+    s.wait_for(|e| {
+        matches!(e, FleetEvent::Transition(t) if t.session == SessionId(session) && t.to == baton::Phase::Closed)
+    })
+    .await;
     s.stop().await;
 }

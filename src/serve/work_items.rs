@@ -374,10 +374,42 @@ async fn get(
         .ok_or_else(|| ApiError::not_found(format!("no work item {id}")))
 }
 
+/// Cancels a work item: a queued one leaves the queue, a live one's session is closed; it ends
+/// `dead` with reason `cancelled`, durably.
+#[utoipa::path(
+    post,
+    path = "/v1/work-items/{id}/cancel",
+    tag = "work items",
+    params(("id" = u64, Path, description = "The work item's id")),
+    responses(
+        (status = 200, description = "Cancelled: the item, now dead", body = WorkItemView),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 404, description = "No work item has this id", body = ErrorBody),
+        (status = 409, description = "The item already ended (done or dead)", body = ErrorBody),
+        (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn cancel(
+    supervisor: web::Data<SupervisorHandle>,
+    id: web::Path<u64>,
+) -> Result<web::Json<WorkItemView>, ApiError> {
+    let id = WorkItemId(id.into_inner());
+    let place = supervisor.cancel(id).await?;
+    let info = supervisor
+        .work_item(id)
+        .await
+        .ok_or_else(|| ApiError::unavailable("the supervisor is shutting down"))?;
+    Ok(web::Json(WorkItemView::from(&WorkItemInfo {
+        place,
+        ..info
+    })))
+}
+
 /// This module's part of the OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(create, batch, list, get),
+    paths(create, batch, list, get, cancel),
     components(schemas(
         WorkItemView,
         PlaceView,
@@ -391,7 +423,8 @@ async fn get(
 )]
 pub struct Api;
 
-/// Registers `/v1/work-items`, `/v1/work-items/batch` and `/v1/work-items/{id}`.
+/// Registers `/v1/work-items`, `/v1/work-items/batch`, `/v1/work-items/{id}` and
+/// `/v1/work-items/{id}/cancel`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/work-items")
@@ -399,7 +432,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(create)),
     )
     .service(web::resource("/v1/work-items/batch").route(web::post().to(batch)))
-    .service(web::resource("/v1/work-items/{id}").route(web::get().to(get)));
+    .service(web::resource("/v1/work-items/{id}").route(web::get().to(get)))
+    .service(web::resource("/v1/work-items/{id}/cancel").route(web::post().to(cancel)));
 }
 
 #[cfg(test)]
