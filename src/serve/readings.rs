@@ -71,7 +71,7 @@ pub struct Reading {
 
 /// One result of a batch: a [`Reading`], or an error for that report alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BatchResult {
+pub struct UsageBatchResult {
     /// The session the report named.
     pub session: u64,
     /// Its phase after the reading (absent on error).
@@ -90,12 +90,12 @@ pub struct BatchResult {
 
 /// `POST /v1/usage`'s answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BatchAnswer {
+pub struct UsageBatchAnswer {
     /// One result per report, in the order of the reports.
-    pub results: Vec<BatchResult>,
+    pub results: Vec<UsageBatchResult>,
 }
 
-impl From<Result<Reading, ApiError>> for BatchResult {
+impl From<Result<Reading, ApiError>> for UsageBatchResult {
     fn from(r: Result<Reading, ApiError>) -> Self {
         match r {
             Ok(r) => Self {
@@ -189,7 +189,7 @@ async fn one(
     tag = "usage",
     request_body = UsageBatch,
     responses(
-        (status = 200, description = "One result per report, in order", body = BatchAnswer),
+        (status = 200, description = "One result per report, in order", body = UsageBatchAnswer),
         (status = 400, description = "A malformed body, or more than 10,000 reports", body = ErrorBody),
         (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 413, description = "The body is over the size cap", body = ErrorBody),
@@ -200,7 +200,7 @@ async fn one(
 async fn batch(
     supervisor: web::Data<SupervisorHandle>,
     body: web::Json<UsageBatch>,
-) -> Result<web::Json<BatchAnswer>, ApiError> {
+) -> Result<web::Json<UsageBatchAnswer>, ApiError> {
     let reports = body.into_inner().reports;
     if reports.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
@@ -222,18 +222,18 @@ async fn batch(
                 (Err(e), Ok(())) => Err(e.clone()),
                 (Ok(h), Ok(())) => Ok(report(h, r.used, r.window, r.source).await),
             };
-            let mut result = BatchResult::from(result);
+            let mut result = UsageBatchResult::from(result);
             result.session = session;
             out.push((i, result));
         }
         out
     }))
     .await;
-    let mut results: Vec<Option<BatchResult>> = vec![None; reports.len()];
+    let mut results: Vec<Option<UsageBatchResult>> = vec![None; reports.len()];
     for (i, r) in done.into_iter().flatten() {
         results[i] = Some(r);
     }
-    Ok(web::Json(BatchAnswer {
+    Ok(web::Json(UsageBatchAnswer {
         results: results.into_iter().flatten().collect(),
     }))
 }
@@ -257,7 +257,14 @@ pub fn by_session(reports: &[BatchReport]) -> Vec<(u64, Vec<usize>)> {
 #[derive(OpenApi)]
 #[openapi(
     paths(one, batch),
-    components(schemas(UsageBody, BatchReport, UsageBatch, Reading, BatchResult, BatchAnswer))
+    components(schemas(
+        UsageBody,
+        BatchReport,
+        UsageBatch,
+        Reading,
+        UsageBatchResult,
+        UsageBatchAnswer
+    ))
 )]
 pub struct Api;
 

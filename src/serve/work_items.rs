@@ -205,7 +205,7 @@ pub struct WorkItemBatch {
 
 /// How one item of a batch went.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BatchResult {
+pub struct WorkItemBatchResult {
     /// The item's id.
     pub id: u64,
     /// How it went.
@@ -217,9 +217,9 @@ pub struct BatchResult {
 
 /// `POST /v1/work-items/batch`'s answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BatchAnswer {
+pub struct WorkItemBatchAnswer {
     /// One result per item, in the order of the items.
-    pub results: Vec<BatchResult>,
+    pub results: Vec<WorkItemBatchResult>,
 }
 
 /// Submits many work items; each succeeds or fails alone. Items with the same id are judged in
@@ -230,7 +230,7 @@ pub struct BatchAnswer {
     tag = "work items",
     request_body = WorkItemBatch,
     responses(
-        (status = 200, description = "One result per item, in order", body = BatchAnswer),
+        (status = 200, description = "One result per item, in order", body = WorkItemBatchAnswer),
         (status = 400, description = "A malformed body, or more than 1,000 items", body = ErrorBody),
         (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 413, description = "The body is over the size cap", body = ErrorBody),
@@ -241,7 +241,7 @@ pub struct BatchAnswer {
 async fn batch(
     supervisor: web::Data<SupervisorHandle>,
     body: web::Json<WorkItemBatch>,
-) -> Result<web::Json<BatchAnswer>, ApiError> {
+) -> Result<web::Json<WorkItemBatchAnswer>, ApiError> {
     let items = &body.items;
     if items.len() > MAX_BATCH {
         return Err(ApiError::bad_request(format!(
@@ -268,7 +268,7 @@ async fn batch(
             };
             out.push((
                 i,
-                BatchResult {
+                WorkItemBatchResult {
                     id: body.id,
                     status,
                     message,
@@ -278,9 +278,9 @@ async fn batch(
         out
     }))
     .await;
-    let mut results: Vec<(usize, BatchResult)> = done.into_iter().flatten().collect();
+    let mut results: Vec<(usize, WorkItemBatchResult)> = done.into_iter().flatten().collect();
     results.sort_by_key(|(i, _)| *i);
-    Ok(web::Json(BatchAnswer {
+    Ok(web::Json(WorkItemBatchAnswer {
         results: results.into_iter().map(|(_, r)| r).collect(),
     }))
 }
@@ -416,8 +416,8 @@ async fn cancel(
         WorkItemBody,
         WorkItemBatch,
         SubmitStatus,
-        BatchResult,
-        BatchAnswer,
+        WorkItemBatchResult,
+        WorkItemBatchAnswer,
         WorkItemList
     ))
 )]
