@@ -441,6 +441,15 @@ async fn a_known_path_with_another_method_is_405_as_json() {
     );
     let r = s
         .client
+        .put(s.url("/v1/work-items"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let allow = r.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    let r = s
+        .client
         .delete(s.url("/openapi.json"))
         .bearer_auth(TOKEN)
         .send()

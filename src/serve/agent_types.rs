@@ -75,30 +75,32 @@ pub struct AgentTypeBody {
 #[allow(dead_code)]
 pub struct PolicyDoc {
     /// Ratio at which a session compacts, in (0, 1); default 0.8.
-    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
-    compact_at: Option<f64>,
+    #[schema(required = false, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
+    compact_at: f64,
     /// Ratio at which a session rotates, in (0, 1], above `compact_at`; default 0.95.
-    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
-    rotate_at: Option<f64>,
+    #[schema(required = false, exclusive_minimum = 0.0, maximum = 1.0)]
+    rotate_at: f64,
     /// Smallest share of the context a compaction must free, in [0, 1); default 0.2.
-    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
-    min_reduction: Option<f64>,
+    #[schema(required = false, minimum = 0.0, exclusive_maximum = 1.0)]
+    min_reduction: f64,
     /// Compactions a session may do before it rotates instead; default 3.
-    #[schema(minimum = 0, maximum = 4294967295_u64)]
-    max_compactions: Option<u32>,
+    #[schema(required = false, minimum = 0, maximum = 4294967295_u64)]
+    max_compactions: u32,
     /// The reduction band aimed for, `[low, high]`, each in [0, 1); default [0.4, 0.5].
-    #[schema(min_items = 2, max_items = 2)]
-    target_reduction: Option<Vec<f64>>,
+    #[schema(required = false, min_items = 2, max_items = 2)]
+    target_reduction: Vec<f64>,
     /// Deadline of one compaction (default 120 s; at most 7 days).
-    compaction_timeout: Option<DurationDoc>,
+    #[schema(required = false)]
+    compaction_timeout: DurationDoc,
     /// Deadline of one rotation (default 300 s; at most 7 days).
-    rotation_timeout: Option<DurationDoc>,
+    #[schema(required = false)]
+    rotation_timeout: DurationDoc,
     /// Readings kept per session, 1 to 4096; default 16.
-    #[schema(minimum = 1, maximum = 4096)]
-    history_len: Option<u64>,
+    #[schema(required = false, minimum = 1, maximum = 4096)]
+    history_len: u64,
     /// Largest share of the successor's window a handoff may take, in (0, 1); default 0.25.
-    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
-    handoff_share: Option<f64>,
+    #[schema(required = false, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
+    handoff_share: f64,
 }
 
 /// A duration in serde's form, for the OpenAPI document only.

@@ -227,11 +227,14 @@ pub async fn json_errors(
             ErrorCode::MethodNotAllowed => "this path does not take this method".to_owned(),
             _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
         };
+        // 405 says which methods the path takes (`Allow`): kept.
+        let allow = res.headers().get(header::ALLOW).cloned();
         let (req, _) = res.into_parts();
-        return Ok(ServiceResponse::new(
-            req,
-            ApiError::new(code, message).error_response(),
-        ));
+        let mut response = ApiError::new(code, message).error_response();
+        if let Some(allow) = allow {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return Ok(ServiceResponse::new(req, response));
     }
     Ok(res.map_into_boxed_body())
 }
