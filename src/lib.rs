@@ -58,15 +58,15 @@ pub use machine::{
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
     CompactionRecord, CrashOutcome, EventBus, FleetEvent, RecoveryOutcome, RotationId,
-    RotationRecord, RotationStep,
+    RotationRecord, RotationStep, Sequenced,
 };
 pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, RuntimeError};
 pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
-    Inventory, Place, SessionHandle, Settled, ShutdownReport, Supervisor, SupervisorConfig,
-    SupervisorError, SupervisorHandle,
+    Inventory, Place, PutOutcome, SessionHandle, Settled, ShutdownReport, Supervisor,
+    SupervisorConfig, SupervisorError, SupervisorHandle, WorkItemInfo,
 };
 pub use usage::{Usage, UsageError, UsageSource};
 pub use vocab::{

@@ -56,6 +56,7 @@ impl Served {
         serve.workers = 1;
         let parts = Parts {
             supervisor: supervisor.clone(),
+            store: None,
             commands: Some(queue),
         };
         let (addr, server) = baton::serve::bind(&serve, parts).unwrap();

@@ -9,16 +9,23 @@
 //! | `error.rs` | [`ApiError`](error::ApiError): every failure as a status and a typed JSON body |
 //! | `guard.rs` | what every request passes: the bearer [`Token`](guard::Token), the deadline |
 //! | `openapi.rs` | the OpenAPI 3 document, merged from each resource module's part |
+//! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
+//! | `store.rs` | the agent types kept in the journal file across restarts |
+//! | `agent_types.rs` | `/v1/agent-types` |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
 
+pub mod agent_types;
 pub mod commands;
 pub mod error;
+pub mod fleet;
 pub mod guard;
 pub mod openapi;
 pub mod queue;
+pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::middleware::from_fn;
@@ -60,9 +67,11 @@ impl ServeConfig {
 pub struct Parts {
     /// The fleet.
     pub supervisor: SupervisorHandle,
+    /// Where agent types created over HTTP are kept (the journal file); `None` without one.
+    pub store: Option<Arc<store::AgentTypeStore>>,
     /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
     /// `None` when commands go out by webhook.
-    pub commands: Option<std::sync::Arc<queue::CommandQueue>>,
+    pub commands: Option<Arc<queue::CommandQueue>>,
 }
 
 /// Registers every route and the handlers' shared data.
