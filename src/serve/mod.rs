@@ -14,6 +14,7 @@
 //! | `agent_types.rs` | `/v1/agent-types` |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
+//! | `webhook.rs` | [`WebhookRuntime`](webhook::WebhookRuntime): commands delivered as signed webhooks |
 
 pub mod agent_types;
 pub mod commands;
@@ -23,6 +24,7 @@ pub mod guard;
 pub mod openapi;
 pub mod queue;
 pub mod store;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -731,6 +731,8 @@ macro_rules! runtime_over_dispatch {
     };
 }
 
+pub(crate) use runtime_over_dispatch;
+
 runtime_over_dispatch!(CommandQueue);
 
 #[cfg(test)]
