@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
+use baton::serve::metrics::Metrics;
 use baton::serve::queue::CommandQueue;
 use baton::serve::{Parts, ServeConfig};
 use baton::{
@@ -58,6 +60,8 @@ impl Served {
             supervisor: supervisor.clone(),
             store: None,
             commands: Some(queue),
+            events: EventHub::new(&supervisor),
+            metrics: Metrics::new(),
         };
         let (addr, server) = baton::serve::bind(&serve, parts).unwrap();
         let handle = server.handle();

@@ -15,14 +15,22 @@
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
 //! | `webhook.rs` | [`WebhookRuntime`](webhook::WebhookRuntime): commands delivered as signed webhooks |
+//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
+//! | `sse.rs` | server-sent events framing |
+//! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
+//! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 
 pub mod agent_types;
 pub mod commands;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod guard;
+pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod queue;
+pub mod sse;
 pub mod store;
 pub mod webhook;
 
@@ -74,6 +82,10 @@ pub struct Parts {
     /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
     /// `None` when commands go out by webhook.
     pub commands: Option<Arc<queue::CommandQueue>>,
+    /// The fan-out of live events to the event streams.
+    pub events: events::EventHub,
+    /// The fleet's metrics, served at `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Registers every route and the handlers' shared data.
@@ -83,6 +95,9 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     if let Some(queue) = &parts.commands {
         commands::configure(cfg, queue.clone());
     }
+    events::configure(cfg, &parts.events);
+    metrics::configure(cfg, &parts.metrics);
+    page::configure(cfg);
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton::serve::agent_types::AgentTypeView;
+use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
 use baton::serve::queue::CommandQueue;
 use baton::serve::webhook::{WebhookConfig, WebhookRuntime};
@@ -222,10 +223,13 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         };
         let (runtime, commands) = runtime(&args, journal.as_ref())?;
         let fleet = fleet::start(runtime, journal, given, supervisor_config)?;
+        fleet.metrics.spawn_feed();
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
             commands,
+            events: EventHub::new(&fleet.supervisor),
+            metrics: fleet.metrics.clone(),
         };
         let (addr, server) = serve::bind(&config, parts)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -268,23 +272,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_token_comes_trimmed_from_the_environment_and_a_missing_one_is_a_usage_error() {
-        let t = read_token(None, Some("  0123456789abcdef\n".into())).unwrap();
-        assert!(t.matches(b"0123456789abcdef"));
-        let e = read_token(None, None).unwrap_err();
-        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
-    }
-
-    #[test]
-    fn a_short_token_is_a_usage_error_that_does_not_show_it() {
-        let e = read_token(None, Some("hunter2".into())).unwrap_err();
-        let message = crate::chain_message(&e);
-        assert!(!message.contains("hunter2"), "{message}");
-        assert!(message.contains("too short"), "{message}");
-        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
-    }
-
-    #[test]
     fn the_webhook_secret_is_the_first_line_and_an_empty_one_is_a_usage_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
@@ -293,14 +280,5 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         let e = read_secret(&path).unwrap_err();
         assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
-    }
-
-    #[test]
-    fn the_token_file_wins_and_only_its_first_line_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "0123456789abcdef\nsecond line\n").unwrap();
-        let t = read_token(Some(&path), Some("fedcba9876543210".into())).unwrap();
-        assert!(t.matches(b"0123456789abcdef"));
     }
 }
