@@ -65,8 +65,8 @@ pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, RuntimeError};
 pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
-    Inventory, Place, SessionHandle, Settled, ShutdownReport, Supervisor, SupervisorConfig,
-    SupervisorError, SupervisorHandle,
+    Inventory, Place, PutOutcome, SessionHandle, Settled, ShutdownReport, Supervisor,
+    SupervisorConfig, SupervisorError, SupervisorHandle, WorkItemInfo,
 };
 pub use usage::{Usage, UsageError, UsageSource};
 pub use vocab::{

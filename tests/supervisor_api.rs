@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton::journal::{EventRow, Filter};
-use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::runtime::memory::{MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
-    FleetEvent, Journal, JournalReader, Sequenced, SessionId, Settled, Supervisor,
-    SupervisorHandle, UsageSource,
+    AgentType, FleetEvent, Journal, JournalReader, Place, PutOutcome, Sequenced, SessionId,
+    Settled, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource,
+    WorkItemId,
 };
 use support::fleet::{agent, item};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -268,5 +269,164 @@ async fn without_a_journal_sequenced_events_are_numbered_from_one() {
             "same events, same order"
         );
     }
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+fn policy(compact_at: f64) -> baton::Policy {
+    baton::Policy::builder()
+        .compact_at(compact_at)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_update_decides_the_next_reading_of_a_live_session() {
+    let runtime = memory();
+    let coder = agent("coder").with_policy(policy(0.9));
+    let builder = Supervisor::builder(runtime.clone()).agent_type(coder.clone());
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "coder")).await.unwrap();
+    let s = started(&mut rx, &mut seen, 1).await;
+
+    assert_eq!(report(&sup, &runtime, s, 850).await, Settled::Normal);
+    assert_eq!(runtime.calls(RuntimeOp::Summarise), 0, "85% is under 0.9");
+
+    let updated = coder.clone().with_policy(policy(0.8));
+    assert_eq!(
+        sup.put_agent_type(updated.clone()).await,
+        Ok(PutOutcome::Updated)
+    );
+    assert_eq!(sup.agent_type("coder").await, Some(updated.clone()));
+    assert_eq!(
+        sup.put_agent_type(updated.clone()).await,
+        Ok(PutOutcome::Unchanged)
+    );
+
+    assert_eq!(report(&sup, &runtime, s, 860).await, Settled::Normal);
+    assert_eq!(runtime.calls(RuntimeOp::Summarise), 1, "86% is over 0.8");
+    wait_seq(
+        &mut rx,
+        &mut seen,
+        "the compaction",
+        |e| matches!(e, FleetEvent::Compaction(c) if c.session == s && c.success),
+    )
+    .await;
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_types_are_created_at_run_time_and_only_their_policy_may_change() {
+    let runtime = memory();
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent("sonnet"));
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    assert_eq!(
+        sup.submit(item(1, "glm")).await,
+        Err(SupervisorError::UnknownAgentType("glm".into()))
+    );
+    let glm = agent("glm");
+    assert_eq!(
+        sup.put_agent_type(glm.clone()).await,
+        Ok(PutOutcome::Created)
+    );
+    let names: Vec<String> = sup
+        .agent_types()
+        .await
+        .iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["glm", "sonnet"]);
+    for other in [
+        AgentType::new("glm", 2000),
+        AgentType {
+            model: "glm-4".into(),
+            ..glm.clone()
+        },
+        AgentType {
+            system_prompt: "be terse".into(),
+            ..glm.clone()
+        }
+        .with_policy(policy(0.5)),
+    ] {
+        assert!(matches!(
+            sup.put_agent_type(other).await,
+            Err(SupervisorError::AgentTypeConflict(_))
+        ));
+    }
+    assert_eq!(
+        sup.agent_type("glm").await,
+        Some(glm),
+        "a conflict changes nothing"
+    );
+    assert_eq!(sup.agent_type("nope").await, None);
+
+    sup.submit(item(1, "glm")).await.unwrap();
+    let mut seen = Vec::new();
+    let s = started(&mut rx, &mut seen, 1).await;
+    assert_eq!(runtime.session(s).unwrap().agent_type, "glm");
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+fn one_at_a_time() -> SupervisorConfig {
+    SupervisorConfig {
+        max_sessions: 1,
+        ..SupervisorConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_items_are_found_with_their_text_and_place_done_ones_included_after_a_restart() {
+    let runtime = memory();
+    let journal = Journal::in_memory().unwrap();
+    let builder = Supervisor::builder(runtime.clone())
+        .config(one_at_a_time())
+        .agent_type(agent("sonnet"))
+        .journal(journal.clone())
+        .unwrap();
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    for id in [3, 1, 2] {
+        sup.submit(item(id, "sonnet")).await.unwrap();
+    }
+    let s3 = started(&mut rx, &mut seen, 3).await;
+    sup.close(s3).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+
+    let info = sup.work_item(WorkItemId(3)).await.expect("a known item");
+    assert_eq!(info.item, item(3, "sonnet"), "the text is kept once done");
+    assert_eq!(info.place, Place::Done(s3));
+    let all = sup.work_items().await;
+    let places: Vec<(u64, Place)> = all.iter().map(|i| (i.item.id.0, i.place.clone())).collect();
+    assert_eq!(
+        places,
+        [
+            (1, Place::Live(s1)),
+            (2, Place::Queued),
+            (3, Place::Done(s3))
+        ],
+        "id order"
+    );
+    assert_eq!(sup.work_item(WorkItemId(9)).await, None);
+    sup.shutdown(Duration::from_secs(5)).await;
+
+    // A restarted supervisor knows the finished item, text included.
+    let sup = Supervisor::builder(runtime.clone())
+        .config(one_at_a_time())
+        .agent_type(agent("sonnet"))
+        .journal(journal)
+        .unwrap()
+        .start();
+    let info = sup.work_item(WorkItemId(3)).await.expect("recovered");
+    assert_eq!(
+        (info.item, info.place),
+        (item(3, "sonnet"), Place::Done(s3))
+    );
+    assert_eq!(
+        sup.work_item(WorkItemId(2)).await.map(|i| i.item),
+        Some(item(2, "sonnet"))
+    );
     sup.shutdown(Duration::from_secs(5)).await;
 }

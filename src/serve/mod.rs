@@ -13,16 +13,23 @@
 //! | `sse.rs` | server-sent events framing |
 //! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
 //! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
+//! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
+//! | `store.rs` | the agent types kept in the journal file across restarts |
+//! | `agent_types.rs` | `/v1/agent-types` |
 
+pub mod agent_types;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod sse;
+pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::middleware::from_fn;
@@ -68,6 +75,8 @@ pub struct Parts {
     pub events: events::EventHub,
     /// The fleet's metrics, served at `/metrics`.
     pub metrics: metrics::Metrics,
+    /// Where agent types created over HTTP are kept (the journal file); `None` without one.
+    pub store: Option<Arc<store::AgentTypeStore>>,
 }
 
 /// Registers every route and the handlers' shared data.
