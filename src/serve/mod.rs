@@ -16,8 +16,11 @@
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
 //! | `store.rs` | the agent types kept in the journal file across restarts |
 //! | `agent_types.rs` | `/v1/agent-types` |
+//! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
+//! | `commands.rs` | the command queue's endpoints: long-poll and results |
 
 pub mod agent_types;
+pub mod commands;
 pub mod error;
 pub mod events;
 pub mod fleet;
@@ -26,6 +29,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod sse;
+pub mod queue;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -77,6 +81,9 @@ pub struct Parts {
     pub metrics: metrics::Metrics,
     /// Where agent types created over HTTP are kept (the journal file); `None` without one.
     pub store: Option<Arc<store::AgentTypeStore>>,
+    /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
+    /// `None` when commands go out by webhook.
+    pub commands: Option<Arc<queue::CommandQueue>>,
 }
 
 /// Registers every route and the handlers' shared data.
@@ -86,6 +93,9 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     events::configure(cfg, &parts.events);
     metrics::configure(cfg, &parts.metrics);
     page::configure(cfg);
+    if let Some(queue) = &parts.commands {
+        commands::configure(cfg, queue.clone());
+    }
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and

@@ -42,6 +42,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = Frame::openapi();
     doc.merge(super::events::EventsApi::openapi());
     doc.merge(super::metrics::MetricsApi::openapi());
+    doc.merge(super::commands::CommandsApi::openapi());
     doc
 }
 

@@ -103,6 +103,8 @@ impl Served {
             supervisor: supervisor.clone(),
             events: hub.clone(),
             metrics,
+            store: None,
+            commands: None,
         };
         let (addr, server) = baton::serve::bind(&config, parts).unwrap();
         let handle = server.handle();
