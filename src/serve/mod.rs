@@ -28,8 +28,8 @@ pub mod guard;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
-pub mod sse;
 pub mod queue;
+pub mod sse;
 pub mod store;
 
 use std::net::SocketAddr;
