@@ -9,15 +9,15 @@
 //! | `error.rs` | [`ApiError`](error::ApiError): every failure as a status and a typed JSON body |
 //! | `guard.rs` | what every request passes: the bearer [`Token`](guard::Token), the deadline |
 //! | `openapi.rs` | the OpenAPI 3 document, merged from each resource module's part |
-//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
-//! | `sse.rs` | server-sent events framing |
-//! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
-//! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
 //! | `store.rs` | the agent types kept in the journal file across restarts |
 //! | `agent_types.rs` | `/v1/agent-types` |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
+//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
+//! | `sse.rs` | server-sent events framing |
+//! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
+//! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 
 pub mod agent_types;
 pub mod commands;
@@ -75,27 +75,27 @@ impl ServeConfig {
 pub struct Parts {
     /// The fleet.
     pub supervisor: SupervisorHandle,
-    /// The fan-out of live events to the event streams.
-    pub events: events::EventHub,
-    /// The fleet's metrics, served at `/metrics`.
-    pub metrics: metrics::Metrics,
     /// Where agent types created over HTTP are kept (the journal file); `None` without one.
     pub store: Option<Arc<store::AgentTypeStore>>,
     /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
     /// `None` when commands go out by webhook.
     pub commands: Option<Arc<queue::CommandQueue>>,
+    /// The fan-out of live events to the event streams.
+    pub events: events::EventHub,
+    /// The fleet's metrics, served at `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Registers every route and the handlers' shared data.
 fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
-    events::configure(cfg, &parts.events);
-    metrics::configure(cfg, &parts.metrics);
-    page::configure(cfg);
     if let Some(queue) = &parts.commands {
         commands::configure(cfg, queue.clone());
     }
+    events::configure(cfg, &parts.events);
+    metrics::configure(cfg, &parts.metrics);
+    page::configure(cfg);
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and

@@ -40,9 +40,9 @@ impl Modify for BearerAuth {
 pub fn document() -> utoipa::openapi::OpenApi {
     // Resource modules merge their parts here, one line each.
     let mut doc = Frame::openapi();
+    doc.merge(super::commands::CommandsApi::openapi());
     doc.merge(super::events::EventsApi::openapi());
     doc.merge(super::metrics::MetricsApi::openapi());
-    doc.merge(super::commands::CommandsApi::openapi());
     doc
 }
 

@@ -112,6 +112,8 @@ impl Served {
         config.workers = 2;
         let parts = Parts {
             supervisor: supervisor.clone(),
+            store: None,
+            commands: None,
             events: hub.clone(),
             metrics,
             store: None,

@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use baton::serve::agent_types::AgentTypeView;
 use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
-use baton::serve::metrics::{MeteredRuntime, Metrics};
 use baton::serve::queue::CommandQueue;
 use baton::serve::{self, Parts, ServeConfig, fleet};
 use baton::{AgentType, Journal, SupervisorConfig};
@@ -187,18 +186,14 @@ pub fn run(args: Args) -> Result<crate::Exit> {
             )
         };
         let queue = command_queue(journal.as_ref())?;
-        let metrics = Metrics::new();
-        let runtime = Arc::new(MeteredRuntime::new(queue.clone(), &metrics));
-        let fleet = fleet::start(runtime, journal, given, supervisor_config)?;
-        metrics.follow(fleet.supervisor.subscribe());
-        metrics.spawn_feed();
-        let events = EventHub::new(&fleet.supervisor);
+        let fleet = fleet::start(queue.clone(), journal, given, supervisor_config)?;
+        fleet.metrics.spawn_feed();
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
             commands: Some(queue),
-            events: events.clone(),
-            metrics,
+            events: EventHub::new(&fleet.supervisor),
+            metrics: fleet.metrics.clone(),
         };
         let (addr, server) = serve::bind(&config, parts)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -220,8 +215,6 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         // The fleet closes first, with the HTTP server still answering: an orchestrator
         // carries out the runtime's close commands over it.
         let report = fleet.supervisor.shutdown(args.grace).await;
-        // Open event streams end, so that the server need not wait for them.
-        events.close();
         http.stop(false).await;
         let mut out = crate::stdout();
         if report.clean {
