@@ -116,8 +116,6 @@ impl Served {
             commands: None,
             events: hub.clone(),
             metrics,
-            store: None,
-            commands: None,
         };
         let (addr, server) = baton::serve::bind(&config, parts).unwrap();
         let handle = server.handle();
