@@ -1,7 +1,8 @@
 //! The live fleet page at `/`, loaded in headless Chromium (Debian's `chromium`, installed by
 //! `scripts/chromium.sh`) against a running fleet of two agent types: a gauge per live session
 //! with its phase, one group per agent type, a row per rotation with both session ids; and a
-//! screenshot kept as `docs/fleet-page.png`.
+//! screenshot (`UPDATE_SCREENSHOT=1 cargo test --test serve_page` keeps it as
+//! `docs/fleet-page.png`, the README's).
 //!
 //! Without /usr/bin/chromium the test fails (it never passes silently): run
 //! `bash scripts/chromium.sh`.
@@ -158,7 +159,8 @@ async fn the_fleet_page_shows_every_live_session_by_agent_type_and_the_rotations
     );
     assert!(!dom.contains(TOKEN), "the token is not in the page");
 
-    let png = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fleet-page.png");
+    let shots = tempfile::tempdir().unwrap();
+    let png = shots.path().join("fleet-page.png");
     chromium(
         url,
         vec![
@@ -169,6 +171,17 @@ async fn the_fleet_page_shows_every_live_session_by_agent_type_and_the_rotations
     )
     .await;
     let written = std::fs::read(&png).unwrap();
-    assert!(written.starts_with(b"\x89PNG"), "a PNG screenshot");
+    assert!(
+        written.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "a PNG screenshot"
+    );
+    let size = |at: usize| u32::from_be_bytes(written[at..at + 4].try_into().unwrap());
+    assert_eq!((size(16), size(20)), (1280, 660), "the window's size");
+    // The README's screenshot is refreshed on request only, so that a test run leaves the
+    // tree as it was.
+    if std::env::var_os("UPDATE_SCREENSHOT").is_some() {
+        let kept = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/fleet-page.png");
+        std::fs::copy(&png, kept).unwrap();
+    }
     served.stop().await;
 }
