@@ -122,7 +122,7 @@ impl Collector for UsageRatios {
         let family = self.0.lock().expect("lock");
         let metric = encoder.encode_descriptor(
             "baton_session_usage_ratio",
-            "Usage ratio (used / window) of the live sessions at this scrape, by agent type",
+            "Usage ratio (used / window) of the live sessions at this scrape, by agent type.",
             None,
             family.metric_type(),
         )?;
