@@ -168,6 +168,9 @@ pub struct WorkItemInfo {
     pub place: Place,
 }
 
+/// The dead-letter reason of a cancelled work item (see [`SupervisorHandle::cancel`]).
+pub const CANCELLED: &str = "cancelled";
+
 /// What [`SupervisorHandle::put_agent_type`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,6 +203,12 @@ pub enum SupervisorError {
     /// change at run time): what differs.
     #[error("{0}")]
     AgentTypeConflict(String),
+    /// No work item has this id.
+    #[error("no work item {0}")]
+    UnknownWorkItem(WorkItemId),
+    /// The work item has already ended (done or dead): it cannot be cancelled.
+    #[error("work item {0} has already ended")]
+    AlreadyEnded(WorkItemId),
     /// The journal could not make the request durable.
     #[error("journal: {0}")]
     Journal(#[source] crate::journal::JournalError),
@@ -486,6 +495,18 @@ impl Supervisor {
         spawned: Option<SessionId>,
         ctx: &mut Context<Self>,
     ) {
+        if *self.ledger.items[&id].place() != Place::Starting {
+            // Cancelled while it started: the session its spawn returned is closed, never
+            // registered.
+            if let Some(session) = spawned {
+                self.note(Op::SpawnAbandoned {
+                    work_item: id,
+                    session,
+                });
+                self.close_at_runtime(session, ctx);
+            }
+            return;
+        }
         match result {
             Ok(session) if self.shutdown.is_none() => {
                 self.ledger.set_place(id, Place::Live(session));
@@ -565,6 +586,45 @@ impl Supervisor {
             work_item: id,
             reason,
         });
+    }
+
+    /// Cancels a work item wherever it is short of its end (see
+    /// [`SupervisorHandle::cancel`]): it goes to dead letter with reason [`CANCELLED`] at
+    /// once; a queued one leaves the queue; a live one's session is closed without the item
+    /// counting as done; a start or rotation under way finds the item gone when it concludes
+    /// and closes what it started.
+    fn cancel(
+        &mut self,
+        id: WorkItemId,
+        ctx: &mut Context<Self>,
+    ) -> Result<Place, SupervisorError> {
+        let place = match self.ledger.items.get(&id) {
+            None => return Err(SupervisorError::UnknownWorkItem(id)),
+            Some(e) => e.place().clone(),
+        };
+        match place {
+            Place::Done(_) | Place::Dead(_) => return Err(SupervisorError::AlreadyEnded(id)),
+            Place::Queued => self.ledger.queue.retain(|q| *q != id),
+            // A rotating session's rotation closes it at the runtime itself.
+            Place::Live(s) | Place::Rotating(s) => {
+                if let Some(e) = self.sessions.get(&s) {
+                    e.addr.do_send(Command::Close);
+                }
+                if place == Place::Live(s) {
+                    self.close_at_runtime(s, ctx);
+                }
+            }
+            Place::Starting => {}
+        }
+        tracing::info!(work_item = %id, was = ?place, "work item cancelled");
+        let dead = Place::Dead(CANCELLED.into());
+        self.ledger.set_place(id, dead.clone());
+        self.bus.publish(FleetEvent::DeadLetter {
+            work_item: id,
+            reason: CANCELLED.into(),
+        });
+        self.pump(ctx);
+        Ok(dead)
     }
 
     fn bury(&mut self, id: WorkItemId, reason: String) {

@@ -136,12 +136,12 @@ impl ResponseError for ApiError {
 impl From<SupervisorError> for ApiError {
     fn from(e: SupervisorError) -> Self {
         let code = match &e {
-            SupervisorError::UnknownAgentType(_) | SupervisorError::UnknownSession(_) => {
-                ErrorCode::NotFound
-            }
-            SupervisorError::DuplicateWorkItem(_) | SupervisorError::AgentTypeConflict(_) => {
-                ErrorCode::Conflict
-            }
+            SupervisorError::UnknownAgentType(_)
+            | SupervisorError::UnknownSession(_)
+            | SupervisorError::UnknownWorkItem(_) => ErrorCode::NotFound,
+            SupervisorError::DuplicateWorkItem(_)
+            | SupervisorError::AgentTypeConflict(_)
+            | SupervisorError::AlreadyEnded(_) => ErrorCode::Conflict,
             SupervisorError::ShuttingDown | SupervisorError::Journal(_) => ErrorCode::Unavailable,
         };
         Self::new(code, e.to_string())

@@ -304,3 +304,16 @@ impl Handler<WorkItems> for Supervisor {
         MessageResult(items)
     }
 }
+
+/// Cancel a work item.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Place, SupervisorError>")]
+pub(super) struct Cancel(pub(super) WorkItemId);
+
+impl Handler<Cancel> for Supervisor {
+    type Result = Result<Place, SupervisorError>;
+
+    fn handle(&mut self, Cancel(id): Cancel, ctx: &mut Self::Context) -> Self::Result {
+        self.cancel(id, ctx)
+    }
+}
