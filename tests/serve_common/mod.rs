@@ -101,7 +101,9 @@ impl Served {
             .iter()
             .fold(builder, |b, name| b.agent_type(agent(name)));
         if let Some(p) = &path {
-            builder = builder.journal(Journal::open(p).unwrap()).unwrap();
+            let journal = Journal::open(p).unwrap();
+            metrics.time_commits_of(&journal);
+            builder = builder.journal(journal).unwrap();
         }
         let rx = builder.subscribe_sequenced();
         let supervisor = builder.start();
