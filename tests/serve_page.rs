@@ -185,3 +185,58 @@ async fn the_fleet_page_shows_every_live_session_by_agent_type_and_the_rotations
     }
     served.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shell_is_served_without_a_token_and_holds_no_data() {
+    let served = Served::start(false, &["coder"], EventsConfig::default()).await;
+    let r = served
+        .http
+        .get(format!("{}/", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("Authorization: 'Bearer '"),
+        "the page sends the token itself"
+    );
+    // Only `/` is open: its data is not.
+    let r = served
+        .http
+        .get(format!("{}/v1/events", served.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    served.stop().await;
+}
+
+#[test]
+fn the_page_inserts_what_the_server_sends_as_text_never_as_markup() {
+    let page = include_str!("../src/serve/page/index.html");
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+    ] {
+        assert!(!page.contains(sink), "the page uses {sink}");
+    }
+    assert!(page.contains("textContent"));
+}
