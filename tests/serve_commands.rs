@@ -410,3 +410,77 @@ async fn the_command_endpoints_need_the_token_and_are_in_the_openapi_document() 
     }
     assert!(doc["components"]["schemas"]["Command"].is_object());
 }
+
+/// Reads server-sent event frames from a response, one at a time.
+struct Frames {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Frames {
+    /// The next frame's `data:` JSON of an `event: command` frame, skipping comments (10 s at
+    /// most).
+    async fn next_command(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let frame: String = self.buffer.drain(..end + 2).collect();
+                    if frame.lines().any(|l| l == "event: command") {
+                        let data: String = frame
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("data: "))
+                            .collect();
+                        return serde_json::from_str(&data).unwrap();
+                    }
+                    continue;
+                }
+                let chunk = self.response.chunk().await.unwrap().expect("stream open");
+                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+            }
+        })
+        .await
+        .expect("a command within 10 s")
+    }
+}
+
+#[actix::test]
+async fn the_command_stream_sends_each_command_leased_and_answers_go_to_the_result_endpoint() {
+    let mut s = Served::start(Policy::default(), fast());
+    let bad = s
+        .client
+        .get(format!("{}/v1/runtime/commands/stream?lease_ms=5", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let response = s
+        .client
+        .get(format!("{}/v1/runtime/commands/stream", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut frames = Frames {
+        response,
+        buffer: String::new(),
+    };
+    s.supervisor.submit(item(4)).await.unwrap();
+    let spawn = frames.next_command().await;
+    assert_eq!(spawn["op"], "spawn");
+    assert!(spawn["lease"].is_u64() && spawn["lease_expires_ms"].is_u64());
+    let ok = json!({"ok": {"session": spawn["session"]}, "lease": spawn["lease"]});
+    assert_eq!(s.answer(&spawn, ok).await, 204);
+    let assign = frames.next_command().await;
+    assert_eq!(assign["op"], "assign");
+    assert_eq!(s.answer(&assign, json!({"ok": {}})).await, 204);
+    s.wait_for("session start", |e| {
+        matches!(e, FleetEvent::SessionStarted { .. })
+    })
+    .await;
+}

@@ -7,19 +7,28 @@
 //!   ended), 409 (its lease went to another consumer), 400 (a result that does not fit the
 //!   command's operation: the command stays pending).
 //!
+//! - `GET /v1/runtime/commands/stream?lease_ms=` sends the commands as server-sent events
+//!   (`event: command`, `id:` the command's id, `data:` its JSON), each leased to the stream
+//!   as it is sent, with a comment line every 15 s while none comes.
+//!
 //! A long-poll never outlives the server's request deadline: its wait is cut to one second
 //! below the deadline (and to at most [`MAX_WAIT_MS`]).
 
+use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::http::header;
+use actix_web::web::Bytes;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use super::guard::Deadline;
 use super::queue::{AnswerError, Command, CommandOp, CommandQueue, CommandResult, ErrorKind};
+use super::sse;
 
 /// The longest a long-poll waits, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60_000;
@@ -147,10 +156,75 @@ async fn result(
     }
 }
 
+/// How often an idle command stream sends a comment line, so that proxies and clients see it
+/// alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Commands a stream takes at a time (each leased as it is taken).
+const STREAM_BATCH: usize = 16;
+
+/// The lease of a command stream's commands.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// How long each command sent is leased to this stream, in milliseconds (100 to
+    /// 3,600,000; default 30,000).
+    #[serde(default = "default_lease_ms")]
+    #[param(minimum = 100, maximum = 3600000, default = 30000)]
+    pub lease_ms: u64,
+}
+
+/// The commands as server-sent events, each leased to this stream as it is sent.
+#[utoipa::path(
+    get,
+    path = "/v1/runtime/commands/stream",
+    tag = "runtime",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "`text/event-stream`: `event: command`, `id:` the command's id, `data:` the Command JSON; a comment line every 15 s while none comes", content_type = "text/event-stream", body = Command),
+        (status = 400, description = "A lease out of range", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody)
+    )
+)]
+async fn stream(
+    queue: web::Data<Arc<CommandQueue>>,
+    query: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let lease_ms = query.lease_ms;
+    if !(MIN_LEASE_MS..=MAX_LEASE_MS).contains(&lease_ms) {
+        return Err(ApiError::bad_request(format!(
+            "lease_ms must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}"
+        )));
+    }
+    let state = (queue.get_ref().clone(), VecDeque::<Bytes>::new());
+    // Commands are taken only when the client has read what was sent before (the stream is
+    // polled for more), so a slow reader does not hoard leases.
+    let body = futures_util::stream::unfold(state, move |(queue, mut ready)| async move {
+        if ready.is_empty() {
+            let lease = Duration::from_millis(lease_ms);
+            let taken = queue.poll(STREAM_BATCH, KEEP_ALIVE, lease).await;
+            if taken.is_empty() {
+                ready.push_back(sse::comment("keep-alive"));
+            }
+            for c in taken {
+                let data = serde_json::to_string(&c).expect("a command serialises");
+                ready.push_back(sse::event(c.id, "command", &data));
+            }
+        }
+        let frame = ready.pop_front()?;
+        Some((Ok::<_, Infallible>(frame), (queue, ready)))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type(sse::CONTENT_TYPE)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}
+
 /// The command queue's part of the OpenAPI document.
 #[derive(OpenApi)]
 #[openapi(
-    paths(poll, result),
+    paths(poll, stream, result),
     components(schemas(
         PollRequest,
         PollResponse,
@@ -167,5 +241,6 @@ pub struct CommandsApi;
 pub fn configure(cfg: &mut web::ServiceConfig, queue: Arc<CommandQueue>) {
     cfg.app_data(web::Data::new(queue))
         .route("/v1/runtime/commands/poll", web::post().to(poll))
+        .route("/v1/runtime/commands/stream", web::get().to(stream))
         .route("/v1/runtime/commands/{id}/result", web::post().to(result));
 }
