@@ -645,3 +645,96 @@ async fn an_item_cancelled_while_rotating_has_its_successor_closed_and_its_rotat
         "{seen:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_cancelled_while_its_hand_over_is_committed_has_the_successor_closed_not_started() {
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+    use std::task::Poll;
+    // The journal's writer stops after committing the rotation's last step, until released.
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (reached_tx, release_rx) = (Mutex::new(reached_tx), Mutex::new(release_rx));
+    let hook: baton::journal::CommitHook = Arc::new(move |labels: &[&'static str]| {
+        if labels.contains(&"rotation_done") {
+            reached_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    let journal = Journal::in_memory_with(baton::JournalOptions {
+        on_commit: Some(hook),
+        ..baton::JournalOptions::default()
+    })
+    .unwrap();
+    let runtime = memory();
+    let builder = Supervisor::builder(runtime.clone())
+        .agent_type(agent("sonnet"))
+        .journal(journal.clone())
+        .unwrap();
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+    runtime.grow(s1, 890).unwrap();
+    sup.report_usage(s1, 990, None, UsageSource::Reported)
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(Place::Starting),
+        "the successor is being started"
+    );
+
+    // The cancel reaches the supervisor now; its durability waits for the writer.
+    let mut cancel = Box::pin(sup.cancel(WorkItemId(1)));
+    let first = std::future::poll_fn(|cx| Poll::Ready(cancel.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(cancelled())
+    );
+    release.send(()).unwrap();
+    assert_eq!(cancel.await, Ok(cancelled()));
+
+    let rotation = wait_seq(&mut rx, &mut seen, "the rotation's record", |e| {
+        matches!(e, FleetEvent::Rotation(_))
+    })
+    .await;
+    let FleetEvent::Rotation(record) = rotation else {
+        unreachable!()
+    };
+    assert!(record.success, "the rotation itself finished");
+    let successor = record.new_session.unwrap();
+    wait_seq(&mut rx, &mut seen, "the old session's close", |e| {
+        matches!(e, FleetEvent::Transition(t) if t.session == s1 && t.to == baton::Phase::Closed)
+    })
+    .await;
+    assert!(sup.shutdown(Duration::from_secs(10)).await.clean);
+    assert!(
+        runtime.open_sessions().is_empty(),
+        "the successor is closed at the runtime"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e.event,
+            FleetEvent::SessionStarted { session, .. } if session == successor)),
+        "the successor was never started: {seen:#?}"
+    );
+    let (items, sessions) = journal
+        .read(|v| {
+            let all = Filter::default();
+            Ok((v.work_items(&all)?, v.sessions(&all)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(items[0].place, baton::journal::WorkItemPlace::Dead);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.state == baton::journal::SessionState::Closed),
+        "{sessions:#?}"
+    );
+}

@@ -17,6 +17,7 @@
 //! | `work_items.rs` | `/v1/work-items`: submit one or a batch, list, get, cancel |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
+//! | `webhook.rs` | [`WebhookRuntime`](webhook::WebhookRuntime): commands delivered as signed webhooks |
 //! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
 //! | `sse.rs` | server-sent events framing |
 //! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
@@ -36,6 +37,7 @@ pub mod readings;
 pub mod sessions;
 pub mod sse;
 pub mod store;
+pub mod webhook;
 pub mod work_items;
 
 use std::net::SocketAddr;
