@@ -157,6 +157,9 @@ def test_commands_are_polled_answered_and_stale_answers_refused(client: Client) 
         client.send_result(424242, {})
     with pytest.raises(NotFound):
         client.send_error(424242, "transient", "no such command")
+    with client.stream_events(after=0) as events:
+        started = next(e for e in events if e["kind"] == "session_started")
+    assert started["payload"]["session_started"]["session"] == spawn["session"]
     live = client.get_work_item(1)
     assert live["place"] == "live" and live.get("session") == spawn["session"]
 
@@ -213,3 +216,38 @@ def test_clients_never_show_the_token(server, token: str) -> None:
         assert server.url in repr(sync)
     finally:
         sync.close()
+
+
+async def test_the_async_client_has_every_operation_of_the_sync_one(aclient: AsyncClient, server) -> None:
+    sync_ops = {n for n in dir(Client) if not n.startswith("_")}
+    async_ops = {n for n in dir(AsyncClient) if not n.startswith("_")}
+    assert sync_ops - {"close"} == async_ops - {"aclose"}
+
+    await aclient.put_agent_type("coder", window=WINDOW)
+    assert [t["name"] for t in await aclient.list_agent_types()] == ["coder"]
+    assert (await aclient.get_agent_type("coder"))["window"] == WINDOW
+    await aclient.submit_work_item(1, "coder", "a")
+    await aclient.submit_work_item(2, "coder", "b")
+    assert [i["id"] for i in await aclient.list_work_items(limit=10)] == [1, 2]
+    assert (await aclient.get_work_item(2))["text"] == "b"
+
+    commands = aclient.stream_commands(lease_ms=30_000)
+    first = await commands.__anext__()
+    await commands.aclose()  # type: ignore[attr-defined]
+    assert first["op"] == "spawn"
+    await aclient.send_result(first["id"], {"session": first["session"]})
+    polled = await aclient.poll_commands(max=16, wait_ms=10_000)
+    assert polled, "the assign (or the second spawn) is offered"
+    for command in polled:
+        ok = {"session": command["session"]} if command["op"] == "spawn" else {}
+        await aclient.send_result(command["id"], ok)
+    with pytest.raises(NotFound):
+        await aclient.send_error(424242, "permanent", "no such command")
+
+    cancelled = await aclient.cancel_work_item(2)
+    assert cancelled["place"] == "dead"
+    page = await aclient.list_events(work_item=2, limit=1000)
+    assert page["events"] and all(e.get("work_item") == 2 for e in page["events"])
+    assert "/v1/sessions" in (await aclient.openapi())["paths"]
+    assert "# TYPE" in await aclient.metrics()
+    assert (await aclient.request("GET", "/v1/agent-types/coder"))["name"] == "coder"
