@@ -78,7 +78,7 @@ use tracing::Instrument;
 use crate::journal::recovery::RecoveryState;
 use crate::journal::{Journal, Op};
 use crate::machine::Phase;
-use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
+use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord, Sequenced};
 use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::session::{Command, Fleet, RotationRequest, SessionActor, SessionNotice, UsageSlot};
 use crate::vocab::{AgentType, Handoff, SessionId, WorkItem, WorkItemId};
@@ -153,6 +153,34 @@ pub enum Place {
     Dead(String),
 }
 
+/// A work item and where it is: what [`SupervisorHandle::work_item`] and
+/// [`SupervisorHandle::work_items`] answer, so that a server can show an item and check a
+/// resubmission against it (same id: same agent type and text, or a conflict).
+///
+/// The supervisor keeps every item it was given or recovered, done and dead ones included,
+/// with its text, for its whole life. (After a restart, an item of an agent type the new
+/// supervisor does not know is not recovered, so not listed.)
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkItemInfo {
+    /// The item as submitted.
+    pub item: WorkItem,
+    /// Where it is now.
+    pub place: Place,
+}
+
+/// What [`SupervisorHandle::put_agent_type`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    /// The type is new: work items may name it from now on.
+    Created,
+    /// The type's policy changed: every reading from now on is decided by the new one, live
+    /// sessions of the type included.
+    Updated,
+    /// The type exists exactly so: nothing changed.
+    Unchanged,
+}
+
 /// Errors of the supervisor's API.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum SupervisorError {
@@ -168,6 +196,10 @@ pub enum SupervisorError {
     /// The supervisor is shutting down or has stopped.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// The agent type exists with another window, model or system prompt (only its policy may
+    /// change at run time): what differs.
+    #[error("{0}")]
+    AgentTypeConflict(String),
     /// The journal could not make the request durable.
     #[error("journal: {0}")]
     Journal(#[source] crate::journal::JournalError),
@@ -262,6 +294,13 @@ impl SupervisorBuilder {
     /// else, however long the caller takes after `start` (see `docs/semantics.md`, "Events").
     pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
         self.bus.subscribe()
+    }
+
+    /// [`subscribe`](Self::subscribe), each event with its sequence number (with a journal,
+    /// its row in the journal's log): what an event stream that resumes from the journal
+    /// needs (see [`Sequenced`] and `docs/semantics.md`, "Events").
+    pub fn subscribe_sequenced(&self) -> tokio::sync::mpsc::UnboundedReceiver<Sequenced> {
+        self.bus.subscribe_sequenced()
     }
 
     /// Starts the supervisor, from any thread, async or not.

@@ -293,7 +293,7 @@ impl Journal {
                 "the journal's writer is gone; an event is delivered without being durable"
             );
             if let Some(subs) = self.inner.shared.deliver.lock().expect("lock").as_ref() {
-                subs.deliver(event);
+                subs.deliver(event, crate::record::Stamp::Next);
             }
         }
     }

@@ -333,6 +333,60 @@ fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
 }
 
 #[test]
+fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish() {
+    let j = Journal::in_memory().unwrap();
+    let steps = rotation_steps();
+    let (until_done, rest) = steps.split_at(10);
+    assert!(matches!(
+        until_done.last(),
+        Some(Write::Op(Op::RotationDone { .. }))
+    ));
+    for w in until_done.iter().cloned() {
+        send(&j, w);
+    }
+    let pending = j.read_blocking(recovery::load).unwrap().unannounced;
+    assert_eq!(
+        pending,
+        vec![record()],
+        "step 4 is durable, its event is not logged"
+    );
+    for w in rest.iter().cloned() {
+        send(&j, w);
+    }
+    let state = j.read_blocking(recovery::load).unwrap();
+    assert!(
+        state.unannounced.is_empty(),
+        "the published record is logged"
+    );
+}
+
+#[test]
+fn a_delivered_event_is_numbered_by_its_row_in_the_log() {
+    let j = Journal::in_memory().unwrap();
+    let bus = crate::record::EventBus::default().with_journal(j.clone());
+    let mut rx = bus.subscribe_sequenced();
+    for w in rotation_steps() {
+        match w {
+            Write::Event(e) => bus.publish(e),
+            Write::Op(op) => j.note(op),
+        }
+    }
+    // A duplicate of a logged event is not delivered to sequenced subscribers again.
+    bus.publish(FleetEvent::Rotation(record()));
+    sync(&j);
+    let rows = block(j.read(|v| v.events(&Filter::default()))).unwrap();
+    let logged: Vec<(u64, Option<FleetEvent>)> = rows
+        .iter()
+        .filter_map(|r| r.event().map(|e| (r.seq, Some(e))))
+        .collect();
+    let mut delivered = Vec::new();
+    while let Ok(s) = rx.try_recv() {
+        delivered.push((s.seq, Some(s.event)));
+    }
+    assert_eq!(delivered, logged);
+}
+
+#[test]
 fn a_rotation_is_recorded_step_by_step() {
     let j = Journal::in_memory().unwrap();
     for w in rotation_steps() {

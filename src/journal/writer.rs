@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::project::{self, Write};
 use super::{CommitHook, JournalError};
-use crate::record::{FleetEvent, Subscribers};
+use crate::record::{FleetEvent, Stamp, Subscribers};
 
 /// Where a waiting writer is answered.
 pub(crate) type Ack = oneshot::Sender<Result<(), JournalError>>;
@@ -137,12 +137,12 @@ impl Writer {
             // The journal refuses writes: the fleet goes on without durability.
             let refused = JournalError::Failed(Box::new(failure));
             let outcomes = vec![Err(refused.clone()); writes.len()];
-            self.answer(writes, outcomes, flushes, Err(refused));
+            self.answer(writes, outcomes, flushes, Err(refused), false);
             return;
         }
         if writes.is_empty() {
             // Everything before is committed already.
-            self.answer(writes, Vec::new(), flushes, Ok(()));
+            self.answer(writes, Vec::new(), flushes, Ok(()), true);
             return;
         }
         match self.write_all(&writes) {
@@ -160,37 +160,48 @@ impl Writer {
                         tracing::error!(error = %e, record = write.label(), "journal record dropped");
                     }
                 }
-                self.answer(writes, outcomes, flushes, Ok(()));
+                self.answer(writes, outcomes, flushes, Ok(()), true);
             }
             Err(fatal) => {
                 tracing::error!(error = %fatal, path = %self.path.display(), records = writes.len(),
                     "journal write failed; the batch was rolled back and the journal refuses further writes");
                 *self.shared.failure.lock().expect("lock") = Some(fatal.clone());
                 // Subscribers learn of the failure before any event it left undurable.
-                self.deliver(FleetEvent::JournalFailed {
-                    error: fatal.to_string(),
-                });
+                self.deliver(
+                    FleetEvent::JournalFailed {
+                        error: fatal.to_string(),
+                    },
+                    Stamp::Next,
+                );
                 let outcomes = vec![Err(fatal.clone()); writes.len()];
-                self.answer(writes, outcomes, flushes, Err(fatal));
+                self.answer(writes, outcomes, flushes, Err(fatal), false);
             }
         }
     }
 
-    /// Delivers the batch's events, then answers its waiters and flushes.
+    /// Delivers the batch's events, then answers its waiters and flushes. `durable`: the
+    /// journal works (a record's `Ok(Some(seq))` is its row in the log); otherwise its events
+    /// are delivered unlogged, numbered after the last one.
     fn answer(
         &self,
         writes: Vec<(i64, Write, Option<Ack>)>,
-        outcomes: Vec<Result<(), JournalError>>,
+        outcomes: Vec<Result<Option<u64>, JournalError>>,
         flushes: Vec<Ack>,
         flushed: Result<(), JournalError>,
+        durable: bool,
     ) {
         let mut acks = Vec::new();
-        for ((_, write, ack), outcome) in writes.into_iter().zip(outcomes) {
+        for ((at, write, ack), outcome) in writes.into_iter().zip(outcomes) {
             if let Write::Event(event) = write {
-                self.deliver(event);
+                let stamp = match (&outcome, durable) {
+                    (Ok(Some(seq)), _) => Stamp::Logged { seq: *seq, at },
+                    (_, false) => Stamp::Next,
+                    (_, true) => Stamp::Unlogged,
+                };
+                self.deliver(event, stamp);
             }
             if let Some(ack) = ack {
-                acks.push((ack, outcome));
+                acks.push((ack, outcome.map(|_| ())));
             }
         }
         for (ack, outcome) in acks {
@@ -201,19 +212,20 @@ impl Writer {
         }
     }
 
-    fn deliver(&self, event: FleetEvent) {
+    fn deliver(&self, event: FleetEvent, stamp: Stamp) {
         if let Some(subs) = self.shared.deliver.lock().expect("lock").as_ref() {
-            subs.deliver(event);
+            subs.deliver(event, stamp);
         }
     }
 
     /// Applies every record in one transaction. `Ok` holds each record's own outcome (a record
-    /// that failed alone was rolled back to its savepoint); `Err` is a failure of the whole
-    /// transaction, which was rolled back.
+    /// that failed alone was rolled back to its savepoint), with the log row an event got;
+    /// `Err` is a failure of the whole transaction, which was rolled back.
+    #[allow(clippy::type_complexity)]
     fn write_all(
         &mut self,
         writes: &[(i64, Write, Option<Ack>)],
-    ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+    ) -> Result<Vec<Result<Option<u64>, JournalError>>, JournalError> {
         let path = self.path.clone();
         let sql = |e: rusqlite::Error| JournalError::sqlite(&e, &path);
         let mut tx = self
@@ -224,9 +236,9 @@ impl Writer {
         for (at, write, _) in writes {
             let sp = tx.savepoint().map_err(sql)?;
             match project::apply(&sp, *at, write, &path) {
-                Ok(()) => {
+                Ok(seq) => {
                     sp.commit().map_err(sql)?;
-                    outcomes.push(Ok(()));
+                    outcomes.push(Ok(seq));
                 }
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
