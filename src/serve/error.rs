@@ -139,7 +139,9 @@ impl From<SupervisorError> for ApiError {
             SupervisorError::UnknownAgentType(_) | SupervisorError::UnknownSession(_) => {
                 ErrorCode::NotFound
             }
-            SupervisorError::DuplicateWorkItem(_) => ErrorCode::Conflict,
+            SupervisorError::DuplicateWorkItem(_) | SupervisorError::AgentTypeConflict(_) => {
+                ErrorCode::Conflict
+            }
             SupervisorError::ShuttingDown | SupervisorError::Journal(_) => ErrorCode::Unavailable,
         };
         Self::new(code, e.to_string())

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use super::metrics::{MeteredRuntime, Metrics};
 use super::store::{AgentTypeStore, StoreError};
 use crate::journal::{Journal, JournalError};
 use crate::runtime::AgentRuntime;
@@ -101,6 +102,9 @@ pub struct Fleet {
     pub supervisor: SupervisorHandle,
     /// The agent-type table in the journal file; `None` without a journal file.
     pub store: Option<Arc<AgentTypeStore>>,
+    /// The fleet's metrics: every runtime call is timed and every event counted (call
+    /// [`Metrics::spawn_feed`] on a tokio runtime to count events as they come).
+    pub metrics: Metrics,
 }
 
 /// Starts the supervisor over `runtime`: the agent types stored in the journal file, with
@@ -127,7 +131,11 @@ pub fn start(
             s.put(t)?;
         }
     }
+    let metrics = Metrics::new();
+    let runtime = Arc::new(MeteredRuntime::new(runtime, &metrics));
     let mut builder = Supervisor::builder(runtime).config(config);
+    // Subscribed before the start, so that metrics count every event, recovery's included.
+    metrics.follow(builder.subscribe());
     for t in types {
         builder = builder.agent_type(t);
     }
@@ -137,6 +145,7 @@ pub fn start(
     Ok(Fleet {
         supervisor: builder.start(),
         store,
+        metrics,
     })
 }
 

@@ -12,12 +12,24 @@
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
 //! | `store.rs` | the agent types kept in the journal file across restarts |
 //! | `agent_types.rs` | `/v1/agent-types` |
+//! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
+//! | `commands.rs` | the command queue's endpoints: long-poll and results |
+//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
+//! | `sse.rs` | server-sent events framing |
+//! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
+//! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 
 pub mod agent_types;
+pub mod commands;
 pub mod error;
+pub mod events;
 pub mod fleet;
 pub mod guard;
+pub mod metrics;
 pub mod openapi;
+pub mod page;
+pub mod queue;
+pub mod sse;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -65,12 +77,25 @@ pub struct Parts {
     pub supervisor: SupervisorHandle,
     /// Where agent types created over HTTP are kept (the journal file); `None` without one.
     pub store: Option<Arc<store::AgentTypeStore>>,
+    /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
+    /// `None` when commands go out by webhook.
+    pub commands: Option<Arc<queue::CommandQueue>>,
+    /// The fan-out of live events to the event streams.
+    pub events: events::EventHub,
+    /// The fleet's metrics, served at `/metrics`.
+    pub metrics: metrics::Metrics,
 }
 
 /// Registers every route and the handlers' shared data.
 fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
+    if let Some(queue) = &parts.commands {
+        commands::configure(cfg, queue.clone());
+    }
+    events::configure(cfg, &parts.events);
+    metrics::configure(cfg, &parts.metrics);
+    page::configure(cfg);
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and

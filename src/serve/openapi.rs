@@ -39,7 +39,11 @@ impl Modify for BearerAuth {
 /// The whole document: the frame merged with every resource module's part.
 pub fn document() -> utoipa::openapi::OpenApi {
     // Resource modules merge their parts here, one line each.
-    Frame::openapi()
+    let mut doc = Frame::openapi();
+    doc.merge(super::commands::CommandsApi::openapi());
+    doc.merge(super::events::EventsApi::openapi());
+    doc.merge(super::metrics::MetricsApi::openapi());
+    doc
 }
 
 /// The OpenAPI 3 document of this server.

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use baton::serve::agent_types::AgentTypeView;
+use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
+use baton::serve::queue::CommandQueue;
 use baton::serve::{self, Parts, ServeConfig, fleet};
-use baton::{AgentRuntime, AgentType, Journal, SupervisorConfig};
+use baton::{AgentType, Journal, SupervisorConfig};
 
 /// What `baton serve` does on the first signal.
 const SERVE_STOPPING: &str = "closing the fleet's sessions (up to --grace) and the HTTP server";
@@ -139,11 +141,18 @@ fn read_agent_types(path: &Path) -> Result<Vec<AgentType>> {
     Ok(types)
 }
 
-/// The agent runtime the fleet acts through. The command queue (`docs/http.md`, "The agent
-/// runtime over HTTP") plugs in here; until it does, every runtime call fails permanently with
-/// a message saying so, so work items are accepted and journaled but no session can start.
-fn runtime(_journal: Option<&Journal>) -> Arc<dyn AgentRuntime> {
-    Arc::new(unwired::Unwired)
+/// The agent runtime the fleet acts through: the command queue (`docs/http.md`, "The agent
+/// runtime over HTTP"), proposing session ids after every id the journal knows.
+fn command_queue(journal: Option<&Journal>) -> Result<Arc<CommandQueue>> {
+    let queue = CommandQueue::new();
+    let queue = match journal {
+        Some(j) => queue.numbering_from(
+            j.next_session_id()
+                .context("cannot read the journal's session ids")?,
+        ),
+        None => queue,
+    };
+    Ok(Arc::new(queue))
 }
 
 pub fn run(args: Args) -> Result<crate::Exit> {
@@ -176,11 +185,15 @@ pub fn run(args: Args) -> Result<crate::Exit> {
                     .with_context(|| format!("cannot open the journal {shown}"))?,
             )
         };
-        let runtime = runtime(journal.as_ref());
-        let fleet = fleet::start(runtime, journal, given, supervisor_config)?;
+        let queue = command_queue(journal.as_ref())?;
+        let fleet = fleet::start(queue.clone(), journal, given, supervisor_config)?;
+        fleet.metrics.spawn_feed();
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
+            commands: Some(queue),
+            events: EventHub::new(&fleet.supervisor),
+            metrics: fleet.metrics.clone(),
         };
         let (addr, server) = serve::bind(&config, parts)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -216,76 +229,4 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         anyhow::Ok(stop.signal())
     })?;
     Ok(stopped.map_or(crate::Exit::Success, crate::signals::Signal::exit))
-}
-
-/// The runtime in place until the command queue is wired in.
-mod unwired {
-    use baton::{
-        AgentRuntime, AgentType, Handoff, RuntimeError, SessionId, SpawnKey, Summary,
-        SummaryPurpose, WorkItem,
-    };
-
-    const WHY: &str = "baton serve has no agent runtime wired in yet";
-
-    /// Fails every call permanently, saying why.
-    pub struct Unwired;
-
-    #[baton::async_trait]
-    impl AgentRuntime for Unwired {
-        async fn summarise(
-            &self,
-            _: SessionId,
-            _: SummaryPurpose,
-        ) -> Result<Summary, RuntimeError> {
-            Err(RuntimeError::permanent(WHY))
-        }
-        async fn replace_history(&self, _: SessionId, _: &Summary) -> Result<u64, RuntimeError> {
-            Err(RuntimeError::permanent(WHY))
-        }
-        async fn close(&self, _: SessionId) -> Result<(), RuntimeError> {
-            Err(RuntimeError::permanent(WHY))
-        }
-        async fn spawn(&self, _: &AgentType, _: SpawnKey) -> Result<SessionId, RuntimeError> {
-            Err(RuntimeError::permanent(WHY))
-        }
-        async fn assign(
-            &self,
-            _: SessionId,
-            _: &WorkItem,
-            _: Option<&Handoff>,
-        ) -> Result<(), RuntimeError> {
-            Err(RuntimeError::permanent(WHY))
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_token_comes_trimmed_from_the_environment_and_a_missing_one_is_a_usage_error() {
-        let t = read_token(None, Some("  0123456789abcdef\n".into())).unwrap();
-        assert!(t.matches(b"0123456789abcdef"));
-        let e = read_token(None, None).unwrap_err();
-        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
-    }
-
-    #[test]
-    fn a_short_token_is_a_usage_error_that_does_not_show_it() {
-        let e = read_token(None, Some("hunter2".into())).unwrap_err();
-        let message = crate::chain_message(&e);
-        assert!(!message.contains("hunter2"), "{message}");
-        assert!(message.contains("too short"), "{message}");
-        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
-    }
-
-    #[test]
-    fn the_token_file_wins_and_only_its_first_line_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("token");
-        std::fs::write(&path, "0123456789abcdef\nsecond line\n").unwrap();
-        let t = read_token(Some(&path), Some("fedcba9876543210".into())).unwrap();
-        assert!(t.matches(b"0123456789abcdef"));
-    }
 }
