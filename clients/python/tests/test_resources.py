@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from baton_client import AsyncClient, Client, Conflict, NotFound
+from baton_client import AsyncClient, BadRequest, Client, Conflict, NotFound
 from helpers import SimAgents, payload_of, running, watching
 
 WINDOW = 1000
@@ -146,8 +146,10 @@ def test_commands_are_polled_answered_and_stale_answers_refused(client: Client) 
     client.submit_work_item(1, "coder", "by hand")
     [spawn] = client.poll_commands(max=1, wait_ms=10_000, lease_ms=30_000)
     assert spawn["op"] == "spawn" and spawn["agent_type"]["name"] == "coder"
-    client.send_result(spawn["id"], {"session": spawn["session"]})
-    with pytest.raises((NotFound, Conflict)):
+    with pytest.raises(BadRequest):  # the wrong shape for a spawn: the command stays pending
+        client.send_result(spawn["id"], {"session": spawn["session"], "extra": 1})
+    client.send_result(spawn["id"], {"session": spawn["session"]}, lease=spawn["lease"])
+    with pytest.raises(NotFound):  # already answered
         client.send_result(spawn["id"], {"session": spawn["session"]})
     [assign] = client.poll_commands(max=4, wait_ms=10_000)
     assert assign["op"] == "assign" and assign["session"] == spawn["session"]
@@ -170,16 +172,6 @@ def test_commands_are_polled_answered_and_stale_answers_refused(client: Client) 
     assert client.poll_commands(wait_ms=0) == []
 
 
-def test_command_stream_delivers_commands_as_events(client: Client) -> None:
-    put_coder(client)
-    client.submit_work_item(1, "coder", "streamed")
-    stream = client.stream_commands(lease_ms=30_000)
-    command = next(stream)
-    stream.close()  # type: ignore[attr-defined]
-    assert command["op"] == "spawn"
-    client.send_result(command["id"], {"session": command["session"]})
-
-
 def test_event_log_pages_and_filters_like_baton_log(client: Client) -> None:
     put_coder(client)
     client.submit_work_items([{"id": i, "agent_type": "coder", "text": f"t{i}"} for i in range(5)])
@@ -191,7 +183,9 @@ def test_event_log_pages_and_filters_like_baton_log(client: Client) -> None:
     dead = [e for e in everything if payload_of(e)[0] == "dead_letter"]
     assert sorted(payload_of(e)[1]["work_item"] for e in dead) == list(range(5))
 
-    page = client.list_events(limit=3)
+    latest = client.list_events(limit=2)
+    assert [e["seq"] for e in latest["events"]] == seqs[-2:]
+    page = client.list_events(after=0, limit=3)
     assert [e["seq"] for e in page["events"]] == seqs[:3]
     assert page["next_after"] == seqs[2]
     rest = client.list_events(after=page["next_after"], limit=1000)
@@ -231,11 +225,9 @@ async def test_the_async_client_has_every_operation_of_the_sync_one(aclient: Asy
     assert [i["id"] for i in await aclient.list_work_items(limit=10)] == [1, 2]
     assert (await aclient.get_work_item(2))["text"] == "b"
 
-    commands = aclient.stream_commands(lease_ms=30_000)
-    first = await commands.__anext__()
-    await commands.aclose()  # type: ignore[attr-defined]
+    [first] = await aclient.poll_commands(max=1, wait_ms=10_000, lease_ms=30_000)
     assert first["op"] == "spawn"
-    await aclient.send_result(first["id"], {"session": first["session"]})
+    await aclient.send_result(first["id"], {"session": first["session"]}, lease=first["lease"])
     polled = await aclient.poll_commands(max=16, wait_ms=10_000)
     assert polled, "the assign (or the second spawn) is offered"
     for command in polled:

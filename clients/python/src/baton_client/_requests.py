@@ -199,12 +199,21 @@ def poll_commands(max: int, wait_ms: int, lease_ms: int) -> Req:
     )
 
 
-def command_result(id: int, ok: Any) -> Req:
-    return Req("POST", f"/v1/runtime/commands/{_seg(id)}/result", body={"ok": ok}, has_body=True)
+#: The error kinds a command's answer may carry.
+ERROR_KINDS = ("transient", "permanent", "unknown_session", "context_overflow")
 
 
-def command_error(id: int, kind: str, message: str) -> Req:
-    if kind not in ("transient", "permanent"):
-        raise ValueError("kind must be 'transient' or 'permanent'")
-    body = {"error": {"kind": kind, "message": message}}
+def command_result(id: int, ok: Any, lease: int | None) -> Req:
+    body: dict[str, Any] = {"ok": ok}
+    if lease is not None:
+        body["lease"] = lease
+    return Req("POST", f"/v1/runtime/commands/{_seg(id)}/result", body=body, has_body=True)
+
+
+def command_error(id: int, kind: str, message: str, lease: int | None) -> Req:
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"kind must be one of {ERROR_KINDS}")
+    body: dict[str, Any] = {"error": {"kind": kind, "message": message}}
+    if lease is not None:
+        body["lease"] = lease
     return Req("POST", f"/v1/runtime/commands/{_seg(id)}/result", body=body, has_body=True)

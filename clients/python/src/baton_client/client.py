@@ -276,21 +276,18 @@ class Client:
         answer = self._send(R.poll_commands(max, wait_ms, lease_ms))
         return cast(list[Command], R.field_of(answer, "commands"))
 
-    def stream_commands(self, *, lease_ms: int | None = None) -> Iterator[Command]:
-        """Commands as they come, over server-sent events (reconnects when dropped)."""
-        params = R._q(lease_ms=lease_ms)
-        for _, data in self._sse("/v1/runtime/commands/stream", params, None, True):
-            yield cast(Command, R.event_from(data))
+    def send_result(self, command: int, ok: Any, *, lease: int | None = None) -> None:
+        """Answers a command with its result (``NotFound``: unknown, already answered, or its
+        call ended; ``Conflict``: ``lease`` was given and the command is now leased to another
+        consumer; ``BadRequest``: ``ok`` has the wrong shape for the command's op)."""
+        self._send(R.command_result(command, ok, lease))
 
-    def send_result(self, command: int, ok: Any) -> None:
-        """Answers a command with its result (``NotFound``: the call already ended;
-        ``Conflict``: the lease expired and the command went to another consumer)."""
-        self._send(R.command_result(command, ok))
-
-    def send_error(self, command: int, kind: str, message: str) -> None:
-        """Answers a command with an error, ``transient`` (retried within the call's deadline)
-        or ``permanent``."""
-        self._send(R.command_error(command, kind, message))
+    def send_error(
+        self, command: int, kind: str, message: str, *, lease: int | None = None
+    ) -> None:
+        """Answers a command with an error: ``transient`` (retried within the call's
+        deadline), ``permanent``, ``unknown_session`` or ``context_overflow``."""
+        self._send(R.command_error(command, kind, message, lease))
 
     # Other paths.
 
@@ -574,19 +571,15 @@ class AsyncClient:
         answer = await self._send(R.poll_commands(max, wait_ms, lease_ms))
         return cast(list[Command], R.field_of(answer, "commands"))
 
-    async def stream_commands(self, *, lease_ms: int | None = None) -> AsyncIterator[Command]:
-        """Commands as they come, over server-sent events (reconnects when dropped)."""
-        params = R._q(lease_ms=lease_ms)
-        async for _, data in self._sse("/v1/runtime/commands/stream", params, None, True):
-            yield cast(Command, R.event_from(data))
+    async def send_result(self, command: int, ok: Any, *, lease: int | None = None) -> None:
+        """Answers a command with its result (see :meth:`Client.send_result`)."""
+        await self._send(R.command_result(command, ok, lease))
 
-    async def send_result(self, command: int, ok: Any) -> None:
-        """Answers a command with its result."""
-        await self._send(R.command_result(command, ok))
-
-    async def send_error(self, command: int, kind: str, message: str) -> None:
-        """Answers a command with a ``transient`` or ``permanent`` error."""
-        await self._send(R.command_error(command, kind, message))
+    async def send_error(
+        self, command: int, kind: str, message: str, *, lease: int | None = None
+    ) -> None:
+        """Answers a command with an error (see :meth:`Client.send_error`)."""
+        await self._send(R.command_error(command, kind, message, lease))
 
     async def openapi(self) -> dict[str, Any]:
         """The OpenAPI 3 document."""

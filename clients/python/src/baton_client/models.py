@@ -182,6 +182,9 @@ class Handoff(TypedDict):
 
 class _CommandBase(TypedDict):
     id: int
+    #: This consumer's lease of the command (send it back with the answer).
+    lease: int
+    #: When the lease ends, in Unix milliseconds.
     lease_expires_ms: int
 
 

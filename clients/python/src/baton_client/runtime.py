@@ -9,8 +9,10 @@ Semantics are the library's ``AgentRuntime``'s (docs/http.md, "The agent runtime
 
 * **Errors.** An exception from the handler becomes an error result: :class:`TransientError`,
   ``TimeoutError``, ``ConnectionError`` and a lost connection of httpx are ``transient`` (baton
-  tries again within the call's deadline); :class:`PermanentError` and every other exception are
-  ``permanent`` (a bug does not pass by trying again). ``classify=`` changes the mapping.
+  tries again within the call's deadline); :class:`UnknownSession` and
+  :class:`ContextOverflow` are sent as such (the session is gone; the session must rotate);
+  :class:`PermanentError` and every other exception are ``permanent`` (a bug does not pass by
+  trying again). ``classify=`` changes the mapping.
 * **Spawn keys.** A spawn whose key was seen before returns the session it made without calling
   the handler again, so a spawn repeated after a crash of baton, a lost answer or an expired
   lease never starts a second agent. The keys live in the ``spawn_keys`` mapping: by default a
@@ -18,8 +20,9 @@ Semantics are the library's ``AgentRuntime``'s (docs/http.md, "The agent runtime
   included). An orchestrator that must survive its own restarts passes a persistent mapping,
   such as :class:`JsonFileSpawnKeys`, and keeps its agents' state likewise.
 * **Leases.** A command is leased for ``lease_ms``; a handler slower than that may see it offered
-  again: the runner runs each command id once at a time and answers once. An answer the server
-  no longer wants (404: the call ended; 409: the lease went to another consumer) is dropped.
+  again: the runner runs each command id once at a time and answers once, with its ``lease``.
+  An answer the server no longer wants (404: the call ended; 409: the lease went to another
+  consumer) is dropped.
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ from .errors import ConnectionFailed, Conflict, NotFound, Unavailable
 from .models import AgentType, Command, Handoff, NewWorkItem, Summary
 
 __all__ = [
+    "ContextOverflow",
     "ErrorKind",
     "JsonFileSpawnKeys",
     "PermanentError",
     "RunnerStats",
     "RuntimeHandler",
     "TransientError",
+    "UnknownSession",
     "classify_error",
     "serve_runtime",
     "serve_runtime_async",
@@ -57,9 +62,9 @@ __all__ = [
 
 log = logging.getLogger("baton_client.runtime")
 
-ErrorKind = Literal["transient", "permanent"]
+ErrorKind = Literal["transient", "permanent", "unknown_session", "context_overflow"]
 # An error message sent to baton is bounded (a handler may raise with a huge text).
-_MAX_ERROR_MESSAGE = 2000
+_MAX_ERROR_MESSAGE = 1000
 
 
 class TransientError(Exception):
@@ -71,8 +76,20 @@ class PermanentError(Exception):
     """Raise from a handler method for a failure that trying again cannot fix."""
 
 
+class UnknownSession(PermanentError):
+    """Raise when the runtime does not know the session (closed, or never spawned)."""
+
+
+class ContextOverflow(PermanentError):
+    """Raise when a request did not fit the model's context window: the session rotates."""
+
+
 def classify_error(error: BaseException) -> ErrorKind:
     """The default mapping of a handler's exception to the error kind baton is told."""
+    if isinstance(error, UnknownSession):
+        return "unknown_session"
+    if isinstance(error, ContextOverflow):
+        return "context_overflow"
     if isinstance(error, PermanentError):
         return "permanent"
     transient = (TransientError, TimeoutError, ConnectionError, httpx.TransportError, ConnectionFailed)
@@ -259,7 +276,7 @@ def serve_runtime(
         op = cast(str, command.get("op"))
         try:
             outcome = run(command)
-            if _post_sync(client, command["id"], outcome, stop, lease_ms):
+            if _post_sync(client, command, outcome, stop, lease_ms):
                 stats._count(stats.answered if outcome.kind is None else stats.errors, op)
             else:
                 stats.dropped += 1
@@ -299,18 +316,19 @@ def _run_sync(handler: RuntimeHandler, command: Command) -> Any:
 
 
 def _post_sync(
-    client: Client, command_id: int, outcome: _Answer, stop: threading.Event, lease_ms: int
+    client: Client, command: Command, outcome: _Answer, stop: threading.Event, lease_ms: int
 ) -> bool:
     """Posts an answer; True when the server took it. Tries again while the server cannot be
     reached, within the lease (after that the command is offered again anyway)."""
+    command_id, lease = command["id"], command.get("lease")
     deadline = time.monotonic() + lease_ms / 1000
     backoff = R.BACKOFF_START
     while True:
         try:
             if outcome.kind is None:
-                client.send_result(command_id, outcome.ok)
+                client.send_result(command_id, outcome.ok, lease=lease)
             else:
-                client.send_error(command_id, outcome.kind, outcome.message)
+                client.send_error(command_id, outcome.kind, outcome.message, lease=lease)
             return True
         except (NotFound, Conflict) as e:
             log.info("answer to command %s dropped: %s", command_id, e)
@@ -367,7 +385,7 @@ async def serve_runtime_async(
         try:
             async with slots:
                 outcome = await run(command)
-                if await _post_async(client, command["id"], outcome, stop, lease_ms):
+                if await _post_async(client, command, outcome, stop, lease_ms):
                     stats._count(stats.answered if outcome.kind is None else stats.errors, op)
                 else:
                     stats.dropped += 1
@@ -420,16 +438,17 @@ async def _run_async(handler: RuntimeHandler, command: Command) -> Any:
 
 
 async def _post_async(
-    client: AsyncClient, command_id: int, outcome: _Answer, stop: asyncio.Event, lease_ms: int
+    client: AsyncClient, command: Command, outcome: _Answer, stop: asyncio.Event, lease_ms: int
 ) -> bool:
+    command_id, lease = command["id"], command.get("lease")
     deadline = time.monotonic() + lease_ms / 1000
     backoff = R.BACKOFF_START
     while True:
         try:
             if outcome.kind is None:
-                await client.send_result(command_id, outcome.ok)
+                await client.send_result(command_id, outcome.ok, lease=lease)
             else:
-                await client.send_error(command_id, outcome.kind, outcome.message)
+                await client.send_error(command_id, outcome.kind, outcome.message, lease=lease)
             return True
         except (NotFound, Conflict) as e:
             log.info("answer to command %s dropped: %s", command_id, e)
