@@ -76,6 +76,17 @@ class Orchestrator:
             self.done[body["work_item"]] += 1
             self.gone.add(body["session"])
 
+    async def describe_unfinished(self) -> str:
+        """What the server and this orchestrator know of the items not done (for a failure)."""
+        lines = []
+        for item in sorted(set(self.types) - set(self.done))[:10]:
+            place = await self.client.get_work_item(item)
+            sessions = [s for s, t in self.drivers.items() if self.agents.agents.get(s) and self.agents.agents[s].work_item == item]
+            states = [(s, s in self.gone, self.drivers[s].done()) for s in sessions]
+            events = [payload_of(e)[0] + str(payload_of(e)[1].get("session", "")) for e in self.watcher.events if e.get("work_item") == item]
+            lines.append(f"item {item}: {place} turns={self.turns[item]} drivers={states} events={events}")
+        return "\n".join(lines)
+
     async def drive(self, session: int, item: int) -> None:
         step = STEP[self.types[item]]
         try:
@@ -138,11 +149,14 @@ async def test_a_python_orchestrator_finishes_every_item_exactly_once_across_a_s
             again = await client.submit_work_items(items)  # type: ignore[arg-type]
             assert {r["status"] for r in again} == {"exists"}
 
-            await watcher.wait_for(
-                lambda: len(orchestrator.done) == ITEMS or bool(orchestrator.failures),
-                "every item done",
-                timeout=240,
-            )
+            try:
+                await watcher.wait_for(
+                    lambda: len(orchestrator.done) == ITEMS or bool(orchestrator.failures),
+                    "every item done",
+                    timeout=120,
+                )
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{await orchestrator.describe_unfinished()}") from None
         await watcher.stop()
         assert not orchestrator.failures, orchestrator.failures
 

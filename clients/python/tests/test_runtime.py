@@ -33,14 +33,32 @@ async def start_one(aclient: AsyncClient, events, policy: dict | None = None) ->
 
 
 async def test_a_transient_error_is_retried_within_the_deadline(aclient: AsyncClient) -> None:
+    agents = SimAgents(
+        failures={
+            "spawn": [TransientError("no capacity yet")],
+            "summarise:handoff": [TransientError("rate limited")],
+        }
+    )
+    async with running(aclient, agents), watching(aclient) as events:
+        s = await start_one(aclient, events)
+        assert agents.count("spawn") == 2, "the start's spawn was tried again"
+        agents.agents[s].used = 990
+        assert (await aclient.report_usage(s, 990))["phase"] == "rotating"
+        rotation = await events.first("rotation", lambda b: b["old_session"] == s)
+        assert rotation["success"] and rotation["handoff_fallback"] is False
+        assert agents.calls.count(("summarise", s)) == 2
+
+
+async def test_a_transient_compaction_error_fails_that_compaction(aclient: AsyncClient) -> None:
+    # As in the library, a compaction is not retried: it fails, and the policy decides.
     agents = SimAgents(failures={"summarise:compaction": [TransientError("rate limited")]})
     async with running(aclient, agents), watching(aclient) as events:
         s = await start_one(aclient, events)
         agents.agents[s].used = 850
         assert (await aclient.report_usage(s, 850))["phase"] == "compacting"
         record = await events.first("compaction", lambda b: b["session"] == s)
-        assert record["success"], record
-        assert agents.calls.count(("summarise", s)) == 2
+        assert not record["success"] and "rate limited" in (record["error"] or "")
+        assert agents.calls.count(("summarise", s)) == 1
 
 
 async def test_a_permanent_handoff_error_falls_back_to_batons_handoff(aclient: AsyncClient) -> None:
