@@ -54,6 +54,7 @@ class Orchestrator:
         self.compactions: Counter[int] = Counter()
         self.done: Counter[int] = Counter()
         self.failures: list[BaseException] = []
+        self.exits: dict[int, str] = {}  # why each driver stopped (for a failure's message)
         watcher.on_event(self._on_event)
 
     def _on_event(self, event: Any) -> None:
@@ -82,17 +83,19 @@ class Orchestrator:
         for item in sorted(set(self.types) - set(self.done))[:10]:
             place = await self.client.get_work_item(item)
             sessions = [s for s, t in self.drivers.items() if self.agents.agents.get(s) and self.agents.agents[s].work_item == item]
-            states = [(s, s in self.gone, self.drivers[s].done()) for s in sessions]
+            states = [(s, s in self.gone, self.exits.get(s)) for s in sessions]
             events = [payload_of(e)[0] + str(payload_of(e)[1].get("session", "")) for e in self.watcher.events if e.get("work_item") == item]
             lines.append(f"item {item}: {place} turns={self.turns[item]} drivers={states} events={events}")
         return "\n".join(lines)
 
     async def drive(self, session: int, item: int) -> None:
         step = STEP[self.types[item]]
+        exit = "gone"
         try:
             while session not in self.gone:
                 if self.turns[item] >= TURNS:
                     await self.client.close_session(session)
+                    exit = "closed"
                     return
                 agent = self.agents.agents[session]
                 agent.used = min(agent.used + step, WINDOW - 10)
@@ -105,16 +108,22 @@ class Orchestrator:
                         f"compaction of session {session}",
                     )
                 elif reading["phase"] != "normal":
+                    exit = f"phase {reading['phase']}"
                     return  # rotating (a successor takes over) or closed
-        except (ConnectionFailed, NotFound, Conflict):
+        except (ConnectionFailed, NotFound, Conflict) as e:
             # The server died under this request, or the session ended meanwhile (a restart
             # requeued its item, a rotation took it): a SessionStarted brings the next one.
+            exit = repr(e)
             return
         except ApiError as e:
+            exit = repr(e)
             if e.status != 503:
                 self.failures.append(e)
         except Exception as e:  # surfaced by the test, never lost in a task
+            exit = repr(e)
             self.failures.append(e)
+        finally:
+            self.exits[session] = exit
 
 
 async def test_a_python_orchestrator_finishes_every_item_exactly_once_across_a_sigkill(
