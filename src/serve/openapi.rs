@@ -40,6 +40,10 @@ impl Modify for BearerAuth {
 pub fn document() -> utoipa::openapi::OpenApi {
     // Resource modules merge their parts here, one line each.
     let mut doc = Frame::openapi();
+    doc.merge(super::sessions::Api::openapi());
+    doc.merge(super::readings::Api::openapi());
+    doc.merge(super::agent_types::Api::openapi());
+    doc.merge(super::work_items::Api::openapi());
     doc.merge(super::commands::CommandsApi::openapi());
     doc.merge(super::events::EventsApi::openapi());
     doc.merge(super::metrics::MetricsApi::openapi());
@@ -63,5 +67,5 @@ async fn openapi_json(doc: web::Data<utoipa::openapi::OpenApi>) -> HttpResponse 
 /// Serves `/openapi.json`, built once.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::Data::new(document()))
-        .route("/openapi.json", web::get().to(openapi_json));
+        .service(web::resource("/openapi.json").route(web::get().to(openapi_json)));
 }

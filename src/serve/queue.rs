@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::runtime::RuntimeError;
+use crate::usage::Usage;
 use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, Summary, SummaryPurpose, WorkItem};
 
 /// One runtime call, as an orchestrator receives it: what to do, and the lease it is held under.
@@ -229,19 +230,28 @@ impl CommandResult {
             _ => return Err("a result holds exactly one of `ok` and `error`".into()),
         };
         let shape = |e: serde_json::Error| format!("not a `{}` result: {e}", op.name());
+        let count = |tokens: u64| {
+            if tokens > Usage::MAX_TOKENS {
+                Err(format!(
+                    "tokens = {tokens} is larger than the {} tokens baton accepts",
+                    Usage::MAX_TOKENS
+                ))
+            } else {
+                Ok(tokens)
+            }
+        };
         Ok(Ok(match op {
             CommandOp::Summarise { .. } => {
                 let s: SummariseOk = serde_json::from_value(ok).map_err(shape)?;
                 Reply::Summary(Summary {
                     text: s.text,
-                    tokens: s.tokens,
+                    tokens: count(s.tokens)?,
                 })
             }
-            CommandOp::ReplaceHistory { .. } => Reply::Tokens(
-                serde_json::from_value::<TokensOk>(ok)
-                    .map_err(shape)?
-                    .tokens,
-            ),
+            CommandOp::ReplaceHistory { .. } => {
+                let t: TokensOk = serde_json::from_value(ok).map_err(shape)?;
+                Reply::Tokens(count(t.tokens)?)
+            }
             CommandOp::Spawn { .. } => Reply::Session(
                 serde_json::from_value::<SessionOk>(ok)
                     .map_err(shape)?
@@ -731,6 +741,8 @@ macro_rules! runtime_over_dispatch {
     };
 }
 
+pub(crate) use runtime_over_dispatch;
+
 runtime_over_dispatch!(CommandQueue);
 
 #[cfg(test)]
@@ -867,6 +879,20 @@ mod tests {
             session: SessionId(3),
         };
         assert!(summary.outcome(&spawn).is_err());
+        let absurd = ok(serde_json::json!({"tokens": u64::MAX}));
+        let replace = CommandOp::ReplaceHistory {
+            session: SessionId(1),
+            summary: Summary {
+                text: String::new(),
+                tokens: 1,
+            },
+        };
+        assert!(
+            absurd
+                .outcome(&replace)
+                .unwrap_err()
+                .contains("larger than")
+        );
         assert_eq!(
             ok(serde_json::json!({"session": 3})).outcome(&spawn),
             Ok(Ok(Reply::Session(SessionId(3))))

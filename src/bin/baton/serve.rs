@@ -11,8 +11,9 @@ use baton::serve::agent_types::AgentTypeView;
 use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
 use baton::serve::queue::CommandQueue;
+use baton::serve::webhook::{WebhookConfig, WebhookRuntime};
 use baton::serve::{self, Parts, ServeConfig, fleet};
-use baton::{AgentType, Journal, SupervisorConfig};
+use baton::{AgentRuntime, AgentType, Journal, SessionId, SupervisorConfig};
 
 /// What `baton serve` does on the first signal.
 const SERVE_STOPPING: &str = "closing the fleet's sessions (up to --grace) and the HTTP server";
@@ -66,6 +67,14 @@ pub struct Args {
     /// Compactions running at once across the fleet, at most.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
     max_concurrent_compactions: u64,
+    /// Deliver the runtime's commands as signed webhooks POSTed to URL, instead of serving
+    /// them to poll (`/v1/runtime/commands`). Needs --webhook-secret-file.
+    #[arg(long, value_name = "URL", requires = "webhook_secret_file")]
+    webhook: Option<String>,
+    /// The webhooks' HMAC-SHA256 secret: the first line of FILE, surrounding whitespace
+    /// trimmed.
+    #[arg(long, value_name = "FILE", requires = "webhook")]
+    webhook_secret_file: Option<PathBuf>,
     /// HTTP worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     workers: Option<u64>,
@@ -141,18 +150,45 @@ fn read_agent_types(path: &Path) -> Result<Vec<AgentType>> {
     Ok(types)
 }
 
-/// The agent runtime the fleet acts through: the command queue (`docs/http.md`, "The agent
-/// runtime over HTTP"), proposing session ids after every id the journal knows.
-fn command_queue(journal: Option<&Journal>) -> Result<Arc<CommandQueue>> {
-    let queue = CommandQueue::new();
-    let queue = match journal {
-        Some(j) => queue.numbering_from(
-            j.next_session_id()
-                .context("cannot read the journal's session ids")?,
-        ),
-        None => queue,
+/// The fleet's runtime, and the command queue to serve when it is one.
+type Wired = (Arc<dyn AgentRuntime>, Option<Arc<CommandQueue>>);
+
+/// The agent runtime the fleet acts through (`docs/http.md`, "The agent runtime over HTTP"):
+/// signed webhooks with `--webhook`, else the command queue, also returned to be served. With a
+/// journal, either proposes session ids above every id the journal knows.
+fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
+    let first = match journal {
+        Some(j) => j
+            .next_session_id()
+            .context("cannot read the journal's session ids")?,
+        None => SessionId(1),
     };
-    Ok(Arc::new(queue))
+    if let (Some(url), Some(secret_file)) = (&args.webhook, &args.webhook_secret_file) {
+        let secret = read_secret(secret_file)?;
+        let webhook = WebhookRuntime::new(WebhookConfig::new(url.clone(), secret))
+            .map_err(|e| crate::usage(format!("--webhook: {e}")))?
+            .numbering_from(first);
+        return Ok((Arc::new(webhook), None));
+    }
+    let queue = Arc::new(CommandQueue::new().numbering_from(first));
+    Ok((queue.clone(), Some(queue)))
+}
+
+/// The webhook secret: `file`'s first line, trimmed. Errors never show it.
+fn read_secret(file: &Path) -> Result<Vec<u8>> {
+    let shown = crate::output::escape(&file.to_string_lossy()).into_owned();
+    let bytes = crate::output::read_capped(file, MAX_FILE_BYTES, "")
+        .with_context(|| format!("--webhook-secret-file {shown}: cannot read it"))
+        .map_err(|e| crate::usage(format!("{e:#}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| crate::usage("--webhook-secret-file: the secret is not UTF-8 text"))?;
+    let secret = text.lines().next().unwrap_or("").trim();
+    if secret.is_empty() {
+        return Err(crate::usage(format!(
+            "--webhook-secret-file {shown}: the secret is empty"
+        )));
+    }
+    Ok(secret.as_bytes().to_vec())
 }
 
 pub fn run(args: Args) -> Result<crate::Exit> {
@@ -185,13 +221,13 @@ pub fn run(args: Args) -> Result<crate::Exit> {
                     .with_context(|| format!("cannot open the journal {shown}"))?,
             )
         };
-        let queue = command_queue(journal.as_ref())?;
-        let fleet = fleet::start(queue.clone(), journal, given, supervisor_config)?;
+        let (runtime, commands) = runtime(&args, journal.as_ref())?;
+        let fleet = fleet::start(runtime, journal, given, supervisor_config)?;
         fleet.metrics.spawn_feed();
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
-            commands: Some(queue),
+            commands,
             events: EventHub::new(&fleet.supervisor),
             metrics: fleet.metrics.clone(),
         };
@@ -229,4 +265,46 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         anyhow::Ok(stop.signal())
     })?;
     Ok(stopped.map_or(crate::Exit::Success, crate::signals::Signal::exit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_comes_trimmed_from_the_environment_and_a_missing_one_is_a_usage_error() {
+        let t = read_token(None, Some("  0123456789abcdef\n".into())).unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        let e = read_token(None, None).unwrap_err();
+        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
+    }
+
+    #[test]
+    fn a_short_token_is_a_usage_error_that_does_not_show_it() {
+        let e = read_token(None, Some("hunter2".into())).unwrap_err();
+        let message = crate::chain_message(&e);
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("too short"), "{message}");
+        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
+    }
+
+    #[test]
+    fn the_token_file_wins_and_only_its_first_line_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef\nsecond line\n").unwrap();
+        let t = read_token(Some(&path), Some("fedcba9876543210".into())).unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+    }
+
+    #[test]
+    fn the_webhook_secret_is_the_first_line_and_an_empty_one_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "  s3cret \nsecond line\n").unwrap();
+        assert_eq!(read_secret(&path).unwrap(), b"s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        let e = read_secret(&path).unwrap_err();
+        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
+    }
 }
