@@ -8,6 +8,7 @@ the environment only. Its standard error goes to a file, shown when a test fails
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
@@ -23,6 +24,12 @@ from baton_client import AsyncClient, Client
 REPO = Path(__file__).resolve().parents[3]
 # Seconds a server may take to print its address (a cold start opens and checks the journal).
 START_TIMEOUT = 30.0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies (PR_SET_PDEATHSIG), so
+    that an interrupted run leaves no server behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
 
 
 def baton_bin() -> Path:
@@ -64,6 +71,7 @@ class BatonServer:
             stdin=subprocess.DEVNULL,
             env=env,
             text=True,
+            preexec_fn=_die_with_parent if os.uname().sysname == "Linux" else None,
         )
         log.close()
         line = self._first_line()

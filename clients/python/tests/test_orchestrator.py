@@ -15,11 +15,14 @@ import asyncio
 import json
 import subprocess
 from collections import Counter
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from baton_client import AsyncClient, ConnectionFailed, NotFound, Conflict, ApiError
 from conftest import BatonServer, baton_bin
 from helpers import WAIT, SimAgents, Watcher, payload_of, running
+
+T = TypeVar("T")
 
 ITEMS = 100
 WINDOW = 1000
@@ -88,19 +91,32 @@ class Orchestrator:
             lines.append(f"item {item}: {place} turns={self.turns[item]} drivers={states} events={events}")
         return "\n".join(lines)
 
+    async def again(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A call tried again when the connection broke without an answer: the server may have
+        died under it (then the retry waits for the restart, and the session is unknown there:
+        NotFound), or the connection failed on its own. Repeating a reading or a close is
+        harmless: a second close is refused, a second reading of the same size changes nothing
+        the first did not."""
+        for _ in range(3):
+            try:
+                return await call()
+            except ConnectionFailed:
+                continue
+        return await call()
+
     async def drive(self, session: int, item: int) -> None:
         step = STEP[self.types[item]]
         exit = "gone"
         try:
             while session not in self.gone:
                 if self.turns[item] >= TURNS:
-                    await self.client.close_session(session)
+                    await self.again(lambda: self.client.close_session(session))
                     exit = "closed"
                     return
                 agent = self.agents.agents[session]
                 agent.used = min(agent.used + step, WINDOW - 10)
                 seen = self.compactions[session]
-                reading = await self.client.report_usage(session, agent.used)
+                reading = await self.again(lambda: self.client.report_usage(session, agent.used))
                 self.turns[item] += 1
                 if reading["phase"] == "compacting":
                     await self.watcher.wait_for(
@@ -111,8 +127,8 @@ class Orchestrator:
                     exit = f"phase {reading['phase']}"
                     return  # rotating (a successor takes over) or closed
         except (ConnectionFailed, NotFound, Conflict) as e:
-            # The server died under this request, or the session ended meanwhile (a restart
-            # requeued its item, a rotation took it): a SessionStarted brings the next one.
+            # The session ended meanwhile (a restart requeued its item, a rotation took it, a
+            # close crossed another): a SessionStarted brings the next one.
             exit = repr(e)
             return
         except ApiError as e:

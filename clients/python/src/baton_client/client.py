@@ -57,6 +57,13 @@ class _Settings:
         return httpx.Timeout(self.timeout, read=R.STREAM_IDLE_TIMEOUT)
 
 
+def _limits() -> httpx.Limits:
+    """Connection pool limits: idle connections are dropped after 2 s, well before the server
+    closes them (actix-web's keep-alive is 5 s), so a request never goes out on a connection
+    the server is closing at that moment (which would fail it without an answer)."""
+    return httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=2.0)
+
+
 def _stream_headers(last_id: int | None) -> dict[str, str]:
     headers = {"Accept": "text/event-stream"}
     if last_id is not None:
@@ -91,6 +98,7 @@ class Client:
             headers=R.headers_for(R.token_from(token)),
             timeout=timeout,
             transport=transport,
+            limits=_limits(),
         )
 
     @property
@@ -399,7 +407,7 @@ class AsyncClient:
             headers=R.headers_for(R.token_from(token)),
             timeout=timeout,
             transport=transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=_limits(),
         )
 
     @property
