@@ -22,3 +22,10 @@ echo "== cargo test"
 cargo test --locked --all-targets
 echo "== doctests (the README's examples included)"
 cargo test --locked --doc
+echo "== the Python client (clients/python) against a real baton serve"
+# The venv lives outside the repo (scripts/python.sh); the suite starts its own servers from
+# this binary, on 127.0.0.1 only.
+cargo build --locked --bin baton
+py=$(bash scripts/python.sh | tail -1)
+export BATON_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/baton"
+(cd clients/python && "$py" -m mypy --strict src && "$py" -m pytest -q -p no:cacheprovider)
