@@ -14,7 +14,8 @@
 //!   subscriber reading the same events in the same run.
 //!
 //! Readings stay far below 80%, so every report takes the Normal path. Latency is per request
-//! (per batch for batches), from send to the full answer. Run: `cargo bench --bench http`.
+//! (per batch for batches), from send to the full answer. Run: `cargo bench --bench http`
+//! (`BATON_BENCH_HTTP_SESSIONS`, `BATON_BENCH_HTTP_REPORTS` change the sizes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -110,8 +111,14 @@ fn used(i: usize) -> u64 {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let sessions = env_usize("BATON_BENCH_HTTP_SESSIONS", 10_000);
-    let reports = env_usize("BATON_BENCH_HTTP_REPORTS", 100_000);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, as a
+    // smoke test of the same code on a small fleet.
+    let full = std::env::args().any(|a| a == "--bench");
+    let sessions = env_usize("BATON_BENCH_HTTP_SESSIONS", if full { 10_000 } else { 100 });
+    let reports = env_usize(
+        "BATON_BENCH_HTTP_REPORTS",
+        if full { 100_000 } else { 1_000 },
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
