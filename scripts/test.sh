@@ -18,6 +18,8 @@ bash scripts/llm.sh fetch
 mapfile -t llm < <(bash scripts/llm.sh path)
 export BATON_LLAMA_SERVER=${llm[0]} BATON_LLAMA_MODEL=${llm[1]}
 echo "llama-server: $BATON_LLAMA_SERVER ($((SECONDS - fetch_start)) s)"
+echo "== Chromium for the fleet page's test (scripts/chromium.sh)"
+bash scripts/chromium.sh
 echo "== cargo test"
 cargo test --locked --all-targets
 echo "== doctests (the README's examples included)"
