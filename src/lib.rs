@@ -23,6 +23,7 @@
 //! | [`report`] | [`FleetReport`](report::FleetReport): what a fleet did, counted from its events (the results table) |
 //! | [`run`] | a fleet of chat agents driven through work items, turn by turn (`baton run`) |
 //! | [`simulate`] | a fleet simulation on the real actors, growing like recorded agents |
+//! | [`serve`] | `baton serve`: the fleet over HTTP (actix-web), with OpenAPI, metrics and a fleet page |
 //! | [`journal`] | [`Journal`]: the durable record in SQLite, recovery's source; [`JournalReader`] |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
@@ -38,6 +39,7 @@ pub mod replay;
 pub mod report;
 pub mod run;
 pub mod runtime;
+pub mod serve;
 pub mod session;
 pub mod simulate;
 pub mod supervisor;
@@ -56,15 +58,15 @@ pub use machine::{
 pub use policy::{Action, Policy, PolicyBuilder, PolicyError, RotationReason};
 pub use record::{
     CompactionRecord, CrashOutcome, EventBus, FleetEvent, RecoveryOutcome, RotationId,
-    RotationRecord, RotationStep,
+    RotationRecord, RotationStep, Sequenced,
 };
 pub use runtime::chat::{ChatRuntime, Turn};
 pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, RuntimeError};
 pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
-    Inventory, Place, SessionHandle, Settled, ShutdownReport, Supervisor, SupervisorConfig,
-    SupervisorError, SupervisorHandle,
+    CANCELLED, Inventory, Place, PutOutcome, SessionHandle, Settled, ShutdownReport, Supervisor,
+    SupervisorConfig, SupervisorError, SupervisorHandle, WorkItemInfo,
 };
 pub use usage::{Usage, UsageError, UsageSource};
 pub use vocab::{

@@ -615,6 +615,16 @@ impl SessionMachine {
         phase(self.inner.state())
     }
 
+    /// Replaces the policy (its agent type's policy was updated at run time): every event
+    /// handled from now on is decided by the new one. The kept history is not trimmed.
+    pub fn set_policy(&mut self, policy: Arc<Policy>) {
+        // SAFETY: statig marks `inner_mut` unsafe because changing the shared storage behind
+        // the machine's back could break an invariant a state relies on. No state holds
+        // anything derived from the policy (states hold readings and reasons; the policy is
+        // read afresh at each event), so replacing it breaks none.
+        unsafe { self.inner.inner_mut() }.policy = policy;
+    }
+
     /// What the session knows about itself.
     pub fn session(&self) -> &Session {
         &self.inner

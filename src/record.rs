@@ -3,7 +3,9 @@
 //! Every transition, compaction, rotation, restart and rejected input is published as a
 //! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to. With a
 //! journal, every event is durable before any subscriber sees it. Each compaction or rotation
-//! that took effect is published exactly once.
+//! that took effect is published exactly once. A [`Sequenced`] subscription numbers each event
+//! (with a journal, by its row in the journal's log), so that a stream can resume from the
+//! journal without a gap or a duplicate.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::journal::Journal;
+use crate::journal::{Journal, Timestamp};
 use crate::machine::{CompactionMeasure, TransitionRecord};
 use crate::policy::RotationReason;
 use crate::usage::Usage;
@@ -337,28 +339,105 @@ pub enum CrashOutcome {
     RotationContinues,
 }
 
+/// An event with its place in the fleet's event sequence, for readers that must resume a
+/// stream without a gap or a duplicate (an HTTP event stream's `Last-Event-ID`).
+///
+/// With a journal, `seq` is the event's row in the journal's event log (`events.seq`, the
+/// number [`JournalReader`](crate::journal::JournalReader) and
+/// [`JournalView::events`](crate::journal::JournalView::events) list for it), and `at` the time
+/// stored with it: a reader that has seen up to `seq` N reads the rest of the backlog with
+/// [`Filter::after`](crate::journal::Filter::after) `= Some(N)`, then goes on with the live
+/// stream from the first `seq` above what it read. Sequence numbers rise strictly along the
+/// stream; the log also holds rows that are supervisor steps, not events, so numbers can be
+/// skipped. Without a journal, `seq` counts the bus's events from 1.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sequenced {
+    /// The event's number: its journal `seq`, or (without a journal) its count on the bus.
+    pub seq: u64,
+    /// When it was recorded (with a journal, the time the journal stored with it).
+    pub at: Timestamp,
+    /// The event.
+    pub event: FleetEvent,
+}
+
+/// Where an event stands in the journal's log, as it is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stamp {
+    /// Committed as row `seq` of the log, recorded at `at` (ms since the epoch).
+    Logged {
+        /// Its row.
+        seq: u64,
+        /// Its time.
+        at: i64,
+    },
+    /// Not in any log: there is no journal, or it failed. Numbered after the last event
+    /// delivered.
+    Next,
+    /// The journal works but did not log it (a duplicate of a logged event, or a record it
+    /// dropped as bad): sequenced subscribers do not receive it.
+    Unlogged,
+}
+
+/// The senders of one bus, and the last sequence number delivered.
+#[derive(Default)]
+struct Senders {
+    /// Subscribers of plain events.
+    plain: Vec<UnboundedSender<FleetEvent>>,
+    /// Subscribers of sequenced events.
+    sequenced: Vec<UnboundedSender<Sequenced>>,
+    /// The last sequence number delivered (0 before the first).
+    last: u64,
+}
+
 /// The subscribers of one bus: one unbounded sender each, so that events are never dropped
 /// for a slow reader. A subscriber that dropped its receiver is forgotten.
 #[derive(Default)]
-pub(crate) struct Subscribers(Mutex<Vec<UnboundedSender<FleetEvent>>>);
+pub(crate) struct Subscribers(Mutex<Senders>);
 
 impl Subscribers {
-    /// Sends `event` to every subscriber.
-    pub(crate) fn deliver(&self, event: FleetEvent) {
+    /// Sends `event` to every subscriber; sequenced subscribers get it numbered by `stamp`.
+    /// Numbers are given under the lock that orders deliveries, so they rise along every
+    /// subscriber's stream.
+    pub(crate) fn deliver(&self, event: FleetEvent, stamp: Stamp) {
         let mut subs = self.0.lock().expect("lock");
-        match subs.len() {
+        let numbered = match stamp {
+            Stamp::Logged { seq, at } => {
+                subs.last = subs.last.max(seq);
+                Some((seq, Some(Timestamp(at))))
+            }
+            Stamp::Next => {
+                subs.last += 1;
+                Some((subs.last, None))
+            }
+            Stamp::Unlogged => None,
+        };
+        if let Some((seq, at)) = numbered
+            && !subs.sequenced.is_empty()
+        {
+            // (The clock is read only when someone wants the time.)
+            let at = at.unwrap_or_else(Timestamp::now);
+            let sequenced = Sequenced {
+                seq,
+                at,
+                event: event.clone(),
+            };
+            subs.sequenced.retain(|s| s.send(sequenced.clone()).is_ok());
+        }
+        match subs.plain.len() {
             0 => {}
             1 => {
-                if subs[0].send(event).is_err() {
-                    subs.clear();
+                if subs.plain[0].send(event).is_err() {
+                    subs.plain.clear();
                 }
             }
-            _ => subs.retain(|s| s.send(event.clone()).is_ok()),
+            _ => subs.plain.retain(|s| s.send(event.clone()).is_ok()),
         }
     }
 
     fn len(&self) -> usize {
-        self.0.lock().map_or(0, |s| s.len())
+        self.0
+            .lock()
+            .map_or(0, |s| s.plain.len() + s.sequenced.len())
     }
 }
 
@@ -401,7 +480,17 @@ impl EventBus {
     /// durable from now on).
     pub fn subscribe(&self) -> UnboundedReceiver<FleetEvent> {
         let (tx, rx) = unbounded_channel();
-        self.subscribers.0.lock().expect("lock").push(tx);
+        self.subscribers.0.lock().expect("lock").plain.push(tx);
+        rx
+    }
+
+    /// Like [`subscribe`](Self::subscribe), each event with its sequence number (see
+    /// [`Sequenced`]). With a journal, only events the journal logged are delivered, plus,
+    /// once it has failed, the events it could no longer log (numbered after the last logged
+    /// one; they are in no log).
+    pub fn subscribe_sequenced(&self) -> UnboundedReceiver<Sequenced> {
+        let (tx, rx) = unbounded_channel();
+        self.subscribers.0.lock().expect("lock").sequenced.push(tx);
         rx
     }
 
@@ -410,7 +499,7 @@ impl EventBus {
     pub fn publish(&self, event: FleetEvent) {
         match &self.journal {
             Some(j) => j.record_owned(event),
-            None => self.subscribers.deliver(event),
+            None => self.subscribers.deliver(event, Stamp::Next),
         }
     }
 }

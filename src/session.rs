@@ -820,6 +820,23 @@ impl CircuitBreaker {
     }
 }
 
+/// The session's agent type was updated at run time (only its policy may change): from now
+/// on the session decides with the new policy. Readings sent before are handled first, under
+/// the old one.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SetAgentType(pub Arc<AgentType>);
+
+impl Handler<SetAgentType> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, SetAgentType(agent): SetAgentType, ctx: &mut Self::Context) {
+        self.take_waiting(ctx);
+        self.machine.set_policy(agent.policy.clone());
+        self.agent = agent;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,13 @@
 //! closes) is a [`TaskTracker`] whose tokens the work holds until its outcome is handled;
 //! shutdown waits until both the registry and the tracker are empty.
 //!
+//! At run time (for a server such as `baton serve`): agent types can be listed, created, or
+//! have their policy updated (`put_agent_type`; live sessions of the type get the new policy),
+//! work items looked up with their place (`work_item`, `work_items`) and cancelled (`cancel`),
+//! and events followed with their journal sequence numbers (`subscribe_sequenced`), so that an
+//! event stream can resume from the journal. `docs/semantics.md` (Supervisor, rules 14 to 18)
+//! states the guarantees.
+//!
 //! Hosting: [`SupervisorBuilder::start`] joins the caller's actix system if there is one, and
 //! otherwise starts one of its own on a thread baton owns, so any tokio program (or plain thread)
 //! can embed a fleet; the handles work from any runtime.
@@ -80,7 +87,7 @@ use tracing::Instrument;
 use crate::journal::recovery::RecoveryState;
 use crate::journal::{Journal, Op};
 use crate::machine::Phase;
-use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord};
+use crate::record::{CrashOutcome, EventBus, FleetEvent, RotationId, RotationRecord, Sequenced};
 use crate::runtime::{AgentRuntime, RuntimeError};
 use crate::session::{Command, Fleet, RotationRequest, SessionActor, SessionNotice, UsageSlot};
 use crate::vocab::{AgentType, Handoff, SessionId, WorkItem, WorkItemId};
@@ -155,6 +162,37 @@ pub enum Place {
     Dead(String),
 }
 
+/// A work item and where it is: what [`SupervisorHandle::work_item`] and
+/// [`SupervisorHandle::work_items`] answer, so that a server can show an item and check a
+/// resubmission against it (same id: same agent type and text, or a conflict).
+///
+/// The supervisor keeps every item it was given or recovered, done and dead ones included,
+/// with its text, for its whole life. (After a restart, an item of an agent type the new
+/// supervisor does not know is not recovered, so not listed.)
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkItemInfo {
+    /// The item as submitted.
+    pub item: WorkItem,
+    /// Where it is now.
+    pub place: Place,
+}
+
+/// The dead-letter reason of a cancelled work item (see [`SupervisorHandle::cancel`]).
+pub const CANCELLED: &str = "cancelled";
+
+/// What [`SupervisorHandle::put_agent_type`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PutOutcome {
+    /// The type is new: work items may name it from now on.
+    Created,
+    /// The type's policy changed: every reading from now on is decided by the new one, live
+    /// sessions of the type included.
+    Updated,
+    /// The type exists exactly so: nothing changed.
+    Unchanged,
+}
+
 /// Errors of the supervisor's API.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum SupervisorError {
@@ -170,6 +208,16 @@ pub enum SupervisorError {
     /// The supervisor is shutting down or has stopped.
     #[error("the supervisor is shutting down")]
     ShuttingDown,
+    /// The agent type exists with another window, model or system prompt (only its policy may
+    /// change at run time): what differs.
+    #[error("{0}")]
+    AgentTypeConflict(String),
+    /// No work item has this id.
+    #[error("no work item {0}")]
+    UnknownWorkItem(WorkItemId),
+    /// The work item has already ended (done or dead): it cannot be cancelled.
+    #[error("work item {0} has already ended")]
+    AlreadyEnded(WorkItemId),
     /// The journal could not make the request durable.
     #[error("journal: {0}")]
     Journal(#[source] crate::journal::JournalError),
@@ -322,6 +370,13 @@ impl SupervisorBuilder {
     /// else, however long the caller takes after `start` (see `docs/semantics.md`, "Events").
     pub fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<FleetEvent> {
         self.bus.subscribe()
+    }
+
+    /// [`subscribe`](Self::subscribe), each event with its sequence number (with a journal,
+    /// its row in the journal's log): what an event stream that resumes from the journal
+    /// needs (see [`Sequenced`] and `docs/semantics.md`, "Events").
+    pub fn subscribe_sequenced(&self) -> tokio::sync::mpsc::UnboundedReceiver<Sequenced> {
+        self.bus.subscribe_sequenced()
     }
 
     /// Starts the supervisor, from any thread, async or not.
@@ -511,6 +566,18 @@ impl Supervisor {
         spawned: Option<SessionId>,
         ctx: &mut Context<Self>,
     ) {
+        if *self.ledger.items[&id].place() != Place::Starting {
+            // Cancelled while it started: the session its spawn returned is closed, never
+            // registered.
+            if let Some(session) = spawned {
+                self.note(Op::SpawnAbandoned {
+                    work_item: id,
+                    session,
+                });
+                self.close_at_runtime(session, ctx);
+            }
+            return;
+        }
         match result {
             Ok(session) if self.shutdown.is_none() => {
                 self.ledger.set_place(id, Place::Live(session));
@@ -595,6 +662,45 @@ impl Supervisor {
             work_item: id,
             reason,
         });
+    }
+
+    /// Cancels a work item wherever it is short of its end (see
+    /// [`SupervisorHandle::cancel`]): it goes to dead letter with reason [`CANCELLED`] at
+    /// once; a queued one leaves the queue; a live one's session is closed without the item
+    /// counting as done; a start or rotation under way finds the item gone when it concludes
+    /// and closes what it started.
+    fn cancel(
+        &mut self,
+        id: WorkItemId,
+        ctx: &mut Context<Self>,
+    ) -> Result<Place, SupervisorError> {
+        let place = match self.ledger.items.get(&id) {
+            None => return Err(SupervisorError::UnknownWorkItem(id)),
+            Some(e) => e.place().clone(),
+        };
+        match place {
+            Place::Done(_) | Place::Dead(_) => return Err(SupervisorError::AlreadyEnded(id)),
+            Place::Queued => self.ledger.queue.retain(|q| *q != id),
+            // A rotating session's rotation closes it at the runtime itself.
+            Place::Live(s) | Place::Rotating(s) => {
+                if let Some(e) = self.sessions.get(&s) {
+                    e.addr.do_send(Command::Close);
+                }
+                if place == Place::Live(s) {
+                    self.close_at_runtime(s, ctx);
+                }
+            }
+            Place::Starting => {}
+        }
+        tracing::info!(work_item = %id, was = ?place, "work item cancelled");
+        let dead = Place::Dead(CANCELLED.into());
+        self.ledger.set_place(id, dead.clone());
+        self.bus.publish(FleetEvent::DeadLetter {
+            work_item: id,
+            reason: CANCELLED.into(),
+        });
+        self.pump(ctx);
+        Ok(dead)
     }
 
     fn bury(&mut self, id: WorkItemId, reason: String) {

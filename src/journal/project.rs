@@ -9,8 +9,14 @@
 //!
 //! Every application is idempotent where a record can legitimately arrive twice: a rotation step
 //! only moves a rotation forward (`WHERE step IN (...)`), and the rotation's completion event has
-//! a unique `dedup` key, so the record the supervisor commits in its final rotation transaction
-//! and the same record published on the bus afterwards make one row.
+//! a unique `dedup` key, so a record published twice (recovery publishes the record of a done
+//! rotation whose event a crash cut off) makes one row.
+//!
+//! The log's order is the order in which events reach subscribers: every `events` row of a
+//! published event is added when that event is committed, never earlier, so the `seq` an event
+//! is delivered with ([`Sequenced`](crate::record::Sequenced)) rises along the stream. (A
+//! rotation's step 4 therefore stores its record in `rotations` only; its `rotation` event row
+//! comes with the record published on the bus right after.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,7 +65,8 @@ pub(crate) enum Op {
         session: SessionId,
     },
     /// Rotation step 4: the old session is closed, the successor holds the item, and the
-    /// rotation's record is written.
+    /// rotation's record is stored in `rotations` (its event row comes with the published
+    /// record).
     RotationDone {
         /// The record (the successor is `record.new_session`).
         record: RotationRecord,
@@ -163,16 +170,17 @@ pub(crate) fn sql_id(v: u64) -> i64 {
     v as i64
 }
 
-/// Applies one record at time `at` (milliseconds since the epoch).
+/// Applies one record at time `at` (milliseconds since the epoch). For an event, answers the
+/// `seq` of the log row it added (`None` when it added none: a duplicate of a logged event).
 pub(crate) fn apply(
     conn: &Connection,
     at: i64,
     write: &Write,
     path: &Path,
-) -> Result<(), JournalError> {
+) -> Result<Option<u64>, JournalError> {
     let r = match write {
         Write::Event(e) => apply_event(conn, at, e),
-        Write::Op(op) => apply_op(conn, at, op),
+        Write::Op(op) => apply_op(conn, at, op).map(|()| None),
     };
     r.map_err(|f| match f {
         // Not SQLite's own failure: a stored value that does not read back as it should.
@@ -207,7 +215,8 @@ impl From<serde_json::Error> for Fault {
 
 type Applied = Result<(), Fault>;
 
-/// Adds an `events` row; returns false when one with the same `dedup` key exists already.
+/// Adds an `events` row and answers its `seq`; `None` when one with the same `dedup` key
+/// exists already.
 #[allow(clippy::too_many_arguments)]
 fn insert_event(
     conn: &Connection,
@@ -218,7 +227,7 @@ fn insert_event(
     rotation: Option<RotationId>,
     dedup: Option<String>,
     payload: &str,
-) -> Result<bool, Fault> {
+) -> Result<Option<u64>, Fault> {
     let n = conn
         .prepare_cached(
             "INSERT INTO events (at, kind, session, work_item, rotation, dedup, payload)
@@ -233,7 +242,7 @@ fn insert_event(
             dedup,
             payload
         ])?;
-    Ok(n == 1)
+    Ok((n == 1).then(|| conn.last_insert_rowid() as u64))
 }
 
 /// The work item a session holds, as the journal knows it.
@@ -276,10 +285,11 @@ fn close_session(conn: &Connection, at: i64, session: SessionId, why: EndReason)
     Ok(())
 }
 
-fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
+/// Applies a published event; answers the `seq` of its log row (`None`: a duplicate).
+fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>, Fault> {
     let payload = serde_json::to_string(e)?;
     let kind = event_kind(e);
-    match e {
+    let seq = match e {
         FleetEvent::SessionStarted {
             session,
             agent_type,
@@ -306,7 +316,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 None,
                 None,
                 &payload,
-            )?;
+            )?
         }
         FleetEvent::Transition(t) => {
             let closed_why = match t.cause {
@@ -332,7 +342,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 closed_why
             ])?;
             let item = item_of(conn, t.session)?;
-            insert_event(conn, at, kind, Some(t.session), item, None, None, &payload)?;
+            insert_event(conn, at, kind, Some(t.session), item, None, None, &payload)?
         }
         FleetEvent::Compaction(c) => {
             conn.prepare_cached(
@@ -362,7 +372,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 None,
                 None,
                 &payload,
-            )?;
+            )?
         }
         FleetEvent::Rotation(r) => rotation_finished(conn, at, r, &payload)?,
         FleetEvent::Crashed {
@@ -395,7 +405,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 None,
                 None,
                 &payload,
-            )?;
+            )?
         }
         FleetEvent::WorkItemDone { work_item, session } => {
             conn.prepare_cached(
@@ -417,11 +427,11 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 None,
                 None,
                 &payload,
-            )?;
+            )?
         }
         FleetEvent::WorkItemRequeued { work_item, reason } => {
             requeue(conn, at, *work_item, Some(reason))?;
-            insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?;
+            insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?
         }
         FleetEvent::DeadLetter { work_item, reason } => {
             conn.prepare_cached(
@@ -429,7 +439,16 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                  WHERE id = ?1",
             )?
             .execute(params![sql_id(work_item.0), reason, at])?;
-            insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?;
+            // A dead item has no session: one still open (a cancelled item's, whose close is
+            // under way) is closed, and a restart closes it at the runtime again unless its
+            // close was confirmed.
+            conn.prepare_cached(
+                "UPDATE sessions SET state = 'closed', ended_at = coalesce(ended_at, ?2),
+                     end_reason = coalesce(end_reason, 'closed')
+                 WHERE work_item = ?1 AND state != 'closed'",
+            )?
+            .execute(params![sql_id(work_item.0), at])?;
+            insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?
         }
         FleetEvent::Recovered { work_item, outcome } => {
             let (session, rotation) = match outcome {
@@ -457,20 +476,20 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
                 rotation,
                 None,
                 &payload,
-            )?;
+            )?
         }
         FleetEvent::Rejected { session, .. } => {
-            insert_event(conn, at, kind, *session, None, None, None, &payload)?;
+            insert_event(conn, at, kind, *session, None, None, None, &payload)?
         }
         FleetEvent::RuntimeWarning { session, .. } => {
             let item = item_of(conn, *session)?;
-            insert_event(conn, at, kind, Some(*session), item, None, None, &payload)?;
+            insert_event(conn, at, kind, Some(*session), item, None, None, &payload)?
         }
         FleetEvent::AgentTypeHalted { .. } | FleetEvent::JournalFailed { .. } => {
-            insert_event(conn, at, kind, None, None, None, None, &payload)?;
+            insert_event(conn, at, kind, None, None, None, None, &payload)?
         }
-    }
-    Ok(())
+    };
+    Ok(seq)
 }
 
 /// A rotation record published on the bus. A successful rotation's record was already written
@@ -480,9 +499,14 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Applied {
 /// handoff the rotation had reached, all in this one transaction: the item is never left
 /// rotating under a closed session. (The supervisor's `WorkItemRequeued` that follows finds
 /// it queued already and changes nothing.)
-fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &str) -> Applied {
+fn rotation_finished(
+    conn: &Connection,
+    at: i64,
+    r: &RotationRecord,
+    payload: &str,
+) -> Result<Option<u64>, Fault> {
     let dedup = format!("rotation:{}", r.rotation.0);
-    let fresh = insert_event(
+    let seq = insert_event(
         conn,
         at,
         "rotation",
@@ -492,8 +516,8 @@ fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &s
         Some(dedup),
         payload,
     )?;
-    if !fresh {
-        return Ok(());
+    if seq.is_none() {
+        return Ok(None);
     }
     let step = if r.success {
         RotationStep::Done
@@ -582,7 +606,7 @@ fn rotation_finished(conn: &Connection, at: i64, r: &RotationRecord, payload: &s
             }
         }
     }
-    Ok(())
+    Ok(seq)
 }
 
 fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
@@ -744,8 +768,9 @@ fn step_event(
 }
 
 /// Rotation step 4, in the writer's transaction: the rotation is done, the old session closed,
-/// the successor registered and holding the item, and the completion event written. Applied a
-/// second time, it changes nothing.
+/// the successor registered and holding the item, and the record stored with the rotation (its
+/// event row is added when the supervisor publishes the record, right after). Applied a second
+/// time, it changes nothing.
 fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Handoff) -> Applied {
     let new = r.new_session.ok_or_else(|| {
         Fault::Invalid(format!(
@@ -804,16 +829,5 @@ fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Hando
         serde_json::to_string(handoff)?,
         at
     ])?;
-    let payload = serde_json::to_string(&FleetEvent::Rotation(r.clone()))?;
-    insert_event(
-        conn,
-        at,
-        "rotation",
-        Some(r.old_session),
-        Some(r.work_item),
-        Some(r.rotation),
-        Some(format!("rotation:{}", r.rotation.0)),
-        &payload,
-    )?;
     Ok(())
 }

@@ -37,8 +37,13 @@ pub struct Filter {
     pub since: Option<Timestamp>,
     /// At or before this time (sessions: started by it).
     pub until: Option<Timestamp>,
-    /// Only the latest this many rows (still listed oldest first).
+    /// Only the latest this many rows (still listed oldest first); with [`after`](Self::after),
+    /// the first this many rows after it (a page).
     pub limit: Option<usize>,
+    /// Event log only: the rows after this `seq` (`seq > after`), for a reader that resumes a
+    /// stream of [`Sequenced`](crate::record::Sequenced) events from the last one it saw, or
+    /// pages through the log. The other listings ignore it.
+    pub after: Option<u64>,
 }
 
 /// A session as the journal records it.
@@ -460,6 +465,8 @@ impl<'a> JournalView<'a> {
     /// Runs `select` on `table` (its first column the row's id, ordered by `order`) with the
     /// filter and the limit. A row that does not read as its type stops the listing with
     /// [`JournalError::BadRow`], naming the table, the row and the column.
+    /// `limit` keeps the latest rows, or with `first` the first ones.
+    #[allow(clippy::too_many_arguments)]
     fn list<T>(
         &self,
         table: &'static str,
@@ -467,6 +474,7 @@ impl<'a> JournalView<'a> {
         order: &str,
         mut w: Where,
         limit: Option<usize>,
+        first: bool,
         mut row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, JournalError> {
         let inner = format!("{select} {} ORDER BY {order}", w.sql());
@@ -476,7 +484,11 @@ impl<'a> JournalView<'a> {
                 w.params
                     .push(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
                 let n = w.params.len();
-                format!("SELECT * FROM ({inner} DESC LIMIT ?{n}) ORDER BY {order}")
+                if first {
+                    format!("{inner} LIMIT ?{n}")
+                } else {
+                    format!("SELECT * FROM ({inner} DESC LIMIT ?{n}) ORDER BY {order}")
+                }
             }
             None => inner,
         };
@@ -545,6 +557,7 @@ impl<'a> JournalView<'a> {
             "id",
             w,
             f.limit,
+            false,
             |r| {
                 Ok(SessionRow {
                     session: SessionId(r.get::<_, i64>(0)? as u64),
@@ -592,6 +605,7 @@ impl<'a> JournalView<'a> {
             "id",
             w,
             f.limit,
+            false,
             |r| {
                 Ok(RotationRow {
                     rotation: RotationId(r.get::<_, i64>(0)? as u64),
@@ -633,6 +647,7 @@ impl<'a> JournalView<'a> {
             "id",
             w,
             f.limit,
+            false,
             |r| {
                 Ok(CompactionRow {
                     id: r.get::<_, i64>(0)? as u64,
@@ -668,6 +683,7 @@ impl<'a> JournalView<'a> {
             "id",
             w,
             f.limit,
+            false,
             |r| {
                 Ok(WorkItemRow {
                     work_item: WorkItemId(r.get::<_, i64>(0)? as u64),
@@ -715,12 +731,20 @@ impl<'a> JournalView<'a> {
         if let Some(t) = f.until {
             w.add("at <= ?", [ts(t)]);
         }
+        if let Some(after) = f.after {
+            // Past i64::MAX nothing is logged.
+            w.add(
+                "seq > ?",
+                [Value::Integer(i64::try_from(after).unwrap_or(i64::MAX))],
+            );
+        }
         self.list(
             "events",
             "SELECT seq, at, kind, session, work_item, rotation, payload FROM events",
             "seq",
             w,
             f.limit,
+            f.after.is_some(),
             |r| {
                 Ok(EventRow {
                     seq: r.get::<_, i64>(0)? as u64,

@@ -12,7 +12,7 @@ use super::JournalError;
 use super::project::RotationIntent;
 use super::query::{JournalView, json, json_opt};
 use crate::machine::Phase;
-use crate::record::RotationStep;
+use crate::record::{RotationRecord, RotationStep};
 use crate::usage::Usage;
 use crate::vocab::{Handoff, SessionId, SpawnKey, WorkItem, WorkItemId};
 
@@ -84,6 +84,10 @@ pub(crate) struct RecoveryState {
     pub unreleased: Vec<SessionId>,
     /// The highest rotation id used: new rotations are numbered after it.
     pub last_rotation: u64,
+    /// Records of rotations that finished (step 4 is durable) but whose `rotation` event a
+    /// crash cut off before it was logged: to publish again, so that each rotation is in the log
+    /// once.
+    pub unannounced: Vec<RotationRecord>,
 }
 
 impl RecoveryState {
@@ -93,6 +97,7 @@ impl RecoveryState {
             && self.rotations.is_empty()
             && self.sessions.is_empty()
             && self.unreleased.is_empty()
+            && self.unannounced.is_empty()
     }
 }
 
@@ -161,6 +166,15 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
             &mut |r| Ok(SessionId(r.get::<_, i64>(0)? as u64)),
         )?,
         last_rotation: 0,
+        unannounced: view.rows(
+            "rotations",
+            "SELECT id, record FROM rotations AS r
+             WHERE step = 'done' AND record IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM events WHERE dedup = 'rotation:' || r.id)
+             ORDER BY id",
+            Vec::new(),
+            &mut |r| json(r, 1),
+        )?,
     };
     state.last_rotation = conn
         .query_row("SELECT coalesce(max(id), 0) FROM rotations", [], |r| {

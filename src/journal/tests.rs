@@ -333,6 +333,60 @@ fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
 }
 
 #[test]
+fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish() {
+    let j = Journal::in_memory().unwrap();
+    let steps = rotation_steps();
+    let (until_done, rest) = steps.split_at(10);
+    assert!(matches!(
+        until_done.last(),
+        Some(Write::Op(Op::RotationDone { .. }))
+    ));
+    for w in until_done.iter().cloned() {
+        send(&j, w);
+    }
+    let pending = j.read_blocking(recovery::load).unwrap().unannounced;
+    assert_eq!(
+        pending,
+        vec![record()],
+        "step 4 is durable, its event is not logged"
+    );
+    for w in rest.iter().cloned() {
+        send(&j, w);
+    }
+    let state = j.read_blocking(recovery::load).unwrap();
+    assert!(
+        state.unannounced.is_empty(),
+        "the published record is logged"
+    );
+}
+
+#[test]
+fn a_delivered_event_is_numbered_by_its_row_in_the_log() {
+    let j = Journal::in_memory().unwrap();
+    let bus = crate::record::EventBus::default().with_journal(j.clone());
+    let mut rx = bus.subscribe_sequenced();
+    for w in rotation_steps() {
+        match w {
+            Write::Event(e) => bus.publish(e),
+            Write::Op(op) => j.note(op),
+        }
+    }
+    // A duplicate of a logged event is not delivered to sequenced subscribers again.
+    bus.publish(FleetEvent::Rotation(record()));
+    sync(&j);
+    let rows = block(j.read(|v| v.events(&Filter::default()))).unwrap();
+    let logged: Vec<(u64, Option<FleetEvent>)> = rows
+        .iter()
+        .filter_map(|r| r.event().map(|e| (r.seq, Some(e))))
+        .collect();
+    let mut delivered = Vec::new();
+    while let Ok(s) = rx.try_recv() {
+        delivered.push((s.seq, Some(s.event)));
+    }
+    assert_eq!(delivered, logged);
+}
+
+#[test]
 fn a_rotation_is_recorded_step_by_step() {
     let j = Journal::in_memory().unwrap();
     for w in rotation_steps() {
@@ -1272,4 +1326,33 @@ proptest::proptest! {
 fn unfinished_journal_bytes() -> &'static [u8] {
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BYTES.get_or_init(unfinished_journal)
+}
+
+#[test]
+fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats() {
+    let j = Journal::in_memory().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    j.on_commit(move |took, records| sink.lock().unwrap().push((took, records)));
+    let before = j.stats();
+    for w in rotation_steps() {
+        send(&j, w);
+        sync(&j);
+    }
+    let after = j.stats();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, after.commits - before.commits);
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n as u64).sum::<u64>(),
+        after.records - before.records
+    );
+    assert_eq!(
+        seen.iter().map(|(d, _)| *d).sum::<Duration>(),
+        after.commit_time - before.commit_time
+    );
+    assert_eq!(
+        seen.len(),
+        rotation_steps().len(),
+        "one commit per synced record"
+    );
 }

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::project::{self, Write};
 use super::{CommitHook, JournalError};
-use crate::record::{FleetEvent, Subscribers};
+use crate::record::{FleetEvent, Stamp, Subscribers};
 
 /// Where a waiting writer is answered.
 pub(crate) type Ack = oneshot::Sender<Result<(), JournalError>>;
@@ -52,7 +52,13 @@ pub(crate) struct Counters {
     pub commits: AtomicU64,
     /// Records written.
     pub records: AtomicU64,
+    /// Time spent in committed transactions, in nanoseconds.
+    pub commit_nanos: AtomicU64,
 }
+
+/// Told of each durable commit: how long its transaction took (from `BEGIN` to the end of
+/// `COMMIT`, its fsync included) and how many records it held.
+pub(crate) type CommitObserver = Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 /// State shared between the writer thread and the handles.
 #[derive(Default)]
@@ -63,6 +69,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Where committed events are delivered (the event bus's subscribers), if anywhere.
     pub deliver: Mutex<Option<Arc<Subscribers>>>,
+    /// Who is told of each commit's duration and size (see `Journal::on_commit`), if anyone.
+    pub observer: Mutex<Option<CommitObserver>>,
 }
 
 /// The writer thread's state.
@@ -137,19 +145,29 @@ impl Writer {
             // The journal refuses writes: the fleet goes on without durability.
             let refused = JournalError::Failed(Box::new(failure));
             let outcomes = vec![Err(refused.clone()); writes.len()];
-            self.answer(writes, outcomes, flushes, Err(refused));
+            self.answer(writes, outcomes, flushes, Err(refused), false);
             return;
         }
         if writes.is_empty() {
             // Everything before is committed already.
-            self.answer(writes, Vec::new(), flushes, Ok(()));
+            self.answer(writes, Vec::new(), flushes, Ok(()), true);
             return;
         }
+        let began = std::time::Instant::now();
         match self.write_all(&writes) {
             Ok(outcomes) => {
+                let took = began.elapsed();
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.records.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                c.commit_nanos.fetch_add(
+                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                let observer = self.shared.observer.lock().expect("lock").clone();
+                if let Some(observe) = observer {
+                    observe(took, writes.len());
+                }
                 if let Some(hook) = &self.on_commit {
                     let labels: Vec<&'static str> =
                         writes.iter().map(|(_, w, _)| w.label()).collect();
@@ -160,37 +178,48 @@ impl Writer {
                         tracing::error!(error = %e, record = write.label(), "journal record dropped");
                     }
                 }
-                self.answer(writes, outcomes, flushes, Ok(()));
+                self.answer(writes, outcomes, flushes, Ok(()), true);
             }
             Err(fatal) => {
                 tracing::error!(error = %fatal, path = %self.path.display(), records = writes.len(),
                     "journal write failed; the batch was rolled back and the journal refuses further writes");
                 *self.shared.failure.lock().expect("lock") = Some(fatal.clone());
                 // Subscribers learn of the failure before any event it left undurable.
-                self.deliver(FleetEvent::JournalFailed {
-                    error: fatal.to_string(),
-                });
+                self.deliver(
+                    FleetEvent::JournalFailed {
+                        error: fatal.to_string(),
+                    },
+                    Stamp::Next,
+                );
                 let outcomes = vec![Err(fatal.clone()); writes.len()];
-                self.answer(writes, outcomes, flushes, Err(fatal));
+                self.answer(writes, outcomes, flushes, Err(fatal), false);
             }
         }
     }
 
-    /// Delivers the batch's events, then answers its waiters and flushes.
+    /// Delivers the batch's events, then answers its waiters and flushes. `durable`: the
+    /// journal works (a record's `Ok(Some(seq))` is its row in the log); otherwise its events
+    /// are delivered unlogged, numbered after the last one.
     fn answer(
         &self,
         writes: Vec<(i64, Write, Option<Ack>)>,
-        outcomes: Vec<Result<(), JournalError>>,
+        outcomes: Vec<Result<Option<u64>, JournalError>>,
         flushes: Vec<Ack>,
         flushed: Result<(), JournalError>,
+        durable: bool,
     ) {
         let mut acks = Vec::new();
-        for ((_, write, ack), outcome) in writes.into_iter().zip(outcomes) {
+        for ((at, write, ack), outcome) in writes.into_iter().zip(outcomes) {
             if let Write::Event(event) = write {
-                self.deliver(event);
+                let stamp = match (&outcome, durable) {
+                    (Ok(Some(seq)), _) => Stamp::Logged { seq: *seq, at },
+                    (_, false) => Stamp::Next,
+                    (_, true) => Stamp::Unlogged,
+                };
+                self.deliver(event, stamp);
             }
             if let Some(ack) = ack {
-                acks.push((ack, outcome));
+                acks.push((ack, outcome.map(|_| ())));
             }
         }
         for (ack, outcome) in acks {
@@ -201,19 +230,20 @@ impl Writer {
         }
     }
 
-    fn deliver(&self, event: FleetEvent) {
+    fn deliver(&self, event: FleetEvent, stamp: Stamp) {
         if let Some(subs) = self.shared.deliver.lock().expect("lock").as_ref() {
-            subs.deliver(event);
+            subs.deliver(event, stamp);
         }
     }
 
     /// Applies every record in one transaction. `Ok` holds each record's own outcome (a record
-    /// that failed alone was rolled back to its savepoint); `Err` is a failure of the whole
-    /// transaction, which was rolled back.
+    /// that failed alone was rolled back to its savepoint), with the log row an event got;
+    /// `Err` is a failure of the whole transaction, which was rolled back.
+    #[allow(clippy::type_complexity)]
     fn write_all(
         &mut self,
         writes: &[(i64, Write, Option<Ack>)],
-    ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+    ) -> Result<Vec<Result<Option<u64>, JournalError>>, JournalError> {
         let path = self.path.clone();
         let sql = |e: rusqlite::Error| JournalError::sqlite(&e, &path);
         let mut tx = self
@@ -224,9 +254,9 @@ impl Writer {
         for (at, write, _) in writes {
             let sp = tx.savepoint().map_err(sql)?;
             match project::apply(&sp, *at, write, &path) {
-                Ok(()) => {
+                Ok(seq) => {
                     sp.commit().map_err(sql)?;
-                    outcomes.push(Ok(()));
+                    outcomes.push(Ok(seq));
                 }
                 Err(e) if e.is_fatal() => return Err(e),
                 Err(e) => {
@@ -248,4 +278,7 @@ pub struct JournalStats {
     pub commits: u64,
     /// Records written.
     pub records: u64,
+    /// Time spent in committed transactions (each from `BEGIN` to the end of `COMMIT`, its
+    /// fsync included): divided by `commits`, the mean commit latency.
+    pub commit_time: std::time::Duration,
 }

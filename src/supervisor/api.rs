@@ -7,13 +7,13 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use super::{Place, SessionHandle, Supervisor, SupervisorError};
+use super::{Place, PutOutcome, SessionHandle, Supervisor, SupervisorError, WorkItemInfo};
 use crate::journal::Op;
 use crate::machine::Phase;
 use crate::record::FleetEvent;
-use crate::session::{Command, Inspect, ReportUsage, SessionInfo};
+use crate::session::{Command, Inspect, ReportUsage, SessionInfo, SetAgentType};
 use crate::vocab::SessionId;
-use crate::vocab::{WorkItem, WorkItemId};
+use crate::vocab::{AgentType, WorkItem, WorkItemId};
 
 /// Queue a work item.
 #[derive(Debug, Message)]
@@ -226,5 +226,96 @@ impl Handler<Shutdown> for Supervisor {
                     report
                 }),
         )
+    }
+}
+
+/// Every agent type, by name.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<AgentType>")]
+pub(super) struct ListAgentTypes;
+
+impl Handler<ListAgentTypes> for Supervisor {
+    type Result = MessageResult<ListAgentTypes>;
+
+    fn handle(&mut self, _: ListAgentTypes, _: &mut Self::Context) -> Self::Result {
+        let mut types: Vec<AgentType> = self
+            .ledger
+            .agents
+            .values()
+            .map(|e| AgentType::clone(&e.agent))
+            .collect();
+        types.sort_by(|a, b| a.name.cmp(&b.name));
+        MessageResult(types)
+    }
+}
+
+/// Create an agent type, or update its policy.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<PutOutcome, SupervisorError>")]
+pub(super) struct PutAgentType(pub(super) AgentType);
+
+impl Handler<PutAgentType> for Supervisor {
+    type Result = Result<PutOutcome, SupervisorError>;
+
+    fn handle(
+        &mut self,
+        PutAgentType(agent): PutAgentType,
+        ctx: &mut Self::Context,
+    ) -> Self::Result {
+        let (outcome, agent) = self.ledger.put_agent(agent)?;
+        match outcome {
+            PutOutcome::Updated => {
+                tracing::info!(agent_type = %agent.name, "agent type's policy updated");
+                // Live sessions of the type decide with the new policy from their next message
+                // on; new sessions and successors take it from the ledger.
+                for e in self.sessions.values() {
+                    if self.ledger.items[&e.item].item.agent_type == agent.name {
+                        e.addr.do_send(SetAgentType(agent.clone()));
+                    }
+                }
+            }
+            PutOutcome::Created => {
+                tracing::info!(agent_type = %agent.name, "agent type created");
+                // Items of the type may have been waiting (recovered from a journal).
+                self.pump(ctx);
+            }
+            PutOutcome::Unchanged => {}
+        }
+        Ok(outcome)
+    }
+}
+
+/// One work item, or every one (`None`), with its place.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<WorkItemInfo>")]
+pub(super) struct WorkItems(pub(super) Option<WorkItemId>);
+
+impl Handler<WorkItems> for Supervisor {
+    type Result = MessageResult<WorkItems>;
+
+    fn handle(&mut self, WorkItems(id): WorkItems, _: &mut Self::Context) -> Self::Result {
+        let info = |e: &super::ItemEntry| WorkItemInfo {
+            item: e.item.clone(),
+            place: e.place().clone(),
+        };
+        let mut items: Vec<WorkItemInfo> = match id {
+            Some(id) => self.ledger.items.get(&id).map(info).into_iter().collect(),
+            None => self.ledger.items.values().map(info).collect(),
+        };
+        items.sort_by_key(|i| i.item.id);
+        MessageResult(items)
+    }
+}
+
+/// Cancel a work item.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Place, SupervisorError>")]
+pub(super) struct Cancel(pub(super) WorkItemId);
+
+impl Handler<Cancel> for Supervisor {
+    type Result = Result<Place, SupervisorError>;
+
+    fn handle(&mut self, Cancel(id): Cancel, ctx: &mut Self::Context) -> Self::Result {
+        self.cancel(id, ctx)
     }
 }

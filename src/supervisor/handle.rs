@@ -9,19 +9,21 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use super::api::{
-    ForSession, ListSessions, Lookup, Shards, Shutdown, Submit, TakeInventory, ToSession,
+    Cancel, ForSession, ListAgentTypes, ListSessions, Lookup, PutAgentType, Shards, Shutdown,
+    Submit, TakeInventory, ToSession, WorkItems,
 };
-use super::{Inventory, ShutdownReport, Supervisor, SupervisorError};
+use super::{
+    Inventory, Place, PutOutcome, ShutdownReport, Supervisor, SupervisorError, WorkItemInfo,
+};
 use crate::journal::Journal;
 use crate::machine::Phase;
-use crate::record::{EventBus, FleetEvent};
+use crate::record::{EventBus, FleetEvent, Sequenced};
 use crate::session::{
     Command, Input, Inspect, ReportUsage, SessionActor, SessionInfo, SessionStatus, UsageSlot,
     Watch,
 };
 use crate::usage::UsageSource;
-use crate::vocab::SessionId;
-use crate::vocab::WorkItem;
+use crate::vocab::{AgentType, SessionId, WorkItem, WorkItemId};
 
 /// The embedding orchestrator's handle on a running supervisor. Cheap to clone.
 #[derive(Clone)]
@@ -206,6 +208,15 @@ impl SupervisorHandle {
         self.bus.subscribe()
     }
 
+    /// Every event published from now on, each with its sequence number (with a journal, its
+    /// `seq` in the journal's log, delivered after its commit): a stream that resumes from the
+    /// journal subscribes here first, then reads the backlog with
+    /// [`Filter::after`](crate::journal::Filter::after), then forwards the live events numbered
+    /// above the backlog's last (see [`Sequenced`]).
+    pub fn subscribe_sequenced(&self) -> tokio::sync::mpsc::UnboundedReceiver<Sequenced> {
+        self.bus.subscribe_sequenced()
+    }
+
     /// Queues a work item; a session starts for it when there is room. With a journal, returns
     /// once the item is durable.
     pub async fn submit(&self, item: WorkItem) -> Result<(), SupervisorError> {
@@ -298,7 +309,68 @@ impl SupervisorHandle {
         report
     }
 
-    /// The journal the supervisor writes through, if it has one.
+    /// Every agent type work items may name, by name.
+    pub async fn agent_types(&self) -> Vec<AgentType> {
+        self.addr.send(ListAgentTypes).await.unwrap_or_default()
+    }
+
+    /// The agent type named `name`, if there is one.
+    pub async fn agent_type(&self, name: &str) -> Option<AgentType> {
+        self.agent_types()
+            .await
+            .into_iter()
+            .find(|a| &*a.name == name)
+    }
+
+    /// Creates an agent type, or updates its policy, at run time.
+    ///
+    /// A new type is [`PutOutcome::Created`]: work items may name it from now on, with the
+    /// supervisor's restart budget like the builder's types. An existing type may change only
+    /// its policy ([`PutOutcome::Updated`]; [`PutOutcome::Unchanged`] when it is the same): a
+    /// different window, model or system prompt is [`SupervisorError::AgentTypeConflict`],
+    /// since sessions of the type run with them. An updated policy decides every reading
+    /// handled from then on, live sessions of the type included (readings they were sent
+    /// before are handled first, under the old one); a compaction or rotation already under
+    /// way finishes under the policy it started with. Not journaled: a restarted supervisor
+    /// knows the types its builder is given.
+    pub async fn put_agent_type(&self, agent: AgentType) -> Result<PutOutcome, SupervisorError> {
+        self.addr.send(PutAgentType(agent)).await.or_else(gone)?
+    }
+
+    /// A work item with its place; `None` when the supervisor was never given it (done and
+    /// dead items are kept, see [`WorkItemInfo`]).
+    pub async fn work_item(&self, id: WorkItemId) -> Option<WorkItemInfo> {
+        self.addr.send(WorkItems(Some(id))).await.ok()?.pop()
+    }
+
+    /// Every work item with its place, in id order.
+    pub async fn work_items(&self) -> Vec<WorkItemInfo> {
+        self.addr.send(WorkItems(None)).await.unwrap_or_default()
+    }
+
+    /// Cancels a work item: it ends [`Place::Dead`]`("cancelled")` at once, and a
+    /// [`FleetEvent::DeadLetter`] with reason [`CANCELLED`](super::CANCELLED) is published
+    /// (with a journal, durable before this returns, so a restarted supervisor never runs the
+    /// item again). A queued item leaves the queue. A live item's session is closed, at the
+    /// runtime too, without the item counting as done. A rotating item's session is closed
+    /// and its rotation closes the successor it spawned. An item whose session is being
+    /// started has that session closed as soon as its spawn returns, never registered.
+    ///
+    /// Fails with [`SupervisorError::UnknownWorkItem`] for an id never submitted, and
+    /// [`SupervisorError::AlreadyEnded`] for an item already done or dead.
+    pub async fn cancel(&self, id: WorkItemId) -> Result<Place, SupervisorError> {
+        let place = self.addr.send(Cancel(id)).await.or_else(gone)??;
+        if let Some(journal) = &self.journal {
+            journal.flush().await.map_err(SupervisorError::Journal)?;
+        }
+        Ok(place)
+    }
+
+    /// The journal the supervisor writes through, if it has one: to read the backlog of a
+    /// resumed event stream ([`Journal::read`] on the writer's own connection, which works for a
+    /// journal in memory too, or a [`JournalReader`](crate::journal::JournalReader) opened on
+    /// [`Journal::path`] beside the writer), to wait for durability ([`Journal::flush`]), and to
+    /// observe commits for metrics ([`Journal::on_commit`], [`Journal::stats`]).
     pub fn journal(&self) -> Option<&Journal> {
         self.journal.as_ref()
     }

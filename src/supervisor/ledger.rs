@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::{Place, SupervisorError};
+use super::{Place, PutOutcome, SupervisorError};
 use crate::record::CrashOutcome;
 use crate::vocab::{AgentType, Handoff, SpawnKey, WorkItem, WorkItemId, mix64};
 
@@ -137,6 +137,45 @@ impl Ledger {
             agents,
             ..Self::default()
         }
+    }
+
+    /// Creates or updates an agent type. An update may change only the policy (a different
+    /// window, model or system prompt is a conflict: sessions of the type run with them); the
+    /// type's restart budget and halt are kept. Answers what changed, and on an update the
+    /// type as it now is.
+    pub(super) fn put_agent(
+        &mut self,
+        agent: AgentType,
+    ) -> Result<(PutOutcome, Arc<AgentType>), SupervisorError> {
+        let Some(entry) = self.agents.get_mut(&agent.name) else {
+            let agent = Arc::new(agent);
+            self.agents.insert(
+                agent.name.clone(),
+                AgentEntry {
+                    agent: agent.clone(),
+                    restarts: Spent::default(),
+                    halted: false,
+                },
+            );
+            return Ok((PutOutcome::Created, agent));
+        };
+        let old = &entry.agent;
+        let differs = [
+            (old.window != agent.window, "window"),
+            (old.model != agent.model, "model"),
+            (old.system_prompt != agent.system_prompt, "system_prompt"),
+        ];
+        if let Some((_, what)) = differs.iter().find(|(d, _)| *d) {
+            return Err(SupervisorError::AgentTypeConflict(format!(
+                "agent type {:?} exists with another {what}; only its policy may change",
+                agent.name
+            )));
+        }
+        if old.policy == agent.policy {
+            return Ok((PutOutcome::Unchanged, old.clone()));
+        }
+        entry.agent = Arc::new(agent);
+        Ok((PutOutcome::Updated, entry.agent.clone()))
     }
 
     /// The entry of a registered item.
@@ -304,6 +343,41 @@ mod tests {
         assert_eq!(
             l.check_submit(&item(2, "a")),
             Err(SupervisorError::DuplicateWorkItem(WorkItemId(2)))
+        );
+    }
+
+    #[test]
+    fn an_agent_type_is_created_then_only_its_policy_may_change() {
+        let mut l = ledger();
+        let c = AgentType::new("c", 500);
+        assert_eq!(l.put_agent(c.clone()).unwrap().0, PutOutcome::Created);
+        assert_eq!(l.put_agent(c.clone()).unwrap().0, PutOutcome::Unchanged);
+        let policy = crate::policy::Policy::builder()
+            .compact_at(0.7)
+            .build()
+            .unwrap();
+        let (outcome, now) = l.put_agent(c.clone().with_policy(policy.clone())).unwrap();
+        assert_eq!((outcome, &*now.policy), (PutOutcome::Updated, &policy));
+        assert_eq!(*l.agents["c"].agent.policy, policy);
+        for other in [
+            AgentType::new("c", 600),
+            AgentType {
+                model: "m".into(),
+                ..c.clone()
+            },
+            AgentType {
+                system_prompt: "p".into(),
+                ..c.clone()
+            },
+        ] {
+            assert!(matches!(
+                l.put_agent(other),
+                Err(SupervisorError::AgentTypeConflict(_))
+            ));
+        }
+        assert_eq!(
+            *l.agents["c"].agent.policy, policy,
+            "a conflict changes nothing"
         );
     }
 

@@ -17,6 +17,8 @@
 //! * records as failed every unfinished rotation whose work item had already left it (closed,
 //!   requeued or buried while the rotation ran), and closes at the runtime what it may have left
 //!   open: its recorded successor, and its old session if the journal still counted it open;
+//! * publishes the record of every rotation that finished (its step 4 is durable) but whose
+//!   record the crash kept out of the log;
 //! * publishes one [`FleetEvent::Recovered`] per unfinished work item.
 //!
 //! Finished and buried items are remembered (a second submission of the same id is refused).
@@ -98,6 +100,11 @@ impl Supervisor {
             sessions = state.sessions.len(),
             "recovering from the journal"
         );
+        // A rotation finished before the crash whose record was not yet logged: logged and
+        // published now, so that it is in the log once.
+        for record in state.unannounced {
+            self.bus.publish(FleetEvent::Rotation(record));
+        }
         // A compaction in flight at the crash gets its record.
         for s in &state.sessions {
             if s.phase == crate::machine::Phase::Compacting

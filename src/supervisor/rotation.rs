@@ -389,7 +389,11 @@ impl Supervisor {
                             if let Err(e) = committed {
                                 act.journal_failed(&e);
                             }
-                            act.hand_over(&rot, new, handoff, record, ctx);
+                            if *act.ledger.items[&rot.item.id].place() == Place::Starting {
+                                act.hand_over(&rot, new, handoff, record, ctx);
+                            } else {
+                                act.cancelled_at_hand_over(&rot, new, record, ctx);
+                            }
                             act.end_rotation(rot, ctx);
                         }),
                 );
@@ -427,6 +431,24 @@ impl Supervisor {
                 e.addr.do_send(Command::Close);
             }
         }
+    }
+
+    /// The item was cancelled while the rotation's last step was committed: the rotation is
+    /// done (its record is published, the old session hears it was handed over), but the
+    /// successor is closed instead of started.
+    fn cancelled_at_hand_over(
+        &mut self,
+        rot: &Rotation,
+        new: SessionId,
+        record: RotationRecord,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::info!(work_item = %rot.item.id, session = %new, "work item cancelled during its hand-over: the successor is closed");
+        if let Some(old) = &rot.old_addr {
+            old.do_send(Command::HandedOver(new));
+        }
+        self.bus.publish(FleetEvent::Rotation(record));
+        self.close_at_runtime(new, ctx);
     }
 
     /// The rotation failed: the old session closes, and the item (if still the rotation's) goes

@@ -130,6 +130,7 @@ fn filter(args: &Args) -> Result<Filter> {
         until: args.until,
         // Within usize: clap caps it at i64::MAX, and baton builds for 64-bit targets.
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        after: None,
     })
 }
 

@@ -3,7 +3,7 @@
 //! `baton run` runs a fleet of real chat agents through work items on an OpenAI-compatible
 //! endpoint; `baton simulate` runs a simulated fleet on the real actors; `baton replay` replays
 //! the compaction and rotation policy over recorded agent traces; `baton log` lists what a
-//! journal recorded.
+//! journal recorded; `baton serve` serves a fleet over HTTP.
 //!
 //! Every subcommand ends with an [`Exit`], the process's exit code (README "Exit codes"):
 //!
@@ -25,6 +25,7 @@ mod output;
 mod policy_args;
 mod replay;
 mod run;
+mod serve;
 mod signals;
 mod simulate;
 mod table;
@@ -56,6 +57,7 @@ enum Command {
     Simulate(simulate::Args),
     Replay(replay::Args),
     Log(log::Args),
+    Serve(serve::Args),
 }
 
 /// How a subcommand ended: the process's exit code (see the module documentation).
@@ -152,6 +154,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args).map(IntoExit::into_exit),
         Command::Replay(args) => replay::run(args).map(IntoExit::into_exit),
         Command::Log(args) => log::run(args).map(IntoExit::into_exit),
+        Command::Serve(args) => serve::run(args).map(IntoExit::into_exit),
     };
     finish(result).into()
 }
