@@ -243,3 +243,103 @@ async fn a_supervisor_starts_a_work_item_through_the_webhook() {
     assert_eq!(got[2].0["session"], json!(started.0));
     assert_eq!(got[2].0["work_item"]["id"], 9);
 }
+
+/// `baton serve` started with `args` (and a token in the environment); its first stdout line
+/// gives the address.
+struct Binary {
+    child: std::process::Child,
+    base: String,
+}
+
+const BINARY_TOKEN: &str = "binary-test-token-0123456789";
+
+impl Binary {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .args(["--no-journal", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(args)
+            .env("BATON_TOKEN", BINARY_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_string();
+        Self { child, base }
+    }
+
+    async fn poll_status(&self) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/v1/runtime/commands/poll", self.base))
+            .bearer_auth(BINARY_TOKEN)
+            .json(&json!({"wait_ms": 0}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // SAFETY: kill with our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn baton_serve_serves_the_queue_by_default_and_not_with_a_webhook() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let queue = Binary::start(&[]);
+    assert_eq!(queue.poll_status().await, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "the-secret\n").unwrap();
+    let hooked = Binary::start(&[
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(hooked.poll_status().await, 404);
+}
+
+#[test]
+fn baton_serve_refuses_a_webhook_without_a_secret_or_with_a_bad_url() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .args(["--no-journal", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("BATON_TOKEN", BINARY_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let alone = run(&["--webhook", "http://127.0.0.1:9/hook"]);
+    assert_eq!(alone.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "never-shown-secret\n").unwrap();
+    let bad = run(&[
+        "--webhook",
+        "ftp://example/hook",
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("--webhook"), "{said}");
+    assert!(!said.contains("never-shown-secret"), "{said}");
+}
