@@ -38,6 +38,21 @@ const PACED_RATE: f64 = 1_000_000.0;
 const PACED_SECONDS: f64 = 1.0;
 const SAMPLES: usize = 500;
 
+/// Marks a phase boundary for a profiler: with `BATON_BENCH_MARK=1`, sends SIGUSR2 to the
+/// parent process, which `perf record --switch-output=signal` (the parent when it runs the
+/// bench) takes as "start a new output file", so each phase lands in a file of its own (see
+/// docs/performance.md). Waits a little so that the switch happens at the boundary.
+fn mark() {
+    if std::env::var_os("BATON_BENCH_MARK").is_none() {
+        return;
+    }
+    let parent = std::os::unix::process::parent_id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-USR2", &parent])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -223,6 +238,7 @@ async fn baton_run(n: usize) -> Row {
         .start();
     let mut events = supervisor.subscribe();
     let rss0 = rss_bytes();
+    mark();
     let t = Instant::now();
     for i in 0..n as u64 {
         let item = WorkItem {
@@ -240,6 +256,7 @@ async fn baton_run(n: usize) -> Row {
     }
     drained(&supervisor.shards().await).await;
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
+    mark();
     // The fleet's own footprint (registry, actors, machines), before the caller takes handles.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
@@ -334,6 +351,7 @@ async fn baton_run(n: usize) -> Row {
 
     // Rotations: every session reports 96%.
     while events.try_recv().is_ok() {}
+    mark();
     let t = Instant::now();
     for h in &handles {
         h.report_usage(WINDOW * 96 / 100, None, UsageSource::Reported);
@@ -346,6 +364,7 @@ async fn baton_run(n: usize) -> Row {
         }
     }
     let rotation_rate = n as f64 / t.elapsed().as_secs_f64();
+    mark();
     supervisor.shutdown(Duration::from_secs(120)).await;
     Row {
         spawn_rate,

@@ -18,7 +18,16 @@ bash scripts/llm.sh fetch
 mapfile -t llm < <(bash scripts/llm.sh path)
 export BATON_LLAMA_SERVER=${llm[0]} BATON_LLAMA_MODEL=${llm[1]}
 echo "llama-server: $BATON_LLAMA_SERVER ($((SECONDS - fetch_start)) s)"
+echo "== Chromium for the fleet page's test (scripts/chromium.sh)"
+bash scripts/chromium.sh
 echo "== cargo test"
 cargo test --locked --all-targets
 echo "== doctests (the README's examples included)"
 cargo test --locked --doc
+echo "== the Python client (clients/python) against a real baton serve"
+# The venv lives outside the repo (scripts/python.sh); the suite starts its own servers from
+# this binary, on 127.0.0.1 only.
+cargo build --locked --bin baton
+py=$(bash scripts/python.sh | tail -1)
+export BATON_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/baton"
+(cd clients/python && "$py" -m mypy --strict src && "$py" -m pytest -q -p no:cacheprovider)

@@ -65,7 +65,7 @@ pub use runtime::memory::MemoryRuntime;
 pub use runtime::{AgentRuntime, RuntimeError};
 pub use session::{SessionActor, SessionInfo, SessionStatus};
 pub use supervisor::{
-    Inventory, Place, PutOutcome, SessionHandle, Settled, ShutdownReport, Supervisor,
+    CANCELLED, Inventory, Place, PutOutcome, SessionHandle, Settled, ShutdownReport, Supervisor,
     SupervisorConfig, SupervisorError, SupervisorHandle, WorkItemInfo,
 };
 pub use usage::{Usage, UsageError, UsageSource};

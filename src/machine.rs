@@ -254,10 +254,19 @@ pub struct Session {
     history: VecDeque<CompactReading>,
     /// Transitions so far; the next record's `seq` is this plus one.
     transitions: u64,
-    /// Who took over, once someone did.
-    successor: Option<SessionId>,
-    /// Why the rotation failed, once it did: the session closed with this error on record.
-    rotation_error: Option<String>,
+    /// How the rotation ended, once it did (one word: a fleet holds a machine per session).
+    ending: Option<Ending>,
+}
+
+/// How a session's rotation ended: a successor took over, or it failed.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// Who took over.
+    HandedOver(SessionId),
+    /// Why the rotation failed: the session closed with this error on record (boxed: the
+    /// rare case does not widen every session).
+    #[allow(clippy::box_collection)]
+    RotationFailed(Box<String>),
 }
 
 impl Session {
@@ -269,8 +278,7 @@ impl Session {
             compactions: 0,
             history: VecDeque::new(),
             transitions: 0,
-            successor: None,
-            rotation_error: None,
+            ending: None,
         }
     }
 
@@ -300,12 +308,18 @@ impl Session {
     }
     /// The successor, after a hand-over.
     pub fn successor(&self) -> Option<SessionId> {
-        self.successor
+        match self.ending {
+            Some(Ending::HandedOver(s)) => Some(s),
+            _ => None,
+        }
     }
     /// The error the rotation failed with, when the session closed because of
     /// [`Event::RotationFailed`].
     pub fn rotation_error(&self) -> Option<&str> {
-        self.rotation_error.as_deref()
+        match &self.ending {
+            Some(Ending::RotationFailed(e)) => Some(e),
+            _ => None,
+        }
     }
 
     /// The reading an overflow's figures make: the server's prompt count against its window,
@@ -448,12 +462,12 @@ mod states {
                     Handled
                 }
                 Event::HandedOver { successor } => {
-                    self.successor = Some(*successor);
+                    self.ending = Some(Ending::HandedOver(*successor));
                     Transition(State::closed())
                 }
                 Event::RotationFailed { error } => {
                     tracing::warn!(session = %self.id, %error, "rotation failed; closing the session");
-                    self.rotation_error = Some(error.clone());
+                    self.ending = Some(Ending::RotationFailed(Box::new(error.clone())));
                     context.rotation_error = Some(error.clone());
                     Transition(State::closed())
                 }

@@ -3,7 +3,9 @@
 //! Every transition, compaction, rotation, restart and rejected input is published as a
 //! [`FleetEvent`] on the [`EventBus`], which an embedding orchestrator subscribes to. With a
 //! journal, every event is durable before any subscriber sees it. Each compaction or rotation
-//! that took effect is published exactly once.
+//! that took effect is published exactly once. A [`Sequenced`] subscription numbers each event
+//! (with a journal, by its row in the journal's log), so that a stream can resume from the
+//! journal without a gap or a duplicate.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -401,17 +403,19 @@ impl Subscribers {
         let numbered = match stamp {
             Stamp::Logged { seq, at } => {
                 subs.last = subs.last.max(seq);
-                Some((seq, Timestamp(at)))
+                Some((seq, Some(Timestamp(at))))
             }
             Stamp::Next => {
                 subs.last += 1;
-                Some((subs.last, Timestamp::now()))
+                Some((subs.last, None))
             }
             Stamp::Unlogged => None,
         };
         if let Some((seq, at)) = numbered
             && !subs.sequenced.is_empty()
         {
+            // (The clock is read only when someone wants the time.)
+            let at = at.unwrap_or_else(Timestamp::now);
             let sequenced = Sequenced {
                 seq,
                 at,

@@ -12,7 +12,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{self, Poll};
 use std::time::Duration;
 
@@ -52,13 +52,6 @@ pub(crate) struct Fleet {
 pub(crate) enum SessionNotice {
     /// The machine entered Rotating: start a successor.
     RotationRequested(RotationRequest),
-    /// The session changed state (kept in the registry for listings).
-    PhaseChanged {
-        /// Which session.
-        session: SessionId,
-        /// Its new state.
-        phase: Phase,
-    },
     /// The session reached Closed and its actor stopped.
     Ended {
         /// Which session.
@@ -116,20 +109,75 @@ pub struct ReportUsage {
 /// A reading is one word (`used`, `window` and `source` packed together, see
 /// [`UsageSlot::pack`]), swapped in and out whole, so a reading stored while another is taken
 /// can never be read half old, half new.
+///
+/// The slot is also the one small allocation the session and its supervisor share, so it
+/// carries what the registry would otherwise keep a copy of (and be told of by message): the
+/// session's phase, written at each transition; its shard; and the flag that tells the session
+/// its supervisor went away.
 #[derive(Debug)]
 pub(crate) struct UsageSlot {
     /// The waiting reading, packed, or [`UsageSlot::EMPTY`] when none waits.
     reading: AtomicU64,
     /// The session's task, woken when a reading starts waiting.
     waker: AtomicWaker,
+    /// The session's phase as of its last transition (see [`UsageSlot::phase`]).
+    phase: AtomicU8,
+    /// Set when the supervisor went away: the session's actor stops once nobody else holds
+    /// its address (see [`Readings`]).
+    orphaned: AtomicBool,
+    /// The shard the session runs on, or [`UsageSlot::NO_SHARD`].
+    shard: u32,
 }
 
 impl Default for UsageSlot {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl UsageSlot {
+    /// The slot of a session running on `shard` (`None`: the supervisor's own thread).
+    pub(crate) fn new(shard: Option<usize>) -> Self {
         Self {
             reading: AtomicU64::new(Self::EMPTY),
             waker: AtomicWaker::new(),
+            phase: AtomicU8::new(Phase::Normal as u8),
+            orphaned: AtomicBool::new(false),
+            shard: shard.map_or(Self::NO_SHARD, |s| {
+                u32::try_from(s).expect("fewer than 2^32 shards")
+            }),
         }
+    }
+
+    /// `shard` of a session on the supervisor's own thread.
+    const NO_SHARD: u32 = u32::MAX;
+
+    /// The shard the session runs on, if sessions are sharded.
+    pub(crate) fn shard(&self) -> Option<usize> {
+        (self.shard != Self::NO_SHARD).then_some(self.shard as usize)
+    }
+
+    /// The session's phase as of its last transition (for listings; written by the session
+    /// before it publishes the transition).
+    pub(crate) fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            x if x == Phase::Compacting as u8 => Phase::Compacting,
+            x if x == Phase::Rotating as u8 => Phase::Rotating,
+            x if x == Phase::Closed as u8 => Phase::Closed,
+            _ => Phase::Normal,
+        }
+    }
+
+    /// Records the session's new phase.
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The supervisor went away: the session stops once no handle holds its address (as an
+    /// actix actor nobody can reach does).
+    pub(crate) fn orphan(&self) {
+        self.orphaned.store(true, Ordering::Release);
+        self.waker.wake();
     }
 }
 
@@ -198,9 +246,13 @@ impl UsageSlot {
 }
 
 /// The session's side of its [`UsageSlot`]: an actor future that handles the waiting reading
-/// each time the slot wakes it, and ends (letting the actor stop, as actix stops an actor
-/// nobody can reach) once no address of the session is left.
-struct Readings(Arc<UsageSlot>);
+/// each time the slot wakes it. It keeps the actor alive (the registry holds only a weak
+/// address, so that an idle session carries no sender of its own), and ends once the
+/// supervisor went away ([`UsageSlot::orphan`]) and no handle holds the session's address:
+/// the actor then stops, as actix stops an actor nobody can reach (dropping the last handle
+/// wakes the actor through its mailbox). Zero-sized, so actix's box of it costs no
+/// allocation.
+struct Readings;
 
 impl ActorFuture<SessionActor> for Readings {
     type Output = ();
@@ -212,12 +264,12 @@ impl ActorFuture<SessionActor> for Readings {
         task: &mut task::Context<'_>,
     ) -> Poll<()> {
         // Register before looking, so a reading stored in between still wakes us.
-        self.0.waker.register(task.waker());
+        act.slot.waker.register(task.waker());
         act.take_waiting(ctx);
-        if ctx.connected() {
-            Poll::Pending
-        } else {
+        if act.slot.orphaned.load(Ordering::Acquire) && !ctx.connected() {
             Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 }
@@ -302,6 +354,10 @@ struct Poller {
 }
 
 /// One agent session.
+///
+/// Kept small: a fleet holds one per session, so what only some sessions need (a compaction
+/// under way, a summary, polling, watchers) lives in [`Extras`], boxed on first use; an idle
+/// session carries one word for all of it.
 pub struct SessionActor {
     /// The state machine; the only place the session's state lives.
     machine: SessionMachine,
@@ -311,19 +367,26 @@ pub struct SessionActor {
     item: WorkItemId,
     /// What the fleet shares.
     fleet: Arc<Fleet>,
+    /// Coalesced usage readings from session handles (and the phase the registry lists).
+    slot: Arc<UsageSlot>,
+    /// What only some sessions need, made on first use.
+    extras: Option<Box<Extras>>,
+    /// Set when the machine reached Closed: the actor stopped on purpose.
+    finished: bool,
+}
+
+/// The part of a session that an idle one does without (see [`SessionActor`]).
+#[derive(Default)]
+struct Extras {
     /// The actor future running the compaction under way, if any; cancelled if the session
     /// leaves Compacting first.
     compaction: Option<SpawnHandle>,
     /// The summary of the last compaction, for a fallback handoff.
     last_summary: Option<Arc<str>>,
     /// Polling state, when polling is on.
-    poller: Option<Box<Poller>>,
-    /// Set when the machine reached Closed: the actor stopped on purpose.
-    finished: bool,
-    /// Coalesced usage readings from session handles.
-    slot: Arc<UsageSlot>,
+    poller: Option<Poller>,
     /// Where watchers of the session's status are told of each transition; made when the first
-    /// watcher asks (an unwatched session pays one word for it).
+    /// watcher asks.
     watchers: Option<watch::Sender<SessionStatus>>,
 }
 
@@ -335,10 +398,13 @@ impl SessionActor {
         fleet: Arc<Fleet>,
         slot: Arc<UsageSlot>,
     ) -> Self {
-        let poller = fleet.poll_interval.map(|_| {
-            Box::new(Poller {
-                breaker: CircuitBreaker::default(),
-                in_flight: false,
+        let extras = fleet.poll_interval.map(|_| {
+            Box::new(Extras {
+                poller: Some(Poller {
+                    breaker: CircuitBreaker::default(),
+                    in_flight: false,
+                }),
+                ..Extras::default()
             })
         });
         Self {
@@ -346,13 +412,25 @@ impl SessionActor {
             agent,
             item,
             fleet,
-            compaction: None,
-            last_summary: None,
-            poller,
-            finished: false,
             slot,
-            watchers: None,
+            extras,
+            finished: false,
         }
+    }
+
+    /// The session's extras, made on first use.
+    fn extras(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// The watchers' sender, if anyone watches.
+    fn watchers(&self) -> Option<&watch::Sender<SessionStatus>> {
+        self.extras.as_ref()?.watchers.as_ref()
+    }
+
+    /// The summary of the last compaction, if any.
+    fn last_summary(&self) -> Option<Arc<str>> {
+        self.extras.as_ref()?.last_summary.clone()
     }
 
     /// Handles a reading given as raw figures: validated by the machine; a bad one is
@@ -405,7 +483,7 @@ impl SessionActor {
     fn apply(&mut self, step: Step, ctx: &mut Context<Self>) {
         for t in step.transitions {
             if t.from == Phase::Compacting
-                && let Some(handle) = self.compaction.take()
+                && let Some(handle) = self.extras.as_mut().and_then(|e| e.compaction.take())
             {
                 // Leaving Compacting before the result came back: cancel the call. Its result,
                 // should it still come, is never applied.
@@ -414,13 +492,10 @@ impl SessionActor {
                 });
                 ctx.cancel_future(handle);
             }
-            if let Some(w) = &self.watchers {
+            if let Some(w) = self.watchers() {
                 w.send_modify(|s| s.phase = t.to);
             }
-            self.fleet.supervisor.do_send(SessionNotice::PhaseChanged {
-                session: t.session,
-                phase: t.to,
-            });
+            self.slot.set_phase(t.to);
             self.fleet.bus.publish(FleetEvent::Transition(t));
         }
         for effect in step.effects {
@@ -436,7 +511,7 @@ impl SessionActor {
                             before,
                             compactions: s.compactions(),
                             history: s.history().collect(),
-                            last_summary: self.last_summary.clone(),
+                            last_summary: self.last_summary(),
                         }));
                 }
                 Effect::Stop => {
@@ -482,12 +557,12 @@ impl SessionActor {
         }
         .instrument(span);
         let handle = ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
-            act.compaction = None;
+            act.extras().compaction = None;
             let duration = started.elapsed();
             match result {
                 Ok((after, summary)) => {
                     let summary_tokens = summary.tokens;
-                    act.last_summary = Some(summary.text.into());
+                    act.extras().last_summary = Some(summary.text.into());
                     let event = Event::Compacted {
                         after,
                         summary_tokens,
@@ -518,7 +593,7 @@ impl SessionActor {
                 Err(e) => act.compaction_failed(before, duration, e.to_string(), ctx),
             }
         }));
-        self.compaction = Some(handle);
+        self.extras().compaction = Some(handle);
     }
 
     fn compaction_failed(
@@ -543,7 +618,7 @@ impl SessionActor {
     }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        let Some(p) = self.poller.as_mut() else {
+        let Some(p) = self.extras.as_mut().and_then(|e| e.poller.as_mut()) else {
             return;
         };
         if p.in_flight || !p.breaker.allow(Instant::now()) {
@@ -558,7 +633,9 @@ impl SessionActor {
                 .unwrap_or(Err(RuntimeError::Timeout(limit)))
         };
         ctx.spawn(call.into_actor(self).map(|result, act, ctx| {
-            let Some(p) = act.poller.as_mut() else { return };
+            let Some(p) = act.extras.as_mut().and_then(|e| e.poller.as_mut()) else {
+                return;
+            };
             p.in_flight = false;
             match result {
                 Ok(usage) => {
@@ -567,7 +644,7 @@ impl SessionActor {
                 }
                 Err(RuntimeError::Unsupported(_)) => {
                     tracing::info!(session = %act.id(), "runtime does not report usage; polling stops");
-                    act.poller = None;
+                    act.extras().poller = None;
                 }
                 Err(e) => {
                     p.breaker.failure(Instant::now());
@@ -583,8 +660,9 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.spawn(Readings(self.slot.clone()));
-        if let Some(every) = self.fleet.poll_interval.filter(|_| self.poller.is_some()) {
+        ctx.spawn(Readings);
+        let polls = self.extras.as_ref().is_some_and(|e| e.poller.is_some());
+        if let Some(every) = self.fleet.poll_interval.filter(|_| polls) {
             ctx.run_interval(every, |act, ctx| act.poll(ctx));
         }
     }
@@ -620,7 +698,7 @@ impl Handler<Command> for SessionActor {
             Command::Close => Event::Close,
             Command::Rotate => Event::Rotate,
             Command::HandedOver(successor) => {
-                if let Some(w) = &self.watchers {
+                if let Some(w) = self.watchers() {
                     w.send_modify(|s| s.successor = Some(successor));
                 }
                 Event::HandedOver { successor }
@@ -644,7 +722,7 @@ impl Handler<Watch> for SessionActor {
             None => {}
         }
         let phase = self.machine.phase();
-        let watchers = self.watchers.get_or_insert_with(|| {
+        let watchers = self.extras().watchers.get_or_insert_with(|| {
             watch::Sender::new(SessionStatus {
                 phase,
                 successor: None,
@@ -878,5 +956,28 @@ mod tests {
         b.success();
         assert!(!b.is_open());
         assert!(b.allow(again) && b.allow(again));
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+
+    #[test]
+    fn an_idle_session_carries_only_what_it_needs() {
+        use std::mem::size_of;
+        // A fleet holds one actor, one machine and one slot per session: these bounds keep an
+        // idle session near the floor of one actix actor (see docs/performance.md).
+        eprintln!(
+            "SessionActor {} SessionMachine {} UsageSlot {} Extras {}",
+            size_of::<SessionActor>(),
+            size_of::<SessionMachine>(),
+            size_of::<UsageSlot>(),
+            size_of::<Extras>()
+        );
+        assert!(size_of::<SessionMachine>() <= 104);
+        assert!(size_of::<SessionActor>() <= 152);
+        // With the Arc's two counts, one 64-byte allocation.
+        assert!(size_of::<UsageSlot>() <= 48);
     }
 }

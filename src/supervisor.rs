@@ -32,6 +32,13 @@
 //! closes) is a [`TaskTracker`] whose tokens the work holds until its outcome is handled;
 //! shutdown waits until both the registry and the tracker are empty.
 //!
+//! At run time (for a server such as `baton serve`): agent types can be listed, created, or
+//! have their policy updated (`put_agent_type`; live sessions of the type get the new policy),
+//! work items looked up with their place (`work_item`, `work_items`) and cancelled (`cancel`),
+//! and events followed with their journal sequence numbers (`subscribe_sequenced`), so that an
+//! event stream can resume from the journal. `docs/semantics.md` (Supervisor, rules 14 to 18)
+//! states the guarantees.
+//!
 //! Hosting: [`SupervisorBuilder::start`] joins the caller's actix system if there is one, and
 //! otherwise starts one of its own on a thread baton owns, so any tokio program (or plain thread)
 //! can embed a fleet; the handles work from any runtime.
@@ -63,6 +70,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix::WeakAddr;
+use actix::dev::channel::AddressReceiver;
 use actix::prelude::*;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::FutureExt;
@@ -168,6 +177,9 @@ pub struct WorkItemInfo {
     pub place: Place,
 }
 
+/// The dead-letter reason of a cancelled work item (see [`SupervisorHandle::cancel`]).
+pub const CANCELLED: &str = "cancelled";
+
 /// What [`SupervisorHandle::put_agent_type`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -200,22 +212,83 @@ pub enum SupervisorError {
     /// change at run time): what differs.
     #[error("{0}")]
     AgentTypeConflict(String),
+    /// No work item has this id.
+    #[error("no work item {0}")]
+    UnknownWorkItem(WorkItemId),
+    /// The work item has already ended (done or dead): it cannot be cancelled.
+    #[error("work item {0} has already ended")]
+    AlreadyEnded(WorkItemId),
     /// The journal could not make the request durable.
     #[error("journal: {0}")]
     Journal(#[source] crate::journal::JournalError),
 }
 
+/// A live session in the registry: three words. The actor is kept by a weak address (a
+/// strong one costs two allocations per session; the session keeps itself alive until it
+/// closes, see `session::Readings`), and its phase and shard live in the slot it shares with
+/// its handles.
 struct SessionEntry {
     /// The actor.
-    addr: Addr<SessionActor>,
+    addr: SessionAddr,
     /// The work item it holds.
     item: WorkItemId,
-    /// Its state, as last reported.
-    phase: Phase,
-    /// The shard it runs on, if sessions are sharded.
-    shard: Option<usize>,
-    /// Where session handles leave usage readings for it.
+    /// Where session handles leave usage readings for it; also its phase and shard.
     slot: Arc<UsageSlot>,
+}
+
+impl SessionEntry {
+    /// Its state, as of its last transition.
+    fn phase(&self) -> Phase {
+        self.slot.phase()
+    }
+
+    /// The shard it runs on, if sessions are sharded.
+    fn shard(&self) -> Option<usize> {
+        self.slot.shard()
+    }
+}
+
+/// A session actor's address as the registry keeps it: weak, upgraded for each use. A message
+/// to a session whose actor has stopped is dropped, as actix drops one sent to a stopped actor.
+#[derive(Clone)]
+pub(super) struct SessionAddr(WeakAddr<SessionActor>);
+
+impl SessionAddr {
+    /// A strong address, while the actor runs.
+    pub(super) fn upgrade(&self) -> Option<Addr<SessionActor>> {
+        self.0.upgrade()
+    }
+
+    /// Sends `msg` if the actor still runs.
+    pub(super) fn do_send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        if let Some(addr) = self.upgrade() {
+            addr.do_send(msg);
+        }
+    }
+
+    /// Sends `msg` and waits for the answer (an error when the actor has stopped).
+    pub(super) fn send<M>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Result, MailboxError>> + use<M>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        SessionActor: Handler<M>,
+    {
+        let request = self.upgrade().map(|addr| addr.send(msg));
+        async move {
+            match request {
+                Some(r) => r.await,
+                None => Err(MailboxError::Closed),
+            }
+        }
+    }
 }
 
 /// The supervisor actor. Start it with [`Supervisor::builder`].
@@ -249,6 +322,9 @@ pub struct Supervisor {
     shards: Vec<Arbiter>,
     /// The shard the next session goes to.
     next_shard: usize,
+    /// Session actors waiting to be sent to their shard, a batch per shard: one cross-thread
+    /// send (and wake-up) per batch instead of one per session (see `start_actor`).
+    batches: Vec<Vec<(SessionActor, AddressReceiver<SessionActor>)>>,
     /// The durable record, if any (see `supervisor/recovery.rs`).
     journal: Option<Journal>,
     /// What the journal said was unfinished; taken when the actor starts.
@@ -330,6 +406,7 @@ impl SupervisorBuilder {
             shutdown: None,
             shards: Vec::new(),
             next_shard: 0,
+            batches: Vec::new(),
             journal: journal.clone(),
             recovery,
             start_retries: 0,
@@ -468,6 +545,9 @@ impl Supervisor {
         M: Message<Result = ()> + Send + 'static,
         Self: Handler<M>,
     {
+        // Boxed once here: the work's future is large (its retries and deadlines), and
+        // the task's wrappers would otherwise copy it again at each layer.
+        let work = Box::pin(work);
         let (addr, cancel) = (ctx.address(), self.cancel.clone());
         actix::spawn(
             async move {
@@ -486,10 +566,22 @@ impl Supervisor {
         spawned: Option<SessionId>,
         ctx: &mut Context<Self>,
     ) {
+        if *self.ledger.items[&id].place() != Place::Starting {
+            // Cancelled while it started: the session its spawn returned is closed, never
+            // registered.
+            if let Some(session) = spawned {
+                self.note(Op::SpawnAbandoned {
+                    work_item: id,
+                    session,
+                });
+                self.close_at_runtime(session, ctx);
+            }
+            return;
+        }
         match result {
             Ok(session) if self.shutdown.is_none() => {
                 self.ledger.set_place(id, Place::Live(session));
-                self.start_actor(session, id);
+                self.start_actor(session, id, ctx);
             }
             Ok(session) => {
                 self.note(Op::SpawnAbandoned {
@@ -514,31 +606,36 @@ impl Supervisor {
         }
     }
 
-    fn start_actor(&mut self, session: SessionId, item: WorkItemId) {
+    fn start_actor(&mut self, session: SessionId, item: WorkItemId, ctx: &mut Context<Self>) {
         let agent_type = self.ledger.items[&item].item.agent_type.clone();
         let agent = self.ledger.agents[&agent_type].agent.clone();
-        let slot = Arc::new(UsageSlot::default());
-        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
-        let (addr, shard) = if self.shards.is_empty() {
-            (actor.start(), None)
-        } else {
+        let shard = (!self.shards.is_empty()).then(|| {
             self.next_shard = (self.next_shard + 1) % self.shards.len();
-            let shard = self.next_shard;
-            (
-                SessionActor::start_in_arbiter(&self.shards[shard].handle(), |_| actor),
-                Some(shard),
-            )
-        };
-        self.sessions.insert(
-            session,
-            SessionEntry {
-                addr,
-                item,
-                phase: Phase::Normal,
-                shard,
-                slot,
-            },
-        );
+            self.next_shard
+        });
+        let slot = Arc::new(UsageSlot::new(shard));
+        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
+        // The mailbox is made here and its only strong sender dropped before the actor first
+        // runs (so the drop wakes nobody): the registry keeps the weak address.
+        let (tx, rx) = actix::dev::channel::channel(16);
+        let addr = SessionAddr(Addr::new(tx).downgrade());
+        match shard {
+            None => {
+                actix::spawn(Context::with_receiver(rx).into_future(actor));
+            }
+            // Batched: the batch leaves once the supervisor has handled what its mailbox
+            // holds now (`SendBatches`). Meanwhile the session is registered, and messages to
+            // it wait in its mailbox as they would while its shard had yet to start it.
+            Some(s) => {
+                if self.batches.iter().all(Vec::is_empty) {
+                    ctx.notify(SendBatches);
+                }
+                self.batches.resize_with(self.shards.len(), Vec::new);
+                self.batches[s].push((actor, rx));
+            }
+        }
+        self.sessions
+            .insert(session, SessionEntry { addr, item, slot });
         self.bus.publish(FleetEvent::SessionStarted {
             session,
             agent_type,
@@ -565,6 +662,45 @@ impl Supervisor {
             work_item: id,
             reason,
         });
+    }
+
+    /// Cancels a work item wherever it is short of its end (see
+    /// [`SupervisorHandle::cancel`]): it goes to dead letter with reason [`CANCELLED`] at
+    /// once; a queued one leaves the queue; a live one's session is closed without the item
+    /// counting as done; a start or rotation under way finds the item gone when it concludes
+    /// and closes what it started.
+    fn cancel(
+        &mut self,
+        id: WorkItemId,
+        ctx: &mut Context<Self>,
+    ) -> Result<Place, SupervisorError> {
+        let place = match self.ledger.items.get(&id) {
+            None => return Err(SupervisorError::UnknownWorkItem(id)),
+            Some(e) => e.place().clone(),
+        };
+        match place {
+            Place::Done(_) | Place::Dead(_) => return Err(SupervisorError::AlreadyEnded(id)),
+            Place::Queued => self.ledger.queue.retain(|q| *q != id),
+            // A rotating session's rotation closes it at the runtime itself.
+            Place::Live(s) | Place::Rotating(s) => {
+                if let Some(e) = self.sessions.get(&s) {
+                    e.addr.do_send(Command::Close);
+                }
+                if place == Place::Live(s) {
+                    self.close_at_runtime(s, ctx);
+                }
+            }
+            Place::Starting => {}
+        }
+        tracing::info!(work_item = %id, was = ?place, "work item cancelled");
+        let dead = Place::Dead(CANCELLED.into());
+        self.ledger.set_place(id, dead.clone());
+        self.bus.publish(FleetEvent::DeadLetter {
+            work_item: id,
+            reason: CANCELLED.into(),
+        });
+        self.pump(ctx);
+        Ok(dead)
     }
 
     fn bury(&mut self, id: WorkItemId, reason: String) {
@@ -979,6 +1115,13 @@ impl Actor for Supervisor {
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
+        // The registry's addresses are weak: tell each session it is on its own, so that it
+        // stops once nobody holds its address (as it would have when the registry's strong
+        // address was dropped).
+        for e in self.sessions.values() {
+            e.slot.orphan();
+        }
+        self.send_batches();
         self.cancel.cancel();
         for shard in &self.shards {
             shard.stop();
@@ -1018,17 +1161,44 @@ impl Handler<StartWorked> for Supervisor {
     }
 }
 
+/// Sends the batches of session actors to their shards (see `Supervisor::start_actor`).
+struct SendBatches;
+
+impl Message for SendBatches {
+    type Result = ();
+}
+
+impl Handler<SendBatches> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: SendBatches, _: &mut Self::Context) {
+        self.send_batches();
+    }
+}
+
+impl Supervisor {
+    /// Sends each shard its batch of session actors, started there in order.
+    fn send_batches(&mut self) {
+        for (shard, batch) in self.shards.iter().zip(&mut self.batches) {
+            if batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(batch);
+            shard.spawn_fn(move || {
+                for (actor, rx) in batch {
+                    actix::spawn(Context::with_receiver(rx).into_future(actor));
+                }
+            });
+        }
+    }
+}
+
 impl Handler<SessionNotice> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionNotice, ctx: &mut Self::Context) {
         match msg {
             SessionNotice::RotationRequested(req) => self.rotate(req, ctx),
-            SessionNotice::PhaseChanged { session, phase } => {
-                if let Some(e) = self.sessions.get_mut(&session) {
-                    e.phase = phase;
-                }
-            }
             SessionNotice::Ended { session } => self.ended(session, ctx),
             SessionNotice::Crashed { session } => self.crashed(session, ctx),
         }

@@ -256,3 +256,93 @@ async fn the_stream_needs_the_token() {
     assert_eq!(r.status(), 401);
     served.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_slow_for_the_live_events_is_ended_and_told_to_resume() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = EventsConfig {
+        buffer: 16,
+        ..EventsConfig::default()
+    };
+    let served = Served::start(false, &["coder"], config).await;
+    // A client with a tiny receive window that does not read while events pour in.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(served.addr).await.unwrap();
+    let request = format!(
+        "GET /v1/events/stream HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        served.addr,
+        serve_common::TOKEN
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(served.hub.streams(), 1);
+    // Rejected readings are events too: far more of them than the socket and the buffer hold.
+    for _ in 0..20_000 {
+        let unknown = baton::SessionId(u64::MAX);
+        let refused = served
+            .supervisor
+            .report_usage(unknown, 1, None, baton::UsageSource::Reported)
+            .await;
+        assert!(refused.is_err());
+    }
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tcp.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the server ends the stream")
+    .unwrap();
+    let text = dechunk(&rest);
+    let note = text
+        .lines()
+        .find(|l| l.starts_with(": this stream fell"))
+        .expect("a closing note");
+    let last: u64 = note.rsplit(' ').next().unwrap().parse().unwrap();
+    let ids: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|id| id.parse().unwrap())
+        .collect();
+    // Under load the stream may fall behind before it sent anything: it then names 0, where
+    // it started.
+    assert_eq!(
+        ids.last().copied().unwrap_or(0),
+        last,
+        "the note names the last id sent: {note}"
+    );
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap before the end"
+    );
+    assert!(ids.len() < 20_000, "it fell behind: {} sent", ids.len());
+    served.stop().await;
+}
+
+/// The body of a chunked HTTP/1.1 response, from what follows the status code to the end.
+fn dechunk(raw: &[u8]) -> String {
+    let start = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the end of the headers")
+        + 4;
+    let mut rest = &raw[start..];
+    let mut body = Vec::new();
+    loop {
+        let line = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..line]).unwrap().trim(), 16)
+            .expect("a hex chunk size");
+        rest = &rest[line + 2..];
+        if size == 0 {
+            return String::from_utf8(body).unwrap();
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}

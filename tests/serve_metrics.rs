@@ -96,7 +96,7 @@ fn get(samples: &BTreeMap<Key, f64>, name: &str, labels: &[(&str, &str)]) -> f64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_the_compactions_rotations_and_calls_of_a_known_run() {
-    let mut served = Served::start(false, &["coder", "writer"], EventsConfig::default()).await;
+    let mut served = Served::start(true, &["coder", "writer"], EventsConfig::default()).await;
     // coder: one compaction, one threshold rotation, then done.
     let (_, c2) = served.compact_and_rotate(1, "coder").await;
     served.finish(c2, 1).await;
@@ -107,6 +107,11 @@ async fn metrics_count_exactly_the_compactions_rotations_and_calls_of_a_known_ru
     handle
         .report_usage_and_wait(500, None, UsageSource::Reported)
         .await;
+    // Everything the run wrote is committed: the scrape sees every commit.
+    let journal = served.supervisor.journal().unwrap().clone();
+    journal.flush().await.unwrap();
+    let commits = journal.stats().commits;
+    assert!(commits > 0);
 
     let r = served.get("/metrics").send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -217,8 +222,10 @@ async fn metrics_count_exactly_the_compactions_rotations_and_calls_of_a_known_ru
     assert_eq!(served.runtime.calls(RuntimeOp::Spawn), 4);
     assert_eq!(
         get(&m, "baton_journal_commit_duration_seconds_count", &[]),
-        0.0
+        commits as f64,
+        "every commit timed"
     );
+    assert!(get(&m, "baton_journal_commit_duration_seconds_sum", &[]) > 0.0);
     served.stop().await;
 }
 

@@ -430,3 +430,311 @@ async fn work_items_are_found_with_their_text_and_place_done_ones_included_after
     );
     sup.shutdown(Duration::from_secs(5)).await;
 }
+
+fn cancelled() -> Place {
+    Place::Dead(baton::CANCELLED.into())
+}
+
+fn dead_letter(id: u64) -> impl Fn(&FleetEvent) -> bool {
+    move |e| {
+        matches!(e, FleetEvent::DeadLetter { work_item, reason }
+            if work_item.0 == id && reason == baton::CANCELLED)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_item_cancelled_leaves_the_queue_and_never_starts() {
+    let runtime = memory();
+    let builder = Supervisor::builder(runtime.clone())
+        .config(one_at_a_time())
+        .agent_type(agent("sonnet"));
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    for id in [1, 2, 3] {
+        sup.submit(item(id, "sonnet")).await.unwrap();
+    }
+    let s1 = started(&mut rx, &mut seen, 1).await;
+    assert_eq!(sup.cancel(WorkItemId(2)).await, Ok(cancelled()));
+    wait_seq(&mut rx, &mut seen, "the dead letter", dead_letter(2)).await;
+    assert_eq!(sup.inventory().await.unwrap().queue, [WorkItemId(3)]);
+    assert_eq!(
+        sup.cancel(WorkItemId(2)).await,
+        Err(SupervisorError::AlreadyEnded(WorkItemId(2)))
+    );
+    assert_eq!(
+        sup.cancel(WorkItemId(9)).await,
+        Err(SupervisorError::UnknownWorkItem(WorkItemId(9)))
+    );
+
+    sup.close(s1).await.unwrap();
+    started(&mut rx, &mut seen, 3).await;
+    assert!(
+        !seen.iter().any(|e| matches!(e.event,
+            FleetEvent::SessionStarted { work_item, .. } if work_item.0 == 2)),
+        "the cancelled item never started: {seen:#?}"
+    );
+    assert_eq!(
+        sup.cancel(WorkItemId(1)).await,
+        Err(SupervisorError::AlreadyEnded(WorkItemId(1))),
+        "done is an end"
+    );
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_item_cancelled_has_its_session_closed_without_counting_as_done_and_stays_dead_after_a_restart()
+ {
+    let runtime = memory();
+    let journal = Journal::in_memory().unwrap();
+    let builder = Supervisor::builder(runtime.clone())
+        .agent_type(agent("sonnet"))
+        .journal(journal.clone())
+        .unwrap();
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+    assert_eq!(report(&sup, &runtime, s1, 850).await, Settled::Normal);
+
+    assert_eq!(sup.cancel(WorkItemId(1)).await, Ok(cancelled()));
+    // Durable once `cancel` returns: the journal holds the item dead, its session closed.
+    let (items, sessions) = journal
+        .read(|v| {
+            let all = Filter::default();
+            Ok((v.work_items(&all)?, v.sessions(&all)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (items[0].place, items[0].reason.as_deref()),
+        (baton::journal::WorkItemPlace::Dead, Some(baton::CANCELLED))
+    );
+    assert_eq!(sessions[0].state, baton::journal::SessionState::Closed);
+    wait_seq(&mut rx, &mut seen, "the session's close", |e| {
+        matches!(e, FleetEvent::Transition(t) if t.session == s1 && t.to == baton::Phase::Closed)
+    })
+    .await;
+    let report = sup.shutdown(Duration::from_secs(5)).await;
+    assert!(report.clean);
+    assert!(runtime.open_sessions().is_empty(), "closed at the runtime");
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e.event, FleetEvent::WorkItemDone { .. })),
+        "a cancelled item is not done: {seen:#?}"
+    );
+
+    // A restarted supervisor does not resurrect it.
+    let builder = Supervisor::builder(runtime.clone())
+        .agent_type(agent("sonnet"))
+        .journal(journal)
+        .unwrap();
+    let mut rx = builder.subscribe();
+    let sup = builder.start();
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(cancelled())
+    );
+    assert_eq!(
+        sup.submit(item(1, "sonnet")).await,
+        Err(SupervisorError::DuplicateWorkItem(WorkItemId(1)))
+    );
+    let inv = sup.inventory().await.unwrap();
+    assert!(inv.sessions.is_empty() && inv.queue.is_empty() && inv.in_flight == 0);
+    assert!(rx.try_recv().is_err(), "nothing to recover");
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[actix::test]
+async fn an_item_cancelled_while_its_session_starts_has_that_session_closed_never_registered() {
+    tokio::time::pause();
+    let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        latency: [(RuntimeOp::Spawn, Duration::from_secs(1))].into(),
+        ..MemoryConfig::default()
+    }));
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent("sonnet"));
+    let mut rx = builder.subscribe();
+    let sup = builder.start();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(Place::Starting)
+    );
+    assert_eq!(sup.cancel(WorkItemId(1)).await, Ok(cancelled()));
+    // Shutdown waits for the start under way and the close of what it spawned.
+    assert!(sup.shutdown(Duration::from_secs(60)).await.clean);
+    assert_eq!(runtime.calls(RuntimeOp::Spawn), 1);
+    assert!(
+        runtime.open_sessions().is_empty(),
+        "the spawned session is closed"
+    );
+    let mut log = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        log.push(e);
+    }
+    assert!(dead_letter(1)(&log[0]), "{log:#?}");
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, FleetEvent::SessionStarted { .. })),
+        "never registered: {log:#?}"
+    );
+}
+
+#[actix::test]
+async fn an_item_cancelled_while_rotating_has_its_successor_closed_and_its_rotation_failed() {
+    tokio::time::pause();
+    let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        base_tokens: 100,
+        latency: [(RuntimeOp::Summarise, Duration::from_secs(1))].into(),
+        ..MemoryConfig::default()
+    }));
+    let builder = Supervisor::builder(runtime.clone()).agent_type(agent("sonnet"));
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+    runtime.grow(s1, 890).unwrap();
+    sup.report_usage(s1, 990, None, UsageSource::Reported)
+        .await
+        .unwrap();
+    wait_seq(&mut rx, &mut seen, "the rotation's start", |e| {
+        matches!(e, FleetEvent::Transition(t) if t.session == s1 && t.to == baton::Phase::Rotating)
+    })
+    .await;
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(Place::Rotating(s1))
+    );
+
+    assert_eq!(sup.cancel(WorkItemId(1)).await, Ok(cancelled()));
+    assert!(sup.shutdown(Duration::from_secs(60)).await.clean);
+    while let Ok(e) = rx.try_recv() {
+        seen.push(e);
+    }
+    let records: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match &e.event {
+            FleetEvent::Rotation(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{seen:#?}");
+    assert!(!records[0].success, "the item left the rotation");
+    assert_eq!(
+        runtime.calls(RuntimeOp::Spawn),
+        2,
+        "the rotation spawned its successor"
+    );
+    assert!(
+        runtime.open_sessions().is_empty(),
+        "old session and successor closed at the runtime"
+    );
+    let starts = seen
+        .iter()
+        .filter(|e| matches!(e.event, FleetEvent::SessionStarted { .. }))
+        .count();
+    assert_eq!(starts, 1, "the successor was never started");
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e.event,
+            FleetEvent::WorkItemDone { .. } | FleetEvent::WorkItemRequeued { .. }
+        )),
+        "{seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_cancelled_while_its_hand_over_is_committed_has_the_successor_closed_not_started() {
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+    use std::task::Poll;
+    // The journal's writer stops after committing the rotation's last step, until released.
+    let (reached_tx, reached) = mpsc::channel::<()>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let (reached_tx, release_rx) = (Mutex::new(reached_tx), Mutex::new(release_rx));
+    let hook: baton::journal::CommitHook = Arc::new(move |labels: &[&'static str]| {
+        if labels.contains(&"rotation_done") {
+            reached_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    let journal = Journal::in_memory_with(baton::JournalOptions {
+        on_commit: Some(hook),
+        ..baton::JournalOptions::default()
+    })
+    .unwrap();
+    let runtime = memory();
+    let builder = Supervisor::builder(runtime.clone())
+        .agent_type(agent("sonnet"))
+        .journal(journal.clone())
+        .unwrap();
+    let mut rx = builder.subscribe_sequenced();
+    let sup = builder.start();
+    let mut seen = Vec::new();
+    sup.submit(item(1, "sonnet")).await.unwrap();
+    let s1 = started(&mut rx, &mut seen, 1).await;
+    runtime.grow(s1, 890).unwrap();
+    sup.report_usage(s1, 990, None, UsageSource::Reported)
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || reached.recv().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(Place::Starting),
+        "the successor is being started"
+    );
+
+    // The cancel reaches the supervisor now; its durability waits for the writer.
+    let mut cancel = Box::pin(sup.cancel(WorkItemId(1)));
+    let first = std::future::poll_fn(|cx| Poll::Ready(cancel.as_mut().poll(cx))).await;
+    assert!(first.is_pending());
+    assert_eq!(
+        sup.work_item(WorkItemId(1)).await.map(|i| i.place),
+        Some(cancelled())
+    );
+    release.send(()).unwrap();
+    assert_eq!(cancel.await, Ok(cancelled()));
+
+    let rotation = wait_seq(&mut rx, &mut seen, "the rotation's record", |e| {
+        matches!(e, FleetEvent::Rotation(_))
+    })
+    .await;
+    let FleetEvent::Rotation(record) = rotation else {
+        unreachable!()
+    };
+    assert!(record.success, "the rotation itself finished");
+    let successor = record.new_session.unwrap();
+    wait_seq(&mut rx, &mut seen, "the old session's close", |e| {
+        matches!(e, FleetEvent::Transition(t) if t.session == s1 && t.to == baton::Phase::Closed)
+    })
+    .await;
+    assert!(sup.shutdown(Duration::from_secs(10)).await.clean);
+    assert!(
+        runtime.open_sessions().is_empty(),
+        "the successor is closed at the runtime"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e.event,
+            FleetEvent::SessionStarted { session, .. } if session == successor)),
+        "the successor was never started: {seen:#?}"
+    );
+    let (items, sessions) = journal
+        .read(|v| {
+            let all = Filter::default();
+            Ok((v.work_items(&all)?, v.sessions(&all)?))
+        })
+        .await
+        .unwrap();
+    assert_eq!(items[0].place, baton::journal::WorkItemPlace::Dead);
+    assert!(
+        sessions
+            .iter()
+            .all(|s| s.state == baton::journal::SessionState::Closed),
+        "{sessions:#?}"
+    );
+}

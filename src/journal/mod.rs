@@ -405,13 +405,25 @@ impl Journal {
         })
     }
 
-    /// Commits and records written so far.
+    /// Commits and records written so far, and the time their transactions took.
     pub fn stats(&self) -> JournalStats {
         let c = &self.inner.shared.counters;
         JournalStats {
             commits: c.commits.load(std::sync::atomic::Ordering::Relaxed),
             records: c.records.load(std::sync::atomic::Ordering::Relaxed),
+            commit_time: std::time::Duration::from_nanos(
+                c.commit_nanos.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         }
+    }
+
+    /// From now on, `observer` is told of each durable commit: how long its transaction took
+    /// (from `BEGIN` to the end of `COMMIT`, its fsync included) and how many records it held.
+    /// For metrics (a commit latency histogram, batch sizes). It runs on the writer thread
+    /// after the commit, before its events are delivered: it must be quick, and one that blocks
+    /// stalls the journal. A later call replaces the observer.
+    pub fn on_commit(&self, observer: impl Fn(std::time::Duration, usize) + Send + Sync + 'static) {
+        *self.inner.shared.observer.lock().expect("lock") = Some(Arc::new(observer));
     }
 
     /// The failure that stopped the journal, if one did.

@@ -439,6 +439,15 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
                  WHERE id = ?1",
             )?
             .execute(params![sql_id(work_item.0), reason, at])?;
+            // A dead item has no session: one still open (a cancelled item's, whose close is
+            // under way) is closed, and a restart closes it at the runtime again unless its
+            // close was confirmed.
+            conn.prepare_cached(
+                "UPDATE sessions SET state = 'closed', ended_at = coalesce(ended_at, ?2),
+                     end_reason = coalesce(end_reason, 'closed')
+                 WHERE work_item = ?1 AND state != 'closed'",
+            )?
+            .execute(params![sql_id(work_item.0), at])?;
             insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?
         }
         FleetEvent::Recovered { work_item, outcome } => {

@@ -1327,3 +1327,32 @@ fn unfinished_journal_bytes() -> &'static [u8] {
     static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     BYTES.get_or_init(unfinished_journal)
 }
+
+#[test]
+fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats() {
+    let j = Journal::in_memory().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    j.on_commit(move |took, records| sink.lock().unwrap().push((took, records)));
+    let before = j.stats();
+    for w in rotation_steps() {
+        send(&j, w);
+        sync(&j);
+    }
+    let after = j.stats();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len() as u64, after.commits - before.commits);
+    assert_eq!(
+        seen.iter().map(|(_, n)| *n as u64).sum::<u64>(),
+        after.records - before.records
+    );
+    assert_eq!(
+        seen.iter().map(|(d, _)| *d).sum::<Duration>(),
+        after.commit_time - before.commit_time
+    );
+    assert_eq!(
+        seen.len(),
+        rotation_steps().len(),
+        "one commit per synced record"
+    );
+}

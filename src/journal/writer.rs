@@ -52,7 +52,13 @@ pub(crate) struct Counters {
     pub commits: AtomicU64,
     /// Records written.
     pub records: AtomicU64,
+    /// Time spent in committed transactions, in nanoseconds.
+    pub commit_nanos: AtomicU64,
 }
+
+/// Told of each durable commit: how long its transaction took (from `BEGIN` to the end of
+/// `COMMIT`, its fsync included) and how many records it held.
+pub(crate) type CommitObserver = Arc<dyn Fn(std::time::Duration, usize) + Send + Sync>;
 
 /// State shared between the writer thread and the handles.
 #[derive(Default)]
@@ -63,6 +69,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Where committed events are delivered (the event bus's subscribers), if anywhere.
     pub deliver: Mutex<Option<Arc<Subscribers>>>,
+    /// Who is told of each commit's duration and size (see `Journal::on_commit`), if anyone.
+    pub observer: Mutex<Option<CommitObserver>>,
 }
 
 /// The writer thread's state.
@@ -145,11 +153,21 @@ impl Writer {
             self.answer(writes, Vec::new(), flushes, Ok(()), true);
             return;
         }
+        let began = std::time::Instant::now();
         match self.write_all(&writes) {
             Ok(outcomes) => {
+                let took = began.elapsed();
                 let c = &self.shared.counters;
                 c.commits.fetch_add(1, Ordering::Relaxed);
                 c.records.fetch_add(writes.len() as u64, Ordering::Relaxed);
+                c.commit_nanos.fetch_add(
+                    u64::try_from(took.as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                let observer = self.shared.observer.lock().expect("lock").clone();
+                if let Some(observe) = observer {
+                    observe(took, writes.len());
+                }
                 if let Some(hook) = &self.on_commit {
                     let labels: Vec<&'static str> =
                         writes.iter().map(|(_, w, _)| w.label()).collect();
@@ -260,4 +278,7 @@ pub struct JournalStats {
     pub commits: u64,
     /// Records written.
     pub records: u64,
+    /// Time spent in committed transactions (each from `BEGIN` to the end of `COMMIT`, its
+    /// fsync included): divided by `commits`, the mean commit latency.
+    pub commit_time: std::time::Duration,
 }

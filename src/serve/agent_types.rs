@@ -1,16 +1,20 @@
 //! `/v1/agent-types`: the agent types work items may name, each with its policy.
 //!
-//! This file holds the wire forms and their checks; an agent type on the wire is
+//! An agent type on the wire is
 //! `{"name", "window", "model", "system_prompt", "policy"}` where `policy` is the library's
 //! [`Policy`] in its serde form (every key optional, validated when parsed).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{OpenApi, ToSchema};
 
+use super::error::{ApiError, ErrorBody};
+use super::store::AgentTypeStore;
 use crate::policy::Policy;
+use crate::supervisor::{PutOutcome, SupervisorHandle};
 use crate::usage::Usage;
 use crate::vocab::AgentType;
 
@@ -71,30 +75,32 @@ pub struct AgentTypeBody {
 #[allow(dead_code)]
 pub struct PolicyDoc {
     /// Ratio at which a session compacts, in (0, 1); default 0.8.
-    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
-    compact_at: Option<f64>,
+    #[schema(required = false, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
+    compact_at: f64,
     /// Ratio at which a session rotates, in (0, 1], above `compact_at`; default 0.95.
-    #[schema(exclusive_minimum = 0.0, maximum = 1.0)]
-    rotate_at: Option<f64>,
+    #[schema(required = false, exclusive_minimum = 0.0, maximum = 1.0)]
+    rotate_at: f64,
     /// Smallest share of the context a compaction must free, in [0, 1); default 0.2.
-    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
-    min_reduction: Option<f64>,
+    #[schema(required = false, minimum = 0.0, exclusive_maximum = 1.0)]
+    min_reduction: f64,
     /// Compactions a session may do before it rotates instead; default 3.
-    #[schema(minimum = 0, maximum = 4294967295_u64)]
-    max_compactions: Option<u32>,
+    #[schema(required = false, minimum = 0, maximum = 4294967295_u64)]
+    max_compactions: u32,
     /// The reduction band aimed for, `[low, high]`, each in [0, 1); default [0.4, 0.5].
-    #[schema(min_items = 2, max_items = 2)]
-    target_reduction: Option<Vec<f64>>,
+    #[schema(required = false, min_items = 2, max_items = 2)]
+    target_reduction: Vec<f64>,
     /// Deadline of one compaction (default 120 s; at most 7 days).
-    compaction_timeout: Option<DurationDoc>,
+    #[schema(required = false)]
+    compaction_timeout: DurationDoc,
     /// Deadline of one rotation (default 300 s; at most 7 days).
-    rotation_timeout: Option<DurationDoc>,
+    #[schema(required = false)]
+    rotation_timeout: DurationDoc,
     /// Readings kept per session, 1 to 4096; default 16.
-    #[schema(minimum = 1, maximum = 4096)]
-    history_len: Option<u64>,
+    #[schema(required = false, minimum = 1, maximum = 4096)]
+    history_len: u64,
     /// Largest share of the successor's window a handoff may take, in (0, 1); default 0.25.
-    #[schema(exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
-    handoff_share: Option<f64>,
+    #[schema(required = false, exclusive_minimum = 0.0, exclusive_maximum = 1.0)]
+    handoff_share: f64,
 }
 
 /// A duration in serde's form, for the OpenAPI document only.
@@ -185,6 +191,132 @@ pub fn check(agent: &AgentType) -> Result<(), String> {
         return Err("policy timeouts must be at most 7 days".into());
     }
     Ok(())
+}
+
+/// `GET /v1/agent-types`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentTypeList {
+    /// Every agent type, by name.
+    pub agent_types: Vec<AgentTypeView>,
+}
+
+/// Every agent type, by name.
+#[utoipa::path(
+    get,
+    path = "/v1/agent-types",
+    tag = "agent types",
+    responses(
+        (status = 200, description = "Every agent type, by name", body = AgentTypeList),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn list(supervisor: web::Data<SupervisorHandle>) -> web::Json<AgentTypeList> {
+    let agent_types = supervisor
+        .agent_types()
+        .await
+        .iter()
+        .map(AgentTypeView::from_agent)
+        .collect();
+    web::Json(AgentTypeList { agent_types })
+}
+
+/// One agent type.
+#[utoipa::path(
+    get,
+    path = "/v1/agent-types/{name}",
+    tag = "agent types",
+    params(("name" = String, Path, description = "The agent type's name")),
+    responses(
+        (status = 200, description = "The agent type", body = AgentTypeView),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 404, description = "No agent type has this name", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn get(
+    supervisor: web::Data<SupervisorHandle>,
+    name: web::Path<String>,
+) -> Result<web::Json<AgentTypeView>, ApiError> {
+    supervisor
+        .agent_type(&name)
+        .await
+        .map(|a| web::Json(AgentTypeView::from_agent(&a)))
+        .ok_or_else(|| ApiError::not_found(format!("no agent type {:?}", name.as_str())))
+}
+
+/// Creates an agent type, or changes its policy: the new policy decides every reading from
+/// then on, live sessions included. Kept in the journal, so a restarted server knows it.
+#[utoipa::path(
+    put,
+    path = "/v1/agent-types/{name}",
+    tag = "agent types",
+    params(("name" = String, Path, description = "The agent type's name (1 to 128 bytes)")),
+    request_body = AgentTypeBody,
+    responses(
+        (status = 201, description = "Created", body = AgentTypeView),
+        (status = 200, description = "Updated (its policy), or unchanged", body = AgentTypeView),
+        (status = 400, description = "A malformed body, an invalid policy or a value out of range", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 409, description = "The type exists with another window, model or system prompt", body = ErrorBody),
+        (status = 413, description = "The body is over the size cap", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn put(
+    supervisor: web::Data<SupervisorHandle>,
+    store: web::Data<Option<Arc<AgentTypeStore>>>,
+    name: web::Path<String>,
+    body: web::Json<AgentTypeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let agent = body
+        .into_inner()
+        .into_agent(&name)
+        .map_err(ApiError::bad_request)?;
+    let view = AgentTypeView::from_agent(&agent);
+    let store = store.get_ref().clone();
+    let _writing = match &store {
+        Some(s) => Some(s.writing().await),
+        None => None,
+    };
+    let outcome = supervisor.put_agent_type(agent.clone()).await?;
+    if outcome != PutOutcome::Unchanged
+        && let Some(store) = store.clone()
+    {
+        web::block(move || store.put(&agent))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "an agent type could not be stored");
+                ApiError::unavailable("the journal could not store the agent type")
+            })?;
+    }
+    let mut response = match outcome {
+        PutOutcome::Created => HttpResponse::Created(),
+        PutOutcome::Updated | PutOutcome::Unchanged => HttpResponse::Ok(),
+    };
+    Ok(response.json(view))
+}
+
+/// This module's part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(list, get, put),
+    components(schemas(AgentTypeList, AgentTypeView, AgentTypeBody, PolicyDoc, DurationDoc))
+)]
+pub struct Api;
+
+/// Registers `/v1/agent-types` and `/v1/agent-types/{name}`; `store` keeps what `PUT`
+/// creates or changes.
+pub fn configure(cfg: &mut web::ServiceConfig, store: Option<Arc<AgentTypeStore>>) {
+    cfg.service(web::resource("/v1/agent-types").route(web::get().to(list)))
+        .service(
+            web::resource("/v1/agent-types/{name}")
+                .app_data(web::Data::new(store))
+                .route(web::get().to(get))
+                .route(web::put().to(put)),
+        );
 }
 
 #[cfg(test)]

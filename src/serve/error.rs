@@ -5,8 +5,11 @@
 //! `{"error": CODE, "message": TEXT}`. Messages are written for the client; they never hold a
 //! stack trace, a token or a secret.
 
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, error::JsonPayloadError, web};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -53,6 +56,28 @@ impl ErrorCode {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// The code of an error status produced outside baton's handlers (by actix-web itself):
+    /// its own code where it has one, otherwise 400 for a client error and 500 for the rest.
+    pub fn of_status(status: StatusCode) -> Self {
+        [
+            Self::BadRequest,
+            Self::Unauthorized,
+            Self::NotFound,
+            Self::MethodNotAllowed,
+            Self::Conflict,
+            Self::PayloadTooLarge,
+            Self::UnsupportedMediaType,
+            Self::Unavailable,
+        ]
+        .into_iter()
+        .find(|c| c.status() == status)
+        .unwrap_or(if status.is_client_error() {
+            Self::BadRequest
+        } else {
+            Self::Internal
+        })
     }
 }
 
@@ -133,15 +158,21 @@ impl ResponseError for ApiError {
     }
 }
 
+impl From<crate::usage::UsageError> for ApiError {
+    fn from(e: crate::usage::UsageError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
 impl From<SupervisorError> for ApiError {
     fn from(e: SupervisorError) -> Self {
         let code = match &e {
-            SupervisorError::UnknownAgentType(_) | SupervisorError::UnknownSession(_) => {
-                ErrorCode::NotFound
-            }
-            SupervisorError::DuplicateWorkItem(_) | SupervisorError::AgentTypeConflict(_) => {
-                ErrorCode::Conflict
-            }
+            SupervisorError::UnknownAgentType(_)
+            | SupervisorError::UnknownSession(_)
+            | SupervisorError::UnknownWorkItem(_) => ErrorCode::NotFound,
+            SupervisorError::DuplicateWorkItem(_)
+            | SupervisorError::AgentTypeConflict(_)
+            | SupervisorError::AlreadyEnded(_) => ErrorCode::Conflict,
             SupervisorError::ShuttingDown | SupervisorError::Journal(_) => ErrorCode::Unavailable,
         };
         Self::new(code, e.to_string())
@@ -177,7 +208,68 @@ pub fn path_config() -> web::PathConfig {
         .error_handler(|e, _req: &HttpRequest| ApiError::bad_request(e.to_string()).into())
 }
 
+/// Makes every error response JSON: one that actix-web produced itself with another body (a
+/// known path asked with another method is 405 with an empty body) is replaced by the
+/// [`ErrorBody`] of its status.
+pub async fn json_errors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let status = res.status();
+    let json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !json {
+        let code = ErrorCode::of_status(status);
+        let message = match code {
+            ErrorCode::MethodNotAllowed => "this path does not take this method".to_owned(),
+            _ => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        };
+        // 405 says which methods the path takes (`Allow`): kept.
+        let allow = res.headers().get(header::ALLOW).cloned();
+        let (req, _) = res.into_parts();
+        let mut response = ApiError::new(code, message).error_response();
+        if let Some(allow) = allow {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return Ok(ServiceResponse::new(req, response));
+    }
+    Ok(res.map_into_boxed_body())
+}
+
 /// The answer for a path nothing serves: 404 as JSON.
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such path"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_found_again_from_its_status() {
+        for code in [
+            ErrorCode::BadRequest,
+            ErrorCode::Unauthorized,
+            ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Conflict,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            assert_eq!(ErrorCode::of_status(code.status()), code);
+        }
+        assert_eq!(
+            ErrorCode::of_status(StatusCode::REQUEST_TIMEOUT),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            ErrorCode::of_status(StatusCode::BAD_GATEWAY),
+            ErrorCode::Internal
+        );
+    }
 }

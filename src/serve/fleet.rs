@@ -140,6 +140,7 @@ pub fn start(
         builder = builder.agent_type(t);
     }
     if let Some(j) = journal {
+        metrics.time_commits_of(&j);
         builder = builder.journal(j)?;
     }
     Ok(Fleet {

@@ -110,6 +110,43 @@ pub async fn deadline(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use actix_web::middleware::from_fn;
+    use actix_web::test as served;
+    use actix_web::{App, HttpResponse};
+
+    /// A handler that never answers: only the deadline can end its request.
+    async fn never() -> HttpResponse {
+        std::future::pending().await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_its_deadline_is_answered_503_as_json() {
+        let app = served::init_service(
+            App::new()
+                .app_data(web::Data::new(Deadline(Duration::from_secs(5))))
+                .route("/slow", web::get().to(never))
+                .route("/fast", web::get().to(HttpResponse::NoContent))
+                .wrap(from_fn(deadline)),
+        )
+        .await;
+        let started = tokio::time::Instant::now();
+        let slow = served::TestRequest::get().uri("/slow").to_request();
+        let Err(refused) = served::try_call_service(&app, slow).await else {
+            panic!("the deadline answers with an error");
+        };
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        let res = refused.error_response();
+        assert_eq!(
+            res.status(),
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        let body = actix_web::body::to_bytes(res.into_body()).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"], "unavailable");
+        let res =
+            served::call_service(&app, served::TestRequest::get().uri("/fast").to_request()).await;
+        assert_eq!(res.status(), actix_web::http::StatusCode::NO_CONTENT);
+    }
 
     #[test]
     fn a_token_matches_itself_only() {

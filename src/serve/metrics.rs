@@ -12,8 +12,7 @@
 //!   phase, their usage ratios, the queue's depth.
 //!
 //! Runtime call latency comes from [`MeteredRuntime`], a wrapper around the agent runtime; the
-//! journal's commit latency from [`Metrics::observe_journal_commit`], which the journal's
-//! commit hook calls.
+//! journal's commit latency from the journal's commit observer ([`Metrics::time_commits_of`]).
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
@@ -46,6 +45,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use utoipa::OpenApi;
 
 use super::error::{ApiError, ErrorBody};
+use crate::journal::Journal;
 use crate::machine::Phase;
 use crate::record::FleetEvent;
 use crate::runtime::{AgentRuntime, RuntimeError};
@@ -122,7 +122,7 @@ impl Collector for UsageRatios {
         let family = self.0.lock().expect("lock");
         let metric = encoder.encode_descriptor(
             "baton_session_usage_ratio",
-            "Usage ratio (used / window) of the live sessions at this scrape, by agent type",
+            "Usage ratio (used / window) of the live sessions at this scrape, by agent type.",
             None,
             family.metric_type(),
         )?;
@@ -341,9 +341,11 @@ impl Metrics {
         }
     }
 
-    /// Records one journal commit's duration (for the journal's commit hook).
-    pub fn observe_journal_commit(&self, took: Duration) {
-        self.inner.journal_commits.observe(took.as_secs_f64());
+    /// Times every commit of `journal` into `baton_journal_commit_duration_seconds` (through
+    /// [`Journal::on_commit`], which this takes over).
+    pub fn time_commits_of(&self, journal: &Journal) {
+        let commits = self.inner.journal_commits.clone();
+        journal.on_commit(move |took, _records| commits.observe(took.as_secs_f64()));
     }
 
     /// Records one runtime call (what [`MeteredRuntime`] does).

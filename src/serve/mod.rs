@@ -12,6 +12,9 @@
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
 //! | `store.rs` | the agent types kept in the journal file across restarts |
 //! | `agent_types.rs` | `/v1/agent-types` |
+//! | `sessions.rs` | `/v1/sessions`: list, get, close, rotate |
+//! | `readings.rs` | usage reports: `/v1/sessions/{id}/usage`, `/v1/usage` |
+//! | `work_items.rs` | `/v1/work-items`: submit one or a batch, list, get, cancel |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll and results |
 //! | `webhook.rs` | [`WebhookRuntime`](webhook::WebhookRuntime): commands delivered as signed webhooks |
@@ -30,9 +33,12 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod queue;
+pub mod readings;
+pub mod sessions;
 pub mod sse;
 pub mod store;
 pub mod webhook;
+pub mod work_items;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +98,10 @@ pub struct Parts {
 fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
+    sessions::configure(cfg);
+    readings::configure(cfg);
+    agent_types::configure(cfg, parts.store.clone());
+    work_items::configure(cfg);
     if let Some(queue) = &parts.commands {
         commands::configure(cfg, queue.clone());
     }
@@ -119,6 +129,7 @@ pub fn bind(
             .app_data(web::PayloadConfig::new(max_body))
             .configure(|cfg| configure(cfg, &parts))
             .default_service(web::to(error::not_found))
+            .wrap(from_fn(error::json_errors))
             .wrap(from_fn(guard::deadline))
             .wrap(from_fn(guard::require_token))
     })

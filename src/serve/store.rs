@@ -34,6 +34,9 @@ pub struct AgentTypeStore {
     conn: Mutex<Connection>,
     /// The file, for errors.
     path: PathBuf,
+    /// Held from a change's acceptance by the supervisor to its row's write, so that rows are
+    /// written in the order the supervisor accepted the changes.
+    writes: tokio::sync::Mutex<()>,
 }
 
 impl AgentTypeStore {
@@ -52,6 +55,7 @@ impl AgentTypeStore {
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_owned(),
+            writes: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -77,6 +81,12 @@ impl AgentTypeStore {
                 })
             })
             .collect()
+    }
+
+    /// Held across accepting a change and storing it: changes are stored in the order they
+    /// were accepted.
+    pub async fn writing(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
     }
 
     /// Stores `agent` (replacing the row of the same name), durably.

@@ -86,11 +86,13 @@ impl Handler<Lookup> for Supervisor {
     type Result = Option<SessionHandle>;
 
     fn handle(&mut self, Lookup(session): Lookup, _: &mut Self::Context) -> Self::Result {
-        self.sessions.get(&session).map(|e| SessionHandle {
-            session,
-            shard: e.shard,
-            addr: e.addr.clone(),
-            slot: e.slot.clone(),
+        self.sessions.get(&session).and_then(|e| {
+            Some(SessionHandle {
+                session,
+                shard: e.shard(),
+                addr: e.addr.upgrade()?,
+                slot: e.slot.clone(),
+            })
         })
     }
 }
@@ -171,7 +173,7 @@ impl Handler<TakeInventory> for Supervisor {
         let mut sessions: Vec<_> = self
             .sessions
             .iter()
-            .map(|(id, e)| (*id, e.item, e.phase))
+            .map(|(id, e)| (*id, e.item, e.phase()))
             .collect();
         sessions.sort_by_key(|(id, _, _)| *id);
         MessageResult(Inventory {
@@ -302,5 +304,18 @@ impl Handler<WorkItems> for Supervisor {
         };
         items.sort_by_key(|i| i.item.id);
         MessageResult(items)
+    }
+}
+
+/// Cancel a work item.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Place, SupervisorError>")]
+pub(super) struct Cancel(pub(super) WorkItemId);
+
+impl Handler<Cancel> for Supervisor {
+    type Result = Result<Place, SupervisorError>;
+
+    fn handle(&mut self, Cancel(id): Cancel, ctx: &mut Self::Context) -> Self::Result {
+        self.cancel(id, ctx)
     }
 }

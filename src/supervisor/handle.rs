@@ -9,10 +9,12 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use super::api::{
-    ForSession, ListAgentTypes, ListSessions, Lookup, PutAgentType, Shards, Shutdown, Submit,
-    TakeInventory, ToSession, WorkItems,
+    Cancel, ForSession, ListAgentTypes, ListSessions, Lookup, PutAgentType, Shards, Shutdown,
+    Submit, TakeInventory, ToSession, WorkItems,
 };
-use super::{Inventory, PutOutcome, ShutdownReport, Supervisor, SupervisorError, WorkItemInfo};
+use super::{
+    Inventory, Place, PutOutcome, ShutdownReport, Supervisor, SupervisorError, WorkItemInfo,
+};
 use crate::journal::Journal;
 use crate::machine::Phase;
 use crate::record::{EventBus, FleetEvent, Sequenced};
@@ -346,7 +348,29 @@ impl SupervisorHandle {
         self.addr.send(WorkItems(None)).await.unwrap_or_default()
     }
 
-    /// The journal the supervisor writes through, if it has one.
+    /// Cancels a work item: it ends [`Place::Dead`]`("cancelled")` at once, and a
+    /// [`FleetEvent::DeadLetter`] with reason [`CANCELLED`](super::CANCELLED) is published
+    /// (with a journal, durable before this returns, so a restarted supervisor never runs the
+    /// item again). A queued item leaves the queue. A live item's session is closed, at the
+    /// runtime too, without the item counting as done. A rotating item's session is closed
+    /// and its rotation closes the successor it spawned. An item whose session is being
+    /// started has that session closed as soon as its spawn returns, never registered.
+    ///
+    /// Fails with [`SupervisorError::UnknownWorkItem`] for an id never submitted, and
+    /// [`SupervisorError::AlreadyEnded`] for an item already done or dead.
+    pub async fn cancel(&self, id: WorkItemId) -> Result<Place, SupervisorError> {
+        let place = self.addr.send(Cancel(id)).await.or_else(gone)??;
+        if let Some(journal) = &self.journal {
+            journal.flush().await.map_err(SupervisorError::Journal)?;
+        }
+        Ok(place)
+    }
+
+    /// The journal the supervisor writes through, if it has one: to read the backlog of a
+    /// resumed event stream ([`Journal::read`] on the writer's own connection, which works for a
+    /// journal in memory too, or a [`JournalReader`](crate::journal::JournalReader) opened on
+    /// [`Journal::path`] beside the writer), to wait for durability ([`Journal::flush`]), and to
+    /// observe commits for metrics ([`Journal::on_commit`], [`Journal::stats`]).
     pub fn journal(&self) -> Option<&Journal> {
         self.journal.as_ref()
     }

@@ -28,12 +28,13 @@ use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{
-    Place, Supervisor, call_with_retry, close_with_retry, fallback_handoff, rotation_record,
+    Place, SessionAddr, Supervisor, call_with_retry, close_with_retry, fallback_handoff,
+    rotation_record,
 };
 use crate::journal::{Journal, JournalError, Op, RotationIntent};
 use crate::record::{FleetEvent, RotationId, RotationRecord};
 use crate::runtime::{AgentRuntime, RuntimeError};
-use crate::session::{Command, RotationRequest, SessionActor};
+use crate::session::{Command, RotationRequest};
 use crate::vocab::{AgentType, Handoff, SessionId, SpawnKey, SummaryPurpose, WorkItem};
 
 /// One rotation, from the decision to its record.
@@ -53,7 +54,7 @@ pub(super) struct Rotation {
     /// When the rotation began (in this process); its deadline counts from here.
     pub started: Instant,
     /// The old session's actor; `None` when resumed after a restart (it died with the process).
-    pub old_addr: Option<Addr<SessionActor>>,
+    pub old_addr: Option<SessionAddr>,
     /// Counts the rotation as runtime work under way (shutdown waits for it) until the
     /// rotation is dropped, once concluded.
     pub _work: TaskTrackerToken,
@@ -281,7 +282,12 @@ impl Job {
 impl Supervisor {
     /// Runs a rotation's runtime work from `from`, then concludes it. The rotation's token
     /// counts it as work under way until it is concluded.
-    pub(super) fn run_rotation(&mut self, rot: Rotation, from: Resume, ctx: &mut Context<Self>) {
+    pub(super) fn run_rotation(
+        &mut self,
+        mut rot: Rotation,
+        from: Resume,
+        ctx: &mut Context<Self>,
+    ) {
         let job = Job {
             runtime: self.runtime.clone(),
             summary_slots: self.compaction_slots.clone(),
@@ -301,7 +307,8 @@ impl Supervisor {
             },
             item: rot.item.clone(),
             agent: rot.agent.clone(),
-            history: rot.req.history.clone(),
+            // Only a fallback handoff reads the readings: moved, not copied.
+            history: std::mem::take(&mut rot.req.history),
             last_summary: rot.req.last_summary.clone(),
             deadline: rot.started + rot.agent.policy.rotation_timeout(),
         };
@@ -382,13 +389,17 @@ impl Supervisor {
                             if let Err(e) = committed {
                                 act.journal_failed(&e);
                             }
-                            act.hand_over(&rot, new, handoff, record);
+                            if *act.ledger.items[&rot.item.id].place() == Place::Starting {
+                                act.hand_over(&rot, new, handoff, record, ctx);
+                            } else {
+                                act.cancelled_at_hand_over(&rot, new, record, ctx);
+                            }
                             act.end_rotation(rot, ctx);
                         }),
                 );
             }
             (Ok(new), None) => {
-                self.hand_over(&rot, new, w.handoff, record);
+                self.hand_over(&rot, new, w.handoff, record, ctx);
                 self.end_rotation(rot, ctx);
             }
             (Err(error), _) => {
@@ -405,10 +416,11 @@ impl Supervisor {
         new: SessionId,
         handoff: Handoff,
         record: RotationRecord,
+        ctx: &mut Context<Self>,
     ) {
         self.ledger.set_place(rot.item.id, Place::Live(new));
         self.item(rot.item.id).handoff = Some(handoff);
-        self.start_actor(new, rot.item.id);
+        self.start_actor(new, rot.item.id, ctx);
         if let Some(old) = &rot.old_addr {
             old.do_send(Command::HandedOver(new));
         }
@@ -419,6 +431,24 @@ impl Supervisor {
                 e.addr.do_send(Command::Close);
             }
         }
+    }
+
+    /// The item was cancelled while the rotation's last step was committed: the rotation is
+    /// done (its record is published, the old session hears it was handed over), but the
+    /// successor is closed instead of started.
+    fn cancelled_at_hand_over(
+        &mut self,
+        rot: &Rotation,
+        new: SessionId,
+        record: RotationRecord,
+        ctx: &mut Context<Self>,
+    ) {
+        tracing::info!(work_item = %rot.item.id, session = %new, "work item cancelled during its hand-over: the successor is closed");
+        if let Some(old) = &rot.old_addr {
+            old.do_send(Command::HandedOver(new));
+        }
+        self.bus.publish(FleetEvent::Rotation(record));
+        self.close_at_runtime(new, ctx);
     }
 
     /// The rotation failed: the old session closes, and the item (if still the rotation's) goes

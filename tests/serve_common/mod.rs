@@ -75,11 +75,22 @@ pub fn item(id: u64, agent_type: &str) -> WorkItem {
 impl Served {
     /// Serves a fleet of `agents`, journaled or not.
     pub async fn start(journaled: bool, agents: &[&str], events: EventsConfig) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
+        let memory = MemoryConfig {
             base_tokens: 100,
             ..MemoryConfig::default()
-        }));
+        };
+        Self::start_with(journaled, agents, events, memory).await
+    }
+
+    /// [`start`](Self::start) over a runtime with these settings.
+    pub async fn start_with(
+        journaled: bool,
+        agents: &[&str],
+        events: EventsConfig,
+        memory: MemoryConfig,
+    ) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let runtime = Arc::new(MemoryRuntime::new(memory));
         let dir = journaled.then(|| tempfile::tempdir().unwrap());
         let path = dir.as_ref().map(|d| d.path().join("baton.db"));
         let metrics = Metrics::new();
@@ -90,7 +101,9 @@ impl Served {
             .iter()
             .fold(builder, |b, name| b.agent_type(agent(name)));
         if let Some(p) = &path {
-            builder = builder.journal(Journal::open(p).unwrap()).unwrap();
+            let journal = Journal::open(p).unwrap();
+            metrics.time_commits_of(&journal);
+            builder = builder.journal(journal).unwrap();
         }
         let rx = builder.subscribe_sequenced();
         let supervisor = builder.start();

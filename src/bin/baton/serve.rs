@@ -272,6 +272,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_token_comes_trimmed_from_the_environment_and_a_missing_one_is_a_usage_error() {
+        let t = read_token(None, Some("  0123456789abcdef\n".into())).unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+        let e = read_token(None, None).unwrap_err();
+        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
+    }
+
+    #[test]
+    fn a_short_token_is_a_usage_error_that_does_not_show_it() {
+        let e = read_token(None, Some("hunter2".into())).unwrap_err();
+        let message = crate::chain_message(&e);
+        assert!(!message.contains("hunter2"), "{message}");
+        assert!(message.contains("too short"), "{message}");
+        assert_eq!(crate::finish(Err(e)), crate::Exit::Usage);
+    }
+
+    #[test]
+    fn the_token_file_wins_and_only_its_first_line_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "0123456789abcdef\nsecond line\n").unwrap();
+        let t = read_token(Some(&path), Some("fedcba9876543210".into())).unwrap();
+        assert!(t.matches(b"0123456789abcdef"));
+    }
+
+    #[test]
     fn the_webhook_secret_is_the_first_line_and_an_empty_one_is_a_usage_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");

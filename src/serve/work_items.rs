@@ -1,0 +1,513 @@
+//! `/v1/work-items`: submit one or a batch, idempotent by the client's id; list, get, cancel.
+
+use std::collections::HashMap;
+
+use actix_web::{HttpResponse, web};
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use super::error::{ApiError, ErrorBody, ErrorCode};
+use crate::supervisor::{Place, SupervisorError, SupervisorHandle, WorkItemInfo};
+use crate::vocab::{WorkItem, WorkItemId};
+
+/// The most items one batch may hold.
+pub const MAX_BATCH: usize = 1_000;
+/// The most items one list answers (and its default).
+pub const MAX_LIST: usize = 10_000;
+
+/// Where a work item is, on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaceView {
+    /// Waiting for a session.
+    Queued,
+    /// A session is being started for it.
+    Starting,
+    /// Held by a live session (`session`).
+    Live,
+    /// Its session (`session`) is rotating.
+    Rotating,
+    /// Finished (`session` held it last).
+    Done,
+    /// Given up on (`reason` says why).
+    Dead,
+}
+
+/// A work item and where it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkItemView {
+    /// The client's id.
+    pub id: u64,
+    /// The agent type that must work on it.
+    pub agent_type: String,
+    /// What to do, as given to the agent.
+    pub text: String,
+    /// Where it is.
+    pub place: PlaceView,
+    /// The session holding it (live, rotating), or that held it last (done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<u64>,
+    /// Why it was given up on (dead): `cancelled`, a dead letter's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&WorkItemInfo> for WorkItemView {
+    fn from(info: &WorkItemInfo) -> Self {
+        let (place, session, reason) = match &info.place {
+            Place::Queued => (PlaceView::Queued, None, None),
+            Place::Starting => (PlaceView::Starting, None, None),
+            Place::Live(s) => (PlaceView::Live, Some(s.0), None),
+            Place::Rotating(s) => (PlaceView::Rotating, Some(s.0), None),
+            Place::Done(s) => (PlaceView::Done, Some(s.0), None),
+            Place::Dead(r) => (PlaceView::Dead, None, Some(r.clone())),
+        };
+        Self {
+            id: info.item.id.0,
+            agent_type: info.item.agent_type.to_string(),
+            text: info.item.text.clone(),
+            place,
+            session,
+            reason,
+        }
+    }
+}
+
+/// A work item to submit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItemBody {
+    /// The client's id: submitting the same id again with the same content is harmless.
+    pub id: u64,
+    /// The agent type that must work on it (it must exist).
+    #[schema(min_length = 1)]
+    pub agent_type: String,
+    /// What to do, as given to the agent.
+    #[schema(min_length = 1)]
+    pub text: String,
+}
+
+impl WorkItemBody {
+    fn item(&self) -> WorkItem {
+        WorkItem {
+            id: WorkItemId(self.id),
+            agent_type: self.agent_type.as_str().into(),
+            text: self.text.clone(),
+        }
+    }
+}
+
+/// Whether `existing` is what `body` submits (same agent type and text).
+pub fn same_content(existing: &WorkItem, body: &WorkItemBody) -> bool {
+    *existing.agent_type == *body.agent_type && existing.text == body.text
+}
+
+/// How a submission went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmitStatus {
+    /// New: queued.
+    Created,
+    /// Submitted before with the same content: nothing changed.
+    Exists,
+    /// Submitted before with other content: refused.
+    Conflict,
+    /// Refused (an unknown agent type, an empty text, shutting down): `message` says why.
+    Rejected,
+}
+
+/// Submits `body`: the item and how it went, or why it was refused.
+async fn submit(
+    supervisor: &SupervisorHandle,
+    body: &WorkItemBody,
+) -> Result<(SubmitStatus, WorkItemView), ApiError> {
+    if body.text.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "a work item's text must not be empty",
+        ));
+    }
+    if body.agent_type.is_empty() {
+        return Err(ApiError::bad_request(
+            "a work item's agent_type must not be empty",
+        ));
+    }
+    let known = |info: WorkItemInfo| {
+        if same_content(&info.item, body) {
+            Ok((SubmitStatus::Exists, WorkItemView::from(&info)))
+        } else {
+            Err(ApiError::conflict(format!(
+                "work item {} was submitted with other content",
+                body.id
+            )))
+        }
+    };
+    if let Some(info) = supervisor.work_item(WorkItemId(body.id)).await {
+        return known(info);
+    }
+    let created = match supervisor.submit(body.item()).await {
+        Ok(()) => true,
+        // Submitted meanwhile by another request: judged as a retry.
+        Err(SupervisorError::DuplicateWorkItem(_)) => false,
+        Err(SupervisorError::UnknownAgentType(t)) => {
+            return Err(ApiError::not_found(format!("no agent type {t:?}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match supervisor.work_item(WorkItemId(body.id)).await {
+        Some(info) if created => Ok((SubmitStatus::Created, WorkItemView::from(&info))),
+        Some(info) => known(info),
+        // Known to the journal but not listed (its agent type is unknown since a restart).
+        None => Err(ApiError::conflict(format!(
+            "work item {} was already submitted",
+            body.id
+        ))),
+    }
+}
+
+/// Submits a work item: 201 when new, 200 when this id was submitted with the same content.
+#[utoipa::path(
+    post,
+    path = "/v1/work-items",
+    tag = "work items",
+    request_body = WorkItemBody,
+    responses(
+        (status = 201, description = "Queued", body = WorkItemView),
+        (status = 200, description = "Submitted before with the same content (an idempotent retry)", body = WorkItemView),
+        (status = 400, description = "A malformed body or an empty text", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 404, description = "No agent type has this name", body = ErrorBody),
+        (status = 409, description = "This id was submitted with other content", body = ErrorBody),
+        (status = 413, description = "The body is over the size cap", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn create(
+    supervisor: web::Data<SupervisorHandle>,
+    body: web::Json<WorkItemBody>,
+) -> Result<HttpResponse, ApiError> {
+    let (status, view) = submit(&supervisor, &body).await?;
+    Ok(match status {
+        SubmitStatus::Created => HttpResponse::Created().json(view),
+        _ => HttpResponse::Ok().json(view),
+    })
+}
+
+/// `POST /v1/work-items/batch`'s body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkItemBatch {
+    /// The items (at most 1,000).
+    #[schema(max_items = 1000)]
+    pub items: Vec<WorkItemBody>,
+}
+
+/// How one item of a batch went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkItemBatchResult {
+    /// The item's id.
+    pub id: u64,
+    /// How it went.
+    pub status: SubmitStatus,
+    /// Why, for `conflict` and `rejected`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `POST /v1/work-items/batch`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkItemBatchAnswer {
+    /// One result per item, in the order of the items.
+    pub results: Vec<WorkItemBatchResult>,
+}
+
+/// Submits many work items; each succeeds or fails alone. Items with the same id are judged in
+/// their order (the first is created, a later one exists or conflicts).
+#[utoipa::path(
+    post,
+    path = "/v1/work-items/batch",
+    tag = "work items",
+    request_body = WorkItemBatch,
+    responses(
+        (status = 200, description = "One result per item, in order", body = WorkItemBatchAnswer),
+        (status = 400, description = "A malformed body, or more than 1,000 items", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 413, description = "The body is over the size cap", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn batch(
+    supervisor: web::Data<SupervisorHandle>,
+    body: web::Json<WorkItemBatch>,
+) -> Result<web::Json<WorkItemBatchAnswer>, ApiError> {
+    let items = &body.items;
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds at most {MAX_BATCH} items, not {}",
+            items.len()
+        )));
+    }
+    // Different ids concurrently (their journal writes share commits); one id in order.
+    let mut groups: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        groups.entry(item.id).or_default().push(i);
+    }
+    let supervisor = &supervisor;
+    let done = join_all(groups.into_values().map(|indices| async move {
+        let mut out = Vec::with_capacity(indices.len());
+        for i in indices {
+            let body = &items[i];
+            let (status, message) = match submit(supervisor, body).await {
+                Ok((status, _)) => (status, None),
+                Err(e) if e.code == ErrorCode::Conflict => {
+                    (SubmitStatus::Conflict, Some(e.message))
+                }
+                Err(e) => (SubmitStatus::Rejected, Some(e.message)),
+            };
+            out.push((
+                i,
+                WorkItemBatchResult {
+                    id: body.id,
+                    status,
+                    message,
+                },
+            ));
+        }
+        out
+    }))
+    .await;
+    let mut results: Vec<(usize, WorkItemBatchResult)> = done.into_iter().flatten().collect();
+    results.sort_by_key(|(i, _)| *i);
+    Ok(web::Json(WorkItemBatchAnswer {
+        results: results.into_iter().map(|(_, r)| r).collect(),
+    }))
+}
+
+/// The filters of `GET /v1/work-items`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkItemFilter {
+    /// Only items in this place.
+    pub place: Option<PlaceView>,
+    /// Only items of this agent type.
+    pub agent_type: Option<String>,
+    /// At most this many (default and most: 10,000), the lowest ids first.
+    #[param(minimum = 0, maximum = 10000)]
+    pub limit: Option<usize>,
+}
+
+impl WorkItemFilter {
+    /// The items of `all` (in id order) that pass, up to the limit.
+    pub fn apply(&self, all: &[WorkItemInfo]) -> Result<Vec<WorkItemView>, ApiError> {
+        let limit = self.limit.unwrap_or(MAX_LIST);
+        if limit > MAX_LIST {
+            return Err(ApiError::bad_request(format!(
+                "limit must be at most {MAX_LIST}, not {limit}"
+            )));
+        }
+        Ok(all
+            .iter()
+            .map(WorkItemView::from)
+            .filter(|v| self.place.is_none_or(|p| v.place == p))
+            .filter(|v| self.agent_type.as_deref().is_none_or(|t| v.agent_type == t))
+            .take(limit)
+            .collect())
+    }
+}
+
+/// `GET /v1/work-items`'s answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkItemList {
+    /// The items that pass the filters, by id.
+    pub work_items: Vec<WorkItemView>,
+}
+
+/// Work items with their places, by id.
+#[utoipa::path(
+    get,
+    path = "/v1/work-items",
+    tag = "work items",
+    params(WorkItemFilter),
+    responses(
+        (status = 200, description = "The items that pass the filters, by id", body = WorkItemList),
+        (status = 400, description = "A bad filter", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn list(
+    supervisor: web::Data<SupervisorHandle>,
+    filter: web::Query<WorkItemFilter>,
+) -> Result<web::Json<WorkItemList>, ApiError> {
+    let all = supervisor.work_items().await;
+    Ok(web::Json(WorkItemList {
+        work_items: filter.apply(&all)?,
+    }))
+}
+
+/// One work item and where it is.
+#[utoipa::path(
+    get,
+    path = "/v1/work-items/{id}",
+    tag = "work items",
+    params(("id" = u64, Path, description = "The work item's id")),
+    responses(
+        (status = 200, description = "The work item", body = WorkItemView),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 404, description = "No work item has this id", body = ErrorBody),
+        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn get(
+    supervisor: web::Data<SupervisorHandle>,
+    id: web::Path<u64>,
+) -> Result<web::Json<WorkItemView>, ApiError> {
+    let id = id.into_inner();
+    supervisor
+        .work_item(WorkItemId(id))
+        .await
+        .map(|info| web::Json(WorkItemView::from(&info)))
+        .ok_or_else(|| ApiError::not_found(format!("no work item {id}")))
+}
+
+/// Cancels a work item: a queued one leaves the queue, a live one's session is closed; it ends
+/// `dead` with reason `cancelled`, durably.
+#[utoipa::path(
+    post,
+    path = "/v1/work-items/{id}/cancel",
+    tag = "work items",
+    params(("id" = u64, Path, description = "The work item's id")),
+    responses(
+        (status = 200, description = "Cancelled: the item, now dead", body = WorkItemView),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 401, description = "No or a wrong token", body = ErrorBody),
+        (status = 404, description = "No work item has this id", body = ErrorBody),
+        (status = 409, description = "The item already ended (done or dead)", body = ErrorBody),
+        (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
+    )
+)]
+async fn cancel(
+    supervisor: web::Data<SupervisorHandle>,
+    id: web::Path<u64>,
+) -> Result<web::Json<WorkItemView>, ApiError> {
+    let id = WorkItemId(id.into_inner());
+    let place = supervisor.cancel(id).await?;
+    let info = supervisor
+        .work_item(id)
+        .await
+        .ok_or_else(|| ApiError::unavailable("the supervisor is shutting down"))?;
+    Ok(web::Json(WorkItemView::from(&WorkItemInfo {
+        place,
+        ..info
+    })))
+}
+
+/// This module's part of the OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    paths(create, batch, list, get, cancel),
+    components(schemas(
+        WorkItemView,
+        PlaceView,
+        WorkItemBody,
+        WorkItemBatch,
+        SubmitStatus,
+        WorkItemBatchResult,
+        WorkItemBatchAnswer,
+        WorkItemList
+    ))
+)]
+pub struct Api;
+
+/// Registers `/v1/work-items`, `/v1/work-items/batch`, `/v1/work-items/{id}` and
+/// `/v1/work-items/{id}/cancel`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/work-items")
+            .route(web::get().to(list))
+            .route(web::post().to(create)),
+    )
+    .service(web::resource("/v1/work-items/batch").route(web::post().to(batch)))
+    .service(web::resource("/v1/work-items/{id}").route(web::get().to(get)))
+    .service(web::resource("/v1/work-items/{id}/cancel").route(web::post().to(cancel)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vocab::SessionId;
+
+    fn info(id: u64, agent_type: &str, place: Place) -> WorkItemInfo {
+        WorkItemInfo {
+            item: WorkItem {
+                id: WorkItemId(id),
+                agent_type: agent_type.into(),
+                text: format!("item {id}"),
+            },
+            place,
+        }
+    }
+
+    #[test]
+    fn places_carry_their_session_or_reason() {
+        let live = WorkItemView::from(&info(1, "a", Place::Live(SessionId(4))));
+        assert_eq!((live.place, live.session), (PlaceView::Live, Some(4)));
+        let dead = serde_json::to_value(WorkItemView::from(&info(
+            2,
+            "a",
+            Place::Dead("cancelled".into()),
+        )))
+        .unwrap();
+        assert_eq!(dead["place"], "dead");
+        assert_eq!(dead["reason"], "cancelled");
+        assert!(dead.get("session").is_none());
+    }
+
+    #[test]
+    fn the_list_filters_by_place_and_agent_type_up_to_the_limit() {
+        let all = [
+            info(1, "a", Place::Queued),
+            info(2, "b", Place::Queued),
+            info(3, "a", Place::Done(SessionId(9))),
+            info(4, "a", Place::Queued),
+        ];
+        let ids = |f: WorkItemFilter| -> Vec<u64> {
+            f.apply(&all).unwrap().iter().map(|v| v.id).collect()
+        };
+        let queued_a = WorkItemFilter {
+            place: Some(PlaceView::Queued),
+            agent_type: Some("a".into()),
+            limit: None,
+        };
+        assert_eq!(ids(queued_a.clone()), [1, 4]);
+        assert_eq!(
+            ids(WorkItemFilter {
+                limit: Some(1),
+                ..queued_a
+            }),
+            [1]
+        );
+        let too_many = WorkItemFilter {
+            limit: Some(MAX_LIST + 1),
+            ..WorkItemFilter::default()
+        };
+        assert!(too_many.apply(&all).is_err());
+    }
+
+    #[test]
+    fn content_is_the_same_when_agent_type_and_text_are() {
+        let item = info(1, "a", Place::Queued).item;
+        let body = |agent_type: &str, text: &str| WorkItemBody {
+            id: 1,
+            agent_type: agent_type.into(),
+            text: text.into(),
+        };
+        assert!(same_content(&item, &body("a", "item 1")));
+        assert!(!same_content(&item, &body("b", "item 1")));
+        assert!(!same_content(&item, &body("a", "item 2")));
+    }
+}
