@@ -1204,3 +1204,21 @@ impl Handler<SessionNotice> for Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+
+    #[test]
+    fn a_registry_entry_is_three_words() {
+        use std::mem::size_of;
+        // One per live session, in a hash map that is up to half empty: a weak address, the
+        // item and the slot (phase and shard live in the slot). See docs/performance.md.
+        eprintln!(
+            "SessionEntry {} ItemEntry {}",
+            size_of::<SessionEntry>(),
+            size_of::<ItemEntry>()
+        );
+        assert_eq!(size_of::<SessionEntry>(), 24);
+    }
+}
