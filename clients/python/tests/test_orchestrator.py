@@ -58,6 +58,7 @@ class Orchestrator:
         self.done: Counter[int] = Counter()
         self.failures: list[BaseException] = []
         self.exits: dict[int, str] = {}  # why each driver stopped (for a failure's message)
+        self.readings: dict[int, list[tuple[int, str]]] = {}  # per session: (used, phase)
         watcher.on_event(self._on_event)
 
     def _on_event(self, event: Any) -> None:
@@ -89,6 +90,12 @@ class Orchestrator:
             states = [(s, s in self.gone, self.exits.get(s)) for s in sessions]
             events = [payload_of(e)[0] + str(payload_of(e)[1].get("session", "")) for e in self.watcher.events if e.get("work_item") == item]
             lines.append(f"item {item}: {place} turns={self.turns[item]} drivers={states} events={events}")
+            for s in sessions:
+                lines.append(f"  session {s}: readings {self.readings.get(s)}")
+                if s not in self.gone:
+                    lines.append(f"  server: {await self.client.get_session(s)}")
+                kinds = [payload_of(e) for e in self.watcher.events if e.get("session") == s or payload_of(e)[1].get("session") == s]
+                lines.append(f"  events: {kinds}")
         return "\n".join(lines)
 
     async def again(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -117,6 +124,7 @@ class Orchestrator:
                 agent.used = min(agent.used + step, WINDOW - 10)
                 seen = self.compactions[session]
                 reading = await self.again(lambda: self.client.report_usage(session, agent.used))
+                self.readings.setdefault(session, []).append((agent.used, reading["phase"]))
                 self.turns[item] += 1
                 if reading["phase"] == "compacting":
                     await self.watcher.wait_for(

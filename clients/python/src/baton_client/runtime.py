@@ -19,6 +19,10 @@ Semantics are the library's ``AgentRuntime``'s (docs/http.md, "The agent runtime
   dict in memory, which is enough while the orchestrator process lives (baton's restarts
   included). An orchestrator that must survive its own restarts passes a persistent mapping,
   such as :class:`JsonFileSpawnKeys`, and keeps its agents' state likewise.
+* **Fresh session ids.** A spawn gets the id baton proposes, unless this runtime already made a
+  session under that id (a spawn cut short by a crash of baton, whose id baton never
+  recorded, then proposed again for another key): the handler is then offered an id above
+  every session the runtime made (as recorded in ``spawn_keys``), which baton accepts.
 * **Leases.** A command is leased for ``lease_ms``; a handler slower than that may see it offered
   again: the runner runs each command id once at a time and answers once, with its ``lease``.
   An answer the server no longer wants (404: the call ended; 409: the lease went to another
@@ -37,7 +41,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator, Literal, MutableMapping, cast
+from typing import Any, Awaitable, Callable, Iterable, Iterator, Literal, MutableMapping, cast
 
 import httpx
 
@@ -219,6 +223,28 @@ def _result(op: str, value: Any) -> Any:
     return {}
 
 
+class _Sessions:
+    """The session ids this runtime made (the values of its spawn keys). baton proposes an id
+    above every id its journal holds, but a spawn cut short by a crash of baton may have made
+    a session under an id the journal never recorded, which baton may then propose again for
+    another key: such a proposal is replaced by one above every id made here."""
+
+    def __init__(self, made: Iterable[int]) -> None:
+        self._made = set(made)
+        self._highest = max(self._made, default=0)
+
+    def made(self, session: int) -> None:
+        self._made.add(session)
+        self._highest = max(self._highest, session)
+
+    def fresh(self, command: Command) -> Command:
+        proposed = cast(dict[str, Any], command)["session"]
+        if proposed not in self._made:
+            return command
+        log.info("baton proposed session %s, which this runtime already made", proposed)
+        return cast(Command, {**command, "session": self._highest + 1})
+
+
 def _message(error: BaseException) -> str:
     text = f"{type(error).__name__}: {error}"
     return text[:_MAX_ERROR_MESSAGE]
@@ -249,6 +275,7 @@ def serve_runtime(
     stop = stop or threading.Event()
     keys: MutableMapping[int, int] = spawn_keys if spawn_keys is not None else {}
     stats = RunnerStats()
+    sessions = _Sessions(keys.values())
     key_locks: dict[int, threading.Lock] = {}
     guard = threading.Lock()
     in_flight: set[int] = set()
@@ -264,9 +291,13 @@ def serve_runtime(
                     if key in keys:
                         stats.spawns_reused += 1
                         return _Answer(ok={"session": keys[key]})
-                    session = _run_sync(handler, command)
-                    keys[key] = int(session)
-                    return _Answer(ok={"session": int(session)})
+                    with guard:
+                        command = sessions.fresh(command)
+                    session = int(_run_sync(handler, command))
+                    with guard:
+                        keys[key] = session
+                        sessions.made(session)
+                    return _Answer(ok={"session": session})
             return _Answer(ok=_result(op, _run_sync(handler, command)))
         except Exception as e:  # the handler's failure becomes baton's error result
             log.warning("runtime command %s failed: %s", op, _message(e))
@@ -357,6 +388,7 @@ async def serve_runtime_async(
     stop = stop or asyncio.Event()
     keys: MutableMapping[int, int] = spawn_keys if spawn_keys is not None else {}
     stats = RunnerStats()
+    sessions = _Sessions(keys.values())
     key_locks: dict[int, asyncio.Lock] = {}
     in_flight: set[int] = set()
     tasks: set[asyncio.Task[None]] = set()
@@ -372,8 +404,9 @@ async def serve_runtime_async(
                     if key in keys:
                         stats.spawns_reused += 1
                         return _Answer(ok={"session": keys[key]})
-                    session = int(await _run_async(handler, command))
+                    session = int(await _run_async(handler, sessions.fresh(command)))
                     keys[key] = session
+                    sessions.made(session)
                     return _Answer(ok={"session": session})
             return _Answer(ok=_result(op, await _run_async(handler, command)))
         except Exception as e:  # the handler's failure becomes baton's error result
