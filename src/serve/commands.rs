@@ -193,8 +193,8 @@ async fn stream(
             "lease_ms must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}"
         )));
     }
-    // One command is taken each time the client has read the frame before (the stream is
-    // polled for more), so a slow reader does not hoard leases.
+    // One command is taken each time the server is ready to write another frame (the stream is
+    // polled for more), so a stalled reader, once its buffers are full, takes no more.
     let body = futures_util::stream::unfold(queue.get_ref().clone(), move |queue| async move {
         let lease = Duration::from_millis(lease_ms);
         let taken = queue.poll(1, KEEP_ALIVE, lease).await;
