@@ -14,7 +14,6 @@
 //! A long-poll never outlives the server's request deadline: its wait is cut to one second
 //! below the deadline (and to at most [`MAX_WAIT_MS`]).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -159,8 +158,6 @@ async fn result(
 /// How often an idle command stream sends a comment line, so that proxies and clients see it
 /// alive.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Commands a stream takes at a time (each leased as it is taken).
-const STREAM_BATCH: usize = 16;
 
 /// The lease of a command stream's commands.
 #[derive(Debug, Clone, Deserialize, IntoParams)]
@@ -196,23 +193,19 @@ async fn stream(
             "lease_ms must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}"
         )));
     }
-    let state = (queue.get_ref().clone(), VecDeque::<Bytes>::new());
-    // Commands are taken only when the client has read what was sent before (the stream is
-    // polled for more), so a slow reader does not hoard leases.
-    let body = futures_util::stream::unfold(state, move |(queue, mut ready)| async move {
-        if ready.is_empty() {
-            let lease = Duration::from_millis(lease_ms);
-            let taken = queue.poll(STREAM_BATCH, KEEP_ALIVE, lease).await;
-            if taken.is_empty() {
-                ready.push_back(sse::comment("keep-alive"));
+    // One command is taken each time the server is ready to write another frame (the stream is
+    // polled for more), so a stalled reader, once its buffers are full, takes no more.
+    let body = futures_util::stream::unfold(queue.get_ref().clone(), move |queue| async move {
+        let lease = Duration::from_millis(lease_ms);
+        let taken = queue.poll(1, KEEP_ALIVE, lease).await;
+        let frame: Bytes = match taken.first() {
+            Some(c) => {
+                let data = serde_json::to_string(c).expect("a command serialises");
+                sse::event(c.id, "command", &data)
             }
-            for c in taken {
-                let data = serde_json::to_string(&c).expect("a command serialises");
-                ready.push_back(sse::event(c.id, "command", &data));
-            }
-        }
-        let frame = ready.pop_front()?;
-        Some((Ok::<_, Infallible>(frame), (queue, ready)))
+            None => sse::comment("keep-alive"),
+        };
+        Some((Ok::<_, Infallible>(frame), queue))
     });
     Ok(HttpResponse::Ok()
         .content_type(sse::CONTENT_TYPE)
