@@ -53,6 +53,31 @@ fn mark() {
     std::thread::sleep(Duration::from_millis(200));
 }
 
+/// CPU time the process has used so far (all threads, user and system), in seconds: a phase's
+/// CPU time per session does not depend on what else the machine runs, as its rate does.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th
+    // and 13th, in clock ticks (100 a second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// Prints (to stderr, seen when a `BATON_BENCH_ONE` child runs by hand) the CPU time per
+/// session a phase took.
+fn cpu_note(stack: &str, phase: &str, since: f64, n: usize) {
+    eprintln!(
+        "CPU {stack} {phase}: {:.1} µs per session",
+        (cpu_secs() - since) * 1e6 / n as f64
+    );
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -239,7 +264,7 @@ async fn baton_run(n: usize) -> Row {
     let mut events = supervisor.subscribe();
     let rss0 = rss_bytes();
     mark();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_secs());
     for i in 0..n as u64 {
         let item = WorkItem {
             id: WorkItemId(i),
@@ -256,6 +281,7 @@ async fn baton_run(n: usize) -> Row {
     }
     drained(&supervisor.shards().await).await;
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
+    cpu_note("baton", "spawn", cpu, n);
     mark();
     // The fleet's own footprint (registry, actors, machines), before the caller takes handles.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -352,7 +378,7 @@ async fn baton_run(n: usize) -> Row {
     // Rotations: every session reports 96%.
     while events.try_recv().is_ok() {}
     mark();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_secs());
     for h in &handles {
         h.report_usage(WINDOW * 96 / 100, None, UsageSource::Reported);
     }
@@ -364,6 +390,7 @@ async fn baton_run(n: usize) -> Row {
         }
     }
     let rotation_rate = n as f64 / t.elapsed().as_secs_f64();
+    cpu_note("baton", "rotation", cpu, n);
     mark();
     supervisor.shutdown(Duration::from_secs(120)).await;
     Row {
@@ -464,7 +491,7 @@ async fn baseline_run(n: usize) -> Row {
     let processed = Arc::new(AtomicUsize::new(0));
     let (rot_tx, mut rot_rx) = mpsc::unbounded_channel::<SessionId>();
     let rss0 = rss_bytes();
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_secs());
     let mut senders: HashMap<SessionId, mpsc::UnboundedSender<Msg>> = HashMap::with_capacity(n);
     let mut ids = Vec::with_capacity(n);
     let start_session =
@@ -492,6 +519,7 @@ async fn baseline_run(n: usize) -> Row {
         ids.push(id);
     }
     let spawn_rate = n as f64 / t.elapsed().as_secs_f64();
+    cpu_note("tokio", "spawn", cpu, n);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
 
@@ -531,7 +559,7 @@ async fn baseline_run(n: usize) -> Row {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Rotations, as the supervisor does them: handoff, spawn, assign, close, hand over.
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_secs());
     for id in &ids {
         let _ = senders[id].send(Msg::Usage(WINDOW * 96 / 100));
     }
@@ -562,6 +590,7 @@ async fn baseline_run(n: usize) -> Row {
         done += 1;
     }
     let rotation_rate = n as f64 / t.elapsed().as_secs_f64();
+    cpu_note("tokio", "rotation", cpu, n);
     Row {
         spawn_rate,
         bytes_per_session,

@@ -24,12 +24,15 @@ const SECRET: &[u8] = b"a webhook secret of the test";
 /// One answer of the receiver: a status and a body; `None` answers the command correctly.
 type Answer = Option<(u16, Vec<u8>)>;
 
-#[derive(Default)]
 struct Receiver {
     /// Answers for the next deliveries, in order; then correct answers.
     script: VecDeque<Answer>,
     /// Every delivery: its command JSON, and whether its signature and timestamp checked out.
     received: Vec<(Value, bool)>,
+    /// How many deliveries arrived, for tests to wait on.
+    arrived: tokio::sync::watch::Sender<usize>,
+    /// Where it listens: `http://127.0.0.1:PORT/hook`.
+    url: String,
 }
 
 type Shared = Arc<Mutex<Receiver>>;
@@ -83,6 +86,7 @@ async fn hook(
     let ok = verified(&headers, &body);
     let mut r = shared.lock().unwrap();
     r.received.push((command.clone(), ok));
+    r.arrived.send_replace(r.received.len());
     if !ok {
         return (StatusCode::UNAUTHORIZED, b"bad signature".to_vec());
     }
@@ -97,19 +101,21 @@ async fn hook(
 
 /// A receiver on 127.0.0.1:0 answering `script` first, and a runtime delivering to it.
 async fn start(script: Vec<Answer>) -> (Shared, Arc<WebhookRuntime>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let shared: Shared = Arc::new(Mutex::new(Receiver {
         script: script.into(),
         received: Vec::new(),
+        arrived: tokio::sync::watch::Sender::new(0),
+        url: format!("http://{addr}/hook"),
     }));
     let app = Router::new()
         .route("/hook", post(hook))
         .with_state(shared.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
-    let runtime = Arc::new(runtime_to(&format!("http://{addr}/hook")));
+    let runtime = Arc::new(runtime_to(&shared.lock().unwrap().url.clone()));
     (shared, runtime, task)
 }
 
@@ -124,6 +130,15 @@ fn runtime_to(url: &str) -> WebhookRuntime {
 
 fn received(shared: &Shared) -> Vec<(Value, bool)> {
     shared.lock().unwrap().received.clone()
+}
+
+/// Waits (up to 10 s) until `n` deliveries arrived.
+async fn wait_deliveries(shared: &Shared, n: usize) {
+    let mut arrived = shared.lock().unwrap().arrived.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), arrived.wait_for(|k| *k >= n))
+        .await
+        .unwrap_or_else(|_| panic!("{n} deliveries within 10 s: {:?}", received(shared)))
+        .unwrap();
 }
 
 #[tokio::test]
@@ -242,4 +257,156 @@ async fn a_supervisor_starts_a_work_item_through_the_webhook() {
     assert_eq!(ops, ["spawn", "spawn", "assign"], "the 503 was retried");
     assert_eq!(got[2].0["session"], json!(started.0));
     assert_eq!(got[2].0["work_item"]["id"], 9);
+}
+
+/// `baton serve` started with `args` (and a token in the environment); its first stdout line
+/// gives the address.
+struct Binary {
+    child: std::process::Child,
+    base: String,
+}
+
+const BINARY_TOKEN: &str = "binary-test-token-0123456789";
+
+impl Binary {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .args(["--no-journal", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .args(["--grace", "200ms"])
+            .args(args)
+            .env("BATON_TOKEN", BINARY_TOKEN)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line: {line:?}"))
+            .to_string();
+        Self { child, base }
+    }
+
+    async fn poll_status(&self) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/v1/runtime/commands/poll", self.base))
+            .bearer_auth(BINARY_TOKEN)
+            .json(&json!({"wait_ms": 0}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // SAFETY: kill with our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Binary {
+    /// Submits work item `id` of agent type `coder`.
+    async fn submit(&self, id: u64) {
+        let r = reqwest::Client::new()
+            .post(format!("{}/v1/work-items", self.base))
+            .bearer_auth(BINARY_TOKEN)
+            .json(&json!({"id": id, "agent_type": "coder", "text": "fix it"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+}
+
+/// A file of one agent type, `coder`.
+fn agent_types(dir: &std::path::Path) -> String {
+    let path = dir.join("types.json");
+    std::fs::write(&path, r#"[{"name": "coder", "window": 1000}]"#).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn baton_serve_serves_the_queue_by_default_and_delivers_signed_webhooks_with_one() {
+    let (shared, _runtime, _task) = start(vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let types = agent_types(dir.path());
+    // By default: the work item's spawn waits in the queue.
+    let queue = Binary::start(&["--agent-types", &types]);
+    queue.submit(1).await;
+    let polled: Value = reqwest::Client::new()
+        .post(format!("{}/v1/runtime/commands/poll", queue.base))
+        .bearer_auth(BINARY_TOKEN)
+        .json(&json!({"wait_ms": 10000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(polled["commands"][0]["op"], "spawn", "{polled}");
+    // With --webhook: no queue to poll; the spawn and the assign go to the receiver, signed.
+    let secret = dir.path().join("secret");
+    std::fs::write(
+        &secret,
+        format!("{}\n", std::str::from_utf8(SECRET).unwrap()),
+    )
+    .unwrap();
+    let url = shared.lock().unwrap().url.clone();
+    let hooked = Binary::start(&[
+        "--agent-types",
+        &types,
+        "--webhook",
+        &url,
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(hooked.poll_status().await, 404);
+    hooked.submit(2).await;
+    wait_deliveries(&shared, 2).await;
+    let got = received(&shared);
+    let ops: Vec<_> = got.iter().map(|(c, _)| c["op"].as_str().unwrap()).collect();
+    assert_eq!(ops, ["spawn", "assign"]);
+    assert!(
+        got.iter().all(|(_, ok)| *ok),
+        "signed with the file's secret"
+    );
+}
+
+#[test]
+fn baton_serve_refuses_a_webhook_without_a_secret_or_with_a_bad_url() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+            .arg("serve")
+            .args(["--no-journal", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("BATON_TOKEN", BINARY_TOKEN)
+            .output()
+            .unwrap()
+    };
+    let alone = run(&["--webhook", "http://127.0.0.1:9/hook"]);
+    assert_eq!(alone.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "never-shown-secret\n").unwrap();
+    let bad = run(&[
+        "--webhook",
+        "ftp://example/hook",
+        "--webhook-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("--webhook"), "{said}");
+    assert!(!said.contains("never-shown-secret"), "{said}");
 }

@@ -1,9 +1,9 @@
 //! The command queue: the agent runtime of `baton serve`, carried out by an orchestrator that
 //! takes commands over HTTP and posts their results back.
 //!
-//! Every [`AgentRuntime`](crate::AgentRuntime) call becomes a [`Command`] with an id unique in this process. It waits
-//! in the queue until a consumer takes it (`POST /v1/runtime/commands/poll`, see
-//! [`commands`](super::commands)), which leases it for a while: a lease that expires unanswered
+//! Every [`AgentRuntime`](crate::AgentRuntime) call becomes a [`Command`] with an id unique in
+//! this process. It waits in the queue until a consumer takes it (`POST
+//! /v1/runtime/commands/poll`, see [`commands`](super::commands)), which leases it for a while: a lease that expires unanswered
 //! puts the command back in the queue, with the same id, for the next consumer. A posted result
 //! ([`CommandResult`]) completes the call. baton calls the runtime under its own deadlines and
 //! drops a call that overruns: the call's command is then withdrawn, and a later result for it
@@ -49,11 +49,11 @@ pub struct Command {
     pub lease_expires_ms: Option<u64>,
 }
 
-/// What a command asks for: one [`AgentRuntime`](crate::AgentRuntime) operation and its arguments.
+/// What a command asks for: one `AgentRuntime` operation and its arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum CommandOp {
-    /// [`AgentRuntime::summarise`](crate::AgentRuntime::summarise): answer `{"text", "tokens"}`.
+    /// `AgentRuntime::summarise`: answer `{"text", "tokens"}`.
     Summarise {
         /// The session to summarise.
         #[schema(value_type = u64)]
@@ -63,7 +63,7 @@ pub enum CommandOp {
         #[schema(value_type = String)]
         purpose: SummaryPurpose,
     },
-    /// [`AgentRuntime::replace_history`](crate::AgentRuntime::replace_history): answer `{"tokens"}`, the tokens in use afterwards.
+    /// `AgentRuntime::replace_history`: answer `{"tokens"}`, the tokens in use afterwards.
     ReplaceHistory {
         /// The session whose history is replaced.
         #[schema(value_type = u64)]
@@ -72,7 +72,7 @@ pub enum CommandOp {
         #[schema(value_type = Object)]
         summary: Summary,
     },
-    /// [`AgentRuntime::spawn`](crate::AgentRuntime::spawn): answer `{"session"}`. A `key` seen before must return the session
+    /// `AgentRuntime::spawn`: answer `{"session"}`. A `key` seen before must return the session
     /// it made; otherwise use the proposed `session` id, which is new.
     Spawn {
         /// The agent type to start: `{"name", "window", "policy", "model", "system_prompt"}`.
@@ -85,7 +85,7 @@ pub enum CommandOp {
         #[schema(value_type = u64)]
         session: SessionId,
     },
-    /// [`AgentRuntime::assign`](crate::AgentRuntime::assign): answer `{}`.
+    /// `AgentRuntime::assign`: answer `{}`.
     Assign {
         /// The session that takes the work item.
         #[schema(value_type = u64)]
@@ -98,7 +98,7 @@ pub enum CommandOp {
         #[schema(value_type = Option<Object>)]
         handoff: Option<Handoff>,
     },
-    /// [`AgentRuntime::close`](crate::AgentRuntime::close): answer `{}`.
+    /// `AgentRuntime::close`: answer `{}`.
     Close {
         /// The session to end.
         #[schema(value_type = u64)]
@@ -134,7 +134,7 @@ impl CommandOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandResult {
-    /// The lease the answer was computed under, from the [`Command`]; optional (without it, the
+    /// The lease the answer was computed under, from the command; optional (without it, the
     /// first answer wins).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<u64>,
@@ -154,13 +154,13 @@ pub struct CommandResult {
 pub struct ResultError {
     /// Whether trying again may help, and how baton treats the failure.
     pub kind: ErrorKind,
-    /// What went wrong (kept to its first [`MAX_MESSAGE_CHARS`] characters).
+    /// What went wrong (kept to its first 1,000 characters).
     #[serde(default)]
     pub message: String,
 }
 
-/// The kinds of failure an orchestrator can report: [`RuntimeError`]'s, minus the timeout
-/// (which baton measures itself).
+/// The kinds of failure an orchestrator can report: those of baton's runtime errors, minus the
+/// timeout (which baton measures itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -633,8 +633,8 @@ impl Proposals {
     }
 }
 
-/// Carries out [`AgentRuntime`](crate::AgentRuntime) calls by sending each as a [`CommandOp`] somewhere: the queue
-/// and the webhook runtime. [`runtime_over_dispatch!`] types the replies.
+/// Carries out [`AgentRuntime`](crate::AgentRuntime) calls by sending each as a [`CommandOp`]
+/// somewhere: the queue and the webhook runtime. [`runtime_over_dispatch!`] types the replies.
 #[async_trait]
 pub(crate) trait Dispatch: Send + Sync + 'static {
     /// The session ids proposed to spawns.
@@ -653,7 +653,8 @@ impl Dispatch for CommandQueue {
     }
 }
 
-/// Implements [`AgentRuntime`](crate::AgentRuntime) for a [`Dispatch`] type: each call a command, each reply typed.
+/// Implements [`AgentRuntime`](crate::AgentRuntime) for a [`Dispatch`] type: each call a
+/// command, each reply typed.
 macro_rules! runtime_over_dispatch {
     ($t:ty) => {
         #[async_trait::async_trait]
