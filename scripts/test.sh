@@ -30,4 +30,4 @@ echo "== the Python client (clients/python) against a real baton serve"
 cargo build --locked --bin baton
 py=$(bash scripts/python.sh | tail -1)
 export BATON_BIN="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/baton"
-(cd clients/python && "$py" -m mypy --strict src && "$py" -m pytest -q -p no:cacheprovider)
+(cd clients/python && "$py" -m mypy --strict src examples && "$py" -m pytest -q -p no:cacheprovider)

@@ -104,7 +104,7 @@ class SlowSpawn(SimAgents):
         return session
 
 
-async def test_a_spawn_key_seen_before_returns_its_session_across_a_sigkill(
+async def test_a_spawn_key_seen_before_returns_its_session_and_ids_stay_fresh_across_a_sigkill(
     server, tmp_path: Path
 ) -> None:
     agents = SlowSpawn()
@@ -121,6 +121,12 @@ async def test_a_spawn_key_seen_before_returns_its_session_across_a_sigkill(
             assert started["session"] == first
             assert agents.count("spawn") == 1
             assert (await aclient.get_work_item(1))["session"] == first
+            # The restarted server never recorded `first`: a new key may be offered that id
+            # again, and must get another.
+            await aclient.submit_work_item(2, "coder", "after the restart")
+            second = await events.first("session_started", lambda b: b["work_item"] == 2)
+            assert second["session"] != first
+            assert (await aclient.get_work_item(2))["session"] == second["session"]
     assert dict(JsonFileSpawnKeys(tmp_path / "spawn-keys.json")) == dict(keys)
     assert first in dict(keys).values()
 
@@ -169,3 +175,17 @@ async def test_error_messages_sent_to_baton_are_bounded(aclient: AsyncClient) ->
         await aclient.report_usage(s, 850)
         record = await events.first("compaction", lambda b: b["session"] == s)
         assert not record["success"] and len(record["error"] or "") < 3000
+
+
+async def test_a_proposed_id_the_runtime_already_made_is_replaced_by_a_fresh_one(
+    aclient: AsyncClient,
+) -> None:
+    # As after a crash of baton between a spawn and its record: the runtime made sessions
+    # 1 to 3 under keys baton no longer knows, and baton proposes 1 again.
+    agents = SimAgents()
+    made = {1001: 1, 1002: 2, 1003: 3}
+    async with running(aclient, agents, spawn_keys=made), watching(aclient) as events:
+        s = await start_one(aclient, events)
+    assert s not in (1, 2, 3)
+    assert agents.calls[0] == ("spawn", s)
+    assert s in made.values(), "the runner records the session it made under its key"
