@@ -185,6 +185,12 @@ async fn the_paged_list_filters_like_baton_log_and_pages_with_next_after() {
             .len(),
         log.len()
     );
+    // Ages, as `baton log` takes them: everything here was recorded within the last day.
+    assert_eq!(
+        page(&served, "?since=1d&limit=1000").await.events.len(),
+        log.len()
+    );
+    assert!(page(&served, "?until=1d").await.events.is_empty());
 
     for bad in [
         "?limit=0",

@@ -31,6 +31,24 @@ impl Timestamp {
         self.0
     }
 
+    /// Parses a time as a person gives it: RFC 3339 in UTC as [`Timestamp::parse`] reads it, or
+    /// an age before `now` as humantime reads it (`90s`, `30m`, `2h`, `7d`, `1h 30m`). The error
+    /// says which forms are accepted.
+    pub fn parse_or_age(text: &str, now: Timestamp) -> Result<Self, String> {
+        if let Some(t) = Self::parse(text) {
+            return Ok(t);
+        }
+        match humantime::parse_duration(text.trim()) {
+            Ok(age) => {
+                let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+                Ok(Timestamp(now.millis().saturating_sub(ms)))
+            }
+            Err(e) => Err(format!(
+                "not a time (2026-11-25T10:00:00Z, 2026-11-25) or an age (90s, 30m, 2h, 7d): {e}"
+            )),
+        }
+    }
+
     /// Parses `YYYY-MM-DD`, optionally followed by `THH:MM`, `:SS`, `.fff` and a `Z` (a space
     /// may stand for the `T`). Times are UTC; an explicit offset other than `Z` or `+00:00` is
     /// refused. Returns `None` for anything else.
@@ -158,6 +176,26 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_time_is_read_as_rfc_3339_or_as_an_age_before_now() {
+        let now = Timestamp(1_000_000_000);
+        assert_eq!(
+            Timestamp::parse_or_age("1970-01-01T00:00:01Z", now),
+            Ok(Timestamp(1000))
+        );
+        assert_eq!(
+            Timestamp::parse_or_age("2h", now),
+            Ok(Timestamp(1_000_000_000 - 7_200_000))
+        );
+        assert_eq!(
+            Timestamp::parse_or_age("1h 30m", now),
+            Ok(Timestamp(1_000_000_000 - 5_400_000))
+        );
+        let e = Timestamp::parse_or_age("yesterday", now).unwrap_err();
+        assert!(e.contains("an age (90s"), "{e}");
+    }
+
     use super::*;
 
     #[test]

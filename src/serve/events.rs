@@ -332,9 +332,10 @@ pub struct ListQuery {
     /// `compaction_failed`, `compaction_budget`, `manual` or `overflow`.
     #[param(value_type = Option<String>)]
     pub reason: Option<RotationReason>,
-    /// Only events recorded at or after this time (RFC 3339 UTC, or `YYYY-MM-DD`).
+    /// Only events recorded at or after this time: RFC 3339 UTC, `YYYY-MM-DD`, or an age before
+    /// now (`90s`, `30m`, `2h`, `7d`), as `baton log` takes it.
     pub since: Option<String>,
-    /// Only events recorded at or before this time.
+    /// Only events recorded at or before this time (the same forms).
     pub until: Option<String>,
     /// Events per page: default 100, at most 1000.
     #[param(minimum = 1, maximum = 1000)]
@@ -344,11 +345,8 @@ pub struct ListQuery {
 /// A time filter's value, or 400.
 fn time(name: &str, text: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
     text.map(|t| {
-        Timestamp::parse(t).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{name} must be a UTC time such as 2026-01-31T12:00:00Z or 2026-01-31"
-            ))
-        })
+        Timestamp::parse_or_age(t, Timestamp::now())
+            .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
     })
     .transpose()
 }

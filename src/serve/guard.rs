@@ -84,13 +84,23 @@ pub async fn require_token(
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| bearer(v.as_bytes()));
         if !presented.is_some_and(|p| token.matches(p)) {
             tracing::debug!(path = %req.path().escape_debug(), "request refused: no valid token");
             return Err(ApiError::unauthorized().into());
         }
     }
     next.call(req).await
+}
+
+/// The credentials of an `Authorization` value in the `Bearer` scheme, whose name is
+/// case-insensitive (RFC 9110, section 11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii_start())
 }
 
 /// Answers 503 when the handler has not produced a response within the [`Deadline`].
@@ -155,6 +165,16 @@ mod tests {
         assert!(!t.matches(b"0123456789abcdeg"));
         assert!(!t.matches(b"0123456789abcdef0"));
         assert!(!t.matches(b""));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case_and_no_other_scheme_is() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"BEARER  abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
     }
 
     #[test]

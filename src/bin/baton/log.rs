@@ -90,18 +90,7 @@ enum What {
 /// humantime: `90s`, `30m`, `2h`, `7d`, `1h 30m`).
 /// A flag's bad value is a usage error (exit 2), reported by clap with the flag's name.
 fn parse_time(text: &str) -> Result<Timestamp, String> {
-    if let Some(t) = Timestamp::parse(text) {
-        return Ok(t);
-    }
-    match humantime::parse_duration(text.trim()) {
-        Ok(age) => {
-            let ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            Ok(Timestamp(Timestamp::now().millis().saturating_sub(ms)))
-        }
-        Err(e) => Err(format!(
-            "not a time (2026-11-25T10:00:00Z, 2026-11-25) or an age (90s, 30m, 2h, 7d): {e}"
-        )),
-    }
+    Timestamp::parse_or_age(text, Timestamp::now())
 }
 
 /// A rotation reason by its journal name; a bad one is a usage error (exit 2).

@@ -94,14 +94,9 @@ fn positive_duration(s: &str) -> Result<Duration, String> {
 fn read_token(file: Option<&Path>, env: Option<String>) -> Result<Token> {
     let (text, origin) = match file {
         Some(path) => {
+            // The reader's error names the (escaped) path and the cause once.
             let bytes = crate::output::read_capped(path, MAX_FILE_BYTES, "")
-                .with_context(|| {
-                    format!(
-                        "--token-file {}: cannot read it",
-                        crate::output::escape(&path.to_string_lossy())
-                    )
-                })
-                .map_err(|e| crate::usage(format!("{e:#}")))?;
+                .map_err(|e| crate::usage(format!("--token-file {e}")))?;
             let text = String::from_utf8(bytes)
                 .map_err(|_| crate::usage("--token-file: the token is not UTF-8 text"))?;
             let first = text.lines().next().unwrap_or("").to_owned();
