@@ -484,3 +484,55 @@ async fn the_command_stream_sends_each_command_leased_and_answers_go_to_the_resu
     })
     .await;
 }
+
+#[actix::test]
+async fn a_command_stream_holds_at_most_max_outstanding_and_the_rest_go_to_other_consumers() {
+    let s = Served::start(Policy::default(), fast());
+    let response = s
+        .client
+        .get(format!(
+            "{}/v1/runtime/commands/stream?lease_ms=600000&max_outstanding=2",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let mut frames = Frames {
+        response,
+        buffer: String::new(),
+    };
+    for id in 1..=5 {
+        s.supervisor.submit(item(id)).await.unwrap();
+    }
+    // The stream's reader takes two and then answers nothing.
+    let held = [frames.next_command().await, frames.next_command().await];
+    // Every other spawn goes to a poller, though the stream stays open and its buffers have
+    // room: it holds two already.
+    let mut polled = Vec::new();
+    while polled.len() < 3 {
+        let c = s.next_command(600_000).await;
+        assert_eq!(c["op"], "spawn", "{c}");
+        polled.push(c["id"].as_u64().unwrap());
+    }
+    for h in &held {
+        assert!(!polled.contains(&h["id"].as_u64().unwrap()), "{h}");
+    }
+    // Once one of the stream's commands is answered, it takes the next one queued.
+    let answered = json!({"ok": {"session": held[0]["session"]}, "lease": held[0]["lease"]});
+    assert_eq!(s.answer(&held[0], answered).await, 204);
+    let next = frames.next_command().await;
+    assert_eq!(next["op"], "assign", "the answered spawn's assign: {next}");
+    let bad = s
+        .client
+        .get(format!(
+            "{}/v1/runtime/commands/stream?max_outstanding=0",
+            s.base
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+}

@@ -7,9 +7,10 @@
 //!   ended), 409 (its lease went to another consumer), 400 (a result that does not fit the
 //!   command's operation: the command stays pending).
 //!
-//! - `GET /v1/runtime/commands/stream?lease_ms=` sends the commands as server-sent events
-//!   (`event: command`, `id:` the command's id, `data:` its JSON), each leased to the stream
-//!   as it is sent, with a comment line every 15 s while none comes.
+//! - `GET /v1/runtime/commands/stream?lease_ms=&max_outstanding=` sends the commands as
+//!   server-sent events (`event: command`, `id:` the command's id, `data:` its JSON), each
+//!   leased to the stream as it is sent, never more than `max_outstanding` unanswered at once,
+//!   with a comment line every 15 s while none comes.
 //!
 //! A long-poll never outlives the server's request deadline: its wait is cut to one second
 //! below the deadline (and to at most [`MAX_WAIT_MS`]).
@@ -169,6 +170,54 @@ pub struct StreamQuery {
     #[serde(default = "default_lease_ms")]
     #[param(minimum = 100, maximum = 3600000, default = 30000)]
     pub lease_ms: u64,
+    /// The most commands this stream holds at once, sent and neither answered nor expired (1 to
+    /// 256; default 16): a reader that stalls holds at most these, and the rest go to other
+    /// consumers.
+    #[serde(default = "default_max_outstanding")]
+    #[param(minimum = 1, maximum = 256, default = 16)]
+    pub max_outstanding: usize,
+}
+
+fn default_max_outstanding() -> usize {
+    16
+}
+
+/// What a command stream keeps between frames.
+struct StreamState {
+    /// Where the commands come from.
+    queue: Arc<CommandQueue>,
+    /// The commands this stream sent that are still leased to it: id and lease number.
+    held: Vec<(u64, u64)>,
+    /// Marked when a command leaves the queue, so that a full stream looks again.
+    settled: tokio::sync::watch::Receiver<()>,
+}
+
+/// The next frame of a command stream: the next command once the stream holds fewer than
+/// `max_outstanding`, or a keep-alive comment after [`KEEP_ALIVE`] without one.
+async fn next_frame(s: &mut StreamState, lease: Duration, max_outstanding: usize) -> Bytes {
+    let keep_alive_at = tokio::time::Instant::now() + KEEP_ALIVE;
+    loop {
+        let now = tokio::time::Instant::now();
+        let earliest_end = s.queue.still_held(&mut s.held, now);
+        if s.held.len() < max_outstanding {
+            let wait = keep_alive_at.saturating_duration_since(now);
+            let taken = s.queue.poll(1, wait, lease).await;
+            return match taken.first() {
+                Some(c) => {
+                    s.held.push((c.id, c.lease.unwrap_or_default()));
+                    let data = serde_json::to_string(c).expect("a command serialises");
+                    sse::event(c.id, "command", &data)
+                }
+                None => sse::comment("keep-alive"),
+            };
+        }
+        if now >= keep_alive_at {
+            return sse::comment("keep-alive");
+        }
+        // Full: wait until a held command is answered or withdrawn, or its lease ends.
+        let wake = earliest_end.map_or(keep_alive_at, |end| end.min(keep_alive_at));
+        let _ = tokio::time::timeout_at(wake, s.settled.changed()).await;
+    }
 }
 
 /// The commands as server-sent events, each leased to this stream as it is sent.
@@ -193,19 +242,25 @@ async fn stream(
             "lease_ms must be between {MIN_LEASE_MS} and {MAX_LEASE_MS}"
         )));
     }
+    let max_outstanding = query.max_outstanding;
+    if !(1..=MAX_COMMANDS).contains(&max_outstanding) {
+        return Err(ApiError::bad_request(format!(
+            "max_outstanding must be between 1 and {MAX_COMMANDS}"
+        )));
+    }
     // One command is taken each time the server is ready to write another frame (the stream is
-    // polled for more), so a stalled reader, once its buffers are full, takes no more.
-    let body = futures_util::stream::unfold(queue.get_ref().clone(), move |queue| async move {
-        let lease = Duration::from_millis(lease_ms);
-        let taken = queue.poll(1, KEEP_ALIVE, lease).await;
-        let frame: Bytes = match taken.first() {
-            Some(c) => {
-                let data = serde_json::to_string(c).expect("a command serialises");
-                sse::event(c.id, "command", &data)
-            }
-            None => sse::comment("keep-alive"),
-        };
-        Some((Ok::<_, Infallible>(frame), queue))
+    // polled for more), and only while the stream holds fewer than `max_outstanding`
+    // unanswered: a stalled reader holds at most that many, whatever its buffers take.
+    let queue = queue.get_ref().clone();
+    let state = StreamState {
+        settled: queue.settled(),
+        queue,
+        held: Vec::new(),
+    };
+    let lease = Duration::from_millis(lease_ms);
+    let body = futures_util::stream::unfold(state, move |mut s| async move {
+        let frame = next_frame(&mut s, lease, max_outstanding).await;
+        Some((Ok::<_, Infallible>(frame), s))
     });
     Ok(HttpResponse::Ok()
         .content_type(sse::CONTENT_TYPE)

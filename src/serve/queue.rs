@@ -431,6 +431,13 @@ impl QueueState {
         Ok(self.remove(id).expect("present"))
     }
 
+    /// When the lease `(id, lease)` ends, if command `id` is still leased under it (not
+    /// answered, withdrawn, nor offered again) at `now`.
+    pub fn held_until(&self, id: u64, lease: u64, now: Instant) -> Option<Instant> {
+        let current = self.entries.get(&id)?.lease?;
+        (current.number == lease && current.expires > now).then_some(current.expires)
+    }
+
     /// Withdraws command `id` (its call ended): a later result for it is unknown. Returns
     /// whether it was still waiting.
     pub fn withdraw(&mut self, id: u64) -> bool {
@@ -460,6 +467,9 @@ pub struct CommandQueue {
     state: Mutex<QueueState>,
     /// Bumped whenever a command is queued, so that waiting consumers look again.
     queued: watch::Sender<()>,
+    /// Bumped whenever a command leaves the queue (answered or withdrawn), so that a consumer
+    /// holding as many commands as it may take looks again.
+    settled: watch::Sender<()>,
     /// The session ids proposed to spawns.
     proposals: Proposals,
 }
@@ -480,6 +490,7 @@ struct Withdraw<'a> {
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         if self.queue.lock().withdraw(self.id) {
+            self.queue.settled.send_replace(());
             tracing::debug!(
                 command = self.id,
                 "command withdrawn: its call ended unanswered"
@@ -494,6 +505,7 @@ impl CommandQueue {
         Self {
             state: Mutex::default(),
             queued: watch::Sender::new(()),
+            settled: watch::Sender::new(()),
             proposals: Proposals::from(SessionId(1)),
         }
     }
@@ -547,6 +559,26 @@ impl CommandQueue {
         }
     }
 
+    /// Of `held` (a consumer's leases: command id and lease number), keeps those still leased
+    /// to it at `now`, and answers when the earliest of them ends.
+    pub fn still_held(&self, held: &mut Vec<(u64, u64)>, now: Instant) -> Option<Instant> {
+        let state = self.lock();
+        let mut earliest: Option<Instant> = None;
+        held.retain(|&(id, lease)| match state.held_until(id, lease, now) {
+            Some(until) => {
+                earliest = Some(earliest.map_or(until, |e| e.min(until)));
+                true
+            }
+            None => false,
+        });
+        earliest
+    }
+
+    /// A receiver marked each time a command leaves the queue (answered or withdrawn).
+    pub fn settled(&self) -> watch::Receiver<()> {
+        self.settled.subscribe()
+    }
+
     /// Posts a result for command `id`: parsed against the command's operation, then handed
     /// to the waiting call.
     pub fn answer(&self, id: u64, result: CommandResult) -> Result<(), AnswerError> {
@@ -564,6 +596,7 @@ impl CommandQueue {
             ok = outcome.is_ok(),
             "command answered"
         );
+        self.settled.send_replace(());
         // The call may have ended between the two locks: then nobody waits for this outcome.
         let _ = reply.send(outcome);
         Ok(())
