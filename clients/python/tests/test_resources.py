@@ -172,6 +172,19 @@ def test_commands_are_polled_answered_and_stale_answers_refused(client: Client) 
     assert client.poll_commands(wait_ms=0) == []
 
 
+def test_command_stream_delivers_commands_as_events(client: Client) -> None:
+    put_coder(client)
+    client.submit_work_item(1, "coder", "streamed")
+    # A short lease: a command the closed stream took meanwhile is soon offered to the poll.
+    stream = client.stream_commands(lease_ms=1000, max_outstanding=4)
+    command = next(stream)
+    stream.close()  # type: ignore[attr-defined]
+    assert command["op"] == "spawn" and command["lease"] >= 1
+    client.send_result(command["id"], {"session": command["session"]})
+    [assign] = client.poll_commands(wait_ms=10_000)
+    assert assign["op"] == "assign" and assign["session"] == command["session"]
+
+
 def test_event_log_pages_and_filters_like_baton_log(client: Client) -> None:
     put_coder(client)
     client.submit_work_items([{"id": i, "agent_type": "coder", "text": f"t{i}"} for i in range(5)])
@@ -225,9 +238,11 @@ async def test_the_async_client_has_every_operation_of_the_sync_one(aclient: Asy
     assert [i["id"] for i in await aclient.list_work_items(limit=10)] == [1, 2]
     assert (await aclient.get_work_item(2))["text"] == "b"
 
-    [first] = await aclient.poll_commands(max=1, wait_ms=10_000, lease_ms=30_000)
+    commands = aclient.stream_commands(lease_ms=1000)
+    first = await commands.__anext__()
+    await commands.aclose()  # type: ignore[attr-defined]
     assert first["op"] == "spawn"
-    await aclient.send_result(first["id"], {"session": first["session"]}, lease=first["lease"])
+    await aclient.send_result(first["id"], {"session": first["session"]})
     polled = await aclient.poll_commands(max=16, wait_ms=10_000)
     assert polled, "the assign (or the second spawn) is offered"
     for command in polled:

@@ -284,6 +284,17 @@ class Client:
         answer = self._send(R.poll_commands(max, wait_ms, lease_ms))
         return cast(list[Command], R.field_of(answer, "commands"))
 
+    def stream_commands(
+        self, *, lease_ms: int | None = None, max_outstanding: int | None = None
+    ) -> Iterator[Command]:
+        """Commands as they come, over server-sent events, each leased to this stream for
+        ``lease_ms``; the server sends at most ``max_outstanding`` unanswered ones. A dropped
+        stream reconnects and gets the commands still pending. Close the iterator (``close()``)
+        to stop."""
+        params = R._q(lease_ms=lease_ms, max_outstanding=max_outstanding)
+        for _, data in self._sse("/v1/runtime/commands/stream", params, None, True, False):
+            yield cast(Command, R.event_from(data))
+
     def send_result(self, command: int, ok: Any, *, lease: int | None = None) -> None:
         """Answers a command with its result (``NotFound``: unknown, already answered, or its
         call ended; ``Conflict``: ``lease`` was given and the command is now leased to another
@@ -316,10 +327,15 @@ class Client:
     # Server-sent events with reconnection.
 
     def _sse(
-        self, path: str, params: dict[str, str], last_id: int | None, reconnect: bool
+        self,
+        path: str,
+        params: dict[str, str],
+        last_id: int | None,
+        reconnect: bool,
+        resume: bool = True,
     ) -> Iterator[tuple[int | None, str]]:
-        """Messages of a stream as (id, data); reconnects with ``Last-Event-ID`` = the last id
-        seen (or the given one) when the connection drops."""
+        """Messages of a stream as (id, data); reconnects when the connection drops, with
+        ``Last-Event-ID`` = the last id seen (or the given one) when ``resume``."""
         backoff = R.BACKOFF_START
         while True:
             try:
@@ -341,7 +357,7 @@ class Client:
                             message = decoder.feed(line)
                             if message is None:
                                 continue
-                            if message.id is not None and message.id.isdigit():
+                            if resume and message.id is not None and message.id.isdigit():
                                 last_id = int(message.id)
                             backoff = R.BACKOFF_START
                             yield last_id, message.data
@@ -579,6 +595,14 @@ class AsyncClient:
         answer = await self._send(R.poll_commands(max, wait_ms, lease_ms))
         return cast(list[Command], R.field_of(answer, "commands"))
 
+    async def stream_commands(
+        self, *, lease_ms: int | None = None, max_outstanding: int | None = None
+    ) -> AsyncIterator[Command]:
+        """Commands as they come, over server-sent events (see :meth:`Client.stream_commands`)."""
+        params = R._q(lease_ms=lease_ms, max_outstanding=max_outstanding)
+        async for _, data in self._sse("/v1/runtime/commands/stream", params, None, True, False):
+            yield cast(Command, R.event_from(data))
+
     async def send_result(self, command: int, ok: Any, *, lease: int | None = None) -> None:
         """Answers a command with its result (see :meth:`Client.send_result`)."""
         await self._send(R.command_result(command, ok, lease))
@@ -604,7 +628,12 @@ class AsyncClient:
         return response.text
 
     async def _sse(
-        self, path: str, params: dict[str, str], last_id: int | None, reconnect: bool
+        self,
+        path: str,
+        params: dict[str, str],
+        last_id: int | None,
+        reconnect: bool,
+        resume: bool = True,
     ) -> AsyncIterator[tuple[int | None, str]]:
         backoff = R.BACKOFF_START
         while True:
@@ -627,7 +656,7 @@ class AsyncClient:
                             message = decoder.feed(line)
                             if message is None:
                                 continue
-                            if message.id is not None and message.id.isdigit():
+                            if resume and message.id is not None and message.id.isdigit():
                                 last_id = int(message.id)
                             backoff = R.BACKOFF_START
                             yield last_id, message.data
