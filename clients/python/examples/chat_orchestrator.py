@@ -33,6 +33,7 @@ import httpx
 
 from baton_client import (
     AsyncClient,
+    Conflict,
     ConnectionFailed,
     NotFound,
     PermanentError,
@@ -66,13 +67,15 @@ class ChatAgents(RuntimeHandler):
 
     llm: httpx.AsyncClient
     default_model: str
+    max_tokens: int = 256
     conversations: dict[int, Conversation] = field(default_factory=dict)
 
     async def complete(self, messages: list[dict[str, str]], model: str) -> tuple[str, int, int]:
         """One chat completion: the reply, and the prompt and completion tokens counted."""
         try:
             response = await self.llm.post(
-                "/v1/chat/completions", json={"model": model, "messages": messages}
+                "/v1/chat/completions",
+                json={"model": model, "messages": messages, "max_tokens": self.max_tokens},
             )
         except httpx.TransportError as e:
             raise TransientError(f"endpoint unreachable: {e}") from e
@@ -129,14 +132,27 @@ class Orchestrator:
 
     async def work(self, session: int, item: int) -> None:
         """Turns of work for ``session`` until its item has had them all, or it rotates."""
+        failures = 0
         try:
             while self.progress.get(item, 0) < self.turns:
                 chat = self.agents.conversations.get(session)
                 if chat is None:
                     return
-                chat.messages.append({"role": "user", "content": "Continue."})
-                reply, prompt, completion = await self.agents.complete(chat.messages, chat.model)
-                chat.messages.append({"role": "assistant", "content": reply})
+                ask = chat.messages + [{"role": "user", "content": "Continue."}]
+                try:
+                    reply, prompt, completion = await self.agents.complete(ask, chat.model)
+                except TransientError:
+                    failures += 1
+                    if failures > 3:
+                        return  # the endpoint is down: baton's timeouts take it from here
+                    await asyncio.sleep(failures)  # backoff, then the same turn again
+                    continue
+                except PermanentError:
+                    # The endpoint refused the conversation (most often: it outgrew the
+                    # model's context): a fresh session continues from a handoff.
+                    await self.baton.rotate_session(session)
+                    return
+                chat.messages = ask + [{"role": "assistant", "content": reply}]
                 chat.used = prompt + completion
                 self.progress[item] = self.progress.get(item, 0) + 1
                 self.compacted[session] = asyncio.Event()
@@ -146,8 +162,8 @@ class Orchestrator:
                 elif reading["phase"] != "normal":
                     return  # rotating: the successor continues from the handoff
             await self.baton.close_session(session)
-        except (NotFound, ConnectionFailed, TransientError, PermanentError):
-            return  # the session ended meanwhile, or the endpoint failed: baton decides next
+        except (NotFound, Conflict, ConnectionFailed):
+            return  # the session ended meanwhile (rotated, closed): its successor is worked on
 
     async def run(self, items: list[NewWorkItem]) -> None:
         """Submits the items and works until every one is done."""
@@ -191,6 +207,7 @@ async def main() -> None:
     parser.add_argument("--agent-type", default="chat")
     parser.add_argument("--window", type=int, default=8192)
     parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=256, help="per reply")
     parser.add_argument("--first-id", type=int, default=1)
     parser.add_argument("tasks", nargs="+")
     args = parser.parse_args()
@@ -205,7 +222,7 @@ async def main() -> None:
             {"id": args.first_id + i, "agent_type": args.agent_type, "text": text}
             for i, text in enumerate(args.tasks)
         ]
-        agents = ChatAgents(llm=llm, default_model=args.model)
+        agents = ChatAgents(llm=llm, default_model=args.model, max_tokens=args.max_tokens)
         await Orchestrator(baton, agents, args.turns).run(items)
 
 
