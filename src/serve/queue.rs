@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -518,6 +517,14 @@ impl CommandQueue {
         self
     }
 
+    /// The same queue, making each block of proposed ids durable through `reservation` before
+    /// proposing from it (call after [`numbering_from`](Self::numbering_from), from the larger
+    /// of the journal's next id and the reservation's stored floor).
+    pub fn reserving(mut self, reservation: std::sync::Arc<dyn IdReservation>) -> Self {
+        self.proposals = self.proposals.reserving(reservation);
+        self
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         // The state is consistent between statements: a panic elsewhere cannot break it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -629,40 +636,81 @@ pub(crate) fn mismatch(op: &str, reply: &Reply) -> RuntimeError {
     RuntimeError::permanent(format!("internal: a reply of the wrong kind for {op}"))
 }
 
-/// The session ids a runtime proposes to spawns: the same for every spawn of one key until one
-/// is answered, and above every id proposed or answered before.
+/// Makes session ids durable as proposable before any of them is proposed, so that a restarted
+/// server never proposes an id it proposed before a crash: a spawn the crash cut short may have
+/// made a session under that id that no journal knows.
+pub trait IdReservation: Send + Sync + std::fmt::Debug {
+    /// Records durably that ids below `until` may have been proposed.
+    fn reserve(&self, until: u64) -> Result<(), String>;
+}
+
+/// How many ids one reservation covers: one durable write per this many proposals.
+pub const RESERVED_BLOCK: u64 = 1024;
+
+/// What [`Proposals`] keeps under its lock.
 #[derive(Debug, Default)]
-pub(crate) struct Proposals {
+struct ProposalState {
     /// The highest id proposed or answered so far.
-    last: AtomicU64,
+    last: u64,
+    /// Ids below this are reserved (always 0 without a reservation).
+    reserved_until: u64,
     /// Proposals not yet answered, by key.
-    open: Mutex<HashMap<SpawnKey, SessionId>>,
+    open: HashMap<SpawnKey, SessionId>,
+}
+
+/// The session ids a runtime proposes to spawns: the same for every spawn of one key until one
+/// is answered, and above every id proposed or answered before; with an [`IdReservation`],
+/// above every id proposed before a restart too.
+#[derive(Debug)]
+pub(crate) struct Proposals {
+    state: Mutex<ProposalState>,
+    /// Where blocks of ids are made durable before they are proposed, if anywhere.
+    reservation: Option<std::sync::Arc<dyn IdReservation>>,
 }
 
 impl Proposals {
     /// Proposals from `first` on.
     pub(crate) fn from(first: SessionId) -> Self {
         Self {
-            last: AtomicU64::new(first.0.saturating_sub(1)),
-            open: Mutex::default(),
+            state: Mutex::new(ProposalState {
+                last: first.0.saturating_sub(1),
+                ..ProposalState::default()
+            }),
+            reservation: None,
         }
     }
 
-    /// The session id to propose for `key`.
-    pub(crate) fn propose(&self, key: SpawnKey) -> SessionId {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        *open
-            .entry(key)
-            .or_insert_with(|| SessionId(self.last.fetch_add(1, Ordering::SeqCst) + 1))
+    /// The same, reserving each block of ids through `reservation` before proposing from it.
+    pub(crate) fn reserving(mut self, reservation: std::sync::Arc<dyn IdReservation>) -> Self {
+        self.reservation = Some(reservation);
+        self
+    }
+
+    /// The session id to propose for `key`; an error when its reservation could not be made
+    /// durable (nothing is proposed then).
+    pub(crate) fn propose(&self, key: SpawnKey) -> Result<SessionId, String> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = s.open.get(&key) {
+            return Ok(*id);
+        }
+        let id = s.last + 1;
+        if let Some(r) = &self.reservation
+            && id >= s.reserved_until
+        {
+            let until = id.saturating_add(RESERVED_BLOCK);
+            r.reserve(until)?;
+            s.reserved_until = until;
+        }
+        s.last = id;
+        s.open.insert(key, SessionId(id));
+        Ok(SessionId(id))
     }
 
     /// `key` was answered with `session`: later proposals stay above it.
     pub(crate) fn spawned(&self, key: SpawnKey, session: SessionId) {
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.last.fetch_max(session.0, Ordering::SeqCst);
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.open.remove(&key);
+        s.last = s.last.max(session.0);
     }
 }
 
@@ -743,7 +791,11 @@ macro_rules! runtime_over_dispatch {
                 let op = CommandOp::Spawn {
                     agent_type: agent.clone(),
                     key,
-                    session: self.proposals().propose(key),
+                    session: self.proposals().propose(key).map_err(|e| {
+                        $crate::runtime::RuntimeError::transient(format!(
+                            "cannot reserve a session id: {e}"
+                        ))
+                    })?,
                 };
                 match self.dispatch(op).await? {
                     Reply::Session(s) => {
@@ -1032,6 +1084,50 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(Instant::now() - start, Duration::from_secs(2));
+    }
+
+    /// A reservation that keeps its floor in memory, as the journal's table does on disk.
+    #[derive(Debug, Default)]
+    struct Floor(Mutex<Vec<u64>>);
+
+    impl IdReservation for Floor {
+        fn reserve(&self, until: u64) -> Result<(), String> {
+            self.0.lock().unwrap().push(until);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn proposals_reserve_a_block_first_and_a_restart_from_the_floor_proposes_above_all_of_them() {
+        let floor = Arc::new(Floor::default());
+        let first = Proposals::from(SessionId(10)).reserving(floor.clone());
+        let ids: Vec<u64> = (0..RESERVED_BLOCK + 1)
+            .map(|k| first.propose(SpawnKey(k)).unwrap().0)
+            .collect();
+        // One durable write per block, each before any id of its block went out.
+        assert_eq!(
+            *floor.0.lock().unwrap(),
+            vec![10 + RESERVED_BLOCK, 10 + 2 * RESERVED_BLOCK]
+        );
+        // A crash: nothing of these proposals reached the journal. The restarted server starts
+        // from the stored floor, above every id proposed before.
+        let stored = *floor.0.lock().unwrap().last().unwrap();
+        let again = Proposals::from(SessionId(stored)).reserving(floor.clone());
+        let next = again.propose(SpawnKey(0)).unwrap().0;
+        assert!(ids.iter().all(|&id| id < next), "{next}");
+    }
+
+    #[test]
+    fn a_reservation_that_fails_proposes_nothing() {
+        #[derive(Debug)]
+        struct Broken;
+        impl IdReservation for Broken {
+            fn reserve(&self, _: u64) -> Result<(), String> {
+                Err("disk full".into())
+            }
+        }
+        let p = Proposals::from(SessionId(1)).reserving(Arc::new(Broken));
+        assert_eq!(p.propose(SpawnKey(1)), Err("disk full".to_owned()));
     }
 
     #[tokio::test]

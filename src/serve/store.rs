@@ -106,6 +106,75 @@ impl AgentTypeStore {
     }
 }
 
+/// The floor of the session ids a server may propose: every id below it may have been proposed
+/// before, by this server or one that crashed. Kept in the journal file (table
+/// `baton_serve_ids`), raised a block at a time before ids are proposed
+/// ([`IdReservation`](super::queue::IdReservation)), and read at start.
+#[derive(Debug)]
+pub struct IdFloor {
+    /// The server's own connection to the journal file.
+    conn: Mutex<Connection>,
+    /// The file, for errors.
+    path: PathBuf,
+}
+
+/// The row of the floor in `baton_serve_ids`.
+const PROPOSALS: &str = "session_proposals";
+
+impl IdFloor {
+    /// Opens the floor in the journal file at `path` (the table is created if missing).
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let err = error(path);
+        let conn = Connection::open(path).map_err(&err)?;
+        conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS baton_serve_ids (
+                 name TEXT PRIMARY KEY,
+                 value INTEGER NOT NULL);",
+        )
+        .map_err(&err)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The floor: 0 when nothing was ever reserved.
+    pub fn load(&self) -> Result<u64, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let value: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM baton_serve_ids WHERE name = ?1",
+                [PROPOSALS],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })
+            .map_err(error(&self.path))?;
+        u64::try_from(value.unwrap_or(0)).map_err(|_| StoreError {
+            path: self.path.clone(),
+            message: "the session id floor is negative".into(),
+        })
+    }
+}
+
+impl super::queue::IdReservation for IdFloor {
+    fn reserve(&self, until: u64) -> Result<(), String> {
+        let until = i64::try_from(until).map_err(|_| "session ids are exhausted".to_owned())?;
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute(
+            "INSERT INTO baton_serve_ids (name, value) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
+            params![PROPOSALS, until],
+        )
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+}
+
 fn error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
     move |e| StoreError {
         path: path.to_owned(),
@@ -117,6 +186,19 @@ fn error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 mod tests {
     use super::*;
     use crate::Policy;
+    use crate::serve::queue::IdReservation;
+
+    #[test]
+    fn the_id_floor_only_rises_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let floor = IdFloor::open(&path).unwrap();
+        assert_eq!(floor.load().unwrap(), 0);
+        floor.reserve(2048).unwrap();
+        floor.reserve(1024).unwrap();
+        drop(floor);
+        assert_eq!(IdFloor::open(&path).unwrap().load().unwrap(), 2048);
+    }
 
     #[test]
     fn stored_agent_types_survive_a_reopen_and_a_put_replaces_by_name() {

@@ -155,6 +155,16 @@ impl WebhookRuntime {
         self
     }
 
+    /// The same runtime, making each block of proposed ids durable through `reservation`
+    /// first (see [`CommandQueue::reserving`](super::queue::CommandQueue::reserving)).
+    pub fn reserving(
+        mut self,
+        reservation: std::sync::Arc<dyn super::queue::IdReservation>,
+    ) -> Self {
+        self.proposals = self.proposals.reserving(reservation);
+        self
+    }
+
     /// Delivers `body` once: the answer's body on a 2xx.
     async fn deliver(&self, id: u64, body: &[u8]) -> Result<Vec<u8>, Failed> {
         let timestamp = SystemTime::now()

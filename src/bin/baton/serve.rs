@@ -11,6 +11,7 @@ use baton::serve::agent_types::AgentTypeView;
 use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
 use baton::serve::queue::CommandQueue;
+use baton::serve::store::IdFloor;
 use baton::serve::webhook::{WebhookConfig, WebhookRuntime};
 use baton::serve::{self, Parts, ServeConfig, fleet};
 use baton::{AgentRuntime, AgentType, Journal, SessionId, SupervisorConfig};
@@ -158,14 +159,31 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
             .context("cannot read the journal's session ids")?,
         None => SessionId(1),
     };
+    // Ids proposed before a crash may name sessions no journal knows: start above them too,
+    // and reserve each block of ids durably before proposing from it.
+    let floor = match journal.and_then(Journal::path) {
+        Some(path) => Some(Arc::new(IdFloor::open(path)?)),
+        None => None,
+    };
+    let first = match &floor {
+        Some(f) => SessionId(first.0.max(f.load()?)),
+        None => first,
+    };
     if let (Some(url), Some(secret_file)) = (&args.webhook, &args.webhook_secret_file) {
         let secret = read_secret(secret_file)?;
-        let webhook = WebhookRuntime::new(WebhookConfig::new(url.clone(), secret))
+        let mut webhook = WebhookRuntime::new(WebhookConfig::new(url.clone(), secret))
             .map_err(|e| crate::usage(format!("--webhook: {e}")))?
             .numbering_from(first);
+        if let Some(f) = floor {
+            webhook = webhook.reserving(f);
+        }
         return Ok((Arc::new(webhook), None));
     }
-    let queue = Arc::new(CommandQueue::new().numbering_from(first));
+    let mut queue = CommandQueue::new().numbering_from(first);
+    if let Some(f) = floor {
+        queue = queue.reserving(f);
+    }
+    let queue = Arc::new(queue);
     Ok((queue.clone(), Some(queue)))
 }
 
