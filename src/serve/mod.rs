@@ -10,13 +10,13 @@
 //! | `guard.rs` | what every request passes: the bearer [`Token`](guard::Token), the deadline |
 //! | `openapi.rs` | the OpenAPI 3 document, merged from each resource module's part |
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
-//! | `store.rs` | the agent types kept in the journal file across restarts |
+//! | `store.rs` | what a server keeps in the journal file across restarts: its agent types, the floor of the session ids it proposes |
 //! | `agent_types.rs` | `/v1/agent-types` |
 //! | `sessions.rs` | `/v1/sessions`: list, get, close, rotate |
 //! | `readings.rs` | usage reports: `/v1/sessions/{id}/usage`, `/v1/usage` |
 //! | `work_items.rs` | `/v1/work-items`: submit one or a batch, list, get, cancel |
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
-//! | `commands.rs` | the command queue's endpoints: long-poll and results |
+//! | `commands.rs` | the command queue's endpoints: long-poll, the command stream, results |
 //! | `webhook.rs` | [`WebhookRuntime`](webhook::WebhookRuntime): commands delivered as signed webhooks |
 //! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
 //! | `sse.rs` | server-sent events framing |

@@ -1,5 +1,6 @@
-//! The agent types `baton serve` was given (at start or over HTTP), kept in the journal file so
-//! that a restarted server knows them before it recovers.
+//! What `baton serve` keeps in the journal file: the agent types it was given (at start or over
+//! HTTP), so that a restarted server knows them before it recovers; and the floor of the session
+//! ids it proposes ([`IdFloor`]), so that a restart never proposes an id used before a crash.
 //!
 //! The supervisor's journal records work items and events, not agent types: an embedding program
 //! passes its types to the builder each time. A server learns its types from its clients, so it
