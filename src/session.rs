@@ -356,7 +356,7 @@ struct Poller {
 /// One agent session.
 ///
 /// Kept small: a fleet holds one per session, so what only some sessions need (a compaction
-/// under way, a summary, polling, watchers) lives in [`Extras`], boxed on first use; an idle
+/// under way, a summary, polling, watchers) lives in `Extras`, boxed on first use; an idle
 /// session carries one word for all of it.
 pub struct SessionActor {
     /// The state machine; the only place the session's state lives.

@@ -7,7 +7,7 @@
 //! | --- | --- |
 //! | `mod.rs` | [`ServeConfig`], the app's parts, binding the server |
 //! | `error.rs` | [`ApiError`](error::ApiError): every failure as a status and a typed JSON body |
-//! | `guard.rs` | what every request passes: the bearer [`Token`](guard::Token), the deadline |
+//! | `guard.rs` | what every request passes: the bearer [`Token`], the deadline |
 //! | `openapi.rs` | the OpenAPI 3 document, merged from each resource module's part |
 //! | `fleet.rs` | starting the served supervisor: journal, stored agent types, recovery |
 //! | `store.rs` | what a server keeps in the journal file across restarts: its agent types, the floor of the session ids it proposes |

@@ -4,7 +4,7 @@
 //! Each delivery carries `X-Baton-Timestamp: UNIX_SECONDS` and
 //! `X-Baton-Signature: sha256=HEX(HMAC-SHA256(secret, TIMESTAMP + "." + BODY))`, so the receiver
 //! can check that baton sent it, and recently. A 2xx answer's body is a
-//! [`CommandResult`](super::queue::CommandResult), typed by the command's operation as the queue
+//! [`CommandResult`], typed by the command's operation as the queue
 //! types a posted one. A 5xx answer, a timeout or a refused connection is tried again (the same
 //! command, the same id, a fresh timestamp and signature) with exponential backoff, for as long
 //! as baton's own deadline for the call allows: past it, baton drops the call and it fails as a

@@ -59,7 +59,7 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     /// A configuration for `base_url` with no key, a 120 s request timeout, a 10 s connect
-    /// timeout, the [`default_backoff`](super::retry::default_backoff) (3 retries), server
+    /// timeout, the [`default_backoff`] (3 retries), server
     /// waits of up to 60 s honoured, and bodies of up to [`DEFAULT_MAX_BODY_BYTES`].
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {
