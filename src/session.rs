@@ -968,16 +968,16 @@ mod footprint {
         use std::mem::size_of;
         // A fleet holds one actor, one machine and one slot per session: these bounds keep an
         // idle session near the floor of one actix actor (see docs/performance.md).
-        eprintln!(
+        let sizes = format!(
             "SessionActor {} SessionMachine {} UsageSlot {} Extras {}",
             size_of::<SessionActor>(),
             size_of::<SessionMachine>(),
             size_of::<UsageSlot>(),
             size_of::<Extras>()
         );
-        assert!(size_of::<SessionMachine>() <= 104);
-        assert!(size_of::<SessionActor>() <= 152);
+        assert!(size_of::<SessionMachine>() <= 104, "{sizes}");
+        assert!(size_of::<SessionActor>() <= 152, "{sizes}");
         // With the Arc's two counts, one 64-byte allocation.
-        assert!(size_of::<UsageSlot>() <= 48);
+        assert!(size_of::<UsageSlot>() <= 48, "{sizes}");
     }
 }

@@ -1214,11 +1214,11 @@ mod footprint {
         use std::mem::size_of;
         // One per live session, in a hash map that is up to half empty: a weak address, the
         // item and the slot (phase and shard live in the slot). See docs/performance.md.
-        eprintln!(
-            "SessionEntry {} ItemEntry {}",
+        assert_eq!(
             size_of::<SessionEntry>(),
+            24,
+            "ItemEntry is {}",
             size_of::<ItemEntry>()
         );
-        assert_eq!(size_of::<SessionEntry>(), 24);
     }
 }
