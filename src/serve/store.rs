@@ -44,15 +44,12 @@ impl AgentTypeStore {
     /// Opens the table in the journal file at `path` (created if missing). Open the
     /// [`Journal`](crate::Journal) first: it refuses files that are not baton journals.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let err = error(path);
-        let conn = Connection::open(path).map_err(&err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
-        conn.execute_batch(
+        let conn = connect(
+            path,
             "CREATE TABLE IF NOT EXISTS baton_serve_agent_types (
                  name TEXT PRIMARY KEY,
                  agent_type TEXT NOT NULL);",
-        )
-        .map_err(&err)?;
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_owned(),
@@ -125,15 +122,12 @@ const PROPOSALS: &str = "session_proposals";
 impl IdFloor {
     /// Opens the floor in the journal file at `path` (the table is created if missing).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let err = error(path);
-        let conn = Connection::open(path).map_err(&err)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
-        conn.execute_batch(
+        let conn = connect(
+            path,
             "CREATE TABLE IF NOT EXISTS baton_serve_ids (
                  name TEXT PRIMARY KEY,
                  value INTEGER NOT NULL);",
-        )
-        .map_err(&err)?;
+        )?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_owned(),
@@ -174,6 +168,16 @@ impl super::queue::IdReservation for IdFloor {
         .map(drop)
         .map_err(|e| format!("{}: {e}", self.path.display()))
     }
+}
+
+/// The server's own connection to the journal file at `path`, waiting up to 30 s on the
+/// journal writer's locks, with `table` created if missing.
+fn connect(path: &Path, table: &str) -> Result<Connection, StoreError> {
+    let err = error(path);
+    let conn = Connection::open(path).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(&err)?;
+    conn.execute_batch(table).map_err(&err)?;
+    Ok(conn)
 }
 
 fn error(path: &Path) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
