@@ -206,9 +206,7 @@ pub struct AgentTypeList {
     path = "/v1/agent-types",
     tag = "agent types",
     responses(
-        (status = 200, description = "Every agent type, by name", body = AgentTypeList),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 200, description = "Every agent type, by name", body = AgentTypeList)
     )
 )]
 async fn list(supervisor: web::Data<SupervisorHandle>) -> web::Json<AgentTypeList> {
@@ -229,9 +227,7 @@ async fn list(supervisor: web::Data<SupervisorHandle>) -> web::Json<AgentTypeLis
     params(("name" = String, Path, description = "The agent type's name")),
     responses(
         (status = 200, description = "The agent type", body = AgentTypeView),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 404, description = "No agent type has this name", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 404, description = "No agent type has this name", body = ErrorBody)
     )
 )]
 async fn get(
@@ -257,10 +253,7 @@ async fn get(
         (status = 201, description = "Created", body = AgentTypeView),
         (status = 200, description = "Updated (its policy), or unchanged", body = AgentTypeView),
         (status = 400, description = "A malformed body, an invalid policy or a value out of range", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 409, description = "The type exists with another window, model or system prompt", body = ErrorBody),
-        (status = 413, description = "The body is over the size cap", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
     )
 )]

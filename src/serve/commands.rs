@@ -107,7 +107,6 @@ pub struct PollResponse {
     responses(
         (status = 200, description = "The commands taken, oldest first; empty when none came in time", body = PollResponse),
         (status = 400, description = "A malformed body or a value out of range", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 413, description = "A body too large", body = ErrorBody)
     )
 )]
@@ -136,7 +135,6 @@ async fn poll(
     responses(
         (status = 204, description = "Taken: the call it answers returns"),
         (status = 400, description = "A malformed body, or a result that does not fit the command's operation (the command stays pending)", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 404, description = "No such command waits: unknown, already answered, or its call ended (timed out or cancelled)", body = ErrorBody),
         (status = 409, description = "The lease expired and the command went to another consumer", body = ErrorBody),
         (status = 413, description = "A body too large", body = ErrorBody)
@@ -228,8 +226,7 @@ async fn next_frame(s: &mut StreamState, lease: Duration, max_outstanding: usize
     params(StreamQuery),
     responses(
         (status = 200, description = "`text/event-stream`: `event: command`, `id:` the command's id, `data:` the Command JSON; a comment line every 15 s while none comes", content_type = "text/event-stream", body = Command),
-        (status = 400, description = "A lease out of range", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody)
+        (status = 400, description = "A lease out of range", body = ErrorBody)
     )
 )]
 async fn stream(

@@ -366,7 +366,6 @@ fn journal_error(e: JournalError) -> ApiError {
     responses(
         (status = 200, description = "A page of the event log, oldest first", body = EventPage),
         (status = 400, description = "A filter out of range or malformed", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 409, description = "The server runs without a journal", body = ErrorBody),
         (status = 503, description = "The journal could not be read", body = ErrorBody)
     )
@@ -423,8 +422,7 @@ pub struct StreamQuery {
     ),
     responses(
         (status = 200, description = "`text/event-stream`: `id:` the sequence number, `event:` the kind, `data:` the Event JSON; a comment line every 15 s", content_type = "text/event-stream", body = Event),
-        (status = 400, description = "A malformed Last-Event-ID or after", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody)
+        (status = 400, description = "A malformed Last-Event-ID or after", body = ErrorBody)
     )
 )]
 async fn stream(

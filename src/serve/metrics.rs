@@ -487,7 +487,6 @@ impl AgentRuntime for MeteredRuntime {
     tag = "meta",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 503, description = "The supervisor is shutting down", body = ErrorBody)
     )
 )]

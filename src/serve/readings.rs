@@ -159,11 +159,7 @@ async fn report(
     responses(
         (status = 200, description = "What the session does right after the reading", body = Reading),
         (status = 400, description = "A malformed body or a figure out of range", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 404, description = "No live session has this id", body = ErrorBody),
-        (status = 413, description = "The body is over the size cap", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 404, description = "No live session has this id", body = ErrorBody)
     )
 )]
 async fn one(
@@ -190,11 +186,7 @@ async fn one(
     request_body = UsageBatch,
     responses(
         (status = 200, description = "One result per report, in order", body = UsageBatchAnswer),
-        (status = 400, description = "A malformed body, or more than 10,000 reports", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 413, description = "The body is over the size cap", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 400, description = "A malformed body, or more than 10,000 reports", body = ErrorBody)
     )
 )]
 async fn batch(

@@ -198,9 +198,7 @@ fn no_session(id: u64) -> ApiError {
     params(SessionFilter),
     responses(
         (status = 200, description = "The sessions that pass the filters, by id", body = SessionList),
-        (status = 400, description = "A bad filter", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 400, description = "A bad filter", body = ErrorBody)
     )
 )]
 async fn list(
@@ -227,9 +225,7 @@ async fn list(
     responses(
         (status = 200, description = "The session, with its recent readings in `history`", body = SessionView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 404, description = "No live session has this id", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 404, description = "No live session has this id", body = ErrorBody)
     )
 )]
 async fn get(
@@ -275,9 +271,7 @@ async fn order(
     responses(
         (status = 202, description = "The close is under way; the session as it was", body = SessionView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 404, description = "No live session has this id", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 404, description = "No live session has this id", body = ErrorBody)
     )
 )]
 async fn close(
@@ -296,9 +290,7 @@ async fn close(
     responses(
         (status = 202, description = "The rotation is under way; the session as it was", body = SessionView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 404, description = "No live session has this id", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 404, description = "No live session has this id", body = ErrorBody)
     )
 )]
 async fn rotate(

@@ -175,11 +175,8 @@ async fn submit(
         (status = 201, description = "Queued", body = WorkItemView),
         (status = 200, description = "Submitted before with the same content (an idempotent retry)", body = WorkItemView),
         (status = 400, description = "A malformed body or an empty text", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 404, description = "No agent type has this name", body = ErrorBody),
         (status = 409, description = "This id was submitted with other content", body = ErrorBody),
-        (status = 413, description = "The body is over the size cap", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
     )
 )]
@@ -231,11 +228,7 @@ pub struct WorkItemBatchAnswer {
     request_body = WorkItemBatch,
     responses(
         (status = 200, description = "One result per item, in order", body = WorkItemBatchAnswer),
-        (status = 400, description = "A malformed body, or more than 1,000 items", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 413, description = "The body is over the size cap", body = ErrorBody),
-        (status = 415, description = "The body is not JSON", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 400, description = "A malformed body, or more than 1,000 items", body = ErrorBody)
     )
 )]
 async fn batch(
@@ -333,9 +326,7 @@ pub struct WorkItemList {
     params(WorkItemFilter),
     responses(
         (status = 200, description = "The items that pass the filters, by id", body = WorkItemList),
-        (status = 400, description = "A bad filter", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 400, description = "A bad filter", body = ErrorBody)
     )
 )]
 async fn list(
@@ -357,9 +348,7 @@ async fn list(
     responses(
         (status = 200, description = "The work item", body = WorkItemView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
-        (status = 404, description = "No work item has this id", body = ErrorBody),
-        (status = 503, description = "Shutting down, or the request timed out", body = ErrorBody)
+        (status = 404, description = "No work item has this id", body = ErrorBody)
     )
 )]
 async fn get(
@@ -384,7 +373,6 @@ async fn get(
     responses(
         (status = 200, description = "Cancelled: the item, now dead", body = WorkItemView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 401, description = "No or a wrong token", body = ErrorBody),
         (status = 404, description = "No work item has this id", body = ErrorBody),
         (status = 409, description = "The item already ended (done or dead)", body = ErrorBody),
         (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
