@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
+use super::test_store::{TestStore, on_both_stores};
 use super::*;
 use crate::machine::{EventKind, Phase, TransitionRecord};
 use crate::policy::RotationReason;
@@ -267,10 +268,8 @@ fn a_second_writer_is_refused_while_the_first_holds_the_journal() {
     Journal::open(&path).expect("free again once the first is gone");
 }
 
-#[test]
-fn records_sent_together_share_one_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path().join("baton.db")).unwrap();
+fn records_sent_together_share_one_commit(store: &TestStore) {
+    let j = store.open();
     // Hold the writer until every record is queued.
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
@@ -310,9 +309,8 @@ fn records_sent_together_share_one_commit() {
     assert_eq!(sessions[0].transitions, 1000);
 }
 
-#[test]
-fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
-    let j = Journal::in_memory().unwrap();
+fn each_rotation_step_applied_twice_changes_nothing_the_second_time(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps() {
         let dup = w.clone();
         send(&j, w);
@@ -332,9 +330,10 @@ fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
     );
 }
 
-#[test]
-fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish() {
-    let j = Journal::in_memory().unwrap();
+fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish(
+    store: &TestStore,
+) {
+    let j = store.open();
     let steps = rotation_steps();
     let (until_done, rest) = steps.split_at(10);
     assert!(matches!(
@@ -360,9 +359,8 @@ fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery
     );
 }
 
-#[test]
-fn a_delivered_event_is_numbered_by_its_row_in_the_log() {
-    let j = Journal::in_memory().unwrap();
+fn a_delivered_event_is_numbered_by_its_row_in_the_log(store: &TestStore) {
+    let j = store.open();
     let bus = crate::record::EventBus::default().with_journal(j.clone());
     let mut rx = bus.subscribe_sequenced();
     for w in rotation_steps() {
@@ -386,9 +384,8 @@ fn a_delivered_event_is_numbered_by_its_row_in_the_log() {
     assert_eq!(delivered, logged);
 }
 
-#[test]
-fn a_rotation_is_recorded_step_by_step() {
-    let j = Journal::in_memory().unwrap();
+fn a_rotation_is_recorded_step_by_step(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps() {
         send(&j, w);
     }
@@ -453,9 +450,8 @@ pub(crate) fn snapshot_settings() -> insta::Settings {
     settings
 }
 
-#[test]
-fn a_record_that_fails_alone_is_dropped_without_its_batch() {
-    let j = Journal::in_memory().unwrap();
+fn a_record_that_fails_alone_is_dropped_without_its_batch(store: &TestStore) {
+    let j = store.open();
     j.note(Op::Submitted(item(1)));
     // A completion without an intent is refused, alone.
     let refused = block(j.commit(Op::RotationDone {
@@ -614,9 +610,8 @@ fn a_damaged_journal_reports_corruption_instead_of_wrong_answers() {
     assert!(e.to_string().contains("corrupt"), "{e}");
 }
 
-#[test]
-fn filters_narrow_every_listing() {
-    let j = Journal::in_memory().unwrap();
+fn filters_narrow_every_listing(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps() {
         send(&j, w);
     }
@@ -680,8 +675,7 @@ fn filters_narrow_every_listing() {
     assert_eq!(check.5, 1);
 }
 
-#[test]
-fn the_hook_sees_each_commit_before_its_waiters_are_answered() {
+fn the_hook_sees_each_commit_before_its_waiters_are_answered(store: &TestStore) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let hook_seen = seen.clone();
     let options = JournalOptions {
@@ -690,7 +684,7 @@ fn the_hook_sees_each_commit_before_its_waiters_are_answered() {
         })),
         ..JournalOptions::default()
     };
-    let j = Journal::in_memory_with(options).unwrap();
+    let j = store.open_with(options);
     block(j.commit(Op::Submitted(item(7)))).unwrap();
     assert_eq!(
         seen.lock().unwrap().last().unwrap(),
@@ -814,9 +808,8 @@ fn item_row(j: &Journal, id: u64) -> (String, Option<i64>, Option<i64>, Option<S
     .unwrap()
 }
 
-#[test]
-fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending() {
-    let j = Journal::in_memory().unwrap();
+fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending(store: &TestStore) {
+    let j = store.open();
     j.note(Op::Submitted(item(7)));
     j.note(Op::Spawning {
         work_item: WorkItemId(7),
@@ -871,9 +864,8 @@ fn failed_record() -> RotationRecord {
     }
 }
 
-#[test]
-fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction() {
-    let j = Journal::in_memory().unwrap();
+fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps().into_iter().take(8) {
         send(&j, w); // up to the handoff
     }
@@ -1352,9 +1344,8 @@ fn unfinished_journal_bytes() -> &'static [u8] {
     BYTES.get_or_init(unfinished_journal)
 }
 
-#[test]
-fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats() {
-    let j = Journal::in_memory().unwrap();
+fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats(store: &TestStore) {
+    let j = store.open();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
     j.on_commit(move |took, records| sink.lock().unwrap().push((took, records)));
@@ -1380,3 +1371,17 @@ fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats() {
         "one commit per synced record"
     );
 }
+
+on_both_stores!(
+    records_sent_together_share_one_commit,
+    each_rotation_step_applied_twice_changes_nothing_the_second_time,
+    a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish,
+    a_delivered_event_is_numbered_by_its_row_in_the_log,
+    a_rotation_is_recorded_step_by_step,
+    a_record_that_fails_alone_is_dropped_without_its_batch,
+    filters_narrow_every_listing,
+    the_hook_sees_each_commit_before_its_waiters_are_answered,
+    an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending,
+    a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction,
+    each_commit_s_duration_and_size_reach_the_observer_and_the_stats,
+);
