@@ -12,9 +12,10 @@
 //! [`PgConn::connect`] sets for a node's writer (and leaves unset on a single host, where
 //! `owner` stays `NULL`).
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
@@ -174,21 +175,38 @@ pub(crate) fn dollar_placeholders(sql: &str) -> String {
     out
 }
 
+/// Runs `f` outside any tokio runtime: the synchronous client drives its connection with a
+/// runtime of its own, which cannot start on a thread that is inside one (the server's handlers,
+/// `baton serve`'s start-up). There `f` runs on a thread of its own, and this waits for it;
+/// elsewhere (the journal's writer, `baton log`) it runs here.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
 /// A PostgreSQL connection that runs the journal's SQL: prepared statements cached by their
-/// text, transactions by explicit `BEGIN` / `SAVEPOINT` / `COMMIT`.
+/// text, transactions by explicit `BEGIN` / `SAVEPOINT` / `COMMIT`. Usable from any thread, a
+/// runtime's included (see [`off_runtime`]).
 pub(crate) struct PgConn {
-    /// The connection (`RefCell`: the client's calls take `&mut`, [`Db`]'s `&self`).
-    client: RefCell<Client>,
+    /// The connection (in a `Mutex`: the client's calls take `&mut`, [`Db`]'s `&self`; `None`
+    /// once dropped).
+    client: Mutex<Option<Client>>,
     /// Prepared statements by their `?N` text.
-    statements: RefCell<HashMap<String, Statement>>,
+    statements: Mutex<HashMap<String, Statement>>,
     /// The node's epoch, if any.
     epoch: Option<i64>,
     /// The password, scrubbed from every error message.
     password: Option<String>,
     /// Whether this transaction holds [`EVENTS_LOCK`].
-    events_locked: Cell<bool>,
+    events_locked: AtomicBool,
     /// Whether this transaction added `events` rows (to `NOTIFY`).
-    wrote_events: Cell<bool>,
+    wrote_events: AtomicBool,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -225,16 +243,16 @@ impl PgConn {
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
-        let client = config.connect(NoTls).map_err(|e| JournalError::Postgres {
+        let client = off_runtime(|| config.connect(NoTls)).map_err(|e| JournalError::Postgres {
             message: scrub(&pg_message(&e), password.as_deref()),
         })?;
         let conn = Self {
-            client: RefCell::new(client),
-            statements: RefCell::default(),
+            client: Mutex::new(Some(client)),
+            statements: Mutex::default(),
             epoch: epoch.map(|e| e.0),
             password,
-            events_locked: Cell::new(false),
-            wrote_events: Cell::new(false),
+            events_locked: AtomicBool::new(false),
+            wrote_events: AtomicBool::new(false),
         };
         let mut setup = String::new();
         if writer {
@@ -251,21 +269,29 @@ impl PgConn {
         Ok(conn)
     }
 
+    /// The client, for one call.
+    fn client(&self) -> MutexGuard<'_, Option<Client>> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs statements without parameters.
     pub(crate) fn batch(&self, sql: &str) -> Result<(), DbError> {
-        Ok(self.client.borrow_mut().batch_execute(sql)?)
+        off_runtime(|| match self.client().as_mut() {
+            Some(c) => Ok(c.batch_execute(sql)?),
+            None => Err(gone()),
+        })
     }
 
     /// `BEGIN` (READ COMMITTED).
     pub(crate) fn begin(&self) -> Result<(), DbError> {
-        self.events_locked.set(false);
-        self.wrote_events.set(false);
+        self.events_locked.store(false, Ordering::Relaxed);
+        self.wrote_events.store(false, Ordering::Relaxed);
         self.batch("BEGIN")
     }
 
     /// `NOTIFY baton_events` if events were written, then `COMMIT`.
     pub(crate) fn commit(&self) -> Result<(), DbError> {
-        if self.wrote_events.get() {
+        if self.wrote_events.load(Ordering::Relaxed) {
             self.batch("NOTIFY baton_events; COMMIT")
         } else {
             self.batch("COMMIT")
@@ -283,7 +309,7 @@ impl PgConn {
     /// A savepoint before one record; answers what undoing it must restore.
     pub(crate) fn savepoint(&self) -> Result<bool, DbError> {
         self.batch("SAVEPOINT record")?;
-        Ok(self.events_locked.get())
+        Ok(self.events_locked.load(Ordering::Relaxed))
     }
 
     /// Keeps the record's changes.
@@ -293,7 +319,7 @@ impl PgConn {
 
     /// Undoes the record's changes (and any lock it took).
     pub(crate) fn rollback_to(&self, locked_before: bool) -> Result<(), DbError> {
-        self.events_locked.set(locked_before);
+        self.events_locked.store(locked_before, Ordering::Relaxed);
         self.batch("ROLLBACK TO SAVEPOINT record; RELEASE SAVEPOINT record")
     }
 
@@ -319,20 +345,36 @@ impl PgConn {
         scrub(&e.to_string(), self.password.as_deref())
     }
 
-    /// The statement for `sql`, prepared once.
-    fn statement(&self, sql: &str) -> Result<Statement, DbError> {
-        if let Some(s) = self.statements.borrow().get(sql) {
+    /// The statement for `sql`, prepared once (on `client`, which the caller holds).
+    fn statement(&self, client: &mut Client, sql: &str) -> Result<Statement, DbError> {
+        let mut statements = self.statements.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = statements.get(sql) {
             return Ok(s.clone());
         }
-        let s = self
-            .client
-            .borrow_mut()
-            .prepare(&dollar_placeholders(sql))?;
-        self.statements
-            .borrow_mut()
-            .insert(sql.to_owned(), s.clone());
+        let s = client.prepare(&dollar_placeholders(sql))?;
+        statements.insert(sql.to_owned(), s.clone());
         Ok(s)
     }
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        // Closing the client runs its runtime too.
+        let client = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = client {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+/// The error of a connection used after it was dropped (which cannot happen: only `drop` takes
+/// the client).
+fn gone() -> DbError {
+    DbError::Convert("the PostgreSQL connection is closed".into())
 }
 
 /// `e`'s message with its causes (the client's own `Display` names only the kind).
@@ -364,13 +406,22 @@ fn params(values: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl Db for PgConn {
     fn execute(&self, sql: &str, values: &[Val]) -> Result<u64, DbError> {
-        let stmt = self.statement(sql)?;
-        Ok(self.client.borrow_mut().execute(&stmt, &params(values))?)
+        off_runtime(|| {
+            let mut guard = self.client();
+            let client = guard.as_mut().ok_or_else(gone)?;
+            let stmt = self.statement(client, sql)?;
+            Ok(client.execute(&stmt, &params(values))?)
+        })
     }
 
     fn query(&self, sql: &str, values: &[Val]) -> Result<Rows, DbError> {
-        let stmt = self.statement(sql)?;
-        let rows = self.client.borrow_mut().query(&stmt, &params(values))?;
+        let (stmt, rows) = off_runtime(|| {
+            let mut guard = self.client();
+            let client = guard.as_mut().ok_or_else(gone)?;
+            let stmt = self.statement(client, sql)?;
+            let rows = client.query(&stmt, &params(values))?;
+            Ok::<_, DbError>((stmt, rows))
+        })?;
         let columns: Vec<String> = stmt.columns().iter().map(|c| c.name().to_owned()).collect();
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -408,11 +459,11 @@ impl Db for PgConn {
     }
 
     fn before_event(&self) -> Result<(), DbError> {
-        self.wrote_events.set(true);
-        if !self.events_locked.get() {
+        self.wrote_events.store(true, Ordering::Relaxed);
+        if !self.events_locked.load(Ordering::Relaxed) {
             (self as &dyn Db)
                 .execute("SELECT pg_advisory_xact_lock(?1)", &[Val::Int(EVENTS_LOCK)])?;
-            self.events_locked.set(true);
+            self.events_locked.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
