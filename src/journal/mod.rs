@@ -1,6 +1,7 @@
 //! The journal: the durable record of every transition, compaction and rotation.
 //!
-//! A [`Journal`] is a SQLite database (through rusqlite, SQLite compiled in) that the
+//! A [`Journal`] is a SQLite database (through rusqlite, SQLite compiled in), or a PostgreSQL
+//! database ([`JournalTarget`], [`Journal::open_postgres`]), that the
 //! [`Supervisor`](crate::supervisor::Supervisor) writes through. It holds the fleet's work items
 //! and sessions, every compaction and rotation with its metrics, and the event log, so that a
 //! restarted supervisor knows which sessions were live, which work item each held, and which
@@ -26,13 +27,20 @@
 //! * The schema version is `PRAGMA user_version`, the file's owner `PRAGMA application_id`
 //!   ([`APPLICATION_ID`]); see [`schema`](self) for how files are recognised and migrated.
 //!
-//! `docs/semantics.md` ("Journal") states what is guaranteed after a crash.
+//! On PostgreSQL the same records go through the same projection and recovery (one SQL text,
+//! see `db`), one fenced transaction per batch (`docs/cluster.md`, "Every write transaction").
+//!
+//! `docs/semantics.md` ("Journal", and its "PostgreSQL store") states what is guaranteed after a
+//! crash.
 //!
 //! # Layout
 //!
 //! | module | what it is for |
 //! | --- | --- |
 //! | `schema` | recognising, creating and migrating the file |
+//! | `pg` | the PostgreSQL store: its connection, schema, fence and [`Epoch`] |
+//! | `db` | the SQL layer both stores run: values, rows, one trait |
+//! | `target` | [`JournalTarget`]: a file or a URL, its password never shown |
 //! | `project` | what each record does to the tables |
 //! | `writer` | the writer thread and group commit |
 //! | `recovery` | what the journal says was unfinished |
