@@ -2,12 +2,16 @@
 //! runtimes or from a plain thread works, its handles cross threads and runtimes, and a session's
 //! compaction or rotation is awaited in one call, without polling.
 
+mod support;
+
 use std::sync::Arc;
+
 use std::time::Duration;
+use support::stores::{self, Store};
 
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::{
-    AgentType, FleetEvent, Journal, Phase, RotationReason, SessionHandle, Settled, Supervisor,
+    AgentType, FleetEvent, Phase, RotationReason, SessionHandle, Settled, Supervisor,
     SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 
@@ -188,12 +192,22 @@ async fn an_overflow_rotates_the_session_and_names_its_successor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_made_on_the_builder_sees_every_recovered_item() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baton.db");
+    a_subscription_made_on_the_builder_sees_every_recovered_item_on(&Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_subscription_made_on_the_builder_sees_every_recovered_item() {
+    if let Some(store) = Store::postgres() {
+        a_subscription_made_on_the_builder_sees_every_recovered_item_on(&store).await;
+    }
+}
+
+async fn a_subscription_made_on_the_builder_sees_every_recovered_item_on(store: &Store) {
+    let dir = store.dir();
     {
         let fleet = Supervisor::builder(runtime())
             .agent_type(AgentType::new("coder", 1000))
-            .journal(Journal::open(&path).unwrap())
+            .journal(stores::journal(dir.path()))
             .unwrap()
             .start();
         for id in 1..=5 {
@@ -202,7 +216,7 @@ async fn a_subscription_made_on_the_builder_sees_every_recovered_item() {
         // Shut down with the items held or queued: the journal keeps them unfinished.
         fleet.shutdown(Duration::from_secs(5)).await;
     }
-    let journal = Journal::open(&path).unwrap();
+    let journal = stores::journal(dir.path());
     let builder = Supervisor::builder(runtime())
         .agent_type(AgentType::new("coder", 1000))
         .journal(journal)

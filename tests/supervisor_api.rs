@@ -12,11 +12,11 @@ use std::time::Duration;
 use baton::journal::{EventRow, Filter};
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime, RuntimeOp};
 use baton::{
-    AgentType, FleetEvent, Journal, JournalReader, Place, PutOutcome, Sequenced, SessionId,
-    Settled, Supervisor, SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource,
-    WorkItemId,
+    AgentType, FleetEvent, Journal, Place, PutOutcome, Sequenced, SessionId, Settled, Supervisor,
+    SupervisorConfig, SupervisorError, SupervisorHandle, UsageSource, WorkItemId,
 };
 use support::fleet::{agent, item};
+use support::stores::{self, Store};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Rows of the log that are supervisor steps, not published events: never delivered live.
@@ -133,12 +133,22 @@ fn key(e: &Sequenced) -> (u64, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baton.db");
+    live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them_on(&Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them() {
+    if let Some(store) = Store::postgres() {
+        live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them_on(&store).await;
+    }
+}
+
+async fn live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them_on(store: &Store) {
+    let dir = store.dir();
     let runtime = memory();
     let builder = Supervisor::builder(runtime.clone())
         .agent_type(agent("sonnet"))
-        .journal(Journal::open(&path).unwrap())
+        .journal(stores::journal(dir.path()))
         .unwrap();
     let mut rx = builder.subscribe_sequenced();
     let sup = builder.start();
@@ -149,7 +159,7 @@ async fn live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them()
     }
     sup.journal().unwrap().flush().await.unwrap();
 
-    let reader = JournalReader::open(&path).unwrap();
+    let reader = stores::reader(dir.path());
     let rows = event_rows(reader.view().events(&Filter::default()).unwrap());
     let listed: Vec<(u64, String)> = rows.iter().map(|r| (r.seq, r.kind.clone())).collect();
     let live: Vec<(u64, String)> = seen.iter().map(key).collect();
@@ -167,12 +177,22 @@ async fn live_sequenced_events_carry_the_seq_the_journal_reader_lists_for_them()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("baton.db");
+    a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once_on(&Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once() {
+    if let Some(store) = Store::postgres() {
+        a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once_on(&store).await;
+    }
+}
+
+async fn a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once_on(store: &Store) {
+    let dir = store.dir();
     let runtime = memory();
     let builder = Supervisor::builder(runtime.clone())
         .agent_type(agent("sonnet"))
-        .journal(Journal::open(&path).unwrap())
+        .journal(stores::journal(dir.path()))
         .unwrap();
     let mut first = builder.subscribe_sequenced();
     let sup = builder.start();
@@ -221,8 +241,7 @@ async fn a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once(
     resumed.extend(tail.iter().map(|e| e.seq).filter(|s| *s > backlog_end));
     sup.journal().unwrap().flush().await.unwrap();
     let all = event_rows(
-        JournalReader::open(&path)
-            .unwrap()
+        stores::reader(dir.path())
             .view()
             .events(&Filter::default())
             .unwrap(),
@@ -235,8 +254,7 @@ async fn a_resumed_stream_is_the_backlog_after_n_then_the_live_events_each_once(
     assert_eq!(resumed, expected, "every event after N, once, in order");
 
     // Paging: with `after`, `limit` takes the first rows after it.
-    let page = JournalReader::open(&path)
-        .unwrap()
+    let page = stores::reader(dir.path())
         .view()
         .events(&Filter {
             after: Some(last_seen),
