@@ -110,31 +110,34 @@ impl fmt::Debug for JournalTarget {
     }
 }
 
+/// `url` after its scheme, split at the user information's end: everything before the last
+/// `@` ahead of the query, so that a password holding `/` or `@` unescaped is still all of it.
+fn split_userinfo(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let before_query = &rest[..rest.find('?').unwrap_or(rest.len())];
+    let at = before_query.rfind('@')?;
+    Some((scheme, &rest[..at], &rest[at..]))
+}
+
 /// The password in `url`'s user information, as written.
 fn password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
+    let (_, userinfo, _) = split_userinfo(url)?;
     userinfo.split_once(':').map(|(_, p)| p.to_owned())
 }
 
 /// `url` with its password (in the user information, or as a `password=` parameter) replaced
 /// by `***`.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (scheme, userinfo, tail) = match split_userinfo(url) {
+        Some(parts) => parts,
+        None => match url.split_once("://") {
+            Some((scheme, rest)) => (scheme, "", rest),
+            None => return url.to_owned(),
+        },
     };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rfind('@') {
-        Some(at) => {
-            let (userinfo, host) = authority.split_at(at);
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***{host}"),
-                None => authority.to_owned(),
-            }
-        }
-        None => authority.to_owned(),
+    let authority = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => userinfo.to_owned(),
     };
     let tail = match tail.split_once('?') {
         Some((path, query)) => {

@@ -1760,6 +1760,12 @@ mod postgres_only {
             matches!(JournalTarget::parse("baton.db"), Ok(JournalTarget::File(_))),
             "anything else is a file"
         );
+        // Unescaped `/` and `@` in a password, and a URL without one.
+        let odd = "s/cr@t";
+        let shown = target::redact(&format!("postgres://baton:{odd}@db.example:5432/baton"));
+        assert_eq!(shown, "postgres://baton:***@db.example:5432/baton");
+        let plain = "postgresql://baton@db.example/baton?sslmode=disable";
+        assert_eq!(target::redact(plain), plain);
         // A wrong password, against a real server.
         let Ok(real) = std::env::var("BATON_PG_URL") else {
             return;
