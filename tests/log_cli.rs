@@ -6,15 +6,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use baton::journal::{JournalOptions, JournalTarget};
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::{FleetEvent, Journal, Supervisor, UsageSource};
 use support::cli::{baton, stderr, stdout};
 use support::fleet::{agent, item};
+use support::stores::{self, Store};
 
 /// A journal of a small fleet: item 1 (sonnet) compacts once then rotates at 96%; item 2
 /// (glm) is closed, done.
 fn write_journal(path: &Path) {
-    let path = path.to_owned();
+    write_journal_at(&JournalTarget::File(path.to_owned()));
+}
+
+/// [`write_journal`] at `target`.
+fn write_journal_at(target: &JournalTarget) {
+    let target = target.clone();
     actix::System::new().block_on(async move {
         let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
             base_tokens: 100,
@@ -23,7 +30,7 @@ fn write_journal(path: &Path) {
         let sup = Supervisor::builder(runtime.clone())
             .agent_type(agent("sonnet"))
             .agent_type(agent("glm"))
-            .journal(Journal::open(&path).unwrap())
+            .journal(Journal::open_target(&target, JournalOptions::default()).unwrap())
             .unwrap()
             .start();
         let mut events = sup.subscribe();
@@ -62,12 +69,36 @@ fn journal() -> (tempfile::TempDir, String) {
     (dir, path.to_string_lossy().into_owned())
 }
 
-#[test]
-fn log_lists_rotations_sessions_compactions_items_and_events_as_tables() {
-    let (_dir, path) = journal();
+/// [`journal`] in `store`: the directory (and database) to keep, and what `baton log` is given.
+fn journal_in(store: &Store) -> (stores::TestDir, String) {
+    let dir = store.dir();
+    let target = stores::target(dir.path());
+    write_journal_at(&target);
+    let arg = match &target {
+        JournalTarget::File(path) => path.to_string_lossy().into_owned(),
+        JournalTarget::Postgres(url) => url.expose().to_owned(),
+    };
+    (dir, arg)
+}
+
+/// The password in `baton log`'s argument, if any: it must appear in no output.
+fn secret(arg: &str) -> Option<&str> {
+    let userinfo = arg.strip_prefix("postgres://")?.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, p)| p)
+}
+
+fn log_lists_rotations_sessions_compactions_items_and_events_as_tables(store: &Store) {
+    let (_dir, path) = journal_in(store);
     let o = baton(&["log", &path]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
+    if let Some(secret) = secret(&path) {
+        let bad = baton(&["log", &path.replace("/baton_", "/missing_")]);
+        assert!(!bad.status.success());
+        for text in [out.as_str(), &stderr(&o), &stdout(&bad), &stderr(&bad)] {
+            assert!(!text.contains(secret), "the password was shown: {text}");
+        }
+    }
     assert!(out.contains("s1 → s3"), "{out}");
     assert!(
         out.contains("threshold") && out.contains("960 (96.0%)"),
@@ -99,9 +130,8 @@ fn log_lists_rotations_sessions_compactions_items_and_events_as_tables() {
     }
 }
 
-#[test]
-fn log_filters_by_session_item_agent_type_reason_and_time() {
-    let (_dir, path) = journal();
+fn log_filters_by_session_item_agent_type_reason_and_time(store: &Store) {
+    let (_dir, path) = journal_in(store);
     let lines = |args: &[&str]| -> Vec<serde_json::Value> {
         let o = baton(args);
         assert!(o.status.success(), "{args:?}: {}", stderr(&o));
@@ -418,3 +448,8 @@ fn log_tables_and_errors_escape_control_characters_from_the_journal() {
     assert!(error.contains("sp\\u{1b}[2Jun"), "{error}");
     assert!(!error.contains('\u{1b}'), "{error}");
 }
+
+on_both_stores!(
+    log_lists_rotations_sessions_compactions_items_and_events_as_tables,
+    log_filters_by_session_item_agent_type_reason_and_time,
+);
