@@ -9,7 +9,8 @@
 //!
 //! | file | what it is for |
 //! | --- | --- |
-//! | `mod.rs` | [`Epoch`], [`DB_NOW`], connecting |
+//! | `mod.rs` | [`Epoch`], [`DB_NOW`] |
+//! | `db.rs` | connections: one per loop, and a small [`Pool`] for the HTTP handlers |
 //! | `error.rs` | [`ClusterError`] |
 //! | `node.rs` | joining with a new epoch, heartbeats, being lost ([`Node`], [`Lost`]) |
 //! | `pool.rs` | the shared pool: submitting into it, claiming from it (`FOR UPDATE SKIP LOCKED`) |
@@ -18,6 +19,7 @@
 //! | `run.rs` | [`ClusterConfig`] and [`start`]: the three loops of a node, on a task tracker |
 
 mod claimer;
+mod db;
 mod error;
 pub mod node;
 pub mod pool;
@@ -26,6 +28,8 @@ pub mod sweep;
 
 use std::time::Duration;
 
+pub use db::{Pool, connect};
+pub(crate) use db::Conn;
 pub use error::ClusterError;
 pub use node::{Lost, Node};
 pub use run::{ClusterConfig, Running, join, start};
@@ -41,85 +45,6 @@ pub struct Epoch(pub i64);
 impl std::fmt::Display for Epoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-/// Opens a connection of its own (each loop has one: a session-level advisory lock and a
-/// `LISTEN` belong to their connection). The connect attempt is bounded by `timeout`, and TCP
-/// keepalives notice a peer that went away.
-pub fn connect(url: &str, timeout: Duration) -> Result<postgres::Client, ClusterError> {
-    let mut config: postgres::Config = url.parse().map_err(ClusterError::url)?;
-    config
-        .connect_timeout(timeout.max(Duration::from_millis(100)))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .application_name("baton-cluster");
-    config
-        .connect(postgres::NoTls)
-        .map_err(ClusterError::Postgres)
-}
-
-/// A connection a loop owns, (re)opened on demand; each call runs on a blocking thread, as the
-/// synchronous client needs. A connection that failed is dropped and opened again at the next
-/// call. A call while the previous one still runs (a stalled network) fails at once rather than
-/// queueing behind it.
-#[derive(Clone)]
-pub(crate) struct Conn {
-    /// The database.
-    url: std::sync::Arc<str>,
-    /// The connection, when open.
-    client: std::sync::Arc<std::sync::Mutex<Option<postgres::Client>>>,
-    /// How long connecting may take.
-    timeout: Duration,
-}
-
-impl Conn {
-    /// A connection to `url`, opened at the first call.
-    pub(crate) fn new(url: &str, timeout: Duration) -> Self {
-        Self {
-            url: url.into(),
-            client: Default::default(),
-            timeout,
-        }
-    }
-
-    /// Runs `f` on the connection, on a blocking thread.
-    pub(crate) async fn call<T, F>(&self, f: F) -> Result<T, ClusterError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut postgres::Client) -> Result<T, ClusterError> + Send + 'static,
-    {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.call_blocking(f))
-            .await
-            .map_err(|e| ClusterError::Task(e.to_string()))?
-    }
-
-    /// Runs `f` on the connection, on this thread.
-    pub(crate) fn call_blocking<T>(
-        &self,
-        f: impl FnOnce(&mut postgres::Client) -> Result<T, ClusterError>,
-    ) -> Result<T, ClusterError> {
-        let mut slot = match self.client.try_lock() {
-            Ok(slot) => slot,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                return Err(ClusterError::Task(
-                    "the previous call on this connection has not finished".into(),
-                ));
-            }
-        };
-        if slot.as_ref().is_none_or(postgres::Client::is_closed) {
-            *slot = Some(connect(&self.url, self.timeout)?);
-        }
-        let client = slot.as_mut().expect("opened above");
-        let result = f(client);
-        if matches!(result, Err(ClusterError::Postgres(_))) {
-            // Whatever the failure, the next call starts from a fresh connection (a failed
-            // transaction or a half-read reply must not leak into it).
-            *slot = None;
-        }
-        result
     }
 }
 

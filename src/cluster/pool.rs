@@ -118,3 +118,49 @@ pub fn release(c: &mut Client, epoch: Epoch, id: WorkItemId) -> Result<bool, Clu
     tx.commit()?;
     Ok(n == 1)
 }
+
+/// A work item as the database holds it: any node's, or the pool's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRow {
+    /// The item.
+    pub item: WorkItem,
+    /// Its `place` column: `queued`, `live`, `rotating`, `done` or `dead`.
+    pub place: String,
+    /// The session holding it, or that held it last.
+    pub session: Option<u64>,
+    /// Why it was requeued or buried last.
+    pub reason: Option<String>,
+    /// The epoch of the node that owns it; `None` while in the pool.
+    pub owner: Option<Epoch>,
+}
+
+/// The columns [`ItemRow`] reads, in order.
+const ITEM_COLUMNS: &str = "id, agent_type, text, place, session, reason, owner";
+
+fn item_row(r: &postgres::Row) -> ItemRow {
+    let agent_type: String = r.get(1);
+    ItemRow {
+        item: WorkItem {
+            id: WorkItemId(r.get::<_, i64>(0) as u64),
+            agent_type: agent_type.into(),
+            text: r.get(2),
+        },
+        place: r.get(3),
+        session: r.get::<_, Option<i64>>(4).map(|s| s as u64),
+        reason: r.get(5),
+        owner: r.get::<_, Option<i64>>(6).map(Epoch),
+    }
+}
+
+/// One work item, wherever it is in the cluster.
+pub fn item(c: &mut Client, id: WorkItemId) -> Result<Option<ItemRow>, ClusterError> {
+    let sql = format!("SELECT {ITEM_COLUMNS} FROM work_items WHERE id = $1");
+    Ok(c.query_opt(&sql, &[&sql_id(id)])?.as_ref().map(item_row))
+}
+
+/// Every work item of the cluster, by id, at most `limit`.
+pub fn items(c: &mut Client, limit: usize) -> Result<Vec<ItemRow>, ClusterError> {
+    let sql = format!("SELECT {ITEM_COLUMNS} FROM work_items ORDER BY id LIMIT $1");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    Ok(c.query(&sql, &[&limit])?.iter().map(item_row).collect())
+}

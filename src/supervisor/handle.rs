@@ -366,6 +366,19 @@ impl SupervisorHandle {
         Ok(place)
     }
 
+    /// Takes over a lost cluster node's unfinished work, which `Journal::adopt` moved to this
+    /// node's epoch: recovered as a restart recovers (`supervisor/recovery.rs`). Returns once the
+    /// supervisor has taken it in (its runtime calls go on in the background).
+    pub(crate) async fn adopt(
+        &self,
+        state: crate::journal::recovery::RecoveryState,
+    ) -> Result<(), SupervisorError> {
+        self.addr
+            .send(super::api::Adopt(state))
+            .await
+            .or_else(gone)
+    }
+
     /// The journal the supervisor writes through, if it has one: to read the backlog of a
     /// resumed event stream ([`Journal::read`] on the writer's own connection, which works for a
     /// journal in memory too, or a [`JournalReader`](crate::journal::JournalReader) opened on

@@ -107,7 +107,7 @@ impl TestDb {
                  CREATE TABLE baton_nodes (epoch BIGINT PRIMARY KEY, name TEXT NOT NULL, addr TEXT,
                      lease_until BIGINT NOT NULL, started_at BIGINT NOT NULL);
                  CREATE TABLE work_items (id BIGINT PRIMARY KEY, agent_type TEXT NOT NULL,
-                     text TEXT NOT NULL, place TEXT NOT NULL, owner BIGINT,
+                     text TEXT NOT NULL, place TEXT NOT NULL, owner BIGINT, session BIGINT, reason TEXT,
                      queue_seq BIGINT NOT NULL DEFAULT 0, submitted_at BIGINT NOT NULL,
                      updated_at BIGINT NOT NULL);",
             )

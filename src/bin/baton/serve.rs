@@ -243,6 +243,7 @@ pub fn run(args: Args) -> Result<crate::Exit> {
             commands,
             events: EventHub::new(&fleet.supervisor),
             metrics: fleet.metrics.clone(),
+            cluster: None,
         };
         let (addr, server) = serve::bind(&config, parts)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
