@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use rusqlite::types::ValueRef;
 
 use super::*;
 use crate::machine::{EventKind, Phase, TransitionRecord};
@@ -118,7 +117,7 @@ fn compaction() -> CompactionRecord {
 /// Every row of every table, as text, for comparisons.
 type Dump = BTreeMap<String, Vec<Vec<String>>>;
 
-fn dump(conn: &Connection) -> Dump {
+fn dump(conn: &dyn db::Db) -> Dump {
     let mut out = Dump::new();
     for table in [
         "work_items",
@@ -127,25 +126,24 @@ fn dump(conn: &Connection) -> Dump {
         "compactions",
         "events",
     ] {
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+        let rows = conn
+            .query(&format!("SELECT * FROM {table} ORDER BY 1"), &[])
             .unwrap();
-        let n = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((0..n)
-                    .map(|i| match r.get_ref(i).unwrap() {
-                        ValueRef::Null => "NULL".to_string(),
-                        ValueRef::Integer(v) => v.to_string(),
-                        ValueRef::Real(v) => v.to_string(),
-                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                        ValueRef::Blob(_) => "<blob>".to_string(),
+        let rows = rows
+            .rows
+            .into_iter()
+            .map(|r| {
+                r.0.into_iter()
+                    .map(|v| match v {
+                        db::Val::Null => "NULL".to_string(),
+                        db::Val::Int(v) => v.to_string(),
+                        db::Val::Real(v) => v.to_string(),
+                        db::Val::Text(t) => t,
+                        db::Val::Blob(_) => "<blob>".to_string(),
                     })
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
             })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+            .collect();
         out.insert(table.to_string(), rows);
     }
     out
@@ -227,7 +225,9 @@ fn a_new_journal_file_is_owner_only_and_marked_as_baton_s() {
     );
     let sync_mode: i64 = j
         .read_blocking(|c, _| {
-            Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))
+            Ok(c.sqlite()
+                .unwrap()
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
                 .unwrap())
         })
         .unwrap();
@@ -752,11 +752,13 @@ fn only_a_record_s_own_fault_lets_the_journal_go_on() {
 /// record's statement fail as SQLite would.
 fn fail_item_13(j: &Journal, body: &'static str) {
     j.read_blocking(move |c, _| {
-        c.execute_batch(&format!(
-            "CREATE TEMP TRIGGER fail13 BEFORE INSERT ON work_items WHEN NEW.id = 13
+        c.sqlite()
+            .unwrap()
+            .execute_batch(&format!(
+                "CREATE TEMP TRIGGER fail13 BEFORE INSERT ON work_items WHEN NEW.id = 13
              BEGIN {body}; END"
-        ))
-        .unwrap();
+            ))
+            .unwrap();
         Ok(())
     })
     .unwrap();
@@ -793,13 +795,21 @@ fn a_refused_statement_drops_its_record_but_any_other_sqlite_failure_stops_the_j
 /// The work item's place, session, pending spawn key, reason and queue position.
 fn item_row(j: &Journal, id: u64) -> (String, Option<i64>, Option<i64>, Option<String>, i64) {
     j.read_blocking(move |c, _| {
-        Ok(c.query_row(
-            "SELECT place, session, pending_spawn_key, reason, queue_seq FROM work_items
-             WHERE id = ?1",
-            [id as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .unwrap())
+        let r = c
+            .query_opt(
+                "SELECT place, session, pending_spawn_key, reason, queue_seq FROM work_items
+                 WHERE id = ?1",
+                &[db::Val::Int(id as i64)],
+            )
+            .unwrap()
+            .unwrap();
+        Ok((
+            r.get(0).unwrap(),
+            r.get(1).unwrap(),
+            r.get(2).unwrap(),
+            r.get(3).unwrap(),
+            r.get(4).unwrap(),
+        ))
     })
     .unwrap()
 }
@@ -972,7 +982,10 @@ fn a_reader_opens_a_closed_journal_read_only_and_creates_no_file_beside_it() {
     // A read-only directory (root ignores the mode; then the file list below is the check).
     set_mode(dir.path(), 0o555);
     let reader = JournalReader::open(&path).unwrap();
-    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    let query::ReaderConn::Sqlite(conn) = &reader.conn else {
+        panic!("a file is read with SQLite")
+    };
+    assert!(conn.is_readonly(rusqlite::MAIN_DB).unwrap());
     assert!(
         reader.unlocked.is_some(),
         "no writer's records: opened immutable"
@@ -1001,7 +1014,10 @@ fn a_reader_beside_a_live_writer_reads_its_records_through_its_index() {
     let before = files_in(dir.path());
     assert!(before.contains(&"baton.db-wal".to_string()), "{before:?}");
     let reader = JournalReader::open(&path).unwrap();
-    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    let query::ReaderConn::Sqlite(conn) = &reader.conn else {
+        panic!("a file is read with SQLite")
+    };
+    assert!(conn.is_readonly(rusqlite::MAIN_DB).unwrap());
     assert!(
         reader.unlocked.is_none(),
         "records in the WAL: read through locks"
@@ -1134,10 +1150,13 @@ fn a_limit_beyond_sqlite_s_integers_is_no_limit() {
 }
 
 /// `value` written through SQL and read back, with the text SQLite holds.
-fn through_sql<T: rusqlite::ToSql + rusqlite::types::FromSql>(value: T) -> (String, T) {
+fn through_sql<T: Into<db::Val> + db::FromVal>(value: T) -> (String, T) {
     let c = Connection::open_in_memory().unwrap();
-    c.query_row("SELECT ?1, ?1", [value], |r| Ok((r.get(0)?, r.get(1)?)))
+    let r = (&c as &dyn db::Db)
+        .query_opt("SELECT ?1, ?1", &[value.into()])
         .unwrap()
+        .unwrap();
+    (r.get(0).unwrap(), r.get(1).unwrap())
 }
 
 #[test]
@@ -1204,20 +1223,25 @@ fn journal_states_are_stored_by_their_names_and_read_back_as_themselves() {
 #[test]
 fn an_unknown_stored_state_is_a_conversion_error_quoting_it_escaped() {
     let c = Connection::open_in_memory().unwrap();
+    let c: &dyn db::Db = &c;
     let e = c
-        .query_row("SELECT 'wandering\u{1b}[2J'", [], |r| {
-            r.get::<_, schema::WorkItemPlace>(0)
-        })
+        .query_opt("SELECT 'wandering\u{1b}[2J'", &[])
+        .unwrap()
+        .unwrap()
+        .get::<schema::WorkItemPlace>(0)
         .unwrap_err();
-    let text = e.to_string();
     assert!(
-        text.contains(r#""wandering\u{1b}[2J" is not a work item place"#),
-        "{text}"
+        e.message
+            .contains(r#""wandering\u{1b}[2J" is not a work item place"#),
+        "{e:?}"
     );
     let e = c
-        .query_row("SELECT 3", [], |r| r.get::<_, Phase>(0))
+        .query_opt("SELECT 3", &[])
+        .unwrap()
+        .unwrap()
+        .get::<Phase>(0)
         .unwrap_err();
-    assert!(matches!(e, rusqlite::Error::InvalidColumnType(..)), "{e}");
+    assert_eq!(e.message, "an integer value of the wrong type");
 }
 
 /// A closed journal's bytes with every kind of row recovery reads: a queued item, a live
