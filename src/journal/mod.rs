@@ -48,6 +48,8 @@ pub(crate) mod recovery;
 mod schema;
 mod target;
 #[cfg(test)]
+pub(crate) mod test_store;
+#[cfg(test)]
 mod tests;
 mod time;
 mod writer;

@@ -411,7 +411,7 @@ impl Db for PgConn {
         self.wrote_events.set(true);
         if !self.events_locked.get() {
             (self as &dyn Db)
-                .query("SELECT pg_advisory_xact_lock(?1)", &[Val::Int(EVENTS_LOCK)])?;
+                .execute("SELECT pg_advisory_xact_lock(?1)", &[Val::Int(EVENTS_LOCK)])?;
             self.events_locked.set(true);
         }
         Ok(())
@@ -477,7 +477,7 @@ pub(crate) fn migrate(conn: &PgConn, place: &Path) -> Result<(), JournalError> {
 fn migrate_in(conn: &PgConn, place: &Path) -> Result<(), JournalError> {
     let err = |e: DbError| conn.error(e, place);
     let db: &dyn Db = conn;
-    db.query("SELECT pg_advisory_xact_lock(?1)", &[Val::Int(SCHEMA_LOCK)])
+    db.execute("SELECT pg_advisory_xact_lock(?1)", &[Val::Int(SCHEMA_LOCK)])
         .map_err(err)?;
     let version = read_version(conn, place)?;
     let from = match version {
