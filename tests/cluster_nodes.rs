@@ -126,6 +126,21 @@ fn the_sweeper_lock_is_held_by_one_connection_at_a_time_and_freed_with_it() {
     });
 }
 
+#[test]
+fn a_sweep_holds_the_lock_without_stacking_it_and_a_new_connection_tries_afresh() {
+    let Some(db) = test_db("sweephold") else { return };
+    let (mut a, mut b) = (db.client(), db.client());
+    off_runtime(move || {
+        assert!(sweep::hold(&mut a).unwrap());
+        assert!(sweep::hold(&mut a).unwrap());
+        assert!(!sweep::hold(&mut b).unwrap());
+        // Held once however many sweeps asked: one unlock frees it.
+        assert!(sweep::unlock(&mut a).unwrap());
+        assert!(sweep::hold(&mut b).unwrap());
+        assert!(!sweep::hold(&mut a).unwrap());
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heartbeating_node_whose_row_is_deleted_is_lost_as_fenced() {
     let Some(db) = test_db("lostfenced") else {

@@ -18,6 +18,9 @@ pub enum ClusterError {
     /// The journal failed (adoption).
     #[error("journal: {0}")]
     Journal(#[source] crate::journal::JournalError),
+    /// The supervisor would not take adopted work (it is shutting down).
+    #[error("supervisor: {0}")]
+    Supervisor(#[source] crate::supervisor::SupervisorError),
     /// A blocking database call could not run (its thread panicked or the runtime stopped).
     #[error("a database call could not finish: {0}")]
     Task(String),

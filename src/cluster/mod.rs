@@ -9,7 +9,7 @@
 //!
 //! | file | what it is for |
 //! | --- | --- |
-//! | `mod.rs` | [`Epoch`], [`DB_NOW`] |
+//! | `mod.rs` | [`DB_NOW`]; [`Epoch`] is the journal's |
 //! | `db.rs` | connections: one per loop, and a small [`Pool`] for the HTTP handlers |
 //! | `error.rs` | [`ClusterError`] |
 //! | `node.rs` | joining with a new epoch, heartbeats, being lost ([`Node`], [`Lost`]) |
@@ -30,6 +30,7 @@ use std::time::Duration;
 
 pub use db::{Pool, connect};
 pub(crate) use db::Conn;
+pub use crate::journal::Epoch;
 pub use error::ClusterError;
 pub use node::{Lost, Node};
 pub use run::{ClusterConfig, Running, join, start};
@@ -37,16 +38,6 @@ pub use run::{ClusterConfig, Running, join, start};
 /// The database's clock in milliseconds since the Unix epoch, as SQL: every lease is set and
 /// compared with it, so that nodes' clocks never matter.
 pub const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
-
-/// A node incarnation's fencing epoch: from the `baton_epochs` sequence, never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-pub struct Epoch(pub i64);
-
-impl std::fmt::Display for Epoch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// `ttl` in whole milliseconds, as SQL takes it.
 pub(crate) fn millis(d: Duration) -> i64 {

@@ -9,7 +9,9 @@ use tokio_util::task::TaskTracker;
 
 use super::claimer::Claimer;
 use super::node::{self, Node};
+use super::sweep::Sweeper;
 use super::{ClusterError, Conn, Epoch};
+use crate::journal::Journal;
 use crate::supervisor::SupervisorHandle;
 
 /// How a node takes part in the cluster.
@@ -74,16 +76,26 @@ impl Running {
     }
 }
 
-/// Starts the loops of the node `epoch` (joined with [`join`]) on `tracker`: the heartbeat, and
-/// the claimer feeding `supervisor`.
+/// Starts the loops of the node `epoch` (joined with [`join`]) on `tracker`: the heartbeat, the
+/// claimer feeding `supervisor`, and the sweeper adopting through `journal` (opened with the
+/// same epoch).
 pub fn start(
     config: &ClusterConfig,
     epoch: Epoch,
+    journal: Journal,
     supervisor: SupervisorHandle,
     tracker: &TaskTracker,
 ) -> Running {
     let stop = CancellationToken::new();
     let node = node::spawn_heartbeat(&config.url, epoch, config.ttl, tracker, stop.clone());
+    let sweeper = Sweeper {
+        conn: Conn::new(&config.url, config.timeout()),
+        epoch,
+        every: config.sweep_every,
+        journal,
+        supervisor: supervisor.clone(),
+    };
+    tracker.spawn(sweeper.run(stop.clone()));
     let claimer = Claimer {
         conn: Conn::new(&config.url, config.timeout()),
         url: Arc::from(config.url.as_str()),

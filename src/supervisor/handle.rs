@@ -366,15 +366,14 @@ impl SupervisorHandle {
         Ok(place)
     }
 
-    /// Takes over a lost cluster node's unfinished work, which `Journal::adopt` moved to this
-    /// node's epoch: recovered as a restart recovers (`supervisor/recovery.rs`). Returns once the
-    /// supervisor has taken it in (its runtime calls go on in the background).
-    pub(crate) async fn adopt(
-        &self,
-        state: crate::journal::recovery::RecoveryState,
-    ) -> Result<(), SupervisorError> {
+    /// Takes over a lost cluster node's unfinished work, which [`Journal::adopt`] moved to this
+    /// node's epoch: recovered as a restart recovers (`supervisor/recovery.rs`): its live
+    /// sessions closed at the runtime and their items requeued with their last handoff, its
+    /// unfinished rotations resumed from their last step. Returns once the supervisor has taken
+    /// it in (its runtime calls go on in the background).
+    pub async fn adopt(&self, adopted: crate::journal::Adopted) -> Result<(), SupervisorError> {
         self.addr
-            .send(super::api::Adopt(state))
+            .send(super::api::Adopt(adopted.0))
             .await
             .or_else(gone)
     }

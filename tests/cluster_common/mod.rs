@@ -98,21 +98,23 @@ impl TestDb {
         })
     }
 
-    /// TEMPORARY: the tables the cluster's SQL touches, until the PostgreSQL journal's schema
-    /// lands (then the journal creates them).
+    /// The journal's schema, as the journal creates it (opened once, on a single host).
     fn fixture(&self) {
-        self.with(|c| {
-            c.batch_execute(
-                "CREATE SEQUENCE baton_epochs;
-                 CREATE TABLE baton_nodes (epoch BIGINT PRIMARY KEY, name TEXT NOT NULL, addr TEXT,
-                     lease_until BIGINT NOT NULL, started_at BIGINT NOT NULL);
-                 CREATE TABLE work_items (id BIGINT PRIMARY KEY, agent_type TEXT NOT NULL,
-                     text TEXT NOT NULL, place TEXT NOT NULL, owner BIGINT, session BIGINT, reason TEXT,
-                     queue_seq BIGINT NOT NULL DEFAULT 0, submitted_at BIGINT NOT NULL,
-                     updated_at BIGINT NOT NULL);",
+        let url = baton::journal::PgUrl::parse(&self.url).expect("a PostgreSQL URL");
+        off_runtime(move || {
+            let journal = baton::Journal::open_postgres(
+                &url,
+                baton::JournalOptions::default(),
+                baton::journal::PgOptions::default(),
             )
-            .expect("the temporary fixture");
+            .expect("the journal creates its schema");
+            drop(journal);
         });
+    }
+
+    /// The URL as the journal takes it.
+    pub fn pg_url(&self) -> baton::journal::PgUrl {
+        baton::journal::PgUrl::parse(&self.url).expect("a PostgreSQL URL")
     }
 }
 
