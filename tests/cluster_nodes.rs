@@ -128,7 +128,9 @@ fn the_sweeper_lock_is_held_by_one_connection_at_a_time_and_freed_with_it() {
 
 #[test]
 fn a_sweep_holds_the_lock_without_stacking_it_and_a_new_connection_tries_afresh() {
-    let Some(db) = test_db("sweephold") else { return };
+    let Some(db) = test_db("sweephold") else {
+        return;
+    };
     let (mut a, mut b) = (db.client(), db.client());
     off_runtime(move || {
         assert!(sweep::hold(&mut a).unwrap());

@@ -41,6 +41,14 @@ fn a_submission_waits_in_the_pool_once_and_the_same_id_answers_the_first() {
             .unwrap();
         assert_eq!(row.get::<_, String>(0), "queued");
         assert_eq!(row.get::<_, Option<i64>>(1), None);
+        // Its step is in the log once, as on a single host.
+        let kinds: Vec<String> = c
+            .query("SELECT kind FROM events WHERE work_item = 1", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(kinds, ["work_item_submitted"]);
     });
 }
 

@@ -104,7 +104,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("size", &self.permits.available_permits()).finish_non_exhaustive()
+        f.debug_struct("Pool")
+            .field("size", &self.permits.available_permits())
+            .finish_non_exhaustive()
     }
 }
 
@@ -141,7 +143,10 @@ impl Pool {
             };
             let result = f(&mut client);
             if !matches!(result, Err(ClusterError::Postgres(_))) && !client.is_closed() {
-                this.idle.lock().unwrap_or_else(|p| p.into_inner()).push(client);
+                this.idle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(client);
             }
             result
         })

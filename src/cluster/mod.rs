@@ -28,9 +28,9 @@ pub mod sweep;
 
 use std::time::Duration;
 
-pub use db::{Pool, connect};
-pub(crate) use db::Conn;
 pub use crate::journal::Epoch;
+pub(crate) use db::Conn;
+pub use db::{Pool, connect};
 pub use error::ClusterError;
 pub use node::{Lost, Node};
 pub use run::{ClusterConfig, Running, join, start};

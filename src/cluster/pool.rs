@@ -4,6 +4,7 @@
 use postgres::{Client, Transaction};
 
 use super::{ClusterError, DB_NOW, Epoch};
+use crate::journal::pg::EVENTS_LOCK;
 use crate::vocab::{WorkItem, WorkItemId};
 
 /// The channel a submission notifies, so that claimers wake at once.
@@ -24,8 +25,8 @@ fn sql_id(id: WorkItemId) -> i64 {
     id.0 as i64
 }
 
-/// Inserts `item` into the pool (`owner` NULL, queued) unless its id exists, and notifies
-/// [`POOL_CHANNEL`] (delivered at commit).
+/// Inserts `item` into the pool (`owner` NULL, queued) unless its id exists, with its
+/// `work_item_submitted` row in the log, and notifies [`POOL_CHANNEL`] (delivered at commit).
 pub fn submit(c: &mut Client, item: &WorkItem) -> Result<Pooled, ClusterError> {
     let mut tx = c.transaction()?;
     let sql = format!(
@@ -36,7 +37,18 @@ pub fn submit(c: &mut Client, item: &WorkItem) -> Result<Pooled, ClusterError> {
     );
     let n = tx.execute(&sql, &[&sql_id(item.id), &&*item.agent_type, &item.text])?;
     if n == 1 {
-        tx.batch_execute(&format!("NOTIFY {POOL_CHANNEL}"))?;
+        // The submission's step in the log, as a single host's journal writes it (the claiming
+        // node's journal finds the row there and writes none).
+        let payload = serde_json::to_string(item).unwrap_or_default();
+        tx.query_one("SELECT pg_advisory_xact_lock($1)::text", &[&EVENTS_LOCK])?;
+        tx.execute(
+            &format!(
+                "INSERT INTO events (at, kind, work_item, dedup, payload)
+                 VALUES ({DB_NOW}, 'work_item_submitted', $1, $2, $3) ON CONFLICT (dedup) DO NOTHING"
+            ),
+            &[&sql_id(item.id), &format!("submitted:{}", item.id.0), &payload],
+        )?;
+        tx.batch_execute(&format!("NOTIFY {POOL_CHANNEL}; NOTIFY baton_events"))?;
         tx.commit()?;
         return Ok(Pooled::Inserted);
     }

@@ -121,7 +121,11 @@ mod tests {
             started_at: 0,
         };
         let list = node_list(vec![row(1, 99), row(2, 100), row(3, 101)], 100, Epoch(2));
-        let live: Vec<_> = list.nodes.iter().map(|n| (n.epoch, n.live, n.this)).collect();
+        let live: Vec<_> = list
+            .nodes
+            .iter()
+            .map(|n| (n.epoch, n.live, n.this))
+            .collect();
         assert_eq!(live, [(1, false, false), (2, true, true), (3, true, false)]);
     }
 }

@@ -450,7 +450,10 @@ async fn get(
 ) -> Result<web::Json<WorkItemView>, ApiError> {
     let id = id.into_inner();
     if let Some(cluster) = cluster {
-        let row = cluster.db.call(move |c| pool::item(c, WorkItemId(id))).await?;
+        let row = cluster
+            .db
+            .call(move |c| pool::item(c, WorkItemId(id)))
+            .await?;
         return row
             .map(|row| web::Json(WorkItemView::from(&row)))
             .ok_or_else(|| ApiError::not_found(format!("no work item {id}")));

@@ -93,10 +93,12 @@ impl Supervisor {
 
     /// Rebuilds the registry from the journal and resumes what was under way.
     pub(super) fn recover(&mut self, state: RecoveryState, ctx: &mut Context<Self>) {
+        // Even with nothing to recover: a cluster node's rotations are numbered from its
+        // epoch's range, which the journal says.
+        self.next_key = self.next_key.max(state.last_rotation);
         if state.is_empty() {
             return;
         }
-        self.next_key = self.next_key.max(state.last_rotation);
         tracing::info!(
             items = state.items.len(),
             rotations = state.rotations.len(),
