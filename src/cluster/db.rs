@@ -31,9 +31,9 @@ pub fn connect(url: &str, timeout: Duration) -> Result<postgres::Client, Cluster
 #[derive(Clone)]
 pub(crate) struct Conn {
     /// The database.
-    url: std::sync::Arc<str>,
+    url: Arc<str>,
     /// The connection, when open.
-    client: std::sync::Arc<std::sync::Mutex<Option<postgres::Client>>>,
+    client: Arc<Clients<Option<postgres::Client>>>,
     /// How long connecting may take.
     timeout: Duration,
 }
@@ -65,7 +65,7 @@ impl Conn {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T, ClusterError>,
     ) -> Result<T, ClusterError> {
-        let mut slot = match self.client.try_lock() {
+        let mut slot = match self.client.0.try_lock() {
             Ok(slot) => slot,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => {
@@ -88,6 +88,21 @@ impl Conn {
     }
 }
 
+/// Clients that may be dropped anywhere: the synchronous client blocks on a runtime of its own to
+/// close, which panics on a thread that drives async tasks, so there they are closed on a thread
+/// of their own.
+#[derive(Default)]
+struct Clients<T: Default + Send + 'static>(Mutex<T>);
+
+impl<T: Default + Send + 'static> Drop for Clients<T> {
+    fn drop(&mut self) {
+        let clients = std::mem::take(self.0.get_mut().unwrap_or_else(|p| p.into_inner()));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            std::thread::spawn(move || drop(clients));
+        }
+    }
+}
+
 /// A few connections shared by concurrent callers (the HTTP handlers): at most `size` calls at
 /// once, each on a connection of its own, opened on demand and kept while healthy.
 #[derive(Clone)]
@@ -95,7 +110,7 @@ pub struct Pool {
     /// The database.
     url: Arc<str>,
     /// Idle connections.
-    idle: Arc<Mutex<Vec<postgres::Client>>>,
+    idle: Arc<Clients<Vec<postgres::Client>>>,
     /// One permit per call under way.
     permits: Arc<Semaphore>,
     /// How long connecting may take.
@@ -136,7 +151,7 @@ impl Pool {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let taken = this.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let taken = this.idle.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
             let mut client = match taken {
                 Some(c) if !c.is_closed() => c,
                 _ => connect(&this.url, this.timeout)?,
@@ -144,6 +159,7 @@ impl Pool {
             let result = f(&mut client);
             if !matches!(result, Err(ClusterError::Postgres(_))) && !client.is_closed() {
                 this.idle
+                    .0
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(client);

@@ -11,7 +11,7 @@ use super::claimer::Claimer;
 use super::node::{self, Node};
 use super::sweep::Sweeper;
 use super::{ClusterError, Conn, Epoch};
-use crate::journal::Journal;
+use crate::journal::{Journal, PgUrl, pg};
 use crate::supervisor::SupervisorHandle;
 
 /// How a node takes part in the cluster.
@@ -39,8 +39,18 @@ impl ClusterConfig {
     }
 }
 
-/// Joins the cluster: a new epoch and a lease (the journal then opens with the epoch).
+/// Joins the cluster: a new epoch and a lease (the journal then opens with the epoch). The
+/// journal's schema is created first if the database has none (as the journal creates it: once,
+/// however many nodes start together).
 pub async fn join(config: &ClusterConfig) -> Result<Epoch, ClusterError> {
+    let url = PgUrl::parse(&config.url).map_err(ClusterError::Journal)?;
+    tokio::task::spawn_blocking(move || {
+        let conn = pg::PgConn::connect(&url, None, false)?;
+        pg::migrate(&conn, &pg::place(&url))
+    })
+    .await
+    .map_err(|e| ClusterError::Task(e.to_string()))?
+    .map_err(ClusterError::Journal)?;
     let conn = Conn::new(&config.url, config.timeout());
     let (name, addr, ttl) = (config.name.clone(), config.advertise.clone(), config.ttl);
     let epoch = conn
@@ -54,18 +64,26 @@ pub async fn join(config: &ClusterConfig) -> Result<Epoch, ClusterError> {
 pub struct Running {
     /// This node: [`Node::lost`] says when it is lost.
     pub node: Node,
-    /// Cancelled to stop the loops.
-    stop: CancellationToken,
-    /// A connection to expire the lease at a clean stop.
+    /// Cancelled to stop taking work: the claimer and the sweeper.
+    work: CancellationToken,
+    /// Cancelled to stop heartbeating.
+    beat: CancellationToken,
+    /// A connection to end the lease at a clean stop.
     conn: Conn,
 }
 
 impl Running {
-    /// Stops the loops (the tracker's tasks end), then ends the lease so that what the node still
-    /// owns is adopted at the next sweep (unless it is lost: then its row is not its own any
-    /// more).
-    pub async fn stop(self) {
-        self.stop.cancel();
+    /// Stops taking work: no more claims, no more adoptions (the heartbeat goes on, so that the
+    /// node keeps what it holds while its fleet closes).
+    pub fn stop_taking_work(&self) {
+        self.work.cancel();
+    }
+
+    /// Leaves the cluster: every loop stops, then the lease ends now so that what the node still
+    /// owns is adopted at the next sweep (unless it is lost: its row is not its own any more).
+    pub async fn leave(self) {
+        self.work.cancel();
+        self.beat.cancel();
         if self.node.is_lost() {
             return;
         }
@@ -86,8 +104,8 @@ pub fn start(
     supervisor: SupervisorHandle,
     tracker: &TaskTracker,
 ) -> Running {
-    let stop = CancellationToken::new();
-    let node = node::spawn_heartbeat(&config.url, epoch, config.ttl, tracker, stop.clone());
+    let (work, beat) = (CancellationToken::new(), CancellationToken::new());
+    let node = node::spawn_heartbeat(&config.url, epoch, config.ttl, tracker, beat.clone());
     let sweeper = Sweeper {
         conn: Conn::new(&config.url, config.timeout()),
         epoch,
@@ -95,7 +113,7 @@ pub fn start(
         journal,
         supervisor: supervisor.clone(),
     };
-    tracker.spawn(sweeper.run(stop.clone()));
+    tracker.spawn(sweeper.run(work.clone()));
     let claimer = Claimer {
         conn: Conn::new(&config.url, config.timeout()),
         url: Arc::from(config.url.as_str()),
@@ -104,11 +122,20 @@ pub fn start(
         max_sessions: config.max_sessions,
         every: config.sweep_every,
     };
-    let (t, s) = (tracker.clone(), stop.clone());
+    let (t, s) = (tracker.clone(), work.clone());
     tracker.spawn(async move { claimer.run(s, &t).await });
+    // A lost node takes no more work.
+    let (lost, w) = (node.clone(), work.clone());
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = lost.lost() => w.cancel(),
+            () = w.cancelled() => {}
+        }
+    });
     Running {
         node,
-        stop,
+        work,
+        beat,
         conn: Conn::new(&config.url, config.timeout()),
     }
 }
