@@ -231,6 +231,10 @@ pub(crate) trait Db {
     fn execute(&self, sql: &str, params: &[Val]) -> Result<u64, DbError>;
     /// Runs a query; answers its rows.
     fn query(&self, sql: &str, params: &[Val]) -> Result<Rows, DbError>;
+    /// The first row of a query, if any.
+    fn query_opt(&self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.rows.into_iter().next())
+    }
     /// Called before the transaction's first `events` row is added (PostgreSQL takes the lock
     /// that makes `seq` order commit order).
     fn before_event(&self) -> Result<(), DbError> {
@@ -249,13 +253,6 @@ pub(crate) trait Db {
     /// Names a failure for the journal's errors (`place` is the file, or the redacted URL).
     fn error(&self, e: DbError, place: &std::path::Path) -> super::JournalError {
         super::JournalError::from_db(e, place)
-    }
-}
-
-impl dyn Db + '_ {
-    /// The first row of a query, if any.
-    pub(crate) fn query_opt(&self, sql: &str, params: &[Val]) -> Result<Option<Row>, DbError> {
-        Ok(self.query(sql, params)?.rows.into_iter().next())
     }
 }
 

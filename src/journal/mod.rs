@@ -147,6 +147,8 @@ struct Inner {
     /// Where the journal is, for messages: the file, `<memory>`, or the database's URL without
     /// its password.
     place: PathBuf,
+    /// Where the journal is, to open other connections to it; `None` in memory.
+    target: Option<JournalTarget>,
 }
 
 impl Drop for Inner {
@@ -217,7 +219,7 @@ impl Journal {
         cap_size(&conn, options.max_bytes, &path)?;
         Ok(Self::spawn(
             Store::Sqlite(conn),
-            Some(path.clone()),
+            Some(JournalTarget::File(path.clone())),
             path,
             options,
             Some(lock),
@@ -256,7 +258,7 @@ impl Journal {
         pg::migrate(&conn, &place)?;
         Ok(Self::spawn(
             Store::Pg(Box::new(conn)),
-            None,
+            Some(JournalTarget::Postgres(url.clone())),
             place,
             options,
             None,
@@ -306,7 +308,7 @@ impl Journal {
 
     fn spawn(
         conn: Store,
-        path: Option<PathBuf>,
+        target: Option<JournalTarget>,
         place: PathBuf,
         options: JournalOptions,
         lock: Option<std::fs::File>,
@@ -330,8 +332,12 @@ impl Journal {
                 tx: Some(tx),
                 thread: Some(thread),
                 shared,
-                path,
+                path: target
+                    .as_ref()
+                    .and_then(JournalTarget::file)
+                    .map(Path::to_owned),
                 place,
+                target,
             }),
         }
     }
@@ -345,6 +351,12 @@ impl Journal {
     /// without its password.
     pub fn place(&self) -> &Path {
         &self.inner.place
+    }
+
+    /// Where the journal is, to open other connections to it (the server's own tables);
+    /// `None` in memory.
+    pub fn target(&self) -> Option<&JournalTarget> {
+        self.inner.target.as_ref()
     }
 
     fn send(&self, cmd: Command) -> bool {

@@ -241,8 +241,8 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
     };
     // Ids proposed before a crash may name sessions no journal knows: start above them too,
     // and reserve each block of ids durably before proposing from it.
-    let floor = match journal.and_then(Journal::path) {
-        Some(path) => Some(Arc::new(IdFloor::open(path)?)),
+    let floor = match journal.and_then(Journal::target) {
+        Some(target) => Some(Arc::new(IdFloor::open_target(target)?)),
         None => None,
     };
     let first = match &floor {
