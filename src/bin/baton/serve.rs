@@ -13,7 +13,7 @@ use baton::serve::agent_types::AgentTypeView;
 use baton::serve::cluster::ClusterApi;
 use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
-use baton::serve::queue::CommandQueue;
+use baton::serve::queue::{CommandQueue, IdReservation};
 use baton::serve::store::IdFloor;
 use baton::serve::webhook::{WebhookConfig, WebhookRuntime};
 use baton::serve::{self, Parts, ServeConfig, fleet};
@@ -229,10 +229,16 @@ fn read_agent_types(path: &Path) -> Result<Vec<AgentType>> {
 /// The fleet's runtime, and the command queue to serve when it is one.
 type Wired = (Arc<dyn AgentRuntime>, Option<Arc<CommandQueue>>);
 
+/// The ids a cluster node's sessions are numbered from: a block of this many of its own, taken
+/// atomically from the database when it starts (a restarted node is a new incarnation with a new
+/// block), so that no two nodes ever propose the same session id.
+const NODE_ID_BLOCK: u64 = 1 << 32;
+
 /// The agent runtime the fleet acts through (`docs/http.md`, "The agent runtime over HTTP"):
 /// signed webhooks with `--webhook`, else the command queue, also returned to be served. With a
-/// journal, either proposes session ids above every id the journal knows.
-fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
+/// journal, either proposes session ids above every id the journal knows; a cluster node, from a
+/// block of ids of its own ([`NODE_ID_BLOCK`]). Its database calls run off the runtime's thread.
+fn runtime(args: &Args, journal: Option<&Journal>, cluster: bool) -> Result<Wired> {
     let first = match journal {
         Some(j) => j
             .next_session_id()
@@ -242,12 +248,21 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
     // Ids proposed before a crash may name sessions no journal knows: start above them too,
     // and reserve each block of ids durably before proposing from it.
     let floor = match journal.and_then(Journal::target) {
-        Some(target) => Some(Arc::new(IdFloor::open_target(target)?)),
+        Some(target) => Some(Arc::new(off_runtime(|| IdFloor::open_target(target))?)),
         None => None,
     };
-    let first = match &floor {
-        Some(f) => SessionId(first.0.max(f.load()?)),
-        None => first,
+    let (first, floor) = match floor {
+        Some(f) if cluster => {
+            // Dropped there too: closing the client blocks.
+            let start = off_runtime(move || f.reserve_block(NODE_ID_BLOCK, first.0))?;
+            (SessionId(start), None)
+        }
+        Some(f) => {
+            let stored = off_runtime(|| f.load())?;
+            let floor: Arc<dyn IdReservation> = Arc::new(Detached(Some(f)));
+            (SessionId(first.0.max(stored)), Some(floor))
+        }
+        None => (first, None),
     };
     if let (Some(url), Some(secret_file)) = (&args.webhook, &args.webhook_secret_file) {
         let secret = read_secret(secret_file)?;
@@ -265,6 +280,29 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
     }
     let queue = Arc::new(queue);
     Ok((queue.clone(), Some(queue)))
+}
+
+/// The id floor, its reservations made on a thread of their own: they are made inside a spawn,
+/// on a thread that drives async tasks, where the PostgreSQL client cannot block.
+/// Dropped on a thread of its own too (closing the client blocks).
+#[derive(Debug)]
+struct Detached(Option<Arc<IdFloor>>);
+
+impl IdReservation for Detached {
+    fn reserve(&self, until: u64) -> Result<(), String> {
+        match &self.0 {
+            Some(f) => off_runtime(|| f.reserve(until)),
+            None => Err("the id floor is closed".into()),
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            off_runtime(move || drop(f));
+        }
+    }
 }
 
 /// The webhook secret: `file`'s first line, trimmed. Errors never show it.
@@ -332,7 +370,7 @@ pub fn run(args: Args) -> Result<crate::Exit> {
             });
             Some(opened.with_context(|| format!("cannot open the journal {shown}"))?)
         };
-        let (runtime, commands) = runtime(&args, journal.as_ref())?;
+        let (runtime, commands) = runtime(&args, journal.as_ref(), cluster.is_some())?;
         let fleet = fleet::start(runtime, journal.clone(), given, supervisor_config)?;
         fleet.metrics.spawn_feed();
         let tracker = TaskTracker::new();
