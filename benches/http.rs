@@ -187,6 +187,7 @@ async fn bench(n: usize, reports: usize) {
         commands: None,
         events: EventHub::new(&supervisor),
         metrics,
+        cluster: None,
     };
     let (addr, server) = baton::serve::bind(&config, parts).expect("bind");
     let server_handle = server.handle();

@@ -25,11 +25,13 @@
 //! | [`simulate`] | a fleet simulation on the real actors, growing like recorded agents |
 //! | [`serve`] | `baton serve`: the fleet over HTTP (actix-web), with OpenAPI, metrics and a fleet page |
 //! | [`journal`] | [`Journal`]: the durable record in SQLite, recovery's source; [`JournalReader`] |
+//! | [`cluster`] | several `baton serve` nodes on one PostgreSQL: leases, epochs, the shared pool, the sweeper |
 //!
 //! The guarantees are stated precisely in `docs/semantics.md`.
 
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod journal;
 pub mod machine;
 pub mod policy;

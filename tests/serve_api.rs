@@ -25,6 +25,7 @@ fn parts(supervisor: &SupervisorHandle) -> Parts {
         commands: None,
         events: EventHub::new(supervisor),
         metrics: Metrics::new(),
+        cluster: None,
     }
 }
 

@@ -62,6 +62,7 @@ impl Served {
             commands: Some(queue),
             events: EventHub::new(&supervisor),
             metrics: Metrics::new(),
+            cluster: None,
         };
         let (addr, server) = baton::serve::bind(&serve, parts).unwrap();
         let handle = server.handle();

@@ -22,8 +22,10 @@
 //! | `sse.rs` | server-sent events framing |
 //! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
 //! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
+//! | `cluster.rs` | `GET /v1/cluster/nodes`, and [`ClusterApi`](cluster::ClusterApi): what a cluster node's handlers share |
 
 pub mod agent_types;
+pub mod cluster;
 pub mod commands;
 pub mod error;
 pub mod events;
@@ -92,6 +94,9 @@ pub struct Parts {
     pub events: events::EventHub,
     /// The fleet's metrics, served at `/metrics`.
     pub metrics: metrics::Metrics,
+    /// On a node of a cluster (`baton serve --cluster`): submissions go to the shared pool, and
+    /// `/v1/cluster/nodes` answers. `None` on a single host.
+    pub cluster: Option<cluster::ClusterApi>,
 }
 
 /// Registers every route and the handlers' shared data.
@@ -108,6 +113,7 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     events::configure(cfg, &parts.events);
     metrics::configure(cfg, &parts.metrics);
     page::configure(cfg);
+    cluster::configure(cfg, parts.cluster.as_ref());
 }
 
 /// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and

@@ -47,6 +47,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
     doc.merge(super::commands::CommandsApi::openapi());
     doc.merge(super::events::EventsApi::openapi());
     doc.merge(super::metrics::MetricsApi::openapi());
+    doc.merge(super::cluster::ClusterDoc::openapi());
     common_errors(&mut doc);
     doc
 }
@@ -132,6 +133,7 @@ mod tests {
             super::super::commands::CommandsApi::openapi(),
             super::super::events::EventsApi::openapi(),
             super::super::metrics::MetricsApi::openapi(),
+            super::super::cluster::ClusterDoc::openapi(),
         ]
     }
 

@@ -7,7 +7,9 @@ use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody, ErrorCode};
+use crate::cluster::pool::{self, ItemRow, Pooled};
 use crate::supervisor::{Place, SupervisorError, SupervisorHandle, WorkItemInfo};
 use crate::vocab::{WorkItem, WorkItemId};
 
@@ -15,6 +17,8 @@ use crate::vocab::{WorkItem, WorkItemId};
 pub const MAX_BATCH: usize = 1_000;
 /// The most items one list answers (and its default).
 pub const MAX_LIST: usize = 10_000;
+/// The most rows a cluster node reads from the database for one list, before filtering.
+const MAX_DB_LIST: usize = 100_000;
 
 /// Where a work item is, on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -74,6 +78,32 @@ impl From<&WorkItemInfo> for WorkItemView {
     }
 }
 
+impl From<&ItemRow> for WorkItemView {
+    fn from(row: &ItemRow) -> Self {
+        let place = match row.place.as_str() {
+            "live" => PlaceView::Live,
+            "rotating" => PlaceView::Rotating,
+            "done" => PlaceView::Done,
+            "dead" => PlaceView::Dead,
+            _ => PlaceView::Queued,
+        };
+        Self {
+            id: row.item.id.0,
+            agent_type: row.item.agent_type.to_string(),
+            text: row.item.text.clone(),
+            place,
+            session: match place {
+                PlaceView::Live | PlaceView::Rotating | PlaceView::Done => row.session,
+                _ => None,
+            },
+            reason: match place {
+                PlaceView::Dead => row.reason.clone(),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// A work item to submit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -117,9 +147,11 @@ pub enum SubmitStatus {
     Rejected,
 }
 
-/// Submits `body`: the item and how it went, or why it was refused.
+/// Submits `body` (into the cluster's pool on a cluster node, else to the local supervisor): the
+/// item and how it went, or why it was refused.
 async fn submit(
     supervisor: &SupervisorHandle,
+    cluster: Option<&ClusterApi>,
     body: &WorkItemBody,
 ) -> Result<(SubmitStatus, WorkItemView), ApiError> {
     if body.text.trim().is_empty() {
@@ -131,6 +163,9 @@ async fn submit(
         return Err(ApiError::bad_request(
             "a work item's agent_type must not be empty",
         ));
+    }
+    if let Some(cluster) = cluster {
+        return submit_to_pool(supervisor, cluster, body).await;
     }
     let known = |info: WorkItemInfo| {
         if same_content(&info.item, body) {
@@ -165,6 +200,48 @@ async fn submit(
     }
 }
 
+/// Submits `body` into the cluster's pool, whence a node with room claims it. Its agent type
+/// must be one this node knows (the nodes of a cluster are given the same ones).
+async fn submit_to_pool(
+    supervisor: &SupervisorHandle,
+    cluster: &ClusterApi,
+    body: &WorkItemBody,
+) -> Result<(SubmitStatus, WorkItemView), ApiError> {
+    if supervisor.agent_type(&body.agent_type).await.is_none() {
+        return Err(ApiError::not_found(format!(
+            "no agent type {:?}",
+            body.agent_type
+        )));
+    }
+    let item = body.item();
+    let pooled = cluster.db.call(move |c| pool::submit(c, &item)).await?;
+    match pooled {
+        Pooled::Inserted => Ok((
+            SubmitStatus::Created,
+            WorkItemView::from(&WorkItemInfo {
+                item: body.item(),
+                place: Place::Queued,
+            }),
+        )),
+        Pooled::Exists(existing) if same_content(&existing, body) => {
+            let id = existing.id;
+            let row = cluster.db.call(move |c| pool::item(c, id)).await?;
+            let view = match row {
+                Some(row) => WorkItemView::from(&row),
+                None => WorkItemView::from(&WorkItemInfo {
+                    item: existing,
+                    place: Place::Queued,
+                }),
+            };
+            Ok((SubmitStatus::Exists, view))
+        }
+        Pooled::Exists(_) => Err(ApiError::conflict(format!(
+            "work item {} was submitted with other content",
+            body.id
+        ))),
+    }
+}
+
 /// Submits a work item: 201 when new, 200 when this id was submitted with the same content.
 #[utoipa::path(
     post,
@@ -182,9 +259,10 @@ async fn submit(
 )]
 async fn create(
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     body: web::Json<WorkItemBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let (status, view) = submit(&supervisor, &body).await?;
+    let (status, view) = submit(&supervisor, cluster.as_ref().map(|c| c.get_ref()), &body).await?;
     Ok(match status {
         SubmitStatus::Created => HttpResponse::Created().json(view),
         _ => HttpResponse::Ok().json(view),
@@ -233,6 +311,7 @@ pub struct WorkItemBatchAnswer {
 )]
 async fn batch(
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     body: web::Json<WorkItemBatch>,
 ) -> Result<web::Json<WorkItemBatchAnswer>, ApiError> {
     let items = &body.items;
@@ -247,12 +326,12 @@ async fn batch(
     for (i, item) in items.iter().enumerate() {
         groups.entry(item.id).or_default().push(i);
     }
-    let supervisor = &supervisor;
+    let (supervisor, cluster) = (&supervisor, cluster.as_ref().map(|c| c.get_ref()));
     let done = join_all(groups.into_values().map(|indices| async move {
         let mut out = Vec::with_capacity(indices.len());
         for i in indices {
             let body = &items[i];
-            let (status, message) = match submit(supervisor, body).await {
+            let (status, message) = match submit(supervisor, cluster, body).await {
                 Ok((status, _)) => (status, None),
                 Err(e) if e.code == ErrorCode::Conflict => {
                     (SubmitStatus::Conflict, Some(e.message))
@@ -295,6 +374,11 @@ pub struct WorkItemFilter {
 impl WorkItemFilter {
     /// The items of `all` (in id order) that pass, up to the limit.
     pub fn apply(&self, all: &[WorkItemInfo]) -> Result<Vec<WorkItemView>, ApiError> {
+        self.apply_views(all.iter().map(WorkItemView::from).collect())
+    }
+
+    /// The views of `all` (in id order) that pass, up to the limit.
+    pub fn apply_views(&self, all: Vec<WorkItemView>) -> Result<Vec<WorkItemView>, ApiError> {
         let limit = self.limit.unwrap_or(MAX_LIST);
         if limit > MAX_LIST {
             return Err(ApiError::bad_request(format!(
@@ -302,8 +386,7 @@ impl WorkItemFilter {
             )));
         }
         Ok(all
-            .iter()
-            .map(WorkItemView::from)
+            .into_iter()
             .filter(|v| self.place.is_none_or(|p| v.place == p))
             .filter(|v| self.agent_type.as_deref().is_none_or(|t| v.agent_type == t))
             .take(limit)
@@ -331,8 +414,17 @@ pub struct WorkItemList {
 )]
 async fn list(
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     filter: web::Query<WorkItemFilter>,
 ) -> Result<web::Json<WorkItemList>, ApiError> {
+    if let Some(cluster) = cluster {
+        // The whole cluster's items, from the database (bounded: filters apply after).
+        let rows = cluster.db.call(|c| pool::items(c, MAX_DB_LIST)).await?;
+        let all: Vec<WorkItemView> = rows.iter().map(WorkItemView::from).collect();
+        return Ok(web::Json(WorkItemList {
+            work_items: filter.apply_views(all)?,
+        }));
+    }
     let all = supervisor.work_items().await;
     Ok(web::Json(WorkItemList {
         work_items: filter.apply(&all)?,
@@ -353,9 +445,19 @@ async fn list(
 )]
 async fn get(
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     id: web::Path<u64>,
 ) -> Result<web::Json<WorkItemView>, ApiError> {
     let id = id.into_inner();
+    if let Some(cluster) = cluster {
+        let row = cluster
+            .db
+            .call(move |c| pool::item(c, WorkItemId(id)))
+            .await?;
+        return row
+            .map(|row| web::Json(WorkItemView::from(&row)))
+            .ok_or_else(|| ApiError::not_found(format!("no work item {id}")));
+    }
     supervisor
         .work_item(WorkItemId(id))
         .await

@@ -307,6 +307,19 @@ impl Handler<WorkItems> for Supervisor {
     }
 }
 
+/// Take over a lost node's unfinished work (see `recovery.rs`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(super) struct Adopt(pub(super) crate::journal::recovery::RecoveryState);
+
+impl Handler<Adopt> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, Adopt(state): Adopt, ctx: &mut Self::Context) {
+        self.adopt(state, ctx);
+    }
+}
+
 /// Cancel a work item.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Place, SupervisorError>")]

@@ -366,6 +366,18 @@ impl SupervisorHandle {
         Ok(place)
     }
 
+    /// Takes over a lost cluster node's unfinished work, which [`Journal::adopt`] moved to this
+    /// node's epoch: recovered as a restart recovers (`supervisor/recovery.rs`): its live
+    /// sessions closed at the runtime and their items requeued with their last handoff, its
+    /// unfinished rotations resumed from their last step. Returns once the supervisor has taken
+    /// it in (its runtime calls go on in the background).
+    pub async fn adopt(&self, adopted: crate::journal::Adopted) -> Result<(), SupervisorError> {
+        self.addr
+            .send(super::api::Adopt(adopted.0))
+            .await
+            .or_else(gone)
+    }
+
     /// The journal the supervisor writes through, if it has one: to read the backlog of a
     /// resumed event stream ([`Journal::read`] on the writer's own connection, which works for a
     /// journal in memory too, or a [`JournalReader`](crate::journal::JournalReader) opened on

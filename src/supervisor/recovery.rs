@@ -23,6 +23,9 @@
 //!
 //! Finished and buried items are remembered (a second submission of the same id is refused).
 //! Items of an agent type the new supervisor does not know are left in the journal as they are.
+//!
+//! In a cluster, the sweeper's supervisor runs the same recovery while running, on what
+//! `Journal::adopt` took over from a lost node ([`Supervisor::adopt`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -90,16 +93,50 @@ impl Supervisor {
 
     /// Rebuilds the registry from the journal and resumes what was under way.
     pub(super) fn recover(&mut self, state: RecoveryState, ctx: &mut Context<Self>) {
+        // Even with nothing to recover: a cluster node's rotations are numbered from its
+        // epoch's range, which the journal says.
+        self.next_key = self.next_key.max(state.last_rotation);
         if state.is_empty() {
             return;
         }
-        self.next_key = self.next_key.max(state.last_rotation);
         tracing::info!(
             items = state.items.len(),
             rotations = state.rotations.len(),
             sessions = state.sessions.len(),
             "recovering from the journal"
         );
+        self.take_over(state, ctx);
+    }
+
+    /// Takes over what a lost node of the cluster left unfinished (`Journal::adopt` moved it to
+    /// this node's epoch), while running, with the recovery a restart runs: its live sessions
+    /// are closed at the runtime and their items requeued with their last handoff, its
+    /// unfinished rotations resume from their last step through their spawn keys. Rotation
+    /// numbers stay this node's own (they never collide across epochs). Items this supervisor
+    /// already holds are left as they are.
+    pub(super) fn adopt(&mut self, mut state: RecoveryState, ctx: &mut Context<Self>) {
+        state.items.retain(|s| {
+            let known = self.ledger.items.contains_key(&s.item.id);
+            if known {
+                tracing::warn!(work_item = %s.item.id, "an adopted work item is already held here; left as it is");
+            }
+            !known
+        });
+        if state.is_empty() {
+            return;
+        }
+        tracing::info!(
+            items = state.items.len(),
+            rotations = state.rotations.len(),
+            sessions = state.sessions.len(),
+            "adopting a lost node's work"
+        );
+        self.take_over(state, ctx);
+    }
+
+    /// What recovery and adoption share: the registry rebuilt from `state`, what was under way
+    /// resumed, requeued or recorded as failed.
+    fn take_over(&mut self, state: RecoveryState, ctx: &mut Context<Self>) {
         // A rotation finished before the crash whose record was not yet logged: logged and
         // published now, so that it is in the log once.
         for record in state.unannounced {

@@ -118,6 +118,7 @@ impl Served {
             commands: None,
             events: hub.clone(),
             metrics,
+            cluster: None,
         };
         let (addr, server) = baton::serve::bind(&config, parts).unwrap();
         let handle = server.handle();

@@ -12,6 +12,7 @@
 //! | 0 | success: every item done, every trace replayed; also when the reader of standard output went away (`baton replay ... \| head -1`): a closed pipe is a normal end, not a failure (subcommands write through [`stdout`] for this) |
 //! | 1 | failure: work failed, dead-lettered or unfinished, an input could not be read, or another runtime error |
 //! | 2 | usage error: a flag or argument refused (by clap, or by baton's own checks through [`UsageError`]) |
+//! | 3 | `baton serve --cluster`: this node lost its lease (fenced, or no heartbeat for a whole TTL); another node adopts its work |
 //! | 130 | interrupted by SIGINT |
 //! | 143 | terminated by SIGTERM |
 //!
@@ -71,6 +72,9 @@ pub enum Exit {
     /// 2: a usage error. Subcommands return it through [`UsageError`] rather than directly, so
     /// that the message is printed the same way as any error.
     Usage,
+    /// 3: a cluster node (`baton serve --cluster`) lost its lease and stopped; another node
+    /// adopts its work.
+    Lost,
     /// 130: stopped by SIGINT (after its report).
     Interrupted,
     /// 143: stopped by SIGTERM (after its report).
@@ -84,6 +88,7 @@ impl Exit {
             Self::Success => 0,
             Self::Failure => 1,
             Self::Usage => 2,
+            Self::Lost => 3,
             Self::Interrupted => 130,
             Self::Terminated => 143,
         }
@@ -291,12 +296,13 @@ mod tests {
             Exit::Success,
             Exit::Failure,
             Exit::Usage,
+            Exit::Lost,
             Exit::Interrupted,
             Exit::Terminated,
         ]
         .map(Exit::code)
         .into();
-        assert_eq!(codes, [0, 1, 2, 130, 143]);
+        assert_eq!(codes, [0, 1, 2, 3, 130, 143]);
     }
 
     #[test]

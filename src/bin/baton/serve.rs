@@ -7,21 +7,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use baton::journal::{JournalOptions, JournalTarget};
+use baton::cluster::ClusterConfig;
+use baton::journal::{JournalOptions, JournalTarget, PgOptions};
 use baton::serve::agent_types::AgentTypeView;
+use baton::serve::cluster::ClusterApi;
 use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
-use baton::serve::queue::CommandQueue;
+use baton::serve::queue::{CommandQueue, IdReservation};
 use baton::serve::store::IdFloor;
 use baton::serve::webhook::{WebhookConfig, WebhookRuntime};
 use baton::serve::{self, Parts, ServeConfig, fleet};
 use baton::{AgentRuntime, AgentType, Journal, SessionId, SupervisorConfig};
+use tokio_util::task::TaskTracker;
 
 /// What `baton serve` does on the first signal.
 const SERVE_STOPPING: &str = "closing the fleet's sessions (up to --grace) and the HTTP server";
 
 /// The environment variable the bearer token is read from (unless --token-file is given).
 const TOKEN_VAR: &str = "BATON_TOKEN";
+
+/// Connections the HTTP handlers of a cluster node share (pool submissions and reads).
+const CLUSTER_CONNECTIONS: usize = 8;
 
 /// The largest --token-file or --agent-types file read.
 const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
@@ -33,8 +39,14 @@ const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// characters. Once the server listens, the first line on standard output is `listening on
 /// http://ADDR`. The OpenAPI document is at /openapi.json.
 ///
+/// With --cluster, several `baton serve` nodes share one PostgreSQL journal (docs/cluster.md):
+/// work items submitted to any node go to a shared pool, each node claims what it has room for,
+/// and the node holding the sweeper's lock adopts the work of a node whose lease ran out.
+///
 /// Exit status: 0 when the server stopped by itself; 1 on an error; 2 on a usage error (no
-/// token, a bad one, a bad flag); 130 after SIGINT and 143 after SIGTERM.
+/// token, a bad one, a bad flag); 3 when a cluster node lost its lease (it was fenced, or could
+/// not heartbeat for a whole --lease-ttl: another node adopts its work); 130 after SIGINT and
+/// 143 after SIGTERM.
 #[derive(clap::Args)]
 pub struct Args {
     /// Where to listen (port 0 picks a free port).
@@ -81,6 +93,72 @@ pub struct Args {
     /// HTTP worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     workers: Option<u64>,
+    /// Be a node of a cluster on the PostgreSQL --journal: submissions go to the shared pool,
+    /// this node claims what it has room for, and adopts the work of nodes that are lost.
+    #[arg(long)]
+    cluster: bool,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, value_name = "NAME", requires = "cluster")]
+    node: Option<String>,
+    /// The URL other nodes and orchestrators reach this node at (default: http:// and --listen).
+    #[arg(long, value_name = "URL", requires = "cluster")]
+    advertise: Option<String>,
+    /// The node's lease: without a heartbeat for this long, it is lost (exit 3) and another
+    /// node adopts its work. It heartbeats every third of it.
+    #[arg(long, default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
+    lease_ttl: Duration,
+    /// How often the sweeper looks for lost nodes, and each node claims from the pool unprompted.
+    #[arg(long, default_value = "2s", value_parser = positive_duration, value_name = "DURATION")]
+    sweep_every: Duration,
+}
+
+/// Runs `f` on a thread of its own and waits for it: for blocking database calls made while
+/// the server's runtime is being set up.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("a start-up call panicked"))
+}
+
+/// The host's name, for --node's default.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "baton".to_owned())
+}
+
+/// The cluster's settings with --cluster: the journal must be PostgreSQL.
+fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>> {
+    if !args.cluster {
+        return Ok(None);
+    }
+    let url = match (&args.journal, args.no_journal) {
+        (JournalTarget::Postgres(url), false) => url.expose().to_owned(),
+        _ => {
+            return Err(crate::usage(
+                "--cluster needs a PostgreSQL journal: --journal postgres://USER:PASSWORD@HOST:PORT/DB",
+            ));
+        }
+    };
+    let name = args.node.clone().unwrap_or_else(host_name);
+    if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+        return Err(crate::usage(
+            "--node: a name of 1 to 255 characters without control characters",
+        ));
+    }
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    Ok(Some(ClusterConfig {
+        url,
+        name,
+        advertise: Some(advertise),
+        ttl: args.lease_ttl,
+        sweep_every: args.sweep_every,
+        max_sessions: args.max_sessions as usize,
+    }))
 }
 
 /// A duration above zero (`30s`, `2m`).
@@ -151,10 +229,16 @@ fn read_agent_types(path: &Path) -> Result<Vec<AgentType>> {
 /// The fleet's runtime, and the command queue to serve when it is one.
 type Wired = (Arc<dyn AgentRuntime>, Option<Arc<CommandQueue>>);
 
+/// The ids a cluster node's sessions are numbered from: a block of this many of its own, taken
+/// atomically from the database when it starts (a restarted node is a new incarnation with a new
+/// block), so that no two nodes ever propose the same session id.
+const NODE_ID_BLOCK: u64 = 1 << 32;
+
 /// The agent runtime the fleet acts through (`docs/http.md`, "The agent runtime over HTTP"):
 /// signed webhooks with `--webhook`, else the command queue, also returned to be served. With a
-/// journal, either proposes session ids above every id the journal knows.
-fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
+/// journal, either proposes session ids above every id the journal knows; a cluster node, from a
+/// block of ids of its own ([`NODE_ID_BLOCK`]). Its database calls run off the runtime's thread.
+fn runtime(args: &Args, journal: Option<&Journal>, cluster: bool) -> Result<Wired> {
     let first = match journal {
         Some(j) => j
             .next_session_id()
@@ -164,12 +248,21 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
     // Ids proposed before a crash may name sessions no journal knows: start above them too,
     // and reserve each block of ids durably before proposing from it.
     let floor = match journal.and_then(Journal::target) {
-        Some(target) => Some(Arc::new(IdFloor::open_target(target)?)),
+        Some(target) => Some(Arc::new(off_runtime(|| IdFloor::open_target(target))?)),
         None => None,
     };
-    let first = match &floor {
-        Some(f) => SessionId(first.0.max(f.load()?)),
-        None => first,
+    let (first, floor) = match floor {
+        Some(f) if cluster => {
+            // Dropped there too: closing the client blocks.
+            let start = off_runtime(move || f.reserve_block(NODE_ID_BLOCK, first.0))?;
+            (SessionId(start), None)
+        }
+        Some(f) => {
+            let stored = off_runtime(|| f.load())?;
+            let floor: Arc<dyn IdReservation> = Arc::new(Detached(Some(f)));
+            (SessionId(first.0.max(stored)), Some(floor))
+        }
+        None => (first, None),
     };
     if let (Some(url), Some(secret_file)) = (&args.webhook, &args.webhook_secret_file) {
         let secret = read_secret(secret_file)?;
@@ -187,6 +280,29 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
     }
     let queue = Arc::new(queue);
     Ok((queue.clone(), Some(queue)))
+}
+
+/// The id floor, its reservations made on a thread of their own: they are made inside a spawn,
+/// on a thread that drives async tasks, where the PostgreSQL client cannot block.
+/// Dropped on a thread of its own too (closing the client blocks).
+#[derive(Debug)]
+struct Detached(Option<Arc<IdFloor>>);
+
+impl IdReservation for Detached {
+    fn reserve(&self, until: u64) -> Result<(), String> {
+        match &self.0 {
+            Some(f) => off_runtime(|| f.reserve(until)),
+            None => Err("the id floor is closed".into()),
+        }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            off_runtime(move || drop(f));
+        }
+    }
 }
 
 /// The webhook secret: `file`'s first line, trimmed. Errors never show it.
@@ -219,6 +335,7 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         workers: args.workers.unwrap_or(0) as usize,
         ..ServeConfig::new(token)
     };
+    let cluster = cluster_config(&args)?;
     let supervisor_config = SupervisorConfig {
         max_sessions: args.max_sessions as usize,
         max_concurrent_compactions: args.max_concurrent_compactions as usize,
@@ -227,24 +344,60 @@ pub fn run(args: Args) -> Result<crate::Exit> {
     let stopped = actix::System::new().block_on(async move {
         let stop =
             crate::signals::Stop::install(SERVE_STOPPING).context("cannot handle signals")?;
+        // A cluster node joins first: its journal writes with its epoch.
+        let epoch = match &cluster {
+            Some(c) => Some(
+                baton::cluster::join(c)
+                    .await
+                    .context("cannot join the cluster")?,
+            ),
+            None => None,
+        };
         let journal = if args.no_journal {
             None
         } else {
             let shown = crate::output::escape(&args.journal.to_string()).into_owned();
-            Some(
-                Journal::open_target(&args.journal, JournalOptions::default())
-                    .with_context(|| format!("cannot open the journal {shown}"))?,
-            )
+            let target = &args.journal;
+            // Off this thread: the PostgreSQL client blocks on a runtime of its own, which
+            // cannot run on a thread that drives async tasks.
+            let opened = off_runtime(|| match (target, epoch) {
+                (JournalTarget::Postgres(url), Some(epoch)) => Journal::open_postgres(
+                    url,
+                    JournalOptions::default(),
+                    PgOptions { epoch: Some(epoch) },
+                ),
+                (target, _) => Journal::open_target(target, JournalOptions::default()),
+            });
+            Some(opened.with_context(|| format!("cannot open the journal {shown}"))?)
         };
-        let (runtime, commands) = runtime(&args, journal.as_ref())?;
-        let fleet = fleet::start(runtime, journal, given, supervisor_config)?;
+        let (runtime, commands) = runtime(&args, journal.as_ref(), cluster.is_some())?;
+        let fleet = fleet::start(runtime, journal.clone(), given, supervisor_config)?;
         fleet.metrics.spawn_feed();
+        let tracker = TaskTracker::new();
+        let running = match (&cluster, epoch, &journal) {
+            (Some(c), Some(epoch), Some(j)) => Some(baton::cluster::start(
+                c,
+                epoch,
+                j.clone(),
+                fleet.supervisor.clone(),
+                &tracker,
+            )),
+            _ => None,
+        };
+        let cluster_api = match (&cluster, epoch) {
+            (Some(c), Some(epoch)) => Some(ClusterApi {
+                epoch,
+                db: baton::cluster::Pool::new(&c.url, CLUSTER_CONNECTIONS, c.ttl),
+            }),
+            _ => None,
+        };
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
             commands,
             events: EventHub::new(&fleet.supervisor),
             metrics: fleet.metrics.clone(),
+            cluster: cluster_api,
         };
         let (addr, server) = serve::bind(&config, parts)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -257,15 +410,45 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         let serving = actix::spawn(server);
         let requested = stop.requested();
         tokio::pin!(requested);
+        let lost = async {
+            match &running {
+                Some(r) => r.node.lost().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = &mut requested => {}
             ended = serving => {
                 ended.context("the HTTP server failed")?.context("the HTTP server failed")?;
             }
+            lost = lost => {
+                // Another node adopts (or has adopted) this node's work: stop at once, without
+                // closing sessions that are no longer this node's.
+                tracing::error!(reason = %lost, "this cluster node is lost; stopping");
+                if let Some(r) = running {
+                    r.leave().await;
+                }
+                http.stop(false).await;
+                let mut out = crate::stdout();
+                writeln!(out, "lost: {lost}")?;
+                out.flush()?;
+                // At once: a database call stuck on a cut network must not hold the exit (the
+                // runtime would wait for its blocking thread).
+                std::process::exit(crate::Exit::Lost.code().into());
+            }
         }
         // The fleet closes first, with the HTTP server still answering: an orchestrator
-        // carries out the runtime's close commands over it.
+        // carries out the runtime's close commands over it. A cluster node takes no more work
+        // meanwhile, and keeps its lease until its fleet is closed; then it leaves, and what it
+        // still owns is adopted by another node.
+        if let Some(r) = &running {
+            r.stop_taking_work();
+        }
         let report = fleet.supervisor.shutdown(args.grace).await;
+        if let Some(r) = running {
+            r.leave().await;
+        }
+        tracker.close();
         http.stop(false).await;
         let mut out = crate::stdout();
         if report.clean {

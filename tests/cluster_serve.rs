@@ -1,0 +1,219 @@
+//! Two `baton serve` cluster nodes in this process on a real PostgreSQL: work submitted over
+//! HTTP to one node goes to the shared pool, both nodes claim from it through their claimers,
+//! every item is done exactly once, and either node answers for the whole cluster.
+
+mod cluster_common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::cluster::{self, ClusterConfig, Epoch, Pool, Running};
+use baton::journal::{JournalOptions, PgOptions};
+use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::serve::cluster::{ClusterApi, NodeList};
+use baton::serve::events::EventHub;
+use baton::serve::guard::Token;
+use baton::serve::metrics::Metrics;
+use baton::serve::work_items::{WorkItemBatchAnswer, WorkItemList};
+use baton::serve::{Parts, ServeConfig};
+use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use cluster_common::{TestDb, off_runtime, test_db};
+use serde_json::json;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::task::TaskTracker;
+
+const TOKEN: &str = "cluster-test-token-0123456789";
+const ITEMS: u64 = 60;
+
+struct ServedNode {
+    base: String,
+    epoch: Epoch,
+    supervisor: SupervisorHandle,
+    events: UnboundedReceiver<FleetEvent>,
+    running: Running,
+}
+
+async fn serve_node(
+    db: &TestDb,
+    name: &str,
+    first_session: u64,
+    tracker: &TaskTracker,
+) -> ServedNode {
+    let config = ClusterConfig {
+        url: db.url.clone(),
+        name: name.into(),
+        advertise: None,
+        ttl: Duration::from_secs(30),
+        sweep_every: Duration::from_millis(200),
+        max_sessions: 4,
+    };
+    let epoch = cluster::join(&config).await.unwrap();
+    let url = db.pg_url();
+    let journal = off_runtime(move || {
+        Journal::open_postgres(
+            &url,
+            JournalOptions::default(),
+            PgOptions { epoch: Some(epoch) },
+        )
+        .unwrap()
+    });
+    let runtime =
+        MemoryRuntime::new(MemoryConfig::default()).numbering_from(SessionId(first_session));
+    let builder = Supervisor::builder(Arc::new(runtime))
+        .agent_type(AgentType::new("coder", 1000))
+        .agent_type(AgentType::new("reviewer", 1000))
+        .journal(journal.clone())
+        .unwrap();
+    let events = builder.subscribe();
+    let supervisor = builder.start();
+    let running = cluster::start(&config, epoch, journal, supervisor.clone(), tracker);
+    let mut serve = ServeConfig::new(Token::new(TOKEN).unwrap());
+    serve.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    serve.workers = 1;
+    let parts = Parts {
+        supervisor: supervisor.clone(),
+        store: None,
+        commands: None,
+        events: EventHub::new(&supervisor),
+        metrics: Metrics::new(),
+        cluster: Some(ClusterApi {
+            epoch,
+            db: Pool::new(&db.url, 4, Duration::from_secs(5)),
+        }),
+    };
+    let (addr, server) = baton::serve::bind(&serve, parts).unwrap();
+    tokio::spawn(server);
+    ServedNode {
+        base: format!("http://{addr}"),
+        epoch,
+        supervisor,
+        events,
+        running,
+    }
+}
+
+/// Closes each session of `node` as it starts (its work is done) until an item is done: which.
+async fn work(node: &mut ServedNode) -> Option<WorkItemId> {
+    loop {
+        match node.events.recv().await? {
+            FleetEvent::SessionStarted { session, .. } => {
+                node.supervisor.close(session).await.unwrap();
+            }
+            FleetEvent::WorkItemDone { work_item, .. } => return Some(work_item),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
+    let Some(db) = test_db("serve2") else { return };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tracker = TaskTracker::new();
+    let mut a = serve_node(&db, "a", 1, &tracker).await;
+    let mut b = serve_node(&db, "b", 1_000_000, &tracker).await;
+    let http = reqwest::Client::new();
+
+    // Every item submitted to a, in one batch.
+    let items: Vec<_> = (1..=ITEMS)
+        .map(|id| json!({"id": id, "agent_type": if id % 2 == 0 { "coder" } else { "reviewer" }, "text": format!("task {id}")}))
+        .collect();
+    let answer: WorkItemBatchAnswer = http
+        .post(format!("{}/v1/work-items/batch", a.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer.results.len(), ITEMS as usize);
+
+    let mut done: HashMap<WorkItemId, Vec<Epoch>> = HashMap::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while done.values().map(Vec::len).sum::<usize>() < ITEMS as usize {
+            tokio::select! {
+                Some(id) = work(&mut a) => done.entry(id).or_default().push(a.epoch),
+                Some(id) = work(&mut b) => done.entry(id).or_default().push(b.epoch),
+            }
+        }
+    })
+    .await
+    .expect("every item is done");
+    assert_eq!(done.len(), ITEMS as usize);
+    for (id, by) in &done {
+        assert_eq!(by.len(), 1, "item {id} was done by {by:?}");
+    }
+
+    // Either node answers for the whole cluster, from the database.
+    let list: WorkItemList = http
+        .get(format!("{}/v1/work-items?place=done", b.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    a.supervisor.journal().unwrap().flush().await.unwrap();
+    b.supervisor.journal().unwrap().flush().await.unwrap();
+    let list_ids: Vec<u64> = list.work_items.iter().map(|v| v.id).collect();
+    assert_eq!(list_ids, (1..=ITEMS).collect::<Vec<_>>());
+    let nodes: NodeList = http
+        .get(format!("{}/v1/cluster/nodes", b.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let seen: Vec<_> = nodes
+        .nodes
+        .iter()
+        .map(|n| (n.epoch, n.live, n.this))
+        .collect();
+    assert_eq!(seen, [(a.epoch.0, true, false), (b.epoch.0, true, true)]);
+
+    // The same id again, on the other node: the same item; other content: a conflict.
+    let again = http
+        .post(format!("{}/v1/work-items", b.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": 2, "agent_type": "coder", "text": "task 2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let view: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(view["place"], "done");
+    let other = http
+        .post(format!("{}/v1/work-items", b.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": 2, "agent_type": "coder", "text": "something else"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 409);
+    let unknown = http
+        .post(format!("{}/v1/work-items", b.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"id": 999, "agent_type": "nobody", "text": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // A clean leave ends the lease at once: the other node sees it expired (its sweeper stopped
+    // first, so that it does not adopt a before the check).
+    b.running.stop_taking_work();
+    a.running.leave().await;
+    let (epoch_a, epoch_b) = (a.epoch, b.epoch);
+    let expired = db.with(move |c| baton::cluster::sweep::expired(c, epoch_b).unwrap());
+    assert_eq!(expired, [epoch_a]);
+    b.running.leave().await;
+    tracker.close();
+    tracker.wait().await;
+}
