@@ -492,7 +492,7 @@ impl Supervisor {
             key,
             attempts: entry.attempts,
         };
-        let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
+        let (item, handoff) = (entry.item.clone(), entry.handoff().cloned());
         let journal = self.journal.clone();
         let agent = self.ledger.agents[&item.agent_type].agent.clone();
         let runtime = self.runtime.clone();
