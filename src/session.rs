@@ -981,3 +981,21 @@ mod footprint {
         assert!(size_of::<UsageSlot>() <= 48, "{sizes}");
     }
 }
+#[cfg(test)]
+mod tmp_sizes {
+    #[test]
+    fn print_sizes() {
+        use std::mem::size_of;
+        eprintln!(
+            "actor {} machine {} session {} ctxfut {} ctx {} recv {}",
+            size_of::<super::SessionActor>(),
+            size_of::<crate::machine::SessionMachine>(),
+            size_of::<crate::machine::Session>(),
+            size_of::<
+                actix::dev::ContextFut<super::SessionActor, actix::Context<super::SessionActor>>,
+            >(),
+            size_of::<actix::Context<super::SessionActor>>(),
+            size_of::<actix::dev::channel::AddressReceiver<super::SessionActor>>()
+        );
+    }
+}
