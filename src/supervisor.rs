@@ -615,14 +615,20 @@ impl Supervisor {
             self.next_shard
         });
         let slot = Arc::new(UsageSlot::new(shard));
-        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
+        let seed = outbox::Seed {
+            session,
+            agent,
+            item,
+            fleet: self.fleet(),
+            slot: slot.clone(),
+        };
         // The mailbox is made here and its only strong sender dropped before the actor first
         // runs (so the drop wakes nobody): the registry keeps the weak address.
         let (tx, rx) = actix::dev::channel::channel(16);
         let addr = SessionAddr(Addr::new(tx).downgrade());
         match shard {
             None => {
-                actix::spawn(Context::with_receiver(rx).into_future(actor));
+                actix::spawn(Context::with_receiver(rx).into_future(seed.into_actor()));
             }
             // Batched: the batch leaves once the supervisor has handled what its mailbox
             // holds now (`SendBatches`). Meanwhile the session is registered, and messages to
@@ -633,7 +639,7 @@ impl Supervisor {
                 }
                 self.batches
                     .resize_with(self.shards.len(), outbox::Outbox::default);
-                self.batches[s].push(actor, rx);
+                self.batches[s].push(seed, rx);
             }
         }
         self.sessions

@@ -3,6 +3,11 @@
 //! batches, and a batch sent while the shard has not yet taken the previous one joins it
 //! instead of waking the shard again: one wake-up per time the shard catches up, not per
 //! session.
+//!
+//! The actor itself is built on the shard's thread, from its [`Seed`]: its parts that are not
+//! in the task's own allocation (the state machine's box, see `session.rs`) are then made by
+//! the thread whose allocator also made the task, where they fill the space the task's
+//! 128-byte alignment leaves between tasks instead of adding to the supervisor's heap.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,10 +16,32 @@ use actix::Arbiter;
 use actix::dev::channel::AddressReceiver;
 use actix::prelude::*;
 
-use crate::session::SessionActor;
+use crate::session::{Fleet, SessionActor, UsageSlot};
+use crate::vocab::{AgentType, SessionId, WorkItemId};
 
-/// A session actor with its mailbox, ready to start.
-type Ready = (SessionActor, AddressReceiver<SessionActor>);
+/// What a session actor is made from (the arguments of `SessionActor::new`).
+pub(super) struct Seed {
+    /// The session.
+    pub(super) session: SessionId,
+    /// Its agent type.
+    pub(super) agent: Arc<AgentType>,
+    /// The work item it holds.
+    pub(super) item: WorkItemId,
+    /// What the fleet's sessions share.
+    pub(super) fleet: Arc<Fleet>,
+    /// The slot it shares with the registry and its handles.
+    pub(super) slot: Arc<UsageSlot>,
+}
+
+impl Seed {
+    /// The session actor, built where this is called.
+    pub(super) fn into_actor(self) -> SessionActor {
+        SessionActor::new(self.session, self.agent, self.item, self.fleet, self.slot)
+    }
+}
+
+/// A session actor's seed with its mailbox, ready to start.
+type Ready = (Seed, AddressReceiver<SessionActor>);
 
 /// One shard's outbox.
 #[derive(Default)]
@@ -36,8 +63,8 @@ struct Shared {
 
 impl Outbox {
     /// Queues an actor until the next [`send`](Self::send).
-    pub(super) fn push(&mut self, actor: SessionActor, rx: AddressReceiver<SessionActor>) {
-        self.pending.push((actor, rx));
+    pub(super) fn push(&mut self, seed: Seed, rx: AddressReceiver<SessionActor>) {
+        self.pending.push((seed, rx));
     }
 
     /// Whether no actor waits to be sent.
@@ -72,8 +99,8 @@ impl Outbox {
                 let actors = std::mem::take(
                     &mut *shared.actors.lock().unwrap_or_else(PoisonError::into_inner),
                 );
-                for (actor, rx) in actors {
-                    actix::spawn(Context::with_receiver(rx).into_future(actor));
+                for (seed, rx) in actors {
+                    actix::spawn(Context::with_receiver(rx).into_future(seed.into_actor()));
                 }
             });
         }
