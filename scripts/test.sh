@@ -20,6 +20,13 @@ export BATON_LLAMA_SERVER=${llm[0]} BATON_LLAMA_MODEL=${llm[1]}
 echo "llama-server: $BATON_LLAMA_SERVER ($((SECONDS - fetch_start)) s)"
 echo "== Chromium for the fleet page's test (scripts/chromium.sh)"
 bash scripts/chromium.sh
+echo "== PostgreSQL 15 on loopback for the journal's second store and the cluster (scripts/postgres.sh)"
+# A new, empty server in a temporary directory, stopped when the suite ends. A BATON_PG_URL
+# already set (a developer's own server) is used as it is.
+if [ -z "${BATON_PG_URL:-}" ]; then
+    eval "$(bash scripts/postgres.sh start)"
+    trap 'bash scripts/postgres.sh stop "$BATON_PG_DIR"' EXIT
+fi
 echo "== cargo test"
 cargo test --locked --all-targets
 echo "== doctests (the README's examples included)"

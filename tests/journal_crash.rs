@@ -29,13 +29,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton::journal::{Filter, JournalOptions, JournalReader, SessionState, WorkItemPlace};
+use baton::journal::{Filter, JournalOptions, JournalTarget, SessionState, WorkItemPlace};
 use baton::record::RotationStep;
 use baton::{
     AgentType, FleetEvent, Journal, Phase, Place, SessionId, Supervisor, SupervisorConfig,
     SupervisorError, SupervisorHandle, UsageSource, WorkItem, WorkItemId,
 };
 use support::file_runtime::{FileRuntime, State};
+use support::stores::{self, Store};
 use tokio::sync::watch;
 
 /// The test that doubles as the child process.
@@ -109,6 +110,15 @@ fn crash_child_runs_the_workload_to_completion() {
     }
 }
 
+/// The child's journal: the PostgreSQL database the parent named (`BATON_CRASH_JOURNAL`), or
+/// the file in its directory.
+fn child_target(dir: &Path) -> JournalTarget {
+    match std::env::var("BATON_CRASH_JOURNAL") {
+        Ok(url) => url.parse().expect("the parent's journal URL"),
+        Err(_) => JournalTarget::File(dir.join("baton.db")),
+    }
+}
+
 fn run_child(dir: &Path, target: Option<(String, u32)>) {
     let crash = Arc::new(CrashPoint {
         target,
@@ -137,7 +147,7 @@ async fn workload(dir: &Path, crash: Arc<CrashPoint>) {
         })),
         ..JournalOptions::default()
     };
-    let journal = Journal::open_with(dir.join("baton.db"), options).unwrap();
+    let journal = Journal::open_target(&child_target(dir), options).unwrap();
     let config = SupervisorConfig {
         retry_min_delay: Duration::from_millis(1),
         retry_max_delay: Duration::from_millis(5),
@@ -348,7 +358,7 @@ async fn check_running(
 /// The checks on what the killed and restarted processes left behind.
 fn check_files(dir: &Path) {
     let agents = State::load(&dir.join("runtime.json"));
-    let journal = JournalReader::open(dir.join("baton.db")).unwrap();
+    let journal = stores::reader(dir);
     let v = journal.view();
     let all = Filter::default();
     let items = v.work_items(&all).unwrap();
@@ -565,10 +575,14 @@ fn spawn_child(dir: &Path, at: Option<&str>) -> Run {
     cmd.args(["--exact", CHILD, "--nocapture", "--test-threads=1"])
         .env("BATON_CRASH_DIR", dir)
         .env_remove("BATON_CRASH_AT")
+        .env_remove("BATON_CRASH_JOURNAL")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(at) = at {
         cmd.env("BATON_CRASH_AT", at);
+    }
+    if let JournalTarget::Postgres(url) = stores::target(dir) {
+        cmd.env("BATON_CRASH_JOURNAL", url.expose());
     }
     let mut child = cmd.spawn().expect("the test binary runs");
     let (tx, lines) = mpsc::channel();
@@ -663,8 +677,8 @@ impl Run {
     }
 }
 
-fn fresh_dir() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
+fn fresh_dir(store: &Store) -> (stores::TestDir, PathBuf) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     (dir, path)
 }
@@ -695,14 +709,13 @@ const POINTS: &[&str] = &[
     "session_started",
 ];
 
-#[test]
-fn a_fleet_killed_at_any_step_of_a_rotation_or_a_compaction_recovers_to_completion() {
+fn a_fleet_killed_at_any_step_of_a_rotation_or_a_compaction_recovers_to_completion(store: &Store) {
     for point in POINTS {
         // The second occurrence: the fleet is mid-way, with history behind it.
         for n in [1, 2] {
             let at = format!("{point}:{n}");
             eprintln!("killed at {at}");
-            let (_keep, dir) = fresh_dir();
+            let (_keep, dir) = fresh_dir(store);
             spawn_child(&dir, Some(&at)).kill_at_marker(&at);
             spawn_child(&dir, None).finish();
             check_files(&dir);
@@ -712,7 +725,7 @@ fn a_fleet_killed_at_any_step_of_a_rotation_or_a_compaction_recovers_to_completi
 
 /// A rotation open when the child was killed, with the spawn key its intent recorded.
 fn open_rotations(dir: &Path) -> Vec<(baton::journal::RotationRow, u64)> {
-    let reader = JournalReader::open(dir.join("baton.db")).unwrap();
+    let reader = stores::reader(dir);
     let v = reader.view();
     let all = Filter::default();
     let keys: HashMap<u64, u64> = v
@@ -738,8 +751,7 @@ fn open_rotations(dir: &Path) -> Vec<(baton::journal::RotationRow, u64)> {
         .collect()
 }
 
-#[test]
-fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_key() {
+fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_key(store: &Store) {
     // The first ITEMS spawns and assigns are the items' starts (all four start before any
     // session is driven); occurrences ITEMS+1 and ITEMS+2 are rotations'. Each kill is checked
     // to have hit a rotation at the expected step.
@@ -750,7 +762,7 @@ fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_ke
         for n in [ITEMS + 1, ITEMS + 2] {
             let at = format!("{point}:{n}");
             eprintln!("killed at {at}");
-            let (_keep, dir) = fresh_dir();
+            let (_keep, dir) = fresh_dir(store);
             spawn_child(&dir, Some(&at)).kill_at_marker(&at);
             // The runtime made the successor (spawn) or gave it the item (assign); the journal
             // has not heard back.
@@ -769,10 +781,7 @@ fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_ke
                 hit.unwrap_or_else(|| panic!("{at} did not stop a rotation at its {point}"));
             // baton gives a restarted runtime a first session id above every id the journal
             // holds: a successor recorded only in its rotation (killed at its assign) included.
-            let next = Journal::open(dir.join("baton.db"))
-                .unwrap()
-                .next_session_id()
-                .unwrap();
+            let next = stores::journal(&dir).next_session_id().unwrap();
             if point == "assign" {
                 assert!(next.0 > successor, "{at}: next id {next} vs s{successor}");
             }
@@ -780,7 +789,7 @@ fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_ke
             spawn_child(&dir, None).finish();
             check_files(&dir);
             let agents = State::load(&dir.join("runtime.json"));
-            let reader = JournalReader::open(dir.join("baton.db")).unwrap();
+            let reader = stores::reader(&dir);
             let rotations = reader.view().rotations(&Filter::default()).unwrap();
             let r = rotations.iter().find(|r| r.rotation == rotation).unwrap();
             assert_eq!(r.step, RotationStep::Done, "{at}: {r:?}");
@@ -808,8 +817,7 @@ fn a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_ke
     }
 }
 
-#[test]
-fn a_fleet_killed_at_random_moments_recovers_to_completion() {
+fn a_fleet_killed_at_random_moments_recovers_to_completion(store: &Store) {
     // Bounded and seeded: BATON_CRASH_RUNS fleets (default 8), each killed up to 3 times, at
     // moments drawn from BATON_CRASH_SEED (default 0xBA70).
     let env = |name: &str, default: u64| {
@@ -822,13 +830,13 @@ fn a_fleet_killed_at_random_moments_recovers_to_completion() {
     eprintln!("seed {seed}, {runs} runs");
     let mut rng = fastrand::Rng::with_seed(seed);
     // How long an uninterrupted run takes here, to spread the kills over it.
-    let (_keep, dir) = fresh_dir();
+    let (_keep, dir) = fresh_dir(store);
     let t = Instant::now();
     spawn_child(&dir, None).finish();
     let span = t.elapsed();
     let mut kills = 0;
     for _ in 0..runs {
-        let (_keep, dir) = fresh_dir();
+        let (_keep, dir) = fresh_dir(store);
         for _ in 0..3 {
             let delay = span.mul_f64(rng.f64() * 1.2);
             if spawn_child(&dir, None).kill_after(delay) {
@@ -850,16 +858,14 @@ fn reported(dir: &Path) -> Vec<u64> {
         .collect()
 }
 
-#[test]
-fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it() {
+fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it(store: &Store) {
     for n in [1, 2, 3] {
         // Killed after the n-th `WorkItemDone` committed and before it was delivered.
         let at = format!("work_item_done:{n}");
         eprintln!("killed at {at}");
-        let (_keep, dir) = fresh_dir();
+        let (_keep, dir) = fresh_dir(store);
         spawn_child(&dir, Some(&at)).kill_at_marker(&at);
-        let durable: Vec<u64> = JournalReader::open(dir.join("baton.db"))
-            .unwrap()
+        let durable: Vec<u64> = stores::reader(&dir)
             .view()
             .work_items(&Filter::default())
             .unwrap()
@@ -893,3 +899,10 @@ fn an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it() {
         );
     }
 }
+
+on_both_stores!(
+    a_fleet_killed_at_any_step_of_a_rotation_or_a_compaction_recovers_to_completion,
+    a_rotation_killed_at_its_successor_s_spawn_or_assign_adopts_it_through_its_key,
+    a_fleet_killed_at_random_moments_recovers_to_completion,
+    an_item_done_is_durable_before_it_is_reported_so_a_kill_never_redoes_it,
+);

@@ -21,6 +21,7 @@ use baton::{
     WorkItemId,
 };
 use support::fleet::{agent, item};
+use support::stores::{self, Store};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn config() -> SupervisorConfig {
@@ -297,7 +298,7 @@ async fn stuck_at_spawned(
 }
 
 fn journal_file(dir: &Path) -> Journal {
-    Journal::open(dir.join("baton.db")).expect("the journal opens")
+    stores::journal(dir)
 }
 
 #[actix::test]
@@ -353,8 +354,20 @@ async fn a_rotation_s_steps_are_durable_before_its_successor_starts() {
 
 #[actix::test]
 async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_run() {
+    the_journal_agrees_after_a_busy_run(&Store::Sqlite).await;
+}
+
+#[actix::test]
+async fn on_postgresql_the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_run()
+{
+    if let Some(store) = Store::postgres() {
+        the_journal_agrees_after_a_busy_run(&store).await;
+    }
+}
+
+async fn the_journal_agrees_after_a_busy_run(store: &Store) {
     const ITEMS: u64 = 60;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = store.dir();
     let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
         base_tokens: 100,
         random_failures: Some((0.03, 11)),
@@ -479,9 +492,8 @@ async fn the_journal_agrees_with_the_event_stream_and_the_registry_after_a_busy_
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[test]
-fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so(store: &Store) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     // Spawn call 3 (item 1's successor) never returns.
     let runtime = memory(vec![hang(RuntimeOp::Spawn, 3)]);
@@ -594,9 +606,8 @@ fn a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so() {
     assert_eq!(runtime.open_sessions(), live, "no agent left open");
 }
 
-#[test]
-fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor(store: &Store) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     // Assign call 2 (the successor's) never returns: the successor exists, unassigned.
     let runtime = memory(vec![hang(RuntimeOp::Assign, 2)]);
@@ -628,9 +639,8 @@ fn a_rotation_killed_after_its_successor_spawned_adopts_that_successor() {
     );
 }
 
-#[test]
-fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted(store: &Store) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     let runtime = memory(vec![hang(RuntimeOp::ReplaceHistory, 1)]);
     let rt = runtime.clone();
@@ -676,7 +686,7 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
             ..
         }
     ));
-    let reader = baton::JournalReader::open(dir.path().join("baton.db")).unwrap();
+    let reader = stores::reader(dir.path());
     let compactions = reader.view().compactions(&Filter::default()).unwrap();
     assert_eq!(compactions.len(), 1);
     assert_eq!(
@@ -685,9 +695,8 @@ fn a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted() {
     );
 }
 
-#[test]
-fn after_a_graceful_shutdown_a_restart_picks_every_item_up_again() {
-    let dir = tempfile::tempdir().unwrap();
+fn after_a_graceful_shutdown_a_restart_picks_every_item_up_again(store: &Store) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     let runtime = memory(vec![]);
     let rt = runtime.clone();
@@ -798,7 +807,7 @@ async fn a_full_journal_is_reported_once_and_the_fleet_goes_on_without_it() {
     );
     sup.shutdown(Duration::from_secs(5)).await;
     // The file holds a consistent prefix: the item is where its last journaled rotation left it.
-    let reader = baton::JournalReader::open(dir.path().join("baton.db")).unwrap();
+    let reader = stores::reader(dir.path());
     let journaled = reader.view().rotations(&Filter::default()).unwrap();
     assert!(
         !journaled.is_empty() && journaled.len() < rotations,
@@ -829,10 +838,11 @@ enum LeftBy {
     Shutdown,
 }
 
-#[test]
-fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_closed() {
+fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_closed(
+    store: &Store,
+) {
     for left_by in [LeftBy::Close, LeftBy::Shutdown] {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = store.dir();
         let path = dir.path().to_owned();
         // Assign call 2 (the successor's) never returns: the rotation stays at `spawned`.
         let runtime = memory(vec![hang(RuntimeOp::Assign, 2)]);
@@ -936,7 +946,7 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
                 );
             }
         }
-        let reader = baton::JournalReader::open(path.join("baton.db")).unwrap();
+        let reader = stores::reader(&path);
         let v = reader.view();
         let rotations = v.rotations(&Filter::default()).unwrap();
         assert_eq!(rotations[0].step, RotationStep::Failed, "{left_by:?}");
@@ -959,9 +969,8 @@ fn a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_
     }
 }
 
-#[test]
-fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(store: &Store) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     // Assign takes a while: the shutdown begins while the start is under way.
     let runtime = Arc::new(MemoryRuntime::new(MemoryConfig {
@@ -1014,7 +1023,7 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
         "one spawn and one assign per start"
     );
     assert!(matches!(inv.items[0].1, Place::Live(s) if s == *session));
-    let reader = baton::JournalReader::open(path.join("baton.db")).unwrap();
+    let reader = stores::reader(&path);
     let items = reader.view().work_items(&Filter::default()).unwrap();
     assert_eq!(items[0].attempts, 0, "no attempt was charged");
     let sessions = reader.view().sessions(&Filter::default()).unwrap();
@@ -1025,9 +1034,8 @@ fn a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart(
     );
 }
 
-#[test]
-fn a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids(store: &Store) {
+    let dir = store.dir();
     let path = dir.path().to_owned();
     let p = path.clone();
     on_a_system(move || async move {
@@ -1099,3 +1107,13 @@ fn a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids(
         assert!(s.0 >= 4, "a fresh id, not one the journal knows: {s}");
     }
 }
+
+on_both_stores!(
+    a_restarted_supervisor_resumes_the_rotation_requeues_the_rest_and_says_so,
+    a_rotation_killed_after_its_successor_spawned_adopts_that_successor,
+    a_compaction_cut_short_by_a_crash_is_recorded_as_interrupted,
+    after_a_graceful_shutdown_a_restart_picks_every_item_up_again,
+    a_rotation_its_item_left_before_a_crash_is_recorded_failed_and_its_successor_closed,
+    a_start_that_finished_during_a_shutdown_is_not_adopted_again_after_a_restart,
+    a_restart_over_agents_that_died_closes_their_sessions_quietly_with_fresh_ids,
+);

@@ -156,6 +156,25 @@ pub enum JournalError {
     /// consistent prefix of what was sent.
     #[error("the journal stopped accepting writes after an earlier failure: {0}")]
     Failed(Box<JournalError>),
+    /// PostgreSQL failed (the connection, the server, or a statement it refused for a reason
+    /// that is not the record's own): the journal cannot be trusted to go on. The message
+    /// never holds the connection's password.
+    #[error("PostgreSQL error on the journal: {message}")]
+    Postgres {
+        /// What the client or the server said.
+        message: String,
+    },
+    /// The cluster node's row in `baton_nodes` is gone: another node took over its work (or it
+    /// left), so its journal refuses every write from then on (`docs/cluster.md`).
+    #[error("the journal is fenced: node epoch {epoch} no longer holds its lease")]
+    Fenced {
+        /// The node's epoch.
+        epoch: i64,
+    },
+    /// The operation needs a PostgreSQL journal opened with a node epoch
+    /// ([`PgOptions::epoch`](super::PgOptions::epoch)).
+    #[error("{0} needs a PostgreSQL journal opened with a node epoch")]
+    NotClustered(&'static str),
     /// The journal's writer has stopped (the journal was dropped).
     #[error("the journal is closed")]
     Closed,
@@ -183,6 +202,29 @@ impl JournalError {
                 | ErrorCode::ParameterOutOfRange,
             ) => Self::Refused { message },
             _ => Self::Sqlite { message },
+        }
+    }
+
+    /// Classifies a PostgreSQL error, with `password` scrubbed from its message.
+    pub(crate) fn postgres(e: &postgres::Error, password: Option<&str>) -> Self {
+        use postgres::error::SqlState;
+        let message = super::pg::scrub(&super::pg::pg_message(e), password);
+        match e.code() {
+            Some(c) if *c == SqlState::DISK_FULL => Self::DiskFull { message },
+            // Integrity constraints (23) and data exceptions (22): the record's own fault.
+            Some(c) if c.code().starts_with("23") || c.code().starts_with("22") => {
+                Self::Refused { message }
+            }
+            _ => Self::Postgres { message },
+        }
+    }
+
+    /// Classifies a failure of the SQL layer (`path` names the SQLite file).
+    pub(crate) fn from_db(e: super::db::DbError, path: &Path) -> Self {
+        match e {
+            super::db::DbError::Sqlite(e) => Self::sqlite(&e, path),
+            super::db::DbError::Pg(e) => Self::postgres(&e, None),
+            super::db::DbError::Convert(m) => Self::BadRecord(m),
         }
     }
 

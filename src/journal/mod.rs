@@ -1,6 +1,7 @@
 //! The journal: the durable record of every transition, compaction and rotation.
 //!
-//! A [`Journal`] is a SQLite database (through rusqlite, SQLite compiled in) that the
+//! A [`Journal`] is a SQLite database (through rusqlite, SQLite compiled in), or a PostgreSQL
+//! database ([`JournalTarget`], [`Journal::open_postgres`]), that the
 //! [`Supervisor`](crate::supervisor::Supervisor) writes through. It holds the fleet's work items
 //! and sessions, every compaction and rotation with its metrics, and the event log, so that a
 //! restarted supervisor knows which sessions were live, which work item each held, and which
@@ -26,24 +27,36 @@
 //! * The schema version is `PRAGMA user_version`, the file's owner `PRAGMA application_id`
 //!   ([`APPLICATION_ID`]); see [`schema`](self) for how files are recognised and migrated.
 //!
-//! `docs/semantics.md` ("Journal") states what is guaranteed after a crash.
+//! On PostgreSQL the same records go through the same projection and recovery (one SQL text,
+//! see `db`), one fenced transaction per batch (`docs/cluster.md`, "Every write transaction").
+//!
+//! `docs/semantics.md` ("Journal", and its "PostgreSQL store") states what is guaranteed after a
+//! crash.
 //!
 //! # Layout
 //!
 //! | module | what it is for |
 //! | --- | --- |
 //! | `schema` | recognising, creating and migrating the file |
+//! | `pg` | the PostgreSQL store: its connection, schema, fence and [`Epoch`] |
+//! | `db` | the SQL layer both stores run: values, rows, one trait |
+//! | `target` | [`JournalTarget`]: a file or a URL, its password never shown |
 //! | `project` | what each record does to the tables |
 //! | `writer` | the writer thread and group commit |
 //! | `recovery` | what the journal says was unfinished |
 //! | `query` | [`JournalReader`], [`JournalView`], [`Filter`] and the row types |
 //! | `time` | [`Timestamp`] |
 
+pub(crate) mod db;
 mod error;
+pub(crate) mod pg;
 mod project;
 mod query;
 pub(crate) mod recovery;
 mod schema;
+mod target;
+#[cfg(test)]
+pub(crate) mod test_store;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -58,19 +71,21 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 pub use error::JournalError;
+pub use pg::{Epoch, PgOptions};
 pub(crate) use project::{Op, RotationIntent};
 pub use query::{
     CompactionRow, EventRow, Filter, JournalReader, JournalView, RotationRow, SessionRow,
     WorkItemRow,
 };
 pub use schema::{APPLICATION_ID, EndReason, SCHEMA_VERSION, SessionState, WorkItemPlace};
+pub use target::{JournalTarget, PgUrl};
 pub use time::Timestamp;
 pub use writer::JournalStats;
 
 use crate::record::{FleetEvent, Subscribers};
 use crate::vocab::SessionId;
 use project::Write;
-use writer::{Command, Shared, Writer};
+use writer::{Command, Shared, Store, Writer};
 
 /// Called on the writer thread after each durable commit, with the label of every record it
 /// held, before anyone waiting on the commit is answered. Labels are the event kinds
@@ -135,8 +150,13 @@ struct Inner {
     thread: Option<JoinHandle<()>>,
     /// Failure flag and counters, shared with the writer.
     shared: Arc<Shared>,
-    /// The file, or `None` in memory.
+    /// The file, or `None` in memory or on PostgreSQL.
     path: Option<PathBuf>,
+    /// Where the journal is, for messages: the file, `<memory>`, or the database's URL without
+    /// its password.
+    place: PathBuf,
+    /// Where the journal is, to open other connections to it; `None` in memory.
+    target: Option<JournalTarget>,
 }
 
 impl Drop for Inner {
@@ -155,7 +175,7 @@ impl Drop for Inner {
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal")
-            .field("path", &self.inner.path)
+            .field("place", &self.inner.place)
             .field("failed", &self.failure().is_some())
             .finish()
     }
@@ -205,7 +225,72 @@ impl Journal {
             .map_err(sql)?;
         schema::migrate(&mut conn, header, &path)?;
         cap_size(&conn, options.max_bytes, &path)?;
-        Ok(Self::spawn(conn, Some(path), options, Some(lock)))
+        Ok(Self::spawn(
+            Store::Sqlite(conn),
+            Some(JournalTarget::File(path.clone())),
+            path,
+            options,
+            Some(lock),
+        ))
+    }
+
+    /// Opens (or creates) the journal at `target`: a SQLite file as
+    /// [`open_with`](Self::open_with) does, or a PostgreSQL database as
+    /// [`open_postgres`](Self::open_postgres) does on a single host (no epoch).
+    pub fn open_target(
+        target: &JournalTarget,
+        options: JournalOptions,
+    ) -> Result<Self, JournalError> {
+        match target {
+            JournalTarget::File(path) => Self::open_with(path, options),
+            JournalTarget::Postgres(url) => Self::open_postgres(url, options, PgOptions::default()),
+        }
+    }
+
+    /// Opens the journal in the PostgreSQL database at `url`, creating or migrating its schema
+    /// (in one transaction under an advisory lock: nodes starting together are safe). A
+    /// database holding a newer schema, or tables of another program, is refused with a typed
+    /// error and left untouched. [`JournalOptions::max_bytes`] and
+    /// [`check_at_open`](JournalOptions::check_at_open) are SQLite's and ignored here.
+    ///
+    /// With [`PgOptions::epoch`] (a cluster node), every write transaction is fenced by the
+    /// node's row in `baton_nodes` (gone: [`JournalError::Fenced`], and the journal fails), the
+    /// rows it creates are owned by the epoch, and recovery reads only the epoch's rows.
+    pub fn open_postgres(
+        url: &PgUrl,
+        options: JournalOptions,
+        pg: PgOptions,
+    ) -> Result<Self, JournalError> {
+        let place = pg::place(url);
+        let conn = pg::PgConn::connect(url, pg.epoch, true)?;
+        pg::migrate(&conn, &place)?;
+        Ok(Self::spawn(
+            Store::Pg(Box::new(conn)),
+            Some(JournalTarget::Postgres(url.clone())),
+            place,
+            options,
+            None,
+        ))
+    }
+
+    /// Takes over the unfinished work of the dead cluster node `dead`, in one fenced write
+    /// transaction on the writer (after everything sent before is committed): removes the dead
+    /// node's row from `baton_nodes` (which fences it), moves the ownership of its unfinished
+    /// rows (work items not done or dead; sessions not closed, or closed and not released;
+    /// rotations not done or failed) to this journal's epoch, and reads them back as a
+    /// recovery state, as [`SupervisorBuilder::journal`](crate::supervisor::SupervisorBuilder::journal)
+    /// reads one at a restart. Whether the dead node's lease has expired is the caller's
+    /// decision. Needs a PostgreSQL journal with an epoch ([`JournalError::NotClustered`]
+    /// otherwise); any other failure fails the journal, as a failed write does.
+    pub fn adopt(&self, dead: Epoch) -> Result<Adopted, JournalError> {
+        let (tx, rx) = mpsc::channel();
+        if !self.send(Command::Adopt {
+            dead: dead.0,
+            reply: tx,
+        }) {
+            return Err(JournalError::Closed);
+        }
+        rx.recv().unwrap_or(Err(JournalError::Closed)).map(Adopted)
     }
 
     /// A journal in memory, with the default options: the same records and queries, nothing
@@ -220,19 +305,26 @@ impl Journal {
         let mut conn = Connection::open_in_memory().map_err(|e| JournalError::sqlite(&e, path))?;
         schema::migrate(&mut conn, schema::Header::Empty, path)?;
         cap_size(&conn, options.max_bytes, path)?;
-        Ok(Self::spawn(conn, None, options, None))
+        Ok(Self::spawn(
+            Store::Sqlite(conn),
+            None,
+            PathBuf::from(MEMORY),
+            options,
+            None,
+        ))
     }
 
     fn spawn(
-        conn: Connection,
-        path: Option<PathBuf>,
+        conn: Store,
+        target: Option<JournalTarget>,
+        place: PathBuf,
         options: JournalOptions,
         lock: Option<std::fs::File>,
     ) -> Self {
         let shared = Arc::new(Shared::default());
         let writer = Writer {
             conn,
-            path: path.clone().unwrap_or_else(|| PathBuf::from(MEMORY)),
+            path: place.clone(),
             shared: shared.clone(),
             on_commit: options.on_commit,
             max_batch: options.max_batch.max(1),
@@ -248,14 +340,31 @@ impl Journal {
                 tx: Some(tx),
                 thread: Some(thread),
                 shared,
-                path,
+                path: target
+                    .as_ref()
+                    .and_then(JournalTarget::file)
+                    .map(Path::to_owned),
+                place,
+                target,
             }),
         }
     }
 
-    /// The file, or `None` for a journal in memory.
+    /// The file, or `None` for a journal in memory or on PostgreSQL.
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
+    }
+
+    /// Where the journal is, for messages: the file, `<memory>`, or the PostgreSQL URL
+    /// without its password.
+    pub fn place(&self) -> &Path {
+        &self.inner.place
+    }
+
+    /// Where the journal is, to open other connections to it (the server's own tables);
+    /// `None` in memory.
+    pub fn target(&self) -> Option<&JournalTarget> {
+        self.inner.target.as_ref()
     }
 
     fn send(&self, cmd: Command) -> bool {
@@ -322,12 +431,8 @@ impl Journal {
         F: FnOnce(JournalView<'_>) -> Result<T, JournalError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let path = self
-            .inner
-            .path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(MEMORY));
-        let read = Box::new(move |conn: &Connection| {
+        let path = self.inner.place.clone();
+        let read = Box::new(move |conn: &dyn db::Db| {
             let _ = tx.send(f(JournalView::new(conn, &path)));
         });
         if !self.send(Command::Read(read)) {
@@ -341,15 +446,11 @@ impl Journal {
     pub(crate) fn read_blocking<T, F>(&self, f: F) -> Result<T, JournalError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &Path) -> Result<T, JournalError> + Send + 'static,
+        F: FnOnce(&dyn db::Db, &Path) -> Result<T, JournalError> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel();
-        let path = self
-            .inner
-            .path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(MEMORY));
-        let read = Box::new(move |conn: &Connection| {
+        let path = self.inner.place.clone();
+        let read = Box::new(move |conn: &dyn db::Db| {
             let _ = tx.send(f(conn, &path));
         });
         if !self.send(Command::Read(read)) {
@@ -389,18 +490,21 @@ impl Journal {
     pub fn next_session_id(&self) -> Result<SessionId, JournalError> {
         self.read_blocking(|conn, path| {
             let max: Option<i64> = conn
-                .query_row(
+                .query_opt(
                     "SELECT MAX(m) FROM (
                         SELECT MAX(id) AS m FROM sessions
                         UNION ALL SELECT MAX(old_session) FROM rotations
                         UNION ALL SELECT MAX(new_session) FROM rotations
                         UNION ALL SELECT MAX(session) FROM compactions
                         UNION ALL SELECT MAX(session) FROM events
-                        UNION ALL SELECT MAX(session) FROM work_items)",
-                    [],
-                    |r| r.get(0),
+                        UNION ALL SELECT MAX(session) FROM work_items) AS ids",
+                    &[],
                 )
-                .map_err(|e| JournalError::sqlite(&e, path))?;
+                .map_err(|e| conn.error(e, path))?
+                .map(|r| r.get(0))
+                .transpose()
+                .map_err(|e| JournalError::BadRecord(e.message))?
+                .flatten();
             Ok(SessionId(max.map_or(1, |m| (m as u64).saturating_add(1))))
         })
     }
@@ -429,6 +533,34 @@ impl Journal {
     /// The failure that stopped the journal, if one did.
     pub fn failure(&self) -> Option<JournalError> {
         self.inner.shared.failure.lock().expect("lock").clone()
+    }
+}
+
+/// The unfinished work of a dead cluster node, taken over by [`Journal::adopt`]: a recovery
+/// state, as a restart reads one, of the rows whose ownership moved. Its rotation counter is
+/// not the adopting node's (new rotations stay numbered from its own epoch).
+#[derive(Debug, Clone)]
+pub struct Adopted(pub(crate) recovery::RecoveryState);
+
+impl Adopted {
+    /// Work items taken over (none of them done or dead).
+    pub fn work_items(&self) -> usize {
+        self.0.items.len()
+    }
+
+    /// Sessions taken over that were live or rotating.
+    pub fn sessions(&self) -> usize {
+        self.0.sessions.len()
+    }
+
+    /// Rotations taken over that had not finished.
+    pub fn rotations(&self) -> usize {
+        self.0.rotations.len()
+    }
+
+    /// Whether there is nothing to recover.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

@@ -21,10 +21,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::JournalError;
+use super::db::{Db, DbError, RowError, vals};
 use super::schema::EndReason;
 use crate::machine::{EventKind, Phase};
 use crate::policy::RotationReason;
@@ -173,7 +173,7 @@ pub(crate) fn sql_id(v: u64) -> i64 {
 /// Applies one record at time `at` (milliseconds since the epoch). For an event, answers the
 /// `seq` of the log row it added (`None` when it added none: a duplicate of a logged event).
 pub(crate) fn apply(
-    conn: &Connection,
+    conn: &dyn Db,
     at: i64,
     write: &Write,
     path: &Path,
@@ -183,9 +183,11 @@ pub(crate) fn apply(
         Write::Op(op) => apply_op(conn, at, op).map(|()| None),
     };
     r.map_err(|f| match f {
-        // Not SQLite's own failure: a stored value that does not read back as it should.
-        Fault::Sql(e) if e.sqlite_error_code().is_none() => JournalError::BadRecord(e.to_string()),
-        Fault::Sql(e) => JournalError::sqlite(&e, path),
+        // Not the database's own failure: a stored value that does not read back as it should.
+        Fault::Sql(DbError::Sqlite(e)) if e.sqlite_error_code().is_none() => {
+            JournalError::BadRecord(e.to_string())
+        }
+        Fault::Sql(e) => conn.error(e, path),
         Fault::Json(e) => JournalError::BadRecord(e.to_string()),
         Fault::Invalid(m) => JournalError::BadRecord(m),
     })
@@ -193,17 +195,23 @@ pub(crate) fn apply(
 
 /// Why applying a record failed, before it is named with the journal's path.
 enum Fault {
-    /// SQLite refused a statement.
-    Sql(rusqlite::Error),
+    /// The database refused a statement.
+    Sql(DbError),
     /// A record could not be encoded.
     Json(serde_json::Error),
     /// The record makes no sense against what is stored (a completion without an intent).
     Invalid(String),
 }
 
-impl From<rusqlite::Error> for Fault {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<DbError> for Fault {
+    fn from(e: DbError) -> Self {
         Self::Sql(e)
+    }
+}
+
+impl From<RowError> for Fault {
+    fn from(e: RowError) -> Self {
+        Self::Invalid(format!("column {}: {}", e.column, e.message))
     }
 }
 
@@ -219,7 +227,7 @@ type Applied = Result<(), Fault>;
 /// exists already.
 #[allow(clippy::too_many_arguments)]
 fn insert_event(
-    conn: &Connection,
+    conn: &dyn Db,
     at: i64,
     kind: &str,
     session: Option<SessionId>,
@@ -228,12 +236,11 @@ fn insert_event(
     dedup: Option<String>,
     payload: &str,
 ) -> Result<Option<u64>, Fault> {
-    let n = conn
-        .prepare_cached(
-            "INSERT INTO events (at, kind, session, work_item, rotation, dedup, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (dedup) DO NOTHING",
-        )?
-        .execute(params![
+    conn.before_event()?;
+    let row = conn.query_opt(
+        "INSERT INTO events (at, kind, session, work_item, rotation, dedup, payload)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (dedup) DO NOTHING RETURNING seq",
+        &vals![
             at,
             kind,
             session.map(|s| sql_id(s.0)),
@@ -241,16 +248,23 @@ fn insert_event(
             rotation.map(|r| sql_id(r.0)),
             dedup,
             payload
-        ])?;
-    Ok((n == 1).then(|| conn.last_insert_rowid() as u64))
+        ],
+    )?;
+    Ok(row
+        .map(|r| r.get::<i64>(0))
+        .transpose()?
+        .map(|seq| seq as u64))
 }
 
 /// The work item a session holds, as the journal knows it.
-fn item_of(conn: &Connection, session: SessionId) -> Result<Option<WorkItemId>, Fault> {
-    Ok(conn
-        .prepare_cached("SELECT work_item FROM sessions WHERE id = ?1")?
-        .query_row([sql_id(session.0)], |r| r.get::<_, i64>(0))
-        .optional()?
+fn item_of(conn: &dyn Db, session: SessionId) -> Result<Option<WorkItemId>, Fault> {
+    let row = conn.query_opt(
+        "SELECT work_item FROM sessions WHERE id = ?1",
+        &vals![sql_id(session.0)],
+    )?;
+    Ok(row
+        .map(|r| r.get::<i64>(0))
+        .transpose()?
         .map(|w| WorkItemId(w as u64)))
 }
 
@@ -259,34 +273,33 @@ fn item_of(conn: &Connection, session: SessionId) -> Result<Option<WorkItemId>, 
 /// itself) changes nothing. A pending spawn key is kept: a start that failed before its spawn
 /// returned may still have made a session, which a restart finds again through the key (a
 /// session the spawn did return is recorded by [`Op::SpawnAbandoned`], which clears the key).
-fn requeue(conn: &Connection, at: i64, item: WorkItemId, reason: Option<&str>) -> Applied {
-    conn.prepare_cached(
-        "UPDATE work_items SET place = 'queued', session = NULL,
+fn requeue(conn: &dyn Db, at: i64, item: WorkItemId, reason: Option<&str>) -> Applied {
+    conn.execute(
+"UPDATE work_items SET place = 'queued', session = NULL,
              reason = coalesce(?3, reason),
              queue_seq = CASE
                  WHEN place = 'queued' AND queue_seq = (SELECT max(queue_seq) FROM work_items)
                  THEN queue_seq
                  ELSE (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items) END,
              updated_at = ?2
-         WHERE id = ?1 AND NOT (place = 'queued' AND reason IS coalesce(?3, reason)
+         WHERE id = ?1 AND NOT (place = 'queued' AND reason IS NOT DISTINCT FROM coalesce(?3, reason)
                                 AND queue_seq = (SELECT max(queue_seq) FROM work_items))",
-    )?
-    .execute(params![sql_id(item.0), at, reason])?;
+&vals![sql_id(item.0), at, reason])?;
     Ok(())
 }
 
-fn close_session(conn: &Connection, at: i64, session: SessionId, why: EndReason) -> Applied {
-    conn.prepare_cached(
+fn close_session(conn: &dyn Db, at: i64, session: SessionId, why: EndReason) -> Applied {
+    conn.execute(
         "UPDATE sessions SET state = 'closed', ended_at = coalesce(ended_at, ?2),
              end_reason = coalesce(end_reason, ?3)
          WHERE id = ?1 AND state != 'closed'",
-    )?
-    .execute(params![sql_id(session.0), at, why])?;
+        &vals![sql_id(session.0), at, why],
+    )?;
     Ok(())
 }
 
 /// Applies a published event; answers the `seq` of its log row (`None`: a duplicate).
-fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>, Fault> {
+fn apply_event(conn: &dyn Db, at: i64, e: &FleetEvent) -> Result<Option<u64>, Fault> {
     let payload = serde_json::to_string(e)?;
     let kind = event_kind(e);
     let seq = match e {
@@ -296,17 +309,17 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
             work_item,
         } => {
             let (s, w) = (sql_id(session.0), sql_id(work_item.0));
-            conn.prepare_cached(
+            conn.execute(
                 "INSERT INTO sessions (id, agent_type, work_item, state, phase, started_at)
                  VALUES (?1, ?2, ?3, 'live', 'Normal', ?4) ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![s, agent_type.as_ref(), w, at])?;
-            conn.prepare_cached(
+                &vals![s, agent_type.as_ref(), w, at],
+            )?;
+            conn.execute(
                 "UPDATE work_items SET place = 'live', session = ?1, pending_spawn_key = NULL,
                      epoch = epoch + 1, updated_at = ?3
-                 WHERE id = ?2 AND NOT (place = 'live' AND session IS ?1)",
-            )?
-            .execute(params![s, w, at])?;
+                 WHERE id = ?2 AND NOT (place = 'live' AND session IS NOT DISTINCT FROM ?1)",
+                &vals![s, w, at],
+            )?;
             insert_event(
                 conn,
                 at,
@@ -325,15 +338,14 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
                 _ => EndReason::Closed,
             };
             let usage = t.usage.map(|u| serde_json::to_string(&u)).transpose()?;
-            conn.prepare_cached(
-                "UPDATE sessions SET phase = ?2, transitions = ?3,
+            conn.execute(
+"UPDATE sessions SET phase = ?2, transitions = ?3,
                      compacting_from = CASE WHEN ?2 = 'Compacting' THEN ?4 ELSE compacting_from END,
                      state = CASE WHEN ?2 = 'Closed' THEN 'closed' ELSE state END,
                      ended_at = CASE WHEN ?2 = 'Closed' THEN coalesce(ended_at, ?5) ELSE ended_at END,
                      end_reason = CASE WHEN ?2 = 'Closed' THEN coalesce(end_reason, ?6) ELSE end_reason END
                  WHERE id = ?1 AND transitions < ?3",
-            )?
-            .execute(params![
+&vals![
                 sql_id(t.session.0),
                 t.to,
                 t.seq as i64,
@@ -345,24 +357,24 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
             insert_event(conn, at, kind, Some(t.session), item, None, None, &payload)?
         }
         FleetEvent::Compaction(c) => {
-            conn.prepare_cached(
+            conn.execute(
                 "INSERT INTO compactions (session, work_item, agent_type, success, record, at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                sql_id(c.session.0),
-                sql_id(c.work_item.0),
-                c.agent_type.as_ref(),
-                c.success,
-                serde_json::to_string(c)?,
-                at
-            ])?;
-            conn.prepare_cached(
+                &vals![
+                    sql_id(c.session.0),
+                    sql_id(c.work_item.0),
+                    c.agent_type.as_ref(),
+                    c.success,
+                    serde_json::to_string(c)?,
+                    at
+                ],
+            )?;
+            conn.execute(
                 // The compaction under way (if any) has its record: nothing is pending.
                 "UPDATE sessions SET compactions = compactions + 1, compacting_from = NULL
                  WHERE id = ?1",
-            )?
-            .execute([sql_id(c.session.0)])?;
+                &vals![sql_id(c.session.0)],
+            )?;
             insert_event(
                 conn,
                 at,
@@ -382,19 +394,19 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
         } => {
             let (s, w) = (sql_id(session.0), sql_id(work_item.0));
             close_session(conn, at, *session, EndReason::Crashed)?;
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE work_items SET attempts = attempts + 1, updated_at = ?3
                  WHERE id = ?1 AND place = 'live' AND session = ?2",
-            )?
-            .execute(params![w, s, at])?;
+                &vals![w, s, at],
+            )?;
             if *outcome == crate::record::CrashOutcome::Restarted {
                 // Restarted items go to the head of the queue.
-                conn.prepare_cached(
+                conn.execute(
                     "UPDATE work_items SET place = 'queued', session = NULL, updated_at = ?2,
                          queue_seq = (SELECT coalesce(min(queue_seq), 0) - 1 FROM work_items)
                      WHERE id = ?1",
-                )?
-                .execute(params![w, at])?;
+                    &vals![w, at],
+                )?;
             }
             insert_event(
                 conn,
@@ -408,15 +420,15 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
             )?
         }
         FleetEvent::WorkItemDone { work_item, session } => {
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE work_items SET place = 'done', session = ?2, updated_at = ?3 WHERE id = ?1",
-            )?
-            .execute(params![sql_id(work_item.0), sql_id(session.0), at])?;
+                &vals![sql_id(work_item.0), sql_id(session.0), at],
+            )?;
             // Its Closed transition said `closed`; the item finishing says why.
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE sessions SET end_reason = 'done' WHERE id = ?1 AND end_reason = 'closed'",
-            )?
-            .execute([sql_id(session.0)])?;
+                &vals![sql_id(session.0)],
+            )?;
             close_session(conn, at, *session, EndReason::Done)?;
             insert_event(
                 conn,
@@ -434,20 +446,20 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
             insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?
         }
         FleetEvent::DeadLetter { work_item, reason } => {
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE work_items SET place = 'dead', session = NULL, reason = ?2, updated_at = ?3
                  WHERE id = ?1",
-            )?
-            .execute(params![sql_id(work_item.0), reason, at])?;
+                &vals![sql_id(work_item.0), reason, at],
+            )?;
             // A dead item has no session: one still open (a cancelled item's, whose close is
             // under way) is closed, and a restart closes it at the runtime again unless its
             // close was confirmed.
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE sessions SET state = 'closed', ended_at = coalesce(ended_at, ?2),
                      end_reason = coalesce(end_reason, 'closed')
                  WHERE work_item = ?1 AND state != 'closed'",
-            )?
-            .execute(params![sql_id(work_item.0), at])?;
+                &vals![sql_id(work_item.0), at],
+            )?;
             insert_event(conn, at, kind, None, Some(*work_item), None, None, &payload)?
         }
         FleetEvent::Recovered { work_item, outcome } => {
@@ -500,7 +512,7 @@ fn apply_event(conn: &Connection, at: i64, e: &FleetEvent) -> Result<Option<u64>
 /// rotating under a closed session. (The supervisor's `WorkItemRequeued` that follows finds
 /// it queued already and changes nothing.)
 fn rotation_finished(
-    conn: &Connection,
+    conn: &dyn Db,
     at: i64,
     r: &RotationRecord,
     payload: &str,
@@ -526,18 +538,20 @@ fn rotation_finished(
     };
     let record = serde_json::to_string(r)?;
     let id = sql_id(r.rotation.0);
-    let existing: Option<(RotationStep, Option<String>, Option<i64>)> = conn
-        .prepare_cached("SELECT step, handoff, new_session FROM rotations WHERE id = ?1")?
-        .query_row([id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-        .optional()?;
+    let existing: Option<(RotationStep, Option<String>, Option<i64>)> = match conn.query_opt(
+        "SELECT step, handoff, new_session FROM rotations WHERE id = ?1",
+        &vals![id],
+    )? {
+        Some(row) => Some((row.get(0)?, row.get(1)?, row.get(2)?)),
+        None => None,
+    };
     match existing {
         None => {
-            conn.prepare_cached(
-                "INSERT INTO rotations (id, work_item, old_session, new_session, agent_type, reason,
+            conn.execute(
+"INSERT INTO rotations (id, work_item, old_session, new_session, agent_type, reason,
                      step, request, record, started_at, finished_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?9)",
-            )?
-            .execute(params![
+&vals![
                 id,
                 sql_id(r.work_item.0),
                 sql_id(r.old_session.0),
@@ -551,75 +565,68 @@ fn rotation_finished(
         }
         Some((current, _, _)) if current.is_final() => {}
         Some((_, handoff, spawned)) => {
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE rotations SET step = ?2, record = ?3,
                      new_session = coalesce(?4, new_session), finished_at = ?5
                  WHERE id = ?1",
-            )?
-            .execute(params![
-                id,
-                step,
-                record,
-                r.new_session.map(|s| sql_id(s.0)),
-                at
-            ])?;
+                &vals![id, step, record, r.new_session.map(|s| sql_id(s.0)), at],
+            )?;
             if !r.success {
                 close_session(conn, at, r.old_session, EndReason::RotationFailed)?;
             }
             if let Some(successor) = spawned.filter(|_| !r.success) {
                 // A successor spawned for a rotation that failed: known, closed, and to be
                 // released (recovery closes it again if its close was cut short).
-                conn.prepare_cached(
+                conn.execute(
                     "INSERT INTO sessions (id, agent_type, work_item, state, phase, predecessor,
                          rotation, started_at, ended_at, end_reason)
                      VALUES (?1, ?2, ?3, 'closed', 'Normal', ?4, ?5, ?6, ?6, 'rotation_failed')
                      ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![
-                    successor,
-                    r.agent_type.as_ref(),
-                    sql_id(r.work_item.0),
-                    sql_id(r.old_session.0),
-                    id,
-                    at
-                ])?;
+                    &vals![
+                        successor,
+                        r.agent_type.as_ref(),
+                        sql_id(r.work_item.0),
+                        sql_id(r.old_session.0),
+                        id,
+                        at
+                    ],
+                )?;
             }
             if !r.success {
                 let reason = format!(
                     "rotation failed: {}",
                     r.error.as_deref().unwrap_or("no error recorded")
                 );
-                conn.prepare_cached(
+                conn.execute(
                     "UPDATE work_items SET place = 'queued', session = NULL,
                          handoff = coalesce(?3, handoff), reason = ?4,
                          queue_seq = (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items),
                          updated_at = ?5
                      WHERE id = ?1 AND place = 'rotating' AND session = ?2",
-                )?
-                .execute(params![
-                    sql_id(r.work_item.0),
-                    sql_id(r.old_session.0),
-                    handoff,
-                    reason,
-                    at
-                ])?;
+                    &vals![
+                        sql_id(r.work_item.0),
+                        sql_id(r.old_session.0),
+                        handoff,
+                        reason,
+                        at
+                    ],
+                )?;
             }
         }
     }
     Ok(seq)
 }
 
-fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
+fn apply_op(conn: &dyn Db, at: i64, op: &Op) -> Applied {
     match op {
         Op::Submitted(item) => {
             let n = conn
-                .prepare_cached(
-                    "INSERT INTO work_items (id, agent_type, text, place, queue_seq, submitted_at, updated_at)
+                .execute(
+"INSERT INTO work_items (id, agent_type, text, place, queue_seq, submitted_at, updated_at)
                      VALUES (?1, ?2, ?3, 'queued',
                              (SELECT coalesce(max(queue_seq), 0) + 1 FROM work_items), ?4, ?4)
                      ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![sql_id(item.id.0), item.agent_type.as_ref(), item.text, at])?;
+&vals![sql_id(item.id.0), item.agent_type.as_ref(), &item.text, at])?;
             if n == 1 {
                 insert_event(
                     conn,
@@ -639,44 +646,43 @@ fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
             key,
             attempts,
         } => {
-            conn.prepare_cached(
-                "UPDATE work_items SET spawns = max(spawns, ?2), pending_spawn_key = ?3,
-                     attempts = max(attempts, ?4), updated_at = ?5
+            conn.execute(
+                "UPDATE work_items SET spawns = CASE WHEN spawns > ?2 THEN spawns ELSE ?2 END,
+                     pending_spawn_key = ?3,
+                     attempts = CASE WHEN attempts > ?4 THEN attempts ELSE ?4 END, updated_at = ?5
                  WHERE id = ?1",
-            )?
-            .execute(params![sql_id(work_item.0), n, sql_id(key.0), attempts, at])?;
+                &vals![sql_id(work_item.0), n, sql_id(key.0), attempts, at],
+            )?;
         }
         Op::RotationIntent(i) => {
             let request = serde_json::to_string(i)?;
-            let n = conn
-                .prepare_cached(
-                    "INSERT INTO rotations (id, work_item, old_session, agent_type, reason, step,
+            let n = conn.execute(
+                "INSERT INTO rotations (id, work_item, old_session, agent_type, reason, step,
                          spawn_key, request, started_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, 'intent', ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![
+                &vals![
                     sql_id(i.rotation.0),
                     sql_id(i.work_item.0),
                     sql_id(i.old_session.0),
                     i.agent_type.as_ref(),
                     i.reason,
                     sql_id(i.spawn_key.0),
-                    request,
+                    &request,
                     at
-                ])?;
+                ],
+            )?;
             if n == 0 {
                 return Ok(()); // the same intent again: already applied
             }
-            conn.prepare_cached(
+            conn.execute(
                 "UPDATE sessions SET state = 'rotating' WHERE id = ?1 AND state = 'live'",
-            )?
-            .execute([sql_id(i.old_session.0)])?;
-            conn.prepare_cached(
-                "UPDATE work_items SET place = 'rotating', session = ?2, spawns = max(spawns, ?3),
+                &vals![sql_id(i.old_session.0)],
+            )?;
+            conn.execute(
+"UPDATE work_items SET place = 'rotating', session = ?2, spawns = CASE WHEN spawns > ?3 THEN spawns ELSE ?3 END,
                      updated_at = ?4
                  WHERE id = ?1",
-            )?
-            .execute(params![
+&vals![
                 sql_id(i.work_item.0),
                 sql_id(i.old_session.0),
                 i.spawn_n,
@@ -696,21 +702,19 @@ fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
         Op::RotationHandoff { rotation, handoff } => {
             let json = serde_json::to_string(handoff)?;
             let n = conn
-                .prepare_cached(
-                    "UPDATE rotations SET step = 'handoff', handoff = ?2 WHERE id = ?1 AND step = 'intent'",
-                )?
-                .execute(params![sql_id(rotation.0), json])?;
+                .execute(
+"UPDATE rotations SET step = 'handoff', handoff = ?2 WHERE id = ?1 AND step = 'intent'",
+&vals![sql_id(rotation.0), &json])?;
             if n == 1 {
                 step_event(conn, at, "rotation_handoff", *rotation, &json)?;
             }
         }
         Op::RotationSuccessor { rotation, session } => {
-            let n = conn
-                .prepare_cached(
-                    "UPDATE rotations SET step = 'spawned', new_session = ?2
+            let n = conn.execute(
+                "UPDATE rotations SET step = 'spawned', new_session = ?2
                      WHERE id = ?1 AND step IN ('intent', 'handoff')",
-                )?
-                .execute(params![sql_id(rotation.0), sql_id(session.0)])?;
+                &vals![sql_id(rotation.0), sql_id(session.0)],
+            )?;
             if n == 1 {
                 let payload = serde_json::json!({ "rotation": rotation, "session": session });
                 step_event(
@@ -724,36 +728,39 @@ fn apply_op(conn: &Connection, at: i64, op: &Op) -> Applied {
         }
         Op::RotationDone { record, handoff } => rotation_done(conn, at, record, handoff)?,
         Op::Released { session } => {
-            conn.prepare_cached("UPDATE sessions SET released = 1 WHERE id = ?1")?
-                .execute([sql_id(session.0)])?;
+            conn.execute(
+                "UPDATE sessions SET released = 1 WHERE id = ?1",
+                &vals![sql_id(session.0)],
+            )?;
         }
         Op::SpawnAbandoned { work_item, session } => {
-            conn.prepare_cached(
+            conn.execute(
                 "INSERT INTO sessions (id, agent_type, work_item, state, phase, started_at,
                      ended_at, end_reason)
-                 SELECT ?1, agent_type, id, 'closed', 'Normal', ?3, ?3, 'start_abandoned'
+                 SELECT CAST(?1 AS BIGINT), agent_type, id, 'closed', 'Normal', CAST(?3 AS BIGINT),
+                        CAST(?3 AS BIGINT), 'start_abandoned'
                  FROM work_items WHERE id = ?2
                  ON CONFLICT (id) DO NOTHING",
-            )?
-            .execute(params![sql_id(session.0), sql_id(work_item.0), at])?;
-            conn.prepare_cached("UPDATE work_items SET pending_spawn_key = NULL WHERE id = ?1")?
-                .execute([sql_id(work_item.0)])?;
+                &vals![sql_id(session.0), sql_id(work_item.0), at],
+            )?;
+            conn.execute(
+                "UPDATE work_items SET pending_spawn_key = NULL WHERE id = ?1",
+                &vals![sql_id(work_item.0)],
+            )?;
         }
     }
     Ok(())
 }
 
 /// An `events` row for a rotation step, with the rotation's session and item.
-fn step_event(
-    conn: &Connection,
-    at: i64,
-    kind: &str,
-    rotation: RotationId,
-    payload: &str,
-) -> Applied {
-    let (old, item): (i64, i64) = conn
-        .prepare_cached("SELECT old_session, work_item FROM rotations WHERE id = ?1")?
-        .query_row([sql_id(rotation.0)], |r| Ok((r.get(0)?, r.get(1)?)))?;
+fn step_event(conn: &dyn Db, at: i64, kind: &str, rotation: RotationId, payload: &str) -> Applied {
+    let row = conn
+        .query_opt(
+            "SELECT old_session, work_item FROM rotations WHERE id = ?1",
+            &vals![sql_id(rotation.0)],
+        )?
+        .ok_or_else(|| Fault::Invalid(format!("rotation {} has no row", rotation.0)))?;
+    let (old, item): (i64, i64) = (row.get(0)?, row.get(1)?);
     insert_event(
         conn,
         at,
@@ -771,7 +778,7 @@ fn step_event(
 /// the successor registered and holding the item, and the record stored with the rotation (its
 /// event row is added when the supervisor publishes the record, right after). Applied a second
 /// time, it changes nothing.
-fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Handoff) -> Applied {
+fn rotation_done(conn: &dyn Db, at: i64, r: &RotationRecord, handoff: &Handoff) -> Applied {
     let new = r.new_session.ok_or_else(|| {
         Fault::Invalid(format!(
             "rotation {} is done without a successor",
@@ -779,24 +786,20 @@ fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Hando
         ))
     })?;
     let id = sql_id(r.rotation.0);
-    let n = conn
-        .prepare_cached(
-            "UPDATE rotations SET step = 'done', new_session = ?2, handoff = coalesce(handoff, ?3),
+    let n = conn.execute(
+        "UPDATE rotations SET step = 'done', new_session = ?2, handoff = coalesce(handoff, ?3),
                  record = ?4, finished_at = ?5
              WHERE id = ?1 AND step IN ('intent', 'handoff', 'spawned')",
-        )?
-        .execute(params![
+        &vals![
             id,
             sql_id(new.0),
             serde_json::to_string(handoff)?,
             serde_json::to_string(r)?,
             at
-        ])?;
+        ],
+    )?;
     if n == 0 {
-        let known: Option<i64> = conn
-            .prepare_cached("SELECT id FROM rotations WHERE id = ?1")?
-            .query_row([id], |row| row.get(0))
-            .optional()?;
+        let known = conn.query_opt("SELECT id FROM rotations WHERE id = ?1", &vals![id])?;
         return match known {
             Some(_) => Ok(()), // already finished
             None => Err(Fault::Invalid(format!(
@@ -806,11 +809,10 @@ fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Hando
         };
     }
     close_session(conn, at, r.old_session, EndReason::Rotated)?;
-    conn.prepare_cached(
-        "INSERT INTO sessions (id, agent_type, work_item, state, phase, predecessor, rotation, started_at)
+    conn.execute(
+"INSERT INTO sessions (id, agent_type, work_item, state, phase, predecessor, rotation, started_at)
          VALUES (?1, ?2, ?3, 'live', 'Normal', ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
-    )?
-    .execute(params![
+&vals![
         sql_id(new.0),
         r.agent_type.as_ref(),
         sql_id(r.work_item.0),
@@ -818,12 +820,11 @@ fn rotation_done(conn: &Connection, at: i64, r: &RotationRecord, handoff: &Hando
         id,
         at
     ])?;
-    conn.prepare_cached(
-        "UPDATE work_items SET place = 'live', session = ?2, handoff = ?3, pending_spawn_key = NULL,
+    conn.execute(
+"UPDATE work_items SET place = 'live', session = ?2, handoff = ?3, pending_spawn_key = NULL,
              epoch = epoch + 1, updated_at = ?4
          WHERE id = ?1",
-    )?
-    .execute(params![
+&vals![
         sql_id(r.work_item.0),
         sql_id(new.0),
         serde_json::to_string(handoff)?,

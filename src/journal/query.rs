@@ -9,11 +9,13 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use super::db::{Db, Row, RowError, Val};
+use super::pg::{self, PgConn};
 use super::schema::{self, EndReason, Header, SCHEMA_VERSION, SessionState, WorkItemPlace};
+use super::target::JournalTarget;
 use super::{JournalError, Timestamp};
 use crate::machine::Phase;
 use crate::policy::RotationReason;
@@ -181,13 +183,33 @@ impl EventRow {
 ///   read-only through SQLite's locks, using the writer's `-shm` index. Without that index
 ///   (the journal was copied without it), reading would make SQLite create one, so the reader
 ///   refuses with [`JournalError::NeedsIndex`], which says what to do.
+///
+/// A PostgreSQL journal ([`open_target`](Self::open_target)) is read over a connection of its
+/// own, each query in its own statement; it is never migrated by a reader either.
 pub struct JournalReader {
     /// A read-only connection.
-    pub(super) conn: Connection,
+    pub(super) conn: ReaderConn,
     /// The file, for messages.
     path: PathBuf,
     /// For a journal opened without locks: the files as they were, to check after each query.
     pub(super) unlocked: Option<FileState>,
+}
+
+/// A reader's connection, to either store.
+pub(super) enum ReaderConn {
+    /// A read-only SQLite connection.
+    Sqlite(Connection),
+    /// A PostgreSQL connection.
+    Pg(Box<PgConn>),
+}
+
+impl ReaderConn {
+    fn db(&self) -> &dyn Db {
+        match self {
+            Self::Sqlite(c) => c,
+            Self::Pg(c) => c.as_ref(),
+        }
+    }
 }
 
 impl std::fmt::Debug for JournalReader {
@@ -303,12 +325,13 @@ impl JournalReader {
         .map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
+        let header = schema::inspect(&conn, &path)?;
         let reader = Self {
-            conn,
+            conn: ReaderConn::Sqlite(conn),
             unlocked: unlocked.then_some(state),
             path,
         };
-        match schema::inspect(&reader.conn, &reader.path)? {
+        match header {
             Header::Journal(SCHEMA_VERSION) => {
                 reader.view().unchanged()?;
                 Ok(reader)
@@ -326,10 +349,41 @@ impl JournalReader {
         }
     }
 
+    /// Opens the journal at `target` read-only: a file as [`open`](Self::open) does, or a
+    /// PostgreSQL database, which must hold a journal at this build's schema version (a
+    /// database without one, another program's, a newer or an older schema are refused with a
+    /// typed error; nothing is written).
+    pub fn open_target(target: &JournalTarget) -> Result<Self, JournalError> {
+        let url = match target {
+            JournalTarget::File(path) => return Self::open(path),
+            JournalTarget::Postgres(url) => url,
+        };
+        let path = pg::place(url);
+        let conn = PgConn::connect(url, None, false)?;
+        match pg::read_version(&conn, &path)? {
+            Some(v) if v == i64::from(SCHEMA_VERSION) => Ok(Self {
+                conn: ReaderConn::Pg(Box::new(conn)),
+                path,
+                unlocked: None,
+            }),
+            Some(v) if v > i64::from(SCHEMA_VERSION) => Err(JournalError::NewerSchema {
+                path,
+                found: i32::try_from(v).unwrap_or(i32::MAX),
+                supported: SCHEMA_VERSION,
+            }),
+            Some(v) => Err(JournalError::OlderSchema {
+                path,
+                found: i32::try_from(v).unwrap_or(i32::MIN),
+                supported: SCHEMA_VERSION,
+            }),
+            None => Err(JournalError::Missing(path)),
+        }
+    }
+
     /// The queries.
     pub fn view(&self) -> JournalView<'_> {
         JournalView {
-            conn: &self.conn,
+            conn: self.conn.db(),
             path: &self.path,
             unlocked: self.unlocked.as_ref(),
         }
@@ -339,8 +393,8 @@ impl JournalReader {
 /// The queries over one connection.
 #[derive(Clone, Copy)]
 pub struct JournalView<'a> {
-    /// The connection (read-only, or the writer's).
-    conn: &'a Connection,
+    /// The connection (read-only, or the writer's), on either store.
+    conn: &'a dyn Db,
     /// The file, for messages.
     path: &'a Path,
     /// For a reader opened without locks: the files as they were at open.
@@ -353,12 +407,12 @@ struct Where {
     /// Conditions, joined with `AND`.
     clauses: Vec<String>,
     /// Their values, in placeholder order (`?1`, `?2`, ...).
-    params: Vec<Value>,
+    params: Vec<Val>,
 }
 
 impl Where {
     /// Adds `clause`, numbering each `?` in it for the next of `values`.
-    fn add(&mut self, clause: &str, values: impl IntoIterator<Item = Value>) {
+    fn add(&mut self, clause: &str, values: impl IntoIterator<Item = Val>) {
         let mut values = values.into_iter();
         let mut parts = clause.split('?');
         let mut out = parts.next().unwrap_or_default().to_owned();
@@ -379,72 +433,46 @@ impl Where {
     }
 }
 
-fn int(v: u64) -> Value {
-    Value::Integer(v as i64)
+fn int(v: u64) -> Val {
+    Val::Int(v as i64)
 }
 
-fn text(s: &str) -> Value {
-    Value::Text(s.to_owned())
+fn text(s: &str) -> Val {
+    Val::Text(s.to_owned())
 }
 
 /// A state as stored (its serde name).
-fn stored(v: impl rusqlite::ToSql) -> Value {
-    match v.to_sql() {
-        Ok(rusqlite::types::ToSqlOutput::Owned(v)) => v,
-        Ok(rusqlite::types::ToSqlOutput::Borrowed(rusqlite::types::ValueRef::Text(t))) => {
-            Value::Text(String::from_utf8_lossy(t).into_owned())
-        }
-        _ => Value::Null,
-    }
+fn stored(v: impl Into<Val>) -> Val {
+    v.into()
 }
 
-fn ts(t: Timestamp) -> Value {
-    Value::Integer(t.0)
+fn ts(t: Timestamp) -> Val {
+    Val::Int(t.0)
 }
 
 /// Column `i` of `r` as JSON.
-pub(super) fn json<T: serde::de::DeserializeOwned>(r: &Row<'_>, i: usize) -> rusqlite::Result<T> {
+pub(super) fn json<T: serde::de::DeserializeOwned>(r: &Row, i: usize) -> Result<T, RowError> {
     let text: String = r.get(i)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    serde_json::from_str(&text).map_err(|e| RowError {
+        column: i,
+        message: e.to_string(),
     })
 }
 
 /// Column `i` of `r` as JSON, when it is not NULL.
 pub(super) fn json_opt<T: serde::de::DeserializeOwned>(
-    r: &Row<'_>,
+    r: &Row,
     i: usize,
-) -> rusqlite::Result<Option<T>> {
-    match r.get_ref(i)? {
-        rusqlite::types::ValueRef::Null => Ok(None),
-        _ => json(r, i).map(Some),
-    }
-}
-
-/// The column a row-reading error is about, when it names one.
-fn column_index(e: &rusqlite::Error) -> Option<usize> {
-    match e {
-        rusqlite::Error::InvalidColumnType(i, _, _)
-        | rusqlite::Error::FromSqlConversionFailure(i, _, _)
-        | rusqlite::Error::IntegralValueOutOfRange(i, _) => Some(*i),
-        _ => None,
-    }
-}
-
-/// What is wrong with a value, without rusqlite's positional wording.
-fn reason(e: &rusqlite::Error) -> String {
-    match e {
-        rusqlite::Error::InvalidColumnType(_, _, found) => {
-            format!("a {found} value of the wrong type")
-        }
-        rusqlite::Error::FromSqlConversionFailure(_, _, cause) => cause.to_string(),
-        rusqlite::Error::IntegralValueOutOfRange(_, v) => format!("{v} is out of range"),
-        e => e.to_string(),
+) -> Result<Option<T>, RowError> {
+    if r.is_null(i) {
+        Ok(None)
+    } else {
+        json(r, i).map(Some)
     }
 }
 
 impl<'a> JournalView<'a> {
-    pub(crate) fn new(conn: &'a Connection, path: &'a Path) -> Self {
+    pub(crate) fn new(conn: &'a dyn Db, path: &'a Path) -> Self {
         Self {
             conn,
             path,
@@ -475,19 +503,19 @@ impl<'a> JournalView<'a> {
         mut w: Where,
         limit: Option<usize>,
         first: bool,
-        mut row: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        mut row: impl FnMut(&Row) -> Result<T, RowError>,
     ) -> Result<Vec<T>, JournalError> {
         let inner = format!("{select} {} ORDER BY {order}", w.sql());
         let sql = match limit {
             Some(n) => {
                 // SQLite's integers stop at i64::MAX; a larger limit is no limit.
                 w.params
-                    .push(Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+                    .push(Val::Int(i64::try_from(n).unwrap_or(i64::MAX)));
                 let n = w.params.len();
                 if first {
                     format!("{inner} LIMIT ?{n}")
                 } else {
-                    format!("SELECT * FROM ({inner} DESC LIMIT ?{n}) ORDER BY {order}")
+                    format!("SELECT * FROM ({inner} DESC LIMIT ?{n}) AS latest ORDER BY {order}")
                 }
             }
             None => inner,
@@ -503,26 +531,27 @@ impl<'a> JournalView<'a> {
         &self,
         table: &'static str,
         sql: &str,
-        params: Vec<Value>,
-        row: &mut impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+        params: Vec<Val>,
+        row: &mut impl FnMut(&Row) -> Result<T, RowError>,
     ) -> Result<Vec<T>, JournalError> {
-        let sql_err = |e: rusqlite::Error| JournalError::sqlite(&e, self.path);
-        let mut stmt = self.conn.prepare(sql).map_err(sql_err)?;
-        let names: Vec<String> = stmt.column_names().map(str::to_owned).collect();
-        let mut rows = stmt.query(params_from_iter(params)).map_err(sql_err)?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(sql_err)? {
+        let result = self
+            .conn
+            .query(sql, &params)
+            .map_err(|e| self.conn.error(e, self.path))?;
+        let mut out = Vec::with_capacity(result.rows.len());
+        for r in &result.rows {
             match row(r) {
                 Ok(t) => out.push(t),
                 Err(e) => {
-                    let id = r.get::<_, i64>(0).unwrap_or_default();
-                    let column = column_index(&e)
-                        .and_then(|i| names.get(i))
+                    let id = r.get::<i64>(0).unwrap_or_default();
+                    let column = result
+                        .columns
+                        .get(e.column)
                         .map_or_else(String::new, |c| format!("column {c}: "));
                     let error = JournalError::BadRow {
                         table,
                         row: id,
-                        message: format!("{column}{}", reason(&e)),
+                        message: format!("{column}{}", e.message),
                     };
                     tracing::warn!(path = %self.path.display(), %error, "unreadable journal row");
                     return Err(error);
@@ -560,17 +589,17 @@ impl<'a> JournalView<'a> {
             false,
             |r| {
                 Ok(SessionRow {
-                    session: SessionId(r.get::<_, i64>(0)? as u64),
+                    session: SessionId(r.get::<i64>(0)? as u64),
                     agent_type: r.get(1)?,
-                    work_item: WorkItemId(r.get::<_, i64>(2)? as u64),
+                    work_item: WorkItemId(r.get::<i64>(2)? as u64),
                     state: r.get(3)?,
                     phase: r.get(4)?,
-                    transitions: r.get::<_, i64>(5)? as u64,
-                    compactions: r.get::<_, i64>(6)? as u64,
-                    predecessor: r.get::<_, Option<i64>>(7)?.map(|s| SessionId(s as u64)),
-                    rotation: r.get::<_, Option<i64>>(8)?.map(|s| RotationId(s as u64)),
+                    transitions: r.get::<i64>(5)? as u64,
+                    compactions: r.get::<i64>(6)? as u64,
+                    predecessor: r.get::<Option<i64>>(7)?.map(|s| SessionId(s as u64)),
+                    rotation: r.get::<Option<i64>>(8)?.map(|s| RotationId(s as u64)),
                     started_at: Timestamp(r.get(9)?),
-                    ended_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
+                    ended_at: r.get::<Option<i64>>(10)?.map(Timestamp),
                     end_reason: r.get(11)?,
                 })
             },
@@ -608,15 +637,15 @@ impl<'a> JournalView<'a> {
             false,
             |r| {
                 Ok(RotationRow {
-                    rotation: RotationId(r.get::<_, i64>(0)? as u64),
-                    work_item: WorkItemId(r.get::<_, i64>(1)? as u64),
-                    old_session: SessionId(r.get::<_, i64>(2)? as u64),
-                    new_session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
+                    rotation: RotationId(r.get::<i64>(0)? as u64),
+                    work_item: WorkItemId(r.get::<i64>(1)? as u64),
+                    old_session: SessionId(r.get::<i64>(2)? as u64),
+                    new_session: r.get::<Option<i64>>(3)?.map(|s| SessionId(s as u64)),
                     agent_type: r.get(4)?,
                     reason: r.get(5)?,
                     step: r.get(6)?,
                     started_at: Timestamp(r.get(7)?),
-                    finished_at: r.get::<_, Option<i64>>(8)?.map(Timestamp),
+                    finished_at: r.get::<Option<i64>>(8)?.map(Timestamp),
                     record: json_opt(r, 9)?,
                 })
             },
@@ -650,7 +679,7 @@ impl<'a> JournalView<'a> {
             false,
             |r| {
                 Ok(CompactionRow {
-                    id: r.get::<_, i64>(0)? as u64,
+                    id: r.get::<i64>(0)? as u64,
                     at: Timestamp(r.get(1)?),
                     record: json(r, 2)?,
                 })
@@ -686,14 +715,14 @@ impl<'a> JournalView<'a> {
             false,
             |r| {
                 Ok(WorkItemRow {
-                    work_item: WorkItemId(r.get::<_, i64>(0)? as u64),
+                    work_item: WorkItemId(r.get::<i64>(0)? as u64),
                     agent_type: r.get(1)?,
                     text: r.get(2)?,
                     place: r.get(3)?,
-                    session: r.get::<_, Option<i64>>(4)?.map(|s| SessionId(s as u64)),
+                    session: r.get::<Option<i64>>(4)?.map(|s| SessionId(s as u64)),
                     attempts: r.get(5)?,
                     spawns: r.get(6)?,
-                    epoch: r.get::<_, i64>(7)? as u64,
+                    epoch: r.get::<i64>(7)? as u64,
                     handoff: json_opt(r, 8)?,
                     reason: r.get(9)?,
                     submitted_at: Timestamp(r.get(10)?),
@@ -735,7 +764,7 @@ impl<'a> JournalView<'a> {
             // Past i64::MAX nothing is logged.
             w.add(
                 "seq > ?",
-                [Value::Integer(i64::try_from(after).unwrap_or(i64::MAX))],
+                [Val::Int(i64::try_from(after).unwrap_or(i64::MAX))],
             );
         }
         self.list(
@@ -747,12 +776,12 @@ impl<'a> JournalView<'a> {
             f.after.is_some(),
             |r| {
                 Ok(EventRow {
-                    seq: r.get::<_, i64>(0)? as u64,
+                    seq: r.get::<i64>(0)? as u64,
                     at: Timestamp(r.get(1)?),
                     kind: r.get(2)?,
-                    session: r.get::<_, Option<i64>>(3)?.map(|s| SessionId(s as u64)),
-                    work_item: r.get::<_, Option<i64>>(4)?.map(|s| WorkItemId(s as u64)),
-                    rotation: r.get::<_, Option<i64>>(5)?.map(|s| RotationId(s as u64)),
+                    session: r.get::<Option<i64>>(3)?.map(|s| SessionId(s as u64)),
+                    work_item: r.get::<Option<i64>>(4)?.map(|s| WorkItemId(s as u64)),
+                    rotation: r.get::<Option<i64>>(5)?.map(|s| RotationId(s as u64)),
                     payload: json(r, 6)?,
                 })
             },

@@ -6,9 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::Connection;
-
 use super::JournalError;
+use super::db::{Db, Val};
 use super::project::RotationIntent;
 use super::query::{JournalView, json, json_opt};
 use crate::machine::Phase;
@@ -104,27 +103,65 @@ impl RecoveryState {
 /// Reads the recovery state. A row that does not read as its type is refused with
 /// [`JournalError::BadRow`], naming its table, id and column: a supervisor does not start from a
 /// journal it cannot read.
-pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, JournalError> {
+///
+/// On a connection with a node epoch (PostgreSQL in a cluster) only the rows that epoch owns
+/// are read, and rotation ids continue from `epoch << 32` (`docs/cluster.md`, "Ids across
+/// nodes"): a new epoch recovers nothing.
+pub(crate) fn load(conn: &dyn Db, path: &Path) -> Result<RecoveryState, JournalError> {
+    let mut state = load_owned_by(conn, path, conn.epoch())?;
+    state.last_rotation = last_rotation(conn, path)?;
+    Ok(state)
+}
+
+/// The highest rotation id this connection's node has used: of every rotation on a single
+/// host; from `epoch << 32` up to the next epoch's range in a cluster.
+fn last_rotation(conn: &dyn Db, path: &Path) -> Result<u64, JournalError> {
+    let (sql, params) = match conn.epoch() {
+        None => ("SELECT coalesce(max(id), 0) FROM rotations", Vec::new()),
+        Some(e) => (
+            "SELECT coalesce(max(id), ?1) FROM rotations WHERE id >= ?1 AND id < ?2",
+            vec![Val::Int(e << 32), Val::Int((e + 1) << 32)],
+        ),
+    };
     let view = JournalView::new(conn, path);
-    let mut state = RecoveryState {
+    let last = view.rows("rotations", sql, params, &mut |r| r.get::<i64>(0))?;
+    Ok(last.first().copied().unwrap_or_default() as u64)
+}
+
+/// Reads the recovery state of the rows `owner` owns (`None`: of every row). Its
+/// `last_rotation` is left at 0.
+pub(crate) fn load_owned_by(
+    conn: &dyn Db,
+    path: &Path,
+    owner: Option<i64>,
+) -> Result<RecoveryState, JournalError> {
+    let view = JournalView::new(conn, path);
+    // `?1` is the owner, when there is one: the same clause for every table.
+    let (mine, params) = match owner {
+        Some(e) => ("owner = ?1", vec![Val::Int(e)]),
+        None => ("1 = 1", Vec::new()),
+    };
+    let state = RecoveryState {
         items: view.rows(
             "work_items",
-            "SELECT id, agent_type, text, place, session, attempts, spawns, pending_spawn_key,
-                    handoff, reason
-             FROM work_items ORDER BY queue_seq, id",
-            Vec::new(),
+            &format!(
+                "SELECT id, agent_type, text, place, session, attempts, spawns, pending_spawn_key,
+                        handoff, reason
+                 FROM work_items WHERE {mine} ORDER BY queue_seq, id"
+            ),
+            params.clone(),
             &mut |r| {
                 Ok(StoredItem {
                     item: WorkItem {
-                        id: WorkItemId(r.get::<_, i64>(0)? as u64),
-                        agent_type: r.get::<_, String>(1)?.into(),
+                        id: WorkItemId(r.get::<i64>(0)? as u64),
+                        agent_type: r.get::<String>(1)?.into(),
                         text: r.get(2)?,
                     },
                     place: r.get(3)?,
-                    session: r.get::<_, Option<i64>>(4)?.map(|s| SessionId(s as u64)),
+                    session: r.get::<Option<i64>>(4)?.map(|s| SessionId(s as u64)),
                     attempts: r.get(5)?,
                     spawns: r.get(6)?,
-                    pending_key: r.get::<_, Option<i64>>(7)?.map(|k| SpawnKey(k as u64)),
+                    pending_key: r.get::<Option<i64>>(7)?.map(|k| SpawnKey(k as u64)),
                     handoff: json_opt(r, 8)?,
                     reason: r.get(9)?,
                 })
@@ -132,28 +169,32 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
         )?,
         rotations: view.rows(
             "rotations",
-            "SELECT id, request, step, handoff, new_session FROM rotations
-             WHERE step IN ('intent', 'handoff', 'spawned') ORDER BY id",
-            Vec::new(),
+            &format!(
+                "SELECT id, request, step, handoff, new_session FROM rotations
+                 WHERE step IN ('intent', 'handoff', 'spawned') AND {mine} ORDER BY id"
+            ),
+            params.clone(),
             &mut |r| {
                 Ok(OpenRotation {
                     intent: json(r, 1)?,
                     step: r.get(2)?,
                     handoff: json_opt(r, 3)?,
-                    successor: r.get::<_, Option<i64>>(4)?.map(|s| SessionId(s as u64)),
+                    successor: r.get::<Option<i64>>(4)?.map(|s| SessionId(s as u64)),
                 })
             },
         )?,
         sessions: view.rows(
             "sessions",
-            "SELECT id, work_item, agent_type, phase, compacting_from FROM sessions
-             WHERE state != 'closed' ORDER BY id",
-            Vec::new(),
+            &format!(
+                "SELECT id, work_item, agent_type, phase, compacting_from FROM sessions
+                 WHERE state != 'closed' AND {mine} ORDER BY id"
+            ),
+            params.clone(),
             &mut |r| {
                 Ok(OpenSession {
-                    id: SessionId(r.get::<_, i64>(0)? as u64),
-                    work_item: WorkItemId(r.get::<_, i64>(1)? as u64),
-                    agent_type: r.get::<_, String>(2)?.into(),
+                    id: SessionId(r.get::<i64>(0)? as u64),
+                    work_item: WorkItemId(r.get::<i64>(1)? as u64),
+                    agent_type: r.get::<String>(2)?.into(),
                     phase: r.get(3)?,
                     compacting_from: json_opt(r, 4)?,
                 })
@@ -161,25 +202,25 @@ pub(crate) fn load(conn: &Connection, path: &Path) -> Result<RecoveryState, Jour
         )?,
         unreleased: view.rows(
             "sessions",
-            "SELECT id FROM sessions WHERE state = 'closed' AND released = 0 ORDER BY id",
-            Vec::new(),
-            &mut |r| Ok(SessionId(r.get::<_, i64>(0)? as u64)),
+            &format!(
+                "SELECT id FROM sessions WHERE state = 'closed' AND released = 0 AND {mine}
+                 ORDER BY id"
+            ),
+            params.clone(),
+            &mut |r| Ok(SessionId(r.get::<i64>(0)? as u64)),
         )?,
         last_rotation: 0,
         unannounced: view.rows(
             "rotations",
-            "SELECT id, record FROM rotations AS r
-             WHERE step = 'done' AND record IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM events WHERE dedup = 'rotation:' || r.id)
-             ORDER BY id",
-            Vec::new(),
+            &format!(
+                "SELECT id, record FROM rotations AS r
+                 WHERE step = 'done' AND record IS NOT NULL AND {mine}
+                   AND NOT EXISTS (SELECT 1 FROM events WHERE dedup = 'rotation:' || r.id)
+                 ORDER BY id"
+            ),
+            params,
             &mut |r| json(r, 1),
         )?,
     };
-    state.last_rotation = conn
-        .query_row("SELECT coalesce(max(id), 0) FROM rotations", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .map_err(|e| JournalError::sqlite(&e, path))? as u64;
     Ok(state)
 }

@@ -9,16 +9,16 @@
 //!
 //! The states the tables hold ([`WorkItemPlace`], [`SessionState`], [`EndReason`], and the
 //! machine's `Phase`, `RotationStep` and `RotationReason`) are stored as their serde names
-//! through `ToSql` / `FromSql`: the `CHECK` constraints below list the same names.
+//! through `From<T> for Val` / `FromVal`: the `CHECK` constraints below list the same names.
 
 use std::fmt;
 use std::path::Path;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use super::JournalError;
+use super::db::{FromVal, Val};
 use crate::machine::Phase;
 use crate::policy::RotationReason;
 use crate::record::RotationStep;
@@ -252,21 +252,18 @@ fn stored_name<T: Serialize>(value: &T) -> Option<String> {
 /// conversion error naming the value (escaped) and the type.
 macro_rules! stored_as_text {
     ($($t:ty => $what:literal),* $(,)?) => {$(
-        impl ToSql for $t {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                stored_name(self).map(ToSqlOutput::from).ok_or_else(|| {
-                    rusqlite::Error::ToSqlConversionFailure(
-                        format!("{self:?} has no name as a {}", $what).into(),
-                    )
-                })
+        impl From<$t> for Val {
+            fn from(v: $t) -> Self {
+                // Every variant of these unit enums has a name; `Null` cannot happen.
+                stored_name(&v).map_or(Val::Null, Val::Text)
             }
         }
 
-        impl FromSql for $t {
-            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-                let name = value.as_str()?;
-                serde_json::from_value(serde_json::Value::String(name.to_owned()))
-                    .map_err(|_| FromSqlError::Other(format!("{name:?} is not a {}", $what).into()))
+        impl FromVal for $t {
+            fn from_val(value: &Val) -> Result<Self, String> {
+                let name = String::from_val(value)?;
+                serde_json::from_value(serde_json::Value::String(name.clone()))
+                    .map_err(|_| format!("{name:?} is not a {}", $what))
             }
         }
     )*};

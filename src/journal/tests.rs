@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use rusqlite::types::ValueRef;
 
+use super::test_store::{TestStore, on_both_stores};
 use super::*;
 use crate::machine::{EventKind, Phase, TransitionRecord};
 use crate::policy::RotationReason;
@@ -118,7 +118,7 @@ fn compaction() -> CompactionRecord {
 /// Every row of every table, as text, for comparisons.
 type Dump = BTreeMap<String, Vec<Vec<String>>>;
 
-fn dump(conn: &Connection) -> Dump {
+fn dump(conn: &dyn db::Db) -> Dump {
     let mut out = Dump::new();
     for table in [
         "work_items",
@@ -127,25 +127,24 @@ fn dump(conn: &Connection) -> Dump {
         "compactions",
         "events",
     ] {
-        let mut stmt = conn
-            .prepare(&format!("SELECT * FROM {table} ORDER BY rowid"))
+        let rows = conn
+            .query(&format!("SELECT * FROM {table} ORDER BY 1"), &[])
             .unwrap();
-        let n = stmt.column_count();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((0..n)
-                    .map(|i| match r.get_ref(i).unwrap() {
-                        ValueRef::Null => "NULL".to_string(),
-                        ValueRef::Integer(v) => v.to_string(),
-                        ValueRef::Real(v) => v.to_string(),
-                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-                        ValueRef::Blob(_) => "<blob>".to_string(),
+        let rows = rows
+            .rows
+            .into_iter()
+            .map(|r| {
+                r.0.into_iter()
+                    .map(|v| match v {
+                        db::Val::Null => "NULL".to_string(),
+                        db::Val::Int(v) => v.to_string(),
+                        db::Val::Real(v) => v.to_string(),
+                        db::Val::Text(t) => t,
+                        db::Val::Blob(_) => "<blob>".to_string(),
                     })
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>()
             })
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
+            .collect();
         out.insert(table.to_string(), rows);
     }
     out
@@ -227,7 +226,9 @@ fn a_new_journal_file_is_owner_only_and_marked_as_baton_s() {
     );
     let sync_mode: i64 = j
         .read_blocking(|c, _| {
-            Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))
+            Ok(c.sqlite()
+                .unwrap()
+                .pragma_query_value(None, "synchronous", |r| r.get(0))
                 .unwrap())
         })
         .unwrap();
@@ -267,10 +268,8 @@ fn a_second_writer_is_refused_while_the_first_holds_the_journal() {
     Journal::open(&path).expect("free again once the first is gone");
 }
 
-#[test]
-fn records_sent_together_share_one_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path().join("baton.db")).unwrap();
+fn records_sent_together_share_one_commit(store: &TestStore) {
+    let j = store.open();
     // Hold the writer until every record is queued.
     let (gate_tx, gate_rx) = std::sync::mpsc::channel::<()>();
     let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
@@ -310,9 +309,8 @@ fn records_sent_together_share_one_commit() {
     assert_eq!(sessions[0].transitions, 1000);
 }
 
-#[test]
-fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
-    let j = Journal::in_memory().unwrap();
+fn each_rotation_step_applied_twice_changes_nothing_the_second_time(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps() {
         let dup = w.clone();
         send(&j, w);
@@ -332,9 +330,10 @@ fn each_rotation_step_applied_twice_changes_nothing_the_second_time() {
     );
 }
 
-#[test]
-fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish() {
-    let j = Journal::in_memory().unwrap();
+fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish(
+    store: &TestStore,
+) {
+    let j = store.open();
     let steps = rotation_steps();
     let (until_done, rest) = steps.split_at(10);
     assert!(matches!(
@@ -360,9 +359,8 @@ fn a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery
     );
 }
 
-#[test]
-fn a_delivered_event_is_numbered_by_its_row_in_the_log() {
-    let j = Journal::in_memory().unwrap();
+fn a_delivered_event_is_numbered_by_its_row_in_the_log(store: &TestStore) {
+    let j = store.open();
     let bus = crate::record::EventBus::default().with_journal(j.clone());
     let mut rx = bus.subscribe_sequenced();
     for w in rotation_steps() {
@@ -386,9 +384,8 @@ fn a_delivered_event_is_numbered_by_its_row_in_the_log() {
     assert_eq!(delivered, logged);
 }
 
-#[test]
-fn a_rotation_is_recorded_step_by_step() {
-    let j = Journal::in_memory().unwrap();
+fn a_rotation_is_recorded_step_by_step(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps() {
         send(&j, w);
     }
@@ -453,9 +450,8 @@ pub(crate) fn snapshot_settings() -> insta::Settings {
     settings
 }
 
-#[test]
-fn a_record_that_fails_alone_is_dropped_without_its_batch() {
-    let j = Journal::in_memory().unwrap();
+fn a_record_that_fails_alone_is_dropped_without_its_batch(store: &TestStore) {
+    let j = store.open();
     j.note(Op::Submitted(item(1)));
     // A completion without an intent is refused, alone.
     let refused = block(j.commit(Op::RotationDone {
@@ -614,9 +610,8 @@ fn a_damaged_journal_reports_corruption_instead_of_wrong_answers() {
     assert!(e.to_string().contains("corrupt"), "{e}");
 }
 
-#[test]
-fn filters_narrow_every_listing() {
-    let j = Journal::in_memory().unwrap();
+fn filters_narrow_every_listing(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps() {
         send(&j, w);
     }
@@ -680,8 +675,7 @@ fn filters_narrow_every_listing() {
     assert_eq!(check.5, 1);
 }
 
-#[test]
-fn the_hook_sees_each_commit_before_its_waiters_are_answered() {
+fn the_hook_sees_each_commit_before_its_waiters_are_answered(store: &TestStore) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let hook_seen = seen.clone();
     let options = JournalOptions {
@@ -690,7 +684,7 @@ fn the_hook_sees_each_commit_before_its_waiters_are_answered() {
         })),
         ..JournalOptions::default()
     };
-    let j = Journal::in_memory_with(options).unwrap();
+    let j = store.open_with(options);
     block(j.commit(Op::Submitted(item(7)))).unwrap();
     assert_eq!(
         seen.lock().unwrap().last().unwrap(),
@@ -752,11 +746,13 @@ fn only_a_record_s_own_fault_lets_the_journal_go_on() {
 /// record's statement fail as SQLite would.
 fn fail_item_13(j: &Journal, body: &'static str) {
     j.read_blocking(move |c, _| {
-        c.execute_batch(&format!(
-            "CREATE TEMP TRIGGER fail13 BEFORE INSERT ON work_items WHEN NEW.id = 13
+        c.sqlite()
+            .unwrap()
+            .execute_batch(&format!(
+                "CREATE TEMP TRIGGER fail13 BEFORE INSERT ON work_items WHEN NEW.id = 13
              BEGIN {body}; END"
-        ))
-        .unwrap();
+            ))
+            .unwrap();
         Ok(())
     })
     .unwrap();
@@ -793,20 +789,27 @@ fn a_refused_statement_drops_its_record_but_any_other_sqlite_failure_stops_the_j
 /// The work item's place, session, pending spawn key, reason and queue position.
 fn item_row(j: &Journal, id: u64) -> (String, Option<i64>, Option<i64>, Option<String>, i64) {
     j.read_blocking(move |c, _| {
-        Ok(c.query_row(
-            "SELECT place, session, pending_spawn_key, reason, queue_seq FROM work_items
-             WHERE id = ?1",
-            [id as i64],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
-        .unwrap())
+        let r = c
+            .query_opt(
+                "SELECT place, session, pending_spawn_key, reason, queue_seq FROM work_items
+                 WHERE id = ?1",
+                &[db::Val::Int(id as i64)],
+            )
+            .unwrap()
+            .unwrap();
+        Ok((
+            r.get(0).unwrap(),
+            r.get(1).unwrap(),
+            r.get(2).unwrap(),
+            r.get(3).unwrap(),
+            r.get(4).unwrap(),
+        ))
     })
     .unwrap()
 }
 
-#[test]
-fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending() {
-    let j = Journal::in_memory().unwrap();
+fn an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending(store: &TestStore) {
+    let j = store.open();
     j.note(Op::Submitted(item(7)));
     j.note(Op::Spawning {
         work_item: WorkItemId(7),
@@ -861,9 +864,8 @@ fn failed_record() -> RotationRecord {
     }
 }
 
-#[test]
-fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction() {
-    let j = Journal::in_memory().unwrap();
+fn a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction(store: &TestStore) {
+    let j = store.open();
     for w in rotation_steps().into_iter().take(8) {
         send(&j, w); // up to the handoff
     }
@@ -972,7 +974,10 @@ fn a_reader_opens_a_closed_journal_read_only_and_creates_no_file_beside_it() {
     // A read-only directory (root ignores the mode; then the file list below is the check).
     set_mode(dir.path(), 0o555);
     let reader = JournalReader::open(&path).unwrap();
-    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    let query::ReaderConn::Sqlite(conn) = &reader.conn else {
+        panic!("a file is read with SQLite")
+    };
+    assert!(conn.is_readonly(rusqlite::MAIN_DB).unwrap());
     assert!(
         reader.unlocked.is_some(),
         "no writer's records: opened immutable"
@@ -1001,7 +1006,10 @@ fn a_reader_beside_a_live_writer_reads_its_records_through_its_index() {
     let before = files_in(dir.path());
     assert!(before.contains(&"baton.db-wal".to_string()), "{before:?}");
     let reader = JournalReader::open(&path).unwrap();
-    assert!(reader.conn.is_readonly(rusqlite::MAIN_DB).unwrap());
+    let query::ReaderConn::Sqlite(conn) = &reader.conn else {
+        panic!("a file is read with SQLite")
+    };
+    assert!(conn.is_readonly(rusqlite::MAIN_DB).unwrap());
     assert!(
         reader.unlocked.is_none(),
         "records in the WAL: read through locks"
@@ -1134,10 +1142,13 @@ fn a_limit_beyond_sqlite_s_integers_is_no_limit() {
 }
 
 /// `value` written through SQL and read back, with the text SQLite holds.
-fn through_sql<T: rusqlite::ToSql + rusqlite::types::FromSql>(value: T) -> (String, T) {
+fn through_sql<T: Into<db::Val> + db::FromVal>(value: T) -> (String, T) {
     let c = Connection::open_in_memory().unwrap();
-    c.query_row("SELECT ?1, ?1", [value], |r| Ok((r.get(0)?, r.get(1)?)))
+    let r = (&c as &dyn db::Db)
+        .query_opt("SELECT ?1, ?1", &[value.into()])
         .unwrap()
+        .unwrap();
+    (r.get(0).unwrap(), r.get(1).unwrap())
 }
 
 #[test]
@@ -1204,20 +1215,25 @@ fn journal_states_are_stored_by_their_names_and_read_back_as_themselves() {
 #[test]
 fn an_unknown_stored_state_is_a_conversion_error_quoting_it_escaped() {
     let c = Connection::open_in_memory().unwrap();
+    let c: &dyn db::Db = &c;
     let e = c
-        .query_row("SELECT 'wandering\u{1b}[2J'", [], |r| {
-            r.get::<_, schema::WorkItemPlace>(0)
-        })
+        .query_opt("SELECT 'wandering\u{1b}[2J'", &[])
+        .unwrap()
+        .unwrap()
+        .get::<schema::WorkItemPlace>(0)
         .unwrap_err();
-    let text = e.to_string();
     assert!(
-        text.contains(r#""wandering\u{1b}[2J" is not a work item place"#),
-        "{text}"
+        e.message
+            .contains(r#""wandering\u{1b}[2J" is not a work item place"#),
+        "{e:?}"
     );
     let e = c
-        .query_row("SELECT 3", [], |r| r.get::<_, Phase>(0))
+        .query_opt("SELECT 3", &[])
+        .unwrap()
+        .unwrap()
+        .get::<Phase>(0)
         .unwrap_err();
-    assert!(matches!(e, rusqlite::Error::InvalidColumnType(..)), "{e}");
+    assert_eq!(e.message, "an integer value of the wrong type");
 }
 
 /// A closed journal's bytes with every kind of row recovery reads: a queued item, a live
@@ -1328,9 +1344,8 @@ fn unfinished_journal_bytes() -> &'static [u8] {
     BYTES.get_or_init(unfinished_journal)
 }
 
-#[test]
-fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats() {
-    let j = Journal::in_memory().unwrap();
+fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats(store: &TestStore) {
+    let j = store.open();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink = seen.clone();
     j.on_commit(move |took, records| sink.lock().unwrap().push((took, records)));
@@ -1355,4 +1370,411 @@ fn each_commit_s_duration_and_size_reach_the_observer_and_the_stats() {
         rotation_steps().len(),
         "one commit per synced record"
     );
+}
+
+on_both_stores!(
+    records_sent_together_share_one_commit,
+    each_rotation_step_applied_twice_changes_nothing_the_second_time,
+    a_done_rotation_whose_record_a_crash_kept_out_of_the_log_is_left_for_recovery_to_publish,
+    a_delivered_event_is_numbered_by_its_row_in_the_log,
+    a_rotation_is_recorded_step_by_step,
+    a_record_that_fails_alone_is_dropped_without_its_batch,
+    filters_narrow_every_listing,
+    the_hook_sees_each_commit_before_its_waiters_are_answered,
+    an_abandoned_spawn_is_recorded_closed_and_its_key_is_no_longer_pending,
+    a_failed_rotation_requeues_its_item_with_its_handoff_in_the_same_transaction,
+    each_commit_s_duration_and_size_reach_the_observer_and_the_stats,
+);
+
+/// What only the PostgreSQL store does: fencing, ownership and adoption, `seq` order across
+/// writers, the schema shared by nodes, and the password kept out of every message.
+mod postgres_only {
+    use super::*;
+    use crate::journal::test_store::TestDb;
+
+    /// A PostgreSQL journal without an epoch (a single host), on `db`.
+    fn single_host(db: &TestDb) -> Journal {
+        Journal::open_postgres(&db.url, JournalOptions::default(), PgOptions::default()).unwrap()
+    }
+
+    /// A node joins: its row in `baton_nodes` and its epoch (the schema must exist).
+    fn join(db: &TestDb, name: &str) -> Epoch {
+        let row = db
+            .client()
+            .query_one(
+                "INSERT INTO baton_nodes (epoch, name, lease_until, started_at)
+                 VALUES (nextval('baton_epochs'), $1, 0, 0) RETURNING epoch",
+                &[&name],
+            )
+            .unwrap();
+        Epoch(row.get(0))
+    }
+
+    /// A node's journal.
+    fn node(db: &TestDb, epoch: Epoch) -> Journal {
+        Journal::open_postgres(
+            &db.url,
+            JournalOptions::default(),
+            PgOptions { epoch: Some(epoch) },
+        )
+        .unwrap()
+    }
+
+    /// `(table, id, owner)` of every owned row, in order.
+    fn owners(db: &TestDb) -> Vec<(String, i64, Option<i64>)> {
+        let mut c = db.client();
+        let mut out = Vec::new();
+        for table in ["work_items", "sessions", "rotations"] {
+            for r in c
+                .query(&format!("SELECT id, owner FROM {table} ORDER BY id"), &[])
+                .unwrap()
+            {
+                out.push((table.to_string(), r.get(0), r.get(1)));
+            }
+        }
+        out
+    }
+
+    /// The parts of a recovery state a supervisor acts on, comparable.
+    fn comparable(s: &recovery::RecoveryState) -> String {
+        let items: Vec<_> = s
+            .items
+            .iter()
+            .filter(|i| {
+                !matches!(
+                    i.place,
+                    recovery::StoredPlace::Done | recovery::StoredPlace::Dead
+                )
+            })
+            .collect();
+        format!(
+            "{items:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            s.rotations, s.sessions, s.unreleased, s.unannounced
+        )
+    }
+
+    /// Unfinished work of every kind, and finished work beside it: item 7 rotating at its
+    /// handoff, item 8 live and compacting, item 9's abandoned spawn (closed, not released),
+    /// item 10 done with its session closed and released, item 11 queued.
+    fn unfinished_work(j: &Journal) {
+        for w in rotation_steps().into_iter().take(8) {
+            send(j, w);
+        }
+        send(j, Write::Op(Op::Submitted(item(8))));
+        send(j, Write::Event(started(3, 8)));
+        send(
+            j,
+            Write::Event(transition(3, 1, Phase::Normal, Phase::Compacting, 850)),
+        );
+        send(j, Write::Op(Op::Submitted(item(9))));
+        send(
+            j,
+            Write::Op(Op::SpawnAbandoned {
+                work_item: WorkItemId(9),
+                session: SessionId(4),
+            }),
+        );
+        send(j, Write::Op(Op::Submitted(item(10))));
+        send(j, Write::Event(started(5, 10)));
+        send(
+            j,
+            Write::Event(transition(5, 1, Phase::Normal, Phase::Closed, 100)),
+        );
+        send(
+            j,
+            Write::Event(FleetEvent::WorkItemDone {
+                work_item: WorkItemId(10),
+                session: SessionId(5),
+            }),
+        );
+        send(
+            j,
+            Write::Op(Op::Released {
+                session: SessionId(5),
+            }),
+        );
+        send(j, Write::Op(Op::Submitted(item(11))));
+        sync(j);
+    }
+
+    #[test]
+    fn a_node_whose_row_is_gone_is_fenced_and_its_journal_fails() {
+        let Some(db) = TestDb::create() else { return };
+        drop(single_host(&db));
+        let epoch = join(&db, "a");
+        let j = node(&db, epoch);
+        block(j.commit(Op::Submitted(item(1)))).unwrap();
+        assert_eq!(
+            owners(&db),
+            [("work_items".to_string(), 1, Some(epoch.0))],
+            "rows the node creates are its own"
+        );
+        // Another connection removes the node's row, as the sweeper does.
+        db.client()
+            .execute("DELETE FROM baton_nodes WHERE epoch = $1", &[&epoch.0])
+            .unwrap();
+        let refused = block(j.commit(Op::Submitted(item(2)))).unwrap_err();
+        assert_eq!(refused, JournalError::Fenced { epoch: epoch.0 });
+        assert_eq!(j.failure(), Some(refused.clone()));
+        let later = block(j.commit(Op::Submitted(item(3)))).unwrap_err();
+        assert_eq!(later, JournalError::Failed(Box::new(refused)));
+        let ids: Vec<i64> = owners(&db).iter().map(|(_, id, _)| *id).collect();
+        assert_eq!(ids, [1], "nothing written after the fence");
+    }
+
+    #[test]
+    fn recovery_with_an_epoch_reads_only_its_rows_and_numbers_rotations_from_it() {
+        let Some(db) = TestDb::create() else { return };
+        drop(single_host(&db));
+        let a = join(&db, "a");
+        let ja = node(&db, a);
+        unfinished_work(&ja);
+        let b = join(&db, "b");
+        let jb = node(&db, b);
+        let fresh = jb.read_blocking(recovery::load).unwrap();
+        assert!(fresh.is_empty(), "a new epoch recovers nothing");
+        assert_eq!(fresh.last_rotation, (b.0 as u64) << 32);
+        let own = ja.read_blocking(recovery::load).unwrap();
+        assert_eq!(own.rotations.len(), 1);
+        assert_eq!(
+            own.last_rotation,
+            (a.0 as u64) << 32,
+            "rotation 1 is not in the epoch's range"
+        );
+        // A single host reads every row.
+        let all = single_host(&db).read_blocking(recovery::load).unwrap();
+        assert_eq!(comparable(&all), comparable(&own));
+        assert_eq!(all.last_rotation, 1);
+    }
+
+    #[test]
+    fn adopting_moves_exactly_the_unfinished_rows_and_recovers_as_a_restart_would() {
+        let Some(db) = TestDb::create() else { return };
+        drop(single_host(&db));
+        let a = join(&db, "a");
+        let ja = node(&db, a);
+        unfinished_work(&ja);
+        // What a restart of node a would recover.
+        let restart = ja.read_blocking(recovery::load).unwrap();
+        let b = join(&db, "b");
+        let jb = node(&db, b);
+        block(jb.commit(Op::Submitted(item(20)))).unwrap();
+        let adopted = jb.adopt(a).unwrap();
+        assert_eq!(comparable(&adopted.0), comparable(&restart));
+        assert_eq!(
+            (
+                adopted.work_items(),
+                adopted.sessions(),
+                adopted.rotations()
+            ),
+            (4, 2, 1)
+        );
+        let (a, b) = (Some(a.0), Some(b.0));
+        assert_eq!(
+            owners(&db),
+            [
+                ("work_items".to_string(), 7, b),
+                ("work_items".to_string(), 8, b),
+                ("work_items".to_string(), 9, b),
+                ("work_items".to_string(), 10, a), // done: stays
+                ("work_items".to_string(), 11, b),
+                ("work_items".to_string(), 20, b),
+                ("sessions".to_string(), 1, b),  // rotating
+                ("sessions".to_string(), 3, b),  // live
+                ("sessions".to_string(), 4, b),  // closed, not released
+                ("sessions".to_string(), 5, a),  // closed and released: stays
+                ("rotations".to_string(), 1, b), // at its handoff
+            ]
+        );
+        // Node b restarting now recovers the adopted work and its own.
+        let after = jb.read_blocking(recovery::load).unwrap();
+        let ids: Vec<u64> = after.items.iter().map(|i| i.item.id.0).collect();
+        assert_eq!(ids, [7, 8, 9, 11, 20]);
+        assert_eq!(
+            format!(
+                "{:?}{:?}{:?}",
+                after.rotations, after.sessions, after.unreleased
+            ),
+            format!(
+                "{:?}{:?}{:?}",
+                restart.rotations, restart.sessions, restart.unreleased
+            )
+        );
+        // The dead node is fenced: its row is gone.
+        let refused = block(ja.commit(Op::Submitted(item(30)))).unwrap_err();
+        assert_eq!(refused, JournalError::Fenced { epoch: a.unwrap() });
+        assert!(jb.failure().is_none());
+    }
+
+    #[test]
+    fn only_a_clustered_postgresql_journal_adopts() {
+        let memory = Journal::in_memory().unwrap();
+        assert!(matches!(
+            memory.adopt(Epoch(1)),
+            Err(JournalError::NotClustered(_))
+        ));
+        assert!(memory.failure().is_none());
+        let Some(db) = TestDb::create() else { return };
+        let j = single_host(&db);
+        assert!(matches!(
+            j.adopt(Epoch(1)),
+            Err(JournalError::NotClustered(_))
+        ));
+    }
+
+    #[test]
+    fn seq_order_is_commit_order_across_writers() {
+        let Some(db) = TestDb::create() else { return };
+        let writers: Vec<Journal> = (0..2).map(|_| single_host(&db)).collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A reader pages by seq while both write: it must miss nothing.
+        let reader = {
+            let target = JournalTarget::Postgres(db.url.clone());
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let reader = JournalReader::open_target(&target).unwrap();
+                let mut seen = Vec::new();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let page = reader
+                        .view()
+                        .events(&Filter {
+                            after: seen.last().copied(),
+                            ..Filter::default()
+                        })
+                        .unwrap();
+                    seen.extend(page.iter().map(|e| e.seq));
+                    if finished {
+                        return seen;
+                    }
+                }
+            })
+        };
+        let handles: Vec<_> = writers
+            .iter()
+            .enumerate()
+            .map(|(w, j)| {
+                let j = j.clone();
+                std::thread::spawn(move || {
+                    for k in 0..300u64 {
+                        j.note(Op::Submitted(item(1 + w as u64 * 1000 + k)));
+                        if k % 7 == 0 {
+                            sync(&j);
+                        }
+                    }
+                    sync(&j);
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen = reader.join().unwrap();
+        let all: Vec<u64> = block(writers[0].read(|v| v.events(&Filter::default())))
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(all.len(), 600);
+        assert_eq!(seen, all, "a reader paging by seq saw every row");
+    }
+
+    #[test]
+    fn nodes_starting_together_create_the_schema_once() {
+        let Some(db) = TestDb::create() else { return };
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let opened: Vec<_> = (0..4)
+            .map(|_| {
+                let url = db.url.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Journal::open_postgres(&url, JournalOptions::default(), PgOptions::default())
+                        .map(drop)
+                })
+            })
+            .collect();
+        for o in opened {
+            o.join().unwrap().unwrap();
+        }
+        let version: i64 = db
+            .client()
+            .query_one(
+                "SELECT value FROM baton_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_by_the_writer_and_the_reader() {
+        let Some(db) = TestDb::create() else { return };
+        drop(single_host(&db));
+        db.client()
+            .execute(
+                "UPDATE baton_meta SET value = 99 WHERE key = 'schema_version'",
+                &[],
+            )
+            .unwrap();
+        let e = Journal::open_postgres(&db.url, JournalOptions::default(), PgOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(e, JournalError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
+        let e = JournalReader::open_target(&JournalTarget::Postgres(db.url.clone())).unwrap_err();
+        assert!(
+            matches!(e, JournalError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_url_s_password_appears_in_no_display_debug_or_error() {
+        let secret = "pa55-w0rd-s3cret";
+        let target: JournalTarget = format!(
+            "postgres://baton:{secret}@127.0.0.1:1/baton?password={secret}&sslmode=disable"
+        )
+        .parse()
+        .unwrap();
+        let shown = [format!("{target}"), format!("{target:?}")];
+        for text in &shown {
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains("baton:***@127.0.0.1:1/baton"), "{text}");
+        }
+        // Nothing listens on port 1: the error names the place, not the secret.
+        let JournalTarget::Postgres(url) = &target else {
+            panic!("a URL")
+        };
+        let e = Journal::open_postgres(url, JournalOptions::default(), PgOptions::default())
+            .unwrap_err();
+        assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+        // A URL the client refuses.
+        let e =
+            JournalTarget::parse(&format!("postgresql://baton:{secret}@host:port/db")).unwrap_err();
+        assert!(!format!("{e} {e:?}").contains(secret), "{e:?}");
+        assert!(
+            matches!(JournalTarget::parse("baton.db"), Ok(JournalTarget::File(_))),
+            "anything else is a file"
+        );
+        // A wrong password, against a real server.
+        let Ok(real) = std::env::var("BATON_PG_URL") else {
+            return;
+        };
+        let at = real.rfind('@').unwrap();
+        let colon = real[..at].rfind(':').unwrap();
+        let wrong = format!("{}{secret}{}", &real[..=colon], &real[at..]);
+        let e = Journal::open_postgres(
+            &PgUrl::parse(&wrong).unwrap(),
+            JournalOptions::default(),
+            PgOptions::default(),
+        )
+        .unwrap_err();
+        let text = format!("{e} {e:?}");
+        assert!(!text.contains(secret), "{text}");
+        assert!(matches!(e, JournalError::Postgres { .. }), "{text}");
+    }
 }

@@ -13,7 +13,7 @@
 //! bus's subscribers, in order; only then are the writers waiting on the batch (a rotation
 //! step, a flush) answered.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -21,12 +21,18 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::db::{Db, DbError, vals};
+use super::pg::PgConn;
 use super::project::{self, Write};
+use super::recovery::{self, RecoveryState};
 use super::{CommitHook, JournalError};
 use crate::record::{FleetEvent, Stamp, Subscribers};
 
 /// Where a waiting writer is answered.
 pub(crate) type Ack = oneshot::Sender<Result<(), JournalError>>;
+
+/// A read run on the writer's connection.
+pub(crate) type Read = Box<dyn FnOnce(&dyn Db) + Send>;
 
 /// What the writer thread is asked to do.
 pub(crate) enum Command {
@@ -42,7 +48,32 @@ pub(crate) enum Command {
     /// Answer once everything sent before is durable.
     Flush(Ack),
     /// Run a read on the write connection, after everything sent before is committed.
-    Read(Box<dyn FnOnce(&Connection) + Send>),
+    Read(Read),
+    /// Take over a dead node's unfinished rows (PostgreSQL with an epoch), after everything
+    /// sent before is committed.
+    Adopt {
+        /// The dead node's epoch.
+        dead: i64,
+        /// Where the adopted state goes.
+        reply: std::sync::mpsc::Sender<Result<RecoveryState, JournalError>>,
+    },
+}
+
+/// The writer's connection, to either store.
+pub(crate) enum Store {
+    /// A SQLite file (or memory).
+    Sqlite(Connection),
+    /// A PostgreSQL database.
+    Pg(Box<PgConn>),
+}
+
+impl Store {
+    fn db(&self) -> &dyn Db {
+        match self {
+            Self::Sqlite(c) => c,
+            Self::Pg(c) => c.as_ref(),
+        }
+    }
 }
 
 /// Counters, shared with every handle.
@@ -76,8 +107,9 @@ pub(crate) struct Shared {
 /// The writer thread's state.
 pub(crate) struct Writer {
     /// The write connection, owned by this thread alone.
-    pub conn: Connection,
-    /// The file (or `<memory>`), for error messages.
+    pub conn: Store,
+    /// The file (or `<memory>`, or the database's URL without its password), for error
+    /// messages.
     pub path: PathBuf,
     /// Failure flag and counters.
     pub shared: Arc<Shared>,
@@ -118,7 +150,11 @@ impl Writer {
                     Command::Flush(ack) => batch.flushes.push(ack),
                     Command::Read(f) => {
                         self.commit(&mut batch);
-                        f(&self.conn);
+                        f(self.conn.db());
+                    }
+                    Command::Adopt { dead, reply } => {
+                        self.commit(&mut batch);
+                        let _ = reply.send(self.adopt(dead));
                     }
                 }
                 if taken < self.max_batch {
@@ -245,15 +281,18 @@ impl Writer {
         writes: &[(i64, Write, Option<Ack>)],
     ) -> Result<Vec<Result<Option<u64>, JournalError>>, JournalError> {
         let path = self.path.clone();
+        let conn = match &mut self.conn {
+            Store::Pg(pg) => return write_pg(pg, writes, &path),
+            Store::Sqlite(conn) => conn,
+        };
         let sql = |e: rusqlite::Error| JournalError::sqlite(&e, &path);
-        let mut tx = self
-            .conn
+        let mut tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql)?;
         let mut outcomes = Vec::with_capacity(writes.len());
         for (at, write, _) in writes {
             let sp = tx.savepoint().map_err(sql)?;
-            match project::apply(&sp, *at, write, &path) {
+            match project::apply(&*sp, *at, write, &path) {
                 Ok(seq) => {
                     sp.commit().map_err(sql)?;
                     outcomes.push(Ok(seq));
@@ -269,6 +308,122 @@ impl Writer {
         tx.commit().map_err(sql)?;
         Ok(outcomes)
     }
+
+    /// `Journal::adopt` on the writer thread. A failure (the fence included) fails the journal
+    /// as a failed write does.
+    fn adopt(&mut self, dead: i64) -> Result<RecoveryState, JournalError> {
+        if let Some(failure) = self.shared.failure.lock().expect("lock").clone() {
+            return Err(JournalError::Failed(Box::new(failure)));
+        }
+        let Store::Pg(pg) = &self.conn else {
+            return Err(JournalError::NotClustered("adopting a dead node's work"));
+        };
+        if pg.epoch().is_none() {
+            return Err(JournalError::NotClustered("adopting a dead node's work"));
+        }
+        match in_pg_transaction(pg, &self.path, |pg| adopt_in(pg, dead, &self.path)) {
+            Ok(state) => Ok(state),
+            Err(fatal) => {
+                tracing::error!(error = %fatal, path = %self.path.display(), dead,
+                    "adopting a dead node's work failed; the journal refuses further writes");
+                *self.shared.failure.lock().expect("lock") = Some(fatal.clone());
+                self.deliver(
+                    FleetEvent::JournalFailed {
+                        error: fatal.to_string(),
+                    },
+                    Stamp::Next,
+                );
+                Err(fatal)
+            }
+        }
+    }
+}
+
+/// Runs `f` in one fenced PostgreSQL transaction: `BEGIN`, the fence, `f`, `COMMIT` (with
+/// `NOTIFY baton_events` if events were written); rolled back on any failure.
+fn in_pg_transaction<T>(
+    pg: &PgConn,
+    path: &Path,
+    f: impl FnOnce(&PgConn) -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
+    let err = |e: DbError| pg.error(e, path);
+    pg.begin().map_err(err)?;
+    let result = pg.fence(path).and_then(|()| f(pg));
+    match result {
+        Ok(t) => match pg.commit() {
+            Ok(()) => Ok(t),
+            Err(e) => {
+                pg.rollback();
+                Err(err(e))
+            }
+        },
+        Err(e) => {
+            pg.rollback();
+            Err(e)
+        }
+    }
+}
+
+/// [`Writer::write_all`] on PostgreSQL: the same records and savepoints, in one fenced
+/// transaction (`docs/cluster.md`, "Every write transaction").
+#[allow(clippy::type_complexity)]
+fn write_pg(
+    pg: &PgConn,
+    writes: &[(i64, Write, Option<Ack>)],
+    path: &Path,
+) -> Result<Vec<Result<Option<u64>, JournalError>>, JournalError> {
+    in_pg_transaction(pg, path, |pg| {
+        let err = |e: DbError| pg.error(e, path);
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (at, write, _) in writes {
+            let locked = pg.savepoint().map_err(err)?;
+            match project::apply(pg, *at, write, path) {
+                Ok(seq) => {
+                    pg.release().map_err(err)?;
+                    outcomes.push(Ok(seq));
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => {
+                    pg.rollback_to(locked).map_err(err)?;
+                    outcomes.push(Err(e));
+                }
+            }
+        }
+        Ok(outcomes)
+    })
+}
+
+/// In the adopting transaction: removes the dead node's row (which fences it), reads its
+/// unfinished rows as a recovery state, and moves their ownership to this node.
+fn adopt_in(pg: &PgConn, dead: i64, path: &Path) -> Result<RecoveryState, JournalError> {
+    let db: &dyn Db = pg;
+    let err = |e: DbError| pg.error(e, path);
+    let mine = pg.epoch().unwrap_or_default();
+    db.execute("DELETE FROM baton_nodes WHERE epoch = ?1", &vals![dead])
+        .map_err(err)?;
+    let mut state = recovery::load_owned_by(db, path, Some(dead))?;
+    state.items.retain(|i| {
+        !matches!(
+            i.place,
+            recovery::StoredPlace::Done | recovery::StoredPlace::Dead
+        )
+    });
+    for sql in [
+        "UPDATE work_items SET owner = ?2 WHERE owner = ?1 AND place NOT IN ('done', 'dead')",
+        "UPDATE sessions SET owner = ?2 WHERE owner = ?1 AND (state != 'closed' OR released = 0)",
+        "UPDATE rotations SET owner = ?2 WHERE owner = ?1 AND step NOT IN ('done', 'failed')",
+    ] {
+        db.execute(sql, &vals![dead, mine]).map_err(err)?;
+    }
+    tracing::info!(
+        dead,
+        epoch = mine,
+        work_items = state.items.len(),
+        sessions = state.sessions.len(),
+        rotations = state.rotations.len(),
+        "adopted a dead node's work"
+    );
+    Ok(state)
 }
 
 /// Counters of a journal: how well group commit is doing.

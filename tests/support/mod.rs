@@ -16,6 +16,7 @@ pub mod cli;
 pub mod file_runtime;
 pub mod fleet;
 pub mod llama;
+pub mod stores;
 pub mod stub;
 
 /// Captures everything `tracing` logs on this thread (all levels, every target) while the

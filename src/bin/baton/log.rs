@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use baton::journal::{
-    CompactionRow, EventRow, Filter, JournalError, JournalView, RotationRow, SessionRow, Timestamp,
-    WorkItemRow,
+    CompactionRow, EventRow, Filter, JournalError, JournalTarget, JournalView, RotationRow,
+    SessionRow, Timestamp, WorkItemRow,
 };
 use baton::{JournalReader, RotationReason, SessionId, WorkItemId};
 use clap::ValueEnum;
@@ -30,9 +30,9 @@ use crate::{output, usage};
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
-    /// The journal file.
+    /// The journal: a file, or a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DB).
     #[arg(value_name = "JOURNAL")]
-    journal: PathBuf,
+    journal: JournalTarget,
     /// What to list.
     #[arg(value_enum, default_value_t = What::Rotations)]
     what: What,
@@ -166,8 +166,8 @@ fn fetch(v: &JournalView<'_>, args: &Args, f: &Filter) -> Result<Rows, JournalEr
 fn read(args: &Args, f: &Filter) -> Result<Rows> {
     let mut attempts = 0;
     loop {
-        let result =
-            JournalReader::open(&args.journal).and_then(|reader| fetch(&reader.view(), args, f));
+        let result = JournalReader::open_target(&args.journal)
+            .and_then(|reader| fetch(&reader.view(), args, f));
         match result {
             Err(JournalError::Changed(_)) if attempts < 3 => attempts += 1,
             other => return other.context("cannot read the journal"),
@@ -203,7 +203,7 @@ fn same_place(a: &Path, b: &Path) -> bool {
 pub fn run(args: Args) -> Result<()> {
     let filter = filter(&args)?;
     let output = args.output.as_deref().filter(|p| !output::is_stdio(p));
-    let inputs = journal_files(&args.journal);
+    let inputs = args.journal.file().map(journal_files).unwrap_or_default();
     if let Some(path) = output {
         // Refused before reading, and again (by write_atomic) just before the rename.
         output::refuse_overwrite(path, inputs.iter().map(PathBuf::as_path))?;

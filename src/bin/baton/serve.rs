@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use baton::journal::{JournalOptions, JournalTarget};
 use baton::serve::agent_types::AgentTypeView;
 use baton::serve::events::EventHub;
 use baton::serve::guard::Token;
@@ -39,10 +40,11 @@ pub struct Args {
     /// Where to listen (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: SocketAddr,
-    /// The journal (SQLite, created if missing): a restarted server recovers from it, and
-    /// agent types created over HTTP are kept in it.
-    #[arg(long, default_value = "baton.db", value_name = "FILE")]
-    journal: PathBuf,
+    /// The journal: a SQLite file (created if missing), or a PostgreSQL URL
+    /// (postgres://USER:PASSWORD@HOST:PORT/DB; the schema is created if missing). A restarted
+    /// server recovers from it, and agent types created over HTTP are kept in it.
+    #[arg(long, default_value = "baton.db", value_name = "FILE|URL")]
+    journal: JournalTarget,
     /// Keep everything in memory: no journal, nothing survives a restart.
     #[arg(long)]
     no_journal: bool,
@@ -161,8 +163,8 @@ fn runtime(args: &Args, journal: Option<&Journal>) -> Result<Wired> {
     };
     // Ids proposed before a crash may name sessions no journal knows: start above them too,
     // and reserve each block of ids durably before proposing from it.
-    let floor = match journal.and_then(Journal::path) {
-        Some(path) => Some(Arc::new(IdFloor::open(path)?)),
+    let floor = match journal.and_then(Journal::target) {
+        Some(target) => Some(Arc::new(IdFloor::open_target(target)?)),
         None => None,
     };
     let first = match &floor {
@@ -228,9 +230,9 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         let journal = if args.no_journal {
             None
         } else {
-            let shown = crate::output::escape(&args.journal.to_string_lossy()).into_owned();
+            let shown = crate::output::escape(&args.journal.to_string()).into_owned();
             Some(
-                Journal::open(&args.journal)
+                Journal::open_target(&args.journal, JournalOptions::default())
                     .with_context(|| format!("cannot open the journal {shown}"))?,
             )
         };
