@@ -286,6 +286,11 @@ async fn baton_run(n: usize) -> Row {
     // The fleet's own footprint (registry, actors, machines), before the caller takes handles.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let bytes_per_session = rss_bytes().saturating_sub(rss0) as f64 / n as f64;
+    if std::env::var_os("BATON_BENCH_FOOTPRINT").is_some() {
+        // For a heap profiler: what is still allocated at exit is the idle fleet.
+        println!("footprint {bytes_per_session:.0} bytes per idle session");
+        std::process::exit(0);
+    }
     let mut handles: Vec<SessionHandle> = Vec::with_capacity(n);
     for id in &ids {
         handles.push(supervisor.session(*id).await.unwrap());

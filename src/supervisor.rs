@@ -48,6 +48,7 @@
 //! | `supervisor.rs` | configuration, the builder, the actor: starts (`run_work`), closes, crashes, shutdown |
 //! | `ledger.rs` | the pure core: items and places, the queue, budgets, crash and halt decisions |
 //! | `rotation.rs` | a rotation's runtime work, step by step, and its conclusion |
+//! | `outbox.rs` | session actors on their way to their shard, in batches |
 //! | `recovery.rs` | writing through the journal, and recovering from it at start-up |
 //! | `api.rs` | one message per handle call, with its handler |
 //! | `handle.rs` | [`SupervisorHandle`], [`SessionHandle`], [`Settled`] |
@@ -55,6 +56,7 @@
 mod api;
 mod handle;
 mod ledger;
+mod outbox;
 mod recovery;
 mod rotation;
 
@@ -71,7 +73,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::WeakAddr;
-use actix::dev::channel::AddressReceiver;
 use actix::prelude::*;
 use backon::{ExponentialBuilder, Retryable};
 use futures_util::FutureExt;
@@ -324,7 +325,7 @@ pub struct Supervisor {
     next_shard: usize,
     /// Session actors waiting to be sent to their shard, a batch per shard: one cross-thread
     /// send (and wake-up) per batch instead of one per session (see `start_actor`).
-    batches: Vec<Vec<(SessionActor, AddressReceiver<SessionActor>)>>,
+    batches: Vec<outbox::Outbox>,
     /// The durable record, if any (see `supervisor/recovery.rs`).
     journal: Option<Journal>,
     /// What the journal said was unfinished; taken when the actor starts.
@@ -492,7 +493,7 @@ impl Supervisor {
             key,
             attempts: entry.attempts,
         };
-        let (item, handoff) = (entry.item.clone(), entry.handoff.clone());
+        let (item, handoff) = (entry.item.clone(), entry.handoff().cloned());
         let journal = self.journal.clone();
         let agent = self.ledger.agents[&item.agent_type].agent.clone();
         let runtime = self.runtime.clone();
@@ -614,24 +615,31 @@ impl Supervisor {
             self.next_shard
         });
         let slot = Arc::new(UsageSlot::new(shard));
-        let actor = SessionActor::new(session, agent, item, self.fleet(), slot.clone());
+        let seed = outbox::Seed {
+            session,
+            agent,
+            item,
+            fleet: self.fleet(),
+            slot: slot.clone(),
+        };
         // The mailbox is made here and its only strong sender dropped before the actor first
         // runs (so the drop wakes nobody): the registry keeps the weak address.
         let (tx, rx) = actix::dev::channel::channel(16);
         let addr = SessionAddr(Addr::new(tx).downgrade());
         match shard {
             None => {
-                actix::spawn(Context::with_receiver(rx).into_future(actor));
+                actix::spawn(Context::with_receiver(rx).into_future(seed.into_actor()));
             }
             // Batched: the batch leaves once the supervisor has handled what its mailbox
             // holds now (`SendBatches`). Meanwhile the session is registered, and messages to
             // it wait in its mailbox as they would while its shard had yet to start it.
             Some(s) => {
-                if self.batches.iter().all(Vec::is_empty) {
+                if self.batches.iter().all(outbox::Outbox::is_empty) {
                     ctx.notify(SendBatches);
                 }
-                self.batches.resize_with(self.shards.len(), Vec::new);
-                self.batches[s].push((actor, rx));
+                self.batches
+                    .resize_with(self.shards.len(), outbox::Outbox::default);
+                self.batches[s].push(seed, rx);
             }
         }
         self.sessions
@@ -1177,18 +1185,11 @@ impl Handler<SendBatches> for Supervisor {
 }
 
 impl Supervisor {
-    /// Sends each shard its batch of session actors, started there in order.
+    /// Sends each shard its batch of session actors, started there in order (see
+    /// `supervisor/outbox.rs`).
     fn send_batches(&mut self) {
         for (shard, batch) in self.shards.iter().zip(&mut self.batches) {
-            if batch.is_empty() {
-                continue;
-            }
-            let batch = std::mem::take(batch);
-            shard.spawn_fn(move || {
-                for (actor, rx) in batch {
-                    actix::spawn(Context::with_receiver(rx).into_future(actor));
-                }
-            });
+            batch.send(shard);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! out what the ledger decides.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Index;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ pub(super) struct AgentEntry {
     pub(super) halted: bool,
 }
 
+/// One work item in the ledger. A fleet keeps one per item for its whole life, so what few
+/// items need (a rotation budget being spent, a kept handoff) is boxed on first use: 88 bytes,
+/// of which the work item is 48 and its place 24.
 pub(super) struct ItemEntry {
     /// The item itself.
     pub(super) item: WorkItem,
@@ -68,12 +72,19 @@ pub(super) struct ItemEntry {
     place: Place,
     /// Crashes and failed starts so far.
     pub(super) attempts: u32,
-    /// Rotations spent.
-    pub(super) rotations: Spent,
-    /// The handoff from its last rotation, kept when the item goes back to the queue.
-    pub(super) handoff: Option<Handoff>,
     /// Sessions spawned for it so far; with its id, names each spawn (see [`spawn_key`]).
     pub(super) spawns: u32,
+    /// Its rotations and kept handoff, once it rotated or recovered a handoff.
+    rare: Option<Box<Rare>>,
+}
+
+/// The part of an [`ItemEntry`] that an item which never rotated does without.
+#[derive(Default)]
+struct Rare {
+    /// Rotations spent.
+    rotations: Spent,
+    /// The handoff from its last rotation, kept when the item goes back to the queue.
+    handoff: Option<Handoff>,
 }
 
 impl ItemEntry {
@@ -83,15 +94,100 @@ impl ItemEntry {
             item,
             place,
             attempts: 0,
-            rotations: Spent::default(),
-            handoff: None,
             spawns: 0,
+            rare: None,
         }
     }
 
     /// Where the item is.
     pub(super) fn place(&self) -> &Place {
         &self.place
+    }
+
+    /// The handoff from its last rotation, kept when the item goes back to the queue.
+    pub(super) fn handoff(&self) -> Option<&Handoff> {
+        self.rare.as_ref()?.handoff.as_ref()
+    }
+
+    /// Keeps (or, with `None`, forgets) the item's handoff.
+    pub(super) fn set_handoff(&mut self, handoff: Option<Handoff>) {
+        match (&mut self.rare, handoff) {
+            (None, None) => {}
+            (Some(rare), handoff) => rare.handoff = handoff,
+            (rare @ None, handoff) => {
+                *rare = Some(Box::new(Rare {
+                    handoff,
+                    ..Rare::default()
+                }))
+            }
+        }
+    }
+
+    /// The item's rotation budget being spent.
+    fn rotations(&mut self) -> &mut Spent {
+        &mut self.rare.get_or_insert_with(Box::default).rotations
+    }
+}
+
+/// Every work item the ledger holds, by id. Items are never removed (the ledger keeps done and
+/// dead ones), so the entries sit in a vector in the order they came, which only grows (its
+/// spare capacity is never written, so it costs address space, not memory), and a hash map
+/// from id to position has 16-byte entries: at 1M items about 124 bytes an item, where a hash
+/// map of whole entries, up to half empty after it doubles, costs up to twice the entry.
+#[derive(Default)]
+pub(super) struct Items {
+    /// Where each item's entry is in `entries`.
+    index: HashMap<WorkItemId, u32>,
+    /// The entries, in the order their items came.
+    entries: Vec<ItemEntry>,
+}
+
+impl Items {
+    /// The entry of `id`, if the ledger holds it.
+    pub(super) fn get(&self, id: &WorkItemId) -> Option<&ItemEntry> {
+        self.index.get(id).map(|&i| &self.entries[i as usize])
+    }
+
+    /// The entry of `id` to change, if the ledger holds it.
+    pub(super) fn get_mut(&mut self, id: &WorkItemId) -> Option<&mut ItemEntry> {
+        self.index.get(id).map(|&i| &mut self.entries[i as usize])
+    }
+
+    /// Whether the ledger holds `id`.
+    pub(super) fn contains_key(&self, id: &WorkItemId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Holds `entry` as the entry of its item, replacing (and answering) the one it had.
+    fn insert(&mut self, entry: ItemEntry) -> Option<ItemEntry> {
+        let id = entry.item.id;
+        match self.index.get(&id) {
+            Some(&i) => Some(std::mem::replace(&mut self.entries[i as usize], entry)),
+            None => {
+                let i = u32::try_from(self.entries.len()).expect("fewer than 2^32 work items");
+                self.index.insert(id, i);
+                self.entries.push(entry);
+                None
+            }
+        }
+    }
+
+    /// Every entry, in the order the items came.
+    pub(super) fn values(&self) -> impl Iterator<Item = &ItemEntry> {
+        self.entries.iter()
+    }
+
+    /// Every item's id and entry, in the order the items came.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&WorkItemId, &ItemEntry)> {
+        self.entries.iter().map(|e| (&e.item.id, e))
+    }
+}
+
+impl Index<&WorkItemId> for Items {
+    type Output = ItemEntry;
+
+    fn index(&self, id: &WorkItemId) -> &ItemEntry {
+        self.get(id).expect("every registered item has an entry")
     }
 }
 
@@ -108,7 +204,7 @@ pub(super) struct Ledger {
     /// The agent types work items may name, with their restart budgets.
     pub(super) agents: HashMap<Arc<str>, AgentEntry>,
     /// Every submitted work item and where it is.
-    pub(super) items: HashMap<WorkItemId, ItemEntry>,
+    pub(super) items: Items,
     /// Items waiting for a session, in start order.
     pub(super) queue: VecDeque<WorkItemId>,
     /// How many items are [`Place::Starting`]: an index of `items`, kept by the only two
@@ -205,10 +301,15 @@ impl Ledger {
         self.queue.push_back(id);
     }
 
-    /// Registers an entry (a submission, or an item recovered from the journal).
+    /// Registers an entry (a submission, or an item recovered from the journal) under its
+    /// item's id, `id`.
     pub(super) fn insert(&mut self, id: WorkItemId, entry: ItemEntry) {
+        debug_assert_eq!(
+            id, entry.item.id,
+            "an entry is registered under its item's id"
+        );
         self.starting += usize::from(entry.place == Place::Starting);
-        if let Some(old) = self.items.insert(id, entry) {
+        if let Some(old) = self.items.insert(entry) {
             self.starting -= usize::from(old.place == Place::Starting);
         }
     }
@@ -303,7 +404,7 @@ impl Ledger {
 
     /// Takes one rotation from the item's budget, if it allows one at `now`.
     pub(super) fn take_rotation(&mut self, id: WorkItemId, budget: Budget, now: Instant) -> bool {
-        self.item(id).rotations.try_take(budget, now)
+        self.item(id).rotations().try_take(budget, now)
     }
 }
 
@@ -452,6 +553,48 @@ mod tests {
         assert!(l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(1)));
         assert!(!l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(2)));
         assert!(l.take_rotation(id, EVERY_30S, t0 + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn items_are_found_by_id_listed_in_arrival_order_and_replaced_in_place() {
+        let mut l = ledger();
+        let ids = |l: &Ledger| l.items.iter().map(|(id, _)| id.0).collect::<Vec<_>>();
+        assert_eq!(ids(&l), [1, 2, 3]);
+        assert_eq!(l.items[&WorkItemId(2)].item.agent_type.as_ref(), "b");
+        assert!(l.items.get(&WorkItemId(4)).is_none() && !l.items.contains_key(&WorkItemId(4)));
+        // A recovered entry replaces the submitted one where it was.
+        let mut again = ItemEntry::new(item(2, "a"), Place::Dead("gone".into()));
+        again.attempts = 2;
+        l.insert(WorkItemId(2), again);
+        assert_eq!(ids(&l), [1, 2, 3]);
+        let e = &l.items[&WorkItemId(2)];
+        assert_eq!((e.item.agent_type.as_ref(), e.attempts), ("a", 2));
+        assert_eq!(l.items.values().count(), 3);
+    }
+
+    #[test]
+    fn a_handoff_is_kept_and_forgotten_and_an_entry_stays_small() {
+        let mut l = ledger();
+        let e = l.item(WorkItemId(1));
+        assert_eq!(e.handoff(), None);
+        e.set_handoff(None);
+        assert!(e.rare.is_none(), "forgetting nothing boxes nothing");
+        let h = Handoff {
+            text: "so far".into(),
+            tokens: 2,
+            fallback: false,
+        };
+        e.set_handoff(Some(h.clone()));
+        assert_eq!(e.handoff(), Some(&h));
+        e.set_handoff(None);
+        assert_eq!(e.handoff(), None);
+        // One entry per work item for the fleet's whole life: the rare parts are boxed (see
+        // docs/performance.md).
+        assert!(
+            std::mem::size_of::<ItemEntry>() <= 88,
+            "ItemEntry is {} bytes",
+            std::mem::size_of::<ItemEntry>()
+        );
     }
 
     #[test]

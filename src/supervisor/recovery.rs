@@ -225,7 +225,7 @@ impl Supervisor {
             };
             let mut entry = ItemEntry::new(stored.item, place);
             entry.attempts = stored.attempts;
-            entry.handoff = stored.handoff;
+            entry.set_handoff(stored.handoff);
             entry.spawns = spawns;
             self.ledger.insert(id, entry);
             if let Some(outcome) = outcome {

@@ -419,7 +419,7 @@ impl Supervisor {
         ctx: &mut Context<Self>,
     ) {
         self.ledger.set_place(rot.item.id, Place::Live(new));
-        self.item(rot.item.id).handoff = Some(handoff);
+        self.item(rot.item.id).set_handoff(Some(handoff));
         self.start_actor(new, rot.item.id, ctx);
         if let Some(old) = &rot.old_addr {
             old.do_send(Command::HandedOver(new));
@@ -467,7 +467,7 @@ impl Supervisor {
         }
         self.bus.publish(FleetEvent::Rotation(record));
         if *self.ledger.items[&id].place() == rot.holding() {
-            self.item(id).handoff = Some(handoff);
+            self.item(id).set_handoff(Some(handoff));
             self.requeue(id, format!("rotation failed: {error}"));
         }
     }
