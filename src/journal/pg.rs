@@ -73,6 +73,12 @@ CREATE TABLE baton_nodes (
     lease_until BIGINT NOT NULL,
     started_at  BIGINT NOT NULL
 );
+CREATE TABLE baton_adoptions (
+    dead      BIGINT PRIMARY KEY,
+    by_epoch  BIGINT NOT NULL,
+    last_seq  BIGINT NOT NULL,
+    at        BIGINT NOT NULL
+);
 CREATE TABLE work_items (
     id                BIGINT PRIMARY KEY,
     agent_type        TEXT   NOT NULL,
@@ -149,7 +155,8 @@ CREATE TABLE events (
     work_item  BIGINT,
     rotation   BIGINT,
     dedup      TEXT UNIQUE,
-    payload    TEXT   NOT NULL
+    payload    TEXT   NOT NULL,
+    owner      BIGINT DEFAULT NULLIF(current_setting('baton.epoch', true), '')::BIGINT
 );
 CREATE INDEX events_by_session ON events (session);
 CREATE INDEX events_by_work_item ON events (work_item);

@@ -1604,6 +1604,34 @@ mod postgres_only {
         let refused = block(ja.commit(Op::Submitted(item(30)))).unwrap_err();
         assert_eq!(refused, JournalError::Fenced { epoch: a.unwrap() });
         assert!(jb.failure().is_none());
+        // The outbox names each event's writer, and the adoption bounds the dead node's events:
+        // every one of them is at or below the adoption's `last_seq`, and b wrote after it.
+        block(jb.commit(Op::Submitted(item(21)))).unwrap();
+        let mut c = db.client();
+        let adoption = c
+            .query_one(
+                "SELECT by_epoch, last_seq FROM baton_adoptions WHERE dead = $1",
+                &[&a],
+            )
+            .unwrap();
+        assert_eq!(adoption.get::<_, i64>(0), b.unwrap());
+        let last_seq: i64 = adoption.get(1);
+        let owners_by_seq: Vec<(i64, Option<i64>)> = c
+            .query("SELECT seq, owner FROM events ORDER BY seq", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert!(owners_by_seq.iter().any(|&(_, o)| o == a));
+        assert!(
+            owners_by_seq
+                .iter()
+                .all(|&(seq, o)| o != a || seq <= last_seq)
+        );
+        assert_eq!(
+            owners_by_seq.last().map(|&(seq, o)| (seq > last_seq, o)),
+            Some((true, b))
+        );
     }
 
     #[test]
