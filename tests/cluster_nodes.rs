@@ -155,6 +155,7 @@ async fn a_heartbeating_node_whose_row_is_deleted_is_lost_as_fenced() {
         &db.url,
         me,
         Duration::from_millis(300),
+        None,
         &tracker,
         stop.clone(),
     );
@@ -194,6 +195,7 @@ async fn a_node_that_cannot_reach_the_database_for_a_whole_ttl_is_lost_as_expire
         "postgres://baton@127.0.0.1:1/baton",
         Epoch(7),
         Duration::from_millis(150),
+        None,
         &tracker,
         CancellationToken::new(),
     );
@@ -213,6 +215,7 @@ async fn a_stopped_heartbeat_ends_its_task_and_the_node_is_not_lost() {
         "postgres://baton@127.0.0.1:1/baton",
         Epoch(7),
         Duration::from_secs(3600),
+        None,
         &tracker,
         stop.clone(),
     );
@@ -220,4 +223,64 @@ async fn a_stopped_heartbeat_ends_its_task_and_the_node_is_not_lost() {
     tracker.close();
     tracker.wait().await;
     assert!(!node.is_lost());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_journal_failed_stops_heartbeating_and_is_lost() {
+    let Some(db) = test_db("journalfailed") else {
+        return;
+    };
+    let (me, other) = db.with(|c| {
+        (
+            node::join(c, "me", None, Duration::from_secs(30)).unwrap(),
+            node::join(c, "other", None, Duration::from_secs(30)).unwrap(),
+        )
+    });
+    // A journal fenced by the other row: its next write fails it, while the node's own row
+    // (the heartbeat's) stays.
+    let url = db.pg_url();
+    let journal = off_runtime(move || {
+        baton::Journal::open_postgres(
+            &url,
+            baton::JournalOptions::default(),
+            baton::journal::PgOptions { epoch: Some(other) },
+        )
+        .unwrap()
+    });
+    let tracker = TaskTracker::new();
+    let node = node::spawn_heartbeat(
+        &db.url,
+        me,
+        Duration::from_millis(300),
+        Some(journal.clone()),
+        &tracker,
+        CancellationToken::new(),
+    );
+    db.with(|c| {
+        c.execute("DELETE FROM baton_nodes WHERE epoch = $1", &[&other.0])
+            .unwrap()
+    });
+    // A supervisor's first write on that journal is refused, and fails it.
+    let runtime = baton::runtime::memory::MemoryRuntime::new(Default::default());
+    let supervisor = baton::Supervisor::builder(std::sync::Arc::new(runtime))
+        .agent_type(baton::AgentType::new("coder", 1000))
+        .journal(journal.clone())
+        .unwrap()
+        .start();
+    let item = baton::WorkItem {
+        id: baton::WorkItemId(1),
+        agent_type: "coder".into(),
+        text: "task".into(),
+    };
+    assert!(supervisor.submit(item).await.is_err());
+    assert!(journal.failure().is_some());
+    let lost = tokio::time::timeout(Duration::from_secs(20), node.lost())
+        .await
+        .expect("the node gives itself up");
+    assert_eq!(lost, Lost::JournalFailed);
+    // It stopped heartbeating: its lease is left to run out.
+    let (before, now) = db.with(|c| (lease_until(c, me), db_now(c)));
+    assert!(before <= now + 30_000);
+    tracker.close();
+    tracker.wait().await;
 }

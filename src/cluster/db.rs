@@ -9,16 +9,41 @@ use tokio::sync::Semaphore;
 
 use super::ClusterError;
 
+/// How long a cluster connection may sit inside a transaction before the server ends it, in
+/// milliseconds: the journal writer's bound (3 s), for the same reason.
+const IDLE_IN_TRANSACTION_MS: u64 = 3_000;
+
 /// Opens a connection of its own (each loop has one: a session-level advisory lock and a
 /// `LISTEN` belong to their connection). The connect attempt is bounded by `timeout`, and TCP
 /// keepalives notice a peer that went away.
 pub fn connect(url: &str, timeout: Duration) -> Result<postgres::Client, ClusterError> {
+    connect_with(url, timeout, None)
+}
+
+/// [`connect`], and with `idle` the server ends the session once it has been idle that long
+/// (`idle_session_timeout`): what frees the sweeper's lock when its node is stopped or cut off
+/// while its connection stays open.
+fn connect_with(
+    url: &str,
+    timeout: Duration,
+    idle: Option<Duration>,
+) -> Result<postgres::Client, ClusterError> {
     let mut config: postgres::Config = url.parse().map_err(ClusterError::url)?;
     config
         .connect_timeout(timeout.max(Duration::from_millis(100)))
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .application_name("baton-cluster");
+    // A node stopped inside a transaction (a claim, a submission) must not hold its row lock,
+    // which adoption waits for, or the events lock, which every node waits for.
+    let mut options = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+    if let Some(idle) = idle {
+        options.push_str(&format!(
+            " -c idle_session_timeout={}",
+            idle.as_millis().max(1)
+        ));
+    }
+    config.options(&options);
     config
         .connect(postgres::NoTls)
         .map_err(ClusterError::Postgres)
@@ -36,6 +61,8 @@ pub(crate) struct Conn {
     client: Arc<Clients<Option<postgres::Client>>>,
     /// How long connecting may take.
     timeout: Duration,
+    /// The server ends the session after this long idle (see [`connect_with`]).
+    idle: Option<Duration>,
 }
 
 impl Conn {
@@ -45,7 +72,14 @@ impl Conn {
             url: url.into(),
             client: Default::default(),
             timeout,
+            idle: None,
         }
+    }
+
+    /// The same, and the server ends the session once it has been idle for `idle`.
+    pub(crate) fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
     }
 
     /// Runs `f` on the connection, on a blocking thread.
@@ -75,7 +109,7 @@ impl Conn {
             }
         };
         if slot.as_ref().is_none_or(postgres::Client::is_closed) {
-            *slot = Some(connect(&self.url, self.timeout)?);
+            *slot = Some(connect_with(&self.url, self.timeout, self.idle)?);
         }
         let client = slot.as_mut().expect("opened above");
         let result = f(client);

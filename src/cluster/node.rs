@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{ClusterError, Conn, DB_NOW, Epoch, millis};
+use crate::journal::Journal;
 
 /// One row of `baton_nodes`: a live (or expired, not yet adopted) node incarnation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -94,6 +95,9 @@ pub enum Lost {
     Fenced,
     /// No heartbeat succeeded for a whole TTL: its lease has run out, or is about to.
     Expired,
+    /// Its journal failed (its connection was lost, or a write was refused): it can record
+    /// nothing more, so it stops heartbeating and another node adopts its work.
+    JournalFailed,
 }
 
 impl std::fmt::Display for Lost {
@@ -101,6 +105,7 @@ impl std::fmt::Display for Lost {
         f.write_str(match self {
             Lost::Fenced => "fenced: another node has adopted this node's work",
             Lost::Expired => "no heartbeat succeeded for a whole lease TTL",
+            Lost::JournalFailed => "its journal failed: another node adopts its work",
         })
     }
 }
@@ -137,16 +142,19 @@ impl Node {
 
 /// Heartbeats for `epoch` on a connection of its own to `url`, every `ttl / 3`, as a task on
 /// `tracker`, until `stop` is cancelled or the node is lost: the returned [`Node`] says when.
+/// With `journal`, the node is also lost once that journal has failed (checked before each
+/// heartbeat): a node that can record nothing must not keep its lease.
 pub fn spawn_heartbeat(
     url: &str,
     epoch: Epoch,
     ttl: Duration,
+    journal: Option<Journal>,
     tracker: &TaskTracker,
     stop: CancellationToken,
 ) -> Node {
     let (tx, rx) = watch::channel(None);
     let conn = Conn::new(url, ttl.max(Duration::from_secs(1)));
-    tracker.spawn(heartbeat_loop(conn, epoch, ttl, tx, stop));
+    tracker.spawn(heartbeat_loop(conn, epoch, ttl, journal, tx, stop));
     Node { epoch, lost: rx }
 }
 
@@ -156,6 +164,7 @@ async fn heartbeat_loop(
     conn: Conn,
     epoch: Epoch,
     ttl: Duration,
+    journal: Option<Journal>,
     tx: watch::Sender<Option<Lost>>,
     stop: CancellationToken,
 ) {
@@ -165,6 +174,11 @@ async fn heartbeat_loop(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
+        }
+        if let Some(failure) = journal.as_ref().and_then(Journal::failure) {
+            tracing::error!(%epoch, error = %failure, "this node's journal failed: it stops heartbeating, and its lease runs out");
+            tx.send_replace(Some(Lost::JournalFailed));
+            return;
         }
         let sent = Instant::now();
         let beat = conn.call(move |c| heartbeat(c, epoch, ttl));

@@ -69,7 +69,7 @@ pub fn submit(c: &mut Client, item: &WorkItem) -> Result<Pooled, ClusterError> {
 /// node has been fenced, and nothing in `tx` may be committed.
 pub fn fence(tx: &mut Transaction<'_>, epoch: Epoch) -> Result<(), ClusterError> {
     let rows = tx.query(
-        "SELECT 1 FROM baton_nodes WHERE epoch = $1 FOR SHARE",
+        "SELECT 1 FROM baton_nodes WHERE epoch = $1 FOR KEY SHARE",
         &[&epoch.0],
     )?;
     if rows.is_empty() {

@@ -105,9 +105,19 @@ pub fn start(
     tracker: &TaskTracker,
 ) -> Running {
     let (work, beat) = (CancellationToken::new(), CancellationToken::new());
-    let node = node::spawn_heartbeat(&config.url, epoch, config.ttl, tracker, beat.clone());
+    let node = node::spawn_heartbeat(
+        &config.url,
+        epoch,
+        config.ttl,
+        Some(journal.clone()),
+        tracker,
+        beat.clone(),
+    );
+    // The sweeper's lock lives with its connection: if this node is stopped or cut off while
+    // the connection stays open, the server ends the idle session and another node sweeps.
     let sweeper = Sweeper {
-        conn: Conn::new(&config.url, config.timeout()),
+        conn: Conn::new(&config.url, config.timeout())
+            .with_idle_timeout(config.ttl.max(config.sweep_every * 2)),
         epoch,
         every: config.sweep_every,
         journal,

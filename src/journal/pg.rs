@@ -54,9 +54,11 @@ pub(crate) const SCHEMA_LOCK: i64 = 0x6261_746e_0001;
 /// commit order across writers.
 pub(crate) const EVENTS_LOCK: i64 = 0x6261_746e_0002;
 
-/// How long a writer may sit inside a transaction before the server ends its session (a node
-/// stopped mid-transaction must not hold its row lock, and so the sweeper, for long).
-const IDLE_IN_TRANSACTION: &str = "10s";
+/// How long a writer may sit inside a transaction before the server ends its session: a node
+/// stopped mid-transaction must not hold its row lock (which the sweeper's adoption waits for)
+/// or the events lock (which every node's events wait for) for long. A live writer never waits
+/// between the statements of a transaction.
+const IDLE_IN_TRANSACTION: &str = "3s";
 
 /// Version 1 on PostgreSQL: `schema::V1` with `BIGINT` columns, identity columns for the
 /// numbered tables, the owners and the cluster's tables.
@@ -330,7 +332,8 @@ impl PgConn {
         self.batch("ROLLBACK TO SAVEPOINT record; RELEASE SAVEPOINT record")
     }
 
-    /// The fence: with an epoch, locks the node's row for share, or fails with
+    /// The fence: with an epoch, locks the node's row for key share (which the adopter's `DELETE`
+    /// waits for, and the heartbeat's `UPDATE` does not), or fails with
     /// [`JournalError::Fenced`] when it is gone.
     pub(crate) fn fence(&self, place: &Path) -> Result<(), JournalError> {
         let Some(epoch) = self.epoch else {
@@ -338,7 +341,7 @@ impl PgConn {
         };
         let found = (self as &dyn Db)
             .query_opt(
-                "SELECT 1 FROM baton_nodes WHERE epoch = ?1 FOR SHARE",
+                "SELECT 1 FROM baton_nodes WHERE epoch = ?1 FOR KEY SHARE",
                 &[Val::Int(epoch)],
             )
             .map_err(|e| self.error(e, place))?;

@@ -401,7 +401,7 @@ fn adopt_in(pg: &PgConn, dead: i64, path: &Path) -> Result<RecoveryState, Journa
     let mine = pg.epoch().unwrap_or_default();
     db.execute("DELETE FROM baton_nodes WHERE epoch = ?1", &vals![dead])
         .map_err(err)?;
-    // Every transaction of the dead node has committed (each held its row for share), and
+    // Every transaction of the dead node has committed (each held its row for key share), and
     // under the events lock every other writer's events are committed too: the dead node's
     // last event is at or below `last_seq`, which the history checker verifies.
     db.execute(

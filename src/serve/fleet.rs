@@ -100,14 +100,14 @@ pub fn merge(
 pub struct Fleet {
     /// The supervisor.
     pub supervisor: SupervisorHandle,
-    /// The agent-type table in the journal file; `None` without a journal file.
+    /// The agent-type table in the journal's store (file or PostgreSQL); `None` without one.
     pub store: Option<Arc<AgentTypeStore>>,
     /// The fleet's metrics: every runtime call is timed and every event counted (call
     /// [`Metrics::spawn_feed`] on a tokio runtime to count events as they come).
     pub metrics: Metrics,
 }
 
-/// Starts the supervisor over `runtime`: the agent types stored in the journal file, with
+/// Starts the supervisor over `runtime`: the agent types stored in the journal, with
 /// `given` (from `--agent-types`) merged over them ([`merge`]) and stored, are passed to the
 /// builder before recovery, so that recovered work items find their types. With `journal`,
 /// the supervisor writes through it and recovers from it (`docs/semantics.md`, "Journal").
@@ -117,8 +117,9 @@ pub fn start(
     given: Vec<AgentType>,
     config: SupervisorConfig,
 ) -> Result<Fleet, FleetError> {
-    let store = match journal.as_ref().and_then(Journal::path) {
-        Some(path) => Some(Arc::new(AgentTypeStore::open(path)?)),
+    // In the journal's store, file or database: a cluster's nodes share the types stored.
+    let store = match journal.as_ref().and_then(Journal::target) {
+        Some(target) => Some(Arc::new(AgentTypeStore::open_target(target)?)),
         None => None,
     };
     let stored = match &store {

@@ -43,14 +43,20 @@ class BatonServer:
     """One ``baton serve`` process: start, kill (SIGKILL), stop (SIGTERM), restart on the same
     address and journal."""
 
-    def __init__(self, tmp: Path, token: str, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, token: str, extra: list[str] | None = None, journal: str | None = None
+    ) -> None:
         self.tmp = tmp
         self.token = token
-        self.journal = tmp / "baton.db"
+        # A SQLite file in the test's directory, or the URL given (a cluster's PostgreSQL).
+        self.journal: Path | str = journal if journal is not None else tmp / "baton.db"
         self.extra = extra or []
         self.addr = "127.0.0.1:0"
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
+
+    # The server's logs are PREFIX-N.log in the test's directory (N counts its starts).
+    log_prefix = "serve"
 
     @property
     def url(self) -> str:
@@ -59,7 +65,7 @@ class BatonServer:
     def start(self) -> None:
         assert self.proc is None, "already running"
         self.starts += 1
-        log = open(self.tmp / f"serve-{self.starts}.log", "w")
+        log = open(self.tmp / f"{self.log_prefix}-{self.starts}.log", "w")
         env = {k: v for k, v in os.environ.items() if k != "BATON_TOKEN"}
         env["BATON_TOKEN"] = self.token
         env.setdefault("RUST_LOG", "warn")
@@ -120,7 +126,7 @@ class BatonServer:
     def stderr(self) -> str:
         return "\n".join(
             f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-            for p in sorted(self.tmp.glob("serve-*.log"))
+            for p in sorted(self.tmp.glob(f"{self.log_prefix}-*.log"))
         )
 
     def client(self, token: str | None = None, **kwargs: object) -> Client:
