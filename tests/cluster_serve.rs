@@ -21,7 +21,7 @@ use baton::serve::{Parts, ServeConfig};
 use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
 use cluster_common::{TestDb, off_runtime, test_db};
 use serde_json::json;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio_util::task::TaskTracker;
 
 const TOKEN: &str = "cluster-test-token-0123456789";
@@ -94,17 +94,24 @@ async fn serve_node(
     }
 }
 
-/// Closes each session of `node` as it starts (its work is done) until an item is done: which.
-async fn work(node: &mut ServedNode) -> Option<WorkItemId> {
-    loop {
-        match node.events.recv().await? {
-            FleetEvent::SessionStarted { session, .. } => {
-                node.supervisor.close(session).await.unwrap();
+/// Closes each session of `node` as it starts (its work is done), on a task of its own (so
+/// that no close is abandoned halfway), and sends each item done, with the node's epoch.
+fn work(node: &mut ServedNode, done: mpsc::UnboundedSender<(WorkItemId, Epoch)>) {
+    let mut events = std::mem::replace(&mut node.events, mpsc::unbounded_channel().1);
+    let (supervisor, epoch) = (node.supervisor.clone(), node.epoch);
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                FleetEvent::SessionStarted { session, .. } => {
+                    supervisor.close(session).await.unwrap();
+                }
+                FleetEvent::WorkItemDone { work_item, .. } => {
+                    let _ = done.send((work_item, epoch));
+                }
+                _ => {}
             }
-            FleetEvent::WorkItemDone { work_item, .. } => return Some(work_item),
-            _ => {}
         }
-    }
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,12 +140,13 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
     assert_eq!(answer.results.len(), ITEMS as usize);
 
     let mut done: HashMap<WorkItemId, Vec<Epoch>> = HashMap::new();
+    let (tx, mut finished) = mpsc::unbounded_channel();
+    work(&mut a, tx.clone());
+    work(&mut b, tx);
     tokio::time::timeout(Duration::from_secs(120), async {
         while done.values().map(Vec::len).sum::<usize>() < ITEMS as usize {
-            tokio::select! {
-                Some(id) = work(&mut a) => done.entry(id).or_default().push(a.epoch),
-                Some(id) = work(&mut b) => done.entry(id).or_default().push(b.epoch),
-            }
+            let (id, epoch) = finished.recv().await.expect("the nodes run");
+            done.entry(id).or_default().push(epoch);
         }
     })
     .await
