@@ -277,7 +277,7 @@ async fn batch(
     }))
 }
 
-/// The error result of report `i` (about `session`).
+/// The result of a report about `session` that failed with `e`.
 fn failed(session: u64, e: &ApiError) -> UsageBatchResult {
     UsageBatchResult {
         session,

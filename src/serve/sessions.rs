@@ -513,6 +513,51 @@ mod tests {
     }
 
     #[test]
+    fn a_journal_phase_column_reads_as_its_phase() {
+        assert_eq!(PhaseView::from_column("Normal"), Some(PhaseView::Normal));
+        assert_eq!(
+            PhaseView::from_column("Compacting"),
+            Some(PhaseView::Compacting)
+        );
+        assert_eq!(PhaseView::from_column("Closed"), Some(PhaseView::Closed));
+        assert_eq!(PhaseView::from_column("normal"), None);
+    }
+
+    #[test]
+    fn a_session_read_from_the_database_has_its_owner_and_never_passes_min_ratio() {
+        let row = SessionRow {
+            id: 5,
+            agent_type: "coder".into(),
+            work_item: 9,
+            phase: "Rotating".into(),
+            compactions: 2,
+            owner: Some(crate::cluster::Epoch(3)),
+        };
+        let view = SessionView::from_row(&row);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["phase"], "rotating");
+        assert_eq!(json["owner"], 3);
+        assert!(json.get("usage").is_none() && json.get("history").is_none());
+        let by_type = |t: &str| SessionFilter {
+            agent_type: Some(t.into()),
+            phase: Some(PhaseView::Rotating),
+            ..SessionFilter::default()
+        };
+        assert!(by_type("coder").admits_view(&view));
+        assert!(!by_type("writer").admits_view(&view));
+        let min_ratio = SessionFilter {
+            min_ratio: Some(0.0),
+            ..SessionFilter::default()
+        };
+        assert!(!min_ratio.admits_view(&view));
+        // A single host's view has no owner on the wire.
+        let local =
+            serde_json::to_value(SessionView::new(&info("coder", Phase::Normal, None), false))
+                .unwrap();
+        assert!(local.get("owner").is_none());
+    }
+
+    #[test]
     fn a_session_lists_without_its_history_and_shows_with_it() {
         let mut i = info("coder", Phase::Compacting, Some(850));
         i.history = vec![Usage::reported(850, 1000).unwrap()];
