@@ -35,7 +35,18 @@ struct ServedNode {
     epoch: Epoch,
     supervisor: SupervisorHandle,
     events: UnboundedReceiver<FleetEvent>,
-    running: Running,
+    /// `None` once it left.
+    running: Option<Running>,
+}
+
+impl Drop for ServedNode {
+    /// A test that fails before its nodes leave still ends: the claimer's blocking listener
+    /// stops, so the runtime can shut down and the failure is reported rather than hung.
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.stop_taking_work();
+        }
+    }
 }
 
 /// A node listening on a port of its own, advertised (before it joins) as its address.
@@ -96,7 +107,7 @@ async fn serve_node(
         epoch,
         supervisor,
         events,
-        running,
+        running: Some(running),
     }
 }
 
@@ -108,9 +119,12 @@ async fn two_nodes(db: &TestDb, tracker: &TaskTracker) -> (ServedNode, ServedNod
     (a, b)
 }
 
-async fn leave(a: ServedNode, b: ServedNode, tracker: TaskTracker) {
-    a.running.leave().await;
-    b.running.leave().await;
+async fn leave(mut a: ServedNode, mut b: ServedNode, tracker: TaskTracker) {
+    for node in [&mut a, &mut b] {
+        if let Some(running) = node.running.take() {
+            running.leave().await;
+        }
+    }
     tracker.close();
     tracker.wait().await;
 }
