@@ -170,6 +170,11 @@ impl Pool {
         }
     }
 
+    /// The database's URL (it may hold a password: never shown).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     /// Runs `f` on a connection of the pool, on a blocking thread.
     pub async fn call<T, F>(&self, f: F) -> Result<T, ClusterError>
     where

@@ -14,6 +14,7 @@
 //! | `error.rs` | [`ClusterError`] |
 //! | `node.rs` | joining with a new epoch, heartbeats, being lost ([`Node`], [`Lost`]) |
 //! | `pool.rs` | the shared pool: submitting into it, claiming from it (`FOR UPDATE SKIP LOCKED`) |
+//! | `sessions.rs` | sessions as the database holds them, and where each one's owner answers |
 //! | `claimer.rs` | the loop that claims while the supervisor has room, woken by `baton_pool` |
 //! | `sweep.rs` | the sweeper: one per cluster by advisory lock, adopting expired nodes' work |
 //! | `run.rs` | [`ClusterConfig`] and [`start`]: the three loops of a node, on a task tracker |
@@ -24,6 +25,7 @@ mod error;
 pub mod node;
 pub mod pool;
 mod run;
+pub mod sessions;
 pub mod sweep;
 
 use std::time::Duration;

@@ -1,13 +1,20 @@
 //! `GET /v1/cluster/nodes`, and what a node of a cluster (`baton serve --cluster`) gives its
-//! handlers: [`ClusterApi`] (see `docs/cluster.md`, "The API on any node").
+//! handlers: [`ClusterApi`], and the [`Services`] built once per server from it: the
+//! [`Forwarder`] and the [`EventReaders`] (see `docs/cluster.md`, "The API on any node").
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use utoipa::{OpenApi, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
+use super::forward::Forwarder;
 use crate::cluster::node::{self, NodeRow};
 use crate::cluster::{ClusterError, Epoch, Pool};
+use crate::journal::{EventRow, Filter, JournalError, JournalReader, JournalTarget, PgUrl};
 
 /// What the handlers of a cluster node share.
 #[derive(Debug, Clone)]
@@ -22,6 +29,90 @@ impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> Self {
         tracing::warn!(error = %e, "cluster database call failed");
         ApiError::unavailable(format!("the cluster's database: {e}"))
+    }
+}
+
+/// Connections of their own on which a cluster node reads the shared event log (any node's
+/// events), with the journal's own queries, so that reads neither wait for nor delay the
+/// journal's writes. At most `size` reads at once; connections are opened on demand and kept
+/// while healthy.
+pub struct EventReaders {
+    /// The cluster's database.
+    target: JournalTarget,
+    /// Idle readers.
+    idle: Arc<Mutex<Vec<JournalReader>>>,
+    /// One permit per read under way.
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for EventReaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventReaders")
+            .field("target", &self.target.to_string())
+            .field("free", &self.permits.available_permits())
+            .finish()
+    }
+}
+
+impl EventReaders {
+    /// Readers of the database at `url`, at most `size` at once.
+    pub fn new(url: &str, size: usize) -> Result<Self, JournalError> {
+        Ok(Self {
+            target: JournalTarget::Postgres(PgUrl::parse(url)?),
+            idle: Arc::default(),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        })
+    }
+
+    /// The event log's rows that match `filter` (see [`crate::journal::JournalView::events`]),
+    /// read on a blocking thread.
+    pub async fn events(&self, filter: Filter) -> Result<Vec<EventRow>, JournalError> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| JournalError::Closed)?;
+        let (target, idle) = (self.target.clone(), self.idle.clone());
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let taken = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let reader = match taken {
+                Some(r) => r,
+                None => JournalReader::open_target(&target)?,
+            };
+            let rows = reader.view().events(&filter)?;
+            // Kept only when it worked: a failed connection is opened afresh next time.
+            idle.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+            Ok(rows)
+        })
+        .await
+        .unwrap_or(Err(JournalError::Closed))
+    }
+}
+
+/// What a cluster node's handlers share beyond [`ClusterApi`], built once per server.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Sends writes for sessions other nodes own to their owners.
+    pub forwarder: Forwarder,
+    /// Reads the shared event log.
+    pub readers: Arc<EventReaders>,
+}
+
+/// Event log reads at once at most, per server.
+const EVENT_READERS: usize = 4;
+
+impl Services {
+    /// The services of a node of `cluster` whose requests time out after `request_timeout`.
+    pub fn new(cluster: &ClusterApi, request_timeout: Duration) -> std::io::Result<Self> {
+        let forwarder = Forwarder::new(request_timeout).map_err(std::io::Error::other)?;
+        let readers =
+            EventReaders::new(cluster.db.url(), EVENT_READERS).map_err(std::io::Error::other)?;
+        Ok(Self {
+            forwarder,
+            readers: Arc::new(readers),
+        })
     }
 }
 
@@ -99,10 +190,19 @@ async fn nodes(cluster: Option<web::Data<ClusterApi>>) -> Result<web::Json<NodeL
 #[openapi(paths(nodes), components(schemas(NodeList, NodeView)))]
 pub struct ClusterDoc;
 
-/// Registers `/v1/cluster/nodes` (and, on a cluster node, the [`ClusterApi`] the handlers use).
-pub fn configure(cfg: &mut web::ServiceConfig, cluster: Option<&ClusterApi>) {
+/// Registers `/v1/cluster/nodes` (and, on a cluster node, the [`ClusterApi`] and the
+/// [`Services`] the handlers use).
+pub fn configure(
+    cfg: &mut web::ServiceConfig,
+    cluster: Option<&ClusterApi>,
+    services: Option<&Services>,
+) {
     if let Some(c) = cluster {
         cfg.app_data(web::Data::new(c.clone()));
+    }
+    if let Some(s) = services {
+        cfg.app_data(web::Data::new(s.forwarder.clone()))
+            .app_data(web::Data::from(s.readers.clone()));
     }
     cfg.service(web::resource("/v1/cluster/nodes").route(web::get().to(nodes)));
 }

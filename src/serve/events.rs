@@ -27,6 +27,9 @@
 //! from the journal. Without a journal there is nothing to replay: a resumed stream starts with
 //! the next live event.
 //!
+//! On a cluster node the list reads the shared log (every node's events) on connections of its
+//! own ([`EventReaders`]); the stream carries this node's events only.
+//!
 //! Only published events (the library's [`FleetEvent`]s) are streamed; the paged list also
 //! holds the supervisor's own steps (`work_item_submitted`, `rotation_started`, ...) as
 //! `baton log` shows them, which is why sequence numbers on the stream can skip.
@@ -45,6 +48,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use super::cluster::EventReaders;
 use super::error::{ApiError, ErrorBody};
 use super::sse;
 use crate::journal::{EventRow, Filter, JournalError, JournalReader, Timestamp};
@@ -372,6 +376,7 @@ fn journal_error(e: JournalError) -> ApiError {
 )]
 async fn list(
     hub: web::Data<EventHub>,
+    readers: Option<web::Data<EventReaders>>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<EventPage>, ApiError> {
     let q = query.into_inner();
@@ -391,11 +396,22 @@ async fn list(
         limit: None,
         after: None,
     };
-    let rows = hub
-        .log(filter, q.after, limit)
-        .await
-        .ok_or_else(|| ApiError::conflict("the server runs without a journal (--no-journal)"))?
-        .map_err(journal_error)?;
+    let rows = match readers {
+        // On a cluster node: the shared log, every node's events, on connections of its own.
+        Some(readers) => readers
+            .events(Filter {
+                after: q.after,
+                limit: Some(limit),
+                ..filter
+            })
+            .await
+            .map_err(journal_error)?,
+        None => hub
+            .log(filter, q.after, limit)
+            .await
+            .ok_or_else(|| ApiError::conflict("the server runs without a journal (--no-journal)"))?
+            .map_err(journal_error)?,
+    };
     let events: Vec<Event> = rows.into_iter().map(Event::from_row).collect();
     let next_after = events.last().map_or(q.after.unwrap_or(0), |e| e.seq);
     Ok(web::Json(EventPage { events, next_after }))

@@ -23,6 +23,7 @@
 //! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
 //! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 //! | `cluster.rs` | `GET /v1/cluster/nodes`, and [`ClusterApi`](cluster::ClusterApi): what a cluster node's handlers share |
+//! | `forward.rs` | [`Forwarder`](forward::Forwarder): a cluster node sends writes for sessions other nodes own to their owners |
 
 pub mod agent_types;
 pub mod cluster;
@@ -30,6 +31,7 @@ pub mod commands;
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod forward;
 pub mod guard;
 pub mod metrics;
 pub mod openapi;
@@ -100,7 +102,7 @@ pub struct Parts {
 }
 
 /// Registers every route and the handlers' shared data.
-fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
+fn configure(cfg: &mut web::ServiceConfig, parts: &Parts, services: Option<&cluster::Services>) {
     cfg.app_data(web::Data::new(parts.supervisor.clone()));
     openapi::configure(cfg);
     sessions::configure(cfg);
@@ -113,15 +115,46 @@ fn configure(cfg: &mut web::ServiceConfig, parts: &Parts) {
     events::configure(cfg, &parts.events);
     metrics::configure(cfg, &parts.metrics);
     page::configure(cfg);
-    cluster::configure(cfg, parts.cluster.as_ref());
+    cluster::configure(cfg, parts.cluster.as_ref(), services);
 }
 
-/// Binds the server: the returned [`actix_web::dev::Server`] runs when awaited (or spawned) and
-/// is stopped through its handle. Returns the address actually bound.
+/// Binds the server to `config.listen`: the returned [`actix_web::dev::Server`] runs when
+/// awaited (or spawned) and is stopped through its handle. Returns the address actually bound.
 pub fn bind(
     config: &ServeConfig,
     parts: Parts,
 ) -> std::io::Result<(SocketAddr, actix_web::dev::Server)> {
+    serve(config, parts, Listen::Addr(config.listen))
+}
+
+/// Like [`bind`], on a listener already bound (`config.listen` is not used): a cluster node can
+/// know its address, to advertise it, before it joins.
+pub fn listen(
+    config: &ServeConfig,
+    parts: Parts,
+    listener: std::net::TcpListener,
+) -> std::io::Result<(SocketAddr, actix_web::dev::Server)> {
+    serve(config, parts, Listen::Listener(listener))
+}
+
+/// Where the server listens.
+enum Listen {
+    /// Bind this address.
+    Addr(SocketAddr),
+    /// Take this bound listener.
+    Listener(std::net::TcpListener),
+}
+
+fn serve(
+    config: &ServeConfig,
+    parts: Parts,
+    listen: Listen,
+) -> std::io::Result<(SocketAddr, actix_web::dev::Server)> {
+    let services = parts
+        .cluster
+        .as_ref()
+        .map(|c| cluster::Services::new(c, config.request_timeout))
+        .transpose()?;
     let token = web::Data::new(config.token.clone());
     let deadline = web::Data::new(Deadline(config.request_timeout));
     let max_body = config.max_body_bytes;
@@ -133,7 +166,7 @@ pub fn bind(
             .app_data(error::query_config())
             .app_data(error::path_config())
             .app_data(web::PayloadConfig::new(max_body))
-            .configure(|cfg| configure(cfg, &parts))
+            .configure(|cfg| configure(cfg, &parts, services.as_ref()))
             .default_service(web::to(error::not_found))
             .wrap(from_fn(error::json_errors))
             .wrap(from_fn(guard::deadline))
@@ -145,7 +178,10 @@ pub fn bind(
     } else {
         server
     };
-    let server = server.bind(config.listen)?;
+    let server = match listen {
+        Listen::Addr(addr) => server.bind(addr)?,
+        Listen::Listener(listener) => server.listen(listener)?,
+    };
     let addr = server.addrs().first().copied().unwrap_or(config.listen);
     Ok((addr, server.run()))
 }

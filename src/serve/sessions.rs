@@ -1,11 +1,20 @@
 //! `/v1/sessions`: the live sessions, with filters; one session with its recent readings;
 //! closing one and rotating one by hand. Usage reports are in `readings.rs`.
+//!
+//! On a cluster node the list and a session come from the database (any node's sessions; this
+//! node's own with their readings, from its supervisor), and a close or a rotate for a session
+//! another node owns is forwarded to the owner (`forward.rs`).
 
-use actix_web::{HttpResponse, web};
+use std::collections::BTreeMap;
+
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
+use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody};
+use super::forward::{Forwarder, is_forwarded};
+use crate::cluster::sessions::{self as db_sessions, SessionRow};
 use crate::machine::Phase;
 use crate::session::SessionInfo;
 use crate::supervisor::{SessionHandle, SupervisorHandle};
@@ -24,6 +33,16 @@ pub enum PhaseView {
     Rotating,
     /// Ended (closed, handed over, or failed to rotate).
     Closed,
+}
+
+impl PhaseView {
+    /// The phase a journal's `phase` column holds (`Phase`'s serde name: `Normal`,
+    /// `Compacting`, ...); `None` for anything else.
+    pub fn from_column(text: &str) -> Option<Self> {
+        serde_json::from_value::<Phase>(serde_json::Value::String(text.to_owned()))
+            .ok()
+            .map(Self::from)
+    }
 }
 
 impl From<Phase> for PhaseView {
@@ -110,9 +129,13 @@ pub struct SessionView {
     pub usage: Option<UsageView>,
     /// Compactions it did.
     pub compactions: u32,
-    /// Its recent readings, oldest first (only when one session is asked for).
+    /// Its recent readings, oldest first (only when one session is asked for, and on a cluster
+    /// only from the node that owns it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<UsageView>>,
+    /// On a cluster: the epoch of the node that owns it (absent on a single host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<i64>,
 }
 
 impl SessionView {
@@ -126,6 +149,22 @@ impl SessionView {
             usage: info.usage.as_ref().map(UsageView::from),
             compactions: info.compactions,
             history: history.then(|| info.history.iter().map(UsageView::from).collect()),
+            owner: None,
+        }
+    }
+
+    /// The wire form of a session as the database holds it: without readings, which live in
+    /// the owner's memory.
+    pub fn from_row(row: &SessionRow) -> Self {
+        Self {
+            session: row.id,
+            agent_type: row.agent_type.clone(),
+            work_item: row.work_item,
+            phase: PhaseView::from_column(&row.phase).unwrap_or(PhaseView::Normal),
+            usage: None,
+            compactions: row.compactions,
+            history: None,
+            owner: row.owner.map(|e| e.0),
         }
     }
 }
@@ -173,6 +212,42 @@ impl SessionFilter {
                 .min_ratio
                 .is_none_or(|r| info.usage.is_some_and(|u| u.ratio() >= r))
     }
+
+    /// Whether `view` passes every filter (as [`admits`](Self::admits) judges a live session).
+    pub fn admits_view(&self, view: &SessionView) -> bool {
+        self.agent_type
+            .as_deref()
+            .is_none_or(|t| view.agent_type == t)
+            && self.phase.is_none_or(|p| view.phase == p)
+            && self
+                .min_ratio
+                .is_none_or(|r| view.usage.as_ref().is_some_and(|u| u.ratio >= r))
+    }
+}
+
+/// The most sessions a cluster node reads from the database for one list, before filtering.
+const MAX_DB_LIST: usize = 100_000;
+
+/// The cluster's live sessions, by id: the database's rows, this node's own as its supervisor
+/// has them (with their readings).
+async fn cluster_sessions(
+    supervisor: &SupervisorHandle,
+    cluster: &ClusterApi,
+) -> Result<Vec<SessionView>, ApiError> {
+    let rows = cluster
+        .db
+        .call(|c| db_sessions::all_live(c, MAX_DB_LIST))
+        .await?;
+    let mut views: BTreeMap<u64, SessionView> = rows
+        .iter()
+        .map(|r| (r.id, SessionView::from_row(r)))
+        .collect();
+    for info in supervisor.sessions().await {
+        let mut view = SessionView::new(&info, false);
+        view.owner = Some(cluster.epoch.0);
+        views.insert(view.session, view);
+    }
+    Ok(views.into_values().collect())
 }
 
 /// A live session's handle, or 404.
@@ -190,6 +265,43 @@ fn no_session(id: u64) -> ApiError {
     ApiError::not_found(format!("no live session {id}"))
 }
 
+/// Where a write for a session is handled.
+pub(super) enum Here {
+    /// By this node's supervisor: the session's handle.
+    Local(SessionHandle),
+    /// By the node that owns it: its answer, to relay.
+    Forwarded(HttpResponse),
+}
+
+/// The live session `id` of this node, or, on a cluster node, the answer of the node that owns
+/// it to `req` (sent on with `body`). A request that was forwarded already is answered here: no
+/// live session here is 404.
+pub(super) async fn local_or_forward(
+    req: &HttpRequest,
+    supervisor: &SupervisorHandle,
+    id: u64,
+    body: Option<Vec<u8>>,
+) -> Result<Here, ApiError> {
+    if let Some(handle) = supervisor.session(SessionId(id)).await {
+        return Ok(Here::Local(handle));
+    }
+    let cluster = req.app_data::<web::Data<ClusterApi>>();
+    let forwarder = req.app_data::<web::Data<Forwarder>>();
+    let (Some(cluster), Some(forwarder)) = (cluster, forwarder) else {
+        return Err(no_session(id));
+    };
+    if is_forwarded(req) {
+        tracing::debug!(
+            session = id,
+            "a forwarded write for a session not live here: not forwarded again"
+        );
+        return Err(no_session(id));
+    }
+    Ok(Here::Forwarded(
+        forwarder.forward(req, cluster, id, body).await?,
+    ))
+}
+
 /// The live sessions, by id, that pass the filters.
 #[utoipa::path(
     get,
@@ -203,9 +315,18 @@ fn no_session(id: u64) -> ApiError {
 )]
 async fn list(
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     filter: web::Query<SessionFilter>,
 ) -> Result<web::Json<SessionList>, ApiError> {
     filter.check()?;
+    if let Some(cluster) = cluster {
+        let sessions = cluster_sessions(&supervisor, &cluster)
+            .await?
+            .into_iter()
+            .filter(|v| filter.admits_view(v))
+            .collect();
+        return Ok(web::Json(SessionList { sessions }));
+    }
     let sessions = supervisor
         .sessions()
         .await
@@ -230,9 +351,25 @@ async fn list(
 )]
 async fn get(
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     id: web::Path<u64>,
 ) -> Result<web::Json<SessionView>, ApiError> {
     let id = id.into_inner();
+    if let Some(cluster) = cluster {
+        // This node's own, with its readings; any other node's from the database.
+        if let Some(info) = match supervisor.session(SessionId(id)).await {
+            Some(handle) => handle.info().await,
+            None => None,
+        } {
+            let mut view = SessionView::new(&info, true);
+            view.owner = Some(cluster.epoch.0);
+            return Ok(web::Json(view));
+        }
+        let row = cluster.db.call(move |c| db_sessions::live(c, id)).await?;
+        return row
+            .map(|r| web::Json(SessionView::from_row(&r)))
+            .ok_or_else(|| no_session(id));
+    }
     let info = live(&supervisor, id)
         .await?
         .info()
@@ -249,11 +386,15 @@ enum Order {
 }
 
 async fn order(
+    req: &HttpRequest,
     supervisor: &SupervisorHandle,
     id: u64,
     order: Order,
 ) -> Result<HttpResponse, ApiError> {
-    let handle = live(supervisor, id).await?;
+    let handle = match local_or_forward(req, supervisor, id, None).await? {
+        Here::Local(handle) => handle,
+        Here::Forwarded(answer) => return Ok(answer),
+    };
     let info = handle.info().await.ok_or_else(|| no_session(id))?;
     match order {
         Order::Close => handle.close(),
@@ -271,14 +412,16 @@ async fn order(
     responses(
         (status = 202, description = "The close is under way; the session as it was", body = SessionView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 404, description = "No live session has this id", body = ErrorBody)
+        (status = 404, description = "No live session has this id", body = ErrorBody),
+        (status = 503, description = "On a cluster: the node that owns the session has left or could not be reached", body = ErrorBody)
     )
 )]
 async fn close(
+    req: HttpRequest,
     supervisor: web::Data<SupervisorHandle>,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
-    order(&supervisor, id.into_inner(), Order::Close).await
+    order(&req, &supervisor, id.into_inner(), Order::Close).await
 }
 
 /// Rotates a session now (reason `manual`). Answers the session as it was when asked.
@@ -290,14 +433,16 @@ async fn close(
     responses(
         (status = 202, description = "The rotation is under way; the session as it was", body = SessionView),
         (status = 400, description = "The id is not a number", body = ErrorBody),
-        (status = 404, description = "No live session has this id", body = ErrorBody)
+        (status = 404, description = "No live session has this id", body = ErrorBody),
+        (status = 503, description = "On a cluster: the node that owns the session has left or could not be reached", body = ErrorBody)
     )
 )]
 async fn rotate(
+    req: HttpRequest,
     supervisor: web::Data<SupervisorHandle>,
     id: web::Path<u64>,
 ) -> Result<HttpResponse, ApiError> {
-    order(&supervisor, id.into_inner(), Order::Rotate).await
+    order(&req, &supervisor, id.into_inner(), Order::Rotate).await
 }
 
 /// This module's part of the OpenAPI document.
@@ -365,6 +510,51 @@ mod tests {
             ..SessionFilter::default()
         };
         assert!(above_one.check().is_ok());
+    }
+
+    #[test]
+    fn a_journal_phase_column_reads_as_its_phase() {
+        assert_eq!(PhaseView::from_column("Normal"), Some(PhaseView::Normal));
+        assert_eq!(
+            PhaseView::from_column("Compacting"),
+            Some(PhaseView::Compacting)
+        );
+        assert_eq!(PhaseView::from_column("Closed"), Some(PhaseView::Closed));
+        assert_eq!(PhaseView::from_column("normal"), None);
+    }
+
+    #[test]
+    fn a_session_read_from_the_database_has_its_owner_and_never_passes_min_ratio() {
+        let row = SessionRow {
+            id: 5,
+            agent_type: "coder".into(),
+            work_item: 9,
+            phase: "Rotating".into(),
+            compactions: 2,
+            owner: Some(crate::cluster::Epoch(3)),
+        };
+        let view = SessionView::from_row(&row);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["phase"], "rotating");
+        assert_eq!(json["owner"], 3);
+        assert!(json.get("usage").is_none() && json.get("history").is_none());
+        let by_type = |t: &str| SessionFilter {
+            agent_type: Some(t.into()),
+            phase: Some(PhaseView::Rotating),
+            ..SessionFilter::default()
+        };
+        assert!(by_type("coder").admits_view(&view));
+        assert!(!by_type("writer").admits_view(&view));
+        let min_ratio = SessionFilter {
+            min_ratio: Some(0.0),
+            ..SessionFilter::default()
+        };
+        assert!(!min_ratio.admits_view(&view));
+        // A single host's view has no owner on the wire.
+        let local =
+            serde_json::to_value(SessionView::new(&info("coder", Phase::Normal, None), false))
+                .unwrap();
+        assert!(local.get("owner").is_none());
     }
 
     #[test]

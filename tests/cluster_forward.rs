@@ -1,0 +1,481 @@
+//! Any node answers for any session: two `baton serve` cluster nodes in this process on a real
+//! PostgreSQL, where node a owns every session (b has no room, so it never claims). Writes sent
+//! to b are forwarded to a and take effect there; b reads sessions and events from the database;
+//! a forwarded request is never forwarded again; a session whose owner has left or cannot be
+//! reached is answered 503.
+
+mod cluster_common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton::cluster::{self, ClusterConfig, Epoch, Pool, Running};
+use baton::journal::{JournalOptions, PgOptions};
+use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
+use baton::serve::cluster::ClusterApi;
+use baton::serve::events::{EventHub, EventPage};
+use baton::serve::forward::FORWARDED;
+use baton::serve::guard::Token;
+use baton::serve::metrics::Metrics;
+use baton::serve::sessions::{PhaseView, SessionList, SessionView};
+use baton::serve::{Parts, ServeConfig};
+use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use cluster_common::{TestDb, off_runtime, test_db};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio_util::task::TaskTracker;
+
+const TOKEN: &str = "cluster-forward-token-0123456789";
+/// Session ids no node has.
+const NOBODY: u64 = 424_242;
+
+struct ServedNode {
+    base: String,
+    epoch: Epoch,
+    supervisor: SupervisorHandle,
+    events: UnboundedReceiver<FleetEvent>,
+    /// `None` once it left.
+    running: Option<Running>,
+}
+
+impl Drop for ServedNode {
+    /// A test that fails before its nodes leave still ends: the claimer's blocking listener
+    /// stops, so the runtime can shut down and the failure is reported rather than hung.
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.stop_taking_work();
+        }
+    }
+}
+
+/// A node listening on a port of its own, advertised (before it joins) as its address.
+async fn serve_node(
+    db: &TestDb,
+    name: &str,
+    first_session: u64,
+    max_sessions: usize,
+    tracker: &TaskTracker,
+) -> ServedNode {
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let config = ClusterConfig {
+        url: db.url.clone(),
+        name: name.into(),
+        advertise: Some(base.clone()),
+        ttl: Duration::from_secs(30),
+        sweep_every: Duration::from_millis(200),
+        max_sessions,
+    };
+    let epoch = cluster::join(&config).await.unwrap();
+    let url = db.pg_url();
+    let journal = off_runtime(move || {
+        Journal::open_postgres(
+            &url,
+            JournalOptions::default(),
+            PgOptions { epoch: Some(epoch) },
+        )
+        .unwrap()
+    });
+    let runtime =
+        MemoryRuntime::new(MemoryConfig::default()).numbering_from(SessionId(first_session));
+    let builder = Supervisor::builder(Arc::new(runtime))
+        .agent_type(AgentType::new("coder", 1000))
+        .agent_type(AgentType::new("reviewer", 1000))
+        .journal(journal.clone())
+        .unwrap();
+    let events = builder.subscribe();
+    let supervisor = builder.start();
+    let running = cluster::start(&config, epoch, journal, supervisor.clone(), tracker);
+    let mut serve = ServeConfig::new(Token::new(TOKEN).unwrap());
+    serve.workers = 1;
+    let parts = Parts {
+        supervisor: supervisor.clone(),
+        store: None,
+        commands: None,
+        events: EventHub::new(&supervisor),
+        metrics: Metrics::new(),
+        cluster: Some(ClusterApi {
+            epoch,
+            db: Pool::new(&db.url, 4, Duration::from_secs(5)),
+        }),
+    };
+    let (_, server) = baton::serve::listen(&serve, parts, listener).unwrap();
+    tokio::spawn(server);
+    ServedNode {
+        base,
+        epoch,
+        supervisor,
+        events,
+        running: Some(running),
+    }
+}
+
+/// Node a (room for 4 sessions) and node b (no room: it never owns a session).
+async fn two_nodes(db: &TestDb, tracker: &TaskTracker) -> (ServedNode, ServedNode) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let a = serve_node(db, "a", 1, 4, tracker).await;
+    let b = serve_node(db, "b", 1_000_000, 0, tracker).await;
+    (a, b)
+}
+
+async fn leave(mut a: ServedNode, mut b: ServedNode, tracker: TaskTracker) {
+    for node in [&mut a, &mut b] {
+        if let Some(running) = node.running.take() {
+            running.leave().await;
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// The first event of `node` that `pick` takes something from (within 60 s).
+async fn until<T>(node: &mut ServedNode, mut pick: impl FnMut(&FleetEvent) -> Option<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let event = node.events.recv().await.expect("the fleet's events");
+            if let Some(t) = pick(&event) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("the awaited event arrives")
+}
+
+/// Submits items `ids` through `via` (into the pool) and waits until `owner` has started a
+/// session for each: the sessions, in the order they started.
+async fn sessions_for(
+    http: &reqwest::Client,
+    via: &ServedNode,
+    owner: &mut ServedNode,
+    ids: &[u64],
+) -> Vec<(SessionId, WorkItemId)> {
+    for id in ids {
+        let res = http
+            .post(format!("{}/v1/work-items", via.base))
+            .bearer_auth(TOKEN)
+            .json(&json!({"id": id, "agent_type": "coder", "text": format!("task {id}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+    }
+    let mut started = Vec::new();
+    while started.len() < ids.len() {
+        started.push(
+            until(owner, |e| match e {
+                FleetEvent::SessionStarted {
+                    session, work_item, ..
+                } => Some((*session, *work_item)),
+                _ => None,
+            })
+            .await,
+        );
+    }
+    started
+}
+
+/// POSTs `body` (JSON, if any) to `path` on `node`, with `extra` headers: status and JSON body.
+async fn post(
+    http: &reqwest::Client,
+    node: &ServedNode,
+    path: &str,
+    body: Option<Value>,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut req = http.post(format!("{}{path}", node.base)).bearer_auth(TOKEN);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+async fn get<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    node: &ServedNode,
+    path: &str,
+) -> (u16, Option<T>) {
+    let res = http
+        .get(format!("{}{path}", node.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = if status == 200 {
+        Some(res.json().await.unwrap())
+    } else {
+        None
+    };
+    (status, body)
+}
+
+/// The tokens the owner's supervisor has for `session`'s latest reading.
+async fn used_on(owner: &ServedNode, session: SessionId) -> Option<u64> {
+    let handle = owner.supervisor.session(session).await?;
+    handle.info().await?.usage.map(|u| u.used())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_close_and_rotate_sent_to_a_node_that_does_not_own_the_session_take_effect_on_the_owner()
+ {
+    let Some(db) = test_db("fwdwrites") else {
+        return;
+    };
+    let tracker = TaskTracker::new();
+    let (mut a, b) = two_nodes(&db, &tracker).await;
+    let http = reqwest::Client::new();
+    let started = sessions_for(&http, &b, &mut a, &[1, 2, 3]).await;
+    let [(s1, _), (s2, _), (s3, item3)] = started[..] else {
+        panic!("three sessions: {started:?}")
+    };
+    assert!(
+        b.supervisor.session(s1).await.is_none(),
+        "b owns no session"
+    );
+
+    // A usage report: the owner's answer, and the owner's session has the reading.
+    let (status, reading) = post(
+        &http,
+        &b,
+        &format!("/v1/sessions/{}/usage", s1.0),
+        Some(json!({"used": 500})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{reading}");
+    assert_eq!(reading["session"], s1.0);
+    assert_eq!(reading["phase"], "normal");
+    assert_eq!(used_on(&a, s1).await, Some(500));
+
+    // A batch: reports for a's session go on to a, in order; an unknown session fails alone.
+    let (status, answer) = post(
+        &http,
+        &b,
+        "/v1/usage",
+        Some(json!({"reports": [
+            {"session": s1.0, "used": 600},
+            {"session": NOBODY, "used": 1},
+            {"session": s1.0, "used": 700, "source": "estimated"},
+        ]})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{answer}");
+    assert_eq!(results[0]["session"], s1.0);
+    assert_eq!(results[0]["phase"], "normal");
+    assert_eq!(results[1]["session"], NOBODY);
+    assert_eq!(results[1]["error"], "not_found");
+    assert_eq!(results[2]["phase"], "normal");
+    assert_eq!(used_on(&a, s1).await, Some(700), "the reports ran in order");
+
+    // A rotate: the owner rotates the session.
+    let (status, view) = post(
+        &http,
+        &b,
+        &format!("/v1/sessions/{}/rotate", s2.0),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{view}");
+    assert_eq!(view["session"], s2.0);
+    until(&mut a, |e| match e {
+        FleetEvent::Rotation(r) if r.old_session == s2 => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // A close: the owner closes the session and its work item is done.
+    let (status, view) = post(
+        &http,
+        &b,
+        &format!("/v1/sessions/{}/close", s3.0),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202, "{view}");
+    assert_eq!(view["session"], s3.0);
+    let done = until(&mut a, |e| match e {
+        FleetEvent::WorkItemDone { session, work_item } if *session == s3 => Some(*work_item),
+        _ => None,
+    })
+    .await;
+    assert_eq!(done, item3);
+
+    // A session live nowhere: 404, from either node.
+    for path in ["usage", "close", "rotate"] {
+        let body = (path == "usage").then(|| json!({"used": 1}));
+        let (status, err) = post(
+            &http,
+            &b,
+            &format!("/v1/sessions/{NOBODY}/{path}"),
+            body,
+            &[],
+        )
+        .await;
+        assert_eq!(status, 404, "{path}: {err}");
+        assert_eq!(err["error"], "not_found");
+    }
+    leave(a, b, tracker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_for_sessions_it_does_not_own_from_the_database() {
+    let Some(db) = test_db("fwdreads") else {
+        return;
+    };
+    let tracker = TaskTracker::new();
+    let (mut a, b) = two_nodes(&db, &tracker).await;
+    let http = reqwest::Client::new();
+    let started = sessions_for(&http, &b, &mut a, &[7]).await;
+    let (s, item) = started[0];
+    let (status, _) = post(
+        &http,
+        &a,
+        &format!("/v1/sessions/{}/usage", s.0),
+        Some(json!({"used": 500})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // On b: the database's row, owned by a, without the readings a keeps in memory.
+    let (status, view) = get::<SessionView>(&http, &b, &format!("/v1/sessions/{}", s.0)).await;
+    assert_eq!(status, 200);
+    let view = view.unwrap();
+    assert_eq!(
+        (view.session, view.work_item, view.agent_type.as_str()),
+        (s.0, item.0, "coder")
+    );
+    assert_eq!(view.phase, PhaseView::Normal);
+    assert_eq!(view.owner, Some(a.epoch.0));
+    assert_eq!(view.usage, None);
+    let (_, list) = get::<SessionList>(&http, &b, "/v1/sessions").await;
+    let listed: Vec<_> = list
+        .unwrap()
+        .sessions
+        .iter()
+        .map(|v| (v.session, v.owner))
+        .collect();
+    assert_eq!(listed, [(s.0, Some(a.epoch.0))]);
+    let (_, list) = get::<SessionList>(&http, &b, "/v1/sessions?agent_type=reviewer").await;
+    assert!(list.unwrap().sessions.is_empty());
+    let (status, _) = get::<Value>(&http, &b, &format!("/v1/sessions/{NOBODY}")).await;
+    assert_eq!(status, 404);
+
+    // On a, its owner: its own session, with its readings.
+    let (_, own) = get::<SessionView>(&http, &a, &format!("/v1/sessions/{}", s.0)).await;
+    let own = own.unwrap();
+    assert_eq!(own.owner, Some(a.epoch.0));
+    assert_eq!(own.usage.map(|u| u.used), Some(500));
+    assert_eq!(own.history.map(|h| h.len()), Some(1));
+    let (_, list) = get::<SessionList>(&http, &a, "/v1/sessions?min_ratio=0.5").await;
+    assert_eq!(list.unwrap().sessions.len(), 1);
+
+    // b lists a's events from the shared log.
+    let (status, page) =
+        get::<EventPage>(&http, &b, &format!("/v1/events?session={}&after=0", s.0)).await;
+    assert_eq!(status, 200);
+    let kinds: Vec<_> = page.unwrap().events.into_iter().map(|e| e.kind).collect();
+    assert!(
+        kinds.iter().any(|k| k == "session_started"),
+        "b lists a's events: {kinds:?}"
+    );
+    leave(a, b, tracker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_is_not_forwarded_again_and_an_owner_gone_or_unreachable_is_503() {
+    let Some(db) = test_db("fwdloop") else {
+        return;
+    };
+    let tracker = TaskTracker::new();
+    let (mut a, b) = two_nodes(&db, &tracker).await;
+    let http = reqwest::Client::new();
+    let started = sessions_for(&http, &b, &mut a, &[1]).await;
+    let s = started[0].0;
+    let usage = format!("/v1/sessions/{}/usage", s.0);
+
+    // Marked forwarded: b answers as if alone (no such session here), and a never hears of it.
+    let forwarded = [(FORWARDED, "1")];
+    let (status, err) = post(&http, &b, &usage, Some(json!({"used": 500})), &forwarded).await;
+    assert_eq!(status, 404, "{err}");
+    let (status, answer) = post(
+        &http,
+        &b,
+        "/v1/usage",
+        Some(json!({"reports": [{"session": s.0, "used": 500}]})),
+        &forwarded,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["results"][0]["error"], "not_found", "{answer}");
+    assert_eq!(used_on(&a, s).await, None, "a received no reading");
+
+    // The owner's address answers nothing: 503, for one report and in a batch.
+    let closed = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let epoch_a = a.epoch.0;
+    db.with(move |c| {
+        c.execute(
+            "UPDATE baton_nodes SET addr = $2 WHERE epoch = $1",
+            &[&epoch_a, &nowhere],
+        )
+        .unwrap()
+    });
+    let (status, err) = post(&http, &b, &usage, Some(json!({"used": 500})), &[]).await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"], "unavailable");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be reached"),
+        "{err}"
+    );
+    let (status, answer) = post(
+        &http,
+        &b,
+        "/v1/usage",
+        Some(json!({"reports": [{"session": s.0, "used": 500}]})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["results"][0]["error"], "unavailable", "{answer}");
+    assert_eq!(used_on(&a, s).await, None);
+
+    // The owner's row is gone (fenced): 503 for writes; reads still answer from the database.
+    db.with(move |c| {
+        c.execute("DELETE FROM baton_nodes WHERE epoch = $1", &[&epoch_a])
+            .unwrap()
+    });
+    let (status, err) = post(&http, &b, &format!("/v1/sessions/{}/close", s.0), None, &[]).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("has left the cluster"),
+        "{err}"
+    );
+    assert!(
+        a.supervisor.session(s).await.is_some(),
+        "a did not close it"
+    );
+    let (status, view) = get::<SessionView>(&http, &b, &format!("/v1/sessions/{}", s.0)).await;
+    assert_eq!(status, 200);
+    assert_eq!(view.unwrap().owner, Some(epoch_a));
+    leave(a, b, tracker).await;
+}
