@@ -78,7 +78,13 @@ def fresh_database(test: str) -> Iterator[str]:
     psql(admin, f"CREATE DATABASE {name}")
     try:
         yield with_database(admin, name)
-    finally:
+    except BaseException:
+        if os.environ.get("BATON_KEEP_DB"):
+            print(f"kept the failed test's database {name}")
+            raise
+        psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        raise
+    else:
         psql(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
@@ -260,7 +266,8 @@ class History:
         * each session has one owner at a time: its events' owners change only from an adopted
           node to its adopter, and never back;
         * every rotation ends once, and a successful one has exactly one successor, which no
-          other rotation also names, and which started with the same work item.
+          other rotation also names, and which held the same work item (it started with it,
+          or an adopter's recovery requeued the item from it).
         """
         problems: list[str] = []
         done = Counter(r.work_item for r in self.events if r.kind == "work_item_done")
@@ -300,7 +307,13 @@ class History:
         for rid in sorted({r.rotation for r in started} - set(per_rotation)):
             problems.append(f"rotation {rid} never ended")
         successors: Counter[int] = Counter()
+        # Where each session held its item: its start, or (when its node died between the
+        # hand-over and the start) the adopter's recovery, which requeues the item from it.
         starts = {self.body(r).get("session"): self.body(r).get("work_item") for r in self.events if r.kind == "session_started"}
+        for r in self.events:
+            outcome = self.body(r).get("outcome") if r.kind == "recovered" else None
+            if isinstance(outcome, dict) and isinstance(outcome.get("requeued"), dict):
+                starts.setdefault(outcome["requeued"].get("session"), self.body(r).get("work_item"))
         rotated_from: Counter[int] = Counter()
         for r in ends:
             b = self.body(r)

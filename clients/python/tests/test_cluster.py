@@ -23,19 +23,14 @@ from typing import Any
 from baton_client import ApiError, ConnectionFailed, Conflict, NotFound, RuntimeHandler, serve_runtime_async
 from baton_client.models import AgentType, Handoff, NewWorkItem, Summary
 
-from cluster_support import ClusterNode, History, TcpProxy, fresh_database, host_port, through
+from cluster_support import ClusterNode, History, TcpProxy, fresh_database, host_port, psql, through
 from helpers import WAIT, SimAgents, Watcher, payload_of
 
+# The single host's orchestrator test's agents: "coder" climbs fast and rotates at 95% without
+# compacting; "writer" compacts at 80% and rotates once its single compaction is spent.
+from test_orchestrator import POLICY, STEP, TURNS, WINDOW
+
 ITEMS = 1000
-WINDOW = 1000
-TURNS = 8
-# "coder" climbs fast and rotates at 95% without compacting; "writer" compacts at 80% and
-# rotates once its single compaction is spent.
-STEP = {"coder": 290, "writer": 180}
-POLICY: dict[str, dict[str, Any]] = {
-    "coder": {"compact_at": 0.8, "rotate_at": 0.95, "max_compactions": 3},
-    "writer": {"compact_at": 0.8, "rotate_at": 0.95, "max_compactions": 1},
-}
 TTL_S = 3.0
 SWEEP_S = 1.0
 # Kill to adoption is bounded by the lease and one sweep (and the adopting transaction's own
@@ -72,6 +67,8 @@ class Shared:
     assigned_by: dict[int, str] = field(default_factory=dict)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     failures: list[BaseException] = field(default_factory=list)
+    # The cluster's database, to say where unfinished items are when a wait times out.
+    url: str = ""
 
     async def wait_for(self, predicate: Any, what: str, timeout: float = 240) -> None:
         async def until() -> None:
@@ -81,7 +78,15 @@ class Shared:
         try:
             await asyncio.wait_for(until(), timeout)
         except asyncio.TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}: {len(self.done)} of {ITEMS} items done") from None
+            where = ""
+            if self.url:
+                rows = psql(
+                    self.url,
+                    "SELECT w.id, w.place, w.owner, w.session, s.state, s.phase, s.owner FROM work_items w "
+                    "LEFT JOIN sessions s ON s.id = w.session WHERE w.place <> 'done' ORDER BY w.id LIMIT 10",
+                )
+                where = f"; not done (id, place, owner, session, its state, phase, owner): {rows}"
+            raise AssertionError(f"timed out waiting for {what}: {len(self.done)} items done{where}") from None
         assert not self.failures, self.failures
 
 
@@ -246,6 +251,7 @@ def submit_all(shared: Shared) -> list[dict[str, Any]]:
 async def test_three_nodes_finish_1000_items_exactly_once_across_a_sigkill_and_a_sigstop(tmp_path: Path, token: str) -> None:
     shared = Shared()
     with fresh_database("chaos") as url:
+        shared.url = url
         async with cluster(tmp_path, token, url, ["a", "b", "c"], shared) as nodes:
             (a, da), (b, db), (c, dc) = nodes["a"], nodes["b"], nodes["c"]
             items = submit_all(shared)
@@ -309,6 +315,7 @@ async def test_three_nodes_finish_1000_items_exactly_once_across_a_sigkill_and_a
 async def test_a_node_cut_off_from_the_database_is_lost_and_its_work_is_finished_elsewhere(tmp_path: Path, token: str) -> None:
     shared = Shared()
     with fresh_database("cut") as url:
+        shared.url = url
         proxy = TcpProxy(host_port(url))
         try:
             async with cluster(tmp_path, token, url, ["p", "q"], shared, urls={"p": through(url, proxy)}) as nodes:

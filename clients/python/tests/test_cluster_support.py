@@ -69,6 +69,16 @@ def test_a_rotation_with_two_successors_or_none_is_found() -> None:
     assert "rotation 8's successor 11 did not start with item 2" in problems
 
 
+def test_a_successor_that_died_before_its_start_held_its_item_if_recovery_requeued_it() -> None:
+    h = sound()
+    # Session 11's start was never written (its node died after the hand-over)...
+    h.events = [e for e in h.events if not (e.kind == "session_started" and e.session == 11)]
+    assert "rotation 7's successor 11 did not start with item 1" in h.check({1, 2})
+    # ... but the adopter's recovery requeued item 1 from it.
+    h.events.append(ev(11, "recovered", 2, None, 1, outcome={"requeued": {"session": 11}}))
+    assert h.check({1, 2}) == []
+
+
 def test_the_resumption_after_an_adoption_is_the_adopter_s_first_start_of_a_held_item() -> None:
     adoption, first = sound().resumed_after(1)
     assert adoption.by == 2 and first is not None and first.seq == 7
