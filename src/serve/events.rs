@@ -456,7 +456,7 @@ impl Feed {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "the event feed cannot listen; retrying");
-                        std::thread::sleep(FEED_TICK);
+                        std::thread::sleep(FEED_FALLBACK);
                     }
                 }
                 continue;
