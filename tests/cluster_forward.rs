@@ -721,13 +721,12 @@ async fn a_cancel_sent_to_a_node_that_does_not_hold_the_item_reaches_its_owner_o
         (json!(1), json!("dead"))
     );
     assert_eq!(view["reason"], "cancelled");
-    until(&mut a, |e| match e {
-        FleetEvent::DeadLetter { work_item, reason } if work_item.0 == 1 => {
-            Some(assert_eq!(reason, "cancelled"))
-        }
+    let reason = until(&mut a, |e| match e {
+        FleetEvent::DeadLetter { work_item, reason } if work_item.0 == 1 => Some(reason.clone()),
         _ => None,
     })
     .await;
+    assert_eq!(reason, "cancelled");
     assert!(
         a.supervisor.session(s1).await.is_none(),
         "a closed item 1's session"
