@@ -24,6 +24,7 @@ use baton::serve::sessions::{PhaseView, SessionList, SessionView};
 use baton::serve::work_items::{PlaceView, WorkItemView};
 use baton::serve::{Parts, ServeConfig};
 use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use cluster_common::stream::{Stream, done, published, seqs_and_kinds};
 use cluster_common::{TestDb, off_runtime, test_db};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -478,119 +479,6 @@ async fn a_forwarded_request_is_not_forwarded_again_and_an_owner_gone_or_unreach
     leave(a, b, tracker).await;
 }
 
-/// One event of a stream: its `id:` (the `seq`), its `event:` (the kind) and its data.
-#[derive(Debug, Clone, PartialEq)]
-struct Frame {
-    seq: u64,
-    kind: String,
-    data: Value,
-}
-
-/// Reads server-sent events from `GET /v1/events/stream` on a node.
-struct Stream {
-    response: reqwest::Response,
-    buffer: String,
-}
-
-impl Stream {
-    /// Opens the stream on `node`, resuming after `last_event_id` when given.
-    async fn open(http: &reqwest::Client, node: &ServedNode, last_event_id: Option<u64>) -> Self {
-        let mut req = http
-            .get(format!("{}/v1/events/stream", node.base))
-            .bearer_auth(TOKEN);
-        if let Some(id) = last_event_id {
-            req = req.header("Last-Event-ID", id.to_string());
-        }
-        let response = req.send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        Self {
-            response,
-            buffer: String::new(),
-        }
-    }
-
-    /// The next event (comments skipped); the wait is bounded as a safety net only.
-    async fn next(&mut self) -> Frame {
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let text: String = self.buffer.drain(..end + 2).collect();
-                let (mut seq, mut kind, mut data) = (None, String::new(), String::new());
-                for line in text.lines() {
-                    if let Some(v) = line.strip_prefix("id: ") {
-                        seq = Some(v.parse().unwrap());
-                    } else if let Some(v) = line.strip_prefix("event: ") {
-                        kind = v.to_owned();
-                    } else if let Some(v) = line.strip_prefix("data: ") {
-                        data.push_str(v);
-                    }
-                }
-                if let Some(seq) = seq {
-                    let data = serde_json::from_str(&data).unwrap();
-                    return Frame { seq, kind, data };
-                }
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(60), self.response.chunk())
-                .await
-                .expect("the stream sends the awaited event")
-                .expect("the stream failed")
-                .expect("the stream ended early");
-            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
-
-    /// Events up to and including the first that `done` accepts.
-    async fn until(&mut self, done: impl Fn(&Frame) -> bool) -> Vec<Frame> {
-        let mut out = Vec::new();
-        loop {
-            let frame = self.next().await;
-            let last = done(&frame);
-            out.push(frame);
-            if last {
-                return out;
-            }
-        }
-    }
-}
-
-/// Whether `frame` is item `id`'s `work_item_done`.
-fn done(id: u64) -> impl Fn(&Frame) -> bool {
-    move |f| f.kind == "work_item_done" && f.data["work_item"] == id
-}
-
-/// The published events (those a stream sends) of the shared log with `after < seq <= upto`,
-/// read through `node`'s `GET /v1/events`.
-async fn logged(
-    http: &reqwest::Client,
-    node: &ServedNode,
-    after: u64,
-    upto: u64,
-) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut from = after;
-    loop {
-        let (status, page) =
-            get::<EventPage>(http, node, &format!("/v1/events?after={from}&limit=1000")).await;
-        assert_eq!(status, 200);
-        let page = page.unwrap();
-        if page.events.is_empty() {
-            return out;
-        }
-        for e in page.events {
-            if e.seq > upto {
-                return out;
-            }
-            if serde_json::from_value::<FleetEvent>(e.payload.clone()).is_ok() {
-                out.push((e.seq, e.kind));
-            }
-        }
-        from = page.next_after;
-    }
-}
-
-fn seqs_and_kinds(frames: &[Frame]) -> Vec<(u64, String)> {
-    frames.iter().map(|f| (f.seq, f.kind.clone())).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_seq_order_once_and_resumes_without_a_gap()
  {
@@ -601,8 +489,8 @@ async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_
     let (mut a, b) = two_nodes(&db, &tracker).await;
     let http = reqwest::Client::new();
     // Opened before anything happens: every published event of the test is live for it.
-    let mut live_b = Stream::open(&http, &b, None).await;
-    let mut live_a = Stream::open(&http, &a, None).await;
+    let mut live_b = Stream::open(&http, &b.base, TOKEN, None).await;
+    let mut live_a = Stream::open(&http, &a.base, TOKEN, None).await;
 
     let started = sessions_for(&http, &b, &mut a, &[1, 2]).await;
     let session_of = |item: u64| {
@@ -635,7 +523,7 @@ async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_
             "b's stream has item {item}'s session_started: {seen_b:?}"
         );
     }
-    let log = logged(&http, &b, 0, upto).await;
+    let log = published(&http, &b.base, TOKEN, 0, upto).await;
     assert_eq!(seqs_and_kinds(&seen_b), log, "b's stream is the log");
     assert_eq!(seqs_and_kinds(&seen_a), log, "a's stream is the log");
 
@@ -646,11 +534,11 @@ async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_
         .find(|f| f.kind == "session_started")
         .unwrap()
         .seq;
-    let mut resumed = Stream::open(&http, &b, Some(resume_after)).await;
+    let mut resumed = Stream::open(&http, &b.base, TOKEN, Some(resume_after)).await;
     let backlog = resumed.until(done(1)).await;
     assert_eq!(
         seqs_and_kinds(&backlog),
-        logged(&http, &b, resume_after, upto).await
+        published(&http, &b.base, TOKEN, resume_after, upto).await
     );
     let (status, _) = post(
         &http,
@@ -663,7 +551,10 @@ async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_
     assert_eq!(status, 202);
     let live = resumed.until(done(2)).await;
     let end = live.last().unwrap().seq;
-    assert_eq!(seqs_and_kinds(&live), logged(&http, &b, upto, end).await);
+    assert_eq!(
+        seqs_and_kinds(&live),
+        published(&http, &b.base, TOKEN, upto, end).await
+    );
     assert_eq!(
         seqs_and_kinds(&live_b.until(done(2)).await),
         seqs_and_kinds(&live)
@@ -697,7 +588,7 @@ async fn a_cancel_sent_to_a_node_that_does_not_hold_the_item_reaches_its_owner_o
     let tracker = TaskTracker::new();
     let (mut a, b) = two_nodes(&db, &tracker).await;
     let http = reqwest::Client::new();
-    let mut stream = Stream::open(&http, &b, None).await;
+    let mut stream = Stream::open(&http, &b.base, TOKEN, None).await;
     // a's four places are taken: item 5 stays in the pool (b has no room).
     let started = sessions_for(&http, &b, &mut a, &[1, 2, 3, 4]).await;
     let (status, _) = post(
