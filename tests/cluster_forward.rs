@@ -23,7 +23,9 @@ use baton::serve::metrics::Metrics;
 use baton::serve::sessions::{PhaseView, SessionList, SessionView};
 use baton::serve::work_items::{PlaceView, WorkItemView};
 use baton::serve::{Parts, ServeConfig};
-use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use baton::{
+    AgentType, FleetEvent, Journal, Phase, SessionId, Supervisor, SupervisorHandle, WorkItemId,
+};
 use cluster_common::stream::{Stream, done, published, seqs_and_kinds};
 use cluster_common::{TestDb, off_runtime, test_db};
 use serde_json::{Value, json};
@@ -603,28 +605,8 @@ async fn a_cancel_sent_to_a_node_that_does_not_hold_the_item_reaches_its_owner_o
     let (_, pooled) = get::<WorkItemView>(&http, &b, "/v1/work-items/5").await;
     assert_eq!(pooled.unwrap().place, PlaceView::Queued);
 
-    // Owned by a, cancelled through b: a closes its session and the item is dead there.
-    let (s1, _) = started.iter().find(|(_, w)| w.0 == 1).copied().unwrap();
-    let (status, view) = cancel(&http, &b, 1, &[]).await;
-    assert_eq!(status, 200, "{view}");
-    assert_eq!(
-        (view["id"].clone(), view["place"].clone()),
-        (json!(1), json!("dead"))
-    );
-    assert_eq!(view["reason"], "cancelled");
-    let reason = until(&mut a, |e| match e {
-        FleetEvent::DeadLetter { work_item, reason } if work_item.0 == 1 => Some(reason.clone()),
-        _ => None,
-    })
-    .await;
-    assert_eq!(reason, "cancelled");
-    assert!(
-        a.supervisor.session(s1).await.is_none(),
-        "a closed item 1's session"
-    );
-
-    // In the pool, cancelled through b: dead in the database, with its event in the log and on
-    // the stream.
+    // In the pool (a is full), cancelled through b: dead in the database, with its event in
+    // the log and on the stream.
     let (status, view) = cancel(&http, &b, 5, &[]).await;
     assert_eq!(status, 200, "{view}");
     let view: WorkItemView = serde_json::from_value(view).unwrap();
@@ -642,7 +624,29 @@ async fn a_cancel_sent_to_a_node_that_does_not_hold_the_item_reaches_its_owner_o
         "cancelled"
     );
 
-    // Room freed on a: it claims item 6, submitted after item 5, and never item 5.
+    // Owned by a, cancelled through b: a closes its session and the item is dead there; the
+    // room this frees on a is where the pool's items would go.
+    let (s1, _) = started.iter().find(|(_, w)| w.0 == 1).copied().unwrap();
+    let (status, view) = cancel(&http, &b, 1, &[]).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["id"].clone(), view["place"].clone()),
+        (json!(1), json!("dead"))
+    );
+    assert_eq!(view["reason"], "cancelled");
+    let reason = until(&mut a, |e| match e {
+        FleetEvent::DeadLetter { work_item, reason } if work_item.0 == 1 => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "cancelled");
+    until(&mut a, |e| match e {
+        FleetEvent::Transition(t) if t.session == s1 && t.to == Phase::Closed => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // With the room freed on a, it claims item 6, submitted after item 5, and never item 5.
     let (status, _) = post(
         &http,
         &b,
