@@ -2,7 +2,9 @@
 //! PostgreSQL, where node a owns every session (b has no room, so it never claims). Writes sent
 //! to b are forwarded to a and take effect there; b reads sessions and events from the database;
 //! a forwarded request is never forwarded again; a session whose owner has left or cannot be
-//! reached is answered 503.
+//! reached is answered 503. A cancel sent to b reaches the item's owner, or cancels it in the
+//! pool. An event stream on either node carries every node's events, in `seq` order, each once,
+//! and resumes without a gap. A runtime whose test panicked before its nodes left shuts down.
 
 mod cluster_common;
 
@@ -14,13 +16,17 @@ use baton::cluster::{self, ClusterConfig, Epoch, Pool, Running};
 use baton::journal::{JournalOptions, PgOptions};
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::serve::cluster::ClusterApi;
-use baton::serve::events::{EventHub, EventPage};
+use baton::serve::events::{EventHub, EventPage, EventsConfig};
 use baton::serve::forward::FORWARDED;
 use baton::serve::guard::Token;
 use baton::serve::metrics::Metrics;
 use baton::serve::sessions::{PhaseView, SessionList, SessionView};
+use baton::serve::work_items::{PlaceView, WorkItemView};
 use baton::serve::{Parts, ServeConfig};
-use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use baton::{
+    AgentType, FleetEvent, Journal, Phase, SessionId, Supervisor, SupervisorHandle, WorkItemId,
+};
+use cluster_common::stream::{Stream, done, published, seqs_and_kinds};
 use cluster_common::{TestDb, off_runtime, test_db};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -37,16 +43,8 @@ struct ServedNode {
     events: UnboundedReceiver<FleetEvent>,
     /// `None` once it left.
     running: Option<Running>,
-}
-
-impl Drop for ServedNode {
-    /// A test that fails before its nodes leave still ends: the claimer's blocking listener
-    /// stops, so the runtime can shut down and the failure is reported rather than hung.
-    fn drop(&mut self) {
-        if let Some(running) = &self.running {
-            running.stop_taking_work();
-        }
-    }
+    /// Its event streams' hub (closed when it leaves: its feed stops reading the database).
+    hub: EventHub,
 }
 
 /// A node listening on a port of its own, advertised (before it joins) as its address.
@@ -89,11 +87,12 @@ async fn serve_node(
     let running = cluster::start(&config, epoch, journal, supervisor.clone(), tracker);
     let mut serve = ServeConfig::new(Token::new(TOKEN).unwrap());
     serve.workers = 1;
+    let hub = EventHub::cluster(&supervisor, &db.url, EventsConfig::default()).unwrap();
     let parts = Parts {
         supervisor: supervisor.clone(),
         store: None,
         commands: None,
-        events: EventHub::new(&supervisor),
+        events: hub.clone(),
         metrics: Metrics::new(),
         cluster: Some(ClusterApi {
             epoch,
@@ -108,6 +107,7 @@ async fn serve_node(
         supervisor,
         events,
         running: Some(running),
+        hub,
     }
 }
 
@@ -124,6 +124,7 @@ async fn leave(mut a: ServedNode, mut b: ServedNode, tracker: TaskTracker) {
         if let Some(running) = node.running.take() {
             running.leave().await;
         }
+        node.hub.close();
     }
     tracker.close();
     tracker.wait().await;
@@ -478,4 +479,254 @@ async fn a_forwarded_request_is_not_forwarded_again_and_an_owner_gone_or_unreach
     assert_eq!(status, 200);
     assert_eq!(view.unwrap().owner, Some(epoch_a));
     leave(a, b, tracker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_seq_order_once_and_resumes_without_a_gap()
+ {
+    let Some(db) = test_db("fwdstream") else {
+        return;
+    };
+    let tracker = TaskTracker::new();
+    let (mut a, b) = two_nodes(&db, &tracker).await;
+    let http = reqwest::Client::new();
+    // Opened before anything happens: every published event of the test is live for it.
+    let mut live_b = Stream::open(&http, &b.base, TOKEN, None).await;
+    let mut live_a = Stream::open(&http, &a.base, TOKEN, None).await;
+
+    let started = sessions_for(&http, &b, &mut a, &[1, 2]).await;
+    let session_of = |item: u64| {
+        started
+            .iter()
+            .find(|(_, w)| w.0 == item)
+            .map(|(s, _)| s.0)
+            .unwrap()
+    };
+    let (status, _) = post(
+        &http,
+        &b,
+        &format!("/v1/sessions/{}/close", session_of(1)),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let seen_b = live_b.until(done(1)).await;
+    let seen_a = live_a.until(done(1)).await;
+    let upto = seen_b.last().unwrap().seq;
+
+    // b, which owns nothing, saw a's sessions start and its item end; both nodes' streams are
+    // the shared log's published events exactly: in seq order, none missing, none twice.
+    for item in [1, 2] {
+        assert!(
+            seen_b
+                .iter()
+                .any(|f| f.kind == "session_started" && f.data["work_item"] == item),
+            "b's stream has item {item}'s session_started: {seen_b:?}"
+        );
+    }
+    let log = published(&http, &b.base, TOKEN, 0, upto).await;
+    assert_eq!(seqs_and_kinds(&seen_b), log, "b's stream is the log");
+    assert_eq!(seqs_and_kinds(&seen_a), log, "a's stream is the log");
+
+    // Resumed after item 1's session_started: the rest of the backlog, then live events, with
+    // no gap and no duplicate across the switch.
+    let resume_after = seen_b
+        .iter()
+        .find(|f| f.kind == "session_started")
+        .unwrap()
+        .seq;
+    let mut resumed = Stream::open(&http, &b.base, TOKEN, Some(resume_after)).await;
+    let backlog = resumed.until(done(1)).await;
+    assert_eq!(
+        seqs_and_kinds(&backlog),
+        published(&http, &b.base, TOKEN, resume_after, upto).await
+    );
+    let (status, _) = post(
+        &http,
+        &b,
+        &format!("/v1/sessions/{}/close", session_of(2)),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let live = resumed.until(done(2)).await;
+    let end = live.last().unwrap().seq;
+    assert_eq!(
+        seqs_and_kinds(&live),
+        published(&http, &b.base, TOKEN, upto, end).await
+    );
+    assert_eq!(
+        seqs_and_kinds(&live_b.until(done(2)).await),
+        seqs_and_kinds(&live)
+    );
+    leave(a, b, tracker).await;
+}
+
+/// POSTs a cancel of `item` to `node`.
+async fn cancel(
+    http: &reqwest::Client,
+    node: &ServedNode,
+    item: u64,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    post(
+        http,
+        node,
+        &format!("/v1/work-items/{item}/cancel"),
+        None,
+        extra,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_a_node_that_does_not_hold_the_item_reaches_its_owner_or_cancels_it_in_the_pool()
+ {
+    let Some(db) = test_db("fwdcancel") else {
+        return;
+    };
+    let tracker = TaskTracker::new();
+    let (mut a, b) = two_nodes(&db, &tracker).await;
+    let http = reqwest::Client::new();
+    let mut stream = Stream::open(&http, &b.base, TOKEN, None).await;
+    // a's four places are taken: item 5 stays in the pool (b has no room).
+    let started = sessions_for(&http, &b, &mut a, &[1, 2, 3, 4]).await;
+    let (status, _) = post(
+        &http,
+        &b,
+        "/v1/work-items",
+        Some(json!({"id": 5, "agent_type": "coder", "text": "task 5"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, pooled) = get::<WorkItemView>(&http, &b, "/v1/work-items/5").await;
+    assert_eq!(pooled.unwrap().place, PlaceView::Queued);
+
+    // In the pool (a is full), cancelled through b: dead in the database, with its event in
+    // the log and on the stream.
+    let (status, view) = cancel(&http, &b, 5, &[]).await;
+    assert_eq!(status, 200, "{view}");
+    let view: WorkItemView = serde_json::from_value(view).unwrap();
+    assert_eq!(
+        (view.id, view.place, view.reason.as_deref()),
+        (5, PlaceView::Dead, Some("cancelled"))
+    );
+    let (_, stored) = get::<WorkItemView>(&http, &a, "/v1/work-items/5").await;
+    assert_eq!(stored.unwrap().place, PlaceView::Dead);
+    let dead = stream
+        .until(|f| f.kind == "dead_letter" && f.data["work_item"] == 5)
+        .await;
+    assert_eq!(
+        dead.last().unwrap().data["payload"]["dead_letter"]["reason"],
+        "cancelled"
+    );
+
+    // Owned by a, cancelled through b: a closes its session and the item is dead there; the
+    // room this frees on a is where the pool's items would go.
+    let (s1, _) = started.iter().find(|(_, w)| w.0 == 1).copied().unwrap();
+    let (status, view) = cancel(&http, &b, 1, &[]).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(
+        (view["id"].clone(), view["place"].clone()),
+        (json!(1), json!("dead"))
+    );
+    assert_eq!(view["reason"], "cancelled");
+    let reason = until(&mut a, |e| match e {
+        FleetEvent::DeadLetter { work_item, reason } if work_item.0 == 1 => Some(reason.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(reason, "cancelled");
+    until(&mut a, |e| match e {
+        FleetEvent::Transition(t) if t.session == s1 && t.to == Phase::Closed => Some(()),
+        _ => None,
+    })
+    .await;
+
+    // With the room freed on a, it claims item 6, submitted after item 5, and never item 5.
+    let (status, _) = post(
+        &http,
+        &b,
+        "/v1/work-items",
+        Some(json!({"id": 6, "agent_type": "coder", "text": "task 6"})),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 201);
+    let next = until(&mut a, |e| match e {
+        FleetEvent::SessionStarted { work_item, .. } => Some(*work_item),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        next,
+        WorkItemId(6),
+        "a claims item 6, not the cancelled item 5"
+    );
+
+    // Ended already: 409, from either node; unknown: 404; marked forwarded: b answers alone.
+    for node in [&a, &b] {
+        for item in [1, 5] {
+            let (status, err) = cancel(&http, node, item, &[]).await;
+            assert_eq!(status, 409, "{err}");
+        }
+        let (status, _) = cancel(&http, node, NOBODY, &[]).await;
+        assert_eq!(status, 404);
+    }
+    let (status, _) = cancel(&http, &b, 2, &[(FORWARDED, "1")]).await;
+    assert_eq!(status, 404, "a forwarded cancel is not forwarded again");
+    let (_, item2) = get::<WorkItemView>(&http, &b, "/v1/work-items/2").await;
+    assert_eq!(item2.unwrap().place, PlaceView::Live);
+
+    // The owner gone (fenced): 503, and the item is left as it is.
+    let epoch_a = a.epoch.0;
+    db.with(move |c| {
+        c.execute("DELETE FROM baton_nodes WHERE epoch = $1", &[&epoch_a])
+            .unwrap()
+    });
+    let (status, err) = cancel(&http, &b, 2, &[]).await;
+    assert_eq!(status, 503, "{err}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("work item 2 is owned by node"),
+        "{err}"
+    );
+    leave(a, b, tracker).await;
+}
+
+#[test]
+fn a_runtime_whose_test_panicked_before_its_nodes_left_shuts_down() {
+    let Some(db) = test_db("fwdpanic") else {
+        return;
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let db = Arc::new(db);
+    let in_thread = db.clone();
+    std::thread::spawn(move || {
+        let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let tracker = TaskTracker::new();
+                let (mut a, b) = two_nodes(&in_thread, &tracker).await;
+                let http = reqwest::Client::new();
+                sessions_for(&http, &b, &mut a, &[1]).await;
+                panic!("this test fails on purpose, before its nodes leave");
+            })
+        }));
+        // Reached only once the runtime has shut down.
+        tx.send(failed.is_err()).unwrap();
+    });
+    let panicked = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the runtime shut down rather than waiting for the nodes' loops");
+    assert!(panicked);
 }

@@ -1,6 +1,7 @@
 //! Two `baton serve` cluster nodes in this process on a real PostgreSQL: work submitted over
 //! HTTP to one node goes to the shared pool, both nodes claim from it through their claimers,
-//! every item is done exactly once, and either node answers for the whole cluster.
+//! every item is done exactly once, and either node answers for the whole cluster: its event
+//! stream carries both nodes' events, as the shared log holds them.
 
 mod cluster_common;
 
@@ -13,12 +14,13 @@ use baton::cluster::{self, ClusterConfig, Epoch, Pool, Running};
 use baton::journal::{JournalOptions, PgOptions};
 use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
 use baton::serve::cluster::{ClusterApi, NodeList};
-use baton::serve::events::EventHub;
+use baton::serve::events::{EventHub, EventsConfig};
 use baton::serve::guard::Token;
 use baton::serve::metrics::Metrics;
 use baton::serve::work_items::{WorkItemBatchAnswer, WorkItemList};
 use baton::serve::{Parts, ServeConfig};
 use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use cluster_common::stream::{Stream, published, seqs_and_kinds};
 use cluster_common::{TestDb, off_runtime, test_db};
 use serde_json::json;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
@@ -76,7 +78,7 @@ async fn serve_node(
         supervisor: supervisor.clone(),
         store: None,
         commands: None,
-        events: EventHub::new(&supervisor),
+        events: EventHub::cluster(&supervisor, &db.url, EventsConfig::default()).unwrap(),
         metrics: Metrics::new(),
         cluster: Some(ClusterApi {
             epoch,
@@ -122,6 +124,10 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
     let mut a = serve_node(&db, "a", 1, &tracker).await;
     let mut b = serve_node(&db, "b", 1_000_000, &tracker).await;
     let http = reqwest::Client::new();
+    let mut streams = [
+        Stream::open(&http, &a.base, TOKEN, None).await,
+        Stream::open(&http, &b.base, TOKEN, None).await,
+    ];
 
     // Every item submitted to a, in one batch.
     let items: Vec<_> = (1..=ITEMS)
@@ -170,6 +176,19 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
     b.supervisor.journal().unwrap().flush().await.unwrap();
     let list_ids: Vec<u64> = list.work_items.iter().map(|v| v.id).collect();
     assert_eq!(list_ids, (1..=ITEMS).collect::<Vec<_>>());
+
+    // Both nodes wrote events, and each node's stream is the shared log's published events:
+    // both nodes', in seq order, none missing, none twice.
+    let log = published(&http, &b.base, TOKEN, 0, u64::MAX).await;
+    let last = log.last().expect("events were logged").0;
+    for (stream, node) in streams.iter_mut().zip(["a", "b"]) {
+        let seen = stream.until(|f| f.seq >= last).await;
+        assert_eq!(
+            seqs_and_kinds(&seen),
+            log,
+            "node {node}'s stream is the log"
+        );
+    }
     let nodes: NodeList = http
         .get(format!("{}/v1/cluster/nodes", b.base))
         .bearer_auth(TOKEN)

@@ -2,7 +2,7 @@
 //! them to it. It claims when `baton_pool` wakes it (a submission on any node), when one of its
 //! own items ends (room freed), and at every sweep interval.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -48,16 +48,24 @@ pub(crate) async fn room(supervisor: &SupervisorHandle, max_sessions: usize) -> 
 
 impl Claimer {
     /// Claims until `stop` is cancelled, or the node turns out to be fenced.
-    pub(crate) async fn run(
-        self,
-        stop: CancellationToken,
-        tracker: &tokio_util::task::TaskTracker,
-    ) {
+    pub(crate) async fn run(self, stop: CancellationToken) {
         let wake = Arc::new(Notify::new());
         {
-            let (url, wake, stop, timeout) =
-                (self.url.clone(), wake.clone(), stop.clone(), self.every);
-            tracker.spawn_blocking(move || listen(&url, timeout, &wake, &stop));
+            // A thread of its own, not the runtime's blocking pool: a runtime that shuts down
+            // (a test that panicked before its node left) does not wait for it, and it ends
+            // with this loop (the last `wake`) or with `stop`.
+            let (url, weak, stop, timeout) = (
+                self.url.clone(),
+                Arc::downgrade(&wake),
+                stop.clone(),
+                self.every,
+            );
+            let spawned = std::thread::Builder::new()
+                .name("baton-pool-listen".into())
+                .spawn(move || listen(&url, timeout, &weak, &stop));
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start the pool listener; claiming every sweep interval only");
+            }
         }
         let mut events = self.supervisor.subscribe();
         loop {
@@ -130,9 +138,12 @@ async fn next_ending(events: &mut tokio::sync::mpsc::UnboundedReceiver<FleetEven
 }
 
 /// `LISTEN baton_pool` on a connection of its own, waking the claimer at each notification,
-/// until `stop` is cancelled. A lost connection is opened again after `retry`.
-fn listen(url: &str, retry: Duration, wake: &Notify, stop: &CancellationToken) {
-    while !stop.is_cancelled() {
+/// until `stop` is cancelled or the claimer is gone (`wake` cannot be upgraded). A lost
+/// connection is opened again after `retry`.
+fn listen(url: &str, retry: Duration, wake: &Weak<Notify>, stop: &CancellationToken) {
+    let gone = || stop.is_cancelled() || wake.strong_count() == 0;
+    let notify = || wake.upgrade().inspect(|w| w.notify_one()).is_some();
+    while !gone() {
         let mut client = match connect(url, retry).and_then(|mut c| {
             c.batch_execute(&format!("LISTEN {POOL_CHANNEL}"))?;
             Ok(c)
@@ -145,9 +156,11 @@ fn listen(url: &str, retry: Duration, wake: &Notify, stop: &CancellationToken) {
             }
         };
         // Anything submitted while the listener was away is claimed at this wake.
-        wake.notify_one();
+        if !notify() {
+            return;
+        }
         loop {
-            if stop.is_cancelled() {
+            if gone() {
                 return;
             }
             let next = {
@@ -156,7 +169,11 @@ fn listen(url: &str, retry: Duration, wake: &Notify, stop: &CancellationToken) {
                 postgres::fallible_iterator::FallibleIterator::next(&mut it).map(|n| n.is_some())
             };
             match next {
-                Ok(true) => wake.notify_one(),
+                Ok(true) => {
+                    if !notify() {
+                        return;
+                    }
+                }
                 // Also what a closed connection answers.
                 Ok(false) if client.is_closed() => break,
                 Ok(false) => {}

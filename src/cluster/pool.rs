@@ -3,8 +3,11 @@
 
 use postgres::{Client, Transaction};
 
+use super::sessions::Owner;
 use super::{ClusterError, DB_NOW, Epoch};
 use crate::journal::pg::EVENTS_LOCK;
+use crate::record::FleetEvent;
+use crate::supervisor::CANCELLED;
 use crate::vocab::{WorkItem, WorkItemId};
 
 /// The channel a submission notifies, so that claimers wake at once.
@@ -175,4 +178,69 @@ pub fn items(c: &mut Client, limit: usize) -> Result<Vec<ItemRow>, ClusterError>
     let sql = format!("SELECT {ITEM_COLUMNS} FROM work_items ORDER BY id LIMIT $1");
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     Ok(c.query(&sql, &[&limit])?.iter().map(item_row).collect())
+}
+
+/// One work item, wherever it is in the cluster, and who holds it: `None` while nobody does (in
+/// the pool); else its owner's node row (`Owner::Gone` when the row is gone: the owner has
+/// been fenced and its work is being adopted).
+pub fn item_holder(
+    c: &mut Client,
+    id: WorkItemId,
+) -> Result<Option<(ItemRow, Option<Owner>)>, ClusterError> {
+    let sql = format!(
+        "SELECT w.id, w.agent_type, w.text, w.place, w.session, w.reason, w.owner,
+                n.epoch, n.addr, n.lease_until >= {DB_NOW}
+         FROM work_items w LEFT JOIN baton_nodes n ON n.epoch = w.owner WHERE w.id = $1"
+    );
+    Ok(c.query_opt(&sql, &[&sql_id(id)])?.map(|r| {
+        let row = item_row(&r);
+        let owner = match (row.owner, r.get::<_, Option<i64>>(7)) {
+            (None, _) => None,
+            (Some(_), Some(epoch)) => Some(Owner::Node {
+                epoch: Epoch(epoch),
+                addr: r.get(8),
+                live: r.get::<_, Option<bool>>(9).unwrap_or(false),
+            }),
+            (Some(gone), None) => Some(Owner::Gone(Some(gone))),
+        };
+        (row, owner)
+    }))
+}
+
+/// Cancels `id` while it waits in the pool (`owner` NULL, queued), in one transaction fenced by
+/// `epoch` (the node that answers): the row becomes `dead` with reason `cancelled`, and its
+/// `dead_letter` event is written with it, under the events lock, notifying `baton_events`, as a
+/// node's journal records a cancel. `false` when the item is not (or no longer) in the pool: a
+/// claim that holds the row is waited for, and the row then no longer matches, so no node both
+/// claims and cancels it.
+pub fn cancel(c: &mut Client, epoch: Epoch, id: WorkItemId) -> Result<bool, ClusterError> {
+    let mut tx = c.transaction()?;
+    fence(&mut tx, epoch)?;
+    let n = tx.execute(
+        &format!(
+            "UPDATE work_items SET place = 'dead', session = NULL, reason = $2,
+                 updated_at = {DB_NOW}
+             WHERE id = $1 AND owner IS NULL AND place = 'queued'"
+        ),
+        &[&sql_id(id), &CANCELLED],
+    )?;
+    if n == 0 {
+        return Ok(false);
+    }
+    let event = FleetEvent::DeadLetter {
+        work_item: id,
+        reason: CANCELLED.into(),
+    };
+    let payload = serde_json::to_string(&event).unwrap_or_default();
+    tx.query_one("SELECT pg_advisory_xact_lock($1)::text", &[&EVENTS_LOCK])?;
+    tx.execute(
+        &format!(
+            "INSERT INTO events (at, kind, work_item, payload)
+             VALUES ({DB_NOW}, 'dead_letter', $1, $2)"
+        ),
+        &[&sql_id(id), &payload],
+    )?;
+    tx.batch_execute("NOTIFY baton_events")?;
+    tx.commit()?;
+    Ok(true)
 }

@@ -132,8 +132,7 @@ pub fn start(
         max_sessions: config.max_sessions,
         every: config.sweep_every,
     };
-    let (t, s) = (tracker.clone(), work.clone());
-    tracker.spawn(async move { claimer.run(s, &t).await });
+    tracker.spawn(claimer.run(work.clone()));
     // A lost node takes no more work.
     let (lost, w) = (node.clone(), work.clone());
     tracker.spawn(async move {

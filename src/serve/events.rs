@@ -27,8 +27,18 @@
 //! from the journal. Without a journal there is nothing to replay: a resumed stream starts with
 //! the next live event.
 //!
-//! On a cluster node the list reads the shared log (every node's events) on connections of its
-//! own ([`EventReaders`]); the stream carries this node's events only.
+//! # On a cluster node
+//!
+//! The list reads the shared log (every node's events) on connections of its own
+//! ([`EventReaders`]), and so does the stream: a hub made with [`EventHub::cluster`] does not
+//! publish the local supervisor's events. A thread of its own (`baton-events-feed`) does
+//! `LISTEN baton_events` on a connection of its own and, at each notification (and at least
+//! every [`FEED_FALLBACK`], for a notification missed while it reconnected), reads the rows above
+//! the last one it published from the shared log, in `seq` order, and publishes them. Every
+//! transaction that writes events takes the events lock until it commits, so `seq` order is
+//! commit order across the nodes: a read of `seq > last` never skips a row that commits later.
+//! So every stream on every node carries every node's events, in `seq` order, each once, and
+//! the backlog and the live part read the same log.
 //!
 //! Only published events (the library's [`FleetEvent`]s) are streamed; the paged list also
 //! holds the supervisor's own steps (`work_item_submitted`, `rotation_started`, ...) as
@@ -51,7 +61,10 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use super::cluster::EventReaders;
 use super::error::{ApiError, ErrorBody};
 use super::sse;
-use crate::journal::{EventRow, Filter, JournalError, JournalReader, Timestamp};
+use crate::cluster::ClusterError;
+use crate::journal::{
+    EventRow, Filter, JournalError, JournalReader, JournalTarget, PgUrl, Timestamp,
+};
 use crate::policy::RotationReason;
 use crate::record::{FleetEvent, Sequenced};
 use crate::supervisor::SupervisorHandle;
@@ -146,6 +159,8 @@ struct HubInner {
     config: EventsConfig,
     /// Cancelled by [`EventHub::close`]: every stream ends.
     closed: CancellationToken,
+    /// On a cluster node: the shared log's readers, for the streams' backlogs.
+    shared: Option<EventReaders>,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -166,16 +181,8 @@ impl EventHub {
     /// A hub over `supervisor`'s events. It subscribes now and forwards from a thread of its
     /// own (`baton-events`), so it needs no async runtime; the thread ends with the fleet's
     /// event bus or with the last clone of the hub.
-    pub fn with_config(supervisor: &SupervisorHandle, mut config: EventsConfig) -> Self {
-        config.buffer = config.buffer.max(1);
-        config.page = config.page.clamp(1, MAX_LIMIT);
-        let (tx, _) = broadcast::channel(config.buffer);
-        let inner = Arc::new(HubInner {
-            tx,
-            supervisor: supervisor.clone(),
-            config,
-            closed: CancellationToken::new(),
-        });
+    pub fn with_config(supervisor: &SupervisorHandle, config: EventsConfig) -> Self {
+        let inner = HubInner::new(supervisor, config, None);
         let rx = supervisor.subscribe_sequenced();
         let weak = Arc::downgrade(&inner);
         let spawned = std::thread::Builder::new()
@@ -185,6 +192,44 @@ impl EventHub {
             tracing::error!(error = %e, "the event stream's thread could not start");
         }
         Self { inner }
+    }
+
+    /// A hub for a node of a cluster whose database is at `url`: its streams carry every node's
+    /// events, read from the shared log (see the module's notes), and not the local
+    /// supervisor's as it publishes them (they reach the log, and come back from it, like any
+    /// node's). Connects now, from a thread of its own (`baton-events-feed`), and fails if the
+    /// database cannot be reached; later failures are retried. The thread ends with
+    /// [`close`](Self::close) or with the last clone of the hub.
+    pub fn cluster(
+        supervisor: &SupervisorHandle,
+        url: &str,
+        config: EventsConfig,
+    ) -> Result<Self, ClusterError> {
+        let target = JournalTarget::Postgres(PgUrl::parse(url).map_err(ClusterError::Journal)?);
+        let shared = EventReaders::new(url, SHARED_READERS).map_err(ClusterError::Journal)?;
+        let inner = HubInner::new(supervisor, config, Some(shared));
+        let (started_tx, started) = std::sync::mpsc::sync_channel(1);
+        let (weak, url, page) = (Arc::downgrade(&inner), url.to_owned(), inner.config.page);
+        std::thread::Builder::new()
+            .name("baton-events-feed".into())
+            .spawn(move || {
+                let feed = match Feed::start(url, target, page) {
+                    Ok(feed) => {
+                        let _ = started_tx.send(Ok(()));
+                        feed
+                    }
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e));
+                        return;
+                    }
+                };
+                feed.run(&weak);
+            })
+            .map_err(|e| ClusterError::Task(e.to_string()))?;
+        started
+            .recv()
+            .map_err(|_| ClusterError::Task("the event feed's thread ended at start".into()))??;
+        Ok(Self { inner })
     }
 
     /// Ends every open stream (at shutdown, so that the server need not wait for them).
@@ -209,6 +254,9 @@ impl EventHub {
     ) -> Option<Result<Vec<EventRow>, JournalError>> {
         filter.after = after;
         filter.limit = Some(limit);
+        if let Some(shared) = &self.inner.shared {
+            return Some(shared.events(filter).await);
+        }
         let journal = self.inner.supervisor.journal()?.clone();
         let Some(path) = journal.path().map(|p| p.to_path_buf()) else {
             return Some(journal.read(move |v| v.events(&filter)).await);
@@ -227,6 +275,194 @@ impl EventHub {
         })
         .await;
         Some(read.unwrap_or(Err(JournalError::Closed)))
+    }
+}
+
+impl HubInner {
+    fn new(
+        supervisor: &SupervisorHandle,
+        mut config: EventsConfig,
+        shared: Option<EventReaders>,
+    ) -> Arc<Self> {
+        config.buffer = config.buffer.max(1);
+        config.page = config.page.clamp(1, MAX_LIMIT);
+        let (tx, _) = broadcast::channel(config.buffer);
+        Arc::new(Self {
+            tx,
+            supervisor: supervisor.clone(),
+            config,
+            closed: CancellationToken::new(),
+            shared,
+        })
+    }
+
+    /// Whether the hub is closed.
+    fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+}
+
+/// Connections a cluster hub reads streams' backlogs on, at most.
+const SHARED_READERS: usize = 4;
+
+/// The channel every transaction that writes events notifies (at its commit).
+pub const EVENTS_CHANNEL: &str = "baton_events";
+
+/// A cluster hub's feed reads the shared log at least this often, notified or not: a
+/// notification sent while its `LISTEN` connection was being opened again is not lost for long.
+pub const FEED_FALLBACK: Duration = Duration::from_secs(1);
+
+/// How long the feed waits for a notification before it looks whether the hub is gone.
+const FEED_TICK: Duration = Duration::from_millis(250);
+
+/// How long opening one of the feed's connections may take.
+const FEED_CONNECT: Duration = Duration::from_secs(5);
+
+/// A cluster hub's feed: the shared log's rows above the last one published, published in `seq`
+/// order, each once.
+struct Feed {
+    /// The database, for the `LISTEN` connection.
+    url: String,
+    /// The database, for the reader.
+    target: JournalTarget,
+    /// `LISTEN baton_events`; `None` while it must be opened again.
+    listener: Option<postgres::Client>,
+    /// Reads the log; `None` while it must be opened again.
+    reader: Option<JournalReader>,
+    /// The last `seq` published (or, at start, the log's last when the feed started).
+    last: u64,
+    /// Rows read at a time.
+    page: usize,
+}
+
+impl Feed {
+    /// Listens, then notes where the log ends: what commits later is published.
+    fn start(url: String, target: JournalTarget, page: usize) -> Result<Self, ClusterError> {
+        let listener = Self::listen(&url)?;
+        let reader = JournalReader::open_target(&target).map_err(ClusterError::Journal)?;
+        let latest = reader
+            .view()
+            .events(&Filter {
+                limit: Some(1),
+                ..Filter::default()
+            })
+            .map_err(ClusterError::Journal)?;
+        Ok(Self {
+            url,
+            target,
+            listener: Some(listener),
+            reader: Some(reader),
+            last: latest.last().map_or(0, |r| r.seq),
+            page,
+        })
+    }
+
+    /// A connection that listens on [`EVENTS_CHANNEL`].
+    fn listen(url: &str) -> Result<postgres::Client, ClusterError> {
+        let mut client = crate::cluster::connect(url, FEED_CONNECT)?;
+        client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}"))?;
+        Ok(client)
+    }
+
+    /// Publishes what the log holds above `last`, a page at a time, until it is read to its end.
+    fn catch_up(&mut self, hub: &HubInner) -> Result<(), JournalError> {
+        if self.reader.is_none() {
+            self.reader = Some(JournalReader::open_target(&self.target)?);
+        }
+        let reader = self.reader.as_ref().expect("opened above");
+        loop {
+            let rows = reader.view().events(&Filter {
+                after: Some(self.last),
+                limit: Some(self.page),
+                ..Filter::default()
+            })?;
+            let n = rows.len();
+            for row in rows {
+                let seq = row.seq;
+                // Published events only, as the backlog sends them.
+                if seq > self.last && row.event().is_some() {
+                    // No stream open: nothing to do (the log keeps it).
+                    let _ = hub.tx.send(Arc::new(Event::from_row(row)));
+                }
+                self.last = self.last.max(seq);
+            }
+            if n < self.page {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits up to [`FEED_TICK`] for a notification: whether one came (all pending ones are
+    /// taken). A failed connection is dropped, to be opened again.
+    fn notified(&mut self) -> bool {
+        let Some(client) = self.listener.as_mut() else {
+            return false;
+        };
+        let next = {
+            let mut notifications = client.notifications();
+            let mut it = notifications.timeout_iter(FEED_TICK);
+            postgres::fallible_iterator::FallibleIterator::next(&mut it).map(|n| n.is_some())
+        };
+        match next {
+            Ok(true) => {
+                // Those sent meanwhile are covered by the one read.
+                let mut notifications = client.notifications();
+                let mut pending = notifications.iter();
+                while let Ok(Some(_)) =
+                    postgres::fallible_iterator::FallibleIterator::next(&mut pending)
+                {
+                }
+                true
+            }
+            Ok(false) if client.is_closed() => {
+                tracing::warn!("the event feed's connection closed; reconnecting");
+                self.listener = None;
+                false
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "the event feed's connection failed; reconnecting");
+                self.listener = None;
+                false
+            }
+        }
+    }
+
+    /// Feeds `hub` until it is closed or gone.
+    fn run(mut self, hub: &Weak<HubInner>) {
+        let mut read_at = std::time::Instant::now();
+        let mut due = false;
+        loop {
+            // The hub is held only while publishing: the feed never keeps it alive.
+            match hub.upgrade() {
+                Some(h) if !h.is_closed() => {
+                    if due || read_at.elapsed() >= FEED_FALLBACK {
+                        read_at = std::time::Instant::now();
+                        due = false;
+                        if let Err(e) = self.catch_up(&h) {
+                            tracing::warn!(error = %e, last = self.last, "the event feed could not read the shared log; retrying");
+                            self.reader = None;
+                        }
+                    }
+                }
+                _ => return,
+            }
+            if self.listener.is_none() {
+                match Self::listen(&self.url) {
+                    Ok(client) => {
+                        self.listener = Some(client);
+                        // What was notified while it was away is read now.
+                        due = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the event feed cannot listen; retrying");
+                        std::thread::sleep(FEED_FALLBACK);
+                    }
+                }
+                continue;
+            }
+            due |= self.notified();
+        }
     }
 }
 
@@ -502,7 +738,8 @@ impl Follow {
         let period = hub.inner.config.keep_alive;
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stage = if after.is_some() && hub.inner.supervisor.journal().is_some() {
+        let logged = hub.inner.shared.is_some() || hub.inner.supervisor.journal().is_some();
+        let stage = if after.is_some() && logged {
             Stage::Backlog
         } else {
             Stage::Live

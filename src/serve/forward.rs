@@ -1,6 +1,7 @@
 //! Forwarding, on a node of a cluster: a write for a session another node owns (a usage report,
-//! a close, a rotate) goes to the owner's address (`baton_nodes.addr`) with the same bearer token
-//! and body, and the owner's answer is relayed as it is (`docs/http.md`, "On a cluster").
+//! a close, a rotate), or a cancel of a work item another node owns, goes to the owner's address
+//! (`baton_nodes.addr`) with the same bearer token and body, and the owner's answer is relayed as
+//! it is (`docs/http.md`, "On a cluster").
 //!
 //! A forwarded request carries [`FORWARDED`]; a node never forwards such a request again, so
 //! that two nodes that disagree about an owner cannot bounce a request between them.
@@ -27,7 +28,25 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long connecting to an owner may take at most.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Why a write could not be forwarded to the owner of its session.
+/// What a forwarded write is about, in messages: `session 7`, `work item 7`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A session.
+    Session(u64),
+    /// A work item.
+    WorkItem(u64),
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(id) => write!(f, "session {id}"),
+            Self::WorkItem(id) => write!(f, "work item {id}"),
+        }
+    }
+}
+
+/// Why a write could not be forwarded to the owner of its session or work item.
 #[derive(Debug, Error)]
 pub enum ForwardError {
     /// No live session has this id on any node.
@@ -35,29 +54,27 @@ pub enum ForwardError {
     NoSession(u64),
     /// The owner's node row is gone: it has been fenced and its work is being adopted.
     #[error(
-        "session {session} is owned by node {epoch}, which has left the cluster (its work is being adopted by another node); try again shortly"
+        "{subject} is owned by node {epoch}, which has left the cluster (its work is being adopted by another node); try again shortly"
     )]
     OwnerGone {
-        /// The session.
-        session: u64,
+        /// What the write is about.
+        subject: Subject,
         /// The owner's epoch, if the row names one.
         epoch: EpochText,
     },
     /// The owner advertises no address.
-    #[error("session {session} is owned by node {epoch}, which advertises no address")]
+    #[error("{subject} is owned by node {epoch}, which advertises no address")]
     NoAddress {
-        /// The session.
-        session: u64,
+        /// What the write is about.
+        subject: Subject,
         /// The owner's epoch.
         epoch: Epoch,
     },
     /// The owner did not answer (refused, timed out, or cut the connection).
-    #[error(
-        "session {session} is owned by node {epoch} at {addr}, which could not be reached: {source}"
-    )]
+    #[error("{subject} is owned by node {epoch} at {addr}, which could not be reached: {source}")]
     Unreachable {
-        /// The session.
-        session: u64,
+        /// What the write is about.
+        subject: Subject,
         /// The owner's epoch.
         epoch: Epoch,
         /// Where it was asked.
@@ -205,35 +222,51 @@ impl Forwarder {
             .db
             .call(move |c| sessions::owner(c, session))
             .await?;
-        let (epoch, addr) = match owner {
+        let owner = match owner {
             None => return Err(ForwardError::NoSession(session)),
-            Some(Owner::Gone(epoch)) => {
-                return Err(ForwardError::OwnerGone {
-                    session,
-                    epoch: EpochText(epoch),
-                });
-            }
             Some(Owner::Node { epoch, .. }) if epoch == cluster.epoch => {
                 return Err(ForwardError::NoSession(session));
             }
-            Some(Owner::Node {
+            Some(owner) => owner,
+        };
+        self.forward_to(req, Subject::Session(session), owner, body)
+            .await
+    }
+
+    /// Forwards `req` (with `body`, if any) about `subject` to its owner `owner` (another node)
+    /// and relays its answer.
+    pub async fn forward_to(
+        &self,
+        req: &HttpRequest,
+        subject: Subject,
+        owner: Owner,
+        body: Option<Vec<u8>>,
+    ) -> Result<HttpResponse, ForwardError> {
+        let (epoch, addr) = match owner {
+            Owner::Gone(epoch) => {
+                return Err(ForwardError::OwnerGone {
+                    subject,
+                    epoch: EpochText(epoch),
+                });
+            }
+            Owner::Node {
                 epoch, addr: None, ..
-            }) => return Err(ForwardError::NoAddress { session, epoch }),
-            Some(Owner::Node {
+            } => return Err(ForwardError::NoAddress { subject, epoch }),
+            Owner::Node {
                 epoch,
                 addr: Some(addr),
                 ..
-            }) => (epoch, addr),
+            } => (epoch, addr),
         };
         let path = req
             .uri()
             .path_and_query()
             .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned());
-        tracing::debug!(session, %epoch, %addr, %path, "forwarding a write to its session's owner");
+        tracing::debug!(%subject, %epoch, %addr, %path, "forwarding a write to its owner");
         match self.post(req, &addr, &path, body).await {
             Ok(answer) => Ok(answer.response()),
             Err(source) => Err(ForwardError::Unreachable {
-                session,
+                subject,
                 epoch,
                 addr,
                 source,
@@ -252,17 +285,23 @@ mod tests {
         assert_eq!(missing.code, super::super::error::ErrorCode::NotFound);
         assert_eq!(missing.message, "no live session 7");
         let gone = ApiError::from(ForwardError::OwnerGone {
-            session: 7,
+            subject: Subject::Session(7),
             epoch: EpochText(Some(Epoch(3))),
         });
         assert_eq!(gone.code, super::super::error::ErrorCode::Unavailable);
-        assert!(gone.message.contains("node 3"), "{}", gone.message);
+        assert!(
+            gone.message.starts_with("session 7 is owned by node 3"),
+            "{}",
+            gone.message
+        );
         let unknown = ApiError::from(ForwardError::OwnerGone {
-            session: 7,
+            subject: Subject::WorkItem(7),
             epoch: EpochText(None),
         });
         assert!(
-            unknown.message.contains("node unknown"),
+            unknown
+                .message
+                .starts_with("work item 7 is owned by node unknown"),
             "{}",
             unknown.message
         );

@@ -18,12 +18,12 @@
 //! | `queue.rs` | [`CommandQueue`](queue::CommandQueue): the runtime whose calls an orchestrator takes as commands |
 //! | `commands.rs` | the command queue's endpoints: long-poll, the command stream, results |
 //! | `webhook.rs` | [`WebhookRuntime`](webhook::WebhookRuntime): commands delivered as signed webhooks |
-//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE) |
+//! | `events.rs` | `GET /v1/events` (the journal's log, paged) and `GET /v1/events/stream` (SSE; on a cluster node, fed from the shared log) |
 //! | `sse.rs` | server-sent events framing |
 //! | `metrics.rs` | `GET /metrics` (Prometheus text) and [`MeteredRuntime`](metrics::MeteredRuntime) |
 //! | `page.rs` | `GET /`: the live fleet page (`page/index.html`, embedded) |
 //! | `cluster.rs` | `GET /v1/cluster/nodes`, and [`ClusterApi`](cluster::ClusterApi): what a cluster node's handlers share |
-//! | `forward.rs` | [`Forwarder`](forward::Forwarder): a cluster node sends writes for sessions other nodes own to their owners |
+//! | `forward.rs` | [`Forwarder`](forward::Forwarder): a cluster node sends writes for sessions, and cancels of work items, that other nodes own to their owners |
 
 pub mod agent_types;
 pub mod cluster;
@@ -92,7 +92,8 @@ pub struct Parts {
     /// The command queue the supervisor's runtime is, served under `/v1/runtime/commands`;
     /// `None` when commands go out by webhook.
     pub commands: Option<Arc<queue::CommandQueue>>,
-    /// The fan-out of live events to the event streams.
+    /// The fan-out of live events to the event streams: on a cluster node, one made with
+    /// [`EventHub::cluster`](events::EventHub::cluster), so that they carry every node's events.
     pub events: events::EventHub,
     /// The fleet's metrics, served at `/metrics`.
     pub metrics: metrics::Metrics,

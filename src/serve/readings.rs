@@ -13,7 +13,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::forward::{EpochText, ForwardError, Forwarder, is_forwarded};
+use super::forward::{EpochText, ForwardError, Forwarder, Subject, is_forwarded};
 use super::sessions::{Here, PhaseView, SourceView, live, local_or_forward};
 use crate::cluster::sessions::{self as db_sessions, Owner};
 use crate::machine::Phase;
@@ -320,13 +320,13 @@ async fn onward_batches(
                 ForwardError::NoSession(session)
             }
             Some(Owner::Gone(epoch)) => ForwardError::OwnerGone {
-                session,
+                subject: Subject::Session(session),
                 epoch: EpochText(*epoch),
             },
             Some(Owner::Node {
                 epoch, addr: None, ..
             }) => ForwardError::NoAddress {
-                session,
+                subject: Subject::Session(session),
                 epoch: *epoch,
             },
             Some(Owner::Node {

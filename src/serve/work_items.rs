@@ -2,15 +2,17 @@
 
 use std::collections::HashMap;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody, ErrorCode};
+use super::forward::{Forwarder, Subject, is_forwarded};
 use crate::cluster::pool::{self, ItemRow, Pooled};
-use crate::supervisor::{Place, SupervisorError, SupervisorHandle, WorkItemInfo};
+use crate::cluster::sessions::Owner;
+use crate::supervisor::{CANCELLED, Place, SupervisorError, SupervisorHandle, WorkItemInfo};
 use crate::vocab::{WorkItem, WorkItemId};
 
 /// The most items one batch may hold.
@@ -466,7 +468,9 @@ async fn get(
 }
 
 /// Cancels a work item: a queued one leaves the queue, a live one's session is closed; it ends
-/// `dead` with reason `cancelled`, durably.
+/// `dead` with reason `cancelled`, durably. On a cluster node, an item another node owns is
+/// cancelled by its owner (the request is forwarded), and one still in the shared pool is
+/// cancelled in the database, so that no node claims it.
 #[utoipa::path(
     post,
     path = "/v1/work-items/{id}/cancel",
@@ -477,23 +481,95 @@ async fn get(
         (status = 400, description = "The id is not a number", body = ErrorBody),
         (status = 404, description = "No work item has this id", body = ErrorBody),
         (status = 409, description = "The item already ended (done or dead)", body = ErrorBody),
-        (status = 503, description = "Shutting down, the journal failed, or the request timed out", body = ErrorBody)
+        (status = 503, description = "Shutting down, the journal failed, the request timed out, or (on a cluster) the item's owner could not be reached or has left the cluster", body = ErrorBody)
     )
 )]
 async fn cancel(
+    req: HttpRequest,
     supervisor: web::Data<SupervisorHandle>,
+    cluster: Option<web::Data<ClusterApi>>,
     id: web::Path<u64>,
-) -> Result<web::Json<WorkItemView>, ApiError> {
+) -> Result<HttpResponse, ApiError> {
     let id = WorkItemId(id.into_inner());
-    let place = supervisor.cancel(id).await?;
+    match supervisor.cancel(id).await {
+        Ok(place) => cancelled_here(&supervisor, id, place).await,
+        // Not this node's: the cluster's, unless another node sent it here already.
+        Err(SupervisorError::UnknownWorkItem(_)) if cluster.is_some() && !is_forwarded(&req) => {
+            let cluster = cluster.expect("checked above");
+            cancel_in_cluster(&req, &supervisor, &cluster, id).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The answer to a cancel this node's supervisor carried out.
+async fn cancelled_here(
+    supervisor: &SupervisorHandle,
+    id: WorkItemId,
+    place: Place,
+) -> Result<HttpResponse, ApiError> {
     let info = supervisor
         .work_item(id)
         .await
         .ok_or_else(|| ApiError::unavailable("the supervisor is shutting down"))?;
-    Ok(web::Json(WorkItemView::from(&WorkItemInfo {
-        place,
-        ..info
-    })))
+    Ok(HttpResponse::Ok().json(WorkItemView::from(&WorkItemInfo { place, ..info })))
+}
+
+/// Cancels `id`, which this node's supervisor does not hold, where the database says it is: in
+/// the pool, in one fenced transaction here; on another node, by forwarding to it.
+async fn cancel_in_cluster(
+    req: &HttpRequest,
+    supervisor: &SupervisorHandle,
+    cluster: &ClusterApi,
+    id: WorkItemId,
+) -> Result<HttpResponse, ApiError> {
+    // A second look when the item moved meanwhile (claimed from the pool, or handed to this
+    // node's supervisor).
+    for _ in 0..2 {
+        let found = cluster.db.call(move |c| pool::item_holder(c, id)).await?;
+        let Some((row, owner)) = found else {
+            return Err(ApiError::not_found(format!("no work item {id}")));
+        };
+        if matches!(row.place.as_str(), "done" | "dead") {
+            return Err(SupervisorError::AlreadyEnded(id).into());
+        }
+        match owner {
+            None if row.place == "queued" => {
+                let epoch = cluster.epoch;
+                if cluster.db.call(move |c| pool::cancel(c, epoch, id)).await? {
+                    tracing::info!(work_item = %id, "work item cancelled in the pool");
+                    let view = WorkItemView {
+                        place: PlaceView::Dead,
+                        session: None,
+                        reason: Some(CANCELLED.into()),
+                        ..WorkItemView::from(&row)
+                    };
+                    return Ok(HttpResponse::Ok().json(view));
+                }
+            }
+            // Written by a single host: nobody here runs it.
+            None => return Err(ApiError::not_found(format!("no work item {id}"))),
+            // Claimed by this node and on its way to its supervisor.
+            Some(Owner::Node { epoch, .. }) if epoch == cluster.epoch => {
+                match supervisor.cancel(id).await {
+                    Ok(place) => return cancelled_here(supervisor, id, place).await,
+                    Err(SupervisorError::UnknownWorkItem(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(owner) => {
+                let Some(forwarder) = req.app_data::<web::Data<Forwarder>>() else {
+                    return Err(ApiError::not_found(format!("no work item {id}")));
+                };
+                return Ok(forwarder
+                    .forward_to(req, Subject::WorkItem(id.0), owner, None)
+                    .await?);
+            }
+        }
+    }
+    Err(ApiError::unavailable(format!(
+        "work item {id} is changing hands (claimed, or being handed to this node); try again"
+    )))
 }
 
 /// This module's part of the OpenAPI document.

@@ -4,6 +4,8 @@
 //! `CI=true`, where it fails.
 #![allow(dead_code)]
 
+pub mod stream;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A database that lives as long as the value.

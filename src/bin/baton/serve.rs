@@ -11,7 +11,7 @@ use baton::cluster::ClusterConfig;
 use baton::journal::{JournalOptions, JournalTarget, PgOptions};
 use baton::serve::agent_types::AgentTypeView;
 use baton::serve::cluster::ClusterApi;
-use baton::serve::events::EventHub;
+use baton::serve::events::{EventHub, EventsConfig};
 use baton::serve::guard::Token;
 use baton::serve::queue::{CommandQueue, IdReservation};
 use baton::serve::store::IdFloor;
@@ -100,7 +100,9 @@ pub struct Args {
     /// This node's name in the cluster (default: the host name).
     #[arg(long, value_name = "NAME", requires = "cluster")]
     node: Option<String>,
-    /// The URL other nodes and orchestrators reach this node at (default: http:// and --listen).
+    /// The URL other nodes and orchestrators reach this node at (default: http:// and the
+    /// address bound, so --listen 127.0.0.1:0 advertises the port picked; needed with an
+    /// unspecified --listen address such as 0.0.0.0 or [::]).
     #[arg(long, value_name = "URL", requires = "cluster")]
     advertise: Option<String>,
     /// The node's lease: without a heartbeat for this long, it is lost (exit 3) and another
@@ -147,18 +149,31 @@ fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>> {
             "--node: a name of 1 to 255 characters without control characters",
         ));
     }
-    let advertise = args
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+    if args.advertise.is_none() && args.listen.ip().is_unspecified() {
+        return Err(crate::usage(format!(
+            "--listen {} listens on every address, which other nodes and orchestrators cannot \
+             reach it at: give --advertise URL (e.g. --advertise http://HOST:{})",
+            args.listen,
+            args.listen.port()
+        )));
+    }
     Ok(Some(ClusterConfig {
         url,
         name,
-        advertise: Some(advertise),
+        // Without --advertise: http:// and the address bound (see `advertised`).
+        advertise: args.advertise.clone(),
         ttl: args.lease_ttl,
         sweep_every: args.sweep_every,
         max_sessions: args.max_sessions as usize,
     }))
+}
+
+/// `cluster` advertising `bound` (as `http://ADDR`) unless --advertise gave a URL.
+fn advertised(mut cluster: ClusterConfig, bound: SocketAddr) -> ClusterConfig {
+    if cluster.advertise.is_none() {
+        cluster.advertise = Some(format!("http://{bound}"));
+    }
+    cluster
 }
 
 /// A duration above zero (`30s`, `2m`).
@@ -341,6 +356,19 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         max_concurrent_compactions: args.max_concurrent_compactions as usize,
         ..SupervisorConfig::default()
     };
+    // A cluster node binds before it joins, so that it advertises the address bound (the port
+    // picked for port 0).
+    let bound = match &cluster {
+        Some(_) => Some(
+            std::net::TcpListener::bind(config.listen)
+                .with_context(|| format!("cannot listen on {}", config.listen))?,
+        ),
+        None => None,
+    };
+    let cluster = match (cluster, &bound) {
+        (Some(c), Some(listener)) => Some(advertised(c, listener.local_addr()?)),
+        (c, _) => c,
+    };
     let stopped = actix::System::new().block_on(async move {
         let stop =
             crate::signals::Stop::install(SERVE_STOPPING).context("cannot handle signals")?;
@@ -391,16 +419,25 @@ pub fn run(args: Args) -> Result<crate::Exit> {
             }),
             _ => None,
         };
+        // A cluster node's event streams carry every node's events, from the shared log.
+        let events = match &cluster {
+            Some(c) => EventHub::cluster(&fleet.supervisor, &c.url, EventsConfig::default())
+                .context("cannot follow the cluster's event log")?,
+            None => EventHub::new(&fleet.supervisor),
+        };
         let parts = Parts {
             supervisor: fleet.supervisor.clone(),
             store: fleet.store.clone(),
             commands,
-            events: EventHub::new(&fleet.supervisor),
+            events,
             metrics: fleet.metrics.clone(),
             cluster: cluster_api,
         };
-        let (addr, server) = serve::bind(&config, parts)
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let (addr, server) = match bound {
+            Some(listener) => serve::listen(&config, parts, listener),
+            None => serve::bind(&config, parts),
+        }
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
         let mut out = crate::stdout();
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
