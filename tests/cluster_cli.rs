@@ -73,9 +73,22 @@ async fn a_node_without_advertise_advertises_the_address_it_bound() {
         err.read_to_string(&mut s).unwrap();
         s
     });
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).unwrap();
+    // The first line, read on a thread and waited for with a bound: a node that hangs before it
+    // announces its address fails the test (and is killed) instead of hanging it.
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(stdout);
+        let mut first = String::new();
+        let _ = out.read_line(&mut first);
+        let _ = tx.send(first);
+        // Drained to the end, so that the node's later lines (its stop report) find a reader.
+        let _ = std::io::copy(&mut out, &mut std::io::sink());
+    });
+    let Ok(first) = rx.recv_timeout(std::time::Duration::from_secs(60)) else {
+        let _ = child.kill();
+        panic!("baton serve announced no address within 60 s");
+    };
     let base = first
         .trim()
         .strip_prefix("listening on ")

@@ -26,7 +26,7 @@ use baton::serve::{Parts, ServeConfig};
 use baton::{
     AgentType, FleetEvent, Journal, Phase, SessionId, Supervisor, SupervisorHandle, WorkItemId,
 };
-use cluster_common::stream::{Stream, done, published, seqs_and_kinds};
+use cluster_common::stream::{Frame, Stream, done, published, seqs_and_kinds};
 use cluster_common::{TestDb, off_runtime, test_db};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -407,10 +407,26 @@ async fn a_forwarded_request_is_not_forwarded_again_and_an_owner_gone_or_unreach
     let s = started[0].0;
     let usage = format!("/v1/sessions/{}/usage", s.0);
 
-    // Marked forwarded: b answers as if alone (no such session here), and a never hears of it.
-    let forwarded = [(FORWARDED, "1")];
+    // Marked forwarded to b: b answers as if alone (no such session here), and a never hears
+    // of it.
+    let to_b = b.epoch.0.to_string();
+    let forwarded = [(FORWARDED, to_b.as_str())];
     let (status, err) = post(&http, &b, &usage, Some(json!({"used": 500})), &forwarded).await;
     assert_eq!(status, 404, "{err}");
+    // Marked forwarded to another incarnation of b's address (its owner restarted or left):
+    // 503, try again, never "no such session".
+    let elsewhere = [(FORWARDED, "999999")];
+    let (status, err) = post(&http, &b, &usage, Some(json!({"used": 500})), &elsewhere).await;
+    assert_eq!(status, 503, "{err}");
+    let (status, _) = post(
+        &http,
+        &b,
+        "/v1/usage",
+        Some(json!({"reports": [{"session": s.0, "used": 500}]})),
+        &elsewhere,
+    )
+    .await;
+    assert_eq!(status, 503);
     let (status, answer) = post(
         &http,
         &b,
@@ -561,6 +577,24 @@ async fn a_stream_on_a_node_that_owns_nothing_carries_the_other_nodes_events_in_
         seqs_and_kinds(&live_b.until(done(2)).await),
         seqs_and_kinds(&live)
     );
+
+    // A row no baton wrote (unreadable JSON) does not stop the streams: the next events still
+    // reach them.
+    db.with(|c| {
+        c.execute(
+            "INSERT INTO events (at, kind, session, payload) VALUES (0, 'session_started', 1, 'not json')",
+            &[],
+        )
+        .unwrap()
+    });
+    sessions_for(&http, &b, &mut a, &[3]).await;
+    let started_3 = |f: &Frame| f.kind == "session_started" && f.data["work_item"] == 3;
+    let after_bad = live_b.until(started_3).await;
+    assert!(
+        after_bad.iter().all(|f| f.data.is_object()),
+        "{after_bad:?}"
+    );
+    live_a.until(started_3).await;
     leave(a, b, tracker).await;
 }
 
@@ -676,8 +710,14 @@ async fn a_cancel_sent_to_a_node_that_does_not_hold_the_item_reaches_its_owner_o
         let (status, _) = cancel(&http, node, NOBODY, &[]).await;
         assert_eq!(status, 404);
     }
-    let (status, _) = cancel(&http, &b, 2, &[(FORWARDED, "1")]).await;
+    let to_b = b.epoch.0.to_string();
+    let (status, _) = cancel(&http, &b, 2, &[(FORWARDED, to_b.as_str())]).await;
     assert_eq!(status, 404, "a forwarded cancel is not forwarded again");
+    // Forwarded to the node the database names as the owner, while its supervisor does not
+    // hold the item (the hand-off from a claim): 503, try again.
+    let to_a = a.epoch.0.to_string();
+    let (status, _) = cancel(&http, &a, NOBODY, &[(FORWARDED, to_a.as_str())]).await;
+    assert_eq!(status, 404, "an item no node has is unknown");
     let (_, item2) = get::<WorkItemView>(&http, &b, "/v1/work-items/2").await;
     assert_eq!(item2.unwrap().place, PlaceView::Live);
 

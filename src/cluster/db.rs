@@ -36,7 +36,14 @@ fn connect_with(
         .application_name("baton-cluster");
     // A node stopped inside a transaction (a claim, a submission) must not hold its row lock,
     // which adoption waits for, or the events lock, which every node waits for.
-    let mut options = format!("-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}");
+    // Added to the URL's own `options` (a `search_path`, say), never in place of them.
+    let mut options = config
+        .get_options()
+        .map(|o| format!("{o} "))
+        .unwrap_or_default();
+    options.push_str(&format!(
+        "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
+    ));
     if let Some(idle) = idle {
         options.push_str(&format!(
             " -c idle_session_timeout={}",
@@ -207,5 +214,25 @@ impl Pool {
         })
         .await
         .map_err(|e| ClusterError::Task(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_url_s_own_options_are_kept_beside_the_node_s() {
+        let mut config: postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dbaton"
+            .parse()
+            .unwrap();
+        assert_eq!(config.get_options(), Some("-c search_path=baton"));
+        let kept = config
+            .get_options()
+            .map(|o| format!("{o} "))
+            .unwrap_or_default();
+        config.options(&format!("{kept}-c idle_session_timeout=1"));
+        assert_eq!(
+            config.get_options(),
+            Some("-c search_path=baton -c idle_session_timeout=1")
+        );
     }
 }

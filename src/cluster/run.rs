@@ -14,8 +14,8 @@ use super::{ClusterError, Conn, Epoch};
 use crate::journal::{Journal, PgUrl, pg};
 use crate::supervisor::SupervisorHandle;
 
-/// How a node takes part in the cluster.
-#[derive(Debug, Clone)]
+/// How a node takes part in the cluster. Its `Debug` never shows the database's password.
+#[derive(Clone)]
 pub struct ClusterConfig {
     /// The database (`postgres://...`).
     pub url: String,
@@ -29,6 +29,21 @@ pub struct ClusterConfig {
     pub sweep_every: Duration,
     /// Live sessions at most on this node: claims fill up to it.
     pub max_sessions: usize,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = PgUrl::parse(&self.url)
+            .map_or_else(|_| "<not a PostgreSQL URL>".to_owned(), |u| u.to_string());
+        f.debug_struct("ClusterConfig")
+            .field("url", &url)
+            .field("name", &self.name)
+            .field("advertise", &self.advertise)
+            .field("ttl", &self.ttl)
+            .field("sweep_every", &self.sweep_every)
+            .field("max_sessions", &self.max_sessions)
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -146,5 +161,25 @@ pub fn start(
         work,
         beat,
         conn: Conn::new(&config.url, config.timeout()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_s_debug_never_shows_the_database_password() {
+        let config = ClusterConfig {
+            url: "postgres://baton:s3cret-pw@127.0.0.1:5432/baton".into(),
+            name: "a".into(),
+            advertise: None,
+            ttl: Duration::from_secs(10),
+            sweep_every: Duration::from_secs(2),
+            max_sessions: 8,
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("127.0.0.1:5432"), "{shown}");
     }
 }

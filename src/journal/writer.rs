@@ -401,22 +401,6 @@ fn adopt_in(pg: &PgConn, dead: i64, path: &Path) -> Result<RecoveryState, Journa
     let mine = pg.epoch().unwrap_or_default();
     db.execute("DELETE FROM baton_nodes WHERE epoch = ?1", &vals![dead])
         .map_err(err)?;
-    // Every transaction of the dead node has committed (each held its row for key share), and
-    // under the events lock every other writer's events are committed too: the dead node's
-    // last event is at or below `last_seq`, which the history checker verifies.
-    db.execute(
-        "SELECT pg_advisory_xact_lock(?1)",
-        &vals![super::pg::EVENTS_LOCK],
-    )
-    .map_err(err)?;
-    db.execute(
-        "INSERT INTO baton_adoptions (dead, by_epoch, last_seq, at) \
-         VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) FROM events), \
-                 (extract(epoch from clock_timestamp()) * 1000)::bigint) \
-         ON CONFLICT (dead) DO NOTHING",
-        &vals![dead, mine],
-    )
-    .map_err(err)?;
     let mut state = recovery::load_owned_by(db, path, Some(dead))?;
     state.items.retain(|i| {
         !matches!(
@@ -431,6 +415,18 @@ fn adopt_in(pg: &PgConn, dead: i64, path: &Path) -> Result<RecoveryState, Journa
     ] {
         db.execute(sql, &vals![dead, mine]).map_err(err)?;
     }
+    // Every transaction of the dead node has committed (the `DELETE` waited for each one's
+    // key-share lock on its row), so its last event is at or below the `max(seq)` read now:
+    // `last_seq`, which the history checker verifies. Last, so that no other node's events
+    // wait on this transaction for longer than the insert.
+    db.execute(
+        "INSERT INTO baton_adoptions (dead, by_epoch, last_seq, at) \
+         VALUES (?1, ?2, (SELECT coalesce(max(seq), 0) FROM events), \
+                 (extract(epoch from clock_timestamp()) * 1000)::bigint) \
+         ON CONFLICT (dead) DO NOTHING",
+        &vals![dead, mine],
+    )
+    .map_err(err)?;
     tracing::info!(
         dead,
         epoch = mine,

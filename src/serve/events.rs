@@ -371,11 +371,26 @@ impl Feed {
         }
         let reader = self.reader.as_ref().expect("opened above");
         loop {
-            let rows = reader.view().events(&Filter {
+            let read = reader.view().events(&Filter {
                 after: Some(self.last),
                 limit: Some(self.page),
                 ..Filter::default()
-            })?;
+            });
+            let rows = match read {
+                // A row no baton wrote: logged and stepped over, so that it cannot stop every
+                // node's streams (the rows before it in this page come again at the next read).
+                Err(JournalError::BadRow {
+                    table: "events",
+                    row,
+                    message,
+                }) if row > 0 && row as u64 > self.last => {
+                    tracing::error!(seq = row, %message, "an unreadable event in the shared log; the streams skip it");
+                    publish_before(reader, &mut self.last, row as u64, hub)?;
+                    self.last = row as u64;
+                    continue;
+                }
+                other => other?,
+            };
             let n = rows.len();
             for row in rows {
                 let seq = row.seq;
@@ -848,6 +863,35 @@ pub fn configure(cfg: &mut web::ServiceConfig, hub: &EventHub) {
     cfg.app_data(web::Data::new(hub.clone()))
         .route("/v1/events", web::get().to(list))
         .route("/v1/events/stream", web::get().to(stream));
+}
+
+/// Publishes the log's rows above `last` and below `bad` one at a time (a page that holds `bad`
+/// cannot be read whole), moving `last` on.
+fn publish_before(
+    reader: &JournalReader,
+    last: &mut u64,
+    bad: u64,
+    hub: &HubInner,
+) -> Result<(), JournalError> {
+    while *last + 1 < bad {
+        let rows = reader.view().events(&Filter {
+            after: Some(*last),
+            limit: Some(1),
+            ..Filter::default()
+        })?;
+        let Some(row) = rows.into_iter().next() else {
+            return Ok(());
+        };
+        if row.seq >= bad {
+            return Ok(());
+        }
+        let seq = row.seq;
+        if row.event().is_some() {
+            let _ = hub.tx.send(Arc::new(Event::from_row(row)));
+        }
+        *last = seq;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

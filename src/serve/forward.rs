@@ -18,7 +18,9 @@ use super::error::ApiError;
 use crate::cluster::sessions::{self, Owner};
 use crate::cluster::{ClusterError, Epoch};
 
-/// The header a forwarded request carries (value `1`): it is never forwarded again.
+/// The header a forwarded request carries, its value the epoch of the node it is meant for: it
+/// is never forwarded again, and a node of another epoch (the owner restarted on the same
+/// address, or left) answers it 503 rather than as if the subject did not exist.
 pub const FORWARDED: &str = "x-baton-forwarded";
 
 /// How long a forwarded request may take at most (less when the server's request timeout is
@@ -118,6 +120,33 @@ pub fn is_forwarded(req: &HttpRequest) -> bool {
     req.headers().contains_key(FORWARDED)
 }
 
+/// The epoch a forwarded request was meant for, when it names one (a number).
+pub fn forwarded_to(req: &HttpRequest) -> Option<i64> {
+    req.headers()
+        .get(FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A forwarded request meant for another incarnation than `me` (its owner restarted on the same
+/// address, or left): 503, so that the client tries again once the database says where its
+/// subject is, never 404 for a subject that exists.
+pub fn meant_for_another(req: &HttpRequest, me: i64) -> Result<(), ApiError> {
+    match forwarded_to(req) {
+        Some(epoch) if epoch != me => {
+            tracing::info!(
+                meant_for = epoch,
+                epoch = me,
+                "a forwarded request for another incarnation of this address"
+            );
+            Err(ApiError::unavailable(format!(
+                "this request was forwarded to node epoch {epoch}, but this node is epoch {me} (the owner restarted or left); try again"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// What an owner answered.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -181,11 +210,12 @@ impl Forwarder {
         &self,
         req: &HttpRequest,
         addr: &str,
+        epoch: Epoch,
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Answer, reqwest::Error> {
         let url = format!("{}{path_and_query}", addr.trim_end_matches('/'));
-        let mut out = self.http.post(url).header(FORWARDED, "1");
+        let mut out = self.http.post(url).header(FORWARDED, epoch.0.to_string());
         if let Some(auth) = req.headers().get(header::AUTHORIZATION) {
             out = out.header(reqwest::header::AUTHORIZATION, auth.as_bytes());
         }
@@ -263,7 +293,7 @@ impl Forwarder {
             .path_and_query()
             .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned());
         tracing::debug!(%subject, %epoch, %addr, %path, "forwarding a write to its owner");
-        match self.post(req, &addr, &path, body).await {
+        match self.post(req, &addr, epoch, &path, body).await {
             Ok(answer) => Ok(answer.response()),
             Err(source) => Err(ForwardError::Unreachable {
                 subject,

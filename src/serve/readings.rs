@@ -13,8 +13,11 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::forward::{EpochText, ForwardError, Forwarder, Subject, is_forwarded};
+use super::forward::{
+    EpochText, ForwardError, Forwarder, Subject, is_forwarded, meant_for_another,
+};
 use super::sessions::{Here, PhaseView, SourceView, live, local_or_forward};
+use crate::cluster::Epoch;
 use crate::cluster::sessions::{self as db_sessions, Owner};
 use crate::machine::Phase;
 use crate::supervisor::{SessionHandle, SupervisorHandle};
@@ -221,6 +224,10 @@ async fn batch(
             reports.len()
         )));
     }
+    // A batch forwarded to another incarnation of this address is for its owner to answer.
+    if let Some(c) = &cluster {
+        meant_for_another(&req, c.epoch.0)?;
+    }
     // On a cluster node, reports for sessions not live here go on to their owners (unless this
     // batch was forwarded already).
     let onward = match (cluster, forwarder) {
@@ -350,7 +357,7 @@ async fn onward_batches(
             let batch = UsageBatch {
                 reports: indices.iter().map(|&i| reports[i].clone()).collect(),
             };
-            let answer = send_batch(req, forwarder, &addr, &batch).await;
+            let answer = send_batch(req, forwarder, &addr, Epoch(epoch), &batch).await;
             let answer = answer.map_err(|e| {
                 tracing::warn!(epoch, %addr, error = %e, "a usage batch could not be forwarded to its sessions' owner");
                 ApiError::unavailable(format!(
@@ -387,10 +394,13 @@ async fn send_batch(
     req: &HttpRequest,
     forwarder: &Forwarder,
     addr: &str,
+    epoch: Epoch,
     batch: &UsageBatch,
 ) -> Result<Vec<UsageBatchResult>, BatchForwardError> {
     let body = serde_json::to_vec(batch).map_err(|e| BatchForwardError::Answer(e.to_string()))?;
-    let answer = forwarder.post(req, addr, "/v1/usage", Some(body)).await?;
+    let answer = forwarder
+        .post(req, addr, epoch, "/v1/usage", Some(body))
+        .await?;
     if !answer.status.is_success() {
         let message = serde_json::from_slice::<ErrorBody>(&answer.body)
             .map_or_else(|_| answer.status.to_string(), |b| b.message);

@@ -13,7 +13,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody};
-use super::forward::{Forwarder, is_forwarded};
+use super::forward::{Forwarder, is_forwarded, meant_for_another};
 use crate::cluster::sessions::{self as db_sessions, SessionRow};
 use crate::machine::Phase;
 use crate::session::SessionInfo;
@@ -291,6 +291,7 @@ pub(super) async fn local_or_forward(
         return Err(no_session(id));
     };
     if is_forwarded(req) {
+        meant_for_another(req, cluster.epoch.0)?;
         tracing::debug!(
             session = id,
             "a forwarded write for a session not live here: not forwarded again"

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::cluster::ClusterApi;
 use super::error::{ApiError, ErrorBody, ErrorCode};
-use super::forward::{Forwarder, Subject, is_forwarded};
+use super::forward::{Forwarder, Subject, is_forwarded, meant_for_another};
 use crate::cluster::pool::{self, ItemRow, Pooled};
 use crate::cluster::sessions::Owner;
 use crate::supervisor::{CANCELLED, Place, SupervisorError, SupervisorHandle, WorkItemInfo};
@@ -494,11 +494,38 @@ async fn cancel(
     match supervisor.cancel(id).await {
         Ok(place) => cancelled_here(&supervisor, id, place).await,
         // Not this node's: the cluster's, unless another node sent it here already.
-        Err(SupervisorError::UnknownWorkItem(_)) if cluster.is_some() && !is_forwarded(&req) => {
+        Err(SupervisorError::UnknownWorkItem(_)) if cluster.is_some() => {
             let cluster = cluster.expect("checked above");
-            cancel_in_cluster(&req, &supervisor, &cluster, id).await
+            if is_forwarded(&req) {
+                forwarded_cancel_of_unknown(&req, &cluster, id).await
+            } else {
+                cancel_in_cluster(&req, &supervisor, &cluster, id).await
+            }
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A cancel another node forwarded here for an item this node's supervisor does not hold: 503
+/// when it was meant for another incarnation of this address, or when the database says this
+/// node owns the item and it has not ended (claimed, and on its way to the supervisor: the
+/// client tries again); else the item is unknown here (404), never forwarded again.
+async fn forwarded_cancel_of_unknown(
+    req: &HttpRequest,
+    cluster: &ClusterApi,
+    id: WorkItemId,
+) -> Result<HttpResponse, ApiError> {
+    meant_for_another(req, cluster.epoch.0)?;
+    let found = cluster.db.call(move |c| pool::item_holder(c, id)).await?;
+    match found {
+        Some((row, Some(Owner::Node { epoch, .. })))
+            if epoch == cluster.epoch && !matches!(row.place.as_str(), "done" | "dead") =>
+        {
+            Err(ApiError::unavailable(format!(
+                "work item {id} is being handed to this node; try again"
+            )))
+        }
+        _ => Err(ApiError::not_found(format!("no work item {id}"))),
     }
 }
 

@@ -401,17 +401,6 @@ pub fn run(args: Args) -> Result<crate::Exit> {
         let (runtime, commands) = runtime(&args, journal.as_ref(), cluster.is_some())?;
         let fleet = fleet::start(runtime, journal.clone(), given, supervisor_config)?;
         fleet.metrics.spawn_feed();
-        let tracker = TaskTracker::new();
-        let running = match (&cluster, epoch, &journal) {
-            (Some(c), Some(epoch), Some(j)) => Some(baton::cluster::start(
-                c,
-                epoch,
-                j.clone(),
-                fleet.supervisor.clone(),
-                &tracker,
-            )),
-            _ => None,
-        };
         let cluster_api = match (&cluster, epoch) {
             (Some(c), Some(epoch)) => Some(ClusterApi {
                 epoch,
@@ -419,7 +408,9 @@ pub fn run(args: Args) -> Result<crate::Exit> {
             }),
             _ => None,
         };
-        // A cluster node's event streams carry every node's events, from the shared log.
+        // A cluster node's event streams carry every node's events, from the shared log. Set
+        // up before the node's loops start: it waits for its first database calls, and a
+        // failure here must not leave claimed work behind for a whole lease.
         let events = match &cluster {
             Some(c) => EventHub::cluster(&fleet.supervisor, &c.url, EventsConfig::default())
                 .context("cannot follow the cluster's event log")?,
@@ -438,6 +429,18 @@ pub fn run(args: Args) -> Result<crate::Exit> {
             None => serve::bind(&config, parts),
         }
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+        // Only now does a cluster node heartbeat, claim and sweep.
+        let tracker = TaskTracker::new();
+        let running = match (&cluster, epoch, &journal) {
+            (Some(c), Some(epoch), Some(j)) => Some(baton::cluster::start(
+                c,
+                epoch,
+                j.clone(),
+                fleet.supervisor.clone(),
+                &tracker,
+            )),
+            _ => None,
+        };
         let mut out = crate::stdout();
         writeln!(out, "listening on http://{addr}")?;
         out.flush()?;
