@@ -41,7 +41,8 @@ install() {
 # Runs a PostgreSQL program as the unprivileged owner of the data directory.
 as_owner() {
     if [ "$(id -u)" -eq 0 ]; then
-        runuser -u postgres -- "$@"
+        # From /, which the unprivileged user can enter (the caller's directory may be private).
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
