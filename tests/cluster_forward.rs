@@ -12,110 +12,26 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton::cluster::{self, ClusterConfig, Epoch, Pool, Running};
-use baton::journal::{JournalOptions, PgOptions};
-use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
-use baton::serve::cluster::ClusterApi;
-use baton::serve::events::{EventHub, EventPage, EventsConfig};
+use baton::serve::events::EventPage;
 use baton::serve::forward::FORWARDED;
-use baton::serve::guard::Token;
-use baton::serve::metrics::Metrics;
 use baton::serve::sessions::{PhaseView, SessionList, SessionView};
 use baton::serve::work_items::{PlaceView, WorkItemView};
-use baton::serve::{Parts, ServeConfig};
-use baton::{
-    AgentType, FleetEvent, Journal, Phase, SessionId, Supervisor, SupervisorHandle, WorkItemId,
-};
+use baton::{FleetEvent, Phase, SessionId, WorkItemId};
+use cluster_common::node::{ServedNode, serve_node};
 use cluster_common::stream::{Frame, Stream, done, published, seqs_and_kinds};
-use cluster_common::{TestDb, off_runtime, test_db};
+use cluster_common::{TestDb, test_db};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::task::TaskTracker;
 
 const TOKEN: &str = "cluster-forward-token-0123456789";
 /// Session ids no node has.
 const NOBODY: u64 = 424_242;
 
-struct ServedNode {
-    base: String,
-    epoch: Epoch,
-    supervisor: SupervisorHandle,
-    events: UnboundedReceiver<FleetEvent>,
-    /// `None` once it left.
-    running: Option<Running>,
-    /// Its event streams' hub (closed when it leaves: its feed stops reading the database).
-    hub: EventHub,
-}
-
-/// A node listening on a port of its own, advertised (before it joins) as its address.
-async fn serve_node(
-    db: &TestDb,
-    name: &str,
-    first_session: u64,
-    max_sessions: usize,
-    tracker: &TaskTracker,
-) -> ServedNode {
-    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let config = ClusterConfig {
-        url: db.url.clone(),
-        name: name.into(),
-        advertise: Some(base.clone()),
-        ttl: Duration::from_secs(30),
-        sweep_every: Duration::from_millis(200),
-        max_sessions,
-    };
-    let epoch = cluster::join(&config).await.unwrap();
-    let url = db.pg_url();
-    let journal = off_runtime(move || {
-        Journal::open_postgres(
-            &url,
-            JournalOptions::default(),
-            PgOptions { epoch: Some(epoch) },
-        )
-        .unwrap()
-    });
-    let runtime =
-        MemoryRuntime::new(MemoryConfig::default()).numbering_from(SessionId(first_session));
-    let builder = Supervisor::builder(Arc::new(runtime))
-        .agent_type(AgentType::new("coder", 1000))
-        .agent_type(AgentType::new("reviewer", 1000))
-        .journal(journal.clone())
-        .unwrap();
-    let events = builder.subscribe();
-    let supervisor = builder.start();
-    let running = cluster::start(&config, epoch, journal, supervisor.clone(), tracker);
-    let mut serve = ServeConfig::new(Token::new(TOKEN).unwrap());
-    serve.workers = 1;
-    let hub = EventHub::cluster(&supervisor, &db.url, EventsConfig::default()).unwrap();
-    let parts = Parts {
-        supervisor: supervisor.clone(),
-        store: None,
-        commands: None,
-        events: hub.clone(),
-        metrics: Metrics::new(),
-        cluster: Some(ClusterApi {
-            epoch,
-            db: Pool::new(&db.url, 4, Duration::from_secs(5)),
-        }),
-    };
-    let (_, server) = baton::serve::listen(&serve, parts, listener).unwrap();
-    tokio::spawn(server);
-    ServedNode {
-        base,
-        epoch,
-        supervisor,
-        events,
-        running: Some(running),
-        hub,
-    }
-}
-
 /// Node a (room for 4 sessions) and node b (no room: it never owns a session).
 async fn two_nodes(db: &TestDb, tracker: &TaskTracker) -> (ServedNode, ServedNode) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let a = serve_node(db, "a", 1, 4, tracker).await;
-    let b = serve_node(db, "b", 1_000_000, 0, tracker).await;
+    let a = serve_node(db, "a", 1, 4, TOKEN, tracker).await;
+    let b = serve_node(db, "b", 1_000_000, 0, TOKEN, tracker).await;
     (a, b)
 }
 

@@ -6,95 +6,21 @@
 mod cluster_common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use baton::cluster::{self, ClusterConfig, Epoch, Pool, Running};
-use baton::journal::{JournalOptions, PgOptions};
-use baton::runtime::memory::{MemoryConfig, MemoryRuntime};
-use baton::serve::cluster::{ClusterApi, NodeList};
-use baton::serve::events::{EventHub, EventsConfig};
-use baton::serve::guard::Token;
-use baton::serve::metrics::Metrics;
+use baton::cluster::Epoch;
+use baton::serve::cluster::NodeList;
 use baton::serve::work_items::{WorkItemBatchAnswer, WorkItemList};
-use baton::serve::{Parts, ServeConfig};
-use baton::{AgentType, FleetEvent, Journal, SessionId, Supervisor, SupervisorHandle, WorkItemId};
+use baton::{FleetEvent, WorkItemId};
+use cluster_common::node::{ServedNode, serve_node};
 use cluster_common::stream::{Stream, published, seqs_and_kinds};
-use cluster_common::{TestDb, off_runtime, test_db};
+use cluster_common::test_db;
 use serde_json::json;
-use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::mpsc::{self};
 use tokio_util::task::TaskTracker;
 
 const TOKEN: &str = "cluster-test-token-0123456789";
 const ITEMS: u64 = 60;
-
-struct ServedNode {
-    base: String,
-    epoch: Epoch,
-    supervisor: SupervisorHandle,
-    events: UnboundedReceiver<FleetEvent>,
-    running: Running,
-}
-
-async fn serve_node(
-    db: &TestDb,
-    name: &str,
-    first_session: u64,
-    tracker: &TaskTracker,
-) -> ServedNode {
-    let config = ClusterConfig {
-        url: db.url.clone(),
-        name: name.into(),
-        advertise: None,
-        ttl: Duration::from_secs(30),
-        sweep_every: Duration::from_millis(200),
-        max_sessions: 4,
-    };
-    let epoch = cluster::join(&config).await.unwrap();
-    let url = db.pg_url();
-    let journal = off_runtime(move || {
-        Journal::open_postgres(
-            &url,
-            JournalOptions::default(),
-            PgOptions { epoch: Some(epoch) },
-        )
-        .unwrap()
-    });
-    let runtime =
-        MemoryRuntime::new(MemoryConfig::default()).numbering_from(SessionId(first_session));
-    let builder = Supervisor::builder(Arc::new(runtime))
-        .agent_type(AgentType::new("coder", 1000))
-        .agent_type(AgentType::new("reviewer", 1000))
-        .journal(journal.clone())
-        .unwrap();
-    let events = builder.subscribe();
-    let supervisor = builder.start();
-    let running = cluster::start(&config, epoch, journal, supervisor.clone(), tracker);
-    let mut serve = ServeConfig::new(Token::new(TOKEN).unwrap());
-    serve.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    serve.workers = 1;
-    let parts = Parts {
-        supervisor: supervisor.clone(),
-        store: None,
-        commands: None,
-        events: EventHub::cluster(&supervisor, &db.url, EventsConfig::default()).unwrap(),
-        metrics: Metrics::new(),
-        cluster: Some(ClusterApi {
-            epoch,
-            db: Pool::new(&db.url, 4, Duration::from_secs(5)),
-        }),
-    };
-    let (addr, server) = baton::serve::bind(&serve, parts).unwrap();
-    tokio::spawn(server);
-    ServedNode {
-        base: format!("http://{addr}"),
-        epoch,
-        supervisor,
-        events,
-        running,
-    }
-}
 
 /// Closes each session of `node` as it starts (its work is done), on a task of its own (so
 /// that no close is abandoned halfway), and sends each item done, with the node's epoch.
@@ -121,8 +47,8 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
     let Some(db) = test_db("serve2") else { return };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tracker = TaskTracker::new();
-    let mut a = serve_node(&db, "a", 1, &tracker).await;
-    let mut b = serve_node(&db, "b", 1_000_000, &tracker).await;
+    let mut a = serve_node(&db, "a", 1, 4, TOKEN, &tracker).await;
+    let mut b = serve_node(&db, "b", 1_000_000, 4, TOKEN, &tracker).await;
     let http = reqwest::Client::new();
     let mut streams = [
         Stream::open(&http, &a.base, TOKEN, None).await,
@@ -235,12 +161,12 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
 
     // A clean leave ends the lease at once: the other node sees it expired (its sweeper stopped
     // first, so that it does not adopt a before the check).
-    b.running.stop_taking_work();
-    a.running.leave().await;
+    b.running.as_ref().unwrap().stop_taking_work();
+    a.running.take().unwrap().leave().await;
     let (epoch_a, epoch_b) = (a.epoch, b.epoch);
     let expired = db.with(move |c| baton::cluster::sweep::expired(c, epoch_b).unwrap());
     assert_eq!(expired, [epoch_a]);
-    b.running.leave().await;
+    b.running.take().unwrap().leave().await;
     tracker.close();
     tracker.wait().await;
 }

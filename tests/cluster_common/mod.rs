@@ -4,6 +4,7 @@
 //! `CI=true`, where it fails.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod stream;
 
 use std::sync::atomic::{AtomicU32, Ordering};
