@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
 use baton::serve::cluster::NodeList;
-use cluster_common::test_db;
+use cluster_common::{get_json, test_db};
 
 const TOKEN: &str = "cluster-cli-token-0123456789";
 
@@ -96,15 +96,12 @@ async fn a_node_without_advertise_advertises_the_address_it_bound() {
         .to_owned();
     assert!(!base.ends_with(":0"), "a port was picked: {base}");
 
-    let nodes: NodeList = reqwest::Client::new()
-        .get(format!("{base}/v1/cluster/nodes"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: NodeList = get_json(
+        &reqwest::Client::new(),
+        &format!("{base}/v1/cluster/nodes"),
+        TOKEN,
+    )
+    .await;
     let this = nodes.nodes.iter().find(|n| n.this).expect("this node");
     assert_eq!(this.name, "cli");
     assert_eq!(this.addr.as_deref(), Some(base.as_str()));

@@ -14,7 +14,7 @@ use baton::serve::work_items::{WorkItemBatchAnswer, WorkItemList};
 use baton::{FleetEvent, WorkItemId};
 use cluster_common::node::{ServedNode, serve_node};
 use cluster_common::stream::{Stream, published, seqs_and_kinds};
-use cluster_common::test_db;
+use cluster_common::{get_json, test_db};
 use serde_json::json;
 use tokio::sync::mpsc::{self};
 use tokio_util::task::TaskTracker;
@@ -89,15 +89,12 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
     }
 
     // Either node answers for the whole cluster, from the database.
-    let list: WorkItemList = http
-        .get(format!("{}/v1/work-items?place=done", b.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: WorkItemList = get_json(
+        &http,
+        &format!("{}/v1/work-items?place=done", b.base),
+        TOKEN,
+    )
+    .await;
     a.supervisor.journal().unwrap().flush().await.unwrap();
     b.supervisor.journal().unwrap().flush().await.unwrap();
     let list_ids: Vec<u64> = list.work_items.iter().map(|v| v.id).collect();
@@ -115,15 +112,7 @@ async fn two_nodes_split_the_pool_and_every_item_is_done_exactly_once() {
             "node {node}'s stream is the log"
         );
     }
-    let nodes: NodeList = http
-        .get(format!("{}/v1/cluster/nodes", b.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let nodes: NodeList = get_json(&http, &format!("{}/v1/cluster/nodes", b.base), TOKEN).await;
     let seen: Vec<_> = nodes
         .nodes
         .iter()

@@ -34,13 +34,20 @@ fn connect_with(
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .application_name("baton-cluster");
-    // A node stopped inside a transaction (a claim, a submission) must not hold its row lock,
-    // which adoption waits for, or the events lock, which every node waits for.
-    // Added to the URL's own `options` (a `search_path`, say), never in place of them.
-    let mut options = config
-        .get_options()
-        .map(|o| format!("{o} "))
-        .unwrap_or_default();
+    let options = node_options(config.get_options(), idle);
+    config.options(&options);
+    config
+        .connect(postgres::NoTls)
+        .map_err(ClusterError::Postgres)
+}
+
+/// The server options a node's connection runs with: the URL's own (a `search_path`, say),
+/// then the end of idle transactions after [`IDLE_IN_TRANSACTION_MS`] (a node stopped inside a
+/// claim or a submission must not hold its row lock, which adoption waits for, or the events
+/// lock, which every node waits for), and with `idle` the end of the session after that long
+/// idle.
+fn node_options(own: Option<&str>, idle: Option<Duration>) -> String {
+    let mut options = own.map(|o| format!("{o} ")).unwrap_or_default();
     options.push_str(&format!(
         "-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
     ));
@@ -50,10 +57,7 @@ fn connect_with(
             idle.as_millis().max(1)
         ));
     }
-    config.options(&options);
-    config
-        .connect(postgres::NoTls)
-        .map_err(ClusterError::Postgres)
+    options
 }
 
 /// A connection a loop owns, (re)opened on demand; each call runs on a blocking thread, as the
@@ -219,20 +223,20 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_url_s_own_options_are_kept_beside_the_node_s() {
-        let mut config: postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dbaton"
+        let config: postgres::Config = "postgres://u@h/db?options=-c%20search_path%3Dbaton"
             .parse()
             .unwrap();
-        assert_eq!(config.get_options(), Some("-c search_path=baton"));
-        let kept = config
-            .get_options()
-            .map(|o| format!("{o} "))
-            .unwrap_or_default();
-        config.options(&format!("{kept}-c idle_session_timeout=1"));
         assert_eq!(
-            config.get_options(),
-            Some("-c search_path=baton -c idle_session_timeout=1")
+            node_options(config.get_options(), Some(Duration::from_secs(3))),
+            "-c search_path=baton -c idle_in_transaction_session_timeout=3000 -c idle_session_timeout=3000"
+        );
+        assert_eq!(
+            node_options(None, None),
+            "-c idle_in_transaction_session_timeout=3000"
         );
     }
 }

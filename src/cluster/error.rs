@@ -21,6 +21,9 @@ pub enum ClusterError {
     /// The supervisor would not take adopted work (it is shutting down).
     #[error("supervisor: {0}")]
     Supervisor(#[source] crate::supervisor::SupervisorError),
+    /// An event's payload could not be encoded (nothing was written).
+    #[error("cannot encode an event: {0}")]
+    Encode(#[from] serde_json::Error),
     /// A blocking database call could not run (its thread panicked or the runtime stopped).
     #[error("a database call could not finish: {0}")]
     Task(String),

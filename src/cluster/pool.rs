@@ -42,7 +42,7 @@ pub fn submit(c: &mut Client, item: &WorkItem) -> Result<Pooled, ClusterError> {
     if n == 1 {
         // The submission's step in the log, as a single host's journal writes it (the claiming
         // node's journal finds the row there and writes none).
-        let payload = serde_json::to_string(item).unwrap_or_default();
+        let payload = serde_json::to_string(item)?;
         tx.query_one("SELECT pg_advisory_xact_lock($1)::text", &[&EVENTS_LOCK])?;
         tx.execute(
             &format!(
@@ -231,7 +231,7 @@ pub fn cancel(c: &mut Client, epoch: Epoch, id: WorkItemId) -> Result<bool, Clus
         work_item: id,
         reason: CANCELLED.into(),
     };
-    let payload = serde_json::to_string(&event).unwrap_or_default();
+    let payload = serde_json::to_string(&event)?;
     tx.query_one("SELECT pg_advisory_xact_lock($1)::text", &[&EVENTS_LOCK])?;
     tx.execute(
         &format!(

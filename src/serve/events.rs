@@ -393,13 +393,7 @@ impl Feed {
             };
             let n = rows.len();
             for row in rows {
-                let seq = row.seq;
-                // Published events only, as the backlog sends them.
-                if seq > self.last && row.event().is_some() {
-                    // No stream open: nothing to do (the log keeps it).
-                    let _ = hub.tx.send(Arc::new(Event::from_row(row)));
-                }
-                self.last = self.last.max(seq);
+                publish(hub, &mut self.last, row);
             }
             if n < self.page {
                 return Ok(());
@@ -879,19 +873,23 @@ fn publish_before(
             limit: Some(1),
             ..Filter::default()
         })?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok(());
-        };
-        if row.seq >= bad {
-            return Ok(());
+        match rows.into_iter().next() {
+            Some(row) if row.seq < bad => publish(hub, last, row),
+            _ => return Ok(()),
         }
-        let seq = row.seq;
-        if row.event().is_some() {
-            let _ = hub.tx.send(Arc::new(Event::from_row(row)));
-        }
-        *last = seq;
     }
     Ok(())
+}
+
+/// Sends `row` to the hub's streams if it is above `last` and a published event (supervisor
+/// steps are in the list, not the stream, as the backlog sends them), and moves `last` on.
+fn publish(hub: &HubInner, last: &mut u64, row: EventRow) {
+    let seq = row.seq;
+    if seq > *last && row.event().is_some() {
+        // No stream open: nothing to do (the log keeps it).
+        let _ = hub.tx.send(Arc::new(Event::from_row(row)));
+    }
+    *last = (*last).max(seq);
 }
 
 #[cfg(test)]

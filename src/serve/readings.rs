@@ -185,7 +185,8 @@ async fn one(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     check(body.used, body.window)?;
-    let forwarded = serde_json::to_vec(&body).ok();
+    // Encoded only when the session is another node's: a local report (the hot path) is not.
+    let forwarded = || serde_json::to_vec(&body).ok();
     let handle = match local_or_forward(&req, &supervisor, id.into_inner(), forwarded).await? {
         Here::Local(handle) => handle,
         Here::Forwarded(answer) => return Ok(answer),

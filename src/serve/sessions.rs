@@ -274,13 +274,13 @@ pub(super) enum Here {
 }
 
 /// The live session `id` of this node, or, on a cluster node, the answer of the node that owns
-/// it to `req` (sent on with `body`). A request that was forwarded already is answered here: no
-/// live session here is 404.
+/// it to `req` (sent on with what `body` encodes, called only then). A request that was
+/// forwarded already is answered here: no live session here is 404.
 pub(super) async fn local_or_forward(
     req: &HttpRequest,
     supervisor: &SupervisorHandle,
     id: u64,
-    body: Option<Vec<u8>>,
+    body: impl FnOnce() -> Option<Vec<u8>>,
 ) -> Result<Here, ApiError> {
     if let Some(handle) = supervisor.session(SessionId(id)).await {
         return Ok(Here::Local(handle));
@@ -299,7 +299,7 @@ pub(super) async fn local_or_forward(
         return Err(no_session(id));
     }
     Ok(Here::Forwarded(
-        forwarder.forward(req, cluster, id, body).await?,
+        forwarder.forward(req, cluster, id, body()).await?,
     ))
 }
 
@@ -392,7 +392,7 @@ async fn order(
     id: u64,
     order: Order,
 ) -> Result<HttpResponse, ApiError> {
-    let handle = match local_or_forward(req, supervisor, id, None).await? {
+    let handle = match local_or_forward(req, supervisor, id, || None).await? {
         Here::Local(handle) => handle,
         Here::Forwarded(answer) => return Ok(answer),
     };

@@ -144,3 +144,19 @@ fn a_url_gets_the_test_database_in_place_of_its_own() {
     );
     assert_eq!(with_database("postgres://h", "t"), "postgres://h/t");
 }
+
+/// `GET url` with `token`, its JSON body as `T` (a test fails on any error).
+pub async fn get_json<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> T {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -103,15 +103,12 @@ pub async fn published(
     let mut out = Vec::new();
     let mut from = after;
     loop {
-        let page: EventPage = http
-            .get(format!("{base}/v1/events?after={from}&limit=1000"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: EventPage = super::get_json(
+            http,
+            &format!("{base}/v1/events?after={from}&limit=1000"),
+            token,
+        )
+        .await;
         if page.events.is_empty() {
             return out;
         }
